@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the Python environment that the demo and the tests run in, from nothing.
+#   VENV            where to build it (default: .venv in the repository)
+#   FRESH=1         delete VENV first (the test command does, so that a fresh machine is what is tested)
+# Installs, in order: torch and torchvision (pinned together: timm needs torchvision, and PyPI's torchvision
+# only works beside the matching torch), then this package with its test and demo extras, then Debian's
+# tuxpaint stamps and background photos (real object cut-outs for the offline demo data; never committed).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv=${VENV:-$repo/.venv}
+if [ "${FRESH:-0}" = 1 ]; then rm -rf "$venv"; fi
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating $venv"
+  python3 -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
+"${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
+"${pip[@]}" -e "$repo[test,demo]"
+
+if [ ! -d /usr/share/tuxpaint/stamps/animals ] || [ ! -d /usr/share/tuxpaint/templates ]; then
+  echo "== installing Debian's tuxpaint stamps and templates (object photos and backgrounds for the demo data)"
+  sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -q
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q tuxpaint-stamps-default tuxpaint-data
+fi
+echo "== environment ready: $venv"

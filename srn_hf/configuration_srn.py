@@ -1,0 +1,138 @@
+"""Configuration of the Spatial Regularization Network (SRN).
+
+Zhu, Li, Ouyang, Yu, Wang: "Learning Spatial Regularization with Image-level Supervisions for Multi-label
+Image Classification", CVPR 2017 (arXiv 1702.05891).
+
+This file doubles as Hub remote code: it imports only transformers (and timm for validation), so that a
+folder written by `save_pretrained` loads with `trust_remote_code=True` on a machine without `srn_hf`.
+"""
+
+from typing import Any, Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+# Written into every saved config.json, so that a folder saved by `save_pretrained` (which copies this file
+# and modeling_srn.py beside it) loads through all three Auto classes with `trust_remote_code=True`.
+AUTO_MAP = {
+    "AutoConfig": "configuration_srn.SRNConfig",
+    "AutoModel": "modeling_srn.SRNModel",
+    "AutoModelForImageClassification": "modeling_srn.SRNForImageClassification",
+}
+
+
+@strict
+class SRNConfig(PreTrainedConfig):
+    r"""
+    Configuration of an SRN over any timm backbone.
+
+    Args:
+        backbone (`str`, defaults to `"resnet101"`):
+            Name of the timm model whose feature maps feed SRN (`f_cnn` in the paper). It is always created with
+            `pretrained=False`; ImageNet weights are loaded explicitly with
+            [`SRNModel.load_backbone_weights`], never inside `__init__` or `from_pretrained`.
+        backbone_kwargs (`dict`, *optional*):
+            Extra keyword arguments for `timm.create_model` (e.g. `{"dynamic_img_size": True}` for a ViT that must
+            run at several input sizes).
+        attention_feature_index (`int`, defaults to -2):
+            Index into the backbone's timm `feature_info` of the map X that feeds the attention and confidence
+            branches (paper: ResNet-101 `res4b22_relu`, stride 16, 1024 x 14 x 14 at 224). Default: the
+            second-to-last feature stage. A ViT has one stride: the default takes its second-to-last block.
+        classifier_feature_index (`int`, defaults to -1):
+            Index of the map F that feeds the main classifier `f_cls` (paper: ResNet-101 `layer4`, stride 32).
+            Default: the last feature stage (a ViT: the final tokens reshaped to a grid).
+        image_size (`int`, defaults to 224):
+            Square input size the model is built for. It fixes K, the side of the attention maps (14 at 224 for a
+            stride-16 map), and with it the kernel of `f_sr`'s grouped convolution. The model runs at other sizes:
+            see [`SRNModel`].
+        num_channels (`int`, defaults to 3):
+            Input image channels.
+        attention_channels (`int`, defaults to 512):
+            Width of `f_att`'s two hidden convolutions (and of the released layout's confidence head).
+        regularization_channels (`int`, defaults to 512):
+            Width of `f_sr`'s first two 1x1 convolutions; also the number of groups of its KxK convolution.
+        regularization_out_channels (`int`, defaults to 2048):
+            Output channels of `f_sr`'s grouped KxK convolution (2048 = 4 filters per group of 512 in the paper).
+        alpha (`float`, defaults to 0.5):
+            Fusion weight on logits: `y = alpha * y_cls + (1 - alpha) * y_sr`.
+        layout (`str`, defaults to `"paper"`):
+            `"paper"`: the network of the paper's figures (one 1x1 confidence convolution, `f_att` directly on X).
+            `"released"`: the official Caffe release, with two bottleneck residual blocks on X shared by `f_att`
+            and the confidence branch, and a confidence head of two 1x1 convolutions.
+        use_batch_norm (`bool`, defaults to `True`):
+            Batch norm after each hidden convolution of the SRN branches. The paper's figures show none; the
+            official release (pre-activation backbone) and every faithful re-implementation use it, and it keeps
+            training stable when the stages switch the backbone between frozen and trained, hence the default.
+        threshold (`float`, defaults to 0.5):
+            Default probability threshold of the multi-label pipeline (sigmoid score > threshold is a label).
+        label_thresholds (`dict[str, float]`, *optional*):
+            Per-label thresholds overriding `threshold`, keyed by label name.
+        initializer_range (`float`, defaults to 0.01):
+            Standard deviation of the normal initialisation of the linear classifiers.
+
+    `problem_type` defaults to `"multi_label_classification"`, so that the loss and transformers' stock
+    `image-classification` pipeline use sigmoid scores. `num_labels` follows from `id2label`.
+    """
+
+    model_type = "srn"
+
+    backbone: str = "resnet101"
+    backbone_kwargs: dict[str, Any] | None = None
+    attention_feature_index: int = -2
+    classifier_feature_index: int = -1
+    image_size: int = 224
+    num_channels: int = 3
+    attention_channels: int = 512
+    regularization_channels: int = 512
+    regularization_out_channels: int = 2048
+    alpha: float = 0.5
+    layout: Literal["paper", "released"] = "paper"
+    use_batch_norm: bool = True
+    threshold: float = 0.5
+    label_thresholds: dict[str, float] | None = None
+    initializer_range: float = 0.01
+
+    def __post_init__(self, **kwargs):
+        if self.problem_type is None:
+            self.problem_type = "multi_label_classification"
+        if self.id2label is not None and kwargs.get("num_labels") not in (None, len(self.id2label)):
+            raise ValueError(
+                f"num_labels={kwargs['num_labels']} does not match id2label, which names {len(self.id2label)} "
+                "labels; to change the label set, pass id2label with the new label names (and "
+                "ignore_mismatched_sizes=True when loading a checkpoint)"
+            )
+        if getattr(self, "auto_map", None) is None and "auto_map" not in kwargs:
+            kwargs["auto_map"] = dict(AUTO_MAP)
+        super().__post_init__(**kwargs)
+        if self.label2id is None or len(self.label2id) != len(self.id2label):
+            self.label2id = {name: index for index, name in self.id2label.items()}
+
+    def validate_srn(self):
+        """Checks run by transformers' strict dataclass validation, each naming the offending field."""
+        import difflib
+
+        import timm
+
+        if not timm.is_model(self.backbone):
+            close = difflib.get_close_matches(self.backbone, timm.list_models(), n=5)
+            raise ValueError(
+                f"backbone={self.backbone!r} is not a timm model name"
+                + (f"; close names: {', '.join(close)}" if close else "")
+            )
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha={self.alpha} must lie in [0, 1]")
+        if self.regularization_out_channels % self.regularization_channels:
+            raise ValueError(
+                f"regularization_out_channels={self.regularization_out_channels} must be a multiple of "
+                f"regularization_channels={self.regularization_channels} (the groups of f_sr's KxK convolution)"
+            )
+        if len(set(self.id2label.values())) != len(self.id2label):
+            raise ValueError("id2label holds the same label name twice")
+        if sorted(self.id2label) != list(range(len(self.id2label))):
+            raise ValueError(f"id2label keys must be 0..{len(self.id2label) - 1}, got {sorted(self.id2label)}")
+        unknown = set(self.label_thresholds or {}) - set(self.id2label.values())
+        if unknown:
+            raise ValueError(f"label_thresholds names labels that are not in id2label: {sorted(unknown)}")
+
+
+__all__ = ["SRNConfig"]

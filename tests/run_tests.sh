@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: builds a fresh environment (examples/setup_env.sh) and runs the whole suite, slow and
+# multi-process tests included. Extra arguments go to pytest (e.g. -m "not slow" for the quick part).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export VENV=${VENV:-$repo/.venv-test} FRESH=${FRESH:-1}
+bash "$repo/examples/setup_env.sh"
+cd "$repo"
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider -ra "$@"
