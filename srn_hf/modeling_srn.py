@@ -167,13 +167,14 @@ class SRNSpatialRegularization(nn.Module):
 def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
     """Brings h x w maps to side x side for f_sr's KxK convolution when the input size is not the configured one.
 
-    Adaptive average pooling (which also upsamples, by repetition), scaled by (h * w) / side^2 so that each map
-    keeps its total mass: an attention map still sums to 1 after resizing.
+    Adaptive average pooling (which also upsamples, by repetition), then each map rescaled to its former total
+    (the maps are non-negative): an attention map still sums to 1 after resizing, so f_sr sees inputs of the
+    scale it was trained on.
     """
-    height, width = maps.shape[-2:]
-    if (height, width) == (side, side):
+    if maps.shape[-2:] == (side, side):
         return maps
-    return nnf.adaptive_avg_pool2d(maps, side) * (height * width / side**2)
+    resized = nnf.adaptive_avg_pool2d(maps, side)
+    return resized * (maps.sum(dim=(2, 3), keepdim=True) / resized.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12))
 
 
 # Arguments of `from_pretrained` that say where to read a checkpoint's config from.
