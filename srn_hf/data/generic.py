@@ -1,0 +1,264 @@
+"""Your own multi-label data: an image folder with `metadata.jsonl`, a CSV file, or an existing `datasets` dataset.
+
+Image folder (the layout of `datasets`' imagefolder, with a list of labels per image):
+
+    data_dir/metadata.jsonl             {"file_name": "a.jpg", "labels": ["dog", "sofa"]} one a line
+    data_dir/a.jpg ...
+or  data_dir/{train,validation,test}/metadata.jsonl  (+ images), one folder per split ("val" is accepted)
+
+CSV: one file per split (`data_files="all.csv"` or `{"train": ..., "test": ...}`), a column with the image path
+(relative to `images_dir`, default the CSV's folder) and a column with the labels joined by `label_separator`
+(default `"|"`, so that class names may contain spaces); an empty cell means no label.
+
+Existing dataset (`kind="hub"`): a Hub id or a local folder, read with `load_from_disk` when the folder was
+written by `save_to_disk`, else with `load_dataset`. Its label column (`labels_column`) may hold class names,
+integer indices, multi-hot vectors, a `List(ClassLabel)` or a single `ClassLabel`; it becomes `labels` as
+`List(ClassLabel)`, and the image column becomes `image`.
+
+Class names are `label_names` when given (their order is the label order), else the sorted set of names
+found in all splits. A label outside `label_names` raises `AnnotationError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from itertools import chain
+from pathlib import Path
+
+from datasets import ClassLabel, Dataset, DatasetDict, Image, List, Value, load_dataset, load_from_disk
+
+from .common import AnnotationError, build_split, encode_labels, field, finish_splits
+
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "validation": "validation", "val": "validation", "valid": "validation", "dev": "validation",
+    "test": "test", "testing": "test",
+}  # fmt: skip
+
+Row = tuple[str, list, str]  # (image path, raw labels, where: "file, line n")
+
+
+def split_name(name: str) -> str:
+    """The standard split name (`train`, `validation`, `test`) for a source's split name."""
+    return SPLIT_ALIASES.get(name.lower(), name)
+
+
+def read_metadata_jsonl(path: Path, labels_column: str = "labels") -> list[Row]:
+    """The rows of an imagefolder `metadata.jsonl`; image paths are relative to its folder."""
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise AnnotationError(f"cannot read {path}: {error}") from None
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise AnnotationError(f"{where}: malformed JSON: {error}") from None
+        labels = field(record, labels_column, where)
+        if not isinstance(labels, list):
+            raise AnnotationError(f"{where}: {labels_column!r} must be a list, not {labels!r}")
+        rows.append((str(path.parent / field(record, "file_name", where)), labels, where))
+    return rows
+
+
+def read_labels_csv(
+    path: Path,
+    image_column: str = "image",
+    labels_column: str = "labels",
+    label_separator: str = "|",
+    images_dir: str | os.PathLike | None = None,
+) -> list[Row]:
+    """The rows of a CSV file with an image-path column and a column of `label_separator`-joined labels."""
+    images_dir = Path(images_dir) if images_dir is not None else path.parent
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for column in (image_column, labels_column):
+                if column not in (reader.fieldnames or []):
+                    raise AnnotationError(f"{path}: no column {column!r} (columns: {reader.fieldnames})")
+            rows = []
+            for line_number, record in enumerate(reader, start=2):
+                if not record[image_column]:
+                    raise AnnotationError(f"{path}, line {line_number}: empty {image_column!r}")
+                cell = (record[labels_column] or "").strip()
+                labels = [label.strip() for label in cell.split(label_separator)] if cell else []
+                rows.append((str(images_dir / record[image_column]), labels, f"{path}, line {line_number}"))
+    except FileNotFoundError:
+        raise AnnotationError(f"annotation file not found: {path}") from None
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise AnnotationError(f"malformed CSV {path}: {error}") from None
+    return rows
+
+
+def rows_to_splits(
+    rows_by_split: dict[str, tuple[str, list[Row]]],
+    label_names: list[str] | None,
+    missing_images: str,
+    validation_fraction: float,
+    seed: int,
+) -> DatasetDict:
+    """Encode labels against the class names and build the splits from {split: (source file, rows)}.
+
+    The image id is the image path as given, so a file listed twice raises `AnnotationError`.
+    """
+    if label_names is None:
+        found = list(chain.from_iterable(labels for _, rows in rows_by_split.values() for _, labels, _ in rows))
+        if any(not isinstance(label, str) for label in found):
+            raise AnnotationError("integer labels need label_names (the class name of each index)")
+        label_names = sorted(set(found))
+    splits = {
+        split: build_split(
+            image_paths=[path for path, _, _ in rows],
+            labels=[encode_labels(labels, label_names, where) for _, labels, where in rows],
+            image_ids=[path for path, _, _ in rows],
+            names=label_names,
+            source=source,
+            missing_images=missing_images,
+        )
+        for split, (source, rows) in rows_by_split.items()
+    }
+    return finish_splits(splits, validation_fraction, seed)
+
+
+def load_imagefolder(
+    data_dir: str | os.PathLike,
+    labels_column: str = "labels",
+    label_names: list[str] | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    missing_images: str = "error",
+) -> DatasetDict:
+    """An image folder with `metadata.jsonl` (at the top, or in one sub-folder per split)."""
+    data_dir = Path(data_dir)
+    if (data_dir / "metadata.jsonl").is_file():
+        folders = {"train": data_dir}
+    else:
+        folders = {split_name(sub.name): sub for sub in sorted(data_dir.iterdir()) if (sub / "metadata.jsonl").is_file()}
+    if not folders:
+        raise AnnotationError(f"{data_dir}: no metadata.jsonl, neither at the top nor in a split sub-folder")
+    rows = {
+        split: (str(folder / "metadata.jsonl"), read_metadata_jsonl(folder / "metadata.jsonl", labels_column))
+        for split, folder in folders.items()
+    }
+    return rows_to_splits(rows, label_names, missing_images, validation_fraction, seed)
+
+
+def load_csv(
+    data_files: str | os.PathLike | dict[str, str | os.PathLike],
+    image_column: str = "image",
+    labels_column: str = "labels",
+    label_separator: str = "|",
+    images_dir: str | os.PathLike | None = None,
+    label_names: list[str] | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    missing_images: str = "error",
+) -> DatasetDict:
+    """CSV files of image paths and labels; `data_files` is one file (the train split) or {split: file}."""
+    if not isinstance(data_files, dict):
+        data_files = {"train": data_files}
+    rows = {
+        split_name(split): (str(path), read_labels_csv(Path(path), image_column, labels_column, label_separator, images_dir))
+        for split, path in data_files.items()
+    }
+    return rows_to_splits(rows, label_names, missing_images, validation_fraction, seed)
+
+
+def labels_to_indices(values, labels_format: str, names: list[str], where: str) -> list[int]:
+    """One row's label cell as sorted class indices (`labels_format`: names, indices or multi_hot)."""
+    if labels_format == "multi_hot":
+        if len(values) != len(names):
+            raise AnnotationError(f"{where}: multi-hot vector of length {len(values)}, expected {len(names)}")
+        return [i for i, value in enumerate(values) if value > 0.5]
+    if labels_format == "indices" and any(isinstance(value, str) for value in values):
+        raise AnnotationError(f"{where}: expected integer indices, found {values!r}")
+    return encode_labels(values, names, where)
+
+
+def load_hub(
+    path: str | os.PathLike,
+    labels_column: str = "labels",
+    image_column: str = "image",
+    name: str | None = None,
+    label_names: list[str] | None = None,
+    labels_format: str = "auto",
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    **load_dataset_kwargs,
+) -> DatasetDict:
+    """An existing `datasets` dataset (Hub id, `save_to_disk` folder, or any `load_dataset` path).
+
+    Args:
+        labels_column: the multi-label column, renamed to `labels`.
+        image_column: the image column (images or paths), renamed to `image`.
+        name: the `load_dataset` configuration name.
+        label_names: the class names in index order; needed for integer indices and multi-hot vectors
+            without a ClassLabel feature.
+        labels_format: `"auto"` (from the feature: ClassLabel, strings -> names, integers -> indices,
+            floats or bools -> multi_hot), or one of `"names"`, `"indices"`, `"multi_hot"`.
+    """
+    if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")):
+        loaded = load_from_disk(str(path))
+    else:
+        loaded = load_dataset(str(path), name, **load_dataset_kwargs)
+    if isinstance(loaded, Dataset):
+        loaded = DatasetDict({"train": loaded})
+    splits = {split_name(split): dataset for split, dataset in loaded.items()}
+
+    for split, dataset in splits.items():
+        for column in (image_column, labels_column):
+            if column not in dataset.column_names:
+                raise AnnotationError(f"{path} [{split}]: no column {column!r} (columns: {dataset.column_names})")
+
+    feature = next(iter(splits.values())).features[labels_column]
+    element = feature.feature if isinstance(feature, List) else feature
+    if isinstance(element, ClassLabel):
+        if label_names is not None and list(label_names) != list(element.names):
+            raise AnnotationError(f"{path}: label_names {label_names} differ from the ClassLabel names {element.names}")
+        label_names = list(element.names)
+        labels_format = "indices" if labels_format == "auto" else labels_format
+    elif labels_format == "auto":
+        dtype = element.dtype if isinstance(element, Value) else ""
+        labels_format = "names" if dtype == "string" else "indices" if "int" in dtype else "multi_hot"
+    def cell_values(cell) -> list:
+        return cell if isinstance(feature, List) else [cell]  # a single-label column: one label per image
+
+    if label_names is None:
+        if labels_format != "names":
+            raise AnnotationError(f"{path}: {labels_format} labels need label_names (the class name of each index)")
+        label_names = sorted({v for d in splits.values() for cell in d[labels_column] for v in cell_values(cell)})
+
+    def convert(batch, indices, split):
+        return {
+            "labels": [
+                labels_to_indices(cell_values(cell), labels_format, label_names, f"{path} [{split}] row {i}")
+                for cell, i in zip(batch[labels_column], indices)
+            ]
+        }
+
+    converted = {}
+    for split, dataset in splits.items():
+        if image_column != "image":
+            dataset = dataset.rename_column(image_column, "image")
+        if isinstance(dataset.features["image"], Value):
+            dataset = dataset.cast_column("image", Image())
+        features = dataset.features.copy()
+        features["labels"] = List(ClassLabel(names=list(label_names)))
+        if labels_column != "labels":
+            del features[labels_column]
+        converted[split] = dataset.map(
+            convert,
+            batched=True,
+            with_indices=True,
+            fn_kwargs={"split": split},
+            remove_columns=[labels_column],
+            features=features,
+            desc=f"labels of {split}",
+        )
+    return finish_splits(converted, validation_fraction, seed)

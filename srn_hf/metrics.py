@@ -1,0 +1,158 @@
+"""Multi-label classification metrics: mAP, CP / CR / CF1, OP / OR / OF1, and their top-k variants.
+
+`multilabel_metrics(scores, labels)` takes (N, C) arrays (numpy or torch) of probabilities and multi-hot
+labels and returns the figures in percent. Papers rarely say which convention they used, and the two in use
+give different numbers on the same predictions, so both are here:
+
+| | `"standard"` (ML-GCN / ASL code) | `"paper"` (official SRN evaluation script) |
+|---|---|---|
+| positive prediction | score >= threshold | score > threshold |
+| CF1 | 2 CP CR / (CP + CR) | mean over classes of the per-class F1 |
+| precision of a never-predicted class | 0 | 1 |
+| AP | sklearn `average_precision_score` (ties grouped) | area under the precision envelope at the recall change points (VOC 2010+), ties ranked in the given order |
+
+In both, OF1 = 2 OP OR / (OP + OR), OP and OR pool all (image, class) pairs, and with `top_k=k` an image's
+predicted labels are its k highest scores that also pass the threshold (the paper's top-3 figures).
+
+A class without any positive image has no AP and no recall: it is left out of mAP, CP, CR and CF1 (its
+false positives still count in OP), listed in `classes_without_positives`, and a `UserWarning` says so.
+No figure is ever NaN; a figure that cannot be computed at all is None.
+
+The same computation is available as an `evaluate` module: `evaluate.load(EVALUATE_MODULE_PATH)`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+CONVENTIONS = ("standard", "paper")
+EVALUATE_MODULE_PATH = str(Path(__file__).parent / "multilabel_metric")
+
+
+def as_numpy(array) -> np.ndarray:
+    """A numpy float64 array from a numpy array, a list or a torch tensor (any device or dtype)."""
+    if hasattr(array, "detach"):
+        array = array.detach().float().cpu().numpy()
+    return np.asarray(array, dtype=np.float64)
+
+
+def average_precision_voc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """AP as the official SRN script computes it (VOC 2010+): the precision envelope summed at recall changes.
+
+    Images are ranked by decreasing score; equal scores keep their given order (a stable sort, as MATLAB's).
+    """
+    hits = positives[np.argsort(-scores, kind="stable")]
+    true_positives = np.cumsum(hits)
+    recall = true_positives / hits.sum()
+    precision = true_positives / np.arange(1, len(hits) + 1)
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    envelope = np.maximum.accumulate(np.concatenate([[0.0], precision, [0.0]])[::-1])[::-1]
+    changes = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[changes] - recall[changes - 1]) * envelope[changes]))
+
+
+def predicted_labels(scores: np.ndarray, threshold: float, strict: bool, top_k: int | None) -> np.ndarray:
+    """Boolean (N, C) predictions: above the threshold and, with `top_k`, among the image's k best scores."""
+    predicted = scores > threshold if strict else scores >= threshold
+    if top_k is not None:
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        in_top_k = np.zeros_like(predicted)
+        np.put_along_axis(in_top_k, best, True, axis=1)
+        predicted &= in_top_k
+    return predicted
+
+
+def harmonic_mean(precision, recall):
+    """2 P R / (P + R), 0 where both are 0 (works on numbers and arrays)."""
+    precision, recall = np.asarray(precision, dtype=np.float64), np.asarray(recall, dtype=np.float64)
+    total = precision + recall
+    return np.where(total > 0, 2 * precision * recall / np.where(total > 0, total, 1.0), 0.0)
+
+
+def percent(value) -> float | None:
+    """A fraction as a percentage (float), None stays None."""
+    return None if value is None else float(100 * value)
+
+
+def multilabel_metrics(
+    scores,
+    labels,
+    threshold: float = 0.5,
+    convention: str = "standard",
+    top_k: int | None = None,
+) -> dict:
+    """mAP, CP, CR, CF1, OP, OR, OF1 (percent) of (N, C) probabilities against (N, C) multi-hot labels.
+
+    Args:
+        scores: probabilities (sigmoid of the logits), shape (N, C).
+        labels: multi-hot ground truth, shape (N, C); a value above 0.5 is a positive.
+        threshold: the probability above which a class is predicted.
+        convention: `"standard"` or `"paper"` (see the module docstring).
+        top_k: if set, predict at most the k highest-scoring classes of each image.
+
+    Returns:
+        a dict with `mAP`, `CP`, `CR`, `CF1`, `OP`, `OR`, `OF1` (floats in percent, or None), `per_class_AP`
+        (a list over classes, None for a class without positives) and `classes_without_positives`
+        (class indices).
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, not {convention!r}")
+    scores, positives = as_numpy(scores), as_numpy(labels) > 0.5
+    if scores.ndim != 2 or scores.shape != positives.shape:
+        raise ValueError(f"scores and labels must both be (N, C) arrays, got {scores.shape} and {positives.shape}")
+    paper = convention == "paper"
+
+    predicted = predicted_labels(scores, threshold, strict=paper, top_k=top_k)
+    true_positives = (predicted & positives).sum(axis=0)
+    num_predicted = predicted.sum(axis=0)
+    num_positives = positives.sum(axis=0)
+    evaluated = num_positives > 0
+    without_positives = np.flatnonzero(~evaluated).tolist()
+    if without_positives:
+        warnings.warn(
+            f"{len(without_positives)} class(es) without any positive image are left out of mAP, CP, CR "
+            f"and CF1: {without_positives[:20]}",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    def class_ap(c: int) -> float:
+        if paper:
+            return average_precision_voc(scores[:, c], positives[:, c])
+        return float(average_precision_score(positives[:, c], scores[:, c]))
+
+    per_class_ap = [class_ap(c) if evaluated[c] else None for c in range(scores.shape[1])]
+    never_predicted_precision = 1.0 if paper else 0.0
+    precision = np.where(num_predicted > 0, true_positives / np.maximum(num_predicted, 1), never_predicted_precision)
+    recall = true_positives / np.maximum(num_positives, 1)
+
+    if evaluated.any():
+        mean_ap = float(np.mean([per_class_ap[c] for c in np.flatnonzero(evaluated)]))
+        class_precision, class_recall = float(precision[evaluated].mean()), float(recall[evaluated].mean())
+        if paper:
+            class_f1 = float(harmonic_mean(precision, recall)[evaluated].mean())
+        else:
+            class_f1 = float(harmonic_mean(class_precision, class_recall))
+    else:
+        mean_ap = class_precision = class_recall = class_f1 = None
+
+    total_predicted, total_positives = num_predicted.sum(), num_positives.sum()
+    overall_precision = true_positives.sum() / total_predicted if total_predicted else never_predicted_precision
+    overall_recall = true_positives.sum() / total_positives if total_positives else None
+    overall_f1 = None if overall_recall is None else float(harmonic_mean(overall_precision, overall_recall))
+
+    return {
+        "mAP": percent(mean_ap),
+        "CP": percent(class_precision),
+        "CR": percent(class_recall),
+        "CF1": percent(class_f1),
+        "OP": percent(overall_precision),
+        "OR": percent(overall_recall),
+        "OF1": percent(overall_f1),
+        "per_class_AP": [percent(ap) for ap in per_class_ap],
+        "classes_without_positives": without_positives,
+    }
