@@ -18,5 +18,22 @@ SRNConfig.register_for_auto_class()
 SRNModel.register_for_auto_class("AutoModel")
 SRNForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
+# The multi-label pipeline (`pipeline("multi-label-image-classification", ...)`) and the timm entries
+# (`timm.create_model("srn_resnet101", ...)`), registered on import.
+from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
+
+from . import timm_srn  # noqa: E402,F401
+from .pipeline_srn import TASK as PIPELINE_TASK  # noqa: E402
+from .pipeline_srn import MultiLabelImageClassificationPipeline  # noqa: E402
+from .timm_srn import SRNTimm, create_timm_srn  # noqa: E402
+
+PIPELINE_REGISTRY.register_pipeline(
+    PIPELINE_TASK,
+    pipeline_class=MultiLabelImageClassificationPipeline,
+    pt_model=AutoModelForImageClassification,
+    type="image",
+)
+
 __all__ = ["SRNConfig", "SRNModel", "SRNForImageClassification", "SRNOutput", "SRNPreTrainedModel"]
+__all__ += ["MultiLabelImageClassificationPipeline", "SRNTimm", "create_timm_srn"]
 __version__ = "0.1.0"
