@@ -1,13 +1,17 @@
 """srn_hf: the Spatial Regularization Network (SRN, CVPR 2017) for multi-label image classification.
 
-`import srn_hf` registers SRN with transformers' Auto classes (and with timm and the pipelines, where those
-modules are present).
+`import srn_hf` registers SRN with transformers (AutoConfig, AutoModel, AutoModelForImageClassification, the
+`multi-label-image-classification` pipeline) and with timm (`timm.create_model("srn_resnet101", ...)`).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_srn import SRNConfig
 from .modeling_srn import SRNForImageClassification, SRNModel, SRNOutput, SRNPreTrainedModel
+from .pipeline_srn import TASK as PIPELINE_TASK
+from .pipeline_srn import MultiLabelImageClassificationPipeline
+from .timm_srn import SRNTimm, create_timm_srn  # registers the timm entries
 
 AutoConfig.register(SRNConfig.model_type, SRNConfig, exist_ok=True)
 AutoModel.register(SRNConfig, SRNModel, exist_ok=True)
@@ -18,15 +22,6 @@ SRNConfig.register_for_auto_class()
 SRNModel.register_for_auto_class("AutoModel")
 SRNForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
-# The multi-label pipeline (`pipeline("multi-label-image-classification", ...)`) and the timm entries
-# (`timm.create_model("srn_resnet101", ...)`), registered on import.
-from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
-
-from . import timm_srn  # noqa: E402,F401
-from .pipeline_srn import TASK as PIPELINE_TASK  # noqa: E402
-from .pipeline_srn import MultiLabelImageClassificationPipeline  # noqa: E402
-from .timm_srn import SRNTimm, create_timm_srn  # noqa: E402
-
 PIPELINE_REGISTRY.register_pipeline(
     PIPELINE_TASK,
     pipeline_class=MultiLabelImageClassificationPipeline,
@@ -34,6 +29,14 @@ PIPELINE_REGISTRY.register_pipeline(
     type="image",
 )
 
-__all__ = ["SRNConfig", "SRNModel", "SRNForImageClassification", "SRNOutput", "SRNPreTrainedModel"]
-__all__ += ["MultiLabelImageClassificationPipeline", "SRNTimm", "create_timm_srn"]
+__all__ = [
+    "SRNConfig",
+    "SRNModel",
+    "SRNForImageClassification",
+    "SRNOutput",
+    "SRNPreTrainedModel",
+    "MultiLabelImageClassificationPipeline",
+    "SRNTimm",
+    "create_timm_srn",
+]
 __version__ = "0.1.0"
