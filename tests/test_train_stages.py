@@ -1,0 +1,232 @@
+"""examples/train_stages.py end to end: short real runs on a tiny generated image folder with a tiny timm backbone.
+
+Covers the four stages, the exports and metrics.json, the recipe checks, killing a run and resuming it (same
+results as an uninterrupted run), a diverging loss, and the bad inputs that must fail before training.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import srn_hf  # noqa: F401  (registers SRN with transformers)
+from srn_hf.training import RecipeError, TrainingDiverged, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "train_stages.py"
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_stages", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_image_folder(root: Path, sizes=(48, 16, 16), names=tuple(COLOURS), seed=0) -> Path:
+    """train/validation/test folders of 64x64 images with coloured squares: the squares present are the labels."""
+    rng = np.random.default_rng(seed)
+    for split, count in zip(("train", "validation", "test"), sizes):
+        folder = root / split
+        folder.mkdir(parents=True)
+        lines = []
+        for index in range(count):
+            pixels = np.full((64, 64, 3), 128, np.uint8) + rng.integers(0, 30, (64, 64, 3), dtype=np.uint8)
+            labels = [name for name in names if rng.random() < 0.5] or [names[index % len(names)]]
+            for name in labels:
+                top, left = rng.integers(0, 44, 2)
+                pixels[top : top + 20, left : left + 20] = COLOURS.get(name, (250, 250, 0))
+            Image.fromarray(pixels).save(folder / f"{index}.png")
+            lines.append(json.dumps({"file_name": f"{index}.png", "labels": labels}))
+        (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def tiny_args(data_dir: Path, output_dir: Path, *extra: str, epochs: int = 1) -> list[str]:
+    """The demo recipe, brought down by `--set` overrides to a random-init resnet10t at 64 px in fp32."""
+    settings = {
+        "output_dir": output_dir,
+        "model.backbone": "resnet10t",
+        "model.pretrained_weights": "null",
+        "model.image_size": 64,
+        "model.attention_channels": 16,
+        "model.regularization_channels": 16,
+        "model.regularization_out_channels": 32,
+        "data.kind": "imagefolder",
+        "data.options": "{data_dir: " + str(data_dir) + "}",
+        "data.augment": "multiscale",
+        "training.mixed_precision": "no",
+        "training.channels_last": "false",
+        "training.log_with": "none",
+        "training.eval_batch_size": 8,
+        "training.checkpoints_total_limit": "null",
+    }
+    for stage in (1, 2, 3, 4):
+        settings.update({f"stage{stage}.epochs": epochs, f"stage{stage}.batch_size": 8, f"stage{stage}.lr": 1e-3})
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")] + list(extra)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("squares"))
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_script()
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, data_dir, script):
+    output_dir = tmp_path_factory.mktemp("run")
+    report = script.main(tiny_args(data_dir, output_dir))
+    return output_dir, report
+
+
+def test_four_stages_export_pipeline_folders_and_metrics(full_run):
+    from transformers import pipeline
+
+    output_dir, report = full_run
+    saved = json.loads((output_dir / "metrics.json").read_text())
+    assert [record["stage"] for record in saved["stages"]] == [1, 2, 3, 4]
+    assert [record["prediction"] for record in saved["stages"]] == ["cls_logits", "att_logits", "sr_logits", "logits"]
+    assert saved["dataset"]["label_names"] == sorted(COLOURS)
+    assert saved["dataset"]["splits"] == {"train": 48, "validation": 16, "test": 16}
+    assert saved["recipe"]["model"]["backbone"] == "resnet10t"
+    for record in saved["stages"]:
+        for split in ("validation", "test"):
+            assert 0 <= record[split]["mAP"] <= 100 and {"CP", "CR", "CF1", "OP", "OR", "OF1"} <= set(record[split])
+        assert record["best_epoch"] == 1 and len(record["history"]) == 1
+    assert (output_dir / "training_curves.png").stat().st_size > 10_000
+    from srn_hf.hub import load_training_metrics  # the model card reads metrics.json beside OUTPUT_DIR/final
+
+    assert load_training_metrics(output_dir / "final")[0]["stages"][3]["test"]["mAP"] == saved["stages"][3]["test"]["mAP"]
+    for folder in ("stage-1", "stage-2", "stage-3", "stage-4", "final"):
+        classifier = pipeline("image-classification", model=str(output_dir / folder))
+        predictions = classifier(Image.new("RGB", (80, 60), (220, 30, 30)), top_k=3)
+        assert sorted(p["label"] for p in predictions) == sorted(COLOURS)
+        assert all(0 <= p["score"] <= 1 for p in predictions)
+
+
+def test_stages_change_only_their_modules(full_run):
+    """Stage 2 leaves backbone and f_cls as stage 1 exported them; stage 3 changes only f_sr."""
+    from safetensors.torch import load_file
+
+    output_dir, _ = full_run
+    weights = {n: load_file(output_dir / f"stage-{n}" / "model.safetensors") for n in (1, 2, 3, 4)}
+
+    def changed(a, b):
+        return {key.split(".")[1] for key in a if not torch.equal(a[key], b[key])}
+
+    assert changed(weights[1], weights[2]) == {"attention", "confidence"}
+    assert changed(weights[2], weights[3]) == {"spatial_regularization"}
+    assert {"backbone", "classifier"} <= changed(weights[3], weights[4])
+
+
+def test_later_stages_start_from_an_earlier_stage_output(full_run, data_dir, tmp_path, script):
+    output_dir, _ = full_run
+    report = script.main(tiny_args(data_dir, tmp_path / "later", "--stages", "3,4", "--init-from", str(output_dir / "stage-2")))
+    assert [record["stage"] for record in report["stages"]] == [3, 4]
+    assert (tmp_path / "later" / "final" / "config.json").exists()
+
+
+def test_recipe_checks_keys_and_types(tmp_path):
+    recipe = load_recipe(SCRIPT.parent / "configs" / "demo.yaml", ["stage4.lr=2e-5", "training.mixed_precision=no"])
+    assert recipe.stage4.lr == 2e-5 and recipe.training.mixed_precision == "no"
+    assert recipe.model.backbone == "tf_efficientnet_lite0"
+    with pytest.raises(RecipeError, match="unknown key stage4.learning_rate"):
+        load_recipe(None, ["stage4.learning_rate=1e-5"])
+    with pytest.raises(RecipeError, match="stage1.epochs: expected int, got str"):
+        load_recipe(None, ["stage1.epochs=three"])
+    with pytest.raises(RecipeError, match="training.mixed_precision"):
+        load_recipe(None, ["training.mixed_precision=fp8"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  image_size: 224.5\n")
+    with pytest.raises(RecipeError, match="bad.yaml.*model.image_size"):
+        load_recipe(bad)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "coco_resnet101.yaml", "voc2007.yaml", "nuswide.yaml"])
+def test_shipped_recipes_load(name):
+    recipe = load_recipe(SCRIPT.parent / "configs" / name)
+    assert recipe.stage4.backbone_lr is not None and recipe.stage4.backbone_lr < recipe.stage1.lr
+
+
+def test_bad_inputs_fail_before_training(full_run, data_dir, tmp_path, script):
+    output_dir, _ = full_run
+    other = make_image_folder(tmp_path / "other", sizes=(8, 4, 4), names=("red", "green", "yellow"))
+    # A dataset whose label set is not the model's.
+    with pytest.raises(ValueError, match="another label set"):
+        script.main(tiny_args(other, tmp_path / "a", "--stages", "2,3,4", "--init-from", str(output_dir / "stage-1")))
+    # A checkpoint folder of another run (another dataset, so other labels).
+    checkpoint = sorted((output_dir / "checkpoints").iterdir())[-1]
+    with pytest.raises(ValueError, match="belongs to another run"):
+        script.main(tiny_args(other, tmp_path / "b", "--resume", str(checkpoint)))
+    # A value of the wrong type, an unknown key.
+    with pytest.raises(RecipeError, match="stage2.batch_size"):
+        script.main(tiny_args(data_dir, tmp_path / "c", "--set", "stage2.batch_size=big"))
+    with pytest.raises(RecipeError, match="unknown key"):
+        script.main(tiny_args(data_dir, tmp_path / "d", "--set", "stage2.epoch=1"))
+    # An output folder that already holds a run.
+    with pytest.raises(ValueError, match="already holds a run"):
+        script.main(tiny_args(data_dir, output_dir))
+    for name in "abcd":
+        assert not (tmp_path / name / "checkpoints").exists()
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, script):
+    args = tiny_args(data_dir, tmp_path, "--set", "stage2.lr=1e12", "--set", "stage2.epochs=3", "--stages", "1,2")
+    with pytest.raises(TrainingDiverged, match="stage 2.*last good checkpoint: .*checkpoint_0"):
+        script.main(args)
+    checkpoints = sorted((tmp_path / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["checkpoint_0"]
+    assert json.loads((checkpoints[0] / "progress.json").read_text())["stage"] == 1
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_results(data_dir, tmp_path, script):
+    """SIGKILL a run right after its first mid-epoch checkpoint of stage 2; --resume must end as an unbroken run."""
+    extra = ["--set", "training.checkpoint_every_steps=2"]
+    reference = script.main(tiny_args(data_dir, tmp_path / "reference", *extra, epochs=2))
+
+    output_dir = tmp_path / "killed"
+    command = [sys.executable, str(SCRIPT), *tiny_args(data_dir, output_dir, *extra, epochs=2)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and process.poll() is None:
+            progress = [json.loads(p.read_text()) for p in output_dir.glob("checkpoints/*/progress.json")]
+            if any(p["stage"] == 2 and p["step"] > 0 for p in progress):
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-stage"
+    assert not (output_dir / "metrics.json").exists()
+
+    resumed = script.main(tiny_args(data_dir, output_dir, *extra, "--resume", epochs=2))
+    for expected, got in zip(reference["stages"], resumed["stages"]):
+        assert len(got["history"]) == len(expected["history"])
+        for got_epoch, expected_epoch in zip(got["history"], expected["history"]):
+            assert got_epoch == pytest.approx(expected_epoch)
+        assert got["test"]["mAP"] == pytest.approx(expected["test"]["mAP"])
+        assert got["best_epoch"] == expected["best_epoch"]
+    from safetensors.torch import load_file
+
+    final_reference = load_file(tmp_path / "reference" / "final" / "model.safetensors")
+    final_resumed = load_file(output_dir / "final" / "model.safetensors")
+    assert all(torch.equal(final_reference[key], final_resumed[key]) for key in final_reference)
