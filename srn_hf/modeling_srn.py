@@ -112,6 +112,16 @@ def create_backbone(config: SRNConfig, pretrained: bool = False, weights_file: s
         ) from error
 
 
+class LabelMapConv(nn.Conv2d):
+    """A 1x1 convolution with one output map per label (Z of f_att, the confidence maps S).
+
+    A class of its own so that `_init_weights` starts it small, like the linear classifiers.
+    """
+
+    def __init__(self, in_channels: int, num_labels: int):
+        super().__init__(in_channels, num_labels, kernel_size=1)
+
+
 class SRNAttention(nn.Module):
     """f_att: attention logits Z from X (conv1x1 + ReLU, conv3x3 + ReLU, conv1x1 to C)."""
 
@@ -120,7 +130,7 @@ class SRNAttention(nn.Module):
         width = config.attention_channels
         self.conv1 = conv_bn_relu(in_channels, width, 1, config.use_batch_norm)
         self.conv2 = conv_bn_relu(width, width, 3, config.use_batch_norm, padding=1)
-        self.conv3 = nn.Conv2d(width, config.num_labels, 1)
+        self.conv3 = LabelMapConv(width, config.num_labels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.conv3(self.conv2(self.conv1(features)))
@@ -136,7 +146,7 @@ class SRNConfidence(nn.Module):
             in_channels = config.attention_channels
         else:
             self.hidden = nn.Identity()
-        self.conv = nn.Conv2d(in_channels, config.num_labels, 1)
+        self.conv = LabelMapConv(in_channels, config.num_labels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.conv(self.hidden(features))
@@ -160,8 +170,29 @@ class SRNSpatialRegularization(nn.Module):
         self.fc = nn.Linear(out_channels, config.num_labels)
 
     def forward(self, weighted_attention_maps: torch.Tensor) -> torch.Tensor:
-        hidden = self.conv3(self.conv2(self.conv1(weighted_attention_maps)))
+        hidden = self.conv2(self.conv1(weighted_attention_maps))
+        grouped_conv, *batch_norm_relu = self.conv3
+        hidden = whole_map_grouped_conv(grouped_conv, hidden)
+        for layer in batch_norm_relu:
+            hidden = layer(hidden)
         return self.fc(hidden.flatten(1))
+
+
+def whole_map_grouped_conv(conv: nn.Conv2d, maps: torch.Tensor) -> torch.Tensor:
+    """`conv(maps)` for a grouped convolution whose kernel covers the whole map (f_sr's K x K on K x K maps).
+
+    Computed as one batched matrix product over the groups, with the same weights and the same result (up to
+    float rounding): oneDNN's grouped convolution with a kernel as large as the map takes about 40 times the
+    rest of SRN's head in channels-last float32 (measured in `benchmarks/`). Returns B x out_channels x 1 x 1.
+    """
+    if tuple(maps.shape[-2:]) != tuple(conv.kernel_size) or conv.padding != (0, 0):
+        return conv(maps)
+    batch, groups = maps.shape[0], conv.groups
+    maps = maps.reshape(batch, groups, -1)  # B x g x (in/g * K * K)
+    weight = conv.weight.reshape(groups, conv.out_channels // groups, -1)  # g x out/g x (in/g * K * K)
+    outputs = torch.matmul(maps.transpose(0, 1), weight.transpose(1, 2))  # g x B x out/g (autocast-aware)
+    outputs = outputs.transpose(0, 1).reshape(batch, conv.out_channels, 1, 1)
+    return outputs if conv.bias is None else outputs + conv.bias.view(1, -1, 1, 1)
 
 
 def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
@@ -222,11 +253,17 @@ class SRNPreTrainedModel(PreTrainedModel):
         return model
 
     def _init_weights(self, module):
-        """Kaiming init for convolutions, N(0, initializer_range) for linear layers, identity batch norm.
+        """Kaiming init for hidden convolutions, N(0, initializer_range) for the layers that output per-label logits or
+        maps (f_cls, f_att's last convolution Z, the confidence maps S, f_sr's linear layer), identity batch norm.
 
+        The small output layers make every prediction start near 0 (loss near log 2) and every attention map A start
+        uniform, so that stage 2 starts from y_att = the average of S instead of from saturated sigmoids.
         Rebuilds the non-persistent buffers of timm modules, which `from_pretrained` creates on the meta device.
         """
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, LabelMapConv):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 init.zeros_(module.bias)
