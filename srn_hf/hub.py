@@ -53,7 +53,7 @@ from .configuration_srn import AUTO_MAP, SRNConfig
 from .metrics import multilabel_metrics
 from .modeling_srn import SRNForImageClassification
 from .processing import create_image_processor
-from .stages import STAGES
+from .stages import PAPER_NAMES, STAGES
 
 # The template of the model card (Jinja, rendered by `ModelCard.from_template`): model_card.md at the repository's
 # root, reached through the link srn_hf/model_card.md, which wheels carry as a file.
@@ -77,7 +77,6 @@ METRIC_NAMES = {
     "OF1": "overall F1",
 }
 # The paper's names of the SRNOutput predictions.
-PAPER_NAMES = {"cls_logits": "y_cls", "att_logits": "y_att", "sr_logits": "y_sr", "logits": "y"}
 # Keys of a training configuration whose values are places on the training machine: never published.
 LOCAL_SETTING_SUFFIXES = ("_dir", "_path", "_file", "_root", "_files")
 

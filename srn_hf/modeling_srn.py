@@ -72,11 +72,15 @@ def sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction:
     `reduction="sum_over_classes"` sums over classes and divides by the batch size, as the authors' Caffe
     loss does (C times larger gradients than the mean, so the same learning rate trains C times faster).
     """
-    loss = nnf.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+    return reduce_loss(nnf.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none"), reduction)
+
+
+def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """A B x C loss to a number: `"mean"` over batch and classes, or `"sum_over_classes"` divided by the batch size."""
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum_over_classes":
-        return loss.sum() / logits.shape[0]
+        return loss.sum() / loss.shape[0]
     raise ValueError(f"reduction={reduction!r} is not 'mean' or 'sum_over_classes'")
 
 

@@ -28,7 +28,10 @@ from functools import partial
 import torch
 from torch import nn
 
-from .modeling_srn import SRNForImageClassification, SRNModel, SRNOutput, sigmoid_cross_entropy
+from .modeling_srn import SRNForImageClassification, SRNModel, SRNOutput, reduce_loss, sigmoid_cross_entropy
+
+# The paper's name of each SRNOutput prediction.
+PAPER_NAMES = {"cls_logits": "y_cls", "att_logits": "y_att", "sr_logits": "y_sr", "logits": "y"}
 
 # The sub-modules of SRNModel, in the order the paper introduces them.
 SRN_MODULES = ("backbone", "classifier", "attention_trunk", "attention", "confidence", "spatial_regularization")
@@ -168,12 +171,7 @@ def asymmetric_loss(
         p_t = probabilities * labels + negative_probabilities * (1 - labels)
         gamma = gamma_positive * labels + gamma_negative * (1 - labels)
         loss = loss * torch.pow(1 - p_t, gamma)
-    loss = -loss
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum_over_classes":
-        return loss.sum() / logits.shape[0]
-    raise ValueError(f"reduction={reduction!r} is not 'mean' or 'sum_over_classes'")
+    return reduce_loss(-loss, reduction)
 
 
 LOSSES = ("sigmoid_cross_entropy", "asymmetric")

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from .data.transforms import AUGMENTATIONS
-from .stages import get_stage
+from .stages import PAPER_NAMES, get_stage
 
 
 class RecipeError(ValueError):
@@ -285,7 +285,6 @@ def predict_scores(accelerator, model, dataloader, predictions: tuple[str, ...])
 
 def metric_table(stages: list[dict], split: str, columns=("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")) -> str:
     """A text table of the stages' metrics on `split` (one row per stage, named by its prediction)."""
-    names = {"cls_logits": "y_cls", "att_logits": "y_att", "sr_logits": "y_sr", "logits": "y (SRN)"}
     header = f"{'stage':<6}{'prediction':<12}" + "".join(f"{column:>8}" for column in columns)
     rows = [f"{split} split", header, "-" * len(header)]
     for record in stages:
@@ -293,7 +292,7 @@ def metric_table(stages: list[dict], split: str, columns=("mAP", "CP", "CR", "CF
         if not metrics:
             continue
         cells = "".join(f"{metrics.get(column, math.nan):>8.2f}" for column in columns)
-        rows.append(f"{record['stage']:<6}{names[record['prediction']]:<12}{cells}")
+        rows.append(f"{record['stage']:<6}{PAPER_NAMES[record['prediction']]:<12}{cells}")
     return "\n".join(rows)
 
 
