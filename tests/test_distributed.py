@@ -1,8 +1,12 @@
 """Two-process CPU runs (Accelerate's debug_launcher, real DDP over gloo) of the staged training and evaluation."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from accelerate import Accelerator, debug_launcher
+from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from srn_hf import SRNConfig, SRNForImageClassification
@@ -67,12 +71,29 @@ def score_validation(data_dir):
     assert torch.allclose(scores["logits"], expected, atol=1e-5)
 
 
+def launch_two_processes(function, *args: str) -> None:
+    """`debug_launcher(function, args, num_processes=2)`, started from a fresh Python process.
+
+    debug_launcher forks its workers; forking the test process after earlier tests have started torch's OpenMP
+    thread pool deadlocks the children, so the launch happens in an interpreter that has run no torch op yet.
+    """
+    code = (
+        "from accelerate import debug_launcher\n"
+        f"from test_distributed import {function.__name__}\n"
+        f"debug_launcher({function.__name__}, args={args!r}, num_processes=2)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+
+
 def test_two_process_stages_keep_ranks_identical(tmp_path):
     data_dir = make_image_folder(tmp_path / "data", sizes=(24, 13, 8))
-    debug_launcher(train_two_stages, args=(data_dir, tmp_path / "run"), num_processes=2)
+    launch_two_processes(train_two_stages, str(data_dir), str(tmp_path / "run"))
     assert (tmp_path / "run" / "stage-2" / "model.safetensors").exists()
 
 
 def test_two_process_evaluation_gathers_every_sample_once(tmp_path):
     data_dir = make_image_folder(tmp_path / "data", sizes=(8, 13, 8))
-    debug_launcher(score_validation, args=(data_dir,), num_processes=2)
+    launch_two_processes(score_validation, str(data_dir))
