@@ -373,7 +373,8 @@ def main(argv=None) -> dict:
     if args.push_to_hub and accelerator.is_main_process:
         from srn_hf.hub import publish  # model card from OUTPUT_DIR/metrics.json, model + image processor pushed
 
-        accelerator.print(f"published: {publish(output_dir / 'final', args.push_to_hub)}")
+        example_image = dataset["test"].with_format(None)[0]["image"]  # the card's attention picture: a test image
+        accelerator.print(f"published: {publish(output_dir / 'final', args.push_to_hub, example_image=example_image)}")
     return report
 
 

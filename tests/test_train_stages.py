@@ -230,3 +230,25 @@ def test_killed_run_resumes_to_the_same_results(data_dir, tmp_path, script):
     final_reference = load_file(tmp_path / "reference" / "final" / "model.safetensors")
     final_resumed = load_file(output_dir / "final" / "model.safetensors")
     assert all(torch.equal(final_reference[key], final_resumed[key]) for key in final_reference)
+
+
+def test_push_to_hub_at_the_end_publishes_the_final_model(data_dir, tmp_path, script, monkeypatch):
+    """`--push-to-hub`: one commit with the final model, its card and a test image's attention picture.
+
+    Only the network edge is faked: `HfApi.create_repo` and `HfApi.create_commit` record their calls.
+    """
+    from huggingface_hub import HfApi
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: calls.append(("create_repo", repo_id)))
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        calls.append(("create_commit", repo_id, sorted(operation.path_in_repo for operation in operations)))
+
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    output_dir = tmp_path / "run"
+    script.main(tiny_args(data_dir, output_dir, "--stages", "1", "--push-to-hub", "org/srn-squares", epochs=1))
+    assert calls[0] == ("create_repo", "org/srn-squares")
+    (kind, repo_id, files), = calls[1:]
+    assert (kind, repo_id) == ("create_commit", "org/srn-squares")
+    assert {"README.md", "attention_maps.png", "config.json", "model.safetensors", "preprocessor_config.json"} <= set(files)
