@@ -7,30 +7,17 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from conftest import save_with_processor, small_srn
 from PIL import Image
 
-import srn_hf
 from srn_hf.cli import main
-from srn_hf.processing import create_image_processor
 
 LABELS = {0: "cat", 1: "dog", 2: "car"}
 
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("srn")
-    config = srn_hf.SRNConfig(
-        backbone="resnet10t",
-        id2label=LABELS,
-        attention_channels=16,
-        regularization_channels=16,
-        regularization_out_channels=32,
-    )
-    torch.manual_seed(0)
-    srn_hf.SRNForImageClassification(config).save_pretrained(folder)
-    create_image_processor(config).save_pretrained(folder)
-    return str(folder)
+    return save_with_processor(small_srn(LABELS), tmp_path_factory.mktemp("srn"))
 
 
 @pytest.fixture(scope="module")

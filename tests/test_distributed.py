@@ -7,15 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import small_srn
+from test_train_stages import load_script, make_image_folder, tiny_args
 from torch.utils.data import DataLoader
 
-from srn_hf import SRNConfig, SRNForImageClassification
-from srn_hf.data import collate_multilabel, load_multilabel_dataset, with_multilabel_transforms
+from srn_hf.data import (
+    collate_multilabel,
+    load_multilabel_dataset,
+    with_multilabel_transforms,
+)
 from srn_hf.processing import create_image_processor
 from srn_hf.stages import StageForward
 from srn_hf.training import predict_scores
-
-from test_train_stages import load_script, make_image_folder, tiny_args
 
 pytestmark = pytest.mark.multiprocess
 
@@ -50,13 +53,8 @@ def score_validation(data_dir):
     accelerator = Accelerator()
     dataset = load_multilabel_dataset("imagefolder", data_dir=str(data_dir))
     names = dataset["train"].features["labels"].feature.names
-    torch.manual_seed(0)
-    config = SRNConfig(
-        backbone="resnet10t", image_size=64, attention_channels=16, regularization_channels=16,
-        regularization_out_channels=32, id2label=dict(enumerate(names)),
-    )
-    model = SRNForImageClassification(config)
-    dataset = with_multilabel_transforms(dataset, image_processor=create_image_processor(config))
+    model = small_srn(dict(enumerate(names)), image_size=64)
+    dataset = with_multilabel_transforms(dataset, image_processor=create_image_processor(model.config))
     validation = dataset["validation"]
     loader = DataLoader(validation, batch_size=4, collate_fn=collate_multilabel)
     stage_model, sharded = accelerator.prepare(StageForward(model, 4), loader)

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_srn
 from huggingface_hub import HfApi, ModelCard, metadata_load, scan_cache_dir
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
 
-from srn_hf import SRNConfig, SRNForImageClassification
+from srn_hf import SRNForImageClassification
 from srn_hf.cli import main as cli_main
 from srn_hf.hub import METRIC_NAMES, hub_folder_files, publish, write_hub_folder
 from srn_hf.metrics import multilabel_metrics
@@ -43,17 +44,7 @@ EXPECTED_FILES = {
 
 def small_model(seed: int = 0) -> SRNForImageClassification:
     """A random-init SRN over timm's resnet18 at 64x64, small heads: fast, and every part real."""
-    torch.manual_seed(seed)
-    config = SRNConfig(
-        backbone="resnet18",
-        image_size=64,
-        attention_channels=16,
-        regularization_channels=16,
-        regularization_out_channels=32,
-        id2label=dict(enumerate(LABELS)),
-        label_thresholds={"dog": 0.7},
-    )
-    return SRNForImageClassification(config).eval()
+    return small_srn(dict(enumerate(LABELS)), seed, backbone="resnet18", image_size=64, label_thresholds={"dog": 0.7})
 
 
 def random_images(count: int, seed: int = 0) -> list[Image.Image]:
@@ -166,7 +157,7 @@ def test_card_carries_the_run_figures_in_a_model_index_the_hub_parses(published_
         row = next(line for line in readme.splitlines() if line.startswith(f"| {stage['stage']} | y") and f"(`{stage['prediction']}`)" in line)
         assert f"{stage['test']['mAP']:.1f}" in row and f"{stage['test']['OF1']:.1f}" in row
     # The recipe stage by stage, with this run's settings, without places on the training machine.
-    assert f"| 2 | attention_trunk, attention, confidence |" in readme
+    assert "| 2 | attention_trunk, attention, confidence |" in readme
     stage4 = next(line for line in readme.splitlines() if line.startswith("| 4 | 1 | "))  # stage 4: epochs, lr, ...
     assert f"| {metrics['recipe']['stage4']['lr']} |" in stage4
     assert str(training_run) not in readme and "output_dir" not in readme

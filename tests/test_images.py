@@ -3,13 +3,11 @@ bad file never stops a batch or a folder."""
 
 import numpy as np
 import pytest
-import torch
+from conftest import save_with_processor, small_srn
 from PIL import Image
 from transformers import pipeline
 
-import srn_hf
 from srn_hf.images import ImageError, list_image_files, open_image, open_images
-from srn_hf.processing import create_image_processor
 
 RED, WHITE = (255, 0, 0), (255, 255, 255)
 
@@ -174,17 +172,7 @@ def test_folder_listing_and_batch_keep_going(odd_folder, tmp_path):
 
 
 def test_pipeline_predicts_every_odd_image_and_reports_bad_ones(odd_folder, tmp_path):
-    config = srn_hf.SRNConfig(
-        backbone="resnet10t",
-        id2label={0: "cat", 1: "dog"},
-        attention_channels=16,
-        regularization_channels=16,
-        regularization_out_channels=32,
-    )
-    torch.manual_seed(0)
-    srn_hf.SRNForImageClassification(config).save_pretrained(tmp_path)
-    create_image_processor(config).save_pretrained(tmp_path)
-    tagger = pipeline("multi-label-image-classification", model=str(tmp_path))
+    tagger = pipeline("multi-label-image-classification", model=save_with_processor(small_srn({0: "cat", 1: "dog"}), tmp_path))
 
     results = tagger(str(odd_folder), batch_size=4, threshold=0.0)
     assert sorted(results) == sorted(str(odd_folder / name) for name in [*GOOD, *BAD])

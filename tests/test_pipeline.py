@@ -2,11 +2,14 @@
 multi-label pipeline: thresholds (global, per label, from the config, per call), top_k, batches, folders, attention
 maps at image resolution, the fast path."""
 
+from pathlib import Path
+
 import datasets
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
+from conftest import save_with_processor, small_srn
 from PIL import Image
 from transformers import AutoImageProcessor, pipeline
 from transformers.pipelines.pt_utils import KeyDataset
@@ -14,7 +17,7 @@ from transformers.pipelines.pt_utils import KeyDataset
 import srn_hf
 from srn_hf.images import ImageError
 from srn_hf.pipeline_srn import MultiLabelImageClassificationPipeline
-from srn_hf.processing import backbone_data_config, create_image_processor
+from srn_hf.processing import backbone_data_config
 
 LABELS = {0: "cat", 1: "dog", 2: "car", 3: "boat"}
 
@@ -22,23 +25,10 @@ LABELS = {0: "cat", 1: "dog", 2: "car", 3: "boat"}
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     """A small random SRN whose fused logits are spread out by hand (biases), saved with its image processor."""
-    folder = tmp_path_factory.mktemp("srn")
-    config = srn_hf.SRNConfig(
-        backbone="resnet10t",
-        id2label=LABELS,
-        attention_channels=16,
-        regularization_channels=16,
-        regularization_out_channels=32,
-        threshold=0.4,
-        label_thresholds={"cat": 0.99},
-    )
-    torch.manual_seed(0)
-    model = srn_hf.SRNForImageClassification(config).eval()
+    model = small_srn(LABELS, threshold=0.4, label_thresholds={"cat": 0.99})
     with torch.no_grad():
         model.srn.classifier.bias.copy_(torch.tensor([6.0, 2.0, -0.5, -6.0]))
-    model.save_pretrained(folder)
-    create_image_processor(config).save_pretrained(folder)
-    return folder
+    return Path(save_with_processor(model, tmp_path_factory.mktemp("srn")))
 
 
 @pytest.fixture(scope="module")

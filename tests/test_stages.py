@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from conftest import small_srn
 
-from srn_hf import SRNConfig, SRNForImageClassification
 from srn_hf.modeling_srn import sigmoid_cross_entropy
 from srn_hf.stages import (
     SRN_MODULES,
@@ -23,12 +23,7 @@ LABELS = {0: "cat", 1: "dog", 2: "sofa", 3: "tv"}
 @pytest.fixture(scope="module")
 def make_model():
     def make():
-        torch.manual_seed(0)
-        config = SRNConfig(
-            backbone="resnet10t", image_size=64, attention_channels=16, regularization_channels=16,
-            regularization_out_channels=32, id2label=LABELS,
-        )
-        return SRNForImageClassification(config)
+        return small_srn(LABELS, image_size=64).train()
 
     return make
 

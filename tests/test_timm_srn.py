@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import SMALL_BRANCHES
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
 from safetensors.torch import load_file
@@ -15,13 +16,11 @@ from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import backbone_data_config, create_image_processor
 from srn_hf.timm_srn import SRNTimm
 
-SMALL = dict(attention_channels=16, regularization_channels=16, regularization_out_channels=32)
-
 
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(0)
-    return timm.create_model("srn", backbone="resnet10t", num_classes=5, **SMALL).eval()
+    return timm.create_model("srn", backbone="resnet10t", num_classes=5, **SMALL_BRANCHES).eval()
 
 
 def test_registered_entries():
@@ -58,13 +57,13 @@ def test_timm_interface(small_model):
 
 
 def test_generic_entry_takes_any_backbone_and_config_fields():
-    model = srn_hf.create_timm_srn("convnext_atto", num_classes=3, alpha=0.25, img_size=256, label_names=["a", "b", "c"], **SMALL)
+    model = srn_hf.create_timm_srn("convnext_atto", num_classes=3, alpha=0.25, img_size=256, label_names=["a", "b", "c"], **SMALL_BRANCHES)
     assert model.config.backbone == "convnext_atto" and model.config.alpha == 0.25
     assert model.config.image_size == 256 and model.srn.attention_map_size == 16
     assert model.pretrained_cfg["input_size"] == (3, 256, 256)
     assert model.pretrained_cfg["mean"] == backbone_data_config(model.config)["mean"]
     assert list(model.config.id2label.values()) == ["a", "b", "c"]
-    assert timm.create_model("srn", backbone="convnext_atto", num_classes=3, **SMALL).config.backbone == "convnext_atto"
+    assert timm.create_model("srn", backbone="convnext_atto", num_classes=3, **SMALL_BRANCHES).config.backbone == "convnext_atto"
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 256, 256)).shape == (1, 3)
 
@@ -80,7 +79,7 @@ def test_bad_arguments_are_named():
 
 def test_state_dicts_interchange_with_transformers(small_model):
     images = torch.randn(2, 3, 224, 224)
-    config = srn_hf.SRNConfig(backbone="resnet10t", id2label={index: f"LABEL_{index}" for index in range(5)}, **SMALL)
+    config = srn_hf.SRNConfig(backbone="resnet10t", id2label={index: f"LABEL_{index}" for index in range(5)}, **SMALL_BRANCHES)
     hf_model = srn_hf.SRNForImageClassification(config).eval()
     assert set(hf_model.state_dict()) == set(small_model.state_dict())
 
@@ -131,7 +130,7 @@ def test_timm_eval_transform_is_the_paper_warp(small_model):
 
 def test_pretrained_loads_the_backbone_weights_offline(tmp_path):
     weights_file = packaged_efficientnet_lite0_weights(tmp_path)
-    model = timm.create_model("srn_tf_efficientnet_lite0", pretrained=True, backbone_weights_file=weights_file, num_classes=4, **SMALL)
+    model = timm.create_model("srn_tf_efficientnet_lite0", pretrained=True, backbone_weights_file=weights_file, num_classes=4, **SMALL_BRANCHES)
     weights = load_file(weights_file)
     backbone = model.srn.backbone.state_dict()
     assert torch.equal(backbone["conv_stem.weight"], weights["conv_stem.weight"])
