@@ -145,20 +145,9 @@ def initial_model(recipe, names: list[str], first_stage: int, init_from: str | N
         return model
     if init_from:
         raise ValueError("--init-from is for runs that start after stage 1 (--stages 2,3,4)")
-    config = SRNConfig(
-        backbone=model_recipe.backbone,
-        backbone_kwargs=model_recipe.backbone_kwargs,
-        image_size=model_recipe.image_size,
-        layout=model_recipe.layout,
-        use_batch_norm=model_recipe.use_batch_norm,
-        alpha=model_recipe.alpha,
-        attention_channels=model_recipe.attention_channels,
-        regularization_channels=model_recipe.regularization_channels,
-        regularization_out_channels=model_recipe.regularization_out_channels,
-        id2label=id2label,
-    )
-    model = SRNForImageClassification(config)
-    weights = model_recipe.pretrained_weights
+    config_fields = dict(vars(model_recipe))
+    weights = config_fields.pop("pretrained_weights")  # every other key of the model section is an SRNConfig field
+    model = SRNForImageClassification(SRNConfig(**config_fields, id2label=id2label))
     if weights == "packaged-lite0":
         model.load_backbone_weights(packaged_efficientnet_lite0_weights())
     elif weights == "timm":
