@@ -19,8 +19,10 @@ echo "== stamp scenes (generated once into $data_dir)"
 
 echo "== the four stages (examples/configs/demo.yaml)"
 resume=(); [ -d "$output_dir/checkpoints" ] && resume=(--resume)   # a second call continues an interrupted run
-# (precision comes from the recipe: training.mixed_precision)
+# (precision comes from the recipe: training.mixed_precision). On a CPU, accelerate launch gives each process one
+# thread unless told: with one process, all cores (two here: stage 1 takes 65 s per epoch instead of 2 min).
 "$VENV/bin/accelerate" launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+  --num_cpu_threads_per_process "$(nproc)" \
   "$repo/examples/train_stages.py" --config "$repo/examples/configs/demo.yaml" \
   --output-dir "$output_dir" --set "data.options={path: $data_dir}" "${resume[@]}" "$@"
 

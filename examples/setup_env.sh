@@ -4,7 +4,8 @@
 #   FRESH=1         delete VENV first (the test command does, so that a fresh machine is what is tested)
 # Installs, in order: torch and torchvision (pinned together: timm needs torchvision, and PyPI's torchvision
 # only works beside the matching torch), then this package with its test and demo extras, then Debian's
-# tuxpaint stamps and background photos (real object cut-outs for the offline demo data; never committed).
+# tuxpaint stamps and background photos (real object cut-outs for the offline demo data; never committed) and
+# libcairo2, which CairoSVG needs to draw the SVG stamps.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VENV:-$repo/.venv}
@@ -18,10 +19,12 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
 "${pip[@]}" -e "$repo[test,demo]"
 
-if [ ! -d /usr/share/tuxpaint/stamps/animals ] || [ ! -d /usr/share/tuxpaint/templates ]; then
+if [ ! -d /usr/share/tuxpaint/stamps/animals ] || [ ! -d /usr/share/tuxpaint/templates ] \
+  || ! ldconfig -p | grep "libcairo.so.2 " >/dev/null; then
   echo "== installing Debian's tuxpaint stamps and templates (object photos and backgrounds for the demo data)"
+  echo "   and libcairo2 (CairoSVG draws the SVG stamps with it)"
   sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -q
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q tuxpaint-stamps-default tuxpaint-data
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q tuxpaint-stamps-default tuxpaint-data libcairo2
 fi
 echo "== environment ready: $venv"

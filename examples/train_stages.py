@@ -139,7 +139,7 @@ def initial_model(recipe, names: list[str], first_stage: int, init_from: str | N
         if not (source / "config.json").exists():
             raise ValueError(f"stage {first_stage} starts from {source}, which holds no model (config.json); run stage {first_stage - 1} first or pass --init-from")
         model = SRNForImageClassification.from_pretrained(source, id2label=id2label)  # raises on another label set
-        for key in ("backbone", "image_size"):
+        for key in ("backbone", "image_size", "attention_feature_index", "classifier_feature_index", "layout"):
             if getattr(model.config, key) != getattr(model_recipe, key):
                 raise ValueError(f"{source} has {key}={getattr(model.config, key)!r}, the recipe model.{key}={getattr(model_recipe, key)!r}")
         return model

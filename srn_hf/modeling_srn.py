@@ -94,7 +94,7 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, use_batc
 
 
 def create_backbone(config: SRNConfig, pretrained: bool = False, weights_file: str | os.PathLike | None = None):
-    """The timm backbone f_cnn, returning the maps [X, F] at the configured feature indices."""
+    """The timm backbone f_cnn, returning its maps at the configured feature indices (see `feature_positions`)."""
     out_indices = (config.attention_feature_index, config.classifier_feature_index)
     overlay = {"file": os.fspath(weights_file)} if weights_file is not None else None
     try:
@@ -114,6 +114,18 @@ def create_backbone(config: SRNConfig, pretrained: bool = False, weights_file: s
             f"{config.classifier_feature_index} is out of range for backbone {config.backbone!r}, whose "
             f"feature_info has {stages} stages (valid indices {-stages}..{stages - 1})"
         ) from error
+
+
+def feature_positions(backbone: nn.Module, config: SRNConfig) -> tuple[int, int]:
+    """Where X and F sit in the backbone's output list.
+
+    timm returns each requested stage once, shallow to deep, whatever the order of `out_indices`: X may be
+    deeper than F, or the same map.
+    """
+    stages = len(backbone.feature_info)
+    resolved = [index % stages for index in (config.attention_feature_index, config.classifier_feature_index)]
+    returned = sorted(set(resolved))
+    return returned.index(resolved[0]), returned.index(resolved[1])
 
 
 class LabelMapConv(nn.Conv2d):
@@ -293,8 +305,11 @@ class SRNModel(SRNPreTrainedModel):
     def __init__(self, config: SRNConfig):
         super().__init__(config)
         self.backbone = create_backbone(config)
-        attention_channels, classifier_channels = self.backbone.feature_info.channels()
-        attention_reduction = self.backbone.feature_info.reduction()[0]
+        self.feature_positions = feature_positions(self.backbone, config)
+        info = self.backbone.feature_info
+        attention_channels = info.channels(config.attention_feature_index)
+        classifier_channels = info.channels(config.classifier_feature_index)
+        attention_reduction = info.reduction(config.attention_feature_index)
         self.attention_map_size = math.ceil(config.image_size / attention_reduction)
 
         self.classifier = nn.Linear(classifier_channels, config.num_labels)
@@ -336,8 +351,8 @@ class SRNModel(SRNPreTrainedModel):
 
     def forward_backbone(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f_cnn: the stride-16 map X and the stride-32 map F (a ViT's tokens come back as grids)."""
-        features, classifier_features = self.backbone(pixel_values)
-        return features, classifier_features
+        maps = self.backbone(pixel_values)
+        return maps[self.feature_positions[0]], maps[self.feature_positions[1]]
 
     def forward_heads(self, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNOutput:
         """f_cls, f_att, confidence maps and f_sr on the backbone maps X and F."""

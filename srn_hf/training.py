@@ -45,6 +45,8 @@ class ModelRecipe:
     pretrained_weights: str | None = "timm"
     backbone_kwargs: dict | None = None
     image_size: int = 224
+    attention_feature_index: int = -2
+    classifier_feature_index: int = -1
     layout: Literal["paper", "released"] = "paper"
     use_batch_norm: bool = True
     alpha: float = 0.5

@@ -14,7 +14,9 @@ from srn_hf.data.stamp_scenes import (
     TUXPAINT_CLASSES,
     TUXPAINT_DIR,
     PlacedObject,
+    folder_stamps,
     generate_stamp_scenes,
+    load_stamp,
     main,
     paste_objects,
     split_stamps,
@@ -152,6 +154,31 @@ def test_command_line(data_scene_sources, tmp_path, capsys):
     assert [len(split) for split in load_from_disk(str(tmp_path / "cli")).values()] == [6, 3, 3]
 
 
+def test_svg_cut_outs_are_drawn_and_split_with_their_png(tmp_path):
+    drawing = tmp_path / "stamps" / "boat" / "sail.svg"
+    drawing.parent.mkdir(parents=True)
+    drawing.write_text(  # a red 60x20 hull inside a transparent 100x100 page
+        '<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100">'
+        '<rect x="20" y="40" width="60" height="20" fill="#ff0000"/></svg>'
+    )
+    write_stamp(tmp_path / "stamps" / "boat" / "sail.png", (0, 0, 255))
+    write_stamp(tmp_path / "stamps" / "boat" / "junk.png", (0, 0, 200))
+    write_stamp(tmp_path / "stamps" / "boat" / "tug.png", (0, 0, 150))
+    stamp = load_stamp(str(drawing), 90)
+    assert stamp.mode == "RGBA" and stamp.size == (90, 30)  # cropped to the opaque hull, longest side 90
+    assert np.asarray(stamp)[15, 45].tolist() == [255, 0, 0, 255]
+    files = folder_stamps(tmp_path / "stamps")["boat"]
+    assert sorted(os.path.basename(path) for path in files) == ["junk.png", "sail.png", "sail.svg", "tug.png"]
+    dealt = split_stamps({"boat": files}, 0)
+    with_sail = [split for split in dealt if any("sail" in path for path in dealt[split]["boat"])]
+    assert len(with_sail) == 1  # the drawing and the photo of one name are one instance
+
+    broken = tmp_path / "broken.svg"
+    broken.write_text("<svg><rect")
+    with pytest.raises(ValueError, match="broken.svg: not a readable SVG"):
+        load_stamp(str(broken), 90)
+
+
 @pytest.mark.skipif(not (TUXPAINT_DIR / "stamps").is_dir(), reason="Debian's tuxpaint-stamps-default is not installed")
 def test_curated_tuxpaint_scenes():
     dataset = generate_stamp_scenes(None, sizes=(60, 20, 20), image_size=96, num_workers=2, progress=False)
@@ -160,6 +187,7 @@ def test_curated_tuxpaint_scenes():
     assert not stamps["train"] & stamps["test"] and not stamps["validation"] & stamps["test"]
     curated = {path for paths in TUXPAINT_CLASSES.values() for path in paths}
     assert set().union(*stamps.values()) <= curated
+    assert any(path.endswith(".svg") for path in set().union(*stamps.values()))  # SVG drawings are drawn too
     for split, data in dataset.items():
         sources = {source for row in data["backgrounds"] for source in row}
         assert sources <= {b.source for b in TUXPAINT_BACKGROUNDS if b.split == split}

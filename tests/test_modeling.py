@@ -303,6 +303,23 @@ def test_clear_config_errors():
         SRNModel(small_config(attention_feature_index=7))
 
 
+@pytest.mark.parametrize("indices", [(-1, -1), (-1, -2), (2, -1)])
+def test_any_feature_indices_give_the_maps_they_name(indices):
+    """X may be the same map as F, or deeper: timm returns each stage once, shallow to deep."""
+    model = seeded_model(small_config(attention_feature_index=indices[0], classifier_feature_index=indices[1]))
+    pixel_values = torch.randn(2, 3, 224, 224)
+    stages = timm.create_model("resnet18", features_only=True).eval()
+    stages.load_state_dict(model.backbone.state_dict(), strict=False)
+    with torch.no_grad():
+        expected = stages(pixel_values)
+        features, classifier_features = model.forward_backbone(pixel_values)
+        outputs = model(pixel_values)
+    torch.testing.assert_close(features, expected[indices[0]])
+    torch.testing.assert_close(classifier_features, expected[indices[1]])
+    side = expected[indices[0]].shape[-1]
+    assert outputs.attention_maps.shape == (2, len(LABELS), side, side)
+
+
 def test_config_round_trip_keeps_every_field(tmp_path):
     config = small_config(layout="released", alpha=0.3, label_thresholds={"dog": 0.7}, image_size=320)
     config.save_pretrained(tmp_path)

@@ -22,14 +22,15 @@ are dealt to the splits (60/20/20, at least one each, seeded), and each backgrou
 Everything is seeded: the same arguments give the same images, whatever the number of worker processes.
 
 Sources:
-- cut-outs: any folder `root/<class>/*.png` of RGBA images (`stamps_dir`), or by default the hand-curated
-  `TUXPAINT_CLASSES` from Debian's `tuxpaint-stamps-default` (real photos, some drawings; GPL-2, read from
-  the installed package, never copied into this repository);
+- cut-outs: any folder `root/<class>/*.png` (or `*.svg`) of RGBA images (`stamps_dir`), or by default the
+  hand-curated `TUXPAINT_CLASSES` from Debian's `tuxpaint-stamps-default` (real photos, some drawings; GPL-2,
+  read from the installed package, never copied into this repository). SVG drawings are rasterised with
+  CairoSVG (the `demo` extra; it needs Debian's libcairo2);
 - backgrounds: any folder `root/<role>/*` with roles `sky`, `grass`, `road`, `water`, `table`
   (`backgrounds`), or by default the curated `TUXPAINT_BACKGROUNDS`: photos from Debian's `tuxpaint-data`
   templates and textures bundled with scikit-image. Water can also be a sky photo's rippled reflection.
 
-    python -m srn_hf.data.stamp_scenes OUTPUT_DIR [--sizes 2000 500 500] [--image-size 224] [--seed 0]
+    python -m srn_hf.data.stamp_scenes OUTPUT_DIR [--sizes 2000 500 3000] [--image-size 224] [--seed 0]
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ ROLES = ("sky", "grass", "road", "water", "table")
 VISITOR_PROBABILITY = 0.15
 BACKGROUND_MAX_SIDE = 640
 JPEG_QUALITY = 90
+STAMP_SUFFIXES = (".png", ".svg")
+# train / validation / test images. A test split of a few thousand: below about half a point of mAP, a difference
+# between two models on it is noise (SRN_SPEC, practical notes); the validation split only picks epochs.
+DEFAULT_SIZES = (2000, 500, 3000)
 
 # Hand-curated from the stamp files (rendered and looked at): each class holds what it says, e.g. a teddy bear
 # is not a mammal, slugs and woodlice are not insects, a bison is not cattle. Paths are under stamps/.
@@ -67,6 +72,8 @@ TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
         "vehicles/flight/balloon360.png",
         "vehicles/flight/planes/cartoon/plane.png",
         "vehicles/flight/cartoon/eddieCopter.png",
+        "vehicles/flight/planes/plane.svg",
+        "military/vehicles/mustang.svg",
     ),
     "bird": tuple(
         f"animals/birds/{name}.png"
@@ -81,12 +88,17 @@ TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
         "vehicles/ship/walnutBoat.png",
         "vehicles/ship/cartoon/tugboat.png",
         "vehicles/ship/cartoon/bathyscape.png",
+        "vehicles/ship/sail_boat1.svg",
+        "vehicles/ship/sail_boat2.svg",
     ),
     "car": (
         "vehicles/auto/beetle.png",
         "vehicles/auto/sedan.png",
         "vehicles/auto/sportscar2.png",
         "vehicles/race/indycar.png",
+        "vehicles/auto/sportscar.svg",
+        "vehicles/auto/sportscar3.svg",
+        "vehicles/race/f1_car.svg",
     ),
     "cattle": tuple(
         f"animals/mammals/bovines/{name}.png" for name in ("bull", "cow", "cow_white", "yak", "zebu")
@@ -129,6 +141,8 @@ TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
         "household/dishes/utensils/pepper_grinder.png",
         "household/dishes/cartoon/pasta_pot.png",
         "household/dishes/cartoon/pressure_cooker.png",
+        "household/dishes/coffeecup.svg",
+        "household/dishes/expresso.svg",
     ),
     "poultry": tuple(
         f"animals/birds/{name}.png"
@@ -149,6 +163,12 @@ TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
         "vehicles/construction/cartoon/cementMixer.png",
         "vehicles/construction/cartoon/towTruck.png",
         "vehicles/emergency/cartoon/fire_engine.png",
+        "vehicles/blue_truck.svg",
+        "vehicles/iso_fireengine.svg",
+        "vehicles/iso_lorry1.svg",
+        "vehicles/iso_lorry2.svg",
+        "vehicles/iso_lorry3.svg",
+        "vehicles/iso_lorry4.svg",
     ),
     "vegetable": tuple(  # culinary vegetables, as tuxpaint files them (tomato included)
         f"food/vegetables/{name}.png"
@@ -315,14 +335,16 @@ def curated_tuxpaint_stamps(tuxpaint_dir: str | os.PathLike = TUXPAINT_DIR) -> d
 
 
 def folder_stamps(stamps_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """{class: [png files]} from a folder `root/<class>/*.png` (class names are the sub-folder names)."""
+    """{class: [png and svg files]} from a folder `root/<class>/*.{png,svg}` (class names are the sub-folders)."""
     root = Path(stamps_dir)
     stamps = {
-        sub.name: sorted(str(path) for path in sub.glob("*.png")) for sub in sorted(root.iterdir()) if sub.is_dir()
+        sub.name: sorted(str(path) for path in sub.iterdir() if path.suffix.lower() in STAMP_SUFFIXES)
+        for sub in sorted(root.iterdir())
+        if sub.is_dir()
     }
     stamps = {name: files for name, files in stamps.items() if files}
     if not stamps:
-        raise FileNotFoundError(f"{root}: no class sub-folder with PNG cut-outs (expected root/<class>/*.png)")
+        raise FileNotFoundError(f"{root}: no class sub-folder with cut-outs (expected root/<class>/*.png or *.svg)")
     return stamps
 
 
@@ -352,7 +374,8 @@ def folder_backgrounds(backgrounds_dir: str | os.PathLike, seed: int) -> list[Ba
 def split_stamps(stamps: dict[str, list[str]], seed: int) -> dict[str, dict[str, list[str]]]:
     """Deal each class's cut-out files to train / validation / test (disjoint, seeded, at least one each).
 
-    A file named `<name>_mirror.png` goes with `<name>.png` (it is the same instance flipped).
+    A file named `<name>_mirror.png` goes with `<name>.png` (it is the same instance flipped), and `<name>.svg`
+    with `<name>.png` (the same drawing).
     """
     library = {split: {} for split in SPLITS}
     for name, files in stamps.items():
@@ -399,11 +422,30 @@ def scene_types_for(class_names: list[str]) -> tuple[SceneType, ...]:
 _IMAGE_CACHE: dict[tuple, PILImage.Image] = {}
 
 
+def rasterize_svg(path: str, width: int) -> PILImage.Image:
+    """An SVG drawing rendered to RGBA at `width` pixels wide (CairoSVG)."""
+    try:
+        import cairosvg
+    except (ImportError, OSError) as error:  # OSError: the package is there but libcairo2 is not
+        raise ImportError(
+            f"{path}: SVG cut-outs need CairoSVG and Debian's libcairo2 "
+            "(pip install 'srn-hf[demo]'; apt-get install libcairo2)"
+        ) from error
+    try:
+        png = cairosvg.svg2png(url=str(path), output_width=width)
+    except Exception as error:  # CairoSVG raises parser errors of several kinds
+        raise ValueError(f"{path}: not a readable SVG drawing ({error})") from error
+    return PILImage.open(io.BytesIO(png))
+
+
 def load_stamp(path: str, max_side: int) -> PILImage.Image:
     """An RGBA cut-out cropped to its opaque pixels, at most `max_side` pixels long (cached per process)."""
     key = ("stamp", path, max_side)
     if key not in _IMAGE_CACHE:
-        stamp = PILImage.open(path).convert("RGBA")
+        if Path(path).suffix.lower() == ".svg":
+            stamp = rasterize_svg(path, 2 * max_side).convert("RGBA")
+        else:
+            stamp = PILImage.open(path).convert("RGBA")
         box = stamp.getchannel("A").point(lambda a: 255 if a > 127 else 0).getbbox()
         if box is None:
             raise ValueError(f"{path}: the cut-out has no opaque pixel")
@@ -710,7 +752,7 @@ def generate_stamp_scenes(
     output_dir: str | os.PathLike | None,
     stamps_dir: str | os.PathLike | None = None,
     backgrounds: str | os.PathLike | None = None,
-    sizes: tuple[int, int, int] = (2000, 500, 500),
+    sizes: tuple[int, int, int] = DEFAULT_SIZES,
     image_size: int = 224,
     seed: int = 0,
     min_visible: float = 0.4,
@@ -722,7 +764,7 @@ def generate_stamp_scenes(
 
     Args:
         output_dir: where `save_to_disk` writes (plus `contact_sheet.png`); None to only return it.
-        stamps_dir: a folder `root/<class>/*.png` of RGBA cut-outs; None for the curated tuxpaint classes.
+        stamps_dir: a folder `root/<class>/*.{png,svg}` of cut-outs; None for the curated tuxpaint classes.
         backgrounds: a folder `root/<role>/*` (roles sky, grass, road, water, table); None for the curated
             tuxpaint and scikit-image photos.
         sizes: number of train, validation and test images.
@@ -840,7 +882,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output_dir")
     parser.add_argument("--stamps-dir", default=None, help="root/<class>/*.png cut-outs (default: tuxpaint)")
     parser.add_argument("--backgrounds", default=None, help="root/<role>/* photos (default: tuxpaint, skimage)")
-    parser.add_argument("--sizes", type=int, nargs=3, default=(2000, 500, 500), metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--sizes", type=int, nargs=3, default=DEFAULT_SIZES, metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-visible", type=float, default=0.4)
