@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The offline demo end to end, on a fresh machine: environment, data, the four SRN stages, evaluation, export,
 # and the exported pipeline on a few real photos that scikit-image ships.
-#   bash examples/run_demo.sh                      # everything (about 15 minutes on 2 CPU cores)
+#   bash examples/run_demo.sh                      # everything (about 11 minutes on 2 CPU cores)
 #   OUTPUT_DIR=... DATA_DIR=... bash examples/run_demo.sh --set stage1.epochs=1   (extra args go to the script)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

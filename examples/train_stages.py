@@ -11,7 +11,8 @@ L(y_att) with the backbone frozen; stage 3 f_sr on L(y_sr); stage 4 everything o
 `srn_hf.stages.STAGES`). Each stage keeps its best epoch by validation mAP of its own prediction, exports it to
 OUTPUT_DIR/stage-N (a folder `pipeline("image-classification", model=...)` loads), and is scored on the
 validation and test splits. OUTPUT_DIR/final is the last stage's model; OUTPUT_DIR/metrics.json holds every
-stage's figures, OUTPUT_DIR/training_curves.png draws them. Checkpoints (Accelerate `save_state`) go to
+stage's figures and the last stage's test mAP over stage 1 with a bootstrap interval, OUTPUT_DIR/training_curves.png
+draws them, OUTPUT_DIR/predictions holds each stage's test scores. Checkpoints (Accelerate `save_state`) go to
 OUTPUT_DIR/checkpoints after every epoch (and every `training.checkpoint_every_steps` steps).
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -35,7 +36,7 @@ from transformers import get_scheduler
 from srn_hf import SRNConfig, SRNForImageClassification
 from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
-from srn_hf.metrics import multilabel_metrics
+from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import create_image_processor
 from srn_hf.stages import STAGES, StageForward, apply_stage, make_loss, set_train_mode, stage_loss
@@ -182,6 +183,19 @@ def export(accelerator, model: SRNForImageClassification, folder: Path) -> None:
         model.save_pretrained(folder)
         create_image_processor(model.config).save_pretrained(folder)
     accelerator.wait_for_everyone()
+
+
+def gain_over_stage1(output_dir: Path, records: list[dict]) -> dict | None:
+    """The last stage's test mAP over stage 1's, with a paired bootstrap interval over the test images.
+
+    Reads the test scores that each stage leaves in OUTPUT_DIR/predictions (so a resumed run has them too).
+    """
+    last = records[-1]["stage"]
+    files = [output_dir / "predictions" / f"stage-{number}-test.safetensors" for number in (1, last)]
+    if last == 1 or not all(file.exists() for file in files):
+        return None
+    first, final = (load_file(file) for file in files)
+    return {"stage": last, **map_difference(first["scores"], final["scores"], final["labels"])}
 
 
 def main(argv=None) -> dict:
@@ -341,6 +355,10 @@ def main(argv=None) -> dict:
         for split, loader in (("validation", validation_loader), ("test", test_loader)):
             scores, labels = predict_scores(accelerator, stage_model, loader, (stage.prediction,))
             record[split] = multilabel_metrics(scores[stage.prediction].numpy(), labels.numpy())
+            if split == "test" and accelerator.is_main_process:  # for the comparison with stage 1, error analysis
+                (output_dir / "predictions").mkdir(exist_ok=True)
+                save_file({"scores": scores[stage.prediction].contiguous(), "labels": labels.float().contiguous()},
+                          output_dir / "predictions" / f"stage-{number}-test.safetensors")  # fmt: skip
         accelerator.log({f"stage{number}/test_mAP": record["test"]["mAP"]})
         progress.update(stage=number + 1, epoch=0, step=0)
 
@@ -350,8 +368,16 @@ def main(argv=None) -> dict:
         "recipe": recipe.to_dict(),
         "dataset": {"name": recipe.data.kind, "label_names": names, "splits": dict(dataset.num_rows)},
         "stages": records,
+        "test_gain_over_stage1": gain_over_stage1(output_dir, records) if accelerator.is_main_process else None,
     }
     accelerator.print("\n" + metric_table(records, "validation") + "\n\n" + metric_table(records, "test"))
+    if report["test_gain_over_stage1"]:
+        gain = report["test_gain_over_stage1"]
+        accelerator.print(
+            f"\ntest mAP of stage {gain['stage']} over stage 1: {gain['difference']:+.2f} "
+            f"({100 * gain['confidence_level']:.0f}% interval {gain['low']:+.2f} .. {gain['high']:+.2f}, "
+            f"paired bootstrap over the {gain['images']} test images)"
+        )
     export(accelerator, model, output_dir / "final")
     if accelerator.is_main_process:
         write_json(output_dir / "metrics.json", report)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
-from srn_hf.metrics import EVALUATE_MODULE_PATH, average_precision_voc, multilabel_metrics
+from srn_hf.metrics import EVALUATE_MODULE_PATH, average_precision_voc, map_difference, multilabel_metrics
 
 
 @pytest.fixture
@@ -148,3 +148,24 @@ def test_evaluate_module_loads_offline(random_case, monkeypatch, tmp_path):
     assert result["mAP"] == pytest.approx(expected["mAP"])
     assert result["CF1"] == pytest.approx(expected["CF1"])
     assert result["per_class_AP"] == pytest.approx(expected["per_class_AP"])
+
+
+@pytest.mark.parametrize("convention", ["standard", "paper"])
+def test_map_difference_is_the_mAP_gain_with_a_paired_bootstrap_interval(convention):
+    rng = np.random.default_rng(0)
+    labels = rng.random((400, 5)) < 0.3
+    weaker = labels + rng.normal(0, 0.9, labels.shape)
+    stronger = labels + rng.normal(0, 0.5, labels.shape)
+    gain = map_difference(weaker, stronger, labels, convention=convention, n_resamples=200)
+    expected = (multilabel_metrics(stronger, labels, convention=convention)["mAP"]
+                - multilabel_metrics(weaker, labels, convention=convention)["mAP"])  # fmt: skip
+    assert gain["difference"] == pytest.approx(expected)
+    assert 0 < gain["low"] < gain["difference"] < gain["high"]  # a clear gain: the interval excludes 0
+    assert gain["images"] == 400 and gain["n_resamples"] == 200
+
+    same = map_difference(weaker, weaker, labels, n_resamples=50)
+    assert same["difference"] == same["low"] == same["high"] == 0
+    noise = map_difference(weaker, weaker + rng.normal(0, 0.05, labels.shape), labels, n_resamples=200)
+    assert noise["low"] < 0 < noise["high"]  # near-equal predictions: the interval straddles 0
+    with pytest.raises(ValueError, match="one shape"):
+        map_difference(weaker, stronger[:, :4], labels)

@@ -109,6 +109,9 @@ def test_four_stages_export_pipeline_folders_and_metrics(full_run):
             assert 0 <= record[split]["mAP"] <= 100 and {"CP", "CR", "CF1", "OP", "OR", "OF1"} <= set(record[split])
         assert record["best_epoch"] == 1 and len(record["history"]) == 1
     assert (output_dir / "training_curves.png").stat().st_size > 10_000
+    gain = saved["test_gain_over_stage1"]  # from the test scores each stage leaves in OUTPUT_DIR/predictions
+    assert gain["stage"] == 4 and gain["images"] == 16 and gain["low"] <= gain["high"]
+    assert gain["difference"] == pytest.approx(saved["stages"][3]["test"]["mAP"] - saved["stages"][0]["test"]["mAP"])
     from srn_hf.hub import load_training_metrics  # the model card reads metrics.json beside OUTPUT_DIR/final
 
     assert load_training_metrics(output_dir / "final")[0]["stages"][3]["test"]["mAP"] == saved["stages"][3]["test"]["mAP"]
