@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the token of `hf auth login`)")
     publish.add_argument("--commit-message", help="message of the upload commit")
     publish.set_defaults(run=run_publish)
+
+    for command in [parser, *commands.choices.values()]:  # every command, those added above it included
+        command.add_argument(
+            "--debug", action="store_true", default=False if command is parser else argparse.SUPPRESS,
+            help="show the full traceback of an error instead of its one-line message",
+        )
     return parser
 
 
@@ -50,6 +56,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
     from transformers import pipeline
 
+    from .hub import ModelFolderError, check_model_folder, is_local_model, one_line
     from .images import ImageError, list_image_files
     from .pipeline_srn import TASK
     from .pipeline_srn import logger as pipeline_logger
@@ -78,6 +85,8 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"srn-hf predict: error: no image files in {' '.join(args.images)}", file=sys.stderr)
         return 2
     try:
+        if is_local_model(args.model):
+            check_model_folder(args.model)  # a missing folder, truncated weights, a bad config value: named, now
         tagger = pipeline(TASK, model=args.model, device=args.device)
         call_kwargs = {
             "batch_size": args.batch_size,
@@ -88,9 +97,10 @@ def run_predict(args: argparse.Namespace) -> int:
             "return_attention_maps": args.save_attention is not None,
         }
         tagger.thresholds(args.threshold, label_thresholds or None)  # a bad label or value fails before any image
+    except ModelFolderError:  # its message names the folder or the file; `main` prints it
+        raise
     except (OSError, ValueError) as error:
-        print(f"srn-hf predict: error: {args.model}: {error}", file=sys.stderr)
-        return 2
+        raise ModelFolderError(f"{args.model}: {one_line(error)}") from error
 
     pipeline_logger.setLevel(logging.ERROR)  # failures are reported below, once, between the progress bar updates
     records, failed, used_names = [], 0, set()
@@ -135,24 +145,20 @@ def run_publish(args: argparse.Namespace) -> int:
     """Writes the Hub folder of MODEL_DIR and pushes it in one commit (or only writes it, with --dry-run)."""
     from .hub import hub_folder_files, publish
 
-    try:
-        result = publish(
-            args.model_dir,
-            args.repo_id,
-            private=args.private,
-            dry_run_dir=args.dry_run,
-            token=args.token,
-            commit_message=args.commit_message,
-            metrics=args.metrics,
-            example_image=args.example_image,
-            license=args.license,
-            datasets=args.datasets,
-            base_model=args.base_model,
-            tags=args.tags,
-        )
-    except (ValueError, OSError) as error:  # bad folder, metrics, image, repository id, token, or a Hub error
-        print(f"srn-hf publish: error: {error}", file=sys.stderr)
-        return 2
+    result = publish(  # a bad folder, metrics file, image, repository id, token, or a Hub error: `main` refuses it
+        args.model_dir,
+        args.repo_id,
+        private=args.private,
+        dry_run_dir=args.dry_run,
+        token=args.token,
+        commit_message=args.commit_message,
+        metrics=args.metrics,
+        example_image=args.example_image,
+        license=args.license,
+        datasets=args.datasets,
+        base_model=args.base_model,
+        tags=args.tags,
+    )
     if args.dry_run:
         print(f"dry run, nothing pushed: one commit to {args.repo_id} would upload the files of {result}:")
         for name in hub_folder_files(result):
@@ -162,9 +168,29 @@ def run_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+# Errors that mean bad input (a file, a folder, a value, the Hub refusing): a one-line refusal with exit status 2.
+REFUSALS = (ValueError, OSError, LookupError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. An error it raises is printed as one line on stderr, `srn-hf COMMAND: error: ...`, with exit
+    status 2 for bad input (`REFUSALS`, and the strict config checks of transformers) and 1 for anything else;
+    `--debug` shows the traceback instead."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"srn-hf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if getattr(args, "debug", False):
+            raise
+        from .hub import one_line
+
+        refused = isinstance(error, REFUSALS) or type(error).__name__.startswith("StrictDataclass")
+        hint = "" if refused else f" ({type(error).__name__}; run with --debug for the traceback)"
+        print(f"srn-hf {args.command}: error: {one_line(error)}{hint}", file=sys.stderr)
+        return 2 if refused else 1
 
 
 if __name__ == "__main__":

@@ -320,7 +320,7 @@ def test_imagefolder_single_folder_given_names_and_errors(tmp_path):
     assert list(dataset) == ["train"]
     assert label_names(dataset) == ["dog", "cat", "bird"]
     assert dataset["train"]["labels"] == [[0], [0, 1], [1]]
-    with pytest.raises(AnnotationError, match=r"metadata.jsonl, line 1: label 'dog' is not in the label set"):
+    with pytest.raises(AnnotationError, match=r"metadata.jsonl, line 1: label 'dog' is not in label_names"):
         load_multilabel_dataset("imagefolder", data_dir=tmp_path, label_names=["cat"])
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.jpg", "labels": ["dog"]}\n{"file_name": "b.jpg"\n')
     with pytest.raises(AnnotationError, match=r"metadata.jsonl, line 2: malformed JSON"):
