@@ -34,8 +34,8 @@ from .storage import (
 
 CHECKPOINT_PREFIX = "checkpoint_"
 PROGRESS_FILE = "progress.json"
-# Fault injection for the tests: seconds to wait with the new checkpoint written but not yet renamed, and again
-# with it renamed but the old ones not yet deleted, so that a test can SIGKILL the run inside a save.
+# Fault injection for the tests: "checkpoint_1:written:30" waits 30 s in the save of checkpoint_1 once it is written
+# but not yet renamed ("renamed": once renamed, the old checkpoints not yet deleted), so that a test can SIGKILL there.
 PAUSE_ENV = "SRN_HF_CHECKPOINT_PAUSE"
 
 
@@ -85,19 +85,20 @@ def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, progress: d
         raise_storage_error(folder, error)
         raise
     accelerator.wait_for_everyone()
-    pause_for_tests()
+    pause_for_tests(folder, "written")
     if accelerator.is_main_process:
         commit_folder(partial, folder)
-        pause_for_tests()
+        pause_for_tests(folder, "renamed")
         for old in list_checkpoints(checkpoints_dir)[: -total_limit if total_limit else 0]:
             remove_folder(old)
     accelerator.wait_for_everyone()
     return folder
 
 
-def pause_for_tests() -> None:
-    if os.environ.get(PAUSE_ENV):
-        time.sleep(float(os.environ[PAUSE_ENV]))
+def pause_for_tests(folder: Path, moment: str) -> None:
+    name, at, seconds = (os.environ.get(PAUSE_ENV, "").split(":") + ["", "", ""])[:3]
+    if (name, at) == (folder.name, moment):
+        time.sleep(float(seconds))
 
 
 def checkpoint_problem(folder: Path) -> str | None:

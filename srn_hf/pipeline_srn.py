@@ -115,10 +115,10 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
         unknown = sorted(set(label_thresholds or {}) - set(names))
         if unknown:
             raise ValueError(f"label_thresholds names labels the model does not have: {unknown}; its labels: {names}")
-        sources = {name: ("label_thresholds", value) for name, value in (label_thresholds or {}).items()}
+        sources = {name: (f"label_thresholds[{name!r}]", value) for name, value in (label_thresholds or {}).items()}
         if threshold is None:
             config_thresholds = getattr(config, "label_thresholds", None) or {}
-            sources = {**{name: ("config.label_thresholds", v) for name, v in config_thresholds.items()}, **sources}
+            sources = {**{name: (f"config.label_thresholds[{name!r}]", v) for name, v in config_thresholds.items()}, **sources}
             default = ("config.threshold", getattr(config, "threshold", 0.5))
         else:
             default = ("threshold", threshold)
