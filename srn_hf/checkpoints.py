@@ -146,14 +146,36 @@ def find_resumable_checkpoint(checkpoints_dir: str | os.PathLike) -> tuple[Path 
     return None, skipped
 
 
-def describe_skipped(skipped: list[tuple[Path, str]]) -> str:
-    """One line per skipped checkpoint: `skipped checkpoint_3: .../model.safetensors: truncated ...`."""
-    return "\n".join(f"skipped {folder}: {reason}" for folder, reason in skipped)
+def choose_checkpoint(checkpoints_dir: str | os.PathLike, resume: str = "latest") -> tuple[Path | None, dict | None, str]:
+    """The checkpoint `--resume` continues from, its `progress.json`, and what to tell the user.
+
+    `resume="latest"`: the newest checkpoint of `checkpoints_dir` that loads ([`find_resumable_checkpoint`]); the
+    message names each newer one skipped and why. None when the folder holds no checkpoint at all (the message says
+    the run starts afresh). Raises [`CheckpointError`] when there are checkpoints but none loads, or when the named
+    checkpoint `resume` does not.
+    """
+    if resume != "latest":
+        folder = Path(resume)
+        problem = checkpoint_problem(folder) if folder.is_dir() else f"{folder} is not a folder"
+        if problem:
+            raise CheckpointError(f"--resume {folder}: cannot resume from it: {problem}")
+        return folder, json.loads((folder / PROGRESS_FILE).read_text(encoding="utf-8")), f"resuming from {folder}"
+    checkpoint, skipped = find_resumable_checkpoint(checkpoints_dir)
+    if checkpoint is None and skipped:
+        raise CheckpointError(
+            f"no checkpoint under {checkpoints_dir} can be resumed from: "
+            + "; ".join(f"{folder.name}: {reason}" for folder, reason in skipped)
+            + ". Pass --overwrite to start afresh"
+        )
+    if checkpoint is None:
+        return None, None, f"no checkpoint under {checkpoints_dir}: starting afresh"
+    message = "\n".join([*(f"skipped {folder}: {reason}" for folder, reason in skipped), f"resuming from {checkpoint}"])
+    return checkpoint, json.loads((checkpoint / PROGRESS_FILE).read_text(encoding="utf-8")), message
 
 
 __all__ = [
     "CheckpointError",
-    "describe_skipped",
+    "choose_checkpoint",
     "find_resumable_checkpoint",
     "list_checkpoints",
     "save_checkpoint",

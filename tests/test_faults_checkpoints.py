@@ -14,7 +14,14 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from conftest import small_srn
 
-from srn_hf.checkpoints import PAUSE_ENV, find_resumable_checkpoint, list_checkpoints, save_checkpoint
+from srn_hf.checkpoints import (
+    PAUSE_ENV,
+    CheckpointError,
+    choose_checkpoint,
+    find_resumable_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
 from srn_hf.hub import ModelFolderError, check_model_folder
 from srn_hf.storage import StorageError, atomic_folder, partial_path
 
@@ -111,9 +118,18 @@ def test_resume_falls_back_past_truncated_and_broken_checkpoints(tmp_path):
     assert "checkpoint_2/optimizer.bin: truncated or corrupt torch.save file" in reasons["checkpoint_2"]
     assert "checkpoint_1/progress.json is unreadable or not valid JSON" in reasons["checkpoint_1"]
     accelerator.load_state(str(checkpoint))  # the one chosen really loads
+    chosen, progress, message = choose_checkpoint(checkpoints)
+    assert chosen == checkpoint and progress["step"] == 0
+    assert message.splitlines()[0].startswith(f"skipped {checkpoints / 'checkpoint_3'}: ")
+    assert message.splitlines()[-1] == f"resuming from {checkpoint}"
+    with pytest.raises(CheckpointError, match=r"--resume .*checkpoint_2: cannot resume from it: .*optimizer.bin: truncated"):
+        choose_checkpoint(checkpoints, str(checkpoints / "checkpoint_2"))
 
     (checkpoints / "checkpoint_0" / "model.safetensors").write_bytes(b"")
     assert find_resumable_checkpoint(checkpoints)[0] is None
+    with pytest.raises(CheckpointError, match=r"no checkpoint under .* can be resumed from: checkpoint_3: .*checkpoint_0: .*model.safetensors: empty file"):
+        choose_checkpoint(checkpoints)  # never a silent fresh start
+    assert choose_checkpoint(tmp_path / "elsewhere")[0] is None
 
 
 def test_rotation_keeps_the_newest_and_deletes_only_after_the_save(tmp_path):

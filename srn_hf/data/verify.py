@@ -27,6 +27,7 @@ from datasets import Image as ImageFeature
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from ..images import ImageError
 from .common import DataWarning
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
@@ -42,26 +43,43 @@ class BadImagesError(ValueError):
         self.bad_images = bad_images
 
 
-def image_problem(image: dict) -> str | None:
-    """Why an image (a `datasets.Image(decode=False)` cell: `{"path", "bytes"}`) cannot be decoded, or None."""
-    source = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
-    if source is None:
-        return "the row holds neither a file nor image bytes"
-    if isinstance(source, str) and not os.path.isfile(source):
-        return "no such file"
+def decode_image(image: dict, draft: bool = False) -> Image.Image:
+    """The PIL image of a `datasets.Image(decode=False)` cell (`{"path", "bytes"}`), fully decoded, as stored.
+
+    `draft` decodes a JPEG at 1/8 scale (every byte of it is still read). Raises `srn_hf.images.ImageError` naming
+    the file (or the row's bytes) for a missing, empty, truncated or corrupt file, or one that is not an image.
+    """
+    path, data = image.get("path"), image.get("bytes")
+    name = path if path else "image bytes"
+    if not data:
+        if path is None:
+            raise ImageError(name, "the row holds neither a file nor image bytes")
+        if not os.path.isfile(path):
+            raise ImageError(name, "no such file")
+        if os.path.getsize(path) == 0:
+            raise ImageError(name, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source) as picture:
-                if picture.format == "JPEG":  # decode every byte, at 1/8 scale
-                    picture.draft(picture.mode, (max(1, picture.width // 8), max(1, picture.height // 8)))
-                picture.load()
+            picture = Image.open(io.BytesIO(data) if data else path)
+            if draft and picture.format == "JPEG":
+                picture.draft(picture.mode, (max(1, picture.width // 8), max(1, picture.height // 8)))
+            picture.load()
+        return picture
     except UnidentifiedImageError:
-        return "not an image file Pillow can read" if not isinstance(source, str) or os.path.getsize(source) else "empty file (0 bytes)"
+        raise ImageError(name, "not an image file Pillow can read") from None
     except Image.DecompressionBombError as error:
-        return f"too large for Pillow's decompression-bomb guard ({error})"
+        raise ImageError(name, f"too large for Pillow's decompression-bomb guard ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for truncated or corrupt data
-        return f"truncated or corrupt ({error})"
+        raise ImageError(name, f"truncated or corrupt ({error})") from None
+
+
+def image_problem(image: dict) -> str | None:
+    """Why an image (a `datasets.Image(decode=False)` cell) cannot be decoded, or None (runs in the workers)."""
+    try:
+        decode_image(image, draft=True).close()
+    except ImageError as error:
+        return error.reason
     return None
 
 
@@ -98,6 +116,7 @@ def check_images(
     num_workers: int | None = None,
     report_file: str | os.PathLike | None = None,
     splits: Sequence[str] | None = None,
+    accelerator=None,
 ) -> tuple[DatasetDict, dict]:
     """Decodes every image of `splits` (default: all) of `dataset` and applies `policy` to the bad ones.
 
@@ -108,6 +127,8 @@ def check_images(
         report_file: where to write the list of bad files, one `split<TAB>file<TAB>reason` a line (only written when
             there are bad files).
         splits: the splits to check.
+        accelerator: in a multi-process run, the `accelerate.Accelerator`: the main process checks, the others get
+            its findings (`broadcast_object_list`) and every process applies the same policy.
 
     Returns:
         `(dataset, report)`: the dataset (without the bad images under `"skip"`), and `{"policy", "checked":
@@ -117,12 +138,17 @@ def check_images(
         raise ValueError(f"bad_images must be one of {list(BAD_IMAGE_POLICIES)}, not {policy!r}")
     splits = list(dataset) if splits is None else list(splits)
     num_workers = os.cpu_count() or 1 if num_workers is None else num_workers
-    bad = {}
-    if num_workers > 0:
+    main_process = accelerator is None or accelerator.is_main_process
+    bad = None
+    if main_process and num_workers > 0:
         with multiprocessing.Pool(num_workers) as pool:
             bad = {split: find_bad_images(dataset[split], split, pool) for split in splits}
-    else:
+    elif main_process:
         bad = {split: find_bad_images(dataset[split], split, None) for split in splits}
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        bad = broadcast_object_list([bad])[0]
     listed = [(split, file, reason) for split in splits for _, file, reason in bad[split]]
     report = {
         "policy": policy,
@@ -131,7 +157,7 @@ def check_images(
         "skipped": len(listed) if policy == "skip" else 0,
         "files": [file for _, file, _ in listed[:SHOWN]],
     }
-    if listed and report_file is not None:
+    if listed and report_file is not None and main_process:
         Path(report_file).write_text("".join(f"{split}\t{file}\t{reason}\n" for split, file, reason in listed))
     if not listed:
         return dataset, report
@@ -152,4 +178,4 @@ def check_images(
     return DatasetDict(kept), report
 
 
-__all__ = ["BAD_IMAGE_POLICIES", "BadImagesError", "check_images", "image_problem"]
+__all__ = ["BAD_IMAGE_POLICIES", "BadImagesError", "check_images", "decode_image", "image_problem"]
