@@ -9,7 +9,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="label images with an SRN model; optionally save attention maps")
-    # PREDICT ARGUMENTS (issue 3)
+    # predict arguments
     predict.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders (their images, recursively)")
     predict.add_argument("--threshold", type=float, help="one score threshold for every label (default: the model config's)")
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=run_predict)
 
     publish = commands.add_parser("publish", help="write a Hub-ready folder of a trained model and push it")
-    # PUBLISH ARGUMENTS (issue 6)
+    # publish arguments
     publish.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
     publish.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Hub repository to create or update")
     publish.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps its visibility)")
