@@ -84,6 +84,10 @@ STAGES: dict[int, Stage] = {
 }
 
 
+# The SRN branch (f_att, confidence maps S, f_sr): the sub-modules that stage 1 leaves out.
+SRN_BRANCH = tuple(name for name in SRN_MODULES if name not in STAGES[1].trained)
+
+
 def get_stage(stage: int | Stage) -> Stage:
     """The [`Stage`] numbered `stage` (1 to 4); a [`Stage`] is returned as it is."""
     if isinstance(stage, Stage):
@@ -214,6 +218,7 @@ def stage_loss(outputs: SRNOutput, labels: torch.Tensor, stage: int | Stage, los
 
 __all__ = [
     "STAGES",
+    "SRN_BRANCH",
     "SRN_MODULES",
     "Stage",
     "StageForward",
