@@ -156,6 +156,8 @@ class StageRun:
 
 
 def main(argv=None) -> dict:
+    """The run, step by step: set-up and checks (with the checkpoint to resume from), then for each stage its
+    preparation, training and evaluation, then the report. Returns the report (metrics.json's content)."""
     run = set_up(parse_args(argv))
     for number in run.stages:
         if number < run.progress.stage:
@@ -193,7 +195,8 @@ def set_up(args: argparse.Namespace) -> Run:
     if recipe.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Training crops and flips with torchvision; validation and test use the image processor saved with the model.
-    dataset = with_multilabel_transforms(dataset, image_processor=create_image_processor(model.config), augment=recipe.data.augment)
+    image_processor = create_image_processor(model.config)
+    dataset = with_multilabel_transforms(dataset, image_processor=image_processor, augment=recipe.data.augment)
     eval_loaders = {
         split: DataLoader(dataset[split], batch_size=recipe.training.eval_batch_size, collate_fn=collate_multilabel,
                           num_workers=recipe.data.num_workers)  # fmt: skip
@@ -261,7 +264,8 @@ def initial_model(recipe, names: list[str], first_stage: int, init_from: str | N
     """Stage 1: a new SRN with ImageNet backbone weights. A later first stage: the previous stage's export."""
     id2label = dict(enumerate(names))
     if first_stage > 1:
-        return previous_stage_model(recipe, id2label, Path(init_from or output_dir / f"stage-{first_stage - 1}"), first_stage)
+        source = Path(init_from or output_dir / f"stage-{first_stage - 1}")
+        return previous_stage_model(recipe, id2label, source, first_stage)
     if init_from:
         raise ValueError("--init-from is for runs that start after stage 1 (--stages 2,3,4)")
     config_fields = dataclasses.asdict(recipe.model)
@@ -288,7 +292,9 @@ def previous_stage_model(recipe, id2label: dict, source: Path, first_stage: int)
     model = SRNForImageClassification.from_pretrained(source, id2label=id2label)  # raises on another label set
     for key in network_fields():
         if getattr(model.config, key) != getattr(recipe.model, key):
-            raise ValueError(f"{source} has {key}={getattr(model.config, key)!r}, the recipe model.{key}={getattr(recipe.model, key)!r}")
+            raise ValueError(
+                f"{source} has {key}={getattr(model.config, key)!r}, the recipe model.{key}={getattr(recipe.model, key)!r}"
+            )
     return model
 
 
@@ -321,7 +327,9 @@ def read_progress(checkpoint: Path, signature: dict) -> Progress:
     return progress
 
 
-def find_resume_point(args, output_dir: Path, signature: dict, stages: list[int], accelerator) -> tuple[Path | None, Progress | None]:
+def find_resume_point(
+    args, output_dir: Path, signature: dict, stages: list[int], accelerator: Accelerator
+) -> tuple[Path | None, Progress | None]:
     """With --resume, the checkpoint and its progress; without, a check that OUTPUT_DIR holds no other run."""
     if not args.resume:
         if (output_dir / "checkpoints").exists() and not args.overwrite:
@@ -357,8 +365,9 @@ def resume_stage(run: Run, stage_run: StageRun) -> tuple[int, int]:
     existing = [int(path.name.split("_")[-1]) for path in (run.output_dir / "checkpoints").glob("checkpoint_*")]
     accelerator.project_configuration.iteration = max(existing, default=-1) + 1  # next checkpoint's number
     run.checkpoint = None
-    accelerator.print(f"resumed {checkpoint}: stage {run.progress.stage}, epoch {run.progress.epoch + 1}, batch {run.progress.step}")
-    return run.progress.epoch, run.progress.step
+    progress = run.progress
+    accelerator.print(f"resumed {checkpoint}: stage {progress.stage}, epoch {progress.epoch + 1}, batch {progress.step}")
+    return progress.epoch, progress.step
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -387,8 +396,9 @@ def prepare_stage(run: Run, number: int) -> StageRun:
     )
     # Wraps the model (DDP across processes, autocast), shards the loaders per process, moves all to the device.
     stage_model, optimizer, train_loader, scheduler, validation_loader, test_loader = accelerator.prepare(
-        StageForward(run.model, stage), optimizer, train_loader, scheduler, run.eval_loaders["validation"], run.eval_loaders["test"]
-    )
+        StageForward(run.model, stage), optimizer, train_loader, scheduler,
+        run.eval_loaders["validation"], run.eval_loaders["test"],
+    )  # fmt: skip
     return StageRun(
         stage=stage, recipe=stage_recipe, record=record, folder=run.output_dir / f"stage-{number}", trained=list(trainable),
         model=stage_model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
@@ -580,7 +590,8 @@ def publish_final(run: Run) -> None:
     from srn_hf.hub import publish
 
     example_image = run.dataset["test"].with_format(None)[0]["image"]  # the card's attention picture: a test image
-    run.accelerator.print(f"published: {publish(run.output_dir / 'final', run.args.push_to_hub, example_image=example_image)}")
+    result = publish(run.output_dir / "final", run.args.push_to_hub, example_image=example_image)
+    run.accelerator.print(f"published: {result}")
 
 
 if __name__ == "__main__":

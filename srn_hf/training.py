@@ -41,12 +41,18 @@ NON_NETWORK_FIELDS = ("threshold", "label_thresholds", "initializer_range")
 
 def srn_config_fields() -> list[tuple[str, Any, dataclasses.Field]]:
     """`(name, type, field with its default)` of each field `SRNConfig` declares itself (not `PreTrainedConfig`'s)."""
-    namespace = vars(sys.modules[SRNConfig.__module__])
-    return [
-        (f.name, eval(f.type, namespace) if isinstance(f.type, str) else f.type, field(default=f.default))
-        for f in dataclasses.fields(SRNConfig)
-        if f.name in SRNConfig.__annotations__
-    ]
+    namespace = vars(sys.modules[SRNConfig.__module__])  # resolves the types if they are written as strings
+    fields = []
+    for config_field in dataclasses.fields(SRNConfig):
+        if config_field.name not in SRNConfig.__annotations__:
+            continue
+        annotation = eval(config_field.type, namespace) if isinstance(config_field.type, str) else config_field.type
+        if config_field.default is dataclasses.MISSING:
+            default = field(default_factory=config_field.default_factory)
+        else:
+            default = field(default=config_field.default)
+        fields.append((config_field.name, annotation, default))
+    return fields
 
 
 def network_fields() -> tuple[str, ...]:
@@ -367,6 +373,7 @@ __all__ = [
     "flat_dict",
     "load_recipe",
     "metric_table",
+    "network_fields",
     "plot_training_curves",
     "predict_scores",
     "write_json",
