@@ -525,7 +525,7 @@ def evaluate_stage(run: Run, stage_run: StageRun) -> dict:
         (run.output_dir / "predictions").mkdir(exist_ok=True)
         save_file({"scores": scores.contiguous(), "labels": labels.float().contiguous()},
                   run.output_dir / "predictions" / f"stage-{number}-test.safetensors")  # fmt: skip
-    accelerator.log({f"stage{number}/test_mAP": record["test"]["mAP"]})
+    accelerator.log({f"stage{number}/test_mAP": record["test"]["mAP"]})  # to the trackers, from the main process
     return record
 
 
