@@ -24,7 +24,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..images import ImageError
@@ -44,7 +44,8 @@ class BadImagesError(ValueError):
 
 
 def decode_image(image: dict, draft: bool = False) -> Image.Image:
-    """The PIL image of a `datasets.Image(decode=False)` cell (`{"path", "bytes"}`), fully decoded, as stored.
+    """The PIL image of a `datasets.Image(decode=False)` cell (`{"path", "bytes"}`), decoded as `datasets.Image` does
+    (fully, EXIF orientation applied).
 
     `draft` decodes a JPEG at 1/8 scale (every byte of it is still read). Raises `srn_hf.images.ImageError` naming
     the file (or the row's bytes) for a missing, empty, truncated or corrupt file, or one that is not an image.
@@ -65,6 +66,8 @@ def decode_image(image: dict, draft: bool = False) -> Image.Image:
             if draft and picture.format == "JPEG":
                 picture.draft(picture.mode, (max(1, picture.width // 8), max(1, picture.height // 8)))
             picture.load()
+            if not draft and picture.getexif().get(ExifTags.Base.Orientation) is not None:
+                picture = ImageOps.exif_transpose(picture)  # as `datasets.Image` decodes it
         return picture
     except UnidentifiedImageError:
         raise ImageError(name, "not an image file Pillow can read") from None
