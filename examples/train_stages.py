@@ -44,6 +44,7 @@ from srn_hf import SRNConfig, SRNForImageClassification, checkpoints
 from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
 from srn_hf.data.verify import check_images, decode_image
+from srn_hf.hub import one_line
 from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import create_image_processor
@@ -615,5 +616,5 @@ if __name__ == "__main__":
     try:
         main()
     except (RecipeError, TrainingDiverged, ValueError, StorageError) as error:  # bad input, a full disk: one line
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)

@@ -85,7 +85,9 @@ def storage_error(path: str | os.PathLike, error: BaseException) -> StorageError
         cause = "read-only file system"
     else:
         cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return StorageError(code, f"cannot write {path}: {cause} ({free_space(path)})")
+    error = StorageError(f"cannot write {path}: {cause} ({free_space(path)})")
+    error.errno = code  # the message stays plain ("[Errno 28] ..." otherwise)
+    return error
 
 
 def partial_path(folder: str | os.PathLike) -> Path:

@@ -156,14 +156,14 @@ def test_disk_full_during_a_checkpoint_names_the_path_and_the_free_space(small_d
     # One checkpoint of a 400 x 400 layer (1.3 MB with its momentum) fits on the 2 MB disk, two do not.
     accelerator = linear_accelerator(small_disk, size=400)
     first = save_checkpoint(accelerator, small_disk / "checkpoints", {"stage": 1, "epoch": 0, "step": 1}, total_limit=1)
-    with pytest.raises(StorageError, match=r"cannot write .*checkpoint_1: no space left on the device \(.* free of 2\.1 MB\)"):
+    with pytest.raises(StorageError, match=r"^cannot write .*checkpoint_1: no space left on the device \(.* free of 2\.1 MB\)"):
         save_checkpoint(accelerator, small_disk / "checkpoints", {"stage": 1, "epoch": 0, "step": 2}, total_limit=1)
     assert find_resumable_checkpoint(small_disk / "checkpoints") == (first, [])  # intact, and no partial left
 
 
 def test_failed_export_leaves_no_half_folder(small_disk, tmp_path):
     model = small_srn({0: "cat", 1: "dog"})  # about 20 MB of weights: more than the disk
-    with pytest.raises(StorageError, match=r"cannot write .*final: no space left on the device \(.* free of 2\.1 MB\)"):
+    with pytest.raises(StorageError, match=r"^cannot write .*final: no space left on the device \(.* free of 2\.1 MB\)"):
         with atomic_folder(small_disk / "final") as folder:
             model.save_pretrained(folder)
     assert list(small_disk.iterdir()) == []
@@ -192,7 +192,7 @@ def test_write_refused_by_the_file_system_names_the_path_and_the_free_space(tmp_
         locked.chmod(0o555)
         cause = "permission denied"
     try:
-        with pytest.raises(StorageError, match=rf"cannot write {locked / 'final'}: {cause} \(.* free of .*\)"):
+        with pytest.raises(StorageError, match=rf"^cannot write {locked / 'final'}: {cause} \(.* free of .*\)"):
             with atomic_folder(locked / "final") as folder:
                 (folder / "config.json").write_text("{}")
     finally:
