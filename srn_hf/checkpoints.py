@@ -58,7 +58,9 @@ def list_checkpoints(checkpoints_dir: str | os.PathLike) -> list[Path]:
     return sorted(folders, key=checkpoint_number)
 
 
-def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, progress: dict, total_limit: int | None = None) -> Path:
+def save_checkpoint(
+    accelerator, checkpoints_dir: str | os.PathLike, progress: dict, total_limit: int | None = None
+) -> Path:
     """`accelerator.save_state` plus `progress.json` into a new checkpoint folder, atomically; call on every process.
 
     The folder is `checkpoint_<n>` (n one more than the newest) and appears only once complete. Then the oldest
@@ -69,7 +71,9 @@ def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, progress: d
         the path of the new checkpoint.
     """
     if accelerator.project_configuration.automatic_checkpoint_naming:
-        raise ValueError("save_checkpoint names the checkpoints itself: use ProjectConfiguration(automatic_checkpoint_naming=False)")
+        raise ValueError(
+            "save_checkpoint names the checkpoints itself: use ProjectConfiguration(automatic_checkpoint_naming=False)"
+        )
     checkpoints_dir = Path(checkpoints_dir)
     existing = list_checkpoints(checkpoints_dir)
     folder = checkpoints_dir / f"{CHECKPOINT_PREFIX}{checkpoint_number(existing[-1]) + 1 if existing else 0}"
@@ -146,7 +150,9 @@ def find_resumable_checkpoint(checkpoints_dir: str | os.PathLike) -> tuple[Path 
     return None, skipped
 
 
-def choose_checkpoint(checkpoints_dir: str | os.PathLike, resume: str = "latest") -> tuple[Path | None, dict | None, str]:
+def choose_checkpoint(
+    checkpoints_dir: str | os.PathLike, resume: str = "latest"
+) -> tuple[Path | None, dict | None, str]:
     """The checkpoint `--resume` continues from, its `progress.json`, and what to tell the user.
 
     `resume="latest"`: the newest checkpoint of `checkpoints_dir` that loads ([`find_resumable_checkpoint`]); the

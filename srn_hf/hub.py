@@ -136,7 +136,8 @@ def weights_files(model_dir: Path) -> list[Path]:
         except (ValueError, KeyError, TypeError) as error:
             raise ModelFolderError(f"{index_file}: not a safetensors index ({one_line(error)})") from None
         return [model_dir / name for name in sorted(set(weight_map.values()))]
-    return [model_dir / name for name in WEIGHTS_FILES if name.endswith((".safetensors", ".bin")) and (model_dir / name).is_file()]
+    files = [model_dir / name for name in WEIGHTS_FILES if name.endswith((".safetensors", ".bin"))]
+    return [file for file in files if file.is_file()]
 
 
 def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = None):
@@ -154,7 +155,8 @@ def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = No
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise MissingModelFileError(f"model folder {model_dir} does not exist" if not model_dir.exists() else f"{model_dir} is not a folder")
+        missing = f"model folder {model_dir} does not exist"
+        raise MissingModelFileError(missing if not model_dir.exists() else f"{model_dir} is not a folder")
     config_file = model_dir / "config.json"
     if not config_file.is_file():
         raise MissingModelFileError(
@@ -167,7 +169,8 @@ def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = No
     except Exception as error:  # malformed JSON, a strict-dataclass type error, a value SRNConfig refuses
         raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
     thresholds = [("threshold", getattr(config, "threshold", 0.5))]
-    thresholds += [(f"label_thresholds[{name!r}]", value) for name, value in (getattr(config, "label_thresholds", None) or {}).items()]
+    label_thresholds = getattr(config, "label_thresholds", None) or {}
+    thresholds += [(f"label_thresholds[{name!r}]", value) for name, value in label_thresholds.items()]
     try:
         for where, value in thresholds:
             check_threshold(value, where)

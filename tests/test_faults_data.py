@@ -98,3 +98,18 @@ def test_metric_warnings_name_the_labels():
     assert metrics["classes_without_positives"] == [2]
     with pytest.raises(ValueError, match="label_names has 2 names for 3 classes"):
         multilabel_metrics(scores, labels, label_names=["cat", "dog"])
+
+
+def test_a_hub_dataset_label_only_the_test_split_has_is_refused_by_name(tmp_path):
+    from datasets import Dataset, DatasetDict, Features, List, Value
+    from datasets import Image as ImageFeature
+
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(0))
+    features = Features({"image": ImageFeature(), "tags": List(Value("string"))})
+
+    def split(tags):
+        return Dataset.from_dict({"image": [str(tmp_path / "a.jpg")] * len(tags), "tags": tags}, features=features)
+
+    DatasetDict({"train": split([["cat"], ["dog"]]), "test": split([["dog"], ["zebra"]])}).save_to_disk(tmp_path / "saved")
+    with pytest.raises(AnnotationError, match=r"\[test\] row 1: label 'zebra' is not in the labels of the train split \['cat', 'dog'\]"):
+        load_multilabel_dataset("hub", path=tmp_path / "saved", labels_column="tags")

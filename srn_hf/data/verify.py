@@ -103,7 +103,8 @@ def find_bad_images(split: Dataset, name: str, pool) -> list[tuple[int, str, str
     with tqdm(total=len(raw), desc=f"checking {name} images", unit="image") as bar:
         for start in range(0, len(raw), BATCH):
             rows = raw.select_columns(columns)[start : start + BATCH]
-            problems = pool.map(image_problem, rows["image"], chunksize=16) if pool else map(image_problem, rows["image"])
+            images = rows["image"]
+            problems = pool.map(image_problem, images, chunksize=16) if pool else map(image_problem, images)
             for offset, problem in enumerate(problems):
                 if problem is not None:
                     index = start + offset
@@ -173,11 +174,12 @@ def check_images(
             "Fix or remove them, or set data.bad_images: skip to train without them",
             listed,
         )
-    warnings.warn(f"skipped {len(listed)} image(s) that cannot be decoded{where}: {summary}{more}", DataWarning, stacklevel=2)
-    kept = {
-        split: data.select(sorted(set(range(len(data))) - {index for index, _, _ in bad[split]})) if bad.get(split) else data
-        for split, data in dataset.items()
-    }
+    message = f"skipped {len(listed)} image(s) that cannot be decoded{where}: {summary}{more}"
+    warnings.warn(message, DataWarning, stacklevel=2)
+    kept = {}
+    for split, data in dataset.items():
+        dropped = {index for index, _, _ in bad.get(split, [])}
+        kept[split] = data.select([index for index in range(len(data)) if index not in dropped]) if dropped else data
     return DatasetDict(kept), report
 
 
