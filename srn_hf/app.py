@@ -45,8 +45,6 @@ import gradio as gr  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7860
 SLIDER_STEP = 0.01
 # Photos bundled with scikit-image (public domain or CC0; no download), the same run_demo.sh labels at its end.
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
@@ -256,21 +254,4 @@ def attention_image(prediction: dict | None, label: str | None) -> gr.Image:
     return gr.Image(value=attention_overlay(prediction, label), label=f"Attention map A of {label} ({score:.2f})")
 
 
-def launch(
-    model,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    share: bool = False,
-    prevent_thread_lock: bool = False,
-    **app_options,
-) -> gr.Blocks:
-    """Builds the demo page of `model` ([`build_app`], `app_options` go to it) and serves it at http://host:port/.
-
-    `share=True` also opens a public link through Gradio's share servers (the one part that needs the network).
-    """
-    demo = build_app(model, **app_options)
-    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock, quiet=True)
-    return demo
-
-
-__all__ = ["build_app", "example_images", "launch"]
+__all__ = ["build_app", "example_images"]
