@@ -46,6 +46,7 @@ import gradio as gr  # noqa: E402
 logger = logging.getLogger(__name__)
 
 SLIDER_STEP = 0.01
+OVERLAY_OPACITY = 0.8  # of the heatmap where the map peaks, as in srn_hf.visualize.attention_figure
 # Photos bundled with scikit-image (public domain or CC0; no download), the same run_demo.sh labels at its end.
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 STAMP_SCENE_EXAMPLES = 4  # the first images of the demo data's test split
@@ -140,7 +141,7 @@ def labels_above(prediction: dict | None, model_thresholds: dict[str, float], sh
 
 def attention_overlay(prediction: dict, label: str) -> Image.Image:
     """The attention map A of `label` drawn over the image: colour and opacity grow with the map's value."""
-    heatmap = heatmap_rgba(prediction["attention_maps"][label].astype(np.float32))
+    heatmap = heatmap_rgba(prediction["attention_maps"][label].astype(np.float32), opacity=OVERLAY_OPACITY)
     overlay = Image.fromarray(np.round(heatmap * 255).astype(np.uint8), mode="RGBA")
     return Image.alpha_composite(prediction["image"].convert("RGBA"), overlay).convert("RGB")
 
@@ -237,7 +238,7 @@ def build_app(
                 )
                 labels = gr.Label(label="Labels above the threshold", show_heading=False, elem_id="srn-labels")
                 status = gr.Markdown(summary(None, {}, device_name), elem_id="srn-status")
-                attention = gr.Image(label="Attention map", interactive=False, elem_id="srn-attention")
+                attention = gr.Image(label="Attention map", interactive=False, format="png", elem_id="srn-attention")
         outputs = [prediction, labels, status, attention]
         gr.on([image.upload, image.clear], on_image, [image, threshold], outputs)
         examples.load_input_event.then(on_image, [image, threshold], outputs)  # once the example is in the image box
