@@ -206,22 +206,34 @@ def report_publish(repo_id: str, result, dry_run: str | None) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Serves the demo page of MODEL until interrupted; exit status 2 if the model, the port or Gradio is missing."""
+    import os
+
     try:
         from .app import build_app
     except ImportError as error:
         print(f"srn-hf demo: error: {error.name or error}: the demo needs the app extra: pip install 'srn_hf[app]'", file=sys.stderr)
         return 2
+    if args.model.startswith((".", "/", "~")) or args.model.count("/") > 1:  # a folder, not a Hub id
+        if not os.path.isdir(os.path.expanduser(args.model)):
+            print(f"srn-hf demo: error: {args.model}: no such model folder", file=sys.stderr)
+            return 2
     try:
-        demo = build_app(args.model, device=args.device, fast=args.fast)
+        demo = build_app(os.path.expanduser(args.model), device=args.device, fast=args.fast)
     except (OSError, ValueError) as error:
-        print(f"srn-hf demo: error: {args.model}: {error}", file=sys.stderr)
+        print(f"srn-hf demo: error: {args.model}: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         return 2
-    print(f"srn-hf demo: serving {args.model} at http://{args.host}:{args.port}/ (Ctrl+C stops it)", flush=True)
     try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=not args.share)
-    except OSError as error:  # the port is taken, or the address is not this machine's
-        print(f"srn-hf demo: error: {args.host}:{args.port}: {error}", file=sys.stderr)
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
+    except OSError:  # Gradio's message names its own launch() arguments
+        print(
+            f"srn-hf demo: error: {args.host}:{args.port}: cannot serve there (the port is taken, or the address is not "
+            "this machine's); choose another --port or --host",
+            file=sys.stderr,
+        )
         return 2
+    public = f" and {demo.share_url}" if demo.share_url else ""
+    print(f"srn-hf demo: serving {args.model} at {demo.local_url}{public} (Ctrl+C stops it)", flush=True)
+    demo.block_thread()
     return 0
 
 
