@@ -168,6 +168,41 @@ def describe_thresholds(config) -> str:
     )
 
 
+class DemoModel:
+    """The model behind the page: its pipeline and thresholds, and the page's event handlers.
+
+    Args:
+        tagger: a `multi-label-image-classification` pipeline of an SRN model.
+    """
+
+    def __init__(self, tagger):
+        self.tagger = tagger
+        self.config = tagger.model.config
+        names = [self.config.id2label[index] for index in range(self.config.num_labels)]
+        self.model_thresholds = dict(zip(names, tagger.thresholds()))  # the config's threshold / label_thresholds
+        self.device_name = str(tagger.device)
+
+    def show(self, prediction: dict | None, threshold: float) -> tuple[dict[str, float], str]:
+        """The labels above the thresholds the slider sets, and the line under them."""
+        shown = labels_above(prediction, self.model_thresholds, threshold - self.config.threshold)
+        return shown, summary(prediction, shown, self.device_name)
+
+    def on_image(self, image_file: str | None, threshold: float) -> tuple:
+        """A new image (or none): predicts it; shows its labels and the best one's attention map, or refuses it."""
+        try:
+            prediction = predict(self.tagger, image_file)
+        except ImageError as error:
+            message = f"Refused: {Path(image_file).name} {error.reason}; upload a photo (JPEG, PNG, WebP, ...)."
+            gr.Warning(message)
+            return None, {}, message, attention_image(None, None)
+        shown, status = self.show(prediction, threshold)
+        return prediction, shown, status, attention_image(prediction, next(iter(shown), None))
+
+    def on_label_click(self, prediction: dict | None, selected: gr.SelectData) -> gr.Image:
+        """A click on a label of the list: that label's attention map."""
+        return attention_image(prediction, selected.value)
+
+
 def build_app(
     model,
     device: str | int | None = None,
@@ -191,40 +226,19 @@ def build_app(
 
     from .pipeline_srn import TASK
 
-    tagger = pipeline(TASK, model=model, device=device, fast=fast)
-    config = tagger.model.config
-    names = [config.id2label[index] for index in range(config.num_labels)]
-    model_thresholds = dict(zip(names, tagger.thresholds()))
-    device_name = str(tagger.device)
+    demo_model = DemoModel(pipeline(TASK, model=model, device=device, fast=fast))
+    config = demo_model.config
     if title is None and isinstance(model, (str, os.PathLike)):
         title = Path(model).name if os.path.isdir(model) else os.fspath(model)  # a folder's name, or the Hub id
-    title = title or type(tagger.model).__name__
+    title = title or type(demo_model.tagger.model).__name__
     examples = example_images(examples_dir)
-
-    def show(prediction, threshold):
-        shown = labels_above(prediction, model_thresholds, threshold - config.threshold)
-        return shown, summary(prediction, shown, device_name)
-
-    def on_image(image_file, threshold):
-        try:
-            prediction = predict(tagger, image_file)
-        except ImageError as error:
-            message = f"Refused: {Path(image_file).name} {error.reason}; upload a photo (JPEG, PNG, WebP, ...)."
-            gr.Warning(message)
-            return None, {}, message, attention_image(None, None)
-        shown, status = show(prediction, threshold)
-        best = next(iter(shown), None) or (max(prediction["scores"], key=prediction["scores"].get) if prediction else None)
-        return prediction, shown, status, attention_image(prediction, best)
-
-    def on_label_click(prediction, selected: gr.SelectData):
-        return attention_image(prediction, selected.value)
 
     with gr.Blocks(title=f"SRN demo: {title}", analytics_enabled=False) as demo:
         gr.Markdown(
             f"# {title}\n"
-            f"Multi-label classification with a Spatial Regularization Network (SRN, CVPR 2017): {len(names)} labels, "
-            f"backbone `{config.backbone}`. Drop an image; every label above its threshold is listed with its score. "
-            "Click a label to see its attention map A: where the model looked for it."
+            f"Multi-label classification with a Spatial Regularization Network (SRN, CVPR 2017): {config.num_labels} "
+            f"labels, backbone `{config.backbone}`. Drop an image; every label above its threshold is listed with its "
+            "score. Click a label to see its attention map A: where the model looked for it."
         )
         prediction = gr.State(None)
         with gr.Row():
@@ -237,13 +251,13 @@ def build_app(
                     info=describe_thresholds(config), elem_id="srn-threshold",
                 )
                 labels = gr.Label(label="Labels above the threshold", show_heading=False, elem_id="srn-labels")
-                status = gr.Markdown(summary(None, {}, device_name), elem_id="srn-status")
+                status = gr.Markdown(summary(None, {}, demo_model.device_name), elem_id="srn-status")
                 attention = gr.Image(label="Attention map", interactive=False, format="png", elem_id="srn-attention")
         outputs = [prediction, labels, status, attention]
-        gr.on([image.upload, image.clear], on_image, [image, threshold], outputs)
-        examples.load_input_event.then(on_image, [image, threshold], outputs)  # once the example is in the image box
-        threshold.change(show, [prediction, threshold], [labels, status])
-        labels.select(on_label_click, [prediction], attention)
+        gr.on([image.upload, image.clear], demo_model.on_image, [image, threshold], outputs)
+        examples.load_input_event.then(demo_model.on_image, [image, threshold], outputs)  # once the example is shown
+        threshold.change(demo_model.show, [prediction, threshold], [labels, status])
+        labels.select(demo_model.on_label_click, [prediction], attention)
     return demo
 
 
