@@ -89,20 +89,6 @@ def write_stamp_scenes(paths: list[Path]) -> list[Path]:
     return paths
 
 
-class UploadedImage(gr.Image):
-    """`gradio.Image` that hands a file it cannot open to the app as a path, so that the app refuses it by name
-    (`gradio.Image` itself fails before the app sees it, with a generic error)."""
-
-    def get_block_name(self) -> str:
-        return "image"  # the same page component as gradio.Image
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except (OSError, ValueError):  # Pillow cannot open it: predict() says why
-            return payload.path
-
-
 def predict(tagger, image_file: str | None) -> dict | None:
     """Runs the model once on an image: every label's score and attention map, and the time it took.
 
@@ -187,12 +173,19 @@ class DemoModel:
         shown = labels_above(prediction, self.model_thresholds, threshold - self.config.threshold)
         return shown, summary(prediction, shown, self.device_name)
 
-    def on_image(self, image_file: str | None, threshold: float) -> tuple:
-        """A new image (or none): predicts it; shows its labels and the best one's attention map, or refuses it."""
+    def on_image(self, image_data: dict | None, threshold: float) -> tuple:
+        """A new image (or none): predicts it; shows its labels and the best one's attention map, or refuses it.
+
+        `image_data` is the image box's value as the page sends it (`{"path": ..., "orig_name": ...}`, Gradio's
+        preprocessing off): the upload is opened here, so that a file Pillow cannot open is refused by its name, not
+        with Gradio's generic error. Gradio still checks that the path is an upload of this page or an example.
+        """
+        image_file = image_data["path"] if image_data else None
         try:
             prediction = predict(self.tagger, image_file)
         except ImageError as error:
-            message = f"Refused: {Path(image_file).name} {error.reason}; upload a photo (JPEG, PNG, WebP, ...)."
+            name = image_data.get("orig_name") or Path(image_file).name
+            message = f"Refused: {name} {error.reason}; upload a photo (JPEG, PNG, WebP, ...)."
             gr.Warning(message)
             return None, {}, message, attention_image(None, None)
         shown, status = self.show(prediction, threshold)
@@ -243,7 +236,7 @@ def build_app(
         prediction = gr.State(None)
         with gr.Row():
             with gr.Column():
-                image = UploadedImage(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="srn-image")
+                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="srn-image")
                 examples = gr.Examples([[os.fspath(path)] for path in examples], inputs=image, label="Examples")
             with gr.Column():
                 threshold = gr.Slider(
@@ -254,8 +247,10 @@ def build_app(
                 status = gr.Markdown(summary(None, {}, demo_model.device_name), elem_id="srn-status")
                 attention = gr.Image(label="Attention map", interactive=False, format="png", elem_id="srn-attention")
         outputs = [prediction, labels, status, attention]
-        gr.on([image.upload, image.clear], demo_model.on_image, [image, threshold], outputs)
-        examples.load_input_event.then(demo_model.on_image, [image, threshold], outputs)  # once the example is shown
+        gr.on([image.upload, image.clear], demo_model.on_image, [image, threshold], outputs, preprocess=False)
+        examples.load_input_event.then(  # once the example is in the image box
+            demo_model.on_image, [image, threshold], outputs, preprocess=False
+        )
         threshold.change(demo_model.show, [prediction, threshold], [labels, status])
         labels.select(demo_model.on_label_click, [prediction], attention)
     return demo
