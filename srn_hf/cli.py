@@ -160,6 +160,7 @@ def run_publish(args: argparse.Namespace) -> int:
     dry_run, space_dry_run = args.dry_run, None
     if args.space and args.dry_run:  # both folders: OUT_DIR/model and OUT_DIR/space
         dry_run, space_dry_run = os.path.join(args.dry_run, "model"), os.path.join(args.dry_run, "space")
+    card = card_options(args)
     try:
         if args.space:
             validate_repo_id(args.space)  # a bad Space id fails before the model is pushed
@@ -172,7 +173,7 @@ def run_publish(args: argparse.Namespace) -> int:
             commit_message=args.commit_message,
             metrics=args.metrics,
             example_image=args.example_image,
-            card=card_options(args),
+            card=card,
         )
         report_publish(args.repo_id, result, args.dry_run)
         if args.space:
@@ -186,7 +187,7 @@ def run_publish(args: argparse.Namespace) -> int:
                 token=args.token,
                 commit_message=args.commit_message,
                 requirement=args.space_requirement,
-                license=args.license,
+                license=card.license,
             )
             report_publish(args.space, result, args.dry_run)
     except (ValueError, OSError) as error:  # bad folder, metrics, image, repository id, token, or a Hub error

@@ -24,7 +24,7 @@ from huggingface_hub import CommitInfo, SpaceCard, SpaceCardData
 from huggingface_hub.utils import validate_repo_id
 
 from . import __version__
-from .hub import push_folder, require_empty_folder
+from .hub import CardOptions, push_folder, require_empty_folder
 
 SPACE_SDK = "gradio"
 SPACE_APP = '''"""The demo page of the SRN model {model_repo_id}, written by `srn-hf publish --space` (srn_hf {version})."""
@@ -73,7 +73,7 @@ def write_space_folder(
     space_id: str,
     model_repo_id: str,
     requirement: str | None = None,
-    license: str = "apache-2.0",
+    license: str = CardOptions.license,
 ) -> Path:
     """Writes to `out_dir` (an empty or new folder) the Gradio Space `space_id` that demos the model `model_repo_id`.
 
@@ -82,7 +82,7 @@ def write_space_folder(
         space_id, model_repo_id: `"org/name"` of the Space and of the model repository it loads.
         requirement: the pip requirement of srn_hf in requirements.txt (default: `srn_hf[app]==<this version>`;
             e.g. `"srn_hf[app] @ git+https://github.com/org/srn_hf@v0.1.0"` to install it from a repository).
-        license: the Space's license, a Hub license id.
+        license: the Space's license, a Hub license id (by default the model card's).
 
     Returns:
         `out_dir`, holding app.py, requirements.txt, packages.txt and README.md.

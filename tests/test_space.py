@@ -55,6 +55,7 @@ def test_space_folder_holds_a_gradio_app_of_the_model(dry_run):
 
     card = SpaceCard.load(space / "README.md")  # huggingface_hub's own parsing of the front matter
     assert (card.data.sdk, card.data.app_file, card.data.models) == ("gradio", "app.py", [MODEL_ID])
+    assert card.data.license == "apache-2.0"  # the model card's default
     assert card.data.sdk_version == __import__("gradio").__version__  # the Gradio the app was tested with
     assert f"srn-hf demo {MODEL_ID}" in card.text
     requirement = Requirement((space / "requirements.txt").read_text().strip())
