@@ -82,7 +82,7 @@ def write_stamp_scenes(paths: list[Path]) -> list[Path]:
     try:
         test_split = generate_stamp_scenes(None, sizes=(0, 0, len(paths)), num_workers=1, progress=False)["test"]
     except (OSError, ValueError, ImportError) as error:  # no tuxpaint stamps, or no CairoSVG for the SVG ones
-        logger.info(f"no stamp-scene examples ({error}): install Debian's tuxpaint-stamps-default and tuxpaint-data")
+        logger.warning(f"no stamp-scene examples ({error})")
         return []
     for row, path in zip(test_split, paths):
         row["image"].convert("RGB").save(path, quality=95)
@@ -92,24 +92,27 @@ def write_stamp_scenes(paths: list[Path]) -> list[Path]:
 def predict(tagger, image_file: str | None) -> dict | None:
     """Runs the model once on an image: every label's score and attention map, and the time it took.
 
-    Returns None for no image, else a dict with `image` (the image scaled to at most `DISPLAY_SIDE` pixels), `scores`
-    (label -> sigmoid score, every label), `attention_maps` (label -> uint8 map at the display size, scaled to its own
-    maximum) and `seconds`. Raises [`srn_hf.images.ImageError`] naming the file when it is not an image.
+    The model sees the image scaled down to at most `DISPLAY_SIDE` pixels (or its own input side, if larger): its
+    input is smaller still, and the attention maps of every label at a photo's full resolution would take gigabytes.
+
+    Returns None for no image, else a dict with `image` (that copy), `scores` (label -> sigmoid score, every label),
+    `attention_maps` (label -> uint8 map over the copy, scaled to its own maximum) and `seconds`. Raises
+    [`srn_hf.images.ImageError`] naming the file when it is not an image.
     """
     if image_file is None:
         return None
-    image = open_image(image_file)
+    picture = open_image(image_file)
+    side = max(DISPLAY_SIDE, getattr(tagger.model.config, "image_size", 0))
+    picture.thumbnail((side, side))
     start = time.perf_counter()
-    predictions = tagger(image, threshold=0.0, return_attention_maps=True)
+    predictions = tagger(picture, threshold=0.0, return_attention_maps=True)
     seconds = time.perf_counter() - start
-    picture = image.copy()
-    picture.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
     scores, attention_maps = {}, {}
     for prediction in predictions:
         attention_map = prediction["attention_map"]
-        scaled = Image.fromarray(attention_map / max(float(attention_map.max()), 1e-12)).resize(picture.size)
         scores[prediction["label"]] = prediction["score"]
-        attention_maps[prediction["label"]] = np.round(np.asarray(scaled) * 255).clip(0, 255).astype(np.uint8)
+        scaled = attention_map / max(float(attention_map.max()), 1e-12)
+        attention_maps[prediction["label"]] = np.round(scaled * 255).astype(np.uint8)
     return {"image": picture, "scores": scores, "attention_maps": attention_maps, "seconds": seconds}
 
 
