@@ -1,4 +1,4 @@
-"""The `srn-hf` command: `srn-hf predict ...` and `srn-hf publish ...`."""
+"""The `srn-hf` command: `srn-hf predict ...`, `srn-hf publish ...` and `srn-hf demo ...`."""
 
 import argparse
 import sys
@@ -34,7 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--tag", action="append", dest="tags", metavar="TAG", help="extra tag of the card (repeatable)")
     publish.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the token of `hf auth login`)")
     publish.add_argument("--commit-message", help="message of the upload commit")
+    publish.add_argument("--space", metavar="ORG/NAME", help="also publish a Gradio Space that demos the model (srn_hf.app), loading it by --repo-id")
+    publish.add_argument("--space-requirement", metavar="SPEC", help="pip requirement of srn_hf in the Space's requirements.txt (default: srn_hf[app]==VERSION)")
     publish.set_defaults(run=run_publish)
+
+    demo = commands.add_parser("demo", help="serve the demo page of an SRN model in the browser (needs srn_hf[app])")
+    demo.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
+    demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
+    demo.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
+    demo.add_argument("--share", action="store_true", help="also open a public link through Gradio's share servers")
+    demo.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: transformers' choice)")
+    demo.add_argument("--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs")
+    demo.set_defaults(run=run_demo)
 
     for command in [parser, *commands.choices.values()]:  # every command, those added above it included
         command.add_argument(
@@ -148,26 +159,96 @@ def card_options(args: argparse.Namespace):
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    """Writes the Hub folder of MODEL_DIR and pushes it in one commit (or only writes it, with --dry-run)."""
-    from .hub import hub_folder_files, publish
+    """Writes the Hub folder of MODEL_DIR and pushes it in one commit (or only writes it, with --dry-run); with
+    --space, then the Space that demos it (with --dry-run, the two folders are OUT_DIR/model and OUT_DIR/space)."""
+    import os
 
-    result = publish(  # a bad folder, metrics file, image, repository id, token, or a Hub error: `main` refuses it
+    from huggingface_hub.utils import validate_repo_id
+
+    from .hub import publish
+
+    dry_run, space_dry_run = args.dry_run, None
+    if args.space and args.dry_run:  # both folders: OUT_DIR/model and OUT_DIR/space
+        dry_run, space_dry_run = os.path.join(args.dry_run, "model"), os.path.join(args.dry_run, "space")
+    card = card_options(args)
+    # A bad folder, metrics file, image, repository id, token, or a Hub error: `main` refuses it in one line.
+    if args.space:
+        validate_repo_id(args.space)  # a bad Space id fails before the model is pushed
+    result = publish(
         args.model_dir,
         args.repo_id,
         private=args.private,
-        dry_run_dir=args.dry_run,
+        dry_run_dir=dry_run,
         token=args.token,
         commit_message=args.commit_message,
         metrics=args.metrics,
         example_image=args.example_image,
-        card=card_options(args),
+        card=card,
     )
-    if args.dry_run:
-        print(f"dry run, nothing pushed: one commit to {args.repo_id} would upload the files of {result}:")
+    report_publish(args.repo_id, result, args.dry_run)
+    if args.space:
+        from .space import publish_space
+
+        result = publish_space(
+            args.space,
+            args.repo_id,
+            private=args.private,
+            dry_run_dir=space_dry_run,
+            token=args.token,
+            commit_message=args.commit_message,
+            requirement=args.space_requirement,
+            license=card.license,
+        )
+        report_publish(args.space, result, args.dry_run)
+    return 0
+
+
+def report_publish(repo_id: str, result, dry_run: str | None) -> None:
+    """Prints the commit of a push, or the files a dry run wrote (`result` is then the folder)."""
+    from .hub import hub_folder_files
+
+    if dry_run:
+        print(f"dry run, nothing pushed: one commit to {repo_id} would upload the files of {result}:")
         for name in hub_folder_files(result):
             print(f"  {name:<28} {(result / name).stat().st_size:>12,} bytes")
     else:
-        print(f"published {args.repo_id} in one commit: {result.commit_url}")
+        print(f"published {repo_id} in one commit: {result.commit_url}")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Serves the demo page of MODEL until interrupted; exit status 2 if the model, the port or Gradio is missing."""
+    import os
+
+    from .hub import check_model_folder, is_local_model
+
+    try:
+        from .app import build_app
+    except ImportError as error:
+        print(f"srn-hf demo: error: {error.name or error}: the demo needs the app extra: pip install 'srn_hf[app]'", file=sys.stderr)
+        return 2
+    if args.model.startswith((".", "/", "~")) or args.model.count("/") > 1:  # a folder, not a Hub id
+        if not os.path.isdir(os.path.expanduser(args.model)):
+            print(f"srn-hf demo: error: {args.model}: no such model folder", file=sys.stderr)
+            return 2
+    if is_local_model(os.path.expanduser(args.model)):
+        check_model_folder(os.path.expanduser(args.model))  # truncated weights, a bad config value: `main` names them
+    try:
+        demo = build_app(os.path.expanduser(args.model), device=args.device, fast=args.fast)
+    except (OSError, ValueError) as error:
+        print(f"srn-hf demo: error: {args.model}: {' '.join(str(error).split())}", file=sys.stderr)  # one line
+        return 2
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
+    except OSError:  # Gradio's message names its own launch() arguments
+        print(
+            f"srn-hf demo: error: {args.host}:{args.port}: cannot serve there (the port is taken, or the address is not "
+            "this machine's); choose another --port or --host",
+            file=sys.stderr,
+        )
+        return 2
+    public = f" and {demo.share_url}" if demo.share_url else ""
+    print(f"srn-hf demo: serving {args.model} at {demo.local_url}{public} (Ctrl+C stops it)", flush=True)
+    demo.block_thread()
     return 0
 
 

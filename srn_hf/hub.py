@@ -510,9 +510,7 @@ def write_hub_folder(
         preprocessor_config.json, attention_maps.png and README.md.
     """
     validate_repo_id(repo_id)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} is not an empty folder: everything in it would be uploaded")
+    out_dir = require_empty_folder(out_dir)
     model = load_model(model_dir)
     image_processor = load_image_processor(model_dir, model.config)
     metrics, metrics_file = load_training_metrics(model_dir, metrics)
@@ -546,6 +544,14 @@ def write_hub_folder(
     return out_dir
 
 
+def require_empty_folder(out_dir: str | os.PathLike) -> Path:
+    """`out_dir` as a Path; refuses a file or a folder that holds anything (all of it would be uploaded)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} is not an empty folder: everything in it would be uploaded")
+    return out_dir
+
+
 def hub_folder_files(folder: str | os.PathLike) -> list[str]:
     """The files of `folder` as paths relative to it (POSIX), sorted: what one commit uploads."""
     folder = Path(folder)
@@ -558,21 +564,24 @@ def push_folder(
     private: bool = False,
     token: str | None = None,
     commit_message: str | None = None,
+    repo_type: str = "model",
+    space_sdk: str | None = None,
 ) -> CommitInfo:
     """Creates `repo_id` if needed (`private` only applies then) and uploads every file of `folder` in one commit.
 
-    The token comes from `token`, else huggingface_hub's usual places (`HF_TOKEN`, `hf auth login`).
+    The token comes from `token`, else huggingface_hub's usual places (`HF_TOKEN`, `hf auth login`). `repo_type` is
+    `"model"` or `"space"` (whose `space_sdk`, e.g. `"gradio"`, is set when the Space is created).
     """
     validate_repo_id(repo_id)
     folder = Path(folder)
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in hub_folder_files(folder)]
     return api.create_commit(
         repo_id,
         operations=operations,
-        commit_message=commit_message or f"Upload SRN model with srn_hf {__version__}",
-        repo_type="model",
+        commit_message=commit_message or f"Upload SRN {'demo Space' if repo_type == 'space' else 'model'} with srn_hf {__version__}",
+        repo_type=repo_type,
     )
 
 
