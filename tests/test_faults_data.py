@@ -39,9 +39,11 @@ def bad_data(tmp_path):
     return load_multilabel_dataset("imagefolder", data_dir=tmp_path, validation_fraction=0)
 
 
-def test_the_truncated_file_is_what_crashes_training_without_the_check(bad_data):
+def test_the_truncated_file_is_what_crashes_training_without_the_check(bad_data, tmp_path):
     with pytest.raises(OSError, match="truncated"):
         bad_data["train"][4]["image"]  # what a training batch does with it: no file named
+    with Image.open(tmp_path / "train" / "cut.jpg") as picture:
+        assert picture.size == (64, 48)  # its header is intact: a header check would let it through
 
 
 def test_stop_lists_every_bad_file_before_training(bad_data, tmp_path):
