@@ -115,3 +115,15 @@ def test_a_hub_dataset_label_only_the_test_split_has_is_refused_by_name(tmp_path
     DatasetDict({"train": split([["cat"], ["dog"]]), "test": split([["dog"], ["zebra"]])}).save_to_disk(tmp_path / "saved")
     with pytest.raises(AnnotationError, match=r"\[test\] row 1: label 'zebra' is not in the labels of the train split \['cat', 'dog'\]"):
         load_multilabel_dataset("hub", path=tmp_path / "saved", labels_column="tags")
+
+
+def test_the_evaluate_module_names_the_labels_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    evaluate = pytest.importorskip("evaluate")
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
+    from srn_hf.metrics import EVALUATE_MODULE_PATH
+
+    metric = evaluate.load(EVALUATE_MODULE_PATH, cache_dir=str(tmp_path))
+    metric.add_batch(predictions=[[0.9, 0.2, 0.1], [0.3, 0.8, 0.4]], references=[[1, 0, 0], [0, 1, 0]])
+    with pytest.warns(UserWarning, match=r"\['zebra'\]$"):
+        metric.compute(label_names=["cat", "dog", "zebra"])
