@@ -144,9 +144,14 @@ def unique_png_path(folder: str, image_file: str, used_names: set) -> str:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Prints each label's tuned threshold with its validation P / R / F1 and support; `--write` stores them."""
+    import warnings
+
     import yaml
+    from transformers.utils import logging
 
     from .thresholds import FIGURES, calibrate_model_folder, write_thresholds
+
+    logging.disable_progress_bar()  # the weights load in a moment; scoring the split has its own progress bar
 
     options = {}
     for item in args.data_option:
@@ -156,9 +161,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
             return 2
         options[key] = yaml.safe_load(value)
     try:
-        calibration, figures = calibrate_model_folder(
-            args.model_dir, args.data, options, args.split, args.criterion, args.min_positives, args.batch_size
-        )
+        with warnings.catch_warnings():  # labels without validation positives: the table names them
+            warnings.filterwarnings("ignore", message=r".*without any positive image", category=UserWarning)
+            calibration, figures = calibrate_model_folder(
+                args.model_dir, args.data, options, args.split, args.criterion, args.min_positives, args.batch_size
+            )
         written = write_thresholds(args.model_dir, calibration) if args.write else None
     except (OSError, ValueError) as error:  # bad folder, dataset, option, split, label set or criterion
         print(f"srn-hf calibrate: error: {error}", file=sys.stderr)

@@ -204,6 +204,22 @@ class ThresholdCalibration:
             ],  # fmt: skip
         }
 
+    @classmethod
+    def from_dict(cls, values: dict) -> ThresholdCalibration:
+        """The calibration that [`to_dict`] summarised (e.g. read back from a run's metrics.json)."""
+        rows, provenance = values["per_label"], values["threshold_calibration"]
+
+        def column(key: str, scale: float = 1.0) -> np.ndarray:
+            return np.array([row[key] / scale for row in rows])
+
+        return cls(
+            label_names=[row["label"] for row in rows], thresholds=column("threshold"), threshold=values["threshold"],
+            fallback_labels=dict(values["fallback_labels"]), criterion=provenance["criterion"],
+            min_positives=provenance["min_positives"], precision=column("precision", 100), recall=column("recall", 100),
+            f1=column("f1", 100), support=column("support").astype(int), images=provenance["images"],
+            split=provenance["split"], dataset=provenance["dataset"],
+        )  # fmt: skip
+
     def table(self) -> str:
         """The per-label table: threshold, P / R / F1 (percent) on the calibration data, support."""
         split = self.split or "calibration"
@@ -356,11 +372,11 @@ def calibrate_model_folder(
     if split == "test":
         raise ValueError("--split test: thresholds are tuned on a validation split, never on the test split they are reported on")
     parse_criterion(criterion)  # a bad criterion fails before the dataset is read
-    model = load_model(model_dir)
-    names = config_label_names(model.config)
     dataset = load_multilabel_dataset(kind, **(options or {}))
     if split not in dataset:
         raise ValueError(f"the {kind} dataset has no {split!r} split (its splits: {list(dataset)})")
+    model = load_model(model_dir)
+    names = config_label_names(model.config)
     dataset_names = label_names(dataset)
     if set(dataset_names) != set(names):
         check_same_labels(dataset_names, names, f"the {kind} dataset", f"the model in {model_dir}")

@@ -182,3 +182,12 @@ def test_quick_benchmark_writes_its_results(tmp_path):
     assert report["exhaustive"]["max |F1 - exhaustive F1| over labels"] < 1e-9
     assert report["checks"]["mean F1 lost by the 0.01 grid (points)"] >= 0
     assert "| calibrate_thresholds |" in (tmp_path / "thresholds.md").read_text()
+
+
+def test_to_dict_and_back():
+    scores, labels = noisy_scores(labels=3)
+    labels[:, 1] = 0
+    calibration = calibrate_thresholds(scores, labels, ["a", "b", "c"], dataset="toy")
+    restored = type(calibration).from_dict(json.loads(json.dumps(calibration.to_dict())))
+    assert restored.config_fields() == calibration.config_fields() and restored.table() == calibration.table()
+    assert np.array_equal(restored.thresholds, calibration.thresholds) and restored.fallback_labels == calibration.fallback_labels
