@@ -406,3 +406,44 @@ def write_thresholds(model_dir: str | os.PathLike, calibration: ThresholdCalibra
     partial.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     partial.replace(config_file)
     return config_file
+
+
+def calibrate_stage(validation_scores, validation_labels, test_scores, test_labels, label_names, dataset=None):
+    """What a training run records for one stage's prediction: thresholds tuned on the validation split, and the
+    test split's CP / CR / CF1 / OP / OR / OF1 at them (the figures at 0.5 are the stage's `test` metrics).
+
+    Returns:
+        the [`ThresholdCalibration`] and the record's new entries: `{"thresholds": calibration.to_dict(),
+        "test_calibrated": {...}}`.
+    """
+    calibration = calibrate_thresholds(validation_scores, validation_labels, label_names, split="validation", dataset=dataset)
+    figures = thresholded_metrics(test_scores, test_labels, calibration)
+    return calibration, {"thresholds": calibration.to_dict(), "test_calibrated": figures["calibrated"]}
+
+
+def threshold_table(records: list[dict]) -> str:
+    """The stages' test figures at 0.5 and at their calibrated thresholds, one row per stage (from metrics.json)."""
+    from .stages import PAPER_NAMES
+
+    header = f"{'stage':<6}{'prediction':<12}{'mAP':>8}" + "".join(f"{name:>8}" for name in FIGURES) + "  thresholds"
+    rows = ["test split at 0.5 and at thresholds tuned on the validation split", header, "-" * len(header)]
+    for record in records:
+        if "test" not in record or "test_calibrated" not in record:
+            continue
+        for name, figures in (("0.5", record["test"]), ("tuned", record["test_calibrated"])):
+            cells = "".join(f"{'-' if figures.get(key) is None else f'{figures[key]:.2f}':>8}" for key in FIGURES)
+            rows.append(f"{record['stage']:<6}{PAPER_NAMES[record['prediction']]:<12}{record['test']['mAP']:>8.2f}{cells}  {name}")
+    return "\n".join(rows)
+
+
+def calibrated_gain(records: list[dict]) -> dict | None:
+    """The last stage's test figures over stage 1's, both at their calibrated thresholds (and at 0.5), in points."""
+    first, last = records[0], records[-1]
+    if first["stage"] != 1 or last["stage"] == 1 or any("test_calibrated" not in record for record in (first, last)):
+        return None
+
+    def difference(key: str) -> dict:
+        pairs = {name: (last[key].get(name), first[key].get(name)) for name in FIGURES}
+        return {name: None if None in pair else pair[0] - pair[1] for name, pair in pairs.items()}
+
+    return {"stage": last["stage"], "calibrated": difference("test_calibrated"), "at_0.5": difference("test")}

@@ -191,3 +191,26 @@ def test_to_dict_and_back():
     restored = type(calibration).from_dict(json.loads(json.dumps(calibration.to_dict())))
     assert restored.config_fields() == calibration.config_fields() and restored.table() == calibration.table()
     assert np.array_equal(restored.thresholds, calibration.thresholds) and restored.fallback_labels == calibration.fallback_labels
+
+
+def test_stage_records_report_both_thresholds_and_the_gain_over_stage_1():
+    from srn_hf.thresholds import calibrate_stage, calibrated_gain, threshold_table
+
+    validation, validation_labels = noisy_scores(images=200, labels=4, seed=5)
+    test, test_labels = noisy_scores(images=200, labels=4, seed=6)
+    names = ["a", "b", "c", "d"]
+    records = []
+    for stage, prediction, scale in ((1, "cls_logits", 0.6), (4, "logits", 1.0)):
+        calibration, entries = calibrate_stage(validation * scale, validation_labels, test * scale, test_labels, names)
+        # Tuned on validation only: the same thresholds whatever the test split holds.
+        assert np.array_equal(calibration.thresholds, calibrate_thresholds(validation * scale, validation_labels, names).thresholds)
+        assert entries["test_calibrated"] == {key: multilabel_metrics(test * scale, test_labels, threshold=calibration.thresholds)[key]
+                                              for key in entries["test_calibrated"]}  # fmt: skip
+        records.append({"stage": stage, "prediction": prediction, "test": multilabel_metrics(test * scale, test_labels), **entries})
+    gain = calibrated_gain(records)
+    assert gain["calibrated"]["OF1"] == pytest.approx(records[1]["test_calibrated"]["OF1"] - records[0]["test_calibrated"]["OF1"])
+    assert gain["at_0.5"]["CF1"] == pytest.approx(records[1]["test"]["CF1"] - records[0]["test"]["CF1"])
+    # Scores scaled down sit mostly below 0.5: at 0.5 stage 1 looks far worse than it ranks; tuned, it recovers.
+    assert records[0]["test_calibrated"]["OF1"] > records[0]["test"]["OF1"] + 10
+    table = threshold_table(records).splitlines()
+    assert len(table) == 3 + 4 and table[3].startswith("1     y_cls") and table[4].endswith("tuned")
