@@ -10,11 +10,12 @@ them. [`calibrate_thresholds`] chooses them from the scores and labels of a vali
 - a label with fewer than `min_positives` positive validation images cannot be tuned: it gets the global
   threshold, and the result names it with the reason (as it does a label that never reaches the precision P).
 
-The search is exact: every cut between two distinct validation scores is tried, for all labels at once (one sort
-per label, the sorted labels merged for the pooled ranking, cumulative sums of the true positives, `numpy` only). A threshold is the midpoint between the last
-score kept and the first score left out, so `score > t` (the pipeline's rule) and `score >= t` (the standard
-convention of `srn_hf.metrics`) make the same predictions on the validation scores. Among cuts of equal F1 the
-highest threshold (fewest predicted labels) is kept: the result is deterministic.
+The search is exact: every cut between two distinct validation scores is tried, for all labels at once (one
+sort per label, the sorted labels merged for the pooled ranking, cumulative sums of the true positives; `numpy`
+only). A threshold is the midpoint between the last score kept and the first score left out, so `score > t` (the
+pipeline's rule) and `score >= t` (the standard convention of `srn_hf.metrics`) make the same predictions on the
+validation scores. Among cuts of equal F1 the highest threshold (fewest predicted labels) is kept: the result is
+deterministic and does not depend on the order of the images.
 
 ```python
 >>> from srn_hf.thresholds import calibrate_thresholds
@@ -54,7 +55,9 @@ def parse_criterion(criterion: str) -> float | None:
     except ValueError:
         target = None
     if name != "precision" or target is None or not 0.0 < target <= 1.0:
-        raise ValueError(f"criterion {criterion!r} is neither 'f1' nor 'precision:P' with P a fraction in (0, 1], e.g. precision:0.9")
+        raise ValueError(
+            f"criterion {criterion!r} is neither 'f1' nor 'precision:P' with P a fraction in (0, 1], e.g. precision:0.9"
+        )
     return target
 
 
@@ -111,7 +114,7 @@ def best_cuts(ranked: np.ndarray, hits: np.ndarray, target_precision: float | No
     if target_precision is None:
         value = np.where(allowed, 2 * true_positives / (kept + true_positives[:, -1:]), -1.0)
     else:
-        reached = allowed & (true_positives >= target_precision * kept)
+        reached = allowed & (true_positives >= target_precision * kept - 1e-9)  # TP / kept >= P, rounding aside
         value = np.where(reached, true_positives * (ranked.shape[1] + 1.0) - kept, -1.0)
     best = np.argmax(value, axis=1)  # the first maximum: the highest threshold among equals
     rows = np.arange(len(best))

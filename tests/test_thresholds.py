@@ -39,7 +39,7 @@ def exhaustive_threshold(scores, positives, precision_target=None):
         true_positives, count = int((predicted & positives).sum()), int(predicted.sum())
         if precision_target is None:
             key = (2 * true_positives / (count + positives.sum()),)
-        elif true_positives >= precision_target * count:
+        elif true_positives >= precision_target * count - 1e-9:
             key = (true_positives, -count)
         else:
             continue
