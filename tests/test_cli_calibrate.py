@@ -139,3 +139,35 @@ def test_refusals_of_the_model_and_the_dataset(capsys, tmp_path, model_dir, othe
     assert status == 2 and err.count("\n") == 1 and "nothing does not exist" in err
     status, _, err = run(capsys, model_dir, "--data", "no_such_kind")
     assert status == 2 and err.count("\n") == 1 and "unknown dataset kind 'no_such_kind'" in err
+
+
+def test_the_model_card_says_how_the_thresholds_were_chosen_and_shows_both_rows(capsys, model_dir, dataset_dir, tmp_path):
+    from srn_hf.metrics import multilabel_metrics
+    from srn_hf.thresholds import calibrate_stage
+
+    hub = tmp_path / "hub"
+    assert main(["publish", model_dir, "--repo-id", "org/srn", "--dry-run", str(hub / "plain")]) == 0
+    assert "was set, not tuned on data: 0.5 for every label" in (hub / "plain" / "README.md").read_text()
+
+    assert run(capsys, model_dir, "--data", "imagefolder", "--data-option", f"data_dir={dataset_dir}", "--write")[0] == 0
+    # A run's metrics.json beside the folder, with each stage's test figures at 0.5 and at its tuned thresholds.
+    rng = np.random.default_rng(0)
+    validation, test = rng.random((40, 3)), rng.random((50, 3))
+    validation_labels, test_labels = (rng.random((40, 3)) < 0.4).astype(int), (rng.random((50, 3)) < 0.4).astype(int)
+    stages = []
+    for number, prediction, power in ((1, "cls_logits", 3.0), (4, "logits", 1.0)):
+        _, entries = calibrate_stage(validation**power, validation_labels, test**power, test_labels, list(LABELS.values()))
+        stages.append({"stage": number, "prediction": prediction, "test": multilabel_metrics(test**power, test_labels), **entries})
+    metrics = {"dataset": {"name": "toy", "label_names": list(LABELS.values()), "splits": {"test": 50}}, "stages": stages}
+    (Path(model_dir).parent / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["publish", model_dir, "--repo-id", "org/srn", "--dry-run", str(hub / "run")]) == 0
+    card = (hub / "run" / "README.md").read_text()
+    assert ("were tuned with `srn_hf.thresholds` on the validation split of imagefolder (24 images), never on the test "
+            "split: each label's threshold maximises the label's F1 there") in card  # fmt: skip
+    assert "use the global threshold: car." in card
+    final = stages[-1]
+    assert f"| 0.5 | {final['test']['mAP']:.1f} | {final['test']['CP']:.1f} |" in card
+    assert f"| tuned on validation (in `config.json`) | {final['test']['mAP']:.1f} | {final['test_calibrated']['CP']:.1f} |" in card
+    first = stages[0]
+    row = f"| 1 | y_cls | {first['test']['mAP']:.1f} | {first['test']['CF1']:.1f} | {first['test_calibrated']['CF1']:.1f} |"
+    assert row in card
