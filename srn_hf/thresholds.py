@@ -450,3 +450,13 @@ def calibrated_gain(records: list[dict]) -> dict | None:
         return {name: None if None in pair else pair[0] - pair[1] for name, pair in pairs.items()}
 
     return {"stage": last["stage"], "calibrated": difference("test_calibrated"), "at_0.5": difference("test")}
+
+
+def describe_gain(gain: dict) -> str:
+    """One line for [`calibrated_gain`]'s result: CF1 / OF1 over stage 1 at tuned thresholds, and at 0.5."""
+
+    def pair(figures: dict) -> str:
+        return " / ".join("-" if figures[name] is None else f"{figures[name]:+.2f}" for name in ("CF1", "OF1"))
+
+    return (f"test CF1 / OF1 of stage {gain['stage']} over stage 1, each at its thresholds tuned on validation: "
+            f"{pair(gain['calibrated'])} (at 0.5: {pair(gain['at_0.5'])})")  # fmt: skip
