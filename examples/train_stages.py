@@ -10,8 +10,10 @@ Stage 1 trains the backbone and f_cls on L(y_cls); stage 2 the attention branch 
 L(y_att) with the backbone frozen; stage 3 f_sr on L(y_sr); stage 4 everything on L(y) + L(y_att) (the table is
 `srn_hf.stages.STAGES`). Each stage keeps its best epoch by validation mAP of its own prediction, exports it to
 OUTPUT_DIR/stage-N (a folder `pipeline("image-classification", model=...)` loads), and is scored on the
-validation and test splits. OUTPUT_DIR/final is the last stage's model; OUTPUT_DIR/metrics.json holds every
-stage's figures and the last stage's test mAP over stage 1 with a bootstrap interval, OUTPUT_DIR/training_curves.png
+validation and test splits; its thresholds are then tuned on the validation split (`srn_hf.thresholds`), the test
+split is reported at 0.5 and at them, and the export's config.json carries them. OUTPUT_DIR/final is the last
+stage's model; OUTPUT_DIR/metrics.json holds every stage's figures (both ways) and the last stage's test mAP over
+stage 1 with a bootstrap interval (and its CF1 / OF1 over stage 1's at tuned thresholds), OUTPUT_DIR/training_curves.png
 draws them, OUTPUT_DIR/predictions holds each stage's test scores. Checkpoints (Accelerate `save_state`) go to
 OUTPUT_DIR/checkpoints after every epoch (and every `training.checkpoint_every_steps` steps).
 """

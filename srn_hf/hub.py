@@ -27,10 +27,13 @@ says that no evaluation was published, and holds no number.
     {"recipe": {...the resolved training configuration...},
      "dataset": {"name": str, "label_names": [...], "splits": {"train": n, "validation": n, "test": n}},
      "stages": [{"stage": 1, "prediction": "cls_logits", "best_epoch": int,
-                 "validation": {"mAP": .., "CP": .., ...}, "test": {"mAP": .., ..., "per_class_AP": [...]}}, ...]}
+                 "validation": {"mAP": .., "CP": .., ...}, "test": {"mAP": .., ..., "per_class_AP": [...]},
+                 "test_calibrated": {"CP": .., ..., "OF1": ..}}, ...]}
 
 with figures in percent (`srn_hf.metrics.multilabel_metrics`; `per_class_AP` in label order, None for a label
-without positives).
+without positives). `test` is at threshold 0.5; the optional `test_calibrated` at the stage's thresholds tuned on
+the validation split (`srn_hf.thresholds`). How the model's own thresholds were chosen comes from its config
+(`threshold_calibration`).
 """
 
 from __future__ import annotations
