@@ -182,7 +182,8 @@ def write_results(report: dict, output_dir: Path) -> None:
     exhaustive = report["exhaustive"]
     lines = [
         f"Threshold calibration of {report['images']:,} x {report['labels']} scores "
-        f"({report['machine']['cpu']}, median of {report['repeats']} rounds)",
+        f"({report['machine']['cpu']}, {report['machine']['logical_cpus']} logical CPUs, load average "
+        f"{report['machine']['load_average'][0]:.1f} at the start; median of {report['repeats']} interleaved rounds)",
         "",
         "| method | seconds | calibrate_thresholds is faster by |",
         "|---|---|---|",
