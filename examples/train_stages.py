@@ -10,8 +10,10 @@ Stage 1 trains the backbone and f_cls on L(y_cls); stage 2 the attention branch 
 L(y_att) with the backbone frozen; stage 3 f_sr on L(y_sr); stage 4 everything on L(y) + L(y_att) (the table is
 `srn_hf.stages.STAGES`). Each stage keeps its best epoch by validation mAP of its own prediction, exports it to
 OUTPUT_DIR/stage-N (a folder `pipeline("image-classification", model=...)` loads), and is scored on the
-validation and test splits. OUTPUT_DIR/final is the last stage's model; OUTPUT_DIR/metrics.json holds every
-stage's figures and the last stage's test mAP over stage 1 with a bootstrap interval, OUTPUT_DIR/training_curves.png
+validation and test splits; its thresholds are then tuned on the validation split (`srn_hf.thresholds`), the test
+split is reported at 0.5 and at them, and the export's config.json carries them. OUTPUT_DIR/final is the last
+stage's model; OUTPUT_DIR/metrics.json holds every stage's figures (both ways) and the last stage's test mAP over
+stage 1 with a bootstrap interval (and its CF1 / OF1 over stage 1's at tuned thresholds), OUTPUT_DIR/training_curves.png
 draws them, OUTPUT_DIR/predictions holds each stage's test scores. Checkpoints (Accelerate `save_state`) go to
 OUTPUT_DIR/checkpoints after every epoch (and every `training.checkpoint_every_steps` steps).
 
@@ -50,6 +52,15 @@ from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import create_image_processor
 from srn_hf.stages import STAGES, Stage, StageForward, apply_stage, make_loss, set_train_mode, stage_loss
 from srn_hf.storage import StorageError, atomic_folder
+from srn_hf.thresholds import (
+    FIGURES,
+    calibrate_stage,
+    calibrate_thresholds,
+    calibrated_gain,
+    describe_gain,
+    threshold_table,
+    write_thresholds,
+)
 from srn_hf.training import (
     EpochSeededDataset,
     Recipe,
@@ -519,12 +530,13 @@ def validate_epoch(run: Run, stage_run: StageRun, epoch: int, train_loss: float)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def score_split(run: Run, stage_run: StageRun, loader: DataLoader) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """The metrics of the stage's prediction on one split, with the sigmoid scores and labels (N x C each)."""
+def score_split(run: Run, stage_run: StageRun, loader: DataLoader) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
+    """The metrics of the stage's prediction on one split, with the sigmoid scores (`{prediction: N x C}`, plus the
+    fused y's under `"logits"` when the stage's forward computes it) and the labels (N x C)."""
     prediction = stage_run.stage.prediction
-    scores, labels = predict_scores(run.accelerator, stage_run.model, loader, (prediction,))
-    metrics = multilabel_metrics(scores[prediction].numpy(), labels.numpy(), label_names=run.names)
-    return metrics, scores[prediction], labels
+    names = (prediction,) if prediction == "logits" or stage_run.stage.number == 1 else (prediction, "logits")
+    scores, labels = predict_scores(run.accelerator, stage_run.model, loader, names)
+    return multilabel_metrics(scores[prediction].numpy(), labels.numpy(), label_names=run.names), scores, labels
 
 
 def evaluate_stage(run: Run, stage_run: StageRun) -> dict:
@@ -534,14 +546,42 @@ def evaluate_stage(run: Run, stage_run: StageRun) -> dict:
     if record["best_epoch"] is None:  # epochs: 0, the stage is only evaluated and exported
         export(accelerator, run.model, stage_run.folder)
     run.model.load_state_dict(load_file(stage_run.folder / "model.safetensors"))
-    record["validation"] = score_split(run, stage_run, stage_run.validation_loader)[0]
-    record["test"], scores, labels = score_split(run, stage_run, stage_run.test_loader)
+    record["validation"], validation_scores, validation_labels = score_split(run, stage_run, stage_run.validation_loader)
+    record["test"], test_scores, labels = score_split(run, stage_run, stage_run.test_loader)
+    scores = test_scores[stage_run.stage.prediction]
     if accelerator.is_main_process:
         (run.output_dir / "predictions").mkdir(exist_ok=True)
         save_file({"scores": scores.contiguous(), "labels": labels.float().contiguous()},
                   run.output_dir / "predictions" / f"stage-{number}-test.safetensors")  # fmt: skip
-    accelerator.log({f"stage{number}/test_mAP": record["test"]["mAP"]})  # to the trackers, from the main process
+    # Thresholds of the stage's prediction tuned on validation, never on test; test CP .. OF1 at 0.5 and at them.
+    _, calibrated = calibrate_stage(validation_scores[stage_run.stage.prediction], validation_labels, scores, labels,
+                                    run.names, dataset=run.recipe.data.kind)  # fmt: skip
+    record.update(calibrated)
+    calibrate_export(run, stage_run, validation_scores, validation_labels)
+    # To the trackers, from the main process: test mAP, and CP .. OF1 at 0.5 and at the tuned thresholds.
+    figures = {"test_mAP": record["test"]["mAP"]}
+    for name in FIGURES:
+        figures.update({f"test_{name}_at_0.5": record["test"][name], f"test_{name}_calibrated": record["test_calibrated"][name]})
+    accelerator.log({f"stage{number}/{key}": value for key, value in figures.items() if value is not None})
     return record
+
+
+def calibrate_export(run: Run, stage_run: StageRun, validation_scores: dict, validation_labels: torch.Tensor) -> None:
+    """Thresholds of the fused y, the exported folder's pipeline output, tuned on the validation split: into the
+    model's config (so OUTPUT_DIR/final carries the last stage's) and OUTPUT_DIR/stage-N/config.json.
+
+    Stages 2 to 4 computed y with their own prediction; stage 1's forward stops at y_cls, so y is scored once more.
+    """
+    scores = validation_scores.get("logits")
+    if scores is None:
+        with run.accelerator.autocast():  # the precision of the prepared forward
+            full_forward = StageForward(run.model, STAGES[4])
+            scores = predict_scores(run.accelerator, full_forward, stage_run.validation_loader, ("logits",))[0]["logits"]
+    calibration = calibrate_thresholds(scores, validation_labels, run.names, split="validation", dataset=run.recipe.data.kind)
+    calibration.apply_to(run.model.config)
+    if run.accelerator.is_main_process:
+        write_thresholds(stage_run.folder, calibration)  # config.json only: the weights are the stage's best epoch
+    run.accelerator.wait_for_everyone()
 
 
 def export(accelerator: Accelerator, model: SRNForImageClassification, folder: Path) -> None:
@@ -569,8 +609,12 @@ def write_report(run: Run) -> dict:
                     "image_check": run.image_check},  # fmt: skip
         "stages": records,
         "test_gain_over_stage1": gain_over_stage1(output_dir, records) if accelerator.is_main_process else None,
+        "test_calibrated_gain_over_stage1": calibrated_gain(records),
     }
     accelerator.print("\n" + metric_table(records, "validation") + "\n\n" + metric_table(records, "test"))
+    accelerator.print("\n" + threshold_table(records))
+    if report["test_calibrated_gain_over_stage1"]:
+        accelerator.print("\n" + describe_gain(report["test_calibrated_gain_over_stage1"]))
     if report["test_gain_over_stage1"]:
         gain = report["test_gain_over_stage1"]
         accelerator.print(

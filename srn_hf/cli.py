@@ -1,4 +1,4 @@
-"""The `srn-hf` command: `srn-hf predict ...`, `srn-hf publish ...` and `srn-hf demo ...`."""
+"""The `srn-hf` command: `srn-hf predict ...`, `srn-hf calibrate ...`, `srn-hf publish ...` and `srn-hf demo ...`."""
 
 import argparse
 import sys
@@ -20,6 +20,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: transformers' choice)")
     predict.add_argument("--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs")
     predict.set_defaults(run=run_predict)
+
+    calibrate = commands.add_parser("calibrate", help="tune a model's thresholds on a validation split; optionally store them")
+    calibrate.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
+    calibrate.add_argument("--data", required=True, metavar="KIND", help="dataset kind of srn_hf.data (imagefolder, csv, hub, coco2014, voc2007, ...)")
+    calibrate.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="loader option, value parsed as YAML (repeatable)")
+    calibrate.add_argument("--split", default="validation", help="split to tune on (default: validation; never test)")
+    calibrate.add_argument("--criterion", default="f1", help="f1 (each label's F1, OF1 globally) or precision:P (highest recall at precision >= P)")
+    calibrate.add_argument("--min-positives", type=int, default=5, help="labels with fewer positive images get the global threshold (default: 5)")
+    calibrate.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    calibrate.add_argument("--write", action="store_true", help="store the thresholds in MODEL_DIR/config.json (nothing else changes)")
+    calibrate.set_defaults(run=run_calibrate)
 
     publish = commands.add_parser("publish", help="write a Hub-ready folder of a trained model and push it")
     publish.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
@@ -148,6 +159,41 @@ def unique_png_path(folder: str, image_file: str, used_names: set) -> str:
         name, number = f"{stem}_{number}_attention.png", number + 1
     used_names.add(name)
     return os.path.join(folder, name)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Prints each label's tuned threshold with its validation P / R / F1 and support; `--write` stores them."""
+    import warnings
+
+    import yaml
+    from transformers.utils import logging
+
+    from .thresholds import FIGURES, calibrate_model_folder, write_thresholds
+
+    logging.disable_progress_bar()  # the weights load in a moment; scoring the split has its own progress bar
+
+    options = {}
+    for item in args.data_option:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            print(f"srn-hf calibrate: error: --data-option {item!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        options[key] = yaml.safe_load(value)
+    # A bad folder, dataset, option, split, label set or criterion: `main` refuses it in one line.
+    with warnings.catch_warnings():  # labels without validation positives: the table names them
+        warnings.filterwarnings("ignore", message=r".*without any positive image", category=UserWarning)
+        calibration, figures = calibrate_model_folder(
+            args.model_dir, args.data, options, args.split, args.criterion, args.min_positives, args.batch_size
+        )
+    written = write_thresholds(args.model_dir, calibration) if args.write else None
+    print(calibration.table())
+    print(f"\n{args.split} split (calibrated thresholds tuned on it, hence optimistic):")
+    print(f"{'thresholds':<12}" + "".join(f"{name:>8}" for name in FIGURES))
+    for name, label in (("default", f"{figures['default_threshold']}"), ("calibrated", "calibrated")):
+        cells = ("-" if figures[name][key] is None else f"{figures[name][key]:.2f}" for key in FIGURES)
+        print(f"{label:<12}" + "".join(f"{cell:>8}" for cell in cells))
+    print(f"\nthresholds written to {written}" if written else "\nnothing written (pass --write to store them in config.json)")
+    return 0
 
 
 def card_options(args: argparse.Namespace):

@@ -67,6 +67,10 @@ class SRNConfig(PreTrainedConfig):
             Default probability threshold of the multi-label pipeline (sigmoid score > threshold is a label).
         label_thresholds (`dict[str, float]`, *optional*):
             Per-label thresholds overriding `threshold`, keyed by label name.
+        threshold_calibration (`dict`, *optional*):
+            How `threshold` and `label_thresholds` were chosen, when [`srn_hf.thresholds`] tuned them on data
+            (`criterion`, `split`, `dataset`, `images`, `min_positives`, `fallback_labels`); None when they were set
+            by hand.
         initializer_range (`float`, defaults to 0.01):
             Standard deviation of the normal initialisation of the linear classifiers.
 
@@ -90,6 +94,7 @@ class SRNConfig(PreTrainedConfig):
     use_batch_norm: bool = True
     threshold: float = 0.5
     label_thresholds: dict[str, float] | None = None
+    threshold_calibration: dict[str, Any] | None = None
     initializer_range: float = 0.01
 
     def __post_init__(self, **kwargs):

@@ -27,10 +27,13 @@ says that no evaluation was published, and holds no number.
     {"recipe": {...the resolved training configuration...},
      "dataset": {"name": str, "label_names": [...], "splits": {"train": n, "validation": n, "test": n}},
      "stages": [{"stage": 1, "prediction": "cls_logits", "best_epoch": int,
-                 "validation": {"mAP": .., "CP": .., ...}, "test": {"mAP": .., ..., "per_class_AP": [...]}}, ...]}
+                 "validation": {"mAP": .., "CP": .., ...}, "test": {"mAP": .., ..., "per_class_AP": [...]},
+                 "test_calibrated": {"CP": .., ..., "OF1": ..}}, ...]}
 
 with figures in percent (`srn_hf.metrics.multilabel_metrics`; `per_class_AP` in label order, None for a label
-without positives).
+without positives). `test` is at threshold 0.5; the optional `test_calibrated` at the stage's thresholds tuned on
+the validation split (`srn_hf.thresholds`). How the model's own thresholds were chosen comes from its config
+(`threshold_calibration`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from .metrics import multilabel_metrics
 from .modeling_srn import SRNForImageClassification
 from .processing import create_image_processor
 from .stages import PAPER_NAMES, STAGES
+from .thresholds import FIGURES as THRESHOLDED_FIGURES
 
 # The template of the model card (Jinja, rendered by `ModelCard.from_template`): model_card.md at the repository's
 # root, reached through the link srn_hf/model_card.md, which wheels carry as a file.
@@ -246,6 +250,11 @@ def load_training_metrics(
             missing = [name for name in METRIC_NAMES if split in stage and name not in stage[split]]
             if missing:
                 raise ValueError(f"{where}.{split} lacks the metrics {missing}")
+        if "test_calibrated" in stage and not isinstance(stage["test_calibrated"], dict):
+            raise ValueError(f"{where}.test_calibrated must be an object of metrics")
+        missing = [name for name in THRESHOLDED_FIGURES if "test_calibrated" in stage and name not in stage["test_calibrated"]]
+        if missing:
+            raise ValueError(f"{where}.test_calibrated lacks the metrics {missing}")
         if "validation" not in stage and "test" not in stage:
             raise ValueError(f"{where} has neither 'validation' nor 'test' metrics")
     return metrics, candidate
@@ -331,6 +340,32 @@ def card_data(model: SRNForImageClassification, repo_id: str, metrics: dict | No
     )
 
 
+def thresholds_description(config: SRNConfig) -> str:
+    """How the config's decision thresholds were chosen, from its `threshold_calibration` (see `srn_hf.thresholds`)."""
+    calibration = getattr(config, "threshold_calibration", None)
+    if not calibration:
+        per_label = " (and the per-label values of `config.label_thresholds`)" if config.label_thresholds else ""
+        return f"The decision threshold was set, not tuned on data: {config.threshold} for every label{per_label}."
+    target = calibration["criterion"].partition(":")[2]
+    rule = (
+        "each label's threshold maximises the label's F1 there, and the global `threshold` maximises OF1"
+        if calibration["criterion"] == "f1"
+        else f"each label's threshold is the lowest whose precision reaches {target} there (the highest recall), and "
+        f"the global `threshold` the lowest whose OP reaches it"
+    )
+    source = f" of {calibration['dataset']}" if calibration.get("dataset") else ""
+    fallback = calibration.get("fallback_labels") or []
+    fallback_text = (
+        f"{len(fallback)} label(s) with too few positive images there (fewer than {calibration['min_positives']}) use the "
+        f"global threshold: {', '.join(fallback)}." if fallback
+        else f"Every label had at least {calibration['min_positives']} positive images there."
+    )  # fmt: skip
+    return (
+        f"The decision thresholds in `config.json` were tuned with `srn_hf.thresholds` on the {calibration['split']} "
+        f"split{source} ({calibration['images']} images), never on the test split: {rule}. {fallback_text}"
+    )
+
+
 def metric_defaults() -> str:
     """How `examples/train_stages.py` computes its figures: `multilabel_metrics` with its default arguments."""
     parameters = inspect.signature(multilabel_metrics).parameters
@@ -369,6 +404,29 @@ def evaluation_context(metrics: dict | None, labels: list[str]) -> dict:
             for stage in metrics["stages"]
         ],
         "per_class_rows": per_class_rows,
+        **calibrated_context(metrics, split),
+    }
+
+
+def calibrated_context(metrics: dict, split: str) -> dict:
+    """The card's rows at the thresholds tuned on validation (a run's `test_calibrated` figures), test split only."""
+    stages = [stage for stage in metrics["stages"] if split == "test" and stage.get("test_calibrated")]
+    if not stages:
+        return {}
+    rows = [
+        {
+            "stage": stage["stage"],
+            "paper_name": PAPER_NAMES.get(stage.get("prediction"), "?"),
+            "metrics": {name: format_percent(stage["test"].get(name)) for name in METRIC_NAMES},
+            "calibrated": {name: format_percent(stage["test_calibrated"].get(name)) for name in THRESHOLDED_FIGURES},
+        }
+        for stage in stages
+    ]
+    final = metrics["stages"][-1]
+    return {
+        "calibrated_stage_rows": rows,
+        "thresholded_names": ["CF1", "OF1"],
+        "final_calibrated_metrics": rows[-1]["calibrated"] if final.get("test_calibrated") else None,
     }
 
 
@@ -429,7 +487,9 @@ def render_model_card(
         use_batch_norm=config.use_batch_norm,
         alpha=config.alpha,
         threshold=config.threshold,
+        threshold_text=f"{config.threshold:.4g}",
         label_thresholds=config.label_thresholds,
+        thresholds_text=thresholds_description(config),
         num_labels=config.num_labels,
         labels=labels,
         parameters=format_parameters(model),

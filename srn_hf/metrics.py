@@ -63,7 +63,7 @@ def average_precision(scores: np.ndarray, positives: np.ndarray, convention: str
     return float(average_precision_score(positives, scores))
 
 
-def predicted_labels(scores: np.ndarray, threshold: float, strict: bool, top_k: int | None) -> np.ndarray:
+def predicted_labels(scores: np.ndarray, threshold: float | np.ndarray, strict: bool, top_k: int | None) -> np.ndarray:
     """Boolean (N, C) predictions: above the threshold and, with `top_k`, among the image's k best scores."""
     predicted = scores > threshold if strict else scores >= threshold
     if top_k is not None:
@@ -89,7 +89,7 @@ def percent(value) -> float | None:
 def multilabel_metrics(
     scores,
     labels,
-    threshold: float = 0.5,
+    threshold: float | np.ndarray = 0.5,
     convention: str = "standard",
     top_k: int | None = None,
     label_names: list[str] | None = None,
@@ -99,7 +99,8 @@ def multilabel_metrics(
     Args:
         scores: probabilities (sigmoid of the logits), shape (N, C).
         labels: multi-hot ground truth, shape (N, C); a value above 0.5 is a positive.
-        threshold: the probability above which a class is predicted.
+        threshold: the probability above which a class is predicted: one for all classes, or one per class (an
+            array of C, e.g. the thresholds tuned by `srn_hf.thresholds.calibrate_thresholds`).
         convention: `"standard"` or `"paper"` (see the module docstring).
         top_k: if set, predict at most the k highest-scoring classes of each image.
         label_names: the C class names, in column order: the warning about classes without positives names them.

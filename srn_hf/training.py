@@ -37,8 +37,9 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-# SRNConfig fields that do not shape the network: decision thresholds, and the initialisation of new weights.
-NON_NETWORK_FIELDS = ("threshold", "label_thresholds", "initializer_range")
+# SRNConfig fields that do not shape the network: decision thresholds (and how they were tuned), and the
+# initialisation of new weights.
+NON_NETWORK_FIELDS = ("threshold", "label_thresholds", "threshold_calibration", "initializer_range")
 
 
 def srn_config_fields() -> list[tuple[str, Any, dataclasses.Field]]:

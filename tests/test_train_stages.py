@@ -122,6 +122,43 @@ def test_four_stages_export_pipeline_folders_and_metrics(full_run):
         assert all(0 <= p["score"] <= 1 for p in predictions)
 
 
+def test_each_stage_is_calibrated_on_validation_and_the_exports_carry_the_thresholds(full_run, data_dir):
+    from safetensors.torch import load_file
+    from transformers import pipeline
+
+    from srn_hf.data import load_multilabel_dataset
+    from srn_hf.hub import load_image_processor, load_model
+    from srn_hf.metrics import multilabel_metrics
+    from srn_hf.thresholds import FIGURES, calibrate_thresholds, score_split
+
+    output_dir, report = full_run
+    saved = json.loads((output_dir / "metrics.json").read_text())
+    for record in saved["stages"]:
+        assert record["thresholds"]["threshold_calibration"]["split"] == "validation"
+        # The test figures at the tuned thresholds are those of the stage's test scores at them.
+        test = load_file(output_dir / "predictions" / f"stage-{record['stage']}-test.safetensors")
+        thresholds = np.array([row["threshold"] for row in record["thresholds"]["per_label"]])
+        expected = multilabel_metrics(test["scores"], test["labels"], threshold=thresholds)
+        assert record["test_calibrated"] == pytest.approx({name: expected[name] for name in FIGURES})
+        config = json.loads((output_dir / f"stage-{record['stage']}" / "config.json").read_text())
+        assert config["threshold_calibration"]["split"] == "validation" and "threshold" in config
+    gain = saved["test_calibrated_gain_over_stage1"]
+    first, last = saved["stages"][0], saved["stages"][3]
+    assert gain["calibrated"]["OF1"] == pytest.approx(last["test_calibrated"]["OF1"] - first["test_calibrated"]["OF1"])
+
+    # OUTPUT_DIR/final: thresholds tuned on the validation split's scores of the final model, never on test; the
+    # pipeline uses them by default.
+    model = load_model(output_dir / "final")
+    validation = load_multilabel_dataset("imagefolder", data_dir=str(data_dir))["validation"]
+    scores, labels = score_split(model, load_image_processor(output_dir / "final", model.config), validation)
+    tuned = calibrate_thresholds(scores, labels, sorted(COLOURS))
+    assert model.config.threshold == pytest.approx(tuned.threshold, abs=1e-5)
+    assert model.config.label_thresholds == pytest.approx(tuned.label_thresholds, abs=1e-5)
+    assert model.config.label_thresholds == pytest.approx(saved["stages"][3]["thresholds"]["label_thresholds"])
+    tagger = pipeline("multi-label-image-classification", model=str(output_dir / "final"))
+    assert tagger.thresholds() == pytest.approx(tuned.thresholds, abs=1e-5)
+
+
 def test_stages_change_only_their_modules(full_run):
     """Stage 2 leaves backbone and f_cls as stage 1 exported them; stage 3 changes only f_sr."""
     from safetensors.torch import load_file

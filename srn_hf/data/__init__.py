@@ -17,6 +17,8 @@ image before training and stops on (or skips) the bad ones (`srn_hf.data.verify`
 | `"stamp_scenes"` | `load_stamp_scenes` | `path` (generated there if absent), generator options |
 """
 
+import inspect
+
 from .coco import load_coco2014
 from .common import AnnotationError, DataWarning, label_names
 from .generic import load_csv, load_hub, load_imagefolder
@@ -41,6 +43,11 @@ def load_multilabel_dataset(kind: str, **options):
     """Load a multi-label dataset of the given kind as a `DatasetDict` (see the table in this module's doc)."""
     if kind not in LOADERS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {sorted(LOADERS)}")
+    parameters = inspect.signature(LOADERS[kind]).parameters
+    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        unknown = sorted(set(options) - set(parameters))
+        if unknown:
+            raise ValueError(f"dataset kind {kind!r} has no option {unknown[0]!r} (its options: {', '.join(parameters)})")
     return LOADERS[kind](**options)
 
 
