@@ -16,13 +16,18 @@ stage's model; OUTPUT_DIR/metrics.json holds every stage's figures (both ways) a
 stage 1 with a bootstrap interval (and its CF1 / OF1 over stage 1's at tuned thresholds), OUTPUT_DIR/training_curves.png
 draws them, OUTPUT_DIR/predictions holds each stage's test scores. Checkpoints (Accelerate `save_state`) go to
 OUTPUT_DIR/checkpoints after every epoch (and every `training.checkpoint_every_steps` steps).
+
+Faults (docs/faults.md): every image of every split is decoded before the first step (`data.bad_images`: stop, or
+skip and count); checkpoints and model folders are written under a temporary name and renamed when complete, the
+oldest checkpoint deleted only after the new one is; `--resume` continues from the newest checkpoint that loads and
+says which it skipped and why; a full disk or a refused write names the path and the free space.
 """
 
 import argparse
 import dataclasses
 import importlib.util
-import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,13 +42,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from srn_hf import SRNConfig, SRNForImageClassification
+from srn_hf import SRNConfig, SRNForImageClassification, checkpoints
 from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
+from srn_hf.data.verify import check_images, decode_image
+from srn_hf.hub import one_line
 from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import create_image_processor
 from srn_hf.stages import STAGES, Stage, StageForward, apply_stage, make_loss, set_train_mode, stage_loss
+from srn_hf.storage import StorageError, atomic_folder
 from srn_hf.thresholds import (
     FIGURES,
     calibrate_stage,
@@ -141,6 +149,7 @@ class Run:
     accelerator: Accelerator
     dataset: DatasetDict  # with its transforms (torchvision augmentation on train, the image processor elsewhere)
     names: list[str]
+    image_check: dict  # what `check_images` found before training: checked, bad and skipped images per split
     model: SRNForImageClassification
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # L(logits, labels) of the recipe's `loss`
     train_data: EpochSeededDataset
@@ -199,6 +208,7 @@ def set_up(args: argparse.Namespace) -> Run:
     set_seed(recipe.seed)
 
     dataset = load_data(recipe, accelerator)
+    dataset, image_check = check_dataset_images(recipe, dataset, accelerator, output_dir)
     names = label_names(dataset)
     signature = run_signature(recipe, names)
     checkpoint, progress = find_resume_point(args, output_dir, signature, stages, accelerator)
@@ -218,7 +228,7 @@ def set_up(args: argparse.Namespace) -> Run:
     accelerator.print(f"SRN on {recipe.data.kind}: {len(names)} labels, splits {dict(dataset.num_rows)}, stages {stages}")
     return Run(
         args=args, recipe=recipe, stages=stages, output_dir=output_dir, accelerator=accelerator, dataset=dataset,
-        names=names, model=model, loss_fn=make_loss(**vars(recipe.loss)),
+        names=names, image_check=image_check, model=model, loss_fn=make_loss(**vars(recipe.loss)),
         train_data=EpochSeededDataset(dataset["train"], recipe.seed), eval_loaders=eval_loaders,
         progress=progress or Progress(signature=signature, stage=stages[0]), checkpoint=checkpoint,
     )  # fmt: skip
@@ -236,8 +246,9 @@ def create_accelerator(recipe, output_dir: Path) -> Accelerator:
         project_config=ProjectConfiguration(
             project_dir=str(output_dir),
             logging_dir=str(output_dir / "logs"),
-            automatic_checkpoint_naming=True,  # save_state() writes OUTPUT_DIR/checkpoints/checkpoint_<i>
-            total_limit=training.checkpoints_total_limit,  # and deletes the oldest beyond this many
+            # srn_hf.checkpoints names, writes and rotates the checkpoints (Accelerate's own `total_limit` would delete
+            # the oldest before the new one is complete).
+            automatic_checkpoint_naming=False,
         ),
         # The shuffling sampler is seeded by (data_seed, epoch): a resumed run draws the batches the unbroken one drew.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed),
@@ -258,6 +269,21 @@ def load_data(recipe, accelerator: Accelerator):
         if limit is not None and limit < len(dataset[split]):
             dataset[split] = dataset[split].select(range(limit))
     return dataset
+
+
+def check_dataset_images(recipe, dataset: DatasetDict, accelerator: Accelerator, output_dir: Path):
+    """Decodes every image of every split before the first step, in worker processes; `data.bad_images` decides
+    whether a bad one stops the run (naming the files, all of them in OUTPUT_DIR/bad_images.tsv) or is skipped."""
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    dataset, report = check_images(
+        dataset, policy=recipe.data.bad_images, num_workers=recipe.data.num_workers or os.cpu_count(),
+        report_file=output_dir / "bad_images.tsv", accelerator=accelerator,
+    )  # fmt: skip
+    if report["skipped"]:
+        accelerator.print(f"skipped {report['skipped']} image(s) that cannot be decoded ({report['bad']}), listed in "
+                          f"{output_dir / 'bad_images.tsv'}")  # fmt: skip
+    return dataset, report
 
 
 def run_signature(recipe, names: list[str]) -> dict:
@@ -314,21 +340,9 @@ def previous_stage_model(recipe, id2label: dict, source: Path, first_stage: int)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
-    """The checkpoint folder to resume from: the newest under OUTPUT_DIR/checkpoints, or the one named."""
-    if resume != "latest":
-        path = Path(resume)
-        if not (path / "progress.json").exists():
-            raise ValueError(f"--resume {path}: not a checkpoint of train_stages.py (no progress.json)")
-        return path
-    folders = sorted((output_dir / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
-    folders = [folder for folder in folders if (folder / "progress.json").exists()]
-    return folders[-1] if folders else None
-
-
-def read_progress(checkpoint: Path, signature: dict) -> Progress:
-    """The checkpoint's progress.json, refused if the checkpoint belongs to another run."""
-    progress = Progress(**json.loads((checkpoint / "progress.json").read_text()))
+def read_progress(checkpoint: Path, saved: dict, signature: dict) -> Progress:
+    """The checkpoint's progress.json (`saved`), refused if the checkpoint belongs to another run."""
+    progress = Progress(**saved)
     for key, value in signature.items():
         if progress.signature.get(key) != value:
             raise ValueError(
@@ -346,11 +360,12 @@ def find_resume_point(
         if (output_dir / "checkpoints").exists() and not args.overwrite:
             raise ValueError(f"{output_dir} already holds a run: pass --resume to continue it or --overwrite to start afresh")
         return None, None
-    checkpoint = find_checkpoint(output_dir, args.resume)
+    # The newest checkpoint that loads; the message names the newer ones skipped (a killed save, a truncated file).
+    checkpoint, saved, message = checkpoints.choose_checkpoint(output_dir / "checkpoints", args.resume)
+    accelerator.print(message)
     if checkpoint is None:
-        accelerator.print(f"no checkpoint under {output_dir / 'checkpoints'}: starting afresh")
         return None, None
-    progress = read_progress(checkpoint, signature)
+    progress = read_progress(checkpoint, saved, signature)
     if progress.stage not in stages:
         raise ValueError(f"checkpoint {checkpoint} is in stage {progress.stage}, not among --stages {args.stages}")
     return checkpoint, progress
@@ -359,11 +374,12 @@ def find_resume_point(
 def save_checkpoint(run: Run, stage_number: int, epoch: int, step: int) -> None:
     """Saves the run at (stage, epoch, batch): Accelerate's state of everything prepared, and progress.json."""
     run.progress.move_to(stage_number, epoch, step)
-    # Model, optimizer, scheduler, sampler and RNG states of every process, into the next checkpoint_<i> folder.
-    location = Path(run.accelerator.save_state())
-    if run.accelerator.is_main_process:
-        write_json(location / "progress.json", dataclasses.asdict(run.progress))
-    run.accelerator.wait_for_everyone()  # no process goes on before the checkpoint is complete
+    # Model, optimizer, scheduler, sampler and RNG states of every process, and progress.json, into the next
+    # checkpoint_<i> folder, renamed into place when complete; then the oldest beyond the limit are deleted.
+    checkpoints.save_checkpoint(
+        run.accelerator, run.output_dir / "checkpoints", dataclasses.asdict(run.progress),
+        total_limit=run.recipe.training.checkpoints_total_limit,
+    )  # fmt: skip
 
 
 def resume_stage(run: Run, stage_run: StageRun) -> tuple[int, int]:
@@ -373,8 +389,6 @@ def resume_stage(run: Run, stage_run: StageRun) -> tuple[int, int]:
     accelerator, checkpoint = run.accelerator, run.checkpoint
     # Restores what `prepare` returned (weights, optimizer, scheduler, sampler) and every process's RNG state.
     accelerator.load_state(str(checkpoint))
-    existing = [int(path.name.split("_")[-1]) for path in (run.output_dir / "checkpoints").glob("checkpoint_*")]
-    accelerator.project_configuration.iteration = max(existing, default=-1) + 1  # next checkpoint's number
     run.checkpoint = None
     progress = run.progress
     accelerator.print(f"resumed {checkpoint}: stage {progress.stage}, epoch {progress.epoch + 1}, batch {progress.step}")
@@ -491,7 +505,7 @@ def check_finite(run: Run, stage_run: StageRun, summed_loss: float, loss: torch.
     raise TrainingDiverged(
         f"stage {number}, epoch {epoch + 1}, batch {step}: the loss is {loss.item()} (lr "
         f"{stage_run.scheduler.get_last_lr()[0]:.3g}). Training stopped; last good checkpoint: "
-        f"{find_checkpoint(run.output_dir, 'latest')}. Lower stage{number}.lr or use mixed_precision=no, then --resume"
+        f"{checkpoints.find_resumable_checkpoint(run.output_dir / 'checkpoints')[0]}. Lower stage{number}.lr or use mixed_precision=no, then --resume"
     )
 
 
@@ -522,7 +536,7 @@ def score_split(run: Run, stage_run: StageRun, loader: DataLoader) -> tuple[dict
     prediction = stage_run.stage.prediction
     names = (prediction,) if prediction == "logits" or stage_run.stage.number == 1 else (prediction, "logits")
     scores, labels = predict_scores(run.accelerator, stage_run.model, loader, names)
-    return multilabel_metrics(scores[prediction].numpy(), labels.numpy()), scores, labels
+    return multilabel_metrics(scores[prediction].numpy(), labels.numpy(), label_names=run.names), scores, labels
 
 
 def evaluate_stage(run: Run, stage_run: StageRun) -> dict:
@@ -571,10 +585,12 @@ def calibrate_export(run: Run, stage_run: StageRun, validation_scores: dict, val
 
 
 def export(accelerator: Accelerator, model: SRNForImageClassification, folder: Path) -> None:
-    """`save_pretrained` of the model and its image processor: a folder `pipeline(...)` loads directly."""
+    """`save_pretrained` of the model and its image processor: a folder `pipeline(...)` loads directly. It is written
+    under a temporary name and renamed when complete: a failed or killed export leaves the previous folder whole."""
     if accelerator.is_main_process:  # one writer; `model` is the unwrapped model, its weights are every process's
-        model.save_pretrained(folder)
-        create_image_processor(model.config).save_pretrained(folder)
+        with atomic_folder(folder) as partial:
+            model.save_pretrained(partial)
+            create_image_processor(model.config).save_pretrained(partial)
     accelerator.wait_for_everyone()  # no process reads the folder before it is written
 
 
@@ -589,7 +605,8 @@ def write_report(run: Run) -> dict:
     records = [run.progress.records[key] for key in sorted(run.progress.records, key=int)]
     report = {
         "recipe": recipe.to_dict(),
-        "dataset": {"name": recipe.data.kind, "label_names": run.names, "splits": dict(run.dataset.num_rows)},
+        "dataset": {"name": recipe.data.kind, "label_names": run.names, "splits": dict(run.dataset.num_rows),
+                    "image_check": run.image_check},  # fmt: skip
         "stages": records,
         "test_gain_over_stage1": gain_over_stage1(output_dir, records) if accelerator.is_main_process else None,
         "test_calibrated_gain_over_stage1": calibrated_gain(records),
@@ -634,7 +651,7 @@ def publish_final(run: Run) -> None:
         return
     from srn_hf.hub import publish
 
-    example_image = run.dataset["test"].with_format(None)[0]["image"]  # the card's attention picture: a test image
+    example_image = decode_image(run.dataset["test"].with_format(None)[0]["image"])  # the card's picture: a test image
     result = publish(run.output_dir / "final", run.args.push_to_hub, example_image=example_image)
     run.accelerator.print(f"published: {result}")
 
@@ -642,6 +659,6 @@ def publish_final(run: Run) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (RecipeError, TrainingDiverged, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (RecipeError, TrainingDiverged, ValueError, StorageError) as error:  # bad input, a full disk: one line
+        print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)

@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: transformers' choice)")
     demo.add_argument("--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs")
     demo.set_defaults(run=run_demo)
+
+    for command in [parser, *commands.choices.values()]:  # every command, those added above it included
+        command.add_argument(
+            "--debug", action="store_true", default=False if command is parser else argparse.SUPPRESS,
+            help="show the full traceback of an error instead of its one-line message",
+        )
     return parser
 
 
@@ -70,6 +76,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
     from transformers import pipeline
 
+    from .hub import ModelFolderError, check_model_folder, is_local_model, one_line
     from .images import ImageError, list_image_files
     from .pipeline_srn import TASK
     from .pipeline_srn import logger as pipeline_logger
@@ -98,6 +105,8 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"srn-hf predict: error: no image files in {' '.join(args.images)}", file=sys.stderr)
         return 2
     try:
+        if is_local_model(args.model):
+            check_model_folder(args.model)  # a missing folder, truncated weights, a bad config value: named, now
         tagger = pipeline(TASK, model=args.model, device=args.device)
         call_kwargs = {
             "batch_size": args.batch_size,
@@ -108,9 +117,10 @@ def run_predict(args: argparse.Namespace) -> int:
             "return_attention_maps": args.save_attention is not None,
         }
         tagger.thresholds(args.threshold, label_thresholds or None)  # a bad label or value fails before any image
+    except ModelFolderError:  # its message names the folder or the file; `main` prints it
+        raise
     except (OSError, ValueError) as error:
-        print(f"srn-hf predict: error: {args.model}: {error}", file=sys.stderr)
-        return 2
+        raise ModelFolderError(f"{args.model}: {one_line(error)}") from error
 
     pipeline_logger.setLevel(logging.ERROR)  # failures are reported below, once, between the progress bar updates
     records, failed, used_names = [], 0, set()
@@ -169,16 +179,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
             print(f"srn-hf calibrate: error: --data-option {item!r} is not KEY=VALUE", file=sys.stderr)
             return 2
         options[key] = yaml.safe_load(value)
-    try:
-        with warnings.catch_warnings():  # labels without validation positives: the table names them
-            warnings.filterwarnings("ignore", message=r".*without any positive image", category=UserWarning)
-            calibration, figures = calibrate_model_folder(
-                args.model_dir, args.data, options, args.split, args.criterion, args.min_positives, args.batch_size
-            )
-        written = write_thresholds(args.model_dir, calibration) if args.write else None
-    except (OSError, ValueError) as error:  # bad folder, dataset, option, split, label set or criterion
-        print(f"srn-hf calibrate: error: {error}", file=sys.stderr)
-        return 2
+    # A bad folder, dataset, option, split, label set or criterion: `main` refuses it in one line.
+    with warnings.catch_warnings():  # labels without validation positives: the table names them
+        warnings.filterwarnings("ignore", message=r".*without any positive image", category=UserWarning)
+        calibration, figures = calibrate_model_folder(
+            args.model_dir, args.data, options, args.split, args.criterion, args.min_positives, args.batch_size
+        )
+    written = write_thresholds(args.model_dir, calibration) if args.write else None
     print(calibration.table())
     print(f"\n{args.split} split (calibrated thresholds tuned on it, hence optimistic):")
     print(f"{'thresholds':<12}" + "".join(f"{name:>8}" for name in FIGURES))
@@ -210,38 +217,35 @@ def run_publish(args: argparse.Namespace) -> int:
     if args.space and args.dry_run:  # both folders: OUT_DIR/model and OUT_DIR/space
         dry_run, space_dry_run = os.path.join(args.dry_run, "model"), os.path.join(args.dry_run, "space")
     card = card_options(args)
-    try:
-        if args.space:
-            validate_repo_id(args.space)  # a bad Space id fails before the model is pushed
-        result = publish(
-            args.model_dir,
+    # A bad folder, metrics file, image, repository id, token, or a Hub error: `main` refuses it in one line.
+    if args.space:
+        validate_repo_id(args.space)  # a bad Space id fails before the model is pushed
+    result = publish(
+        args.model_dir,
+        args.repo_id,
+        private=args.private,
+        dry_run_dir=dry_run,
+        token=args.token,
+        commit_message=args.commit_message,
+        metrics=args.metrics,
+        example_image=args.example_image,
+        card=card,
+    )
+    report_publish(args.repo_id, result, args.dry_run)
+    if args.space:
+        from .space import publish_space
+
+        result = publish_space(
+            args.space,
             args.repo_id,
             private=args.private,
-            dry_run_dir=dry_run,
+            dry_run_dir=space_dry_run,
             token=args.token,
             commit_message=args.commit_message,
-            metrics=args.metrics,
-            example_image=args.example_image,
-            card=card,
+            requirement=args.space_requirement,
+            license=card.license,
         )
-        report_publish(args.repo_id, result, args.dry_run)
-        if args.space:
-            from .space import publish_space
-
-            result = publish_space(
-                args.space,
-                args.repo_id,
-                private=args.private,
-                dry_run_dir=space_dry_run,
-                token=args.token,
-                commit_message=args.commit_message,
-                requirement=args.space_requirement,
-                license=card.license,
-            )
-            report_publish(args.space, result, args.dry_run)
-    except (ValueError, OSError) as error:  # bad folder, metrics, image, repository id, token, or a Hub error
-        print(f"srn-hf publish: error: {error}", file=sys.stderr)
-        return 2
+        report_publish(args.space, result, args.dry_run)
     return 0
 
 
@@ -261,6 +265,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """Serves the demo page of MODEL until interrupted; exit status 2 if the model, the port or Gradio is missing."""
     import os
 
+    from .hub import check_model_folder, is_local_model
+
     try:
         from .app import build_app
     except ImportError as error:
@@ -270,6 +276,8 @@ def run_demo(args: argparse.Namespace) -> int:
         if not os.path.isdir(os.path.expanduser(args.model)):
             print(f"srn-hf demo: error: {args.model}: no such model folder", file=sys.stderr)
             return 2
+    if is_local_model(os.path.expanduser(args.model)):
+        check_model_folder(os.path.expanduser(args.model))  # truncated weights, a bad config value: `main` names them
     try:
         demo = build_app(os.path.expanduser(args.model), device=args.device, fast=args.fast)
     except (OSError, ValueError) as error:
@@ -290,9 +298,29 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# Errors that mean bad input (a file, a folder, a value, the Hub refusing): a one-line refusal with exit status 2.
+REFUSALS = (ValueError, OSError, LookupError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. An error it raises is printed as one line on stderr, `srn-hf COMMAND: error: ...`, with exit
+    status 2 for bad input (`REFUSALS`, and the strict config checks of transformers) and 1 for anything else;
+    `--debug` shows the traceback instead."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"srn-hf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if getattr(args, "debug", False):
+            raise
+        from .hub import one_line
+
+        refused = isinstance(error, REFUSALS) or type(error).__name__.startswith("StrictDataclass")
+        hint = "" if refused else f" ({type(error).__name__}; run with --debug for the traceback)"
+        print(f"srn-hf {args.command}: error: {one_line(error)}{hint}", file=sys.stderr)
+        return 2 if refused else 1
 
 
 if __name__ == "__main__":

@@ -105,26 +105,102 @@ class CardOptions:
     template_path: str | os.PathLike | None = None
 
 
-def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
-    """The `SRNForImageClassification` saved in `model_dir`, refusing a folder that is not a complete SRN checkpoint."""
+class ModelFolderError(ValueError):
+    """A model folder that cannot be loaded: missing, without config.json or weights, a truncated weights file, or a
+    config value of the wrong type or out of range; the message names the folder or the file and the field."""
+
+
+class MissingModelFileError(ModelFolderError, FileNotFoundError):
+    """A model folder, or its config.json or weights, that does not exist."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line (strict-dataclass errors span several)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def is_local_model(name: str | os.PathLike) -> bool:
+    """True when `name` is meant as a folder on this machine (it exists, or cannot be a Hub id `org/name`)."""
+    text = os.fspath(name)
+    if os.path.exists(text) or text.startswith((".", "~", os.sep)) or (os.altsep and os.altsep in text):
+        return True
+    try:
+        validate_repo_id(text)
+    except ValueError:  # huggingface_hub's HFValidationError
+        return True
+    return False
+
+
+def weights_files(model_dir: Path) -> list[Path]:
+    """The weights files of a `save_pretrained` folder: `model.safetensors`, the shards of its index, or `.bin`."""
+    index_file = model_dir / "model.safetensors.index.json"
+    if index_file.is_file():
+        try:
+            weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelFolderError(f"{index_file}: not a safetensors index ({one_line(error)})") from None
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    files = [model_dir / name for name in WEIGHTS_FILES if name.endswith((".safetensors", ".bin"))]
+    return [file for file in files if file.is_file()]
+
+
+def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = None):
+    """Checks, before anything loads it, that `model_dir` holds a complete model (of `model_type`, if given);
+    returns its config.
+
+    Refuses with [`ModelFolderError`], naming the folder or the file: a missing folder, a missing or malformed
+    config.json, a config value of the wrong type or out of range (`SRNConfig`'s own checks), no weights, a
+    truncated or corrupt weights file. No tensor is read (`srn_hf.storage.check_weights_file`).
+    """
+    from transformers import AutoConfig
+
+    from .pipeline_srn import check_threshold
+    from .storage import IncompleteFileError, check_weights_file
+
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"model folder {model_dir} does not exist")
+        missing = f"model folder {model_dir} does not exist"
+        raise MissingModelFileError(missing if not model_dir.exists() else f"{model_dir} is not a folder")
     config_file = model_dir / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(
+        raise MissingModelFileError(
             f"{model_dir} holds no config.json: pass the folder written by save_pretrained (for instance the final "
             "model folder of examples/train_stages.py)"
         )
-    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    if model_type != SRNConfig.model_type:
-        raise ValueError(f"{config_file}: model_type is {model_type!r}, not {SRNConfig.model_type!r}: not an SRN model")
-    if not any((model_dir / name).is_file() for name in WEIGHTS_FILES):
-        raise FileNotFoundError(f"{model_dir} holds no weights (none of {', '.join(WEIGHTS_FILES)})")
+    try:
+        json.loads(config_file.read_text(encoding="utf-8"))
+        config = AutoConfig.from_pretrained(model_dir)
+    except Exception as error:  # malformed JSON, a strict-dataclass type error, a value SRNConfig refuses
+        raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
+    thresholds = [("threshold", getattr(config, "threshold", 0.5))]
+    label_thresholds = getattr(config, "label_thresholds", None) or {}
+    thresholds += [(f"label_thresholds[{name!r}]", value) for name, value in label_thresholds.items()]
+    try:
+        for where, value in thresholds:
+            check_threshold(value, where)
+    except ValueError as error:
+        raise ModelFolderError(f"{config_file}: {error}") from None
+    if model_type is not None and config.model_type != model_type:
+        raise ModelFolderError(f"{config_file}: model_type is {config.model_type!r}, not {model_type!r}")
+    files = weights_files(model_dir)
+    if not files:
+        raise MissingModelFileError(f"{model_dir} holds no weights (none of {', '.join(WEIGHTS_FILES)})")
+    for file in files:
+        try:
+            check_weights_file(file)
+        except IncompleteFileError as error:
+            raise ModelFolderError(str(error)) from None
+    return config
+
+
+def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
+    """The `SRNForImageClassification` saved in `model_dir`, refusing a folder that is not a complete SRN checkpoint
+    ([`check_model_folder`], then the weights must fit the config)."""
+    check_model_folder(model_dir, model_type=SRNConfig.model_type)
     model, loading_info = SRNForImageClassification.from_pretrained(model_dir, output_loading_info=True)
     problems = {key: sorted(values) for key, values in loading_info.items() if key != "error_msgs" and values}
     if problems:
-        raise ValueError(f"the weights in {model_dir} do not fit its config.json: {problems}")
+        raise ModelFolderError(f"the weights in {model_dir} do not fit its config.json: {problems}")
     return model.eval()
 
 
@@ -596,6 +672,9 @@ def publish(
 
 __all__ = [
     "CardOptions",
+    "ModelFolderError",
+    "check_model_folder",
+    "load_model",
     "load_training_metrics",
     "publish",
     "push_folder",

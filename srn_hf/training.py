@@ -23,8 +23,10 @@ import yaml
 
 from .configuration_srn import SRNConfig
 from .data.transforms import AUGMENTATIONS
+from .data.verify import BAD_IMAGE_POLICIES
 from .modeling_srn import DEFAULT_LOSS_REDUCTION, LOSS_REDUCTIONS
 from .stages import LOSSES, PAPER_NAMES, get_stage
+from .storage import storage_error
 
 
 class RecipeError(ValueError):
@@ -83,11 +85,15 @@ class DataRecipe:
     process, the others wait).
     `augment`: training augmentation of `srn_hf.data.transforms` (`multiscale`: the Caffe data layer's multi-scale
     crops and mirror; `randaugment`, `trivialaugment`, `flip`, `none`).
+    `bad_images`: what an image that cannot be decoded gets, found by decoding every image of every split before
+    the first step (`srn_hf.data.verify.check_images`): `stop` the run before training, naming the files (all of
+    them in OUTPUT_DIR/bad_images.tsv), or `skip` them (counted in the log and in metrics.json).
     """
 
     kind: str = "stamp_scenes"
     options: dict = field(default_factory=dict)
     augment: Literal[AUGMENTATIONS] = "multiscale"
+    bad_images: Literal[BAD_IMAGE_POLICIES] = "stop"
     num_workers: int = 0
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -354,11 +360,16 @@ def plot_training_curves(stages: list[dict], path: str | Path) -> None:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    """Writes `payload` to `path` atomically (a killed run never leaves half a file)."""
+    """Writes `payload` to `path` atomically (a killed run never leaves half a file); a failed write raises
+    `srn_hf.storage.StorageError` naming the path and the free space."""
     path = Path(path)
     partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(json.dumps(payload, indent=2, default=float))
-    partial.replace(path)
+    try:
+        partial.write_text(json.dumps(payload, indent=2, default=float))
+        partial.replace(path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise storage_error(path, error) from error
 
 
 __all__ = [

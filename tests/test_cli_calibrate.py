@@ -33,11 +33,11 @@ def write_imagefolder(root, splits: dict) -> str:
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
-    """Validation: 24 images of cats and dogs, no car (it is only in train and test)."""
+    """Validation: 24 images of cats and dogs, no car (it is only in train and test; train has every label)."""
     validation = [["cat"] if i % 3 == 0 else ["dog"] if i % 3 == 1 else ["cat", "dog"] for i in range(24)]
     return write_imagefolder(
         tmp_path_factory.mktemp("data"),
-        {"train": [["car"], ["cat"]], "validation": validation, "test": [["car", "dog"], ["cat"], ["car"]]},
+        {"train": [["car"], ["cat"], ["dog"]], "validation": validation, "test": [["car", "dog"], ["cat"], ["car"]]},
     )
 
 

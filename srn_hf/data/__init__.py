@@ -3,7 +3,8 @@
 Every kind returns a `datasets.DatasetDict` with splits `train`, `validation`, `test` (where the source has
 them; a validation split is held out of train, seeded, when the source has none: option
 `validation_fraction`) and the columns `image` (`datasets.Image`), `labels` (`List(ClassLabel)`) and
-`image_id`. `label_names(dataset)` gives the class names in label order.
+`image_id`. `label_names(dataset)` gives the class names in label order; `check_images(dataset)` decodes every
+image before training and stops on (or skips) the bad ones (`srn_hf.data.verify`).
 
 | kind | loader | main options |
 |---|---|---|
@@ -24,6 +25,7 @@ from .generic import load_csv, load_hub, load_imagefolder
 from .nuswide import load_nuswide
 from .stamp_scenes import generate_stamp_scenes, load_stamp_scenes
 from .transforms import MultiLabelTransform, collate_multilabel, image_transform, with_multilabel_transforms
+from .verify import BadImagesError, check_images
 from .voc import VOC_CLASSES, load_voc2007
 
 LOADERS = {
@@ -53,8 +55,10 @@ __all__ = [
     "LOADERS",
     "VOC_CLASSES",
     "AnnotationError",
+    "BadImagesError",
     "DataWarning",
     "MultiLabelTransform",
+    "check_images",
     "collate_multilabel",
     "generate_stamp_scenes",
     "image_transform",

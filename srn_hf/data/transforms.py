@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import torch
 from datasets import DatasetDict
+from datasets import Image as ImageFeature
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
@@ -33,6 +34,7 @@ from torchvision.transforms.v2 import functional as F
 from ..images import to_rgb
 from ..processing import pil_resampling, warp_image_processor
 from .common import label_names
+from .verify import decode_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -168,8 +170,10 @@ class MultiLabelTransform:
             self.transform = image_transform(train, **preprocessing)
 
     def __call__(self, batch: dict) -> dict:
+        # Images arrive undecoded (see `with_multilabel_transforms`): a file that turned bad is named when it fails.
+        images = [decode_image(image) if isinstance(image, dict) else image for image in batch["image"]]
         return {
-            "pixel_values": [self.transform(to_rgb(image)) for image in batch["image"]],
+            "pixel_values": [self.transform(to_rgb(image)) for image in images],
             "labels": [multi_hot(labels, self.num_labels) for labels in batch["labels"]],
         }
 
@@ -185,11 +189,13 @@ def with_multilabel_transforms(
 
     Evaluation runs `image_processor` itself. `preprocessing` (`image_size`, `mean`, `std`, `interpolation`)
     overrides what `image_processor` gives (evaluation then uses an image processor with these settings).
+    The transforms decode the images themselves (`srn_hf.data.verify.decode_image`), so that an image that cannot be
+    decoded raises `srn_hf.images.ImageError` naming its file, not Pillow's bare "image file is truncated".
     """
     num_labels = len(label_names(dataset))
     return DatasetDict(
         {
-            split: data.with_transform(
+            split: data.cast_column("image", ImageFeature(decode=False)).with_transform(
                 MultiLabelTransform(
                     num_labels, train=split in train_splits, image_processor=image_processor, augment=augment,
                     **preprocessing,
