@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import timm
 import torch
 import torch.nn.functional as nnf
+from timm.models import FeatureListNet
 from timm.models.resnet import Bottleneck
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -264,12 +265,32 @@ def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
     return resized * (maps.sum(dim=(2, 3), keepdim=True) / resized.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12))
 
 
+def checkpoints_by_block(backbone: nn.Module) -> bool:
+    """Whether SRN checkpoints the backbone block by block itself ([`checkpointed_feature_maps`]): timm's list
+    wrappers (ResNet, RegNet, ConvNeXt...) checkpoint whole stages, and a ResNet-101's third stage holds 23 blocks."""
+    return isinstance(backbone, FeatureListNet) and not backbone.concat
+
+
+def checkpointed_feature_maps(backbone: FeatureListNet, pixel_values: torch.Tensor, checkpoint_function) -> list[torch.Tensor]:
+    """What `backbone(pixel_values)` returns, each block of a sequential stage (each other module) a checkpointed
+    segment; modules that work in place (a stem's ReLU) run as they are: checkpointing them saves nothing."""
+    maps, hidden = [], pixel_values
+    for name, module in backbone.items():
+        for block in module if isinstance(module, nn.Sequential) else [module]:
+            hidden = block(hidden) if getattr(block, "inplace", False) else checkpoint_function(block, hidden)
+        if name in backbone.return_layers:
+            maps.append(hidden)
+    return maps
+
+
 def timm_checkpointing_module(backbone: nn.Module) -> nn.Module | None:
     """The module whose timm `set_grad_checkpointing` checkpoints the backbone block by block, or None.
 
-    timm's feature wrappers have it themselves (ResNet, ConvNeXt, EfficientNet...) or on the model they wrap (a
-    ViT's `forward_intermediates`).
+    Other timm feature wrappers than the list ones have it themselves (EfficientNet, MobileNet...) or on the model
+    they wrap (a ViT's `forward_intermediates`).
     """
+    if checkpoints_by_block(backbone):
+        return None
     for module in (backbone, getattr(backbone, "model", None)):
         if hasattr(module, "set_grad_checkpointing"):
             return module
@@ -451,8 +472,9 @@ class SRNModel(SRNPreTrainedModel):
     def set_grad_checkpointing(self, enable: bool = True, checkpoint_function=None) -> None:
         """Gradient checkpointing of the backbone and of the SRN branch (timm's name for the switch).
 
-        The backbone checkpoints itself block by block where timm supports it (`set_grad_checkpointing`), and is one
-        checkpointed segment otherwise; the SRN branch is two segments (f_att with the confidence maps, and f_sr).
+        The backbone is checkpointed block by block: by SRN for timm's list wrappers ([`checkpointed_feature_maps`]),
+        by timm's `set_grad_checkpointing` where the backbone has it, as one segment otherwise. The SRN branch is two
+        segments (f_att with the confidence maps, and f_sr).
         Active in training mode only. `checkpoint_function`: transformers' (`torch.utils.checkpoint.checkpoint`
         without re-entrance by default). As with any checkpointed batch norm, the recomputation in the backward
         pass updates the running statistics of a checkpointed batch-norm layer a second time.
@@ -463,17 +485,22 @@ class SRNModel(SRNPreTrainedModel):
         if timm_module is not None:
             timm_module.set_grad_checkpointing(enable)
 
+    def checkpointing_active(self) -> bool:
+        return self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+
     def checkpointed(self, function, *inputs):
         """`function(*inputs)`, as a checkpointed segment when gradient checkpointing is on and gradients flow."""
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        if self.checkpointing_active():
             return self._gradient_checkpointing_func(function, *inputs)
         return function(*inputs)
 
     def forward_feature_maps(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Every feature stage of f_cnn from the first to the deepest of X and F (a ViT's tokens come back as grids)."""
-        if timm_checkpointing_module(self.backbone) is None:
-            return self.checkpointed(self.backbone, pixel_values)
-        return self.backbone(pixel_values)
+        if not self.checkpointing_active() or timm_checkpointing_module(self.backbone) is not None:
+            return self.backbone(pixel_values)  # timm checkpoints its blocks itself where it is switched on
+        if checkpoints_by_block(self.backbone):
+            return checkpointed_feature_maps(self.backbone, pixel_values, self._gradient_checkpointing_func)
+        return self._gradient_checkpointing_func(self.backbone, pixel_values)
 
     def forward_backbone(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f_cnn: the map X (stride 16 in the paper) and the map F (stride 32)."""

@@ -296,6 +296,24 @@ def test_gradient_checkpointing_gives_identical_gradients(backbone):
     assert not model.srn.gradient_checkpointing
 
 
+def test_checkpointing_makes_every_resnet_block_and_both_srn_branches_a_segment():
+    model = make_model().train()
+    model.gradient_checkpointing_enable()
+    segments = []
+    checkpoint_function = model.srn._gradient_checkpointing_func
+    model.srn._gradient_checkpointing_func = lambda function, *inputs: segments.append(function) or checkpoint_function(function, *inputs)
+    model(images(2), labels=multi_hot(2)).loss.backward()
+    backbone = model.srn.backbone
+    blocks = [block for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4) for block in stage]
+    assert all(any(segment is block for segment in segments) for block in blocks)
+    assert model.srn.forward_attention in segments and model.srn.spatial_regularization in segments
+    assert backbone.act1 not in segments  # in place: runs as it is
+    with torch.no_grad():
+        segments.clear()
+        model(images(2))
+    assert not segments  # no gradients, no checkpoints
+
+
 def test_trainer_trains_with_gradient_checkpointing(tmp_path):
     model = make_model().train()
     data = [{"pixel_values": image, "labels": label} for image, label in zip(images(8), multi_hot(8))]
@@ -305,7 +323,7 @@ def test_trainer_trains_with_gradient_checkpointing(tmp_path):
     )
     before = {name: tensor.clone() for name, tensor in model.named_parameters()}
     result = Trainer(model=model, args=arguments, train_dataset=data).train()
-    assert model.srn.gradient_checkpointing and model.srn.backbone.grad_checkpointing
+    assert model.srn.gradient_checkpointing
     assert torch.isfinite(torch.tensor(result.training_loss))
     changed = [name for name, tensor in model.named_parameters() if not torch.equal(tensor, before[name])]
     assert any(name.startswith("srn.backbone.") for name in changed) and "srn.spatial_regularization.fc.weight" in changed
