@@ -265,21 +265,32 @@ def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
     return resized * (maps.sum(dim=(2, 3), keepdim=True) / resized.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12))
 
 
-def checkpoints_by_block(backbone: nn.Module) -> bool:
-    """Whether SRN checkpoints the backbone block by block itself ([`checkpointed_feature_maps`]): timm's list
-    wrappers (ResNet, RegNet, ConvNeXt...) checkpoint whole stages, and a ResNet-101's third stage holds 23 blocks."""
+def runs_stages_itself(backbone: nn.Module) -> bool:
+    """Whether SRN runs the backbone module by module ([`feature_stage_maps`]): timm's list wrappers (ResNet,
+    RegNet, ConvNeXt...), which would hold every stage's map to the end and checkpoint whole stages only."""
     return isinstance(backbone, FeatureListNet) and not backbone.concat
 
 
-def checkpointed_feature_maps(backbone: FeatureListNet, pixel_values: torch.Tensor, checkpoint_function) -> list[torch.Tensor]:
-    """What `backbone(pixel_values)` returns, each block of a sequential stage (each other module) a checkpointed
-    segment; modules that work in place (a stem's ReLU) run as they are: checkpointing them saves nothing."""
+def feature_stage_maps(
+    backbone: FeatureListNet, pixel_values: torch.Tensor, kept: tuple[int, ...] | None = None, checkpoint_function=None
+) -> list[torch.Tensor | None]:
+    """What `backbone(pixel_values)` returns, run module by module.
+
+    Only the stages in `kept` (all when None) are returned, the others are None: their maps are freed as soon as the
+    next stage has read them (inference holds X and F, not every stage). With `checkpoint_function`, each block of a
+    sequential stage (a ResNet-101's third stage holds 23) and each other module is a checkpointed segment, except
+    modules that work in place (a stem's ReLU): checkpointing them saves nothing.
+    """
     maps, hidden = [], pixel_values
     for name, module in backbone.items():
-        for block in module if isinstance(module, nn.Sequential) else [module]:
-            hidden = block(hidden) if getattr(block, "inplace", False) else checkpoint_function(block, hidden)
+        blocks = module if checkpoint_function is not None and isinstance(module, nn.Sequential) else [module]
+        for block in blocks:
+            if checkpoint_function is None or getattr(block, "inplace", False):
+                hidden = block(hidden)
+            else:
+                hidden = checkpoint_function(block, hidden)
         if name in backbone.return_layers:
-            maps.append(hidden)
+            maps.append(hidden if kept is None or len(maps) in kept else None)
     return maps
 
 
@@ -289,7 +300,7 @@ def timm_checkpointing_module(backbone: nn.Module) -> nn.Module | None:
     Other timm feature wrappers than the list ones have it themselves (EfficientNet, MobileNet...) or on the model
     they wrap (a ViT's `forward_intermediates`).
     """
-    if checkpoints_by_block(backbone):
+    if runs_stages_itself(backbone):
         return None
     for module in (backbone, getattr(backbone, "model", None)):
         if hasattr(module, "set_grad_checkpointing"):
@@ -472,7 +483,7 @@ class SRNModel(SRNPreTrainedModel):
     def set_grad_checkpointing(self, enable: bool = True, checkpoint_function=None) -> None:
         """Gradient checkpointing of the backbone and of the SRN branch (timm's name for the switch).
 
-        The backbone is checkpointed block by block: by SRN for timm's list wrappers ([`checkpointed_feature_maps`]),
+        The backbone is checkpointed block by block: by SRN for timm's list wrappers ([`feature_stage_maps`]),
         by timm's `set_grad_checkpointing` where the backbone has it, as one segment otherwise. The SRN branch is two
         segments (f_att with the confidence maps, and f_sr).
         Active in training mode only. `checkpoint_function`: transformers' (`torch.utils.checkpoint.checkpoint`
@@ -494,17 +505,23 @@ class SRNModel(SRNPreTrainedModel):
             return self._gradient_checkpointing_func(function, *inputs)
         return function(*inputs)
 
-    def forward_feature_maps(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """Every feature stage of f_cnn from the first to the deepest of X and F (a ViT's tokens come back as grids)."""
-        if not self.checkpointing_active() or timm_checkpointing_module(self.backbone) is not None:
-            return self.backbone(pixel_values)  # timm checkpoints its blocks itself where it is switched on
-        if checkpoints_by_block(self.backbone):
-            return checkpointed_feature_maps(self.backbone, pixel_values, self._gradient_checkpointing_func)
-        return self._gradient_checkpointing_func(self.backbone, pixel_values)
+    def forward_feature_maps(self, pixel_values: torch.Tensor, kept: tuple[int, ...] | None = None) -> list:
+        """The feature maps of f_cnn from its first stage to the deepest of X and F (a ViT's tokens as grids).
+
+        `kept`: the stage numbers needed (default all); a timm list wrapper then returns None for the others and
+        frees their maps early ([`feature_stage_maps`]), other wrappers return every stage.
+        """
+        checkpointing = self.checkpointing_active()
+        if runs_stages_itself(self.backbone):
+            checkpoint_function = self._gradient_checkpointing_func if checkpointing else None
+            return feature_stage_maps(self.backbone, pixel_values, kept, checkpoint_function)
+        if checkpointing and timm_checkpointing_module(self.backbone) is None:
+            return self._gradient_checkpointing_func(self.backbone, pixel_values)
+        return self.backbone(pixel_values)  # timm checkpoints its blocks itself where it is switched on
 
     def forward_backbone(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f_cnn: the map X (stride 16 in the paper) and the map F (stride 32)."""
-        maps = self.forward_feature_maps(pixel_values)
+        maps = self.forward_feature_maps(pixel_values, kept=self.feature_positions)
         return maps[self.feature_positions[0]], maps[self.feature_positions[1]]
 
     def forward_attention(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -549,7 +566,7 @@ class SRNModel(SRNPreTrainedModel):
         """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        maps = self.forward_feature_maps(pixel_values)
+        maps = self.forward_feature_maps(pixel_values, kept=None if output_hidden_states else self.feature_positions)
         outputs = self.forward_heads(maps[self.feature_positions[0]], maps[self.feature_positions[1]])
         if output_hidden_states:
             outputs.hidden_states = tuple(maps)
