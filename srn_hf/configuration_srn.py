@@ -152,7 +152,8 @@ class SRNConfig(PreTrainedConfig):
         """
         num_labels, id2label = kwargs.get("num_labels"), config_dict.get("id2label")
         if num_labels is not None and id2label is not None and num_labels != len(id2label):
-            config_dict = {key: value for key, value in config_dict.items() if key not in ("label2id", "label_thresholds")}
+            dropped = ("label2id", "label_thresholds")
+            config_dict = {key: value for key, value in config_dict.items() if key not in dropped}
             config_dict["id2label"] = {index: f"LABEL_{index}" for index in range(num_labels)}
         return super().from_dict(config_dict, **kwargs)
 

@@ -140,7 +140,7 @@ def create_backbone(
     """
     positions = positions or feature_positions(config)
     overlay = {"file": os.fspath(weights_file)} if weights_file is not None else None
-    return timm.create_model(
+    backbone = timm.create_model(
         config.backbone,
         pretrained=pretrained,
         pretrained_cfg_overlay=overlay,
@@ -149,6 +149,9 @@ def create_backbone(
         in_chans=config.num_channels,
         **(config.backbone_kwargs or {}),
     )
+    if type(backbone) is FeatureListNet and not backbone.concat:
+        backbone.__class__ = FeatureStages  # a subclass with no state of its own: only the forward changes
+    return backbone
 
 
 def feature_positions(config: SRNConfig) -> tuple[int, int]:
@@ -158,9 +161,10 @@ def feature_positions(config: SRNConfig) -> tuple[int, int]:
     from the backbone built on the meta device (no memory, no weights).
     """
     with torch.device("meta"):
-        stages = len(timm.create_model(config.backbone, features_only=True, **(config.backbone_kwargs or {})).feature_info)
-    indices = {"attention_feature_index": config.attention_feature_index, "classifier_feature_index": config.classifier_feature_index}
-    for name, index in indices.items():
+        backbone = timm.create_model(config.backbone, features_only=True, **(config.backbone_kwargs or {}))
+    stages = len(backbone.feature_info)
+    for name in ("attention_feature_index", "classifier_feature_index"):
+        index = getattr(config, name)
         if not -stages <= index < stages:
             raise ValueError(
                 f"{name}={index} is out of range for backbone {config.backbone!r}, whose feature_info has {stages} "
@@ -265,33 +269,30 @@ def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
     return resized * (maps.sum(dim=(2, 3), keepdim=True) / resized.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12))
 
 
-def runs_stages_itself(backbone: nn.Module) -> bool:
-    """Whether SRN runs the backbone module by module ([`feature_stage_maps`]): timm's list wrappers (ResNet,
-    RegNet, ConvNeXt...), which would hold every stage's map to the end and checkpoint whole stages only."""
-    return isinstance(backbone, FeatureListNet) and not backbone.concat
+class FeatureStages(FeatureListNet):
+    """timm's list feature wrapper (ResNet, RegNet, ConvNeXt...) with a forward that SRN steers.
 
-
-def feature_stage_maps(
-    backbone: FeatureListNet, pixel_values: torch.Tensor, kept: tuple[int, ...] | None = None, checkpoint_function=None
-) -> list[torch.Tensor | None]:
-    """What `backbone(pixel_values)` returns, run module by module.
+    The same modules and state dict as timm's `FeatureListNet` ([`create_backbone`] gives a built one this class);
+    called as a module, so that hooks on the backbone run. `forward(x)` returns what timm's does.
 
     Only the stages in `kept` (all when None) are returned, the others are None: their maps are freed as soon as the
     next stage has read them (inference holds X and F, not every stage). With `checkpoint_function`, each block of a
-    sequential stage (a ResNet-101's third stage holds 23) and each other module is a checkpointed segment, except
-    modules that work in place (a stem's ReLU): checkpointing them saves nothing.
+    sequential stage (a ResNet-101's third stage holds 23; timm would checkpoint whole stages) and each other module
+    is a checkpointed segment, except modules that work in place (a stem's ReLU): checkpointing them saves nothing.
     """
-    maps, hidden = [], pixel_values
-    for name, module in backbone.items():
-        blocks = module if checkpoint_function is not None and isinstance(module, nn.Sequential) else [module]
-        for block in blocks:
-            if checkpoint_function is None or getattr(block, "inplace", False):
-                hidden = block(hidden)
-            else:
-                hidden = checkpoint_function(block, hidden)
-        if name in backbone.return_layers:
-            maps.append(hidden if kept is None or len(maps) in kept else None)
-    return maps
+
+    def forward(self, x: torch.Tensor, kept: tuple[int, ...] | None = None, checkpoint_function=None) -> list:
+        maps = []
+        for name, module in self.items():
+            blocks = module if checkpoint_function is not None and isinstance(module, nn.Sequential) else [module]
+            for block in blocks:
+                if checkpoint_function is None or getattr(block, "inplace", False):
+                    x = block(x)
+                else:
+                    x = checkpoint_function(block, x)
+            if name in self.return_layers:
+                maps.append(x if kept is None or len(maps) in kept else None)
+        return maps
 
 
 def timm_checkpointing_module(backbone: nn.Module) -> nn.Module | None:
@@ -300,7 +301,7 @@ def timm_checkpointing_module(backbone: nn.Module) -> nn.Module | None:
     Other timm feature wrappers than the list ones have it themselves (EfficientNet, MobileNet...) or on the model
     they wrap (a ViT's `forward_intermediates`).
     """
-    if runs_stages_itself(backbone):
+    if isinstance(backbone, FeatureStages):
         return None
     for module in (backbone, getattr(backbone, "model", None)):
         if hasattr(module, "set_grad_checkpointing"):
@@ -386,7 +387,9 @@ class SRNPreTrainedModel(PreTrainedModel):
         if hasattr(module, "init_non_persistent_buffers"):
             module.init_non_persistent_buffers()
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers=1):
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
+    ):
         """What transformers' `gradient_checkpointing_enable()` and `TrainingArguments(gradient_checkpointing=True)`
         call: passed on to [`SRNModel.set_grad_checkpointing`] (`every_n_layers` does not apply: timm decides)."""
         for module in self.modules():
@@ -442,7 +445,9 @@ class SRNModel(SRNPreTrainedModel):
         `.safetensors`, `.pth` or `.bin` file holding a state dict of the full timm model in timm's key names.
         Never called by `__init__` or `from_pretrained`, which build the model and then load a checkpoint.
         """
-        pretrained = create_backbone(self.config, pretrained=True, weights_file=weights_file, positions=self.feature_positions)
+        pretrained = create_backbone(
+            self.config, pretrained=True, weights_file=weights_file, positions=self.feature_positions
+        )
         self.backbone.load_state_dict(pretrained.state_dict())
 
     def label_layers(self) -> list[nn.Module]:
@@ -474,7 +479,9 @@ class SRNModel(SRNPreTrainedModel):
         self.classifier = nn.Linear(self.classifier.in_features, num_labels)
         self.attention.conv3 = LabelMapConv(self.attention.conv3.in_channels, num_labels)
         self.confidence.conv = LabelMapConv(self.confidence.conv.in_channels, num_labels)
-        spatial_regularization.conv1[0] = nn.Conv2d(num_labels, old_conv1.out_channels, 1, bias=old_conv1.bias is not None)
+        spatial_regularization.conv1[0] = nn.Conv2d(
+            num_labels, old_conv1.out_channels, 1, bias=old_conv1.bias is not None
+        )
         spatial_regularization.fc = nn.Linear(spatial_regularization.fc.in_features, num_labels)
         for layer in self.label_layers():
             layer.to(device=reference.device, dtype=reference.dtype)
@@ -483,7 +490,7 @@ class SRNModel(SRNPreTrainedModel):
     def set_grad_checkpointing(self, enable: bool = True, checkpoint_function=None) -> None:
         """Gradient checkpointing of the backbone and of the SRN branch (timm's name for the switch).
 
-        The backbone is checkpointed block by block: by SRN for timm's list wrappers ([`feature_stage_maps`]),
+        The backbone is checkpointed block by block: by SRN for timm's list wrappers ([`FeatureStages`]),
         by timm's `set_grad_checkpointing` where the backbone has it, as one segment otherwise. The SRN branch is two
         segments (f_att with the confidence maps, and f_sr).
         Active in training mode only. `checkpoint_function`: transformers' (`torch.utils.checkpoint.checkpoint`
@@ -509,12 +516,12 @@ class SRNModel(SRNPreTrainedModel):
         """The feature maps of f_cnn from its first stage to the deepest of X and F (a ViT's tokens as grids).
 
         `kept`: the stage numbers needed (default all); a timm list wrapper then returns None for the others and
-        frees their maps early ([`feature_stage_maps`]), other wrappers return every stage.
+        frees their maps early ([`FeatureStages`]), other wrappers return every stage.
         """
         checkpointing = self.checkpointing_active()
-        if runs_stages_itself(self.backbone):
+        if isinstance(self.backbone, FeatureStages):
             checkpoint_function = self._gradient_checkpointing_func if checkpointing else None
-            return feature_stage_maps(self.backbone, pixel_values, kept, checkpoint_function)
+            return self.backbone(pixel_values, kept, checkpoint_function)
         if checkpointing and timm_checkpointing_module(self.backbone) is None:
             return self._gradient_checkpointing_func(self.backbone, pixel_values)
         return self.backbone(pixel_values)  # timm checkpoints its blocks itself where it is switched on
@@ -564,7 +571,8 @@ class SRNModel(SRNPreTrainedModel):
         output_hidden_states (`bool`, *optional*):
             Return the backbone's feature maps as `hidden_states` (default: `config.output_hidden_states`).
         """
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         maps = self.forward_feature_maps(pixel_values, kept=None if output_hidden_states else self.feature_positions)
         outputs = self.forward_heads(maps[self.feature_positions[0]], maps[self.feature_positions[1]])

@@ -190,9 +190,10 @@ class SRNTimm(nn.Module):
         """Layer groups for timm's layer-wise learning-rate decay (`timm.optim.create_optimizer_v2(...,
         layer_decay=...)`): the backbone's own groups (stem, then its stages or blocks, from its timm
         `group_matcher`), then SRN's head as the last group, the one with the full learning rate."""
-        kwargs = {key: value for key, value in (self.config.backbone_kwargs or {}).items()}
         with torch.device("meta"):
-            plain = timm.create_model(self.config.backbone, in_chans=self.config.num_channels, **kwargs)
+            plain = timm.create_model(
+                self.config.backbone, in_chans=self.config.num_channels, **(self.config.backbone_kwargs or {})
+            )
         plain_names = [name for name, _ in plain.named_parameters()]
         plain_groups = group_with_matcher(plain.named_parameters(), plain.group_matcher(coarse), reverse=True)
         backbone_names = [f"srn.backbone.{name}" for name, _ in self.srn.backbone.named_parameters()]
