@@ -10,15 +10,20 @@
 2. `torch.compile(model, fullgraph=True)` (the default inductor backend) against eager inference: largest absolute
    difference of the logits and of the attention maps, compile time, and the speed-up.
 3. `import srn_hf` in fresh interpreters that have already imported torch, timm and transformers: the seconds it
-   adds (median), against the seconds of those imports, and the SRN configs built meanwhile.
+   adds (median), against the seconds of those imports, and the SRN configs built meanwhile; with
+   `--import-baseline FOLDER` (another srn_hf, e.g. `git archive <commit> srn_hf | tar -x -C FOLDER`), both packages
+   in turn, and the ratio.
 
-Writes `zoo_results.json`, `zoo_results.md` and `zoo_results.png` to `--output-dir` (default benchmarks/results).
+Writes `zoo_results.json`, `zoo_results.md` and `zoo_results.png` to `--output-dir` (default benchmarks/results);
+`--only SECTION ...` re-measures those sections and keeps the others of an existing `zoo_results.json`. Each
+section records the machine (with its load average) and the command that measured it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+import srn_hf
 from benchmark_srn import interleaved_times, peak_memory
 from benchmark_utils import label_set, machine_description
 from srn_hf import SRNConfig, SRNForImageClassification
@@ -127,19 +133,38 @@ def benchmark_compile(args) -> dict:
     }
 
 
+def import_run(package_root: Path) -> tuple[float, float, int]:
+    """One fresh interpreter importing the srn_hf of `package_root`: (dependencies' seconds, srn_hf's, configs)."""
+    environment = {**os.environ, "PYTHONPATH": str(package_root)}
+    output = subprocess.run(
+        [sys.executable, "-c", IMPORT_SCRIPT], capture_output=True, text=True, check=True, cwd=package_root, env=environment
+    )
+    dependencies, srn_hf_seconds, configs_built = output.stdout.split()
+    return float(dependencies), float(srn_hf_seconds), int(configs_built)
+
+
 def benchmark_import(args) -> dict:
-    """`import srn_hf` in fresh interpreters, after torch, timm and transformers (with its pipelines)."""
-    runs = []
+    """`import srn_hf` in fresh interpreters, after torch, timm and transformers (with its pipelines); with
+    `--import-baseline` (a folder holding another srn_hf, e.g. `git archive` of an earlier commit), both in turn."""
+    roots = {"current": Path(srn_hf.__file__).resolve().parents[1]}
+    if args.import_baseline is not None:
+        roots["baseline"] = args.import_baseline.resolve()
+    runs = {name: [] for name in roots}
     for _ in tqdm(range(args.import_repeats), desc="import srn_hf", leave=False):
-        output = subprocess.run([sys.executable, "-c", IMPORT_SCRIPT], capture_output=True, text=True, check=True)
-        dependencies, srn_hf_seconds, configs_built = output.stdout.split()
-        runs.append((float(dependencies), float(srn_hf_seconds), int(configs_built)))
-    srn_hf_seconds = statistics.median(run[1] for run in runs)
-    dependencies = statistics.median(run[0] for run in runs)
-    return {
-        "srn_hf_seconds": srn_hf_seconds, "dependencies_seconds": dependencies,
-        "ratio_to_dependencies": srn_hf_seconds / dependencies, "configs_built": runs[0][2], "runs": runs,
-    }
+        for name, root in roots.items():
+            runs[name].append(import_run(root))
+    results = {}
+    for name, measured in runs.items():
+        seconds = statistics.median(run[1] for run in measured)
+        dependencies = statistics.median(run[0] for run in measured)
+        results[name] = {
+            "srn_hf_seconds": seconds, "dependencies_seconds": dependencies, "configs_built": measured[0][2],
+            "ratio_to_dependencies": seconds / dependencies, "runs": measured,
+        }
+    results.update(results.pop("current"))
+    if "baseline" in results:
+        results["ratio_to_baseline"] = results["srn_hf_seconds"] / results["baseline"]["srn_hf_seconds"]
+    return results
 
 
 def write_results(results: dict, output_dir: Path) -> None:
@@ -167,6 +192,10 @@ def write_results(results: dict, output_dir: Path) -> None:
         lines.append(f"| `import srn_hf` after its dependencies (s) | {i['dependencies_seconds']:.2f} (torch, timm, "
                      f"transformers) | {i['srn_hf_seconds']:.3f} ({i['configs_built']} configs built) | "
                      f"{i['ratio_to_dependencies']:.3f} |")
+        if "baseline" in i:
+            b = i["baseline"]
+            lines.append(f"| `import srn_hf`, baseline package (s) | {b['srn_hf_seconds']:.3f} ({b['configs_built']} "
+                         f"configs built) | {i['srn_hf_seconds']:.3f} (this one) | {i['ratio_to_baseline']:.2f} |")
     (output_dir / "zoo_results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(results, output_dir / "zoo_results.png")
@@ -210,6 +239,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--import-repeats", type=int, default=5)
+    parser.add_argument("--import-baseline", type=Path, default=None, help="a folder holding another srn_hf")
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -222,10 +252,14 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     sections = {"checkpointing": benchmark_checkpointing, "compile": benchmark_compile, "import": benchmark_import}
-    results = {"machine": machine_description(), "command": " ".join(sys.argv)}
+    results = {}
+    previous = args.output_dir / "zoo_results.json"
+    if args.only and previous.exists():  # re-measure some sections, keep the others
+        results = json.loads(previous.read_text())
     for name in args.only or sections:
         results[name] = sections[name](args)
-    results["machine"]["load_average_end"] = __import__("os").getloadavg()
+        results[name]["machine"] = {**machine_description(), "load_average_end": os.getloadavg()}
+        results[name]["command"] = " ".join(sys.argv)
     write_results(results, args.output_dir)
 
 
