@@ -194,11 +194,14 @@ class SRNTimm(nn.Module):
             plain = timm.create_model(
                 self.config.backbone, in_chans=self.config.num_channels, **(self.config.backbone_kwargs or {})
             )
-        plain_names = [name for name, _ in plain.named_parameters()]
-        plain_groups = group_with_matcher(plain.named_parameters(), plain.group_matcher(coarse), reverse=True)
-        backbone_names = [f"srn.backbone.{name}" for name, _ in self.srn.backbone.named_parameters()]
+        plain_parameters = list(plain.named_parameters())
+        plain_groups = group_with_matcher(plain_parameters, plain.group_matcher(coarse), reverse=True)
         # timm's feature wrappers keep the model's parameters in order, less its head and pruned tail
-        groups = {name: (plain_groups[plain_name],) for name, plain_name in zip(backbone_names, plain_names)}
+        groups = {}
+        for (name, parameter), (plain_name, plain_parameter) in zip(self.srn.backbone.named_parameters(), plain_parameters):
+            if parameter.shape != plain_parameter.shape:
+                raise ValueError(f"group_matcher: backbone {self.config.backbone!r} has no layer groups SRN can map")
+            groups[f"srn.backbone.{name}"] = (plain_groups[plain_name],)
         head_group = (max(plain_groups.values(), default=0) + 1,)
         return lambda name: groups.get(name, head_group)
 
