@@ -154,7 +154,6 @@ def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = No
     """
     from transformers import AutoConfig
 
-    from .pipeline_srn import check_threshold
     from .storage import IncompleteFileError, check_weights_file
 
     model_dir = Path(model_dir)
@@ -172,14 +171,6 @@ def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = No
         config = AutoConfig.from_pretrained(model_dir)
     except Exception as error:  # malformed JSON, a strict-dataclass type error, a value SRNConfig refuses
         raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
-    thresholds = [("threshold", getattr(config, "threshold", 0.5))]
-    label_thresholds = getattr(config, "label_thresholds", None) or {}
-    thresholds += [(f"label_thresholds[{name!r}]", value) for name, value in label_thresholds.items()]
-    try:
-        for where, value in thresholds:
-            check_threshold(value, where)
-    except ValueError as error:
-        raise ModelFolderError(f"{config_file}: {error}") from None
     if model_type is not None and config.model_type != model_type:
         raise ModelFolderError(f"{config_file}: model_type is {config.model_type!r}, not {model_type!r}")
     files = weights_files(model_dir)

@@ -111,5 +111,5 @@ def test_pipeline_refuses_bad_values_before_the_forward_pass(model_folder, image
         tagger(image, label_thresholds={"cat": True})
     assert forward_calls == []
     folder = broken_copy(model_folder, tmp_path, threshold=1.5)
-    with pytest.raises(ValueError, match=r"threshold=1.5: thresholds must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"threshold=1.5 must lie in \[0, 1\]"):
         pipeline(TASK, model=str(folder))  # at construction, not after the first forward pass
