@@ -586,6 +586,15 @@ def total_over_processes(summary: Summary, state) -> Summary:
     return Summary(*(int(value) for value in reduce(counts, reduction="sum")))
 
 
+def check_output(output: str | os.PathLike, resume: bool) -> Output:
+    """The run's `Output`, refused (`BulkError`) when it cannot be written, or exists and `resume` is not set."""
+    destination = Output(output)
+    destination.check_writable()
+    if destination.exists() and not resume:
+        raise BulkError(f"--output {output} exists: pass --resume to continue it, or choose another file")
+    return destination
+
+
 def tag_images(tagger, sources: Sources, model: str, output: str | None = None, resume: bool = False,
                as_json: bool = False, batch_size: int = 8, num_workers: int = 2, fast: bool = False,
                threshold: float | None = None, label_thresholds: dict | None = None, top_k: int | None = None,
@@ -618,11 +627,7 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
         raise BulkError(f"{state.num_processes} processes need --output: each writes its share there")
     if save_attention is not None and sources.dataset is not None:
         raise BulkError("--save-attention draws image files: it does not apply to --data")
-    destination = Output(output) if output is not None else None
-    if destination is not None:
-        destination.check_writable()
-        if destination.exists() and not resume:
-            raise BulkError(f"--output {output} exists: pass --resume to continue it, or choose another file")
+    destination = check_output(output, resume) if output is not None else None
     config = tagger.model.config
     labels = [config.id2label[index] for index in range(config.num_labels)]
     maker = RecordMaker(labels, tagger.thresholds(threshold, label_thresholds), top_k, all_scores)
@@ -650,6 +655,7 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
 
 __all__ = [
     "BulkError",
+    "check_output",
     "ImageRows",
     "Output",
     "RecordMaker",

@@ -64,7 +64,7 @@ def run_predict(args: argparse.Namespace) -> int:
     failures are reported on stderr and in the records), 2 if the model, the sources or the arguments are bad."""
     from transformers import pipeline
 
-    from .bulk import BulkError, dataset_sources, file_sources, parse_data_options, tag_images
+    from .bulk import BulkError, check_output, dataset_sources, file_sources, parse_data_options, tag_images
     from .pipeline_srn import TASK
     from .pipeline_srn import logger as pipeline_logger
 
@@ -95,6 +95,10 @@ def run_predict(args: argparse.Namespace) -> int:
                 print(f"srn-hf predict: error: {problem}", file=sys.stderr)
             if not sources.keys:
                 raise BulkError(f"no image files in {' '.join(args.images + [args.file_list or ''])}".rstrip())
+        if args.output is not None:
+            check_output(args.output, args.resume)  # before the model is loaded; checked again by tag_images
+        elif args.resume:
+            raise BulkError("--resume continues an --output file: pass --output")
     except (BulkError, OSError, ValueError) as error:  # also the --data loaders' AnnotationError, a ValueError
         print(f"srn-hf predict: error: {error}", file=sys.stderr)
         return 2
