@@ -75,7 +75,7 @@ def export_program(
 
     `fast=True` exports the fast path: channels-last weights (the model is changed in place) and bf16 autocast.
     """
-    wrapper = ExportableSRN(fast_inference(model) if fast else model.eval(), attention_maps, fast)
+    wrapper = ExportableSRN(fast_inference(model) if fast else model, attention_maps, fast).eval()
     example = torch.randn(2, model.config.num_channels, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
@@ -84,7 +84,7 @@ def export_program(
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, attention_maps: bool = False) -> Path:
     """Writes the ONNX graph of the model at `image_size` to `path`, through `torch.onnx.export(..., dynamo=True)`."""
-    wrapper = ExportableSRN(model.eval(), attention_maps)
+    wrapper = ExportableSRN(model, attention_maps).eval()
     example = torch.randn(2, model.config.num_channels, image_size, image_size)
     weight_bytes = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
     with torch.no_grad():
