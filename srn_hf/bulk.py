@@ -595,6 +595,17 @@ def check_output(output: str | os.PathLike, resume: bool) -> Output:
     return destination
 
 
+def check_run(sources: Sources, output, resume: bool, save_attention, num_processes: int) -> Output | None:
+    """Refuses (`BulkError`) a run that could not give its records: no images, nowhere to write them."""
+    if not sources.keys:
+        raise BulkError("no images to predict")
+    if num_processes > 1 and output is None:
+        raise BulkError(f"{num_processes} processes need --output: each writes its share there")
+    if save_attention is not None and sources.dataset is not None:
+        raise BulkError("--save-attention draws image files: it does not apply to --data")
+    return check_output(output, resume) if output is not None else None
+
+
 def tag_images(tagger, sources: Sources, model: str, output: str | None = None, resume: bool = False,
                as_json: bool = False, batch_size: int = 8, num_workers: int = 2, fast: bool = False,
                threshold: float | None = None, label_thresholds: dict | None = None, top_k: int | None = None,
@@ -621,13 +632,7 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
     from accelerate import PartialState
 
     state = PartialState()
-    if not sources.keys:
-        raise BulkError("no images to predict")
-    if state.num_processes > 1 and output is None:
-        raise BulkError(f"{state.num_processes} processes need --output: each writes its share there")
-    if save_attention is not None and sources.dataset is not None:
-        raise BulkError("--save-attention draws image files: it does not apply to --data")
-    destination = check_output(output, resume) if output is not None else None
+    destination = check_run(sources, output, resume, save_attention, state.num_processes)
     config = tagger.model.config
     labels = [config.id2label[index] for index in range(config.num_labels)]
     maker = RecordMaker(labels, tagger.thresholds(threshold, label_thresholds), top_k, all_scores)
