@@ -127,6 +127,15 @@ def dataset_sources(kind: str, options: dict, split: str | None = None) -> Sourc
     return Sources([str(key) for key in dataset["image_id"]], dataset)
 
 
+def given_sources(images: list[str], file_list: str | None, data: str | None, data_options: list[str], split: str | None) -> Sources:
+    """The sources `srn-hf predict` names: IMAGE_OR_DIR and `--file-list`, or `--data` with its options and split."""
+    if data is None:
+        return file_sources(images, file_list)
+    if images or file_list:
+        raise BulkError("--data names the images: pass no IMAGE_OR_DIR and no --file-list with it")
+    return dataset_sources(data, parse_data_options(data_options), split)
+
+
 def open_dataset_image(value: dict, key: str) -> Image.Image:
     """A `datasets.Image(decode=False)` value (`{"bytes", "path"}`) as an RGB image, or an `ImageError` naming `key`."""
     if value.get("bytes") is None:
@@ -667,6 +676,7 @@ __all__ = [
     "Sources",
     "dataset_sources",
     "file_sources",
+    "given_sources",
     "model_fingerprint",
     "parse_data_options",
     "tag_images",

@@ -64,7 +64,7 @@ def run_predict(args: argparse.Namespace) -> int:
     failures are reported on stderr and in the records), 2 if the model, the sources or the arguments are bad."""
     from transformers import pipeline
 
-    from .bulk import BulkError, check_output, dataset_sources, file_sources, parse_data_options, tag_images
+    from .bulk import BulkError, check_output, given_sources, tag_images
     from .pipeline_srn import TASK
     from .pipeline_srn import logger as pipeline_logger
 
@@ -85,16 +85,11 @@ def run_predict(args: argparse.Namespace) -> int:
         print("srn-hf predict: error: --batch-size must be at least 1 and --num-workers at least 0", file=sys.stderr)
         return 2
     try:
-        if args.data is not None:
-            if args.images or args.file_list:
-                raise BulkError("--data names the images: pass no IMAGE_OR_DIR and no --file-list with it")
-            sources = dataset_sources(args.data, parse_data_options(args.data_option), args.split)
-        else:
-            sources = file_sources(args.images, args.file_list)
-            for problem in sources.unreadable:
-                print(f"srn-hf predict: error: {problem}", file=sys.stderr)
-            if not sources.keys:
-                raise BulkError(f"no image files in {' '.join(args.images + [args.file_list or ''])}".rstrip())
+        sources = given_sources(args.images, args.file_list, args.data, args.data_option, args.split)
+        for problem in sources.unreadable:
+            print(f"srn-hf predict: error: {problem}", file=sys.stderr)
+        if not sources.keys:
+            raise BulkError(f"no image files in {' '.join(args.images + [args.file_list or args.data or ''])}".rstrip())
         if args.output is not None:
             check_output(args.output, args.resume)  # before the model is loaded; checked again by tag_images
         elif args.resume:
