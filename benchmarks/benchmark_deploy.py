@@ -296,6 +296,8 @@ def benchmark_bulk(args, folder: Path) -> list[dict]:
     tagger = saved_tagger(args, folder / "model", args.backbone, args.bulk_image_size)
     rows = []
     for precision, fast in (("float32", False), ("fast_path", True)):
+        if precision not in args.bulk_precisions:
+            continue
         if fast:
             use_channels_last(tagger.model)
         runs = {"model_only": model_only_run(tagger, photos, args.bulk_batch_size, fast, device),
@@ -463,6 +465,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bulk-batch-size", type=int, default=16)
     parser.add_argument("--bulk-image-size", type=int, default=224)
     parser.add_argument("--bulk-rounds", type=int, help="rounds of bulk and model alone, interleaved (2; 1 quick)")
+    parser.add_argument("--bulk-precisions", nargs="+", default=["float32", "fast_path"], choices=["float32", "fast_path"])
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of the bulk runs (2)")
     parser.add_argument("--memory-images", type=int, help="images of the memory run (10000; 1000 quick)")
     parser.add_argument("--memory-backbone", default="resnet10t", help="SRN backbone of the memory run (resnet10t)")
