@@ -442,8 +442,8 @@ def plot(results: dict, path: Path) -> None:
         memory_axes.plot(records, main, label="main process")
         memory_axes.plot(records, with_workers, label="with DataLoader workers")
         memory_axes.set_ylim(0, max(with_workers) * 1.1)
+        memory_axes.legend()
     memory_axes.set(xlabel="records written", ylabel="resident memory (MiB)", title="bulk tagging memory")
-    memory_axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 

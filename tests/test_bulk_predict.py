@@ -125,7 +125,8 @@ def test_a_killed_run_resumed_gives_one_record_per_image(model_folder, tmp_path)
     output = tmp_path / "tags.jsonl"
     command = [sys.executable, "-m", "srn_hf.cli", "predict", model_folder, str(tmp_path / "photos"),
                "--output", str(output), "--batch-size", "2", "--num-workers", "1", "--all-scores"]  # fmt: skip
-    run = subprocess.Popen(command, env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log = open(tmp_path / "killed.log", "w")  # a file, not a pipe: a full pipe would stall the run
+    run = subprocess.Popen(command, env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and run.poll() is None:
         if output.exists() and output.read_bytes().count(b"\n") >= 40:
@@ -133,7 +134,8 @@ def test_a_killed_run_resumed_gives_one_record_per_image(model_folder, tmp_path)
         time.sleep(0.005)
     os.killpg(run.pid, signal.SIGKILL)  # the run and its DataLoader worker, mid-way
     run.wait()
-    assert run.returncode == -signal.SIGKILL, run.stderr.read().decode()[-2000:]
+    log.close()
+    assert run.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
     written = output.read_bytes().count(b"\n")
     assert 40 <= written < len(images), "the kill must land mid-run"
 
