@@ -5,7 +5,7 @@ srn-hf predict MODEL photos/ --output tags.jsonl                        # one JS
 srn-hf predict MODEL --file-list paths.txt --output tags.parquet --all-scores
 srn-hf predict MODEL --data coco2014 --data-option root=coco --split validation --output coco.parquet
 srn-hf predict MODEL photos/ --output tags.jsonl --resume               # after a kill: the images not yet written
-accelerate launch --num_processes 4 -m srn_hf.cli predict MODEL photos/ --output tags.jsonl   # 4 shares, merged
+accelerate launch --multi_gpu --num_processes 4 -m srn_hf.cli predict MODEL photos/ --output tags.jsonl  # 4 shares
 ```
 
 One record per image:
@@ -608,6 +608,18 @@ def check_output(output: str | os.PathLike, resume: bool) -> Output:
     return destination
 
 
+def run_state(device: str | torch.device | None = None):
+    """accelerate's `PartialState` of this run: its processes under `accelerate launch`, else one process.
+
+    On a CPU (`device` cpu, or none and no GPU) the processes of `accelerate launch --multi_gpu --num_processes N`
+    join over gloo; accelerate's state is created once per process, so the first call decides.
+    """
+    from accelerate import PartialState
+
+    cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
 def check_run(sources: Sources, output, resume: bool, save_attention, num_processes: int) -> Output | None:
     """Refuses (`BulkError`) a run that could not give its records: no images, nowhere to write them."""
     if not sources.keys:
@@ -642,9 +654,7 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
     Under `accelerate launch`, each process takes every N-th remaining image and the first merges the shares.
     Raises `BulkError` before the first image for an unusable output or sources.
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = run_state(tagger.device)
     destination = check_run(sources, output, resume, save_attention, state.num_processes)
     config = tagger.model.config
     labels = [config.id2label[index] for index in range(config.num_labels)]
@@ -683,5 +693,6 @@ __all__ = [
     "given_sources",
     "model_fingerprint",
     "parse_data_options",
+    "run_state",
     "tag_images",
 ]

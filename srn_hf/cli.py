@@ -64,7 +64,7 @@ def run_predict(args: argparse.Namespace) -> int:
     failures are reported on stderr and in the records), 2 if the model, the sources or the arguments are bad."""
     from transformers import pipeline
 
-    from .bulk import BulkError, check_output, given_sources, tag_images
+    from .bulk import BulkError, check_output, given_sources, run_state, tag_images
     from .pipeline_srn import TASK
     from .pipeline_srn import logger as pipeline_logger
 
@@ -98,7 +98,8 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"srn-hf predict: error: {error}", file=sys.stderr)
         return 2
     try:
-        tagger = pipeline(TASK, model=args.model, device=args.device)
+        state = run_state(args.device)  # under accelerate launch, each process on its own device
+        tagger = pipeline(TASK, model=args.model, device=state.device if state.num_processes > 1 else args.device)
         tagger.thresholds(args.threshold, label_thresholds or None)  # a bad label or value fails before any image
     except (OSError, ValueError) as error:
         print(f"srn-hf predict: error: {args.model}: {error}", file=sys.stderr)

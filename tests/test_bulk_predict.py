@@ -223,7 +223,7 @@ def test_two_processes_give_the_same_records_as_one(model_folder, tmp_path):
     images = write_images(tmp_path / "photos", 45)
     bad = write_bad_files(tmp_path / "photos")
     for name in ("two.jsonl", "two.parquet"):
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                    "-m", "srn_hf.cli", "predict", model_folder, str(tmp_path / "photos"),
                    "--output", str(tmp_path / name), "--all-scores", "--batch-size", "4"]  # fmt: skip
