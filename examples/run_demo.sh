@@ -52,3 +52,4 @@ stages = json.load(open(sys.argv[1]))["stages"]
 print("\n" + metric_table(stages, "test"))
 PY
 echo "== done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s; models, metrics.json, training_curves.png in $output_dir"
+echo "== its demo page (docs/app.md): $VENV/bin/pip install -e '$repo[app]' && $VENV/bin/srn-hf demo $output_dir/final  -> http://127.0.0.1:7860/"

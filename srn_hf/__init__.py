@@ -8,7 +8,14 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_srn import SRNConfig
-from .modeling_srn import SRNForImageClassification, SRNModel, SRNOutput, SRNPreTrainedModel
+from .modeling_srn import (
+    SRNForImageClassification,
+    SRNImageClassifierOutput,
+    SRNModel,
+    SRNModelOutput,
+    SRNOutput,
+    SRNPreTrainedModel,
+)
 from .pipeline_srn import TASK as PIPELINE_TASK
 from .pipeline_srn import MultiLabelImageClassificationPipeline
 from .timm_srn import SRNTimm, create_timm_srn  # registers the timm entries
@@ -33,6 +40,8 @@ __all__ = [
     "SRNConfig",
     "SRNModel",
     "SRNForImageClassification",
+    "SRNModelOutput",
+    "SRNImageClassifierOutput",
     "SRNOutput",
     "SRNPreTrainedModel",
     "MultiLabelImageClassificationPipeline",

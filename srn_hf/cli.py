@@ -1,4 +1,5 @@
-"""The `srn-hf` command: `srn-hf predict ...`, `srn-hf export ...` and `srn-hf publish ...`."""
+"""The `srn-hf` command: `srn-hf predict ...`, `srn-hf export ...`, `srn-hf calibrate ...`, `srn-hf publish ...` and
+`srn-hf demo ...`."""
 
 import argparse
 import logging
@@ -10,7 +11,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="label images with an SRN model; optionally save attention maps")
-    # PREDICT ARGUMENTS (issue 3)
     predict.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
     predict.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (their images, recursively)")
     predict.add_argument("--file-list", metavar="FILE", help="a text file of image paths, one a line")
@@ -41,21 +41,48 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fast", action="store_true", help="export the bf16 channels-last fast path (torch-export only)")
     export.set_defaults(run=run_export)
 
+    calibrate = commands.add_parser("calibrate", help="tune a model's thresholds on a validation split; optionally store them")
+    calibrate.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
+    calibrate.add_argument("--data", required=True, metavar="KIND", help="dataset kind of srn_hf.data (imagefolder, csv, hub, coco2014, voc2007, ...)")
+    calibrate.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="loader option, value parsed as YAML (repeatable)")
+    calibrate.add_argument("--split", default="validation", help="split to tune on (default: validation; never test)")
+    calibrate.add_argument("--criterion", default="f1", help="f1 (each label's F1, OF1 globally) or precision:P (highest recall at precision >= P)")
+    calibrate.add_argument("--min-positives", type=int, default=5, help="labels with fewer positive images get the global threshold (default: 5)")
+    calibrate.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    calibrate.add_argument("--write", action="store_true", help="store the thresholds in MODEL_DIR/config.json (nothing else changes)")
+    calibrate.set_defaults(run=run_calibrate)
+
     publish = commands.add_parser("publish", help="write a Hub-ready folder of a trained model and push it")
-    # PUBLISH ARGUMENTS (issue 6)
     publish.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
     publish.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Hub repository to create or update")
     publish.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps its visibility)")
     publish.add_argument("--dry-run", metavar="OUT_DIR", help="write exactly what would be uploaded to OUT_DIR (an empty folder); push nothing")
     publish.add_argument("--metrics", metavar="METRICS_JSON", help="the training run's metrics.json (default: MODEL_DIR's or its parent's)")
     publish.add_argument("--example-image", metavar="IMAGE", help="image of the attention-map picture (default: a photo bundled with scikit-image)")
-    publish.add_argument("--license", default="apache-2.0", help="license of the weights, a Hub license id (default: apache-2.0)")
+    publish.add_argument("--license", help="license of the weights, a Hub license id (default: apache-2.0)")
     publish.add_argument("--dataset-id", action="append", dest="datasets", metavar="DATASET", help="Hub id of a training dataset (repeatable)")
     publish.add_argument("--base-model", metavar="REPO_ID", help="Hub id of the backbone weights training started from")
     publish.add_argument("--tag", action="append", dest="tags", metavar="TAG", help="extra tag of the card (repeatable)")
     publish.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the token of `hf auth login`)")
     publish.add_argument("--commit-message", help="message of the upload commit")
+    publish.add_argument("--space", metavar="ORG/NAME", help="also publish a Gradio Space that demos the model (srn_hf.app), loading it by --repo-id")
+    publish.add_argument("--space-requirement", metavar="SPEC", help="pip requirement of srn_hf in the Space's requirements.txt (default: srn_hf[app]==VERSION)")
     publish.set_defaults(run=run_publish)
+
+    demo = commands.add_parser("demo", help="serve the demo page of an SRN model in the browser (needs srn_hf[app])")
+    demo.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
+    demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
+    demo.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
+    demo.add_argument("--share", action="store_true", help="also open a public link through Gradio's share servers")
+    demo.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: transformers' choice)")
+    demo.add_argument("--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs")
+    demo.set_defaults(run=run_demo)
+
+    for command in [parser, *commands.choices.values()]:  # every command, those added above it included
+        command.add_argument(
+            "--debug", action="store_true", default=False if command is parser else argparse.SUPPRESS,
+            help="show the full traceback of an error instead of its one-line message",
+        )
     return parser
 
 
@@ -65,6 +92,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
     from .bulk import BulkError, check_output, given_sources, run_state, tag_images
+    from .hub import ModelFolderError, check_model_folder, is_local_model, one_line
     from .pipeline_srn import TASK
     from .pipeline_srn import logger as pipeline_logger
 
@@ -98,12 +126,15 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"srn-hf predict: error: {error}", file=sys.stderr)
         return 2
     try:
+        if is_local_model(args.model):
+            check_model_folder(args.model)  # a missing folder, truncated weights, a bad config value: named, now
         state = run_state(args.device)  # under accelerate launch, each process on its own device
         tagger = pipeline(TASK, model=args.model, device=state.device if state.num_processes > 1 else args.device)
         tagger.thresholds(args.threshold, label_thresholds or None)  # a bad label or value fails before any image
+    except ModelFolderError:  # its message names the folder or the file; `main` prints it
+        raise
     except (OSError, ValueError) as error:
-        print(f"srn-hf predict: error: {args.model}: {error}", file=sys.stderr)
-        return 2
+        raise ModelFolderError(f"{args.model}: {one_line(error)}") from error
     pipeline_logger.setLevel(logging.ERROR)
     try:
         summary = tag_images(
@@ -135,40 +166,166 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_publish(args: argparse.Namespace) -> int:
-    """Writes the Hub folder of MODEL_DIR and pushes it in one commit (or only writes it, with --dry-run)."""
-    from .hub import hub_folder_files, publish
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Prints each label's tuned threshold with its validation P / R / F1 and support; `--write` stores them."""
+    import warnings
 
-    try:
-        result = publish(
-            args.model_dir,
-            args.repo_id,
-            private=args.private,
-            dry_run_dir=args.dry_run,
-            token=args.token,
-            commit_message=args.commit_message,
-            metrics=args.metrics,
-            example_image=args.example_image,
-            license=args.license,
-            datasets=args.datasets,
-            base_model=args.base_model,
-            tags=args.tags,
+    import yaml
+    from transformers.utils import logging
+
+    from .thresholds import FIGURES, calibrate_model_folder, write_thresholds
+
+    logging.disable_progress_bar()  # the weights load in a moment; scoring the split has its own progress bar
+
+    options = {}
+    for item in args.data_option:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            print(f"srn-hf calibrate: error: --data-option {item!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        options[key] = yaml.safe_load(value)
+    # A bad folder, dataset, option, split, label set or criterion: `main` refuses it in one line.
+    with warnings.catch_warnings():  # labels without validation positives: the table names them
+        warnings.filterwarnings("ignore", message=r".*without any positive image", category=UserWarning)
+        calibration, figures = calibrate_model_folder(
+            args.model_dir, args.data, options, args.split, args.criterion, args.min_positives, args.batch_size
         )
-    except (ValueError, OSError) as error:  # bad folder, metrics, image, repository id, token, or a Hub error
-        print(f"srn-hf publish: error: {error}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(f"dry run, nothing pushed: one commit to {args.repo_id} would upload the files of {result}:")
-        for name in hub_folder_files(result):
-            print(f"  {name:<28} {(result / name).stat().st_size:>12,} bytes")
-    else:
-        print(f"published {args.repo_id} in one commit: {result.commit_url}")
+    written = write_thresholds(args.model_dir, calibration) if args.write else None
+    print(calibration.table())
+    print(f"\n{args.split} split (calibrated thresholds tuned on it, hence optimistic):")
+    print(f"{'thresholds':<12}" + "".join(f"{name:>8}" for name in FIGURES))
+    for name, label in (("default", f"{figures['default_threshold']}"), ("calibrated", "calibrated")):
+        cells = ("-" if figures[name][key] is None else f"{figures[name][key]:.2f}" for key in FIGURES)
+        print(f"{label:<12}" + "".join(f"{cell:>8}" for cell in cells))
+    print(f"\nthresholds written to {written}" if written else "\nnothing written (pass --write to store them in config.json)")
     return 0
 
 
+def card_options(args: argparse.Namespace):
+    """The `CardOptions` of the command line; an option left out keeps the `CardOptions` default."""
+    from .hub import CardOptions
+
+    given = {"license": args.license, "datasets": args.datasets, "base_model": args.base_model, "tags": args.tags}
+    return CardOptions(**{name: value for name, value in given.items() if value is not None})
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    """Writes the Hub folder of MODEL_DIR and pushes it in one commit (or only writes it, with --dry-run); with
+    --space, then the Space that demos it (with --dry-run, the two folders are OUT_DIR/model and OUT_DIR/space)."""
+    import os
+
+    from huggingface_hub.utils import validate_repo_id
+
+    from .hub import publish
+
+    dry_run, space_dry_run = args.dry_run, None
+    if args.space and args.dry_run:  # both folders: OUT_DIR/model and OUT_DIR/space
+        dry_run, space_dry_run = os.path.join(args.dry_run, "model"), os.path.join(args.dry_run, "space")
+    card = card_options(args)
+    # A bad folder, metrics file, image, repository id, token, or a Hub error: `main` refuses it in one line.
+    if args.space:
+        validate_repo_id(args.space)  # a bad Space id fails before the model is pushed
+    result = publish(
+        args.model_dir,
+        args.repo_id,
+        private=args.private,
+        dry_run_dir=dry_run,
+        token=args.token,
+        commit_message=args.commit_message,
+        metrics=args.metrics,
+        example_image=args.example_image,
+        card=card,
+    )
+    report_publish(args.repo_id, result, args.dry_run)
+    if args.space:
+        from .space import publish_space
+
+        result = publish_space(
+            args.space,
+            args.repo_id,
+            private=args.private,
+            dry_run_dir=space_dry_run,
+            token=args.token,
+            commit_message=args.commit_message,
+            requirement=args.space_requirement,
+            license=card.license,
+        )
+        report_publish(args.space, result, args.dry_run)
+    return 0
+
+
+def report_publish(repo_id: str, result, dry_run: str | None) -> None:
+    """Prints the commit of a push, or the files a dry run wrote (`result` is then the folder)."""
+    from .hub import hub_folder_files
+
+    if dry_run:
+        print(f"dry run, nothing pushed: one commit to {repo_id} would upload the files of {result}:")
+        for name in hub_folder_files(result):
+            print(f"  {name:<28} {(result / name).stat().st_size:>12,} bytes")
+    else:
+        print(f"published {repo_id} in one commit: {result.commit_url}")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Serves the demo page of MODEL until interrupted; exit status 2 if the model, the port or Gradio is missing."""
+    import os
+
+    from .hub import check_model_folder, is_local_model
+
+    try:
+        from .app import build_app
+    except ImportError as error:
+        print(f"srn-hf demo: error: {error.name or error}: the demo needs the app extra: pip install 'srn_hf[app]'", file=sys.stderr)
+        return 2
+    if args.model.startswith((".", "/", "~")) or args.model.count("/") > 1:  # a folder, not a Hub id
+        if not os.path.isdir(os.path.expanduser(args.model)):
+            print(f"srn-hf demo: error: {args.model}: no such model folder", file=sys.stderr)
+            return 2
+    if is_local_model(os.path.expanduser(args.model)):
+        check_model_folder(os.path.expanduser(args.model))  # truncated weights, a bad config value: `main` names them
+    try:
+        demo = build_app(os.path.expanduser(args.model), device=args.device, fast=args.fast)
+    except (OSError, ValueError) as error:
+        print(f"srn-hf demo: error: {args.model}: {' '.join(str(error).split())}", file=sys.stderr)  # one line
+        return 2
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
+    except OSError:  # Gradio's message names its own launch() arguments
+        print(
+            f"srn-hf demo: error: {args.host}:{args.port}: cannot serve there (the port is taken, or the address is not "
+            "this machine's); choose another --port or --host",
+            file=sys.stderr,
+        )
+        return 2
+    public = f" and {demo.share_url}" if demo.share_url else ""
+    print(f"srn-hf demo: serving {args.model} at {demo.local_url}{public} (Ctrl+C stops it)", flush=True)
+    demo.block_thread()
+    return 0
+
+
+# Errors that mean bad input (a file, a folder, a value, the Hub refusing): a one-line refusal with exit status 2.
+REFUSALS = (ValueError, OSError, LookupError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. An error it raises is printed as one line on stderr, `srn-hf COMMAND: error: ...`, with exit
+    status 2 for bad input (`REFUSALS`, and the strict config checks of transformers) and 1 for anything else;
+    `--debug` shows the traceback instead."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"srn-hf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if getattr(args, "debug", False):
+            raise
+        from .hub import one_line
+
+        refused = isinstance(error, REFUSALS) or type(error).__name__.startswith("StrictDataclass")
+        hint = "" if refused else f" ({type(error).__name__}; run with --debug for the traceback)"
+        print(f"srn-hf {args.command}: error: {one_line(error)}{hint}", file=sys.stderr)
+        return 2 if refused else 1
 
 
 if __name__ == "__main__":

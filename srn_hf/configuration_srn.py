@@ -7,9 +7,11 @@ This file doubles as Hub remote code: it imports only transformers (and timm for
 folder written by `save_pretrained` loads with `trust_remote_code=True` on a machine without `srn_hf`.
 """
 
+import functools
 from typing import Any, Literal
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from transformers import PreTrainedConfig
 
 # Written into every saved config.json, so that a folder saved by `save_pretrained` (which copies this file
@@ -20,7 +22,35 @@ AUTO_MAP = {
     "AutoModelForImageClassification": "modeling_srn.SRNForImageClassification",
 }
 
+# The only problem type SRN's loss and its pipeline implement: independent sigmoid scores per label.
+PROBLEM_TYPE = "multi_label_classification"
 
+
+def refusals_as_value_errors(config_class):
+    """Turns the strict dataclass's refusals into one-line `ValueError`s that name the field and the value.
+
+    A field of the wrong type (`alpha="x"`) and a failed check of `validate_srn` both raise `ValueError`, as every
+    other bad argument of the package does, instead of huggingface_hub's own exception classes.
+    """
+    strict_init = config_class.__init__
+
+    @functools.wraps(strict_init)
+    def __init__(self, *args, **kwargs):
+        try:
+            strict_init(self, *args, **kwargs)
+        except StrictDataclassFieldValidationError as error:
+            field = error.args[0].split("'")[1]
+            expected = config_class.__dataclass_fields__[field].type
+            expected = getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
+            raise ValueError(f"{field}={kwargs.get(field)!r} is not of type {expected}") from None
+        except StrictDataclassClassValidationError as error:
+            raise ValueError(str(error.__cause__)) from None
+
+    config_class.__init__ = __init__
+    return config_class
+
+
+@refusals_as_value_errors
 @strict
 class SRNConfig(PreTrainedConfig):
     r"""
@@ -67,11 +97,19 @@ class SRNConfig(PreTrainedConfig):
             Default probability threshold of the multi-label pipeline (sigmoid score > threshold is a label).
         label_thresholds (`dict[str, float]`, *optional*):
             Per-label thresholds overriding `threshold`, keyed by label name.
+        threshold_calibration (`dict`, *optional*):
+            How `threshold` and `label_thresholds` were chosen, when [`srn_hf.thresholds`] tuned them on data
+            (`criterion`, `split`, `dataset`, `images`, `min_positives`, `fallback_labels`); None when they were set
+            by hand.
         initializer_range (`float`, defaults to 0.01):
             Standard deviation of the normal initialisation of the linear classifiers.
 
-    `problem_type` defaults to `"multi_label_classification"`, so that the loss and transformers' stock
-    `image-classification` pipeline use sigmoid scores. `num_labels` follows from `id2label`.
+    `problem_type` is `"multi_label_classification"` (the default, and the only one SRN supports: the loss and
+    transformers' stock `image-classification` pipeline use per-label sigmoid scores). `num_labels` follows from
+    `id2label`; `from_pretrained(..., num_labels=N, ignore_mismatched_sizes=True)` gives a checkpoint N new labels
+    named `LABEL_0`, ... (see [`SRNConfig.from_dict`]).
+
+    Every refusal is a `ValueError` naming the field and the value.
     """
 
     model_type = "srn"
@@ -90,11 +128,12 @@ class SRNConfig(PreTrainedConfig):
     use_batch_norm: bool = True
     threshold: float = 0.5
     label_thresholds: dict[str, float] | None = None
+    threshold_calibration: dict[str, Any] | None = None
     initializer_range: float = 0.01
 
     def __post_init__(self, **kwargs):
         if self.problem_type is None:
-            self.problem_type = "multi_label_classification"
+            self.problem_type = PROBLEM_TYPE
         if self.id2label is not None and kwargs.get("num_labels") not in (None, len(self.id2label)):
             raise ValueError(
                 f"num_labels={kwargs['num_labels']} does not match id2label, which names {len(self.id2label)} "
@@ -106,6 +145,22 @@ class SRNConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.label2id is None or len(self.label2id) != len(self.id2label):
             self.label2id = {name: index for index, name in self.id2label.items()}
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "SRNConfig":
+        """transformers' `from_dict`, where `num_labels=N` that differs from the saved `id2label` means a new label set.
+
+        The new labels are named `LABEL_0` ... `LABEL_{N-1}` and the saved per-label thresholds are dropped, as
+        transformers does for its own models; loading the weights then needs `ignore_mismatched_sizes=True`
+        ([`SRNPreTrainedModel.from_pretrained`]). Passing `num_labels` together with a different `id2label` to the
+        constructor itself stays an error.
+        """
+        num_labels, id2label = kwargs.get("num_labels"), config_dict.get("id2label")
+        if num_labels is not None and id2label is not None and num_labels != len(id2label):
+            dropped = ("label2id", "label_thresholds")
+            config_dict = {key: value for key, value in config_dict.items() if key not in dropped}
+            config_dict["id2label"] = {index: f"LABEL_{index}" for index in range(num_labels)}
+        return super().from_dict(config_dict, **kwargs)
 
     def validate_srn(self):
         """Checks run by transformers' strict dataclass validation, each naming the offending field."""
@@ -119,8 +174,14 @@ class SRNConfig(PreTrainedConfig):
                 f"backbone={self.backbone!r} is not a timm model name"
                 + (f"; close names: {', '.join(close)}" if close else "")
             )
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha={self.alpha} must lie in [0, 1]")
+        if self.problem_type != PROBLEM_TYPE:
+            raise ValueError(
+                f"problem_type={self.problem_type!r}: SRN is multi-label only (independent sigmoid scores per label, "
+                f"its attention maps are per label); use problem_type={PROBLEM_TYPE!r}"
+            )
+        for field in ("alpha", "threshold"):
+            if not 0.0 <= getattr(self, field) <= 1.0:
+                raise ValueError(f"{field}={getattr(self, field)!r} must lie in [0, 1]")
         if self.regularization_out_channels % self.regularization_channels:
             raise ValueError(
                 f"regularization_out_channels={self.regularization_out_channels} must be a multiple of "
@@ -133,6 +194,9 @@ class SRNConfig(PreTrainedConfig):
         unknown = set(self.label_thresholds or {}) - set(self.id2label.values())
         if unknown:
             raise ValueError(f"label_thresholds names labels that are not in id2label: {sorted(unknown)}")
+        for name, value in (self.label_thresholds or {}).items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"label_thresholds[{name!r}]={value!r} must lie in [0, 1]")
 
 
-__all__ = ["SRNConfig"]
+__all__ = ["SRNConfig", "PROBLEM_TYPE"]

@@ -27,10 +27,13 @@ says that no evaluation was published, and holds no number.
     {"recipe": {...the resolved training configuration...},
      "dataset": {"name": str, "label_names": [...], "splits": {"train": n, "validation": n, "test": n}},
      "stages": [{"stage": 1, "prediction": "cls_logits", "best_epoch": int,
-                 "validation": {"mAP": .., "CP": .., ...}, "test": {"mAP": .., ..., "per_class_AP": [...]}}, ...]}
+                 "validation": {"mAP": .., "CP": .., ...}, "test": {"mAP": .., ..., "per_class_AP": [...]},
+                 "test_calibrated": {"CP": .., ..., "OF1": ..}}, ...]}
 
 with figures in percent (`srn_hf.metrics.multilabel_metrics`; `per_class_AP` in label order, None for a label
-without positives).
+without positives). `test` is at threshold 0.5; the optional `test_calibrated` at the stage's thresholds tuned on
+the validation split (`srn_hf.thresholds`). How the model's own thresholds were chosen comes from its config
+(`threshold_calibration`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,6 +58,7 @@ from .metrics import multilabel_metrics
 from .modeling_srn import SRNForImageClassification
 from .processing import create_image_processor
 from .stages import PAPER_NAMES, STAGES
+from .thresholds import FIGURES as THRESHOLDED_FIGURES
 
 # The template of the model card (Jinja, rendered by `ModelCard.from_template`): model_card.md at the repository's
 # root, reached through the link srn_hf/model_card.md, which wheels carry as a file.
@@ -81,26 +86,121 @@ METRIC_NAMES = {
 LOCAL_SETTING_SUFFIXES = ("_dir", "_path", "_file", "_root", "_files")
 
 
-def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
-    """The `SRNForImageClassification` saved in `model_dir`, refusing a folder that is not a complete SRN checkpoint."""
+@dataclass
+class CardOptions:
+    """What the model card states beyond the model and its training run: its metadata, and the template.
+
+    Attributes:
+        license: license of the weights, a Hub license id.
+        datasets: Hub ids of the training datasets (the first names the dataset of the card's `model-index`).
+        base_model: Hub id of the backbone weights training started from.
+        tags: extra tags of the card.
+        template_path: another Jinja template than the repository's `model_card.md`.
+    """
+
+    license: str = "apache-2.0"
+    datasets: list[str] | None = None
+    base_model: str | None = None
+    tags: list[str] | None = None
+    template_path: str | os.PathLike | None = None
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be loaded: missing, without config.json or weights, a truncated weights file, or a
+    config value of the wrong type or out of range; the message names the folder or the file and the field."""
+
+
+class MissingModelFileError(ModelFolderError, FileNotFoundError):
+    """A model folder, or its config.json or weights, that does not exist."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line (strict-dataclass errors span several)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def is_local_model(name: str | os.PathLike) -> bool:
+    """True when `name` is meant as a folder on this machine (it exists, or cannot be a Hub id `org/name`)."""
+    text = os.fspath(name)
+    if os.path.exists(text) or text.startswith((".", "~", os.sep)) or (os.altsep and os.altsep in text):
+        return True
+    try:
+        validate_repo_id(text)
+    except ValueError:  # huggingface_hub's HFValidationError
+        return True
+    return False
+
+
+def weights_files(model_dir: Path) -> list[Path]:
+    """The weights files of a `save_pretrained` folder: `model.safetensors`, the shards of its index, or `.bin`."""
+    index_file = model_dir / "model.safetensors.index.json"
+    if index_file.is_file():
+        try:
+            weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelFolderError(f"{index_file}: not a safetensors index ({one_line(error)})") from None
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    files = [model_dir / name for name in WEIGHTS_FILES if name.endswith((".safetensors", ".bin"))]
+    return [file for file in files if file.is_file()]
+
+
+def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = None):
+    """Checks, before anything loads it, that `model_dir` holds a complete model (of `model_type`, if given);
+    returns its config.
+
+    Refuses with [`ModelFolderError`], naming the folder or the file: a missing folder, a missing or malformed
+    config.json, a config value of the wrong type or out of range (`SRNConfig`'s own checks), no weights, a
+    truncated or corrupt weights file. No tensor is read (`srn_hf.storage.check_weights_file`).
+    """
+    from transformers import AutoConfig
+
+    from .pipeline_srn import check_threshold
+    from .storage import IncompleteFileError, check_weights_file
+
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"model folder {model_dir} does not exist")
+        missing = f"model folder {model_dir} does not exist"
+        raise MissingModelFileError(missing if not model_dir.exists() else f"{model_dir} is not a folder")
     config_file = model_dir / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(
+        raise MissingModelFileError(
             f"{model_dir} holds no config.json: pass the folder written by save_pretrained (for instance the final "
             "model folder of examples/train_stages.py)"
         )
-    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    if model_type != SRNConfig.model_type:
-        raise ValueError(f"{config_file}: model_type is {model_type!r}, not {SRNConfig.model_type!r}: not an SRN model")
-    if not any((model_dir / name).is_file() for name in WEIGHTS_FILES):
-        raise FileNotFoundError(f"{model_dir} holds no weights (none of {', '.join(WEIGHTS_FILES)})")
+    try:
+        json.loads(config_file.read_text(encoding="utf-8"))
+        config = AutoConfig.from_pretrained(model_dir)
+    except Exception as error:  # malformed JSON, a strict-dataclass type error, a value SRNConfig refuses
+        raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
+    thresholds = [("threshold", getattr(config, "threshold", 0.5))]
+    label_thresholds = getattr(config, "label_thresholds", None) or {}
+    thresholds += [(f"label_thresholds[{name!r}]", value) for name, value in label_thresholds.items()]
+    try:
+        for where, value in thresholds:
+            check_threshold(value, where)
+    except ValueError as error:
+        raise ModelFolderError(f"{config_file}: {error}") from None
+    if model_type is not None and config.model_type != model_type:
+        raise ModelFolderError(f"{config_file}: model_type is {config.model_type!r}, not {model_type!r}")
+    files = weights_files(model_dir)
+    if not files:
+        raise MissingModelFileError(f"{model_dir} holds no weights (none of {', '.join(WEIGHTS_FILES)})")
+    for file in files:
+        try:
+            check_weights_file(file)
+        except IncompleteFileError as error:
+            raise ModelFolderError(str(error)) from None
+    return config
+
+
+def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
+    """The `SRNForImageClassification` saved in `model_dir`, refusing a folder that is not a complete SRN checkpoint
+    ([`check_model_folder`], then the weights must fit the config)."""
+    check_model_folder(model_dir, model_type=SRNConfig.model_type)
     model, loading_info = SRNForImageClassification.from_pretrained(model_dir, output_loading_info=True)
     problems = {key: sorted(values) for key, values in loading_info.items() if key != "error_msgs" and values}
     if problems:
-        raise ValueError(f"the weights in {model_dir} do not fit its config.json: {problems}")
+        raise ModelFolderError(f"the weights in {model_dir} do not fit its config.json: {problems}")
     return model.eval()
 
 
@@ -150,6 +250,11 @@ def load_training_metrics(
             missing = [name for name in METRIC_NAMES if split in stage and name not in stage[split]]
             if missing:
                 raise ValueError(f"{where}.{split} lacks the metrics {missing}")
+        if "test_calibrated" in stage and not isinstance(stage["test_calibrated"], dict):
+            raise ValueError(f"{where}.test_calibrated must be an object of metrics")
+        missing = [name for name in THRESHOLDED_FIGURES if "test_calibrated" in stage and name not in stage["test_calibrated"]]
+        if missing:
+            raise ValueError(f"{where}.test_calibrated lacks the metrics {missing}")
         if "validation" not in stage and "test" not in stage:
             raise ValueError(f"{where} has neither 'validation' nor 'test' metrics")
     return metrics, candidate
@@ -199,15 +304,7 @@ def evaluation_of(metrics: dict | None) -> tuple[dict | None, str | None]:
     return final, split
 
 
-def card_data(
-    model: SRNForImageClassification,
-    repo_id: str,
-    metrics: dict | None,
-    license: str,
-    datasets: list[str] | None,
-    base_model: str | None,
-    tags: list[str] | None,
-) -> ModelCardData:
+def card_data(model: SRNForImageClassification, repo_id: str, metrics: dict | None, options: CardOptions) -> ModelCardData:
     """The card's YAML metadata; `model-index` holds the final stage's figures when `metrics` is given."""
     config = model.config
     eval_results = None
@@ -218,7 +315,7 @@ def card_data(
             EvalResult(
                 task_type="image-classification",
                 task_name="Multi-label image classification",
-                dataset_type=datasets[0] if datasets else dataset_name,
+                dataset_type=options.datasets[0] if options.datasets else dataset_name,
                 dataset_name=dataset_name,
                 dataset_split=split,
                 metric_type=name,
@@ -231,12 +328,41 @@ def card_data(
     return ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
-        license=license,
-        datasets=datasets or None,
-        base_model=base_model,
-        tags=[*model.model_tags, "image-classification", "multi-label-image-classification", config.backbone, *(tags or [])],
+        license=options.license,
+        datasets=options.datasets or None,
+        base_model=options.base_model,
+        tags=[
+            *model.model_tags, "image-classification", "multi-label-image-classification", config.backbone,
+            *(options.tags or []),
+        ],
         model_name=repo_id.split("/")[-1] if eval_results else None,  # the name of the model-index only
         eval_results=eval_results,
+    )
+
+
+def thresholds_description(config: SRNConfig) -> str:
+    """How the config's decision thresholds were chosen, from its `threshold_calibration` (see `srn_hf.thresholds`)."""
+    calibration = getattr(config, "threshold_calibration", None)
+    if not calibration:
+        per_label = " (and the per-label values of `config.label_thresholds`)" if config.label_thresholds else ""
+        return f"The decision threshold was set, not tuned on data: {config.threshold} for every label{per_label}."
+    target = calibration["criterion"].partition(":")[2]
+    rule = (
+        "each label's threshold maximises the label's F1 there, and the global `threshold` maximises OF1"
+        if calibration["criterion"] == "f1"
+        else f"each label's threshold is the lowest whose precision reaches {target} there (the highest recall), and "
+        f"the global `threshold` the lowest whose OP reaches it"
+    )
+    source = f" of {calibration['dataset']}" if calibration.get("dataset") else ""
+    fallback = calibration.get("fallback_labels") or []
+    fallback_text = (
+        f"{len(fallback)} label(s) with too few positive images there (fewer than {calibration['min_positives']}) use the "
+        f"global threshold: {', '.join(fallback)}." if fallback
+        else f"Every label had at least {calibration['min_positives']} positive images there."
+    )  # fmt: skip
+    return (
+        f"The decision thresholds in `config.json` were tuned with `srn_hf.thresholds` on the {calibration['split']} "
+        f"split{source} ({calibration['images']} images), never on the test split: {rule}. {fallback_text}"
     )
 
 
@@ -278,6 +404,29 @@ def evaluation_context(metrics: dict | None, labels: list[str]) -> dict:
             for stage in metrics["stages"]
         ],
         "per_class_rows": per_class_rows,
+        **calibrated_context(metrics, split),
+    }
+
+
+def calibrated_context(metrics: dict, split: str) -> dict:
+    """The card's rows at the thresholds tuned on validation (a run's `test_calibrated` figures), test split only."""
+    stages = [stage for stage in metrics["stages"] if split == "test" and stage.get("test_calibrated")]
+    if not stages:
+        return {}
+    rows = [
+        {
+            "stage": stage["stage"],
+            "paper_name": PAPER_NAMES.get(stage.get("prediction"), "?"),
+            "metrics": {name: format_percent(stage["test"].get(name)) for name in METRIC_NAMES},
+            "calibrated": {name: format_percent(stage["test_calibrated"].get(name)) for name in THRESHOLDED_FIGURES},
+        }
+        for stage in stages
+    ]
+    final = metrics["stages"][-1]
+    return {
+        "calibrated_stage_rows": rows,
+        "thresholded_names": ["CF1", "OF1"],
+        "final_calibrated_metrics": rows[-1]["calibrated"] if final.get("test_calibrated") else None,
     }
 
 
@@ -308,23 +457,20 @@ def render_model_card(
     attention_image: str | None = None,
     attention_caption: str = "",
     training_curves: str | None = None,
-    license: str = "apache-2.0",
-    datasets: list[str] | None = None,
-    base_model: str | None = None,
-    tags: list[str] | None = None,
-    template_path: str | os.PathLike | None = None,
+    options: CardOptions | None = None,
 ) -> ModelCard:
-    """The model card of `model`, rendered from the template `model_card.md` (or `template_path`).
+    """The model card of `model`, rendered from the template `model_card.md` (or `options.template_path`).
 
     `metrics` is the training run's `metrics.json` (see the module docstring) or None for a plain model folder.
     """
-    template_path = Path(template_path or MODEL_CARD_TEMPLATE)
+    options = options or CardOptions()
+    template_path = Path(options.template_path or MODEL_CARD_TEMPLATE)
     if not template_path.is_file():
         raise FileNotFoundError(f"model card template {template_path} does not exist")
     config = model.config
     labels = [config.id2label[index] for index in range(config.num_labels)]
     return ModelCard.from_template(
-        card_data(model, repo_id, metrics, license, datasets, base_model, tags),
+        card_data(model, repo_id, metrics, options),
         template_path=str(template_path),
         srn_hf_version=__version__,
         model_name=repo_id.split("/")[-1],
@@ -341,7 +487,9 @@ def render_model_card(
         use_batch_norm=config.use_batch_norm,
         alpha=config.alpha,
         threshold=config.threshold,
+        threshold_text=f"{config.threshold:.4g}",
         label_thresholds=config.label_thresholds,
+        thresholds_text=thresholds_description(config),
         num_labels=config.num_labels,
         labels=labels,
         parameters=format_parameters(model),
@@ -403,11 +551,7 @@ def write_hub_folder(
     repo_id: str,
     metrics: str | os.PathLike | None = None,
     example_image=None,
-    license: str = "apache-2.0",
-    datasets: list[str] | None = None,
-    base_model: str | None = None,
-    tags: list[str] | None = None,
-    template_path: str | os.PathLike | None = None,
+    card: CardOptions | None = None,
 ) -> Path:
     """Writes to `out_dir` everything the Hub repository `repo_id` should hold for the model saved in `model_dir`.
 
@@ -419,17 +563,14 @@ def write_hub_folder(
         repo_id: `"org/name"`, used in the card's code and `model-index`.
         example_image: image (path or PIL image) of the attention-map picture; by default a photo bundled with
             scikit-image.
-        license, datasets, base_model, tags: the card's metadata (`datasets` and `base_model` are Hub ids).
-        template_path: another Jinja template than the repository's `model_card.md`.
+        card: the card's metadata and template ([`CardOptions`]; its defaults when None).
 
     Returns:
         `out_dir`, holding config.json (with `auto_map`), model.safetensors, configuration_srn.py, modeling_srn.py,
         preprocessor_config.json, attention_maps.png and README.md.
     """
     validate_repo_id(repo_id)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} is not an empty folder: everything in it would be uploaded")
+    out_dir = require_empty_folder(out_dir)
     model = load_model(model_dir)
     image_processor = load_image_processor(model_dir, model.config)
     metrics, metrics_file = load_training_metrics(model_dir, metrics)
@@ -457,13 +598,17 @@ def write_hub_folder(
         attention_image=ATTENTION_IMAGE,
         attention_caption=caption,
         training_curves=TRAINING_CURVES if (out_dir / TRAINING_CURVES).is_file() else None,
-        license=license,
-        datasets=datasets,
-        base_model=base_model,
-        tags=tags,
-        template_path=template_path,
+        options=card,
     )
     card.save(out_dir / "README.md")
+    return out_dir
+
+
+def require_empty_folder(out_dir: str | os.PathLike) -> Path:
+    """`out_dir` as a Path; refuses a file or a folder that holds anything (all of it would be uploaded)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} is not an empty folder: everything in it would be uploaded")
     return out_dir
 
 
@@ -479,21 +624,24 @@ def push_folder(
     private: bool = False,
     token: str | None = None,
     commit_message: str | None = None,
+    repo_type: str = "model",
+    space_sdk: str | None = None,
 ) -> CommitInfo:
     """Creates `repo_id` if needed (`private` only applies then) and uploads every file of `folder` in one commit.
 
-    The token comes from `token`, else huggingface_hub's usual places (`HF_TOKEN`, `hf auth login`).
+    The token comes from `token`, else huggingface_hub's usual places (`HF_TOKEN`, `hf auth login`). `repo_type` is
+    `"model"` or `"space"` (whose `space_sdk`, e.g. `"gradio"`, is set when the Space is created).
     """
     validate_repo_id(repo_id)
     folder = Path(folder)
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in hub_folder_files(folder)]
     return api.create_commit(
         repo_id,
         operations=operations,
-        commit_message=commit_message or f"Upload SRN model with srn_hf {__version__}",
-        repo_type="model",
+        commit_message=commit_message or f"Upload SRN {'demo Space' if repo_type == 'space' else 'model'} with srn_hf {__version__}",
+        repo_type=repo_type,
     )
 
 
@@ -504,23 +652,29 @@ def publish(
     dry_run_dir: str | os.PathLike | None = None,
     token: str | None = None,
     commit_message: str | None = None,
-    **card_options,
+    metrics: str | os.PathLike | None = None,
+    example_image=None,
+    card: CardOptions | None = None,
 ) -> CommitInfo | Path:
     """Publishes the SRN model saved in `model_dir` as the Hub repository `repo_id`, in one commit.
 
-    Writes the Hub folder ([`write_hub_folder`], `card_options` go to it) to a temporary directory and pushes it
-    ([`push_folder`]). With `dry_run_dir`, writes the same folder there instead, pushes nothing and returns its path.
-    Returns the `CommitInfo` of the commit otherwise.
+    Writes the Hub folder ([`write_hub_folder`] with `metrics`, `example_image`, `card`) to a temporary directory
+    and pushes it ([`push_folder`]); returns the `CommitInfo` of the commit. With `dry_run_dir`, writes the same
+    folder there instead, pushes nothing and returns its path.
     """
     validate_repo_id(repo_id)
     if dry_run_dir is not None:
-        return write_hub_folder(model_dir, dry_run_dir, repo_id, **card_options)
+        return write_hub_folder(model_dir, dry_run_dir, repo_id, metrics, example_image, card)
     with tempfile.TemporaryDirectory(prefix="srn-hub-") as staging:
-        folder = write_hub_folder(model_dir, staging, repo_id, **card_options)
+        folder = write_hub_folder(model_dir, staging, repo_id, metrics, example_image, card)
         return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 
 __all__ = [
+    "CardOptions",
+    "ModelFolderError",
+    "check_model_folder",
+    "load_model",
     "load_training_metrics",
     "publish",
     "push_folder",

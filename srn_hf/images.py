@@ -34,7 +34,10 @@ IMAGE_EXTENSIONS = frozenset(extension.lower() for extension in Image.registered
 class ImageError(ValueError):
     """An image that cannot be opened or predicted; `source` names the file (or the object) and the message too."""
 
-    def __init__(self, source, reason: str):
+    def __init__(self, source, reason: str | None = None):
+        if reason is None:  # re-raised from a DataLoader worker: torch passes its message, which ends with ours
+            message = str(source).strip().splitlines()[-1].split("ImageError: ", 1)[-1]
+            source, _, reason = message.partition(": ")
         self.source = source
         self.reason = reason
         super().__init__(f"{describe_source(source)}: {reason}")

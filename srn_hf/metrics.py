@@ -63,7 +63,7 @@ def average_precision(scores: np.ndarray, positives: np.ndarray, convention: str
     return float(average_precision_score(positives, scores))
 
 
-def predicted_labels(scores: np.ndarray, threshold: float, strict: bool, top_k: int | None) -> np.ndarray:
+def predicted_labels(scores: np.ndarray, threshold: float | np.ndarray, strict: bool, top_k: int | None) -> np.ndarray:
     """Boolean (N, C) predictions: above the threshold and, with `top_k`, among the image's k best scores."""
     predicted = scores > threshold if strict else scores >= threshold
     if top_k is not None:
@@ -89,18 +89,21 @@ def percent(value) -> float | None:
 def multilabel_metrics(
     scores,
     labels,
-    threshold: float = 0.5,
+    threshold: float | np.ndarray = 0.5,
     convention: str = "standard",
     top_k: int | None = None,
+    label_names: list[str] | None = None,
 ) -> dict:
     """mAP, CP, CR, CF1, OP, OR, OF1 (percent) of (N, C) probabilities against (N, C) multi-hot labels.
 
     Args:
         scores: probabilities (sigmoid of the logits), shape (N, C).
         labels: multi-hot ground truth, shape (N, C); a value above 0.5 is a positive.
-        threshold: the probability above which a class is predicted.
+        threshold: the probability above which a class is predicted: one for all classes, or one per class (an
+            array of C, e.g. the thresholds tuned by `srn_hf.thresholds.calibrate_thresholds`).
         convention: `"standard"` or `"paper"` (see the module docstring).
         top_k: if set, predict at most the k highest-scoring classes of each image.
+        label_names: the C class names, in column order: the warning about classes without positives names them.
 
     Returns:
         a dict with `mAP`, `CP`, `CR`, `CF1`, `OP`, `OR`, `OF1` (floats in percent, or None), `per_class_AP`
@@ -112,6 +115,8 @@ def multilabel_metrics(
     scores, positives = as_numpy(scores), as_numpy(labels) > 0.5
     if scores.ndim != 2 or scores.shape != positives.shape:
         raise ValueError(f"scores and labels must both be (N, C) arrays, got {scores.shape} and {positives.shape}")
+    if label_names is not None and len(label_names) != scores.shape[1]:
+        raise ValueError(f"label_names has {len(label_names)} names for {scores.shape[1]} classes")
     paper = convention == "paper"
 
     predicted = predicted_labels(scores, threshold, strict=paper, top_k=top_k)
@@ -121,9 +126,11 @@ def multilabel_metrics(
     evaluated = num_positives > 0
     without_positives = np.flatnonzero(~evaluated).tolist()
     if without_positives:
+        named = [label_names[c] for c in without_positives] if label_names is not None else without_positives
         warnings.warn(
             f"{len(without_positives)} class(es) without any positive image are left out of mAP, CP, CR "
-            f"and CF1: {without_positives[:20]}",
+            f"and CF1: {named[:20]}{' ...' if len(named) > 20 else ''}"
+            + ("" if label_names is not None else " (class indices; pass label_names to name them)"),
             UserWarning,
             stacklevel=2,
         )

@@ -18,6 +18,7 @@ C classes):
 This file doubles as Hub remote code: it imports only torch, timm, transformers and configuration_srn.
 """
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -25,27 +26,27 @@ from dataclasses import dataclass
 import timm
 import torch
 import torch.nn.functional as nnf
+from timm.models import FeatureListNet
 from timm.models.resnet import Bottleneck
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_srn import SRNConfig
+from .configuration_srn import PROBLEM_TYPE, SRNConfig
 
 
 @dataclass
-class SRNOutput(ModelOutput):
+class SRNModelOutput(ModelOutput):
     r"""
-    Outputs of [`SRNModel`] and [`SRNForImageClassification`]. B is the batch, C the number of labels, h x w the
-    side of the stride-16 map X at the input's size (14 x 14 at 224).
+    Outputs of [`SRNModel`]: SRN's maps and the logits of each branch, no loss. B is the batch, C the number of labels,
+    h x w the side of the map X at the input's size (14 x 14 for a stride-16 X at 224).
 
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
-        Joint loss of stage 4, sigmoid cross-entropy L(y) + L(y_att), averaged over batch and classes.
     logits (`torch.FloatTensor` of shape `(B, C)`):
         Fused logits y = alpha * y_cls + (1 - alpha) * y_sr. Apply a sigmoid for per-label probabilities.
     cls_logits (`torch.FloatTensor` of shape `(B, C)`):
-        y_cls, the main classifier f_cls on the pooled stride-32 map F.
+        y_cls, the main classifier f_cls on the pooled map F.
     att_logits (`torch.FloatTensor` of shape `(B, C)`):
         y_att, the attention branch's prediction: sum over positions of A * S.
     sr_logits (`torch.FloatTensor` of shape `(B, C)`):
@@ -54,6 +55,35 @@ class SRNOutput(ModelOutput):
         A, the label attention maps; each map sums to 1 over its h * w positions.
     confidence_maps (`torch.FloatTensor` of shape `(B, C, h, w)`):
         S, the raw (pre-sigmoid) confidence maps.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True` is passed or
+    `config.output_hidden_states=True`):
+        The backbone's feature maps, one per timm `feature_info` stage from the first to the deepest of X and F, each
+        of shape `(B, channels, H / reduction, W / reduction)`.
+    """
+
+    logits: torch.FloatTensor | None = None
+    cls_logits: torch.FloatTensor | None = None
+    att_logits: torch.FloatTensor | None = None
+    sr_logits: torch.FloatTensor | None = None
+    attention_maps: torch.FloatTensor | None = None
+    confidence_maps: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+# The former name of SRNModelOutput, what `SRNModel.forward_heads` returns.
+SRNOutput = SRNModelOutput
+
+
+@dataclass
+class SRNImageClassifierOutput(ModelOutput):
+    r"""
+    Outputs of [`SRNForImageClassification`]: the loss first (as in transformers' `ImageClassifierOutput`), then the
+    fields of [`SRNModelOutput`].
+
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+        Joint loss of stage 4, sigmoid cross-entropy L(y) + L(y_att), averaged over batch and classes.
+    logits, cls_logits, att_logits, sr_logits, attention_maps, confidence_maps, hidden_states:
+        As in [`SRNModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -63,9 +93,14 @@ class SRNOutput(ModelOutput):
     sr_logits: torch.FloatTensor | None = None
     attention_maps: torch.FloatTensor | None = None
     confidence_maps: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-def sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+# The reductions of the loss L; the default is that of the model's own loss, `srn_hf.stages.make_loss` and recipes.
+LOSS_REDUCTIONS, DEFAULT_LOSS_REDUCTION = ("mean", "sum_over_classes"), "mean"
+
+
+def sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = DEFAULT_LOSS_REDUCTION) -> torch.Tensor:
     """Sigmoid cross-entropy L of the paper.
 
     `reduction="mean"` averages over batch and classes (PyTorch's and transformers' convention);
@@ -84,48 +119,62 @@ def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction={reduction!r} is not 'mean' or 'sum_over_classes'")
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, use_batch_norm: bool, **conv_kwargs):
+def conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int, use_batch_norm: bool, conv_class=nn.Conv2d, **conv_kwargs
+):
     """Convolution, then batch norm where configured, then ReLU: the hidden layers of the SRN branches."""
-    layers = [nn.Conv2d(in_channels, out_channels, kernel_size, bias=not use_batch_norm, **conv_kwargs)]
+    layers = [conv_class(in_channels, out_channels, kernel_size, bias=not use_batch_norm, **conv_kwargs)]
     if use_batch_norm:
         layers.append(nn.BatchNorm2d(out_channels))
     layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
-def create_backbone(config: SRNConfig, pretrained: bool = False, weights_file: str | os.PathLike | None = None):
-    """The timm backbone f_cnn, returning its maps at the configured feature indices (see `feature_positions`)."""
-    out_indices = (config.attention_feature_index, config.classifier_feature_index)
-    overlay = {"file": os.fspath(weights_file)} if weights_file is not None else None
-    try:
-        return timm.create_model(
-            config.backbone,
-            pretrained=pretrained,
-            pretrained_cfg_overlay=overlay,
-            features_only=True,
-            out_indices=out_indices,
-            in_chans=config.num_channels,
-            **(config.backbone_kwargs or {}),
-        )
-    except IndexError as error:
-        stages = len(timm.create_model(config.backbone, features_only=True, **(config.backbone_kwargs or {})).feature_info)
-        raise ValueError(
-            f"attention_feature_index={config.attention_feature_index} or classifier_feature_index="
-            f"{config.classifier_feature_index} is out of range for backbone {config.backbone!r}, whose "
-            f"feature_info has {stages} stages (valid indices {-stages}..{stages - 1})"
-        ) from error
+def create_backbone(
+    config: SRNConfig,
+    pretrained: bool = False,
+    weights_file: str | os.PathLike | None = None,
+    positions: tuple[int, int] | None = None,
+):
+    """The timm backbone f_cnn, returning every feature stage from the first to the deepest of X and F.
 
-
-def feature_positions(backbone: nn.Module, config: SRNConfig) -> tuple[int, int]:
-    """Where X and F sit in the backbone's output list.
-
-    timm returns each requested stage once, shallow to deep, whatever the order of `out_indices`: X may be
-    deeper than F, or the same map.
+    The stages between are the hidden states ([`SRNModelOutput`]); timm builds the backbone up to the deepest stage
+    returned, so its modules (and the checkpoint's keys) are those that X and F need. `positions`: the stages of X
+    and F, [`feature_positions`] of the config when not given.
     """
+    positions = positions or feature_positions(config)
+    overlay = {"file": os.fspath(weights_file)} if weights_file is not None else None
+    backbone = timm.create_model(
+        config.backbone,
+        pretrained=pretrained,
+        pretrained_cfg_overlay=overlay,
+        features_only=True,
+        out_indices=tuple(range(max(positions) + 1)),
+        in_chans=config.num_channels,
+        **(config.backbone_kwargs or {}),
+    )
+    if type(backbone) is FeatureListNet and not backbone.concat:
+        backbone.__class__ = FeatureStages  # a subclass with no state of its own: only the forward changes
+    return backbone
+
+
+def feature_positions(config: SRNConfig) -> tuple[int, int]:
+    """The stage numbers (0 = shallowest) of X and F in the backbone's timm `feature_info`.
+
+    The configured indices may be negative, and X may be deeper than F, or the same map. The number of stages comes
+    from the backbone built on the meta device (no memory, no weights).
+    """
+    with torch.device("meta"):
+        backbone = timm.create_model(config.backbone, features_only=True, **(config.backbone_kwargs or {}))
     stages = len(backbone.feature_info)
-    resolved = [index % stages for index in (config.attention_feature_index, config.classifier_feature_index)]
-    returned = sorted(set(resolved))
-    return returned.index(resolved[0]), returned.index(resolved[1])
+    for name in ("attention_feature_index", "classifier_feature_index"):
+        index = getattr(config, name)
+        if not -stages <= index < stages:
+            raise ValueError(
+                f"{name}={index} is out of range for backbone {config.backbone!r}, whose feature_info has {stages} "
+                f"stages (valid indices {-stages}..{stages - 1})"
+            )
+    return config.attention_feature_index % stages, config.classifier_feature_index % stages
 
 
 class LabelMapConv(nn.Conv2d):
@@ -168,6 +217,26 @@ class SRNConfidence(nn.Module):
         return self.conv(self.hidden(features))
 
 
+class WholeMapGroupedConv(nn.Conv2d):
+    """f_sr's grouped K x K convolution; on K x K maps (its kernel covers the whole map) a batched matrix product.
+
+    Same weights and same result (up to float rounding): oneDNN's grouped convolution with a kernel as large as the
+    map takes about 40 times the rest of SRN's head in channels-last float32 (measured in `benchmarks/`). The weight
+    is read inside this module's own forward, so that accelerate's offload hooks (`device_map` with "cpu" or "disk")
+    bring it in first. On maps of another size it is the plain convolution.
+    """
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        if tuple(maps.shape[-2:]) != tuple(self.kernel_size) or self.padding != (0, 0):
+            return super().forward(maps)
+        batch, groups = maps.shape[0], self.groups
+        maps = maps.reshape(batch, groups, -1)  # B x g x (in/g * K * K)
+        weight = self.weight.reshape(groups, self.out_channels // groups, -1)  # g x out/g x (in/g * K * K)
+        outputs = torch.matmul(maps.transpose(0, 1), weight.transpose(1, 2))  # g x B x out/g (autocast-aware)
+        outputs = outputs.transpose(0, 1).reshape(batch, self.out_channels, 1, 1)
+        return outputs if self.bias is None else outputs + self.bias.view(1, -1, 1, 1)
+
+
 class SRNSpatialRegularization(nn.Module):
     """f_sr: y_sr from the weighted attention maps U.
 
@@ -182,33 +251,13 @@ class SRNSpatialRegularization(nn.Module):
         self.kernel_size = kernel_size
         self.conv1 = conv_bn_relu(config.num_labels, width, 1, config.use_batch_norm)
         self.conv2 = conv_bn_relu(width, width, 1, config.use_batch_norm)
-        self.conv3 = conv_bn_relu(width, out_channels, kernel_size, config.use_batch_norm, groups=width)
+        self.conv3 = conv_bn_relu(
+            width, out_channels, kernel_size, config.use_batch_norm, conv_class=WholeMapGroupedConv, groups=width
+        )
         self.fc = nn.Linear(out_channels, config.num_labels)
 
     def forward(self, weighted_attention_maps: torch.Tensor) -> torch.Tensor:
-        hidden = self.conv2(self.conv1(weighted_attention_maps))
-        grouped_conv, *batch_norm_relu = self.conv3
-        hidden = whole_map_grouped_conv(grouped_conv, hidden)
-        for layer in batch_norm_relu:
-            hidden = layer(hidden)
-        return self.fc(hidden.flatten(1))
-
-
-def whole_map_grouped_conv(conv: nn.Conv2d, maps: torch.Tensor) -> torch.Tensor:
-    """`conv(maps)` for a grouped convolution whose kernel covers the whole map (f_sr's K x K on K x K maps).
-
-    Computed as one batched matrix product over the groups, with the same weights and the same result (up to
-    float rounding): oneDNN's grouped convolution with a kernel as large as the map takes about 40 times the
-    rest of SRN's head in channels-last float32 (measured in `benchmarks/`). Returns B x out_channels x 1 x 1.
-    """
-    if tuple(maps.shape[-2:]) != tuple(conv.kernel_size) or conv.padding != (0, 0):
-        return conv(maps)
-    batch, groups = maps.shape[0], conv.groups
-    maps = maps.reshape(batch, groups, -1)  # B x g x (in/g * K * K)
-    weight = conv.weight.reshape(groups, conv.out_channels // groups, -1)  # g x out/g x (in/g * K * K)
-    outputs = torch.matmul(maps.transpose(0, 1), weight.transpose(1, 2))  # g x B x out/g (autocast-aware)
-    outputs = outputs.transpose(0, 1).reshape(batch, conv.out_channels, 1, 1)
-    return outputs if conv.bias is None else outputs + conv.bias.view(1, -1, 1, 1)
+        return self.fc(self.conv3(self.conv2(self.conv1(weighted_attention_maps))).flatten(1))
 
 
 def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
@@ -224,8 +273,53 @@ def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
     return resized * (maps.sum(dim=(2, 3), keepdim=True) / resized.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12))
 
 
+class FeatureStages(FeatureListNet):
+    """timm's list feature wrapper (ResNet, RegNet, ConvNeXt...) with a forward that SRN steers.
+
+    The same modules and state dict as timm's `FeatureListNet` ([`create_backbone`] gives a built one this class);
+    called as a module, so that hooks on the backbone run. `forward(x)` returns what timm's does.
+
+    Only the stages in `kept` (all when None) are returned, the others are None: their maps are freed as soon as the
+    next stage has read them (inference holds X and F, not every stage). With `checkpoint_function`, each block of a
+    sequential stage (a ResNet-101's third stage holds 23; timm would checkpoint whole stages) and each other module
+    is a checkpointed segment, except modules that work in place (a stem's ReLU): checkpointing them saves nothing.
+    """
+
+    def forward(self, x: torch.Tensor, kept: tuple[int, ...] | None = None, checkpoint_function=None) -> list:
+        maps = []
+        for name, module in self.items():
+            blocks = module if checkpoint_function is not None and isinstance(module, nn.Sequential) else [module]
+            for block in blocks:
+                if checkpoint_function is None or getattr(block, "inplace", False):
+                    x = block(x)
+                else:
+                    x = checkpoint_function(block, x)
+            if name in self.return_layers:
+                maps.append(x if kept is None or len(maps) in kept else None)
+        return maps
+
+
+def timm_checkpointing_module(backbone: nn.Module) -> nn.Module | None:
+    """The module whose timm `set_grad_checkpointing` checkpoints the backbone block by block, or None.
+
+    Other timm feature wrappers than the list ones have it themselves (EfficientNet, MobileNet...) or on the model
+    they wrap (a ViT's `forward_intermediates`).
+    """
+    if isinstance(backbone, FeatureStages):
+        return None
+    for module in (backbone, getattr(backbone, "model", None)):
+        if hasattr(module, "set_grad_checkpointing"):
+            return module
+    return None
+
+
 # Arguments of `from_pretrained` that say where to read a checkpoint's config from.
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+def label_names(id2label: dict) -> list[str]:
+    """The label names of an `id2label` map (keys as ints or as the strings of a JSON file), in index order."""
+    return [id2label[key] for key in sorted(id2label, key=int)]
 
 
 class SRNPreTrainedModel(PreTrainedModel):
@@ -235,23 +329,34 @@ class SRNPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["SRNModel"]
+    supports_gradient_checkpointing = True
     model_tags = ["srn", "multi-label", "timm"]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """transformers' `from_pretrained`, refusing to put another label set on a checkpoint's heads silently.
 
-        Passing `id2label` (or a `config`) whose label names differ from the checkpoint's raises a `ValueError`
-        unless `ignore_mismatched_sizes=True`, which re-initialises the label layers ([`SRNModel.label_layers`]):
-        with the same number of labels, transformers would otherwise load the old heads under the new names.
+        Passing `id2label`, `num_labels` or a `config` whose labels differ from the checkpoint's raises a
+        `ValueError` unless `ignore_mismatched_sizes=True`, which re-initialises the label layers
+        ([`SRNModel.init_label_layers`]): with the same number of labels, transformers would otherwise load the old
+        heads under the new names. `from_pretrained(None, config=config, state_dict=state_dict)` has no saved labels
+        to compare with and loads as transformers does.
         """
         new_labels = kwargs.get("id2label") or getattr(kwargs.get("config"), "id2label", None)
-        if new_labels is None or isinstance(kwargs.get("config"), str):
+        num_labels = kwargs.get("num_labels")
+        if pretrained_model_name_or_path is None or isinstance(kwargs.get("config"), str):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if new_labels is None and num_labels is None:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
         saved, _ = cls.config_class.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
-        saved_names = [saved.get("id2label", {})[key] for key in sorted(saved.get("id2label", {}), key=int)]
-        new_names = [new_labels[key] for key in sorted(new_labels, key=int)]
+        saved_names = label_names(saved.get("id2label", {}))
+        if new_labels is not None:
+            new_names = label_names(new_labels)
+        elif num_labels != len(saved_names):  # SRNConfig.from_dict names them LABEL_0, ...
+            new_names = [f"LABEL_{index}" for index in range(num_labels)]
+        else:
+            new_names = saved_names
         if saved_names == new_names:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if not kwargs.get("ignore_mismatched_sizes", False):
@@ -259,13 +364,11 @@ class SRNPreTrainedModel(PreTrainedModel):
                 f"{pretrained_model_name_or_path} was trained on another label set ({len(saved_names)} labels: "
                 f"{', '.join(saved_names[:5])}, ...) than the one passed ({len(new_names)} labels: "
                 f"{', '.join(new_names[:5])}, ...). Pass ignore_mismatched_sizes=True to re-initialise the label "
-                "layers for the new labels, or leave id2label out to keep the checkpoint's labels"
+                "layers for the new labels, or leave id2label / num_labels out to keep the checkpoint's labels"
             )
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if len(saved_names) == len(new_names):  # transformers re-initialises them only when the sizes differ
-            base = getattr(model, model.base_model_prefix, model)
-            for layer in base.label_layers():
-                layer.reset_parameters()
+            getattr(model, model.base_model_prefix, model).init_label_layers()
         return model
 
     def _init_weights(self, module):
@@ -288,6 +391,15 @@ class SRNPreTrainedModel(PreTrainedModel):
         if hasattr(module, "init_non_persistent_buffers"):
             module.init_non_persistent_buffers()
 
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
+    ):
+        """What transformers' `gradient_checkpointing_enable()` and `TrainingArguments(gradient_checkpointing=True)`
+        call: passed on to [`SRNModel.set_grad_checkpointing`] (`every_n_layers` does not apply: timm decides)."""
+        for module in self.modules():
+            if isinstance(module, SRNModel):
+                module.set_grad_checkpointing(enable, gradient_checkpointing_func)
+
 
 class SRNModel(SRNPreTrainedModel):
     """SRN: backbone f_cnn, main classifier f_cls, attention f_att, confidence maps, spatial regularization f_sr.
@@ -304,12 +416,12 @@ class SRNModel(SRNPreTrainedModel):
 
     def __init__(self, config: SRNConfig):
         super().__init__(config)
-        self.backbone = create_backbone(config)
-        self.feature_positions = feature_positions(self.backbone, config)
+        self.feature_positions = feature_positions(config)
+        self.backbone = create_backbone(config, positions=self.feature_positions)
         info = self.backbone.feature_info
-        attention_channels = info.channels(config.attention_feature_index)
-        classifier_channels = info.channels(config.classifier_feature_index)
-        attention_reduction = info.reduction(config.attention_feature_index)
+        attention_channels = info.channels(self.feature_positions[0])
+        classifier_channels = info.channels(self.feature_positions[1])
+        attention_reduction = info.reduction(self.feature_positions[0])
         self.attention_map_size = math.ceil(config.image_size / attention_reduction)
 
         self.classifier = nn.Linear(classifier_channels, config.num_labels)
@@ -326,6 +438,7 @@ class SRNModel(SRNPreTrainedModel):
         self.attention = SRNAttention(attention_channels, config)
         self.confidence = SRNConfidence(attention_channels, config)
         self.spatial_regularization = SRNSpatialRegularization(config, self.attention_map_size)
+        self.gradient_checkpointing = False
         self.post_init()
 
     def load_backbone_weights(self, weights_file: str | os.PathLike | None = None) -> None:
@@ -336,7 +449,9 @@ class SRNModel(SRNPreTrainedModel):
         `.safetensors`, `.pth` or `.bin` file holding a state dict of the full timm model in timm's key names.
         Never called by `__init__` or `from_pretrained`, which build the model and then load a checkpoint.
         """
-        pretrained = create_backbone(self.config, pretrained=True, weights_file=weights_file)
+        pretrained = create_backbone(
+            self.config, pretrained=True, weights_file=weights_file, positions=self.feature_positions
+        )
         self.backbone.load_state_dict(pretrained.state_dict())
 
     def label_layers(self) -> list[nn.Module]:
@@ -349,20 +464,89 @@ class SRNModel(SRNPreTrainedModel):
             self.spatial_regularization.fc,
         ]
 
+    def init_label_layers(self) -> None:
+        """(Re)initialises the label layers with `_init_weights`, as a new model's `post_init` does.
+
+        The one place for it: used for a checkpoint loaded for another label set with as many labels (transformers
+        marks loaded weights as initialised, so the marks are removed first) and by [`resize_label_layers`].
+        """
+        for layer in self.label_layers():
+            for module_or_tensor in (layer, *layer.parameters(recurse=False)):
+                module_or_tensor.__dict__.pop("_is_hf_initialized", None)
+            self._init_weights(layer)
+
+    def resize_label_layers(self, num_labels: int) -> None:
+        """Replaces the label layers by new ones of the same kinds for `num_labels` labels, initialised by
+        [`init_label_layers`]; every other weight is kept. The caller updates the config's labels."""
+        reference = self.classifier.weight
+        spatial_regularization, old_conv1 = self.spatial_regularization, self.spatial_regularization.conv1[0]
+        self.classifier = nn.Linear(self.classifier.in_features, num_labels)
+        self.attention.conv3 = LabelMapConv(self.attention.conv3.in_channels, num_labels)
+        self.confidence.conv = LabelMapConv(self.confidence.conv.in_channels, num_labels)
+        spatial_regularization.conv1[0] = nn.Conv2d(
+            num_labels, old_conv1.out_channels, 1, bias=old_conv1.bias is not None
+        )
+        spatial_regularization.fc = nn.Linear(spatial_regularization.fc.in_features, num_labels)
+        for layer in self.label_layers():
+            layer.to(device=reference.device, dtype=reference.dtype)
+        self.init_label_layers()
+
+    def set_grad_checkpointing(self, enable: bool = True, checkpoint_function=None) -> None:
+        """Gradient checkpointing of the backbone and of the SRN branch (timm's name for the switch).
+
+        The backbone is checkpointed block by block: by SRN for timm's list wrappers ([`FeatureStages`]),
+        by timm's `set_grad_checkpointing` where the backbone has it, as one segment otherwise. The SRN branch is two
+        segments (f_att with the confidence maps, and f_sr).
+        Active in training mode only. `checkpoint_function`: transformers' (`torch.utils.checkpoint.checkpoint`
+        without re-entrance by default). As with any checkpointed batch norm, the recomputation in the backward
+        pass updates the running statistics of a checkpointed batch-norm layer a second time.
+        """
+        self.gradient_checkpointing = enable
+        self._gradient_checkpointing_func = checkpoint_function or functools.partial(checkpoint, use_reentrant=False)
+        timm_module = timm_checkpointing_module(self.backbone)
+        if timm_module is not None:
+            timm_module.set_grad_checkpointing(enable)
+
+    def checkpointing_active(self) -> bool:
+        return self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+
+    def checkpointed(self, function, *inputs):
+        """`function(*inputs)`, as a checkpointed segment when gradient checkpointing is on and gradients flow."""
+        if self.checkpointing_active():
+            return self._gradient_checkpointing_func(function, *inputs)
+        return function(*inputs)
+
+    def forward_feature_maps(self, pixel_values: torch.Tensor, kept: tuple[int, ...] | None = None) -> list:
+        """The feature maps of f_cnn from its first stage to the deepest of X and F (a ViT's tokens as grids).
+
+        `kept`: the stage numbers needed (default all); a timm list wrapper then returns None for the others and
+        frees their maps early ([`FeatureStages`]), other wrappers return every stage.
+        """
+        checkpointing = self.checkpointing_active()
+        if isinstance(self.backbone, FeatureStages):
+            checkpoint_function = self._gradient_checkpointing_func if checkpointing else None
+            return self.backbone(pixel_values, kept, checkpoint_function)
+        if checkpointing and timm_checkpointing_module(self.backbone) is None:
+            return self._gradient_checkpointing_func(self.backbone, pixel_values)
+        return self.backbone(pixel_values)  # timm checkpoints its blocks itself where it is switched on
+
     def forward_backbone(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f_cnn: the stride-16 map X and the stride-32 map F (a ViT's tokens come back as grids)."""
-        maps = self.backbone(pixel_values)
+        """f_cnn: the map X (stride 16 in the paper) and the map F (stride 32)."""
+        maps = self.forward_feature_maps(pixel_values, kept=self.feature_positions)
         return maps[self.feature_positions[0]], maps[self.feature_positions[1]]
 
-    def forward_heads(self, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNOutput:
+    def forward_attention(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention logits Z = f_att(X) and the confidence maps S (after the released layout's trunk)."""
+        features = self.attention_trunk(features)
+        return self.attention(features), self.confidence(features)
+
+    def forward_heads(self, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNModelOutput:
         """f_cls, f_att, confidence maps and f_sr on the backbone maps X and F."""
         cls_logits = self.classifier(classifier_features.mean(dim=(2, 3)))
 
-        features = self.attention_trunk(features)
-        attention_logits = self.attention(features)  # Z
+        attention_logits, confidence_maps = self.checkpointed(self.forward_attention, features)  # Z, S
         attention_maps = attention_logits.flatten(2).softmax(dim=-1).view_as(attention_logits)  # A
         del attention_logits  # Z is not needed again (softmax's backward uses A): one B x C x h x w map less held
-        confidence_maps = self.confidence(features)  # S
         att_logits = (attention_maps * confidence_maps).sum(dim=(2, 3))  # y_att
 
         weighted_attention_maps = torch.sigmoid(confidence_maps)  # U = A * sigmoid(S)
@@ -371,10 +555,10 @@ class SRNModel(SRNPreTrainedModel):
         else:  # no gradient to take: in sigmoid(S)'s storage, one B x C x h x w map less at the peak, same values
             weighted_attention_maps.mul_(attention_maps)
         weighted_attention_maps = resize_to_kernel(weighted_attention_maps, self.attention_map_size)
-        sr_logits = self.spatial_regularization(weighted_attention_maps)  # y_sr
+        sr_logits = self.checkpointed(self.spatial_regularization, weighted_attention_maps)  # y_sr
 
         alpha = self.config.alpha
-        return SRNOutput(
+        return SRNModelOutput(
             logits=alpha * cls_logits + (1 - alpha) * sr_logits,
             cls_logits=cls_logits,
             att_logits=att_logits,
@@ -383,13 +567,26 @@ class SRNModel(SRNPreTrainedModel):
             confidence_maps=confidence_maps,
         )
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs) -> SRNOutput | tuple:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SRNModelOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, num_channels, H, W)`):
             Images normalised with the backbone's mean and std (see the saved image processor).
+        output_hidden_states (`bool`, *optional*):
+            Return the backbone's feature maps as `hidden_states` (default: `config.output_hidden_states`).
         """
-        outputs = self.forward_heads(*self.forward_backbone(pixel_values))
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        maps = self.forward_feature_maps(pixel_values, kept=None if output_hidden_states else self.feature_positions)
+        outputs = self.forward_heads(maps[self.feature_positions[0]], maps[self.feature_positions[1]])
+        if output_hidden_states:
+            outputs.hidden_states = tuple(maps)
         return outputs if return_dict else outputs.to_tuple()
 
 
@@ -405,30 +602,51 @@ class SRNForImageClassification(SRNPreTrainedModel):
         """See [`SRNModel.load_backbone_weights`]."""
         self.srn.load_backbone_weights(weights_file)
 
+    def check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+        """Refuses labels SRN's multi-label loss cannot take, naming the problem type or the shape."""
+        if self.config.problem_type != PROBLEM_TYPE:
+            raise ValueError(
+                f"problem_type={self.config.problem_type!r}: SRN is multi-label only (its loss is a sigmoid "
+                f"cross-entropy per label); set config.problem_type={PROBLEM_TYPE!r}"
+            )
+        expected = (batch_size, self.config.num_labels)
+        if tuple(labels.shape) != expected:
+            raise ValueError(
+                f"labels has shape {tuple(labels.shape)}, expected {expected}: one multi-hot row of "
+                f"{self.config.num_labels} labels ({', '.join(list(self.config.id2label.values())[:5])}, ...) "
+                "per image"
+            )
+
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> SRNOutput | tuple:
+    ) -> SRNImageClassifierOutput | tuple:
         r"""
         labels (`torch.FloatTensor` of shape `(B, C)`, *optional*):
             Multi-hot targets (1 where the label is present). The loss is L(y) + L(y_att), L the sigmoid
             cross-entropy averaged over batch and classes.
+        output_hidden_states (`bool`, *optional*):
+            Return the backbone's feature maps as `hidden_states` (default: `config.output_hidden_states`).
         """
-        outputs = self.srn(pixel_values, return_dict=True)
+        outputs = self.srn(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        loss = None
         if labels is not None:
-            expected = (pixel_values.shape[0], self.config.num_labels)
-            if tuple(labels.shape) != expected:
-                raise ValueError(
-                    f"labels has shape {tuple(labels.shape)}, expected {expected}: one multi-hot row of "
-                    f"{self.config.num_labels} labels ({', '.join(list(self.config.id2label.values())[:5])}, ...) "
-                    "per image"
-                )
-            outputs.loss = sigmoid_cross_entropy(outputs.logits, labels) + sigmoid_cross_entropy(outputs.att_logits, labels)
+            self.check_labels(labels, pixel_values.shape[0])
+            loss = sigmoid_cross_entropy(outputs.logits, labels) + sigmoid_cross_entropy(outputs.att_logits, labels)
+        outputs = SRNImageClassifierOutput(loss=loss, **outputs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return outputs if return_dict else outputs.to_tuple()
 
 
-__all__ = ["SRNModel", "SRNForImageClassification", "SRNPreTrainedModel", "SRNOutput"]
+__all__ = [
+    "SRNModel",
+    "SRNForImageClassification",
+    "SRNPreTrainedModel",
+    "SRNModelOutput",
+    "SRNImageClassifierOutput",
+    "SRNOutput",
+]

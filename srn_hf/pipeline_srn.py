@@ -68,6 +68,10 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
     other images are predicted.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.thresholds()  # a config threshold of 1.5 or "0.3" fails here, before any image, naming the field
+
     def _sanitize_parameters(
         self,
         threshold: float | None = None,
@@ -93,28 +97,34 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
             postprocess_params["threshold"] = threshold
             postprocess_params["label_thresholds"] = label_thresholds
         if top_k is not None:
-            if not isinstance(top_k, int) or top_k < 1:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"top_k={top_k!r} must be a positive integer")
             postprocess_params["top_k"] = top_k
         return preprocess_params, forward_params, postprocess_params
 
     def thresholds(self, threshold: float | None = None, label_thresholds: dict[str, float] | None = None) -> np.ndarray:
-        """The threshold of each label (array of `num_labels`, in label id order) for these call arguments."""
+        """The threshold of each label (array of `num_labels`, in label id order) for these call arguments.
+
+        Raises a `ValueError` naming the value and where it comes from (the call, or the model config's `threshold`
+        / `label_thresholds`) when a threshold is not a number in [0, 1] or names a label the model does not have.
+        """
         config = self.model.config
         names = [config.id2label[index] for index in range(config.num_labels)]
+        if label_thresholds is not None and not isinstance(label_thresholds, dict):
+            raise ValueError(f"label_thresholds must be a dict of label name to threshold, got {label_thresholds!r}")
         unknown = sorted(set(label_thresholds or {}) - set(names))
         if unknown:
             raise ValueError(f"label_thresholds names labels the model does not have: {unknown}; its labels: {names}")
+        sources = {name: (f"label_thresholds[{name!r}]", value) for name, value in (label_thresholds or {}).items()}
         if threshold is None:
-            per_label = {**(getattr(config, "label_thresholds", None) or {}), **(label_thresholds or {})}
-            threshold = getattr(config, "threshold", 0.5)
+            config_thresholds = getattr(config, "label_thresholds", None) or {}
+            sources = {**{name: (f"config.label_thresholds[{name!r}]", v) for name, v in config_thresholds.items()}, **sources}
+            default = ("config.threshold", getattr(config, "threshold", 0.5))
         else:
-            per_label = dict(label_thresholds or {})
-        values = np.array([per_label.get(name, threshold) for name in names], dtype=np.float64)
-        bad = [(name, value) for name, value in zip(names, values) if not 0.0 <= value <= 1.0]
-        if bad:
-            raise ValueError(f"thresholds must lie in [0, 1] (they apply to sigmoid scores), got {bad[:5]}")
-        return values
+            default = ("threshold", threshold)
+        for where, value in [default, *sources.values()]:
+            check_threshold(value, where)
+        return np.array([sources.get(name, default)[1] for name in names], dtype=np.float64)
 
     def __call__(self, inputs=None, **kwargs):
         """Labels for one image, a list of images, a folder or a dataset; see the class docstring."""
@@ -210,6 +220,14 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
                 attention_map = model_outputs["attention_maps"][0, int(index)]
                 prediction["attention_map"] = upsample_attention_map(attention_map, height, width)
         return predictions
+
+
+def check_threshold(value, where: str) -> None:
+    """Refuses a threshold that is not a number in [0, 1] (a string, a bool, 1.5), naming `where` it comes from."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{where}={value!r} must be a number in [0, 1], not a {type(value).__name__}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{where}={value!r}: thresholds must lie in [0, 1] (they apply to sigmoid scores)")
 
 
 def upsample_attention_map(attention_map: torch.Tensor, height: int, width: int) -> np.ndarray:

@@ -91,3 +91,17 @@ def test_params_flops_counts_the_srn_branch_exactly(tmp_path, monkeypatch):
                               "--output-dir", str(tmp_path)]) == 0
     saved = json.loads((tmp_path / "params_flops.json").read_text())
     assert saved["rows"][0]["srn_params"] == row["srn_params"]
+
+
+def test_image_check_benchmark_writes_its_ratios(tmp_path):
+    command = [
+        sys.executable, str(BENCHMARKS / "benchmark_verify.py"), "--images", "24", "--epoch-images", "8",
+        "--workers", "1", "--output-dir", str(tmp_path),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "verify_images.json").read_text())
+    assert results["images"] == 24 and results["epoch_images"] == 8
+    assert set(results["seconds"]) == {"read", "headers", "check_images", "full_decode"}
+    assert all(results[key] > 0 for key in ("check_over_read", "check_over_full_decode", "check_over_training_epoch"))
+    assert "check_images / read" in (tmp_path / "verify_images.md").read_text()

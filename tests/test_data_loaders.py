@@ -303,10 +303,14 @@ def test_imagefolder_with_split_subfolders(tmp_path):
     write_imagefolder(tmp_path / "train", [("a.jpg", ["dog", "sofa"]), ("b.png", ["cat"]), ("c.jpg", [])])
     write_imagefolder(tmp_path / "val", [("d.jpg", ["dog"])])
     write_imagefolder(tmp_path / "test", [("e.jpg", ["traffic light", "cat"])])
+    # A label that only the test split has would be a class the model never trains on: refused, named.
+    with pytest.raises(AnnotationError, match=r"test.metadata.jsonl, line 1: label 'traffic light' is not in the labels of the train split"):
+        load_multilabel_dataset("imagefolder", data_dir=tmp_path)
+    names = ["cat", "dog", "sofa", "traffic light"]
     with pytest.warns(DataWarning, match="1 of 3 images have no label"):
-        dataset = load_multilabel_dataset("imagefolder", data_dir=tmp_path)
+        dataset = load_multilabel_dataset("imagefolder", data_dir=tmp_path, label_names=names)
     assert list(dataset) == ["train", "validation", "test"]  # "val" is the validation split
-    assert label_names(dataset) == ["cat", "dog", "sofa", "traffic light"]
+    assert label_names(dataset) == names
     assert [names_of(dataset, row) for row in dataset["train"]] == [["dog", "sofa"], ["cat"], []]
     assert names_of(dataset, dataset["test"][0]) == ["cat", "traffic light"]
     assert dataset["train"][1]["image"].mode == "L"
@@ -320,7 +324,7 @@ def test_imagefolder_single_folder_given_names_and_errors(tmp_path):
     assert list(dataset) == ["train"]
     assert label_names(dataset) == ["dog", "cat", "bird"]
     assert dataset["train"]["labels"] == [[0], [0, 1], [1]]
-    with pytest.raises(AnnotationError, match=r"metadata.jsonl, line 1: label 'dog' is not in the label set"):
+    with pytest.raises(AnnotationError, match=r"metadata.jsonl, line 1: label 'dog' is not in label_names"):
         load_multilabel_dataset("imagefolder", data_dir=tmp_path, label_names=["cat"])
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.jpg", "labels": ["dog"]}\n{"file_name": "b.jpg"\n')
     with pytest.raises(AnnotationError, match=r"metadata.jsonl, line 2: malformed JSON"):

@@ -1,9 +1,6 @@
 """SRN as the paper defines it, over real timm backbones, saved and loaded like any transformers model."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import timm
@@ -235,33 +232,6 @@ def test_save_and_load_give_identical_logits_from_safetensors(saved, images):
         assert torch.equal(loaded(images).logits, logits)
         assert torch.equal(base(images).logits, logits)
     assert loaded.config.id2label == LABELS
-
-
-def test_remote_code_loads_without_the_package(saved, images, tmp_path):
-    folder, logits = saved
-    torch.save(images, tmp_path / "images.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["srn_hf"] = None  # the package cannot be imported: only the folder's code may serve
-        import torch
-        from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
-        folder = {str(folder)!r}
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-        base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        images = torch.load({str(tmp_path / "images.pt")!r})
-        with torch.no_grad():
-            torch.save([model(images).logits, base(images).logits], {str(tmp_path / "logits.pt")!r})
-        print(type(config).__name__, type(base).__name__, type(model).__name__)
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["SRNConfig", "SRNModel", "SRNForImageClassification"]
-    remote_logits, remote_base_logits = torch.load(tmp_path / "logits.pt")
-    assert torch.equal(remote_logits, logits) and torch.equal(remote_base_logits, logits)
 
 
 def test_from_pretrained_never_loads_backbone_weights(saved, monkeypatch):

@@ -122,6 +122,43 @@ def test_four_stages_export_pipeline_folders_and_metrics(full_run):
         assert all(0 <= p["score"] <= 1 for p in predictions)
 
 
+def test_each_stage_is_calibrated_on_validation_and_the_exports_carry_the_thresholds(full_run, data_dir):
+    from safetensors.torch import load_file
+    from transformers import pipeline
+
+    from srn_hf.data import load_multilabel_dataset
+    from srn_hf.hub import load_image_processor, load_model
+    from srn_hf.metrics import multilabel_metrics
+    from srn_hf.thresholds import FIGURES, calibrate_thresholds, score_split
+
+    output_dir, report = full_run
+    saved = json.loads((output_dir / "metrics.json").read_text())
+    for record in saved["stages"]:
+        assert record["thresholds"]["threshold_calibration"]["split"] == "validation"
+        # The test figures at the tuned thresholds are those of the stage's test scores at them.
+        test = load_file(output_dir / "predictions" / f"stage-{record['stage']}-test.safetensors")
+        thresholds = np.array([row["threshold"] for row in record["thresholds"]["per_label"]])
+        expected = multilabel_metrics(test["scores"], test["labels"], threshold=thresholds)
+        assert record["test_calibrated"] == pytest.approx({name: expected[name] for name in FIGURES})
+        config = json.loads((output_dir / f"stage-{record['stage']}" / "config.json").read_text())
+        assert config["threshold_calibration"]["split"] == "validation" and "threshold" in config
+    gain = saved["test_calibrated_gain_over_stage1"]
+    first, last = saved["stages"][0], saved["stages"][3]
+    assert gain["calibrated"]["OF1"] == pytest.approx(last["test_calibrated"]["OF1"] - first["test_calibrated"]["OF1"])
+
+    # OUTPUT_DIR/final: thresholds tuned on the validation split's scores of the final model, never on test; the
+    # pipeline uses them by default.
+    model = load_model(output_dir / "final")
+    validation = load_multilabel_dataset("imagefolder", data_dir=str(data_dir))["validation"]
+    scores, labels = score_split(model, load_image_processor(output_dir / "final", model.config), validation)
+    tuned = calibrate_thresholds(scores, labels, sorted(COLOURS))
+    assert model.config.threshold == pytest.approx(tuned.threshold, abs=1e-5)
+    assert model.config.label_thresholds == pytest.approx(tuned.label_thresholds, abs=1e-5)
+    assert model.config.label_thresholds == pytest.approx(saved["stages"][3]["thresholds"]["label_thresholds"])
+    tagger = pipeline("multi-label-image-classification", model=str(output_dir / "final"))
+    assert tagger.thresholds() == pytest.approx(tuned.thresholds, abs=1e-5)
+
+
 def test_stages_change_only_their_modules(full_run):
     """Stage 2 leaves backbone and f_cls as stage 1 exported them; stage 3 changes only f_sr."""
     from safetensors.torch import load_file
@@ -161,9 +198,23 @@ def test_recipe_checks_keys_and_types(tmp_path):
         load_recipe(bad)
 
 
+def test_recipe_model_section_is_every_srn_config_field():
+    """`model.<any SRNConfig field>` is a recipe key, with SRNConfig's default and type."""
+    from srn_hf import SRNConfig
+
+    recipe = load_recipe(None, ["model.num_channels=1", "model.label_thresholds={a: 0.3}"])
+    defaults = SRNConfig()
+    for name in ("backbone", "alpha", "layout", "threshold", "initializer_range", "regularization_out_channels"):
+        assert getattr(recipe.model, name) == getattr(defaults, name), name
+    assert recipe.model.num_channels == 1 and recipe.model.label_thresholds == {"a": 0.3}
+    with pytest.raises(RecipeError, match="model.use_batch_norm: expected bool"):
+        load_recipe(None, ["model.use_batch_norm=maybe"])
+
+
 @pytest.mark.parametrize("name", ["demo.yaml", "coco_resnet101.yaml", "voc2007.yaml", "nuswide.yaml"])
 def test_shipped_recipes_load(name):
     recipe = load_recipe(SCRIPT.parent / "configs" / name)
+    assert recipe.loss.reduction == ("mean" if name == "demo.yaml" else "sum_over_classes")  # see srn_hf.stages
     assert recipe.stage4.backbone_lr is not None and recipe.stage4.backbone_lr < recipe.stage1.lr
 
 
@@ -173,6 +224,10 @@ def test_bad_inputs_fail_before_training(full_run, data_dir, tmp_path, script):
     # A dataset whose label set is not the model's.
     with pytest.raises(ValueError, match="another label set"):
         script.main(tiny_args(other, tmp_path / "a", "--stages", "2,3,4", "--init-from", str(output_dir / "stage-1")))
+    # A start model whose network is not the recipe's (any SRNConfig field of the model section, here f_att's width).
+    with pytest.raises(ValueError, match="attention_channels=16, the recipe model.attention_channels=8"):
+        script.main(tiny_args(data_dir, tmp_path / "e", "--stages", "2,3,4", "--init-from", str(output_dir / "stage-1"),
+                              "--set", "model.attention_channels=8"))  # fmt: skip
     # A checkpoint folder of another run (another dataset, so other labels).
     checkpoint = sorted((output_dir / "checkpoints").iterdir())[-1]
     with pytest.raises(ValueError, match="belongs to another run"):
@@ -185,7 +240,7 @@ def test_bad_inputs_fail_before_training(full_run, data_dir, tmp_path, script):
     # An output folder that already holds a run.
     with pytest.raises(ValueError, match="already holds a run"):
         script.main(tiny_args(data_dir, output_dir))
-    for name in "abcd":
+    for name in "abcde":
         assert not (tmp_path / name / "checkpoints").exists()
 
 

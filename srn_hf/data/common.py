@@ -83,10 +83,11 @@ def field(record: dict, key: str, where: str) -> object:
     return record[key]
 
 
-def encode_labels(raw_labels: Iterable, names: Sequence[str], where: str) -> list[int]:
+def encode_labels(raw_labels: Iterable, names: Sequence[str], where: str, label_set: str = "the label set") -> list[int]:
     """Map label names (or integer indices) to sorted unique indices into `names`.
 
-    A name not in `names`, or an index out of range, raises `AnnotationError` naming `where` and the value.
+    A name not in `names`, or an index out of range, raises `AnnotationError` naming `where` and the value;
+    `label_set` says in that message where `names` come from (e.g. "the train split's labels").
     """
     index = {name: i for i, name in enumerate(names)}
     encoded = set()
@@ -100,7 +101,8 @@ def encode_labels(raw_labels: Iterable, names: Sequence[str], where: str) -> lis
         elif label in index:
             encoded.add(index[label])
         else:
-            raise AnnotationError(f"{where}: label {label!r} is not in the label set {list(names)[:10]}...")
+            shown = ", ".join(map(repr, list(names)[:10])) + (", ..." if len(names) > 10 else "")
+            raise AnnotationError(f"{where}: label {label!r} is not in {label_set} [{shown}]")
     return sorted(encoded)
 
 

@@ -16,7 +16,8 @@ integer indices, multi-hot vectors, a `List(ClassLabel)` or a single `ClassLabel
 `List(ClassLabel)`, and the image column becomes `image`.
 
 Class names are `label_names` when given (their order is the label order), else the sorted set of names
-found in all splits. A label outside `label_names` raises `AnnotationError` naming the file and line.
+found in the train split. A label outside them (for instance one that only the test split has) raises
+`AnnotationError` naming the label, the file and the line.
 """
 
 from __future__ import annotations
@@ -105,17 +106,23 @@ def rows_to_splits(
 ) -> DatasetDict:
     """Encode labels against the class names and build the splits from {split: (source file, rows)}.
 
-    The image id is the image path as given, so a file listed twice raises `AnnotationError`.
+    Without `label_names`, the class names are those of the train split (of every split when there is no train
+    split), sorted: a label of another split that the train split lacks raises `AnnotationError` naming the label
+    and the file and line, instead of becoming a class the model never trains on. The image id is the image path
+    as given, so a file listed twice raises `AnnotationError`.
     """
+    label_set = "label_names"
     if label_names is None:
-        found = list(chain.from_iterable(labels for _, rows in rows_by_split.values() for _, labels, _ in rows))
+        defining = [rows_by_split["train"]] if "train" in rows_by_split else list(rows_by_split.values())
+        found = list(chain.from_iterable(labels for _, rows in defining for _, labels, _ in rows))
         if any(not isinstance(label, str) for label in found):
             raise AnnotationError("integer labels need label_names (the class name of each index)")
         label_names = sorted(set(found))
+        label_set = f"the labels of the train split ({rows_by_split['train'][0]})" if "train" in rows_by_split else label_set
     splits = {
         split: build_split(
             image_paths=[path for path, _, _ in rows],
-            labels=[encode_labels(labels, label_names, where) for _, labels, where in rows],
+            labels=[encode_labels(labels, label_names, where, label_set) for _, labels, where in rows],
             image_ids=[path for path, _, _ in rows],
             names=label_names,
             source=source,
@@ -170,7 +177,7 @@ def load_csv(
     return rows_to_splits(rows, label_names, missing_images, validation_fraction, seed)
 
 
-def labels_to_indices(values, labels_format: str, names: list[str], where: str) -> list[int]:
+def labels_to_indices(values, labels_format: str, names: list[str], where: str, label_set: str = "the label set") -> list[int]:
     """One row's label cell as sorted class indices (`labels_format`: names, indices or multi_hot)."""
     if labels_format == "multi_hot":
         if len(values) != len(names):
@@ -178,7 +185,7 @@ def labels_to_indices(values, labels_format: str, names: list[str], where: str) 
         return [i for i, value in enumerate(values) if value > 0.5]
     if labels_format == "indices" and any(isinstance(value, str) for value in values):
         raise AnnotationError(f"{where}: expected integer indices, found {values!r}")
-    return encode_labels(values, names, where)
+    return encode_labels(values, names, where, label_set)
 
 
 def load_hub(
@@ -232,12 +239,16 @@ def load_hub(
     if label_names is None:
         if labels_format != "names":
             raise AnnotationError(f"{path}: {labels_format} labels need label_names (the class name of each index)")
-        label_names = sorted({v for d in splits.values() for cell in d[labels_column] for v in cell_values(cell)})
+        defining = {"train": splits["train"]} if "train" in splits else splits  # as rows_to_splits: train's labels
+        label_names = sorted({v for d in defining.values() for cell in d[labels_column] for v in cell_values(cell)})
+        label_set = "the labels of the train split" if "train" in splits else "the label set"
+    else:
+        label_set = "label_names"
 
     def convert(batch, indices, split):
         return {
             "labels": [
-                labels_to_indices(cell_values(cell), labels_format, label_names, f"{path} [{split}] row {i}")
+                labels_to_indices(cell_values(cell), labels_format, label_names, f"{path} [{split}] row {i}", label_set)
                 for cell, i in zip(batch[labels_column], indices)
             ]
         }

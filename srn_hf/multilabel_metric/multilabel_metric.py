@@ -39,6 +39,7 @@ Args:
     threshold: probability threshold for a positive prediction (default 0.5).
     convention: "standard" (default) or "paper".
     top_k: if set, each image predicts at most its k highest-scoring classes.
+    label_names: the C class names: the warning about classes without positives names them.
 Returns:
     mAP, CP, CR, CF1, OP, OR, OF1 (percent), per_class_AP (list, None for a class without positives),
     classes_without_positives (class indices).
@@ -62,7 +63,8 @@ class MultilabelMetric(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, threshold=0.5, convention="standard", top_k=None):
+    def _compute(self, predictions, references, threshold=0.5, convention="standard", top_k=None, label_names=None):
         return multilabel_metrics(
-            np.asarray(predictions), np.asarray(references), threshold=threshold, convention=convention, top_k=top_k
+            np.asarray(predictions), np.asarray(references), threshold=threshold, convention=convention, top_k=top_k,
+            label_names=label_names,
         )

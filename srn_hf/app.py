@@ -1,0 +1,270 @@
+"""A demo page for an SRN model: a Gradio app where one drops an image and sees the labels and where the model looked.
+
+```python
+>>> from srn_hf.app import build_app
+>>> build_app("path/to/srn-model").launch()            # a folder written by save_pretrained, or a Hub id
+```
+or from a shell: `srn-hf demo MODEL [--host 127.0.0.1] [--port 7860] [--share]`.
+
+The page holds:
+
+- the image: uploaded, dropped, or picked from the examples: a few test scenes of the offline demo data (the first
+  images of the stamp scenes' test split, as `examples/run_demo.sh` generates it; only where Debian's tuxpaint
+  stamps are installed) and photos that scikit-image ships;
+- every label whose sigmoid score exceeds its threshold, best first, a bar per label ([`gradio.Label`]);
+- one threshold slider. It starts at the model config's `threshold`, where every label has the model's own
+  (calibrated) threshold: the config's `label_thresholds[c]`, else `threshold`. Moving it by d moves every
+  label's threshold by d (clipped to [0, 1]): without calibrated thresholds it is simply the threshold of all labels;
+- the attention map A of a predicted label over the image ([`srn_hf.visualize.heatmap_rgba`]): the best label's at
+  first, another label's when one clicks it in the list;
+- how long the prediction took.
+
+The model runs once per image, through the `multi-label-image-classification` pipeline with every label's score
+and attention map; the slider and the label clicks only redraw. Everything runs on CPU and offline: the page's
+scripts, styles and fonts are served by the app itself (Gradio's default theme bundles its fonts), and Gradio's
+telemetry and version check are off. A file that is not an image is refused with a message naming it.
+
+Needs the `app` extra: `pip install srn_hf[app]`. `import srn_hf` never imports Gradio; this module does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .images import ImageError, open_image
+from .visualize import DISPLAY_SIDE, heatmap_rgba
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry, no version check
+import gradio as gr  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+SLIDER_STEP = 0.01
+OVERLAY_OPACITY = 0.8  # of the heatmap where the map peaks, as in srn_hf.visualize.attention_figure
+# Photos bundled with scikit-image (public domain or CC0; no download), the same run_demo.sh labels at its end.
+SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+STAMP_SCENE_EXAMPLES = 4  # the first images of the demo data's test split
+EXAMPLES_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srn_hf" / "app_examples"
+
+
+def example_images(folder: str | os.PathLike | None = None) -> list[Path]:
+    """The example images, written once into `folder` (default: `~/.cache/srn_hf/app_examples`).
+
+    The first `STAMP_SCENE_EXAMPLES` images of the stamp scenes' test split (seed 0, 224 x 224: the demo data's own
+    test images), when Debian's tuxpaint stamps are installed, then the scikit-image photos `SKIMAGE_PHOTOS`.
+    """
+    folder = Path(folder or EXAMPLES_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    scenes = [folder / f"stamp_scene_test_{index}.jpg" for index in range(STAMP_SCENE_EXAMPLES)]
+    if not all(path.is_file() for path in scenes):
+        scenes = write_stamp_scenes(scenes)
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        path = folder / f"{name}.jpg"
+        if not path.is_file():
+            from skimage import data
+
+            Image.fromarray(getattr(data, name)()).convert("RGB").save(path, quality=92)
+        photos.append(path)
+    return scenes + photos
+
+
+def write_stamp_scenes(paths: list[Path]) -> list[Path]:
+    """Renders the stamp scenes' first test images to `paths`; none (and a log line) where tuxpaint is missing."""
+    from .data.stamp_scenes import generate_stamp_scenes
+
+    try:
+        test_split = generate_stamp_scenes(None, sizes=(0, 0, len(paths)), num_workers=1, progress=False)["test"]
+    except (OSError, ValueError, ImportError) as error:  # no tuxpaint stamps, or no CairoSVG for the SVG ones
+        logger.warning(f"no stamp-scene examples ({error})")
+        return []
+    for row, path in zip(test_split, paths):
+        row["image"].convert("RGB").save(path, quality=95)
+    return paths
+
+
+def predict(tagger, image_file: str | None) -> dict | None:
+    """Runs the model once on an image: every label's score and attention map, and the time it took.
+
+    The model sees the image scaled down to at most `DISPLAY_SIDE` pixels (or its own input side, if larger): its
+    input is smaller still, and the attention maps of every label at a photo's full resolution would take gigabytes.
+
+    Returns None for no image, else a dict with `image` (that copy), `scores` (label -> sigmoid score, every label),
+    `attention_maps` (label -> uint8 map over the copy, scaled to its own maximum) and `seconds`. Raises
+    [`srn_hf.images.ImageError`] naming the file when it is not an image.
+    """
+    if image_file is None:
+        return None
+    picture = open_image(image_file)
+    side = max(DISPLAY_SIDE, getattr(tagger.model.config, "image_size", 0))
+    picture.thumbnail((side, side))
+    start = time.perf_counter()
+    predictions = tagger(picture, threshold=0.0, return_attention_maps=True)
+    seconds = time.perf_counter() - start
+    scores, attention_maps = {}, {}
+    for prediction in predictions:
+        attention_map = prediction["attention_map"]
+        scores[prediction["label"]] = prediction["score"]
+        scaled = attention_map / max(float(attention_map.max()), 1e-12)
+        attention_maps[prediction["label"]] = np.round(scaled * 255).astype(np.uint8)
+    return {"image": picture, "scores": scores, "attention_maps": attention_maps, "seconds": seconds}
+
+
+def labels_above(prediction: dict | None, model_thresholds: dict[str, float], shift: float) -> dict[str, float]:
+    """The labels whose score exceeds their threshold moved by `shift` (clipped to [0, 1]), best first."""
+    if prediction is None:
+        return {}
+    shown = {
+        label: score
+        for label, score in prediction["scores"].items()
+        if score > min(max(model_thresholds[label] + shift, 0.0), 1.0)
+    }
+    return dict(sorted(shown.items(), key=lambda item: -item[1]))
+
+
+def attention_overlay(prediction: dict, label: str) -> Image.Image:
+    """The attention map A of `label` drawn over the image: colour and opacity grow with the map's value."""
+    heatmap = heatmap_rgba(prediction["attention_maps"][label].astype(np.float32), opacity=OVERLAY_OPACITY)
+    overlay = Image.fromarray(np.round(heatmap * 255).astype(np.uint8), mode="RGBA")
+    return Image.alpha_composite(prediction["image"].convert("RGBA"), overlay).convert("RGB")
+
+
+def summary(prediction: dict | None, shown: dict[str, float], device: str) -> str:
+    """One line under the labels: how many are shown, and how long the prediction took."""
+    if prediction is None:
+        return "Drop an image, or pick an example below."
+    count = f"{len(shown)} of {len(prediction['scores'])} labels above their thresholds" if shown else (
+        "No label above its threshold: lower the threshold to see the best scores."
+    )
+    return f"{count} · predicted in {prediction['seconds'] * 1000:.0f} ms on {device}"
+
+
+def describe_thresholds(config) -> str:
+    """The slider's caption: where it starts, and what it moves."""
+    calibrated = config.label_thresholds or {}
+    if not calibrated:
+        return f"Starts at the model's threshold, {config.threshold:g}, and applies to every label."
+    return (
+        f"Starts at the model's thresholds: {config.threshold:g}, and calibrated ones for {len(calibrated)} "
+        f"label{'s' if len(calibrated) > 1 else ''}; "
+        "moving the slider moves every label's threshold by as much."
+    )
+
+
+class DemoModel:
+    """The model behind the page: its pipeline and thresholds, and the page's event handlers.
+
+    Args:
+        tagger: a `multi-label-image-classification` pipeline of an SRN model.
+    """
+
+    def __init__(self, tagger):
+        self.tagger = tagger
+        self.config = tagger.model.config
+        names = [self.config.id2label[index] for index in range(self.config.num_labels)]
+        self.model_thresholds = dict(zip(names, tagger.thresholds()))  # the config's threshold / label_thresholds
+        self.device_name = str(tagger.device)
+
+    def show(self, prediction: dict | None, threshold: float) -> tuple[dict[str, float], str]:
+        """The labels above the thresholds the slider sets, and the line under them."""
+        shown = labels_above(prediction, self.model_thresholds, threshold - self.config.threshold)
+        return shown, summary(prediction, shown, self.device_name)
+
+    def on_image(self, image_data: dict | None, threshold: float) -> tuple:
+        """A new image (or none): predicts it; shows its labels and the best one's attention map, or refuses it.
+
+        `image_data` is the image box's value as the page sends it (`{"path": ..., "orig_name": ...}`, Gradio's
+        preprocessing off): the upload is opened here, so that a file Pillow cannot open is refused by its name, not
+        with Gradio's generic error. Gradio still checks that the path is an upload of this page or an example.
+        """
+        image_file = image_data["path"] if image_data else None
+        try:
+            prediction = predict(self.tagger, image_file)
+        except ImageError as error:
+            name = image_data.get("orig_name") or Path(image_file).name
+            message = f"Refused: {name} {error.reason}; upload a photo (JPEG, PNG, WebP, ...)."
+            gr.Warning(message)
+            return None, {}, message, attention_image(None, None)
+        shown, status = self.show(prediction, threshold)
+        return prediction, shown, status, attention_image(prediction, next(iter(shown), None))
+
+    def on_label_click(self, prediction: dict | None, selected: gr.SelectData) -> gr.Image:
+        """A click on a label of the list: that label's attention map."""
+        return attention_image(prediction, selected.value)
+
+
+def build_app(
+    model,
+    device: str | int | None = None,
+    examples_dir: str | os.PathLike | None = None,
+    fast: bool = False,
+    title: str | None = None,
+) -> gr.Blocks:
+    """The demo page of an SRN model (see the module docstring).
+
+    Args:
+        model: a folder written by `save_pretrained` (with its image processor), a Hub id, or a loaded model.
+        device: torch device of the pipeline (default: transformers' choice).
+        examples_dir: where the example images are written once ([`example_images`]).
+        fast: bf16 autocast and channels-last ([`srn_hf.fast`]), faster on CPUs with bf16 units.
+        title: the page's heading (default: the model's folder name or Hub id).
+
+    Returns:
+        a `gradio.Blocks`; `.launch()` serves it.
+    """
+    from transformers import pipeline
+
+    from .pipeline_srn import TASK
+
+    demo_model = DemoModel(pipeline(TASK, model=model, device=device, fast=fast))
+    config = demo_model.config
+    if title is None and isinstance(model, (str, os.PathLike)):
+        title = Path(model).name if os.path.isdir(model) else os.fspath(model)  # a folder's name, or the Hub id
+    title = title or type(demo_model.tagger.model).__name__
+    examples = example_images(examples_dir)
+
+    with gr.Blocks(title=f"SRN demo: {title}", analytics_enabled=False) as demo:
+        gr.Markdown(
+            f"# {title}\n"
+            f"Multi-label classification with a Spatial Regularization Network (SRN, CVPR 2017): {config.num_labels} "
+            f"labels, backbone `{config.backbone}`. Drop an image; every label above its threshold is listed with its "
+            "score. Click a label to see its attention map A: where the model looked for it."
+        )
+        prediction = gr.State(None)
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="srn-image")
+                examples = gr.Examples([[os.fspath(path)] for path in examples], inputs=image, label="Examples")
+            with gr.Column():
+                threshold = gr.Slider(
+                    0.0, 1.0, value=config.threshold, step=SLIDER_STEP, label="Threshold",
+                    info=describe_thresholds(config), elem_id="srn-threshold",
+                )
+                labels = gr.Label(label="Labels above the threshold", show_heading=False, elem_id="srn-labels")
+                status = gr.Markdown(summary(None, {}, demo_model.device_name), elem_id="srn-status")
+                attention = gr.Image(label="Attention map", interactive=False, format="png", elem_id="srn-attention")
+        outputs = [prediction, labels, status, attention]
+        gr.on([image.upload, image.clear], demo_model.on_image, [image, threshold], outputs, preprocess=False)
+        examples.load_input_event.then(  # once the example is in the image box
+            demo_model.on_image, [image, threshold], outputs, preprocess=False
+        )
+        threshold.change(demo_model.show, [prediction, threshold], [labels, status])
+        labels.select(demo_model.on_label_click, [prediction], attention)
+    return demo
+
+
+def attention_image(prediction: dict | None, label: str | None) -> gr.Image:
+    """The attention image component's update: `label`'s map over the image, titled with the label and its score."""
+    if prediction is None or label not in prediction.get("scores", {}):
+        return gr.Image(value=None, label="Attention map")
+    score = prediction["scores"][label]
+    return gr.Image(value=attention_overlay(prediction, label), label=f"Attention map A of {label} ({score:.2f})")
+
+
+__all__ = ["build_app", "example_images"]
