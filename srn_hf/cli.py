@@ -1,6 +1,8 @@
-"""The `srn-hf` command: `srn-hf predict ...`, `srn-hf calibrate ...`, `srn-hf publish ...` and `srn-hf demo ...`."""
+"""The `srn-hf` command: `srn-hf predict ...`, `srn-hf export ...`, `srn-hf calibrate ...`, `srn-hf publish ...` and
+`srn-hf demo ...`."""
 
 import argparse
+import logging
 import sys
 
 
@@ -10,16 +12,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="label images with an SRN model; optionally save attention maps")
     predict.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
-    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders (their images, recursively)")
+    predict.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (their images, recursively)")
+    predict.add_argument("--file-list", metavar="FILE", help="a text file of image paths, one a line")
+    predict.add_argument("--data", metavar="KIND", help="a dataset of srn_hf.data (coco2014, voc2007, imagefolder, csv, hub, ...)")
+    predict.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the --data loader (repeatable)")
+    predict.add_argument("--split", help="the --data split to predict (default: the only split, else test)")
     predict.add_argument("--threshold", type=float, help="one score threshold for every label (default: the model config's)")
     predict.add_argument("--label-threshold", action="append", default=[], metavar="LABEL=T", help="threshold of one label (repeatable)")
     predict.add_argument("--top-k", type=int, help="keep at most the K best labels above the thresholds")
-    predict.add_argument("--json", action="store_true", help="print a JSON list of {image, labels, error[, attention]}")
+    written = predict.add_mutually_exclusive_group()
+    written.add_argument("--json", action="store_true", help="print a JSON list of {image, labels, error[, attention]}")
+    written.add_argument("--output", metavar="FILE", help="write one record per image to FILE.jsonl or FILE.parquet as the run goes")
+    predict.add_argument("--resume", action="store_true", help="continue --output: skip the images it holds (same model and options)")
+    predict.add_argument("--all-scores", action="store_true", help="add every label's score (in id2label order) to each record")
     predict.add_argument("--save-attention", metavar="DIR", help="write a PNG per image: the image and each label's attention map")
     predict.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    predict.add_argument("--num-workers", type=int, default=2, help="DataLoader processes that open and preprocess images (default: 2)")
     predict.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: transformers' choice)")
     predict.add_argument("--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs")
     predict.set_defaults(run=run_predict)
+
+    export = commands.add_parser("export", help="export a model to ONNX or torch.export, with its processor and thresholds")
+    export.add_argument("model_dir", help="folder written by save_pretrained")
+    export.add_argument("out_dir", help="the folder to write (empty or absent)")
+    export.add_argument("--format", choices=["onnx", "torch-export"], default="onnx", help="onnx (model.onnx) or torch-export (model.pt2)")
+    export.add_argument("--image-size", type=int, help="input side of the graph (default: the model's image_size)")
+    export.add_argument("--attention-maps", action="store_true", help="add the output attention_maps (B x C x h x w)")
+    export.add_argument("--fast", action="store_true", help="export the bf16 channels-last fast path (torch-export only)")
+    export.set_defaults(run=run_export)
 
     calibrate = commands.add_parser("calibrate", help="tune a model's thresholds on a validation split; optionally store them")
     calibrate.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
@@ -67,20 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Labels every image with the multi-label pipeline; exit status 1 if some image failed (the others are still
-    predicted and printed; failures are reported on stderr, or in the JSON), 2 if the model or arguments are bad."""
-    import json
-    import logging
-    import os
-
-    from tqdm.auto import tqdm
+    """Labels every image (see `srn_hf.bulk`); exit status 1 if some image failed (the others are still predicted;
+    failures are reported on stderr and in the records), 2 if the model, the sources or the arguments are bad."""
     from transformers import pipeline
 
+    from .bulk import BulkError, check_output, given_sources, run_state, tag_images
     from .hub import ModelFolderError, check_model_folder, is_local_model, one_line
-    from .images import ImageError, list_image_files
     from .pipeline_srn import TASK
     from .pipeline_srn import logger as pipeline_logger
-    from .visualize import save_attention_overlay
 
     label_thresholds = {}
     for item in args.label_threshold:
@@ -95,70 +109,61 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         print(f"srn-hf predict: error: --top-k {args.top_k} must be at least 1", file=sys.stderr)
         return 2
-    files = []
-    for given in args.images:
-        try:
-            files += [os.fspath(path) for path in list_image_files(given)] if os.path.isdir(given) else [given]
-        except OSError as error:
-            print(f"srn-hf predict: error: {given}: {error}", file=sys.stderr)
-    if not files:
-        print(f"srn-hf predict: error: no image files in {' '.join(args.images)}", file=sys.stderr)
+    if args.batch_size < 1 or args.num_workers < 0:
+        print("srn-hf predict: error: --batch-size must be at least 1 and --num-workers at least 0", file=sys.stderr)
+        return 2
+    try:
+        sources = given_sources(args.images, args.file_list, args.data, args.data_option, args.split)
+        for problem in sources.unreadable:
+            print(f"srn-hf predict: error: {problem}", file=sys.stderr)
+        if not sources.keys:
+            raise BulkError(f"no image files in {' '.join(args.images + [args.file_list or args.data or ''])}".rstrip())
+        if args.output is not None:
+            check_output(args.output, args.resume)  # before the model is loaded; checked again by tag_images
+        elif args.resume:
+            raise BulkError("--resume continues an --output file: pass --output")
+    except (BulkError, OSError, ValueError) as error:  # also the --data loaders' AnnotationError, a ValueError
+        print(f"srn-hf predict: error: {error}", file=sys.stderr)
         return 2
     try:
         if is_local_model(args.model):
             check_model_folder(args.model)  # a missing folder, truncated weights, a bad config value: named, now
-        tagger = pipeline(TASK, model=args.model, device=args.device)
-        call_kwargs = {
-            "batch_size": args.batch_size,
-            "threshold": args.threshold,
-            "label_thresholds": label_thresholds or None,
-            "top_k": args.top_k,
-            "fast": args.fast,
-            "return_attention_maps": args.save_attention is not None,
-        }
+        state = run_state(args.device)  # under accelerate launch, each process on its own device
+        tagger = pipeline(TASK, model=args.model, device=state.device if state.num_processes > 1 else args.device)
         tagger.thresholds(args.threshold, label_thresholds or None)  # a bad label or value fails before any image
     except ModelFolderError:  # its message names the folder or the file; `main` prints it
         raise
     except (OSError, ValueError) as error:
         raise ModelFolderError(f"{args.model}: {one_line(error)}") from error
-
-    pipeline_logger.setLevel(logging.ERROR)  # failures are reported below, once, between the progress bar updates
-    records, failed, used_names = [], 0, set()
-    results = tagger((file for file in files), **call_kwargs)
-    for file, result in tqdm(zip(files, results), total=len(files), desc="predict", unit="image", disable=len(files) < 2):
-        record = {"image": file, "labels": [], "error": None}
-        if isinstance(result, ImageError):
-            failed += 1
-            record["error"] = str(result)
-            if not args.json:
-                tqdm.write(f"srn-hf predict: error: {result}", file=sys.stderr)
-        else:
-            record["labels"] = [{"label": item["label"], "score": round(item["score"], 6)} for item in result]
-            if args.save_attention is not None:
-                record["attention"] = os.fspath(
-                    save_attention_overlay(file, result, unique_png_path(args.save_attention, file, used_names))
-                )
-            if not args.json:
-                labels = ", ".join(f"{item['label']} ({item['score']:.3f})" for item in record["labels"])
-                tqdm.write(f"{file}\t{labels or '-'}")
-        records.append(record)
-    if args.json:
-        print(json.dumps(records, indent=1))
-    if failed:
-        print(f"srn-hf predict: {failed} of {len(files)} images could not be predicted", file=sys.stderr)
-    return 1 if failed else 0
+    pipeline_logger.setLevel(logging.ERROR)
+    try:
+        summary = tag_images(
+            tagger, sources, args.model, output=args.output, resume=args.resume, as_json=args.json,
+            batch_size=args.batch_size, num_workers=args.num_workers, fast=args.fast, threshold=args.threshold,
+            label_thresholds=label_thresholds or None, top_k=args.top_k, all_scores=args.all_scores,
+            save_attention=args.save_attention,
+        )  # fmt: skip
+    except BulkError as error:
+        print(f"srn-hf predict: error: {error}", file=sys.stderr)
+        return 2
+    if summary.skipped:
+        print(f"srn-hf predict: {summary.skipped} images already in {args.output}, skipped", file=sys.stderr)
+    if summary.failed:
+        print(f"srn-hf predict: {summary.failed} of {summary.predicted} images could not be predicted", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
-def unique_png_path(folder: str, image_file: str, used_names: set) -> str:
-    """FOLDER/<image stem>_attention.png, numbered when two images share a stem."""
-    import os
+def run_export(args: argparse.Namespace) -> int:
+    """Exports MODEL_DIR to OUT_DIR (see `srn_hf.export`); exit status 2 if the model or the arguments are bad."""
+    from .export import export_model
 
-    stem = os.path.splitext(os.path.basename(image_file))[0]
-    name, number = f"{stem}_attention.png", 1
-    while name in used_names:
-        name, number = f"{stem}_{number}_attention.png", number + 1
-    used_names.add(name)
-    return os.path.join(folder, name)
+    try:
+        graph = export_model(args.model_dir, args.out_dir, args.format, args.image_size, args.attention_maps, args.fast)
+    except (OSError, ValueError) as error:
+        print(f"srn-hf export: error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {args.model_dir} to {graph} (with config.json, preprocessor_config.json, thresholds.json)")
+    return 0
 
 
 def run_calibrate(args: argparse.Namespace) -> int:

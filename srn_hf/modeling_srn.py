@@ -546,9 +546,14 @@ class SRNModel(SRNPreTrainedModel):
 
         attention_logits, confidence_maps = self.checkpointed(self.forward_attention, features)  # Z, S
         attention_maps = attention_logits.flatten(2).softmax(dim=-1).view_as(attention_logits)  # A
+        del attention_logits  # Z is not needed again (softmax's backward uses A): one B x C x h x w map less held
         att_logits = (attention_maps * confidence_maps).sum(dim=(2, 3))  # y_att
 
-        weighted_attention_maps = attention_maps * torch.sigmoid(confidence_maps)  # U
+        weighted_attention_maps = torch.sigmoid(confidence_maps)  # U = A * sigmoid(S)
+        if torch.is_grad_enabled() or weighted_attention_maps.dtype != attention_maps.dtype:
+            weighted_attention_maps = attention_maps * weighted_attention_maps
+        else:  # no gradient to take: in sigmoid(S)'s storage, one B x C x h x w map less at the peak, same values
+            weighted_attention_maps.mul_(attention_maps)
         weighted_attention_maps = resize_to_kernel(weighted_attention_maps, self.attention_map_size)
         sr_logits = self.checkpointed(self.spatial_regularization, weighted_attention_maps)  # y_sr
 

@@ -1,0 +1,246 @@
+"""Exporting an SRN model for serving stacks: an ONNX graph or a `torch.export` program, in a folder usable alone.
+
+```bash
+srn-hf export path/to/srn-model exported/ --format onnx                # exported/model.onnx
+srn-hf export path/to/srn-model exported/ --format torch-export        # exported/model.pt2
+srn-hf export path/to/srn-model exported/ --format onnx --attention-maps --image-size 448
+```
+
+The graph takes `pixel_values` (B x 3 x H x W, float32, normalised by the saved image processor; B is dynamic,
+H = W = the export's image size) and returns `logits` (B x C, the fused y of SRN; apply a sigmoid for scores) and,
+with `attention_maps=True`, `attention_maps` (B x C x h x w, the attention maps A). The ONNX graph comes from the
+current exporter, `torch.onnx.export(..., dynamo=True)`, which goes through `torch.export`: SRN has no custom
+layer it cannot trace (f_sr's whole-map grouped convolution is a batched matrix product).
+
+Beside the graph the folder keeps what a serving stack needs to use it alone, without srn_hf or the weights:
+
+    config.json                the model's config (labels `id2label`, backbone, image size, thresholds)
+    preprocessor_config.json   the image processor (`AutoImageProcessor.from_pretrained(folder)` loads it)
+    thresholds.json            labels in logit order, each label's threshold on the sigmoid score, the outputs
+
+[`ExportedTagger`] runs such a folder with ONNX Runtime (or `torch.export.load`) and gives the same labels as the
+`multi-label-image-classification` pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .fast import autocast_context, fast_inference
+
+EXPORT_FORMATS = {"onnx": "model.onnx", "torch-export": "model.pt2"}
+THRESHOLDS_FILE = "thresholds.json"
+INPUT_NAME = "pixel_values"
+# ONNX protobuf files hold at most 2 GB: above about this many bytes of weights, they go to a file beside the graph.
+ONNX_INLINE_BYTES = 1_800_000_000
+
+
+class ExportableSRN(nn.Module):
+    """The tensors a serving stack needs from an SRN model: `logits`, and `attention_maps` when asked for.
+
+    Args:
+        model: an `SRNForImageClassification` (any model whose output has `logits`, and `attention_maps` if asked).
+        attention_maps: return the attention maps A (B x C x h x w) after the logits.
+        fast: run the model on the fast path of `srn_hf.fast` (bf16 autocast; put the weights in channels-last
+            first); the outputs are float32 all the same.
+    """
+
+    def __init__(self, model: nn.Module, attention_maps: bool = False, fast: bool = False):
+        super().__init__()
+        self.model = model
+        self.attention_maps = attention_maps
+        self.fast = fast
+
+    def output_names(self) -> list[str]:
+        return ["logits", "attention_maps"] if self.attention_maps else ["logits"]
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with autocast_context(enabled=self.fast, device_type=pixel_values.device.type):
+            outputs = self.model(pixel_values=pixel_values, return_dict=True)
+        if self.attention_maps:
+            return outputs.logits.float(), outputs.attention_maps.float()
+        return (outputs.logits.float(),)
+
+
+def export_program(
+    model: nn.Module, image_size: int, attention_maps: bool = False, fast: bool = False
+) -> torch.export.ExportedProgram:
+    """`torch.export` of the model at `image_size`, with a dynamic batch axis (sample batch: 2 images).
+
+    `fast=True` exports the fast path: channels-last weights (the model is changed in place) and bf16 autocast.
+    """
+    wrapper = ExportableSRN(fast_inference(model) if fast else model, attention_maps, fast).eval()
+    example = torch.randn(2, model.config.num_channels, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        return torch.export.export(wrapper, (example,), dynamic_shapes={INPUT_NAME: {0: batch}})
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, attention_maps: bool = False) -> Path:
+    """Writes the ONNX graph of the model at `image_size` to `path`, through `torch.onnx.export(..., dynamo=True)`."""
+    wrapper = ExportableSRN(model, attention_maps).eval()
+    example = torch.randn(2, model.config.num_channels, image_size, image_size)
+    weight_bytes = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=wrapper.output_names(),
+            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
+            dynamo=True,
+            external_data=weight_bytes > ONNX_INLINE_BYTES,
+        )
+    path = Path(path)
+    program.save(os.fspath(path), external_data=weight_bytes > ONNX_INLINE_BYTES)
+    return path
+
+
+def thresholds_record(model: nn.Module, image_processor, image_size: int, output_names: list[str]) -> dict:
+    """What `thresholds.json` holds: labels in logit order and their thresholds (the pipeline's, see `thresholds`)."""
+    from transformers import pipeline
+
+    from .pipeline_srn import TASK
+
+    config = model.config
+    tagger = pipeline(TASK, model=model, image_processor=image_processor)
+    return {
+        "labels": [config.id2label[index] for index in range(config.num_labels)],
+        "thresholds": [float(value) for value in tagger.thresholds()],
+        "score": "sigmoid",
+        "input": {"name": INPUT_NAME, "shape": ["batch", config.num_channels, image_size, image_size]},
+        "outputs": output_names,
+    }
+
+
+def export_model(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    format: str = "onnx",
+    image_size: int | None = None,
+    attention_maps: bool = False,
+    fast: bool = False,
+) -> Path:
+    """Exports the SRN model saved in `model_dir` to `out_dir` (created; it must be empty or absent).
+
+    Args:
+        model_dir: a folder written by `save_pretrained` (with its `preprocessor_config.json`, else the standard
+            processor of `srn_hf.processing` is saved).
+        out_dir: the folder to write: the graph, `config.json`, `preprocessor_config.json`, `thresholds.json`.
+        format: `"onnx"` (`model.onnx`) or `"torch-export"` (`model.pt2`, load with `torch.export.load`).
+        image_size: the input side H = W of the graph; by default the model's `image_size`. At another size the
+            saved image processor resizes to it, and f_sr sees the attention maps resized as in the model.
+        attention_maps: add the output `attention_maps` (B x C x h x w) after `logits`.
+        fast: export the fast path of `srn_hf.fast` (bf16 autocast, channels-last weights); `torch-export` only,
+            ONNX Runtime's CPU provider has no bfloat16 convolution.
+
+    Returns:
+        The path of the graph.
+    """
+    from .hub import load_image_processor, load_model
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format {format!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    if fast and format == "onnx":
+        raise ValueError(
+            "--fast exports bf16 convolutions, which ONNX Runtime's CPU provider cannot run: use --format "
+            "torch-export for the fast path, or leave --fast out (ONNX Runtime runs the float32 graph)"
+        )
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} is not an empty folder: the export would mix with its files")
+    model = load_model(model_dir).float()
+    image_size = image_size or model.config.image_size
+    if image_size < 32:
+        raise ValueError(f"image size {image_size} is too small: the backbone's stride-32 map would be empty")
+    image_processor = load_image_processor(model_dir, model.config)
+    image_processor.size = {"height": image_size, "width": image_size}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    graph = out_dir / EXPORT_FORMATS[format]
+    output_names = ExportableSRN(model, attention_maps).output_names()
+    if format == "onnx":
+        export_onnx(model, graph, image_size, attention_maps)
+    else:
+        torch.export.save(export_program(model, image_size, attention_maps, fast), graph)
+    model.config.save_pretrained(out_dir)
+    image_processor.save_pretrained(out_dir)
+    record = thresholds_record(model, image_processor, image_size, output_names)
+    (out_dir / THRESHOLDS_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return graph
+
+
+class ExportedTagger:
+    """Labels images with an exported folder alone: its graph, image processor and thresholds.
+
+    ```python
+    >>> tagger = ExportedTagger("exported/")               # model.onnx (ONNX Runtime) or model.pt2 (torch.export)
+    >>> tagger(["street.jpg", "beach.png"])                # labels above their thresholds, best first
+    [[{'label': 'person', 'score': 0.97}, ...], [...]]
+    >>> tagger.logits(pixel_values)                        # the raw outputs, B x C (numpy)
+    ```
+
+    Args:
+        folder: a folder written by [`export_model`].
+        providers: ONNX Runtime execution providers (default: the CPU provider).
+    """
+
+    def __init__(self, folder: str | os.PathLike, providers: list[str] | None = None):
+        from transformers import AutoImageProcessor
+
+        folder = Path(folder)
+        record_file = folder / THRESHOLDS_FILE
+        if not record_file.is_file():
+            raise FileNotFoundError(f"{folder} holds no {THRESHOLDS_FILE}: pass a folder written by srn-hf export")
+        self.record = json.loads(record_file.read_text(encoding="utf-8"))
+        self.labels = self.record["labels"]
+        self.thresholds = np.asarray(self.record["thresholds"], dtype=np.float64)
+        self.image_processor = AutoImageProcessor.from_pretrained(folder)
+        if (folder / EXPORT_FORMATS["onnx"]).is_file():
+            import onnxruntime
+
+            self.session = onnxruntime.InferenceSession(
+                os.fspath(folder / EXPORT_FORMATS["onnx"]), providers=providers or ["CPUExecutionProvider"]
+            )
+            self.program = None
+        else:
+            self.session = None
+            self.program = torch.export.load(folder / EXPORT_FORMATS["torch-export"]).module()
+
+    def outputs(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the graph (`logits`, maybe `attention_maps`) for a B x 3 x H x W float32 batch."""
+        pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        if self.session is not None:
+            values = self.session.run(None, {INPUT_NAME: pixel_values})
+        else:
+            with torch.no_grad():
+                values = [tensor.numpy() for tensor in self.program(torch.from_numpy(pixel_values))]
+        return dict(zip(self.record["outputs"], values))
+
+    def logits(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self.outputs(pixel_values)["logits"]
+
+    def __call__(self, images: list) -> list[list[dict]]:
+        """Labels above their thresholds, best first, for each image (paths, PIL images or arrays)."""
+        from .images import open_image
+
+        opened = [open_image(image) for image in images]
+        pixel_values = self.image_processor(images=opened, return_tensors="np")["pixel_values"]
+        scores = 1.0 / (1.0 + np.exp(-self.logits(pixel_values).astype(np.float64)))
+        return [
+            [
+                {"label": self.labels[index], "score": float(row[index])}
+                for index in np.argsort(-row, kind="stable")
+                if row[index] > self.thresholds[index]
+            ]
+            for row in scores
+        ]
+
+
+__all__ = ["EXPORT_FORMATS", "ExportableSRN", "ExportedTagger", "export_model", "export_onnx", "export_program"]
