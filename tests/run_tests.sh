@@ -3,7 +3,7 @@
 # multi-process tests included. Extra arguments go to pytest (e.g. -m "not slow" for the quick part).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-export VENV=${VENV:-$repo/.venv-test} FRESH=${FRESH:-1} EXTRAS=${EXTRAS:-test,demo,app}
+export VENV=${VENV:-$repo/.venv-test} FRESH=${FRESH:-1} EXTRAS=${EXTRAS:-test,demo,app,export}
 bash "$repo/examples/setup_env.sh"
 cd "$repo"
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider -ra "$@"
