@@ -187,7 +187,9 @@ def test_remote_code_loads_with_the_repository_off_sys_path(saved, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        sys.path = [path for path in sys.path if {str(REPOSITORY)!r} not in path and path not in ("", ".")]
+        import os
+        # The repository itself off the path (its virtualenv, which may lie inside it, stays: torch comes from there).
+        sys.path = [path for path in sys.path if path not in ("", ".") and os.path.realpath(path) != {str(REPOSITORY.resolve())!r}]
         sys.modules["srn_hf"] = None  # an installed copy cannot serve either: only the folder's code may
         import torch
         from transformers import AutoModel, AutoModelForImageClassification
