@@ -17,7 +17,9 @@ import torch
 
 from benchmark_utils import build_model, count_flops, count_parameters, machine_description
 
-SRN_HEAD_MODULES = ("classifier", "attention_trunk", "attention", "confidence", "spatial_regularization")
+from srn_hf.stages import SRN_BRANCH, SRN_MODULES
+
+SRN_HEAD_MODULES = SRN_MODULES[1:]  # everything after the backbone f_cnn: f_cls and the SRN branch
 
 
 def params_and_flops(backbone: str, num_labels: int, image_size: int) -> dict:
@@ -63,7 +65,7 @@ def format_table(rows: list[dict]) -> str:
                      f"{row['srn_gflops']:.2f} | {row['srn_over_timm_flops']:.3f} x FLOPs, "
                      f"{row['srn_over_timm_params']:.3f} x params |")
         lines.append(f"| of which SRN branch (f_att, S, f_sr) | {size} | "
-                     f"{sum(row['srn_head_params'][name] for name in SRN_HEAD_MODULES[1:]) / 1e6:.2f} | "
+                     f"{sum(row['srn_head_params'][name] for name in SRN_BRANCH) / 1e6:.2f} | "
                      f"{row['srn_branch_gflops']:.2f} | {100 * row['srn_branch_share_of_backbone']:.1f} % of the "
                      "backbone's FLOPs |")
     return "\n".join(lines)

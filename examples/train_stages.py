@@ -16,18 +16,20 @@ draws them, OUTPUT_DIR/predictions holds each stage's test scores. Checkpoints (
 OUTPUT_DIR/checkpoints after every epoch (and every `training.checkpoint_every_steps` steps).
 """
 
-from __future__ import annotations
-
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from datasets import DatasetDict
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -39,14 +41,17 @@ from srn_hf.data.transforms import collate_multilabel, with_multilabel_transform
 from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import create_image_processor
-from srn_hf.stages import STAGES, StageForward, apply_stage, make_loss, set_train_mode, stage_loss
+from srn_hf.stages import STAGES, Stage, StageForward, apply_stage, make_loss, set_train_mode, stage_loss
 from srn_hf.training import (
     EpochSeededDataset,
+    Recipe,
     RecipeError,
+    StageRecipe,
     TrainingDiverged,
     flat_dict,
     load_recipe,
     metric_table,
+    network_fields,
     plot_training_curves,
     predict_scores,
     write_json,
@@ -84,9 +89,154 @@ def parse_stages(text: str) -> list[int]:
     return stages
 
 
-def load_data(recipe, accelerator):
+# ---------------------------------------------------------------------------------------------------------------
+# The run's state: `Progress` is what a checkpoint saves beside Accelerate's state (progress.json), `Run` what every
+# step below reads, `StageRun` one stage's prepared model, optimizer and data loaders.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved as progress.json in every checkpoint.
+
+    Attributes:
+        signature: what a checkpoint must share with a run to be resumed by it ([`run_signature`]).
+        stage, epoch, step: the stage, the epoch (0-based) and the batch of that epoch to continue from.
+        records: `{"<stage>": record}`, each stage's history, best epoch and figures (metrics.json's `stages`).
+        epoch_loss: the current epoch's loss summed over all processes' batches, and how many were summed, at a
+            mid-epoch checkpoint (so that a resumed epoch reports its loss whole).
+    """
+
+    signature: dict
+    stage: int
+    epoch: int = 0
+    step: int = 0
+    records: dict[str, dict] = field(default_factory=dict)
+    epoch_loss: tuple[float, int] | None = None
+
+    def move_to(self, stage: int, epoch: int = 0, step: int = 0) -> None:
+        """Records that the run continues from batch `step` of epoch `epoch` (0-based) of stage `stage`."""
+        self.stage, self.epoch, self.step = stage, epoch, step
+
+
+@dataclass
+class Run:
+    """What the steps share, set once by [`set_up`]; only `progress` and `checkpoint` change as the run goes."""
+
+    args: argparse.Namespace
+    recipe: Recipe
+    stages: list[int]
+    output_dir: Path
+    accelerator: Accelerator
+    dataset: DatasetDict  # with its transforms (torchvision augmentation on train, the image processor elsewhere)
+    names: list[str]
+    model: SRNForImageClassification
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # L(logits, labels) of the recipe's `loss`
+    train_data: EpochSeededDataset
+    eval_loaders: dict[str, DataLoader]
+    progress: Progress
+    checkpoint: Path | None  # the checkpoint to resume from, until its stage has restored it
+
+
+@dataclass
+class StageRun:
+    """One stage, prepared: its table entry and recipe, its record, and what `accelerator.prepare` returned."""
+
+    stage: Stage
+    recipe: StageRecipe
+    record: dict
+    folder: Path  # OUTPUT_DIR/stage-N
+    trained: list[str]
+    model: torch.nn.Module  # the prepared StageForward
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # accelerate's AcceleratedScheduler
+    train_loader: DataLoader
+    validation_loader: DataLoader
+    test_loader: DataLoader
+
+
+def main(argv=None) -> dict:
+    """The run, step by step: set-up and checks (with the checkpoint to resume from), then for each stage its
+    preparation, training and evaluation, then the report. Returns the report (metrics.json's content)."""
+    run = set_up(parse_args(argv))
+    for number in run.stages:
+        if number < run.progress.stage:
+            continue  # finished before the checkpoint we resume from
+        stage_run = prepare_stage(run, number)
+        train_stage(run, stage_run)
+        evaluate_stage(run, stage_run)
+        run.progress.move_to(number + 1)
+    report = write_report(run)
+    publish_final(run)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Set-up and checks: everything that can be wrong is checked before the first step (data, labels, checkpoint,
+# starting model).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def set_up(args: argparse.Namespace) -> Run:
+    """The recipe, the Accelerator, the data, the checkpoint to resume from and the starting model."""
+    overrides = args.set + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    recipe = load_recipe(args.config, overrides)
+    stages = parse_stages(args.stages)
+    output_dir = Path(recipe.output_dir)
+    accelerator = create_accelerator(recipe, output_dir)
+    # Same seed on every process: the same initial weights everywhere (DDP also broadcasts them at `prepare`).
+    set_seed(recipe.seed)
+
+    dataset = load_data(recipe, accelerator)
+    names = label_names(dataset)
+    signature = run_signature(recipe, names)
+    checkpoint, progress = find_resume_point(args, output_dir, signature, stages, accelerator)
+    model = initial_model(recipe, names, stages[0], args.init_from, output_dir)
+    if recipe.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # Training crops and flips with torchvision; validation and test use the image processor saved with the model.
+    image_processor = create_image_processor(model.config)
+    dataset = with_multilabel_transforms(dataset, image_processor=image_processor, augment=recipe.data.augment)
+    eval_loaders = {
+        split: DataLoader(dataset[split], batch_size=recipe.training.eval_batch_size, collate_fn=collate_multilabel,
+                          num_workers=recipe.data.num_workers)  # fmt: skip
+        for split in ("validation", "test")
+    }
+    # The trackers (TensorBoard) get the whole recipe as hyper-parameters; they log on the main process only.
+    accelerator.init_trackers("srn", config=flat_dict(recipe.to_dict()))
+    accelerator.print(f"SRN on {recipe.data.kind}: {len(names)} labels, splits {dict(dataset.num_rows)}, stages {stages}")
+    return Run(
+        args=args, recipe=recipe, stages=stages, output_dir=output_dir, accelerator=accelerator, dataset=dataset,
+        names=names, model=model, loss_fn=make_loss(**vars(recipe.loss)),
+        train_data=EpochSeededDataset(dataset["train"], recipe.seed), eval_loaders=eval_loaders,
+        progress=progress or Progress(signature=signature, stage=stages[0]), checkpoint=checkpoint,
+    )  # fmt: skip
+
+
+def create_accelerator(recipe, output_dir: Path) -> Accelerator:
+    """The Accelerator of the run: precision, trackers, numbered checkpoints, a seeded sampler."""
+    training = recipe.training
+    log_with = training.log_with
+    if log_with == "auto":
+        log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    return Accelerator(
+        mixed_precision=training.mixed_precision,  # autocast in the prepared model's forward, a grad scaler for fp16
+        log_with=None if log_with == "none" else log_with,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir),
+            logging_dir=str(output_dir / "logs"),
+            automatic_checkpoint_naming=True,  # save_state() writes OUTPUT_DIR/checkpoints/checkpoint_<i>
+            total_limit=training.checkpoints_total_limit,  # and deletes the oldest beyond this many
+        ),
+        # The shuffling sampler is seeded by (data_seed, epoch): a resumed run draws the batches the unbroken one drew.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed),
+    )
+
+
+def load_data(recipe, accelerator: Accelerator):
     """The DatasetDict of the recipe (the offline stamp scenes are generated on first use, by the main process)."""
     data = recipe.data
+    # The main process loads (and for the demo, generates) the dataset first; the others then read its cache.
     with accelerator.main_process_first():
         dataset = load_multilabel_dataset(data.kind, **data.options)
     for split in ("train", "validation", "test"):
@@ -99,7 +249,7 @@ def load_data(recipe, accelerator):
     return dataset
 
 
-def signature(recipe, names: list[str]) -> dict:
+def run_signature(recipe, names: list[str]) -> dict:
     """What a checkpoint must share with this run to be resumed by it."""
     return {
         "label_names": names,
@@ -108,6 +258,49 @@ def signature(recipe, names: list[str]) -> dict:
         "dataset": {"kind": recipe.data.kind, "options": recipe.data.options},
         "seed": recipe.seed,
     }
+
+
+def initial_model(recipe, names: list[str], first_stage: int, init_from: str | None, output_dir: Path):
+    """Stage 1: a new SRN with ImageNet backbone weights. A later first stage: the previous stage's export."""
+    id2label = dict(enumerate(names))
+    if first_stage > 1:
+        source = Path(init_from or output_dir / f"stage-{first_stage - 1}")
+        return previous_stage_model(recipe, id2label, source, first_stage)
+    if init_from:
+        raise ValueError("--init-from is for runs that start after stage 1 (--stages 2,3,4)")
+    config_fields = dataclasses.asdict(recipe.model)
+    weights = config_fields.pop("pretrained_weights")  # every other key of the model section is an SRNConfig field
+    model = SRNForImageClassification(SRNConfig(**config_fields, id2label=id2label))
+    if weights == "packaged-lite0":
+        model.load_backbone_weights(packaged_efficientnet_lite0_weights())
+    elif weights == "timm":
+        model.load_backbone_weights()
+    elif weights is not None:
+        if not Path(weights).is_file():
+            raise ValueError(f"model.pretrained_weights={weights!r}: no such file (or use 'timm', 'packaged-lite0', null)")
+        model.load_backbone_weights(weights)
+    return model
+
+
+def previous_stage_model(recipe, id2label: dict, source: Path, first_stage: int) -> SRNForImageClassification:
+    """The model exported by an earlier stage, refused if its network is not the recipe's `model` section."""
+    if not (source / "config.json").exists():
+        raise ValueError(
+            f"stage {first_stage} starts from {source}, which holds no model (config.json); run stage {first_stage - 1} "
+            "first or pass --init-from"
+        )
+    model = SRNForImageClassification.from_pretrained(source, id2label=id2label)  # raises on another label set
+    for key in network_fields():
+        if getattr(model.config, key) != getattr(recipe.model, key):
+            raise ValueError(
+                f"{source} has {key}={getattr(model.config, key)!r}, the recipe model.{key}={getattr(recipe.model, key)!r}"
+            )
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints: finding, saving and restoring them (Accelerate's `save_state` folder plus progress.json).
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
@@ -122,42 +315,95 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
     return folders[-1] if folders else None
 
 
-def check_checkpoint(progress: dict, expected: dict, path: Path) -> None:
-    for key, value in expected.items():
-        if progress["signature"].get(key) != value:
+def read_progress(checkpoint: Path, signature: dict) -> Progress:
+    """The checkpoint's progress.json, refused if the checkpoint belongs to another run."""
+    progress = Progress(**json.loads((checkpoint / "progress.json").read_text()))
+    for key, value in signature.items():
+        if progress.signature.get(key) != value:
             raise ValueError(
-                f"checkpoint {path} belongs to another run: its {key} is {progress['signature'].get(key)!r}, this "
+                f"checkpoint {checkpoint} belongs to another run: its {key} is {progress.signature.get(key)!r}, this "
                 f"run's is {value!r}. Resume with the recipe it was trained with, or use another --output-dir"
             )
+    return progress
 
 
-def initial_model(recipe, names: list[str], first_stage: int, init_from: str | None, output_dir: Path):
-    """Stage 1: a new SRN with ImageNet backbone weights. A later first stage: the previous stage's export."""
-    id2label = dict(enumerate(names))
-    model_recipe = recipe.model
-    if first_stage > 1:
-        source = Path(init_from or output_dir / f"stage-{first_stage - 1}")
-        if not (source / "config.json").exists():
-            raise ValueError(f"stage {first_stage} starts from {source}, which holds no model (config.json); run stage {first_stage - 1} first or pass --init-from")
-        model = SRNForImageClassification.from_pretrained(source, id2label=id2label)  # raises on another label set
-        for key in ("backbone", "image_size", "attention_feature_index", "classifier_feature_index", "layout"):
-            if getattr(model.config, key) != getattr(model_recipe, key):
-                raise ValueError(f"{source} has {key}={getattr(model.config, key)!r}, the recipe model.{key}={getattr(model_recipe, key)!r}")
-        return model
-    if init_from:
-        raise ValueError("--init-from is for runs that start after stage 1 (--stages 2,3,4)")
-    config_fields = dict(vars(model_recipe))
-    weights = config_fields.pop("pretrained_weights")  # every other key of the model section is an SRNConfig field
-    model = SRNForImageClassification(SRNConfig(**config_fields, id2label=id2label))
-    if weights == "packaged-lite0":
-        model.load_backbone_weights(packaged_efficientnet_lite0_weights())
-    elif weights == "timm":
-        model.load_backbone_weights()
-    elif weights is not None:
-        if not Path(weights).is_file():
-            raise ValueError(f"model.pretrained_weights={weights!r}: no such file (or use 'timm', 'packaged-lite0', null)")
-        model.load_backbone_weights(weights)
-    return model
+def find_resume_point(
+    args, output_dir: Path, signature: dict, stages: list[int], accelerator: Accelerator
+) -> tuple[Path | None, Progress | None]:
+    """With --resume, the checkpoint and its progress; without, a check that OUTPUT_DIR holds no other run."""
+    if not args.resume:
+        if (output_dir / "checkpoints").exists() and not args.overwrite:
+            raise ValueError(f"{output_dir} already holds a run: pass --resume to continue it or --overwrite to start afresh")
+        return None, None
+    checkpoint = find_checkpoint(output_dir, args.resume)
+    if checkpoint is None:
+        accelerator.print(f"no checkpoint under {output_dir / 'checkpoints'}: starting afresh")
+        return None, None
+    progress = read_progress(checkpoint, signature)
+    if progress.stage not in stages:
+        raise ValueError(f"checkpoint {checkpoint} is in stage {progress.stage}, not among --stages {args.stages}")
+    return checkpoint, progress
+
+
+def save_checkpoint(run: Run, stage_number: int, epoch: int, step: int) -> None:
+    """Saves the run at (stage, epoch, batch): Accelerate's state of everything prepared, and progress.json."""
+    run.progress.move_to(stage_number, epoch, step)
+    # Model, optimizer, scheduler, sampler and RNG states of every process, into the next checkpoint_<i> folder.
+    location = Path(run.accelerator.save_state())
+    if run.accelerator.is_main_process:
+        write_json(location / "progress.json", dataclasses.asdict(run.progress))
+    run.accelerator.wait_for_everyone()  # no process goes on before the checkpoint is complete
+
+
+def resume_stage(run: Run, stage_run: StageRun) -> tuple[int, int]:
+    """The epoch and batch the stage starts from: (0, 0), or the checkpoint's when the run resumes in this stage."""
+    if run.checkpoint is None or stage_run.stage.number != run.progress.stage:
+        return 0, 0
+    accelerator, checkpoint = run.accelerator, run.checkpoint
+    # Restores what `prepare` returned (weights, optimizer, scheduler, sampler) and every process's RNG state.
+    accelerator.load_state(str(checkpoint))
+    existing = [int(path.name.split("_")[-1]) for path in (run.output_dir / "checkpoints").glob("checkpoint_*")]
+    accelerator.project_configuration.iteration = max(existing, default=-1) + 1  # next checkpoint's number
+    run.checkpoint = None
+    progress = run.progress
+    accelerator.print(f"resumed {checkpoint}: stage {progress.stage}, epoch {progress.epoch + 1}, batch {progress.step}")
+    return progress.epoch, progress.step
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One stage's training: freeze what it does not train, prepare, train epoch by epoch, keep the best epoch.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def prepare_stage(run: Run, number: int) -> StageRun:
+    """Freezes what stage `number` does not train, and prepares its model, optimizer, scheduler and data loaders."""
+    accelerator, stage, stage_recipe = run.accelerator, STAGES[number], run.recipe.stage(number)
+    record = run.progress.records.setdefault(
+        str(number), {"stage": number, "prediction": stage.prediction, "history": [], "best_epoch": None, "best_mAP": None}
+    )
+    # Drops the previous stage's prepared objects (and DDP wrapper): `requires_grad` must be set before `prepare`.
+    accelerator.free_memory()
+    trainable = apply_stage(run.model, stage)
+    optimizer = build_optimizer(trainable, stage_recipe)
+    train_loader = DataLoader(run.train_data, batch_size=stage_recipe.batch_size, shuffle=True,
+                              collate_fn=collate_multilabel, num_workers=run.recipe.data.num_workers)  # fmt: skip
+    # `accumulate()` below then steps the optimizer every this many batches only.
+    accelerator.gradient_accumulation_steps = stage_recipe.gradient_accumulation_steps
+    optimizer_steps = stage_recipe.epochs * math.ceil(len(train_loader) / stage_recipe.gradient_accumulation_steps)
+    scheduler = get_scheduler(
+        stage_recipe.schedule, optimizer,
+        num_warmup_steps=round(stage_recipe.warmup_ratio * optimizer_steps), num_training_steps=max(optimizer_steps, 1),
+    )
+    # Wraps the model (DDP across processes, autocast), shards the loaders per process, moves all to the device.
+    stage_model, optimizer, train_loader, scheduler, validation_loader, test_loader = accelerator.prepare(
+        StageForward(run.model, stage), optimizer, train_loader, scheduler,
+        run.eval_loaders["validation"], run.eval_loaders["test"],
+    )  # fmt: skip
+    return StageRun(
+        stage=stage, recipe=stage_recipe, record=record, folder=run.output_dir / f"stage-{number}", trained=list(trainable),
+        model=stage_model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+        validation_loader=validation_loader, test_loader=test_loader,
+    )  # fmt: skip
 
 
 def build_optimizer(trainable: dict, stage_recipe) -> torch.optim.Optimizer:
@@ -177,12 +423,151 @@ def build_optimizer(trainable: dict, stage_recipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=stage_recipe.lr)
 
 
-def export(accelerator, model: SRNForImageClassification, folder: Path) -> None:
-    """`save_pretrained` of the model and its image processor: a folder `pipeline(...)` loads directly."""
+def train_stage(run: Run, stage_run: StageRun) -> None:
+    """The stage's epochs (from the checkpoint's epoch and batch when the run resumes in this stage), each one
+    validated and checkpointed."""
+    start_epoch, start_step = resume_stage(run, stage_run)
+    run.accelerator.print(
+        f"\n== stage {stage_run.stage.number}: trains {', '.join(stage_run.trained)}; "
+        f"loss on {', '.join(stage_run.stage.loss_terms)}"
+    )
+    for epoch in range(start_epoch, stage_run.recipe.epochs):
+        train_loss = train_epoch(run, stage_run, epoch, start_step if epoch == start_epoch else 0)
+        validate_epoch(run, stage_run, epoch, train_loss)
+        save_checkpoint(run, stage_run.stage.number, epoch + 1, 0)
+
+
+def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) -> float:
+    """One epoch of the stage (from batch `start_step` when resumed); returns its mean training loss."""
+    accelerator, number, epochs = run.accelerator, stage_run.stage.number, stage_run.recipe.epochs
+    run.train_data.set_epoch(epoch)  # the augmentation's seed
+    stage_run.train_loader.set_epoch(epoch)  # the seedable sampler's shuffle
+    set_train_mode(stage_run.model, stage_run.stage)
+    # A resumed epoch skips the batches trained before the checkpoint (the sampler draws the same order).
+    batches = skip_first_batches(stage_run.train_loader, start_step) if start_step else stage_run.train_loader
+    # The epoch's loss summed over all processes' batches (kept in checkpoints, so resumed epochs report it whole).
+    total_loss, seen = run.progress.epoch_loss or (0.0, 0) if start_step else (0.0, 0)
+    bar = tqdm(batches, desc=f"stage {number} epoch {epoch + 1}/{epochs}", initial=start_step,
+               total=len(stage_run.train_loader), disable=not accelerator.is_local_main_process)  # fmt: skip
+    every = run.recipe.training.checkpoint_every_steps
+    for step, batch in enumerate(bar, start=start_step):
+        pixel_values = batch["pixel_values"]
+        if run.recipe.training.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        # Under `accumulate`, DDP syncs gradients and the optimizer steps only every `gradient_accumulation_steps`.
+        with accelerator.accumulate(stage_run.model):
+            loss = stage_loss(stage_run.model(pixel_values), batch["labels"], stage_run.stage, run.loss_fn)
+            summed_loss = accelerator.reduce(loss.detach(), "sum").item()  # over processes: NaN if any diverged
+            check_finite(run, stage_run, summed_loss, loss, epoch, step)
+            accelerator.backward(loss)  # scales the loss for fp16 and for gradient accumulation
+            stage_run.optimizer.step()
+            stage_run.scheduler.step()
+            stage_run.optimizer.zero_grad()
+        total_loss, seen = total_loss + summed_loss, seen + accelerator.num_processes
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        # `sync_gradients`: this batch ended an accumulation window, so the optimizer state is whole.
+        if every and accelerator.sync_gradients and (step + 1) % every == 0 and step + 1 < len(stage_run.train_loader):
+            run.progress.epoch_loss = (total_loss, seen)
+            save_checkpoint(run, number, epoch, step + 1)
+    return total_loss / max(seen, 1)
+
+
+def check_finite(run: Run, stage_run: StageRun, summed_loss: float, loss: torch.Tensor, epoch: int, step: int) -> None:
+    """Stops the run with [`TrainingDiverged`] when the loss of any process is NaN or infinite."""
+    if math.isfinite(summed_loss):
+        return
+    number = stage_run.stage.number
+    raise TrainingDiverged(
+        f"stage {number}, epoch {epoch + 1}, batch {step}: the loss is {loss.item()} (lr "
+        f"{stage_run.scheduler.get_last_lr()[0]:.3g}). Training stopped; last good checkpoint: "
+        f"{find_checkpoint(run.output_dir, 'latest')}. Lower stage{number}.lr or use mixed_precision=no, then --resume"
+    )
+
+
+def validate_epoch(run: Run, stage_run: StageRun, epoch: int, train_loss: float) -> None:
+    """Validation mAP of the stage's own prediction after `epoch`; the best epoch is exported to OUTPUT_DIR/stage-N."""
+    accelerator, number, record = run.accelerator, stage_run.stage.number, stage_run.record
+    metrics = score_split(run, stage_run, stage_run.validation_loader)[0]
+    entry = {"epoch": epoch + 1, "train_loss": train_loss, "validation_mAP": metrics["mAP"],
+             "validation_OF1": metrics["OF1"], "validation_CF1": metrics["CF1"]}  # fmt: skip
+    record["history"].append(entry)
+    accelerator.print(f"stage {number} epoch {epoch + 1}: loss {train_loss:.4f}, validation mAP {metrics['mAP']:.2f}")
+    # To the trackers, on one step axis across all stages.
+    accelerator.log({f"stage{number}/{key}": value for key, value in entry.items() if key != "epoch"},
+                    step=sum(len(r["history"]) for r in run.progress.records.values()))  # fmt: skip
+    if record["best_mAP"] is None or metrics["mAP"] > record["best_mAP"]:
+        record.update(best_epoch=epoch + 1, best_mAP=metrics["mAP"])
+        export(accelerator, run.model, stage_run.folder)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One stage's evaluation: its best epoch on the validation and test splits.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def score_split(run: Run, stage_run: StageRun, loader: DataLoader) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The metrics of the stage's prediction on one split, with the sigmoid scores and labels (N x C each)."""
+    prediction = stage_run.stage.prediction
+    scores, labels = predict_scores(run.accelerator, stage_run.model, loader, (prediction,))
+    return multilabel_metrics(scores[prediction].numpy(), labels.numpy()), scores[prediction], labels
+
+
+def evaluate_stage(run: Run, stage_run: StageRun) -> dict:
+    """Reloads the stage's best epoch (carried on to the next stage), scores it on validation and test; returns the
+    stage's record. The test scores go to OUTPUT_DIR/predictions (for the comparison with stage 1, error analysis)."""
+    accelerator, number, record = run.accelerator, stage_run.stage.number, stage_run.record
+    if record["best_epoch"] is None:  # epochs: 0, the stage is only evaluated and exported
+        export(accelerator, run.model, stage_run.folder)
+    run.model.load_state_dict(load_file(stage_run.folder / "model.safetensors"))
+    record["validation"] = score_split(run, stage_run, stage_run.validation_loader)[0]
+    record["test"], scores, labels = score_split(run, stage_run, stage_run.test_loader)
     if accelerator.is_main_process:
+        (run.output_dir / "predictions").mkdir(exist_ok=True)
+        save_file({"scores": scores.contiguous(), "labels": labels.float().contiguous()},
+                  run.output_dir / "predictions" / f"stage-{number}-test.safetensors")  # fmt: skip
+    accelerator.log({f"stage{number}/test_mAP": record["test"]["mAP"]})  # to the trackers, from the main process
+    return record
+
+
+def export(accelerator: Accelerator, model: SRNForImageClassification, folder: Path) -> None:
+    """`save_pretrained` of the model and its image processor: a folder `pipeline(...)` loads directly."""
+    if accelerator.is_main_process:  # one writer; `model` is the unwrapped model, its weights are every process's
         model.save_pretrained(folder)
         create_image_processor(model.config).save_pretrained(folder)
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # no process reads the folder before it is written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The report: the table across stages, metrics.json, the curves, the final model; then the Hub.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_report(run: Run) -> dict:
+    """Prints the stages' tables, exports OUTPUT_DIR/final, writes metrics.json and training_curves.png."""
+    accelerator, output_dir, recipe = run.accelerator, run.output_dir, run.recipe
+    records = [run.progress.records[key] for key in sorted(run.progress.records, key=int)]
+    report = {
+        "recipe": recipe.to_dict(),
+        "dataset": {"name": recipe.data.kind, "label_names": run.names, "splits": dict(run.dataset.num_rows)},
+        "stages": records,
+        "test_gain_over_stage1": gain_over_stage1(output_dir, records) if accelerator.is_main_process else None,
+    }
+    accelerator.print("\n" + metric_table(records, "validation") + "\n\n" + metric_table(records, "test"))
+    if report["test_gain_over_stage1"]:
+        gain = report["test_gain_over_stage1"]
+        accelerator.print(
+            f"\ntest mAP of stage {gain['stage']} over stage 1: {gain['difference']:+.2f} "
+            f"({100 * gain['confidence_level']:.0f}% interval {gain['low']:+.2f} .. {gain['high']:+.2f}, "
+            f"paired bootstrap over the {gain['images']} test images)"
+        )
+    export(accelerator, run.model, output_dir / "final")
+    if accelerator.is_main_process:
+        write_json(output_dir / "metrics.json", report)
+        plot_training_curves(records, output_dir / "training_curves.png")
+        accelerator.print(f"\nmodels: {output_dir}/stage-N, {output_dir}/final; metrics.json and training_curves.png in {output_dir}")
+    # Closes the trackers (flushes TensorBoard's files).
+    accelerator.end_training()
+    return report
 
 
 def gain_over_stage1(output_dir: Path, records: list[dict]) -> dict | None:
@@ -198,199 +583,15 @@ def gain_over_stage1(output_dir: Path, records: list[dict]) -> dict | None:
     return {"stage": last, **map_difference(first["scores"], final["scores"], final["labels"])}
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    overrides = args.set + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
-    recipe = load_recipe(args.config, overrides)
-    stages = parse_stages(args.stages)
-    output_dir = Path(recipe.output_dir)
-    training = recipe.training
+def publish_final(run: Run) -> None:
+    """With --push-to-hub, publishes OUTPUT_DIR/final with its model card (from metrics.json), from the main process."""
+    if not run.args.push_to_hub or not run.accelerator.is_main_process:
+        return
+    from srn_hf.hub import publish
 
-    log_with = training.log_with
-    if log_with == "auto":
-        log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
-    accelerator = Accelerator(
-        mixed_precision=training.mixed_precision,
-        log_with=None if log_with == "none" else log_with,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir),
-            logging_dir=str(output_dir / "logs"),
-            automatic_checkpoint_naming=True,
-            total_limit=training.checkpoints_total_limit,
-        ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed),
-    )
-    set_seed(recipe.seed)
-
-    # Everything that can be wrong is checked before the first step: data, labels, checkpoint, starting model.
-    dataset = load_data(recipe, accelerator)
-    names = label_names(dataset)
-    run_signature = signature(recipe, names)
-    checkpoint, progress = None, None
-    if args.resume:
-        checkpoint = find_checkpoint(output_dir, args.resume)
-        if checkpoint is None:
-            accelerator.print(f"no checkpoint under {output_dir / 'checkpoints'}: starting afresh")
-        else:
-            progress = json.loads((checkpoint / "progress.json").read_text())
-            check_checkpoint(progress, run_signature, checkpoint)
-            if progress["stage"] not in stages:
-                raise ValueError(f"checkpoint {checkpoint} is in stage {progress['stage']}, not among --stages {args.stages}")
-    elif (output_dir / "checkpoints").exists() and not args.overwrite:
-        raise ValueError(f"{output_dir} already holds a run: pass --resume to continue it or --overwrite to start afresh")
-    model = initial_model(recipe, names, stages[0], args.init_from, output_dir)
-    if training.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = make_loss(**vars(recipe.loss))
-    image_processor = create_image_processor(model.config)
-    dataset = with_multilabel_transforms(dataset, image_processor=image_processor, augment=recipe.data.augment)
-    train_data = EpochSeededDataset(dataset["train"], recipe.seed)
-    eval_loaders = {
-        split: DataLoader(dataset[split], batch_size=training.eval_batch_size, collate_fn=collate_multilabel, num_workers=recipe.data.num_workers)
-        for split in ("validation", "test")
-    }
-
-    if progress is None:
-        progress = {"signature": run_signature, "stage": stages[0], "epoch": 0, "step": 0, "records": {}}
-    accelerator.init_trackers("srn", config=flat_dict(recipe.to_dict()))
-    accelerator.print(f"SRN on {recipe.data.kind}: {len(names)} labels, splits {dict(dataset.num_rows)}, stages {stages}")
-
-    def save_checkpoint(stage_number: int, epoch: int, step: int) -> None:
-        progress.update(stage=stage_number, epoch=epoch, step=step)
-        location = Path(accelerator.save_state())
-        if accelerator.is_main_process:
-            write_json(location / "progress.json", progress)
-        accelerator.wait_for_everyone()
-
-    for number in stages:
-        stage, stage_recipe = STAGES[number], recipe.stage(number)
-        if number < progress["stage"]:
-            continue  # finished before the checkpoint we resume from
-        record = progress["records"].setdefault(
-            str(number), {"stage": number, "prediction": stage.prediction, "history": [], "best_epoch": None, "best_mAP": None}
-        )
-        stage_dir = output_dir / f"stage-{number}"
-
-        # Unwrap, freeze what the stage does not train, then prepare afresh (DDP must see requires_grad first).
-        accelerator.free_memory()
-        trainable = apply_stage(model, stage)
-        optimizer = build_optimizer(trainable, stage_recipe)
-        train_loader = DataLoader(
-            train_data, batch_size=stage_recipe.batch_size, shuffle=True, collate_fn=collate_multilabel,
-            num_workers=recipe.data.num_workers,
-        )
-        accelerator.gradient_accumulation_steps = stage_recipe.gradient_accumulation_steps
-        optimizer_steps = stage_recipe.epochs * math.ceil(len(train_loader) / stage_recipe.gradient_accumulation_steps)
-        scheduler = get_scheduler(
-            stage_recipe.schedule, optimizer,
-            num_warmup_steps=round(stage_recipe.warmup_ratio * optimizer_steps), num_training_steps=max(optimizer_steps, 1),
-        )
-        stage_model, optimizer, train_loader, scheduler, validation_loader, test_loader = accelerator.prepare(
-            StageForward(model, stage), optimizer, train_loader, scheduler, eval_loaders["validation"], eval_loaders["test"]
-        )
-        start_epoch, start_step = 0, 0
-        if checkpoint is not None and number == progress["stage"]:
-            accelerator.load_state(str(checkpoint))
-            existing = [int(path.name.split("_")[-1]) for path in (output_dir / "checkpoints").glob("checkpoint_*")]
-            accelerator.project_configuration.iteration = max(existing, default=-1) + 1  # next checkpoint's number
-            start_epoch, start_step = progress["epoch"], progress["step"]
-            accelerator.print(f"resumed {checkpoint}: stage {number}, epoch {start_epoch + 1}, batch {start_step}")
-            checkpoint = None
-        accelerator.print(f"\n== stage {number}: trains {', '.join(trainable)}; loss on {', '.join(stage.loss_terms)}")
-
-        for epoch in range(start_epoch, stage_recipe.epochs):
-            train_data.set_epoch(epoch)
-            train_loader.set_epoch(epoch)
-            set_train_mode(stage_model, stage)
-            batches = skip_first_batches(train_loader, start_step) if start_step else train_loader
-            # The epoch's loss summed over all processes' batches (kept in checkpoints, so resumed epochs report it whole).
-            total_loss, seen = progress.get("epoch_loss", (0.0, 0)) if start_step else (0.0, 0)
-            bar = tqdm(batches, desc=f"stage {number} epoch {epoch + 1}/{stage_recipe.epochs}", initial=start_step,
-                       total=len(train_loader), disable=not accelerator.is_local_main_process)
-            for step, batch in enumerate(bar, start=start_step):
-                pixel_values = batch["pixel_values"]
-                if training.channels_last:
-                    pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-                with accelerator.accumulate(stage_model):
-                    loss = stage_loss(stage_model(pixel_values), batch["labels"], stage, loss_fn)
-                    summed_loss = accelerator.reduce(loss.detach(), "sum").item()  # NaN if any process diverged
-                    if not math.isfinite(summed_loss):
-                        kept = find_checkpoint(output_dir, "latest")
-                        raise TrainingDiverged(
-                            f"stage {number}, epoch {epoch + 1}, batch {step}: the loss is {loss.item()} (lr "
-                            f"{scheduler.get_last_lr()[0]:.3g}). Training stopped; last good checkpoint: {kept}. "
-                            f"Lower stage{number}.lr or use mixed_precision=no, then --resume"
-                        )
-                    accelerator.backward(loss)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                total_loss, seen = total_loss + summed_loss, seen + accelerator.num_processes
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                every = training.checkpoint_every_steps
-                if every and accelerator.sync_gradients and (step + 1) % every == 0 and step + 1 < len(train_loader):
-                    progress["epoch_loss"] = (total_loss, seen)
-                    save_checkpoint(number, epoch, step + 1)
-            start_step = 0
-
-            # Validation of the stage's own prediction; the best epoch is exported to OUTPUT_DIR/stage-N.
-            scores, labels = predict_scores(accelerator, stage_model, validation_loader, (stage.prediction,))
-            metrics = multilabel_metrics(scores[stage.prediction].numpy(), labels.numpy())
-            train_loss = total_loss / max(seen, 1)
-            entry = {"epoch": epoch + 1, "train_loss": train_loss, "validation_mAP": metrics["mAP"],
-                     "validation_OF1": metrics["OF1"], "validation_CF1": metrics["CF1"]}
-            record["history"].append(entry)
-            accelerator.print(f"stage {number} epoch {epoch + 1}: loss {train_loss:.4f}, validation mAP {metrics['mAP']:.2f}")
-            accelerator.log({f"stage{number}/{key}": value for key, value in entry.items() if key != "epoch"},
-                            step=sum(len(r["history"]) for r in progress["records"].values()))
-            if record["best_mAP"] is None or metrics["mAP"] > record["best_mAP"]:
-                record.update(best_epoch=epoch + 1, best_mAP=metrics["mAP"])
-                export(accelerator, model, stage_dir)
-            save_checkpoint(number, epoch + 1, 0)
-
-        # The stage ends with its best epoch: reload it, score validation and test, carry it to the next stage.
-        if record["best_epoch"] is None:  # epochs: 0, the stage is only evaluated and exported
-            export(accelerator, model, stage_dir)
-        model.load_state_dict(load_file(stage_dir / "model.safetensors"))
-        for split, loader in (("validation", validation_loader), ("test", test_loader)):
-            scores, labels = predict_scores(accelerator, stage_model, loader, (stage.prediction,))
-            record[split] = multilabel_metrics(scores[stage.prediction].numpy(), labels.numpy())
-            if split == "test" and accelerator.is_main_process:  # for the comparison with stage 1, error analysis
-                (output_dir / "predictions").mkdir(exist_ok=True)
-                save_file({"scores": scores[stage.prediction].contiguous(), "labels": labels.float().contiguous()},
-                          output_dir / "predictions" / f"stage-{number}-test.safetensors")  # fmt: skip
-        accelerator.log({f"stage{number}/test_mAP": record["test"]["mAP"]})
-        progress.update(stage=number + 1, epoch=0, step=0)
-
-    # Report: the table across stages, metrics.json, the curves, the final model.
-    records = [progress["records"][key] for key in sorted(progress["records"], key=int)]
-    report = {
-        "recipe": recipe.to_dict(),
-        "dataset": {"name": recipe.data.kind, "label_names": names, "splits": dict(dataset.num_rows)},
-        "stages": records,
-        "test_gain_over_stage1": gain_over_stage1(output_dir, records) if accelerator.is_main_process else None,
-    }
-    accelerator.print("\n" + metric_table(records, "validation") + "\n\n" + metric_table(records, "test"))
-    if report["test_gain_over_stage1"]:
-        gain = report["test_gain_over_stage1"]
-        accelerator.print(
-            f"\ntest mAP of stage {gain['stage']} over stage 1: {gain['difference']:+.2f} "
-            f"({100 * gain['confidence_level']:.0f}% interval {gain['low']:+.2f} .. {gain['high']:+.2f}, "
-            f"paired bootstrap over the {gain['images']} test images)"
-        )
-    export(accelerator, model, output_dir / "final")
-    if accelerator.is_main_process:
-        write_json(output_dir / "metrics.json", report)
-        plot_training_curves(records, output_dir / "training_curves.png")
-        accelerator.print(f"\nmodels: {output_dir}/stage-N, {output_dir}/final; metrics.json and training_curves.png in {output_dir}")
-    accelerator.end_training()
-
-    if args.push_to_hub and accelerator.is_main_process:
-        from srn_hf.hub import publish  # model card from OUTPUT_DIR/metrics.json, model + image processor pushed
-
-        example_image = dataset["test"].with_format(None)[0]["image"]  # the card's attention picture: a test image
-        accelerator.print(f"published: {publish(output_dir / 'final', args.push_to_hub, example_image=example_image)}")
-    return report
+    example_image = run.dataset["test"].with_format(None)[0]["image"]  # the card's attention picture: a test image
+    result = publish(run.output_dir / "final", run.args.push_to_hub, example_image=example_image)
+    run.accelerator.print(f"published: {result}")
 
 
 if __name__ == "__main__":

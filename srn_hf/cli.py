@@ -9,7 +9,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="label images with an SRN model; optionally save attention maps")
-    # PREDICT ARGUMENTS (issue 3)
     predict.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders (their images, recursively)")
     predict.add_argument("--threshold", type=float, help="one score threshold for every label (default: the model config's)")
@@ -23,14 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=run_predict)
 
     publish = commands.add_parser("publish", help="write a Hub-ready folder of a trained model and push it")
-    # PUBLISH ARGUMENTS (issue 6)
     publish.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
     publish.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Hub repository to create or update")
     publish.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps its visibility)")
     publish.add_argument("--dry-run", metavar="OUT_DIR", help="write exactly what would be uploaded to OUT_DIR (an empty folder); push nothing")
     publish.add_argument("--metrics", metavar="METRICS_JSON", help="the training run's metrics.json (default: MODEL_DIR's or its parent's)")
     publish.add_argument("--example-image", metavar="IMAGE", help="image of the attention-map picture (default: a photo bundled with scikit-image)")
-    publish.add_argument("--license", default="apache-2.0", help="license of the weights, a Hub license id (default: apache-2.0)")
+    publish.add_argument("--license", help="license of the weights, a Hub license id (default: apache-2.0)")
     publish.add_argument("--dataset-id", action="append", dest="datasets", metavar="DATASET", help="Hub id of a training dataset (repeatable)")
     publish.add_argument("--base-model", metavar="REPO_ID", help="Hub id of the backbone weights training started from")
     publish.add_argument("--tag", action="append", dest="tags", metavar="TAG", help="extra tag of the card (repeatable)")
@@ -131,6 +129,14 @@ def unique_png_path(folder: str, image_file: str, used_names: set) -> str:
     return os.path.join(folder, name)
 
 
+def card_options(args: argparse.Namespace):
+    """The `CardOptions` of the command line; an option left out keeps the `CardOptions` default."""
+    from .hub import CardOptions
+
+    given = {"license": args.license, "datasets": args.datasets, "base_model": args.base_model, "tags": args.tags}
+    return CardOptions(**{name: value for name, value in given.items() if value is not None})
+
+
 def run_publish(args: argparse.Namespace) -> int:
     """Writes the Hub folder of MODEL_DIR and pushes it in one commit (or only writes it, with --dry-run)."""
     from .hub import hub_folder_files, publish
@@ -145,10 +151,7 @@ def run_publish(args: argparse.Namespace) -> int:
             commit_message=args.commit_message,
             metrics=args.metrics,
             example_image=args.example_image,
-            license=args.license,
-            datasets=args.datasets,
-            base_model=args.base_model,
-            tags=args.tags,
+            card=card_options(args),
         )
     except (ValueError, OSError) as error:  # bad folder, metrics, image, repository id, token, or a Hub error
         print(f"srn-hf publish: error: {error}", file=sys.stderr)

