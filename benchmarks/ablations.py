@@ -72,16 +72,19 @@ def control_forward_heads(self: SRNModel, features: torch.Tensor, classifier_fea
     f_att's maps Z and the confidence maps S are pooled over the positions instead of weighting S by the
     attention A = softmax(Z): the stage-2 prediction is GAP(Z) + GAP(S), a plain classifier on X with two conv
     towers; f_sr gets the per-position label scores sigmoid(Z + S) instead of U = A * sigmoid(S). Trained in the
-    same stages (2: trunk, f_att, S; 3: f_sr; 4: everything) and fused with y_cls at the same alpha.
+    same stages (2: trunk, f_att, S; 3: f_sr; 4: everything) and fused with y_cls at the same alpha. Its
+    `attention_maps` (for the pointing game only; nothing uses them) are softmax(Z + S) over the positions: where
+    its per-position label scores are highest, as class activation maps.
     """
     cls_logits = self.classifier(classifier_features.mean(dim=(2, 3)))
     features = self.attention_trunk(features)
     label_maps, confidence_maps = self.attention(features), self.confidence(features)
     att_logits = label_maps.mean(dim=(2, 3)) + confidence_maps.mean(dim=(2, 3))
-    sr_logits = self.spatial_regularization(torch.sigmoid(label_maps + confidence_maps))
+    position_scores = label_maps + confidence_maps
+    sr_logits = self.spatial_regularization(torch.sigmoid(position_scores))
     alpha = self.config.alpha
-    return SRNOutput(logits=alpha * cls_logits + (1 - alpha) * sr_logits, cls_logits=cls_logits,
-                     att_logits=att_logits, sr_logits=sr_logits)  # fmt: skip
+    return SRNOutput(logits=alpha * cls_logits + (1 - alpha) * sr_logits, cls_logits=cls_logits, att_logits=att_logits,
+                     sr_logits=sr_logits, attention_maps=position_scores.flatten(2).softmax(-1).view_as(position_scores))  # fmt: skip
 
 
 def train_control(argv: list[str]) -> None:
@@ -98,7 +101,7 @@ def run_commands(args, seed: int) -> list[tuple[str, list[str]]]:
     seed_dir = args.output_dir / f"seed-{seed}"
     stage1 = str(seed_dir / "srn" / "stage-1")
     common = ["--config", str(args.config), "--overwrite", "--set", f"seed={seed}", "--set", "training.log_with=none"]
-    for override in args.set:
+    for override in args.set + ([f"data.max_eval_samples={args.test_images}"] if args.test_images else []):
         common += ["--set", override]
     python = [sys.executable]
     stage2_lr = load_recipe(args.config, args.set).stage2.lr
@@ -135,15 +138,16 @@ def logits_of(scores: torch.Tensor) -> np.ndarray:
     return torch.logit(scores).numpy()
 
 
-def variant_scores(seed_dir: Path, alpha: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Each available variant's test scores (N, C) in one seed's folder, and the labels."""
+def variant_scores(seed_dir: Path, alpha: float, test_images: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each available variant's test scores (N, C) in one seed's folder, and the labels; with `test_images`, of the
+    first that many test images only (the images a run with `data.max_eval_samples` scores)."""
     scores, labels = {}, None
     for name, run, source in VARIANTS:
         stages = source[1:] if isinstance(source, tuple) else (source,)
         files = [seed_dir / run / "predictions" / f"stage-{stage}-test.safetensors" for stage in stages]
         if not all(file.exists() for file in files):
             continue
-        loaded = [load_file(file) for file in files]
+        loaded = [{key: value[:test_images] for key, value in load_file(file).items()} for file in files]
         labels = loaded[0]["labels"].numpy()
         if isinstance(source, tuple):
             fused = alpha * logits_of(loaded[0]["scores"]) + (1 - alpha) * logits_of(loaded[1]["scores"])
@@ -158,7 +162,7 @@ def summarise(args) -> dict:
     alpha = load_recipe(args.config, args.set).model.alpha
     per_seed = {}
     for seed in args.seeds:
-        scores, labels = variant_scores(args.output_dir / f"seed-{seed}", alpha)
+        scores, labels = variant_scores(args.output_dir / f"seed-{seed}", alpha, args.test_images)
         if scores:
             per_seed[seed] = (scores, labels)
     results = {"seeds": {}, "variants": {}}
@@ -177,7 +181,25 @@ def summarise(args) -> dict:
     controls = [name for name in CONTROLS if name in results["variants"]]
     results["best_control"] = max(controls, key=lambda n: results["variants"][n]["mAP"]["mean"]) if controls else None
     results["differences"] = differences(per_seed, names, results["best_control"])
+    results["pointing_game"] = pointing_games(args)
     return results
+
+
+def pointing_games(args) -> dict:
+    """`{model: {seed: overall hit rate}}` of the pointing games that the runs stored (datasets with boxes): the
+    attention maps after stage 2 and stage 4 of SRN, the control's maps after its stage 4, and the two baselines."""
+    models = {"SRN stage 2 (A)": ("srn", 2), "SRN stage 4 (A)": ("srn", 4), "control stage 4 (softmax(Z + S))": ("control", 4)}
+    table = {}
+    for seed in args.seeds:
+        for model, (run, stage) in models.items():
+            path = args.output_dir / f"seed-{seed}" / run / "metrics.json"
+            records = json.loads(path.read_text())["stages"] if path.exists() else []
+            game = next((r.get("test_pointing_game") for r in records if r["stage"] == stage), None)
+            if game:
+                table.setdefault(model, {})[seed] = game["attention"]["overall"]
+                for baseline in ("centre", "mean_box_centre"):
+                    table.setdefault(f"baseline: {baseline}", {})[seed] = game[baseline]["overall"]
+    return table
 
 
 def differences(per_seed: dict, names: list[str], best_control: str | None) -> dict:
@@ -212,6 +234,12 @@ def markdown(results: dict) -> str:
             per_seed = "; ".join(f"seed {r['seed']}: {r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]" for r in runs)
             lines.append(f"| {name} | {np.mean([r['difference'] for r in runs]):+.2f} | {per_seed} |")
         lines.append("")
+    if results.get("pointing_game"):
+        lines += ["| pointing game, test split (% of present labels whose map peaks in one of their boxes) | mean | per seed |",
+                  "|---|---|---|"]  # fmt: skip
+        for model, seeds in results["pointing_game"].items():
+            per_seed = "; ".join(f"seed {seed}: {value:.1f}" for seed, value in seeds.items())
+            lines.append(f"| {model} | {np.mean(list(seeds.values())):.1f} | {per_seed} |")
     return "\n".join(lines)
 
 
@@ -258,6 +286,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--runs", nargs="+", default=["srn", "no-staging", "control"], choices=["srn", "no-staging", "control"],
                         help="which trainings to run (the srn run is needed by the others: it holds the stage-1 model)")  # fmt: skip
     parser.add_argument("--no-staging-epochs", type=int, default=3, help="epochs of the joint run (default 3)")
+    parser.add_argument("--test-images", type=int, help="score every variant on the first N test images only (the "
+                        "trainings get --set data.max_eval_samples=N); default: the whole test split")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each training (OMP_NUM_THREADS)")
     parser.add_argument("--report-only", action="store_true", help="no training: tables and figure of the runs found")
     return parser.parse_args(argv)
@@ -271,7 +301,8 @@ def main(argv=None) -> dict:
     results = summarise(args)
     if not results["variants"]:
         raise SystemExit(f"error: no finished run under {args.output_dir}")
-    results["recipe"] = {"config": str(args.config), "set": args.set, "no_staging_epochs": args.no_staging_epochs}
+    results["recipe"] = {"config": str(args.config), "set": args.set, "no_staging_epochs": args.no_staging_epochs,
+                         "test_images": args.test_images or "all"}  # fmt: skip
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "ablations.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)

@@ -31,7 +31,7 @@ def test_control_head_has_srn_layers_and_no_label_attention():
         srn_outputs = model.srn(pixel_values)
         control = ablations.control_forward_heads(model.srn, *model.srn.forward_backbone(pixel_values))
     torch.testing.assert_close(control.cls_logits, srn_outputs.cls_logits)  # y_cls is shared
-    assert control.attention_maps is None
+    assert control.attention_maps.shape == srn_outputs.attention_maps.shape  # softmax(Z + S): for the pointing game
     assert not torch.allclose(control.att_logits, srn_outputs.att_logits)
     alpha = model.config.alpha
     torch.testing.assert_close(control.logits, alpha * control.cls_logits + (1 - alpha) * control.sr_logits)

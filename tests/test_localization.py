@@ -1,6 +1,8 @@
 """The pointing game: peaks of upsampled attention maps, hits in boxes, the two baselines, on constructed cases."""
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from srn_hf.localization import (
     pointing_hits,
 )
 from srn_hf.pipeline_srn import upsample_attention_map
+
+TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
 
 NAMES = ["cat", "dog"]
 
@@ -103,3 +107,23 @@ def test_label_boxes_from_a_dataset_in_fractions_of_each_image():
     np.testing.assert_allclose(boxes[0][1], [[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]])
     with pytest.raises(ValueError, match="no 'boxes' column"):
         label_boxes(dataset.remove_columns("boxes"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TUXPAINT_STAMPS.is_dir(), reason="Debian's tuxpaint-stamps-default is not installed")
+def test_train_stages_scores_the_pointing_game_after_stages_2_and_4(tmp_path):
+    from test_train_stages import load_script, tiny_args
+
+    from srn_hf.data import generate_stamp_scenes
+
+    generate_stamp_scenes(tmp_path / "scenes", sizes=(32, 16, 16), image_size=64, num_workers=1, progress=False)
+    args = tiny_args(tmp_path / "unused", tmp_path / "run", "--set", "data.kind=stamp_scenes",
+                     "--set", "data.options={path: " + str(tmp_path / "scenes") + "}")  # fmt: skip
+    report = load_script().main(args)
+    scored = {record["stage"]: record.get("test_pointing_game") for record in report["stages"]}
+    assert [stage for stage, game in scored.items() if game] == [2, 4]
+    game = scored[4]
+    assert game["pairs"] > 0 and set(game) == {"pairs", "attention", "centre", "mean_box_centre"}
+    assert 0 <= game["attention"]["overall"] <= 100
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())["stages"][3]["test_pointing_game"]
+    assert stored == game  # and in metrics.json
