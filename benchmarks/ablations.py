@@ -18,6 +18,8 @@ and the variants compared on the test split are (fused = alpha * a + (1 - alpha)
     y_att alone             y_att of srn/stage-2 (the attention branch on the frozen stage-1 backbone)
     y_cls + y_att fused     stage 1's y_cls fused with stage 2's y_att (no f_sr, no further training)
     y_cls + y_sr fused      stage 1's y_cls fused with stage 3's y_sr: SRN before its joint fine-tuning (stage 4)
+    control head alone      control/stage-2: the control head on the frozen stage-1 backbone (y_att's counterpart)
+    y_cls + control fused   stage 1's y_cls fused with control/stage-2 (y_cls + y_att's counterpart)
     control (fused)         control/stage-4: alpha * y_cls + (1 - alpha) * the control head
     SRN without staging     no-staging/stage-4
     SRN                     srn/stage-4
@@ -59,11 +61,14 @@ VARIANTS = (
     ("y_att alone", "srn", 2),
     ("y_cls + y_att fused", "srn", ("fuse", 1, 2)),
     ("y_cls + y_sr fused", "srn", ("fuse", 1, 3)),
+    ("control head alone", "control", 2),
+    ("y_cls + control head fused", "control", ("fuse", 1, 2)),
     ("control (fused)", "control", 4),
     ("SRN without staging", "no-staging", 4),
     ("SRN", "srn", 4),
 )
-CONTROLS = ("y_att alone", "y_cls + y_att fused", "control (fused)", "SRN without staging")
+CONTROLS = ("y_att alone", "y_cls + y_att fused", "control head alone", "y_cls + control head fused", "control (fused)",
+            "SRN without staging")  # fmt: skip
 
 
 def control_forward_heads(self: SRNModel, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNOutput:
@@ -144,7 +149,8 @@ def variant_scores(seed_dir: Path, alpha: float, test_images: int | None = None)
     scores, labels = {}, None
     for name, run, source in VARIANTS:
         stages = source[1:] if isinstance(source, tuple) else (source,)
-        files = [seed_dir / run / "predictions" / f"stage-{stage}-test.safetensors" for stage in stages]
+        # Stage 1 is the srn run's, shared by every run of the seed.
+        files = [seed_dir / ("srn" if stage == 1 else run) / "predictions" / f"stage-{stage}-test.safetensors" for stage in stages]
         if not all(file.exists() for file in files):
             continue
         loaded = [{key: value[:test_images] for key, value in load_file(file).items()} for file in files]
