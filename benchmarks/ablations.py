@@ -307,7 +307,9 @@ def main(argv=None) -> dict:
     results = summarise(args)
     if not results["variants"]:
         raise SystemExit(f"error: no finished run under {args.output_dir}")
-    results["recipe"] = {"config": str(args.config), "set": args.set, "no_staging_epochs": args.no_staging_epochs,
+    config = args.config.resolve()
+    config = config.relative_to(REPOSITORY) if config.is_relative_to(REPOSITORY) else config
+    results["recipe"] = {"config": str(config), "set": args.set, "no_staging_epochs": args.no_staging_epochs,
                          "test_images": args.test_images or "all"}  # fmt: skip
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "ablations.json").write_text(json.dumps(results, indent=2))
