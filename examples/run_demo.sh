@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The offline demo end to end, on a fresh machine: environment, data, the four SRN stages, evaluation, export,
-# and the exported pipeline on a few real photos that scikit-image ships.
+# and the exported pipeline on a few test scenes (their attention maps in OUTPUT_DIR/test_scenes.png).
 #   bash examples/run_demo.sh                      # everything (about 11 minutes on 2 CPU cores)
 #   OUTPUT_DIR=... DATA_DIR=... bash examples/run_demo.sh --set stage1.epochs=1   (extra args go to the script)
 set -euo pipefail
@@ -26,21 +26,34 @@ resume=(); [ -d "$output_dir/checkpoints" ] && resume=(--resume)   # a second ca
   "$repo/examples/train_stages.py" --config "$repo/examples/configs/demo.yaml" \
   --output-dir "$output_dir" --set "data.options={path: $data_dir}" "${resume[@]}" "$@"
 
-echo "== the exported model on real photos shipped with scikit-image"
-"${python[@]}" - "$output_dir/final" <<'PY'
+echo "== the exported model on test scenes (one of each scene type): true labels, predictions, attention maps"
+"${python[@]}" - "$output_dir/final" "$data_dir" "$output_dir/test_scenes.png" <<'PY'
 import sys
 
-import skimage.data
-from PIL import Image
+from datasets import load_from_disk
 from transformers import pipeline
 
 import srn_hf  # noqa: F401
+from srn_hf.data import label_names
+from srn_hf.visualize import save_scenes_figure
 
-classifier = pipeline("image-classification", model=sys.argv[1])
-for name in ("chelsea", "coffee", "astronaut", "rocket"):
-    image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-    predictions = classifier(image, top_k=3)
-    print(f"{name:>10}: " + ", ".join(f"{p['label']} {p['score']:.2f}" for p in predictions))
+model_folder, data_dir, figure_path = sys.argv[1:]
+test = load_from_disk(data_dir)["test"]
+names = label_names(test)
+first_of_each = sorted({scene: index for index, scene in reversed(list(enumerate(test["scene"])))}.values())
+tagger = pipeline("multi-label-image-classification", model=model_folder)
+scenes = []
+for row in test.select(first_of_each):
+    predictions = tagger(row["image"], return_attention_maps=True)
+    boxes = {}
+    for box in row["boxes"]:
+        boxes.setdefault(names[box["label"]], []).append(box["bbox"])
+    true_labels = [names[label] for label in row["labels"]]
+    scenes.append({"image": row["image"], "predictions": predictions, "true_labels": true_labels, "boxes": boxes,
+                   "title": f"{row['image_id']} ({row['scene']})"})
+    print(f"{row['image_id']:>10}  true: {', '.join(true_labels):<32} predicted: "
+          + ", ".join(f"{p['label']} {p['score']:.2f}" for p in predictions))
+print(f"attention maps of these test scenes (boxes: where the objects are): {save_scenes_figure(scenes, figure_path)}")
 PY
 "${python[@]}" - "$output_dir/metrics.json" <<'PY'
 import json

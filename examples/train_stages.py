@@ -47,6 +47,7 @@ from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
 from srn_hf.data.verify import check_images, decode_image
 from srn_hf.hub import one_line
+from srn_hf.localization import label_boxes, pointing_game, pointing_game_table
 from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import create_image_processor
@@ -530,25 +531,36 @@ def validate_epoch(run: Run, stage_run: StageRun, epoch: int, train_loss: float)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def score_split(run: Run, stage_run: StageRun, loader: DataLoader) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
+def score_split(
+    run: Run, stage_run: StageRun, loader: DataLoader, attention_peaks: bool = False
+) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
     """The metrics of the stage's prediction on one split, with the sigmoid scores (`{prediction: N x C}`, plus the
-    fused y's under `"logits"` when the stage's forward computes it) and the labels (N x C)."""
+    fused y's under `"logits"` when the stage's forward computes it, and with `attention_peaks=True` where each
+    label's attention map is largest under `"attention_peaks"`, N x C x 2) and the labels (N x C)."""
     prediction = stage_run.stage.prediction
     names = (prediction,) if prediction == "logits" or stage_run.stage.number == 1 else (prediction, "logits")
-    scores, labels = predict_scores(run.accelerator, stage_run.model, loader, names)
+    scores, labels = predict_scores(run.accelerator, stage_run.model, loader, names, attention_peaks)
     return multilabel_metrics(scores[prediction].numpy(), labels.numpy(), label_names=run.names), scores, labels
 
 
 def evaluate_stage(run: Run, stage_run: StageRun) -> dict:
     """Reloads the stage's best epoch (carried on to the next stage), scores it on validation and test; returns the
-    stage's record. The test scores go to OUTPUT_DIR/predictions (for the comparison with stage 1, error analysis)."""
+    stage's record. The test scores go to OUTPUT_DIR/predictions (for the comparison with stage 1, error analysis).
+    After a stage that trains the attention branch (2 and 4), on a dataset with boxes, the pointing game of its
+    attention maps on the test split is printed and kept in the record (`test_pointing_game`)."""
     accelerator, number, record = run.accelerator, stage_run.stage.number, stage_run.record
     if record["best_epoch"] is None:  # epochs: 0, the stage is only evaluated and exported
         export(accelerator, run.model, stage_run.folder)
     run.model.load_state_dict(load_file(stage_run.folder / "model.safetensors"))
     record["validation"], validation_scores, validation_labels = score_split(run, stage_run, stage_run.validation_loader)
-    record["test"], test_scores, labels = score_split(run, stage_run, stage_run.test_loader)
+    locate = "attention" in stage_run.stage.trained and "boxes" in run.dataset["test"].column_names
+    record["test"], test_scores, labels = score_split(run, stage_run, stage_run.test_loader, attention_peaks=locate)
     scores = test_scores[stage_run.stage.prediction]
+    if locate:
+        test_boxes, train_boxes = (label_boxes(run.dataset[split], len(run.names)) for split in ("test", "train"))
+        peaks = test_scores["attention_peaks"].numpy()
+        record["test_pointing_game"] = pointing_game(peaks, labels.numpy(), test_boxes, train_boxes, run.names)
+        accelerator.print(f"\nstage {number}, test split: {pointing_game_table(record['test_pointing_game'])}")
     if accelerator.is_main_process:
         (run.output_dir / "predictions").mkdir(exist_ok=True)
         save_file({"scores": scores.contiguous(), "labels": labels.float().contiguous()},

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from . import localization
 from .configuration_srn import SRNConfig
 from .data.transforms import AUGMENTATIONS
 from .data.verify import BAD_IMAGE_POLICIES
@@ -295,22 +296,29 @@ class EpochSeededDataset(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def predict_scores(accelerator, model, dataloader, predictions: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def predict_scores(
+    accelerator, model, dataloader, predictions: tuple[str, ...], attention_peaks: bool = False
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Sigmoid scores of each of `predictions` (SRNOutput fields) and the labels, over the whole split.
 
     Each process scores its shard; `gather_for_metrics` collects them and drops the samples that the last batch
-    repeats to fill every process, so each image counts exactly once.
+    repeats to fill every process, so each image counts exactly once. With `attention_peaks=True`, the scores also
+    hold `"attention_peaks"`: where each label's attention map is largest, (N, C, 2) points (x, y) as fractions of
+    the image ([`srn_hf.localization.attention_peaks`]), from the same forward passes.
     """
     model.eval()
-    scores = {name: [] for name in predictions}
+    names = predictions + (("attention_peaks",) if attention_peaks else ())
+    scores = {name: [] for name in names}
     labels = []
     for batch in dataloader:
         outputs = model(batch["pixel_values"])
-        gathered = accelerator.gather_for_metrics(
-            ({name: getattr(outputs, name).float() for name in predictions}, batch["labels"])
-        )
-        for name in predictions:
-            scores[name].append(torch.sigmoid(gathered[0][name]).cpu())
+        values = {name: torch.sigmoid(getattr(outputs, name).float()) for name in predictions}
+        if attention_peaks:
+            peaks = localization.attention_peaks(outputs.attention_maps)  # numpy; gathered as a tensor on the device
+            values["attention_peaks"] = torch.from_numpy(peaks).to(outputs.attention_maps.device, torch.float32)
+        gathered = accelerator.gather_for_metrics((values, batch["labels"]))
+        for name in names:
+            scores[name].append(gathered[0][name].cpu())
         labels.append(gathered[1].cpu())
     return {name: torch.cat(values) for name, values in scores.items()}, torch.cat(labels)
 

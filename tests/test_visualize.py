@@ -18,7 +18,7 @@ from transformers import pipeline
 import srn_hf
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import create_image_processor
-from srn_hf.visualize import attention_figure, save_attention_overlay
+from srn_hf.visualize import attention_figure, save_attention_overlay, save_scenes_figure, scenes_figure
 
 SHAPES = {"red disc": ("ellipse", (220, 30, 30)), "blue square": ("rectangle", (30, 60, 220))}
 
@@ -130,3 +130,29 @@ def test_predictions_without_maps_are_refused(tagger):
     image = Image.fromarray(skimage.data.coffee())
     with pytest.raises(ValueError, match="return_attention_maps=True"):
         attention_figure(image, tagger(image, threshold=0.0))
+
+
+def test_scenes_figure_shows_true_predicted_and_missed_labels_with_boxes(tagger, tmp_path):
+    boxes = {"red disc": (130, 20, 190, 80), "blue square": (30, 110, 90, 170)}
+    image, _ = scene(skimage.data.gravel(), (224, 224), boxes)
+    predictions = tagger(image, threshold=0.0, return_attention_maps=True)  # both labels predicted
+    scenes = [
+        {"image": image, "predictions": predictions, "true_labels": ["red disc"], "title": "scene-0",
+         "boxes": {"red disc": [boxes["red disc"]]}},
+        {"image": image, "predictions": predictions[:0], "true_labels": ["blue square"]},
+    ]  # fmt: skip
+    figure = scenes_figure(scenes)
+    axes = figure.get_axes()
+    assert len(axes) == 2 * 3  # a row per scene: the image, then at most its 2 predictions
+    assert axes[0].get_title() == "scene-0\ntrue: red disc"
+    assert axes[3].get_title() == "true: blue square\nmissed: blue square"
+    colours = {axis.get_title().split()[0]: axis.title.get_color() for axis in axes[1:3]}
+    assert colours == {"red": "tab:green", "blue": "tab:red"}  # the true label in green, the false one in red
+    disc_axis = next(axis for axis in axes[1:3] if axis.get_title().startswith("red disc"))
+    (outline,) = disc_axis.patches
+    assert outline.get_xy() == (130, 20) and (outline.get_width(), outline.get_height()) == (60, 60)
+
+    path = save_scenes_figure(scenes, tmp_path / "scenes.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="return_attention_maps=True"):
+        scenes_figure([{**scenes[0], "predictions": tagger(image, threshold=0.0)}])
