@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The offline demo end to end, on a fresh machine: environment, data, the four SRN stages, evaluation, export,
 # and the exported pipeline on a few test scenes (their attention maps in OUTPUT_DIR/test_scenes.png).
-#   bash examples/run_demo.sh                      # everything (about 11 minutes on 2 CPU cores)
+#   bash examples/run_demo.sh                      # everything (its measured time: the README's demo block)
 #   OUTPUT_DIR=... DATA_DIR=... bash examples/run_demo.sh --set stage1.epochs=1   (extra args go to the script)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,17 +27,20 @@ resume=(); [ -d "$output_dir/checkpoints" ] && resume=(--resume)   # a second ca
   --output-dir "$output_dir" --set "data.options={path: $data_dir}" "${resume[@]}" "$@"
 
 echo "== the exported model on test scenes (one of each scene type): true labels, predictions, attention maps"
-"${python[@]}" - "$output_dir/final" "$data_dir" "$output_dir/test_scenes.png" <<'PY'
+"${python[@]}" - "$output_dir/final" "$data_dir" "$output_dir/test_scenes.png" "$output_dir/metrics.json" <<'PY'
+import json
 import sys
+from pathlib import Path
 
 from datasets import load_from_disk
 from transformers import pipeline
 
 import srn_hf  # noqa: F401
 from srn_hf.data import label_names
+from srn_hf.training import metric_table
 from srn_hf.visualize import save_scenes_figure
 
-model_folder, data_dir, figure_path = sys.argv[1:]
+model_folder, data_dir, figure_path, metrics_path = sys.argv[1:]
 test = load_from_disk(data_dir)["test"]
 names = label_names(test)
 first_of_each = sorted({scene: index for index, scene in reversed(list(enumerate(test["scene"])))}.values())
@@ -54,15 +57,7 @@ for row in test.select(first_of_each):
     print(f"{row['image_id']:>10}  true: {', '.join(true_labels):<32} predicted: "
           + ", ".join(f"{p['label']} {p['score']:.2f}" for p in predictions))
 print(f"attention maps of these test scenes (boxes: where the objects are): {save_scenes_figure(scenes, figure_path)}")
-PY
-"${python[@]}" - "$output_dir/metrics.json" <<'PY'
-import json
-import sys
-
-from srn_hf.training import metric_table
-
-stages = json.load(open(sys.argv[1]))["stages"]
-print("\n" + metric_table(stages, "test"))
+print("\n" + metric_table(json.loads(Path(metrics_path).read_text())["stages"], "test"))
 PY
 echo "== done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s; models, metrics.json, training_curves.png in $output_dir"
 echo "== its demo page (docs/app.md): $VENV/bin/pip install -e '$repo[app]' && $VENV/bin/srn-hf demo $output_dir/final  -> http://127.0.0.1:7860/"
