@@ -1,6 +1,6 @@
 """Speed and memory of SRN against the plain timm classifier and transformers' timm wrapper, in one process.
 
-    python benchmarks/benchmark_srn.py                 # the full run: SRN-ResNet-101, 80 labels (about 13 minutes (benchmarks/README.md), 2 cores)
+    python benchmarks/benchmark_srn.py                 # the full run: SRN-ResNet-101, 80 labels (about 13 minutes on 2 cores)
     python benchmarks/benchmark_srn.py --quick         # a smoke run of every measurement (~2 minutes)
     python benchmarks/benchmark_srn.py --quick --backbone resnet10t --sizes 64 --batch-sizes 1 2 --train-batch-size 2
 
