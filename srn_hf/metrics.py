@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from scipy import sparse
 from scipy.stats import bootstrap
 from sklearn.metrics import average_precision_score
 
@@ -173,47 +174,45 @@ def multilabel_metrics(
     }
 
 
-# Resamples x images handled by one call of the vectorised bootstrap statistic: about 40 bytes each at the peak
-# (scipy's index draws, the image counts, one class's ranked counts), so about 170 MB for any input size.
-BOOTSTRAP_BATCH_ELEMENTS = 2**22
+# Resamples x images handled by one call of the vectorised bootstrap statistic: about 30 bytes each at the peak
+# (scipy's index draws, the image counts, one class's segment sums), so about 60 MB whatever the input size.
+BOOTSTRAP_BATCH_ELEMENTS = 2**21
 
 
-class TieGroupRanking(NamedTuple):
-    """One class's images ranked by decreasing score, cut into the segments that a tie-grouped AP sums over.
+class TieGroupSegments(NamedTuple):
+    """One class's images ranked by decreasing score and cut into the segments that a tie-grouped AP sums over.
 
-    Segment k ends with the k-th tie group (images of one distinct score) that holds a positive; groups without a
-    positive add no recall and no AP term, so they only count in the next segment's number of images.
+    Segment k ends with the k-th tie group (the images of one distinct score) that holds a positive: groups
+    without a positive add no recall and no AP term, so they only count in the next segment's number of images.
 
     Attributes:
-        ranked_images: the images by decreasing score, up to the last tie group that holds a positive.
-        segment_starts: where each segment starts in `ranked_images`.
-        ranked_positives: the positive images by decreasing score.
-        positive_starts: where each segment's positives start in `ranked_positives`.
+        matrix: a (2 K, N) sparse matrix of ones: row k picks segment k's images, row K + k its positive images.
+        num_segments: K.
     """
 
-    ranked_images: np.ndarray
-    segment_starts: np.ndarray
-    ranked_positives: np.ndarray
-    positive_starts: np.ndarray
+    matrix: sparse.csr_array
+    num_segments: int
 
 
-def tie_group_ranking(scores: np.ndarray, positives: np.ndarray) -> TieGroupRanking:
-    """The `TieGroupRanking` of one class (1-d scores, 1-d booleans), sorted once for every bootstrap resample."""
+def tie_group_segments(scores: np.ndarray, positives: np.ndarray, dtype=np.float32) -> TieGroupSegments:
+    """The `TieGroupSegments` of one class (1-d scores, 1-d booleans): its scores sorted once for all resamples."""
     order = np.argsort(-scores, kind="stable")
     ranked_scores, ranked_hits = scores[order], positives[order]
     group = np.concatenate([[0], np.cumsum(ranked_scores[1:] != ranked_scores[:-1])])
-    groups_with_positive = np.unique(group[ranked_hits])
-    group_ends = np.searchsorted(group, groups_with_positive, side="right")  # one past each group's last image
     positive_group = group[ranked_hits]
-    return TieGroupRanking(
-        ranked_images=order[: group_ends[-1] if len(group_ends) else 0],
-        segment_starts=np.concatenate([[0], group_ends[:-1]]).astype(np.intp),
-        ranked_positives=order[ranked_hits],
-        positive_starts=np.searchsorted(positive_group, groups_with_positive, side="left").astype(np.intp),
+    groups_with_positive = np.unique(positive_group)
+    segment_ends = np.searchsorted(group, groups_with_positive, side="right")  # one past each segment's last image
+    positive_ends = np.searchsorted(positive_group, groups_with_positive, side="right")
+    last = segment_ends[-1] if len(segment_ends) else 0
+    row_starts = np.concatenate([[0], segment_ends, last + positive_ends])
+    columns = np.concatenate([order[:last], order[ranked_hits]])
+    matrix = sparse.csr_array(
+        (np.ones(len(columns), dtype=dtype), columns, row_starts), shape=(2 * len(segment_ends), len(scores))
     )
+    return TieGroupSegments(matrix, len(segment_ends))
 
 
-def weighted_average_precision(ranking: TieGroupRanking, image_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def weighted_average_precision(segments: TieGroupSegments, image_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AP of one class in R resamples at once, each image counted as often as the resample holds it.
 
     This is sklearn's `average_precision_score(positives, scores, sample_weight=counts)`, which equals the AP of
@@ -221,29 +220,29 @@ def weighted_average_precision(ranking: TieGroupRanking, image_counts: np.ndarra
     (R_k - R_{k-1}) * P_k, with P_k and R_k the precision and recall of the images scoring at least group k's score.
 
     Args:
-        ranking: the class's `tie_group_ranking`.
-        image_counts: (N, R) integers, how many times each image is in each resample.
+        segments: the class's `tie_group_segments`.
+        image_counts: (N, R) counts of each image in each resample (integers, in the dtype of `segments.matrix`).
 
     Returns:
         the R APs (fractions; 0 where a resample has no positive) and the R numbers of positives.
     """
-    resamples = image_counts.shape[1]
-    if len(ranking.segment_starts) == 0:  # no positive at all
-        return np.zeros(resamples), np.zeros(resamples)
-    images_so_far = np.cumsum(np.add.reduceat(image_counts[ranking.ranked_images], ranking.segment_starts, axis=0), axis=0)
-    new_positives = np.add.reduceat(image_counts[ranking.ranked_positives], ranking.positive_starts, axis=0)
-    positives_so_far = np.cumsum(new_positives, axis=0)
-    total_positives = positives_so_far[-1]
+    if segments.num_segments == 0:  # no positive at all
+        return np.zeros(image_counts.shape[1]), np.zeros(image_counts.shape[1])
+    segment_sums = segments.matrix @ image_counts  # (2 K, R): images, then positives, of each segment
+    new_positives = segment_sums[segments.num_segments :]
+    images_so_far = np.cumsum(segment_sums[: segments.num_segments], axis=0).astype(np.float64)  # exact integers
+    positives_so_far = np.cumsum(new_positives, axis=0).astype(np.float64)
     precision = positives_so_far / np.maximum(images_so_far, 1)  # 0 images so far means 0 positives so far
-    average_precision = np.sum(new_positives * precision, axis=0) / np.maximum(total_positives, 1)
-    return average_precision, total_positives
+    total_positives = positives_so_far[-1]
+    return np.sum(new_positives * precision, axis=0) / np.maximum(total_positives, 1), total_positives
 
 
-def image_counts_of(resamples: np.ndarray, num_images: int) -> np.ndarray:
-    """(N, R) int32 counts of each image in each of the R resamples of image indices (an (R, N) array)."""
-    offsets = num_images * np.arange(len(resamples))[:, None]
-    counts = np.bincount((resamples + offsets).ravel(), minlength=len(resamples) * num_images)
-    return counts.reshape(len(resamples), num_images).T.astype(np.int32, order="C")
+def image_counts_of(resamples: np.ndarray, num_images: int, dtype=np.float32) -> np.ndarray:
+    """(N, R) counts of each image in each of the R resamples of image indices (an (R, N) array)."""
+    image_counts = np.empty((num_images, len(resamples)), dtype=dtype)
+    for index, resample in enumerate(resamples):
+        image_counts[:, index] = np.bincount(resample, minlength=num_images)
+    return image_counts
 
 
 def resampled_map_difference(
@@ -273,18 +272,19 @@ def tie_grouped_map_difference(scores_a: np.ndarray, scores_b: np.ndarray, posit
     Each class's images are ranked once; a call with an (R, N) array of resamples (the images along the last axis,
     as `scipy.stats.bootstrap` passes them with `vectorized=True`) returns the R differences in mAP points.
     """
-    rankings = [
-        (tie_group_ranking(scores_a[:, c], positives[:, c]), tie_group_ranking(scores_b[:, c], positives[:, c]))
+    dtype = np.float32 if len(positives) < 2**24 else np.float64  # counts and their sums stay exact integers
+    class_segments = [
+        [tie_group_segments(scores[:, c], positives[:, c], dtype) for scores in (scores_a, scores_b)]
         for c in range(positives.shape[1])
     ]
 
     def statistic(resamples: np.ndarray, axis: int = -1) -> np.ndarray:
-        image_counts = image_counts_of(np.moveaxis(resamples, axis, -1), len(positives))
+        image_counts = image_counts_of(np.moveaxis(resamples, axis, -1), len(positives), dtype)
         sum_difference = np.zeros(image_counts.shape[1])
         classes_with_positive = np.zeros(image_counts.shape[1])
-        for ranking_a, ranking_b in rankings:
-            ap_a, total_positives = weighted_average_precision(ranking_a, image_counts)
-            ap_b, _ = weighted_average_precision(ranking_b, image_counts)
+        for segments_a, segments_b in class_segments:
+            ap_a, total_positives = weighted_average_precision(segments_a, image_counts)
+            ap_b, _ = weighted_average_precision(segments_b, image_counts)
             sum_difference += np.where(total_positives > 0, ap_b - ap_a, 0.0)
             classes_with_positive += total_positives > 0
         return 100 * sum_difference / classes_with_positive
