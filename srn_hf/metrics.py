@@ -324,6 +324,9 @@ def map_difference(
     if not first.shape == second.shape == positives.shape or first.ndim != 2:
         raise ValueError(f"scores_a, scores_b and labels must be (N, C) arrays of one shape, got "
                          f"{first.shape}, {second.shape} and {positives.shape}")  # fmt: skip
+    for name, scores in (("scores_a", first), ("scores_b", second)):
+        if not np.isfinite(scores).all():
+            raise ValueError(f"{name} holds {np.sum(~np.isfinite(scores))} NaN or infinite score(s)")
 
     images = np.arange(len(positives))
     if convention == "paper":

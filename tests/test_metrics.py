@@ -1,6 +1,10 @@
 """Multi-label metrics in both conventions: against sklearn, against hand-computed cases, and as an evaluate module."""
 
+import json
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +208,19 @@ def test_map_difference_standard_equals_sklearn_on_every_resample(monkeypatch):
     assert other_seed["difference"] == gain["difference"] and other_seed["low"] != gain["low"]
     with pytest.raises(ValueError, match="convention"):
         map_difference(scores_a, scores_b, labels, convention="voc")
+    scores_b[3, 2] = np.nan
+    with pytest.raises(ValueError, match="scores_b holds 1 NaN"):
+        map_difference(scores_a, scores_b, labels)
+
+
+def test_quick_metrics_benchmark_writes_its_results(tmp_path):
+    benchmark = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_metrics.py"
+    command = [sys.executable, str(benchmark), "--quick", "--output-dir", str(tmp_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    for case in (report["small"], report["large"]):
+        assert set(case["seconds"]) == {"map_difference", "per-resample loop"}
+        assert case["largest gap (mAP points)"] < 1e-9  # the same resamples give the same interval
+    assert report["large_full"]["map_difference peak MiB"] > 0
+    assert "| per-resample loop (s) |" in (tmp_path / "metrics.md").read_text()
