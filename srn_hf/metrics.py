@@ -113,6 +113,31 @@ def multilabel_metrics(
         (a list over classes, None for a class without positives) and `classes_without_positives`
         (class indices).
     """
+    scores, positives = checked_inputs(scores, labels, convention, label_names)
+    paper = convention == "paper"
+    predicted = predicted_labels(scores, threshold, strict=paper, top_k=top_k)
+    true_positives = (predicted & positives).sum(axis=0)
+    num_predicted, num_positives = predicted.sum(axis=0), positives.sum(axis=0)
+    evaluated = num_positives > 0
+    without_positives = np.flatnonzero(~evaluated).tolist()
+    warn_classes_without_positives(without_positives, label_names)
+    per_class_ap = [
+        average_precision(scores[:, c], positives[:, c], convention) if evaluated[c] else None
+        for c in range(scores.shape[1])
+    ]
+    figures = {"mAP": float(np.mean([per_class_ap[c] for c in np.flatnonzero(evaluated)])) if evaluated.any() else None}
+    figures.update(per_class_figures(true_positives, num_predicted, num_positives, paper))
+    figures.update(overall_figures(true_positives, num_predicted, num_positives, paper))
+    return {
+        **{name: percent(value) for name, value in figures.items()},
+        "per_class_AP": [percent(ap) for ap in per_class_ap],
+        "classes_without_positives": without_positives,
+    }
+
+
+def checked_inputs(scores, labels, convention: str, label_names: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """`multilabel_metrics`' scores as an (N, C) array and labels as (N, C) booleans, or a `ValueError` naming the
+    convention, the shapes or the number of names that do not fit."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, not {convention!r}")
     scores, positives = as_numpy(scores), as_numpy(labels) > 0.5
@@ -120,58 +145,53 @@ def multilabel_metrics(
         raise ValueError(f"scores and labels must both be (N, C) arrays, got {scores.shape} and {positives.shape}")
     if label_names is not None and len(label_names) != scores.shape[1]:
         raise ValueError(f"label_names has {len(label_names)} names for {scores.shape[1]} classes")
-    paper = convention == "paper"
+    return scores, positives
 
-    predicted = predicted_labels(scores, threshold, strict=paper, top_k=top_k)
-    true_positives = (predicted & positives).sum(axis=0)
-    num_predicted = predicted.sum(axis=0)
-    num_positives = positives.sum(axis=0)
+
+def warn_classes_without_positives(without_positives: list[int], label_names: list[str] | None) -> None:
+    """A `UserWarning` naming the classes (by name when known) that are left out of mAP, CP, CR and CF1."""
+    if not without_positives:
+        return
+    named = [label_names[c] for c in without_positives] if label_names is not None else without_positives
+    warnings.warn(
+        f"{len(without_positives)} class(es) without any positive image are left out of mAP, CP, CR "
+        f"and CF1: {named[:20]}{' ...' if len(named) > 20 else ''}"
+        + ("" if label_names is not None else " (class indices; pass label_names to name them)"),
+        UserWarning,
+        stacklevel=3,  # the caller of multilabel_metrics
+    )
+
+
+# The precision of a class (or of all) that is never predicted: 0 (sklearn), or 1 in the official SRN script.
+NEVER_PREDICTED_PRECISION = {False: 0.0, True: 1.0}  # keyed by convention == "paper"
+
+
+def per_class_figures(true_positives, num_predicted, num_positives, paper: bool) -> dict:
+    """CP, CR and CF1 (fractions, or None without any positive): per-class precision and recall averaged over the
+    classes with a positive; CF1 is the harmonic mean of CP and CR (`"standard"`) or the mean of the per-class F1
+    (`"paper"`, where a class never predicted has precision 1)."""
     evaluated = num_positives > 0
-    without_positives = np.flatnonzero(~evaluated).tolist()
-    if without_positives:
-        named = [label_names[c] for c in without_positives] if label_names is not None else without_positives
-        warnings.warn(
-            f"{len(without_positives)} class(es) without any positive image are left out of mAP, CP, CR "
-            f"and CF1: {named[:20]}{' ...' if len(named) > 20 else ''}"
-            + ("" if label_names is not None else " (class indices; pass label_names to name them)"),
-            UserWarning,
-            stacklevel=2,
-        )
-
-    per_class_ap = [
-        average_precision(scores[:, c], positives[:, c], convention) if evaluated[c] else None
-        for c in range(scores.shape[1])
-    ]
-    never_predicted_precision = 1.0 if paper else 0.0
+    if not evaluated.any():
+        return {"CP": None, "CR": None, "CF1": None}
+    never_predicted_precision = NEVER_PREDICTED_PRECISION[paper]
     precision = np.where(num_predicted > 0, true_positives / np.maximum(num_predicted, 1), never_predicted_precision)
     recall = true_positives / np.maximum(num_positives, 1)
-
-    if evaluated.any():
-        mean_ap = float(np.mean([per_class_ap[c] for c in np.flatnonzero(evaluated)]))
-        class_precision, class_recall = float(precision[evaluated].mean()), float(recall[evaluated].mean())
-        if paper:
-            class_f1 = float(harmonic_mean(precision, recall)[evaluated].mean())
-        else:
-            class_f1 = float(harmonic_mean(class_precision, class_recall))
+    class_precision, class_recall = float(precision[evaluated].mean()), float(recall[evaluated].mean())
+    if paper:
+        class_f1 = float(harmonic_mean(precision, recall)[evaluated].mean())
     else:
-        mean_ap = class_precision = class_recall = class_f1 = None
+        class_f1 = float(harmonic_mean(class_precision, class_recall))
+    return {"CP": class_precision, "CR": class_recall, "CF1": class_f1}
 
+
+def overall_figures(true_positives, num_predicted, num_positives, paper: bool) -> dict:
+    """OP, OR and OF1 (fractions): precision and recall over all (image, class) pairs at once."""
     total_predicted, total_positives = num_predicted.sum(), num_positives.sum()
+    never_predicted_precision = NEVER_PREDICTED_PRECISION[paper]
     overall_precision = true_positives.sum() / total_predicted if total_predicted else never_predicted_precision
     overall_recall = true_positives.sum() / total_positives if total_positives else None
     overall_f1 = None if overall_recall is None else float(harmonic_mean(overall_precision, overall_recall))
-
-    return {
-        "mAP": percent(mean_ap),
-        "CP": percent(class_precision),
-        "CR": percent(class_recall),
-        "CF1": percent(class_f1),
-        "OP": percent(overall_precision),
-        "OR": percent(overall_recall),
-        "OF1": percent(overall_f1),
-        "per_class_AP": [percent(ap) for ap in per_class_ap],
-        "classes_without_positives": without_positives,
-    }
+    return {"OP": overall_precision, "OR": overall_recall, "OF1": overall_f1}
 
 
 # Resamples x images handled by one call of the vectorised bootstrap statistic: about 30 bytes each at the peak
