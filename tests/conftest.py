@@ -1,5 +1,9 @@
-"""Shared by the tests: a small but real SRN (a timm resnet10t backbone, narrow SRN branches)."""
+"""Shared by the tests: a small but real SRN (a timm resnet10t backbone, narrow SRN branches), and a small real disk
+to fill up."""
 
+import subprocess
+
+import pytest
 import torch
 
 import srn_hf
@@ -14,6 +18,18 @@ def small_srn(id2label: dict, seed: int = 0, **config_fields) -> srn_hf.SRNForIm
     config = srn_hf.SRNConfig(**{"backbone": "resnet10t", **SMALL_BRANCHES, "id2label": id2label, **config_fields})
     torch.manual_seed(seed)
     return srn_hf.SRNForImageClassification(config).eval()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB file system (tmpfs) to fill up, or a skip when this user may not mount one."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
 
 
 def save_with_processor(model: srn_hf.SRNForImageClassification, folder) -> str:

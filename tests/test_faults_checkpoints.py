@@ -140,18 +140,6 @@ def test_rotation_keeps_the_newest_and_deletes_only_after_the_save(tmp_path):
     assert not any(path.name.endswith(".partial") for path in (tmp_path / "checkpoints").iterdir())
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 2 MB file system (tmpfs), or a skip when this user may not mount one."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill up: {mounted.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
-
-
 def test_disk_full_during_a_checkpoint_names_the_path_and_the_free_space(small_disk):
     # One checkpoint of a 400 x 400 layer (1.3 MB with its momentum) fits on the 2 MB disk, two do not.
     accelerator = linear_accelerator(small_disk, size=400)
