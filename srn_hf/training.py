@@ -117,7 +117,12 @@ class LossRecipe:
 
 @dataclass
 class TrainingRecipe:
-    """Run-wide settings: precision, checkpoints, logging, evaluation batch size."""
+    """Run-wide settings: precision, checkpoints, logging, evaluation batch size, activation checkpointing.
+
+    `gradient_checkpointing` recomputes the backbone's blocks and the SRN branch's activations in the backward pass
+    instead of keeping them ([`enable_activation_checkpointing`]): less memory for one more forward pass of what is
+    trained.
+    """
 
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False
@@ -125,6 +130,7 @@ class TrainingRecipe:
     checkpoint_every_steps: int = 0
     checkpoints_total_limit: int | None = 3
     log_with: Literal["auto", "tensorboard", "none"] = "auto"
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -367,6 +373,14 @@ def plot_training_curves(stages: list[dict], path: str | Path) -> None:
     plt.close(figure)
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Turns on activation (gradient) checkpointing of a transformers model by its current name,
+    `activation_checkpointing_enable` (transformers 5 deprecates `gradient_checkpointing_enable`, which older
+    releases have alone)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def write_json(path: str | Path, payload: dict) -> None:
     """Writes `payload` to `path` atomically (a killed run never leaves half a file); a failed write raises
     `srn_hf.storage.StorageError` naming the path and the free space."""
@@ -390,6 +404,7 @@ __all__ = [
     "StageRecipe",
     "TrainingDiverged",
     "TrainingRecipe",
+    "enable_activation_checkpointing",
     "flat_dict",
     "load_recipe",
     "metric_table",
