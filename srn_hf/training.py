@@ -27,7 +27,7 @@ from .data.transforms import AUGMENTATIONS
 from .data.verify import BAD_IMAGE_POLICIES
 from .modeling_srn import DEFAULT_LOSS_REDUCTION, LOSS_REDUCTIONS
 from .stages import LOSSES, PAPER_NAMES, get_stage
-from .storage import storage_error
+from .storage import write_text_file
 
 
 class RecipeError(ValueError):
@@ -384,14 +384,7 @@ def enable_activation_checkpointing(model) -> None:
 def write_json(path: str | Path, payload: dict) -> None:
     """Writes `payload` to `path` atomically (a killed run never leaves half a file); a failed write raises
     `srn_hf.storage.StorageError` naming the path and the free space."""
-    path = Path(path)
-    partial = path.with_suffix(path.suffix + ".partial")
-    try:
-        partial.write_text(json.dumps(payload, indent=2, default=float))
-        partial.replace(path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise storage_error(path, error) from error
+    write_text_file(path, json.dumps(payload, indent=2, default=float))
 
 
 __all__ = [
