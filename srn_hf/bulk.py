@@ -19,7 +19,9 @@ One record per image:
 How it runs: images are opened and preprocessed in `DataLoader` worker processes (`num_workers`); the model runs
 on batches in the main process; records are written after each batch (JSONL, flushed) or every `part_rows`
 records (parquet parts, each a complete file), so that memory does not grow with the number of images and a
-killed run loses at most the records of its last batch (JSONL) or last part (parquet).
+killed run loses at most the records of its last batch (JSONL) or last part (parquet). A full disk stops the run
+with `srn_hf.storage.StorageError` naming the file: a batch's JSONL records are appended whole or cut back off, parts,
+the final merge and `OUTPUT.meta.json` are written under a temporary name and renamed, so `resume=True` completes it.
 
 Beside the output, `OUTPUT.meta.json` says which model wrote it (a fingerprint of the weights), with which labels,
 thresholds and options: `resume=True` refuses an output of another model or label set, then skips every image the
