@@ -684,7 +684,7 @@ def publish(
     if dry_run_dir is not None:
         return write_hub_folder(model_dir, dry_run_dir, repo_id, metrics, example_image, card)
     with tempfile.TemporaryDirectory(prefix="srn-hub-") as staging:
-        folder = write_hub_folder(model_dir, staging, repo_id, metrics, example_image, card)
+        folder = write_hub_folder(model_dir, Path(staging) / "hub", repo_id, metrics, example_image, card)
         return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 

@@ -128,7 +128,7 @@ def commit_folder(partial: Path, folder: str | os.PathLike) -> None:
             remove_folder(previous)
             folder.rename(previous)
         partial.rename(folder)
-        sync_folder(folder.parent)
+        sync_path(folder.parent)  # the rename itself, not the parent's other files
     except OSError as error:
         raise storage_error(folder, error) from error
     remove_folder(previous)
@@ -201,13 +201,17 @@ def append_bytes(file, data: bytes, path: str | os.PathLike) -> None:
 
 def sync_folder(folder: Path) -> None:
     """Flushes the files under `folder` and the folder itself to the disk (a rename never exposes unwritten data)."""
-    paths = [Path(root) / name for root, _, names in os.walk(folder) for name in names] + [Path(folder)]
-    for path in paths:
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+    for path in [Path(root) / name for root, _, names in os.walk(folder) for name in names] + [Path(folder)]:
+        sync_path(path)
+
+
+def sync_path(path: Path) -> None:
+    """Flushes one file or folder (its entries, not the files under it) to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def check_weights_file(path: str | os.PathLike) -> None:
