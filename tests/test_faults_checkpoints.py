@@ -186,3 +186,16 @@ def test_write_refused_by_the_file_system_names_the_path_and_the_free_space(tmp_
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", str(locked)], check=True)
+
+
+def test_a_file_rewritten_on_a_full_disk_stays_whole(small_disk):
+    """`write_text_file` (metrics.json, calibrate --write's config.json, a bulk run's meta file): a real full disk
+    names the file and leaves the previous content whole, with no partial file."""
+    from srn_hf.storage import write_text_file
+
+    config = write_text_file(small_disk / "config.json", json.dumps({"threshold": 0.5}))
+    (small_disk / "ballast").write_bytes(b"\0" * (os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize))
+    with pytest.raises(StorageError, match=r"^cannot write .*config.json: no space left on the device \(0 bytes free"):
+        write_text_file(config, json.dumps({"threshold": 0.3, "label_thresholds": {"cat": 0.2}}) * 1000)
+    assert json.loads(config.read_text()) == {"threshold": 0.5}
+    assert sorted(path.name for path in small_disk.iterdir()) == ["ballast", "config.json"]
