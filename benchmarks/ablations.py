@@ -67,6 +67,18 @@ VARIANTS = (
     ("SRN without staging", "no-staging", 4),
     ("SRN", "srn", 4),
 )
+# What SRN's gain over stage 1 is made of: consecutive paired differences (later variant minus earlier) that add up
+# to SRN minus stage 1, then two comparisons beside the chain. (step, variant, minus variant)
+GAIN_STEPS = (
+    ("a second head on X, fused with y_cls (no label attention)", "y_cls + control head fused", "stage 1"),
+    ("label attention in that head (y_att instead of the control head)", "y_cls + y_att fused", "y_cls + control head fused"),
+    ("f_sr on the attention maps (stage 3)", "y_cls + y_sr fused", "y_cls + y_att fused"),
+    ("joint fine-tuning with the backbone (stage 4)", "SRN", "y_cls + y_sr fused"),
+)
+BESIDE_THE_CHAIN = (
+    ("SRN against its capacity-matched control after all stages", "SRN", "control (fused)"),
+    ("the staging: SRN against SRN trained jointly from stage 1", "SRN", "SRN without staging"),
+)
 CONTROLS = ("y_att alone", "y_cls + y_att fused", "control head alone", "y_cls + control head fused", "control (fused)",
             "SRN without staging")  # fmt: skip
 
@@ -187,6 +199,7 @@ def summarise(args) -> dict:
     controls = [name for name in CONTROLS if name in results["variants"]]
     results["best_control"] = max(controls, key=lambda n: results["variants"][n]["mAP"]["mean"]) if controls else None
     results["differences"] = differences(per_seed, names, results["best_control"])
+    results["gain_steps"] = gain_steps(per_seed)
     results["pointing_game"] = pointing_games(args)
     return results
 
@@ -225,6 +238,33 @@ def differences(per_seed: dict, names: list[str], best_control: str | None) -> d
     return table
 
 
+def gain_steps(per_seed: dict) -> list[dict]:
+    """Each of `GAIN_STEPS` and `BESIDE_THE_CHAIN` with its per-seed paired `map_difference` (seeds that have both
+    variants), in order: the chain's differences add up to SRN minus stage 1 in each seed."""
+    steps = []
+    for kind, table in (("chain", GAIN_STEPS), ("beside", BESIDE_THE_CHAIN)):
+        for step, variant, reference in table:
+            runs = [dict(seed=seed, **map_difference(scores[reference], scores[variant], labels))
+                    for seed, (scores, labels) in per_seed.items() if reference in scores and variant in scores]  # fmt: skip
+            if runs:
+                steps.append({"step": step, "kind": kind, "variant": variant, "minus": reference, "runs": runs})
+    return steps
+
+
+def gain_steps_markdown(steps: list[dict]) -> list[str]:
+    """The table of `gain_steps`: each step's mean difference over the seeds, and per seed with its interval."""
+    lines = ["| what SRN's test mAP gain over stage 1 is made of | test mAP difference | mean | per seed: difference "
+             "[95 % paired bootstrap interval] |", "|---|---|---|---|"]  # fmt: skip
+    for kind in ("chain", "beside"):
+        for row in (step for step in steps if step["kind"] == kind):
+            per_seed = "; ".join(f"seed {r['seed']}: {r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]" for r in row["runs"])
+            mean = np.mean([r["difference"] for r in row["runs"]])
+            lines.append(f"| {row['step']} | {row['variant']} minus {row['minus']} | {mean:+.2f} | {per_seed} |")
+        if kind == "chain" and any(step["kind"] == "beside" for step in steps):
+            lines.append("| *beside the chain* | | | |")
+    return lines + [""]
+
+
 def markdown(results: dict) -> str:
     """The README-style tables: each variant's test figures over the seeds, then its mAP differences."""
     lines = ["| variant | seeds | test mAP | test CF1 | test OF1 |", "|---|---|---|---|---|"]
@@ -240,6 +280,8 @@ def markdown(results: dict) -> str:
             per_seed = "; ".join(f"seed {r['seed']}: {r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]" for r in runs)
             lines.append(f"| {name} | {np.mean([r['difference'] for r in runs]):+.2f} | {per_seed} |")
         lines.append("")
+    if results.get("gain_steps"):
+        lines += gain_steps_markdown(results["gain_steps"])
     if results.get("pointing_game"):
         lines += ["| pointing game, test split (% of present labels whose map peaks in one of their boxes) | mean | per seed |",
                   "|---|---|---|"]  # fmt: skip
@@ -257,7 +299,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results["variants"])
-    figure, (scores_axis, gain_axis) = plt.subplots(1, 2, figsize=(13, 4.8))
+    figure, (scores_axis, gain_axis, steps_axis) = plt.subplots(1, 3, figsize=(19, 5.2))
     for position, name in enumerate(names):
         values = [results["seeds"][seed][name]["mAP"] for seed in results["seeds"] if name in results["seeds"][seed]]
         scores_axis.bar(position, np.mean(values), color="tab:blue" if name != "SRN" else "tab:orange", alpha=0.6)
@@ -275,11 +317,28 @@ def plot(results: dict, path: Path) -> None:
     gain_axis.set_xticks(range(len(rows)), list(rows), rotation=30, ha="right")
     gain_axis.set(ylabel="test mAP minus stage 1 (points)", title="gain over stage 1 (95 % paired bootstrap intervals)")
     gain_axis.legend(fontsize=8)
-    for axis in (scores_axis, gain_axis):
+    plot_gain_steps(steps_axis, [step for step in results.get("gain_steps", []) if step["kind"] == "chain"])
+    for axis in (scores_axis, gain_axis, steps_axis):
         axis.grid(alpha=0.3, axis="y")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def plot_gain_steps(axis, chain: list[dict]) -> None:
+    """A waterfall of the chain of `GAIN_STEPS`: each step's mean test mAP difference as a bar starting where the
+    previous one ended (from stage 1 at 0 to SRN), each seed's difference as a dot on its bar."""
+    level = 0.0
+    for position, row in enumerate(chain):
+        differences = [run["difference"] for run in row["runs"]]
+        mean = float(np.mean(differences))
+        axis.bar(position, mean, bottom=level, color="tab:green" if mean >= 0 else "tab:red", alpha=0.6)
+        axis.scatter([position] * len(differences), [level + d for d in differences], color="k", s=14, zorder=3)
+        level += mean
+    axis.axhline(0, color="grey", linewidth=1)
+    labels = [row["step"].split(" (")[0] for row in chain]
+    axis.set_xticks(range(len(chain)), labels, rotation=30, ha="right")
+    axis.set(ylabel="test mAP over stage 1 (points)", title="what the gain is made of (bars: mean over seeds)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -51,7 +51,7 @@ from srn_hf.localization import label_boxes, pointing_game, pointing_game_table
 from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import create_image_processor
-from srn_hf.stages import STAGES, Stage, StageForward, apply_stage, make_loss, set_train_mode, stage_loss
+from srn_hf.stages import STAGES, BackboneMapCache, Stage, StageForward, apply_stage, make_loss, set_train_mode, stage_loss
 from srn_hf.storage import StorageError, atomic_folder
 from srn_hf.thresholds import (
     FIGURES,
@@ -156,6 +156,7 @@ class Run:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # L(logits, labels) of the recipe's `loss`
     train_data: EpochSeededDataset
     eval_loaders: dict[str, DataLoader]
+    map_cache: BackboneMapCache  # X and F of the evaluation images while the backbone's weights stay the same
     progress: Progress
     checkpoint: Path | None  # the checkpoint to resume from, until its stage has restored it
 
@@ -234,6 +235,7 @@ def set_up(args: argparse.Namespace) -> Run:
         args=args, recipe=recipe, stages=stages, output_dir=output_dir, accelerator=accelerator, dataset=dataset,
         names=names, image_check=image_check, model=model, loss_fn=make_loss(**vars(recipe.loss)),
         train_data=EpochSeededDataset(dataset["train"], recipe.seed), eval_loaders=eval_loaders,
+        map_cache=BackboneMapCache(recipe.training.eval_map_cache_mb),
         progress=progress or Progress(signature=signature, stage=stages[0]), checkpoint=checkpoint,
     )  # fmt: skip
 
@@ -425,7 +427,7 @@ def prepare_stage(run: Run, number: int) -> StageRun:
     )
     # Wraps the model (DDP across processes, autocast), shards the loaders per process, moves all to the device.
     stage_model, optimizer, train_loader, scheduler, validation_loader, test_loader = accelerator.prepare(
-        StageForward(run.model, stage), optimizer, train_loader, scheduler,
+        StageForward(run.model, stage, run.map_cache), optimizer, train_loader, scheduler,
         run.eval_loaders["validation"], run.eval_loaders["test"],
     )  # fmt: skip
     return StageRun(
@@ -590,7 +592,7 @@ def calibrate_export(run: Run, stage_run: StageRun, validation_scores: dict, val
     scores = validation_scores.get("logits")
     if scores is None:
         with run.accelerator.autocast():  # the precision of the prepared forward
-            full_forward = StageForward(run.model, STAGES[4])
+            full_forward = StageForward(run.model, STAGES[4], run.map_cache)
             scores = predict_scores(run.accelerator, full_forward, stage_run.validation_loader, ("logits",))[0]["logits"]
     calibration = calibrate_thresholds(scores, validation_labels, run.names, split="validation", dataset=run.recipe.data.kind)
     calibration.apply_to(run.model.config)
@@ -625,6 +627,8 @@ def write_report(run: Run) -> dict:
         "stages": records,
         "test_gain_over_stage1": gain_over_stage1(output_dir, records) if accelerator.is_main_process else None,
         "test_calibrated_gain_over_stage1": calibrated_gain(records),
+        # Evaluation batches whose backbone maps were reused from an earlier pass (same images, same weights).
+        "evaluation_map_cache": {"reused": run.map_cache.hits, "computed": run.map_cache.misses},
     }
     accelerator.print("\n" + metric_table(records, "validation") + "\n\n" + metric_table(records, "test"))
     accelerator.print("\n" + threshold_table(records))

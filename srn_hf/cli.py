@@ -6,10 +6,8 @@ import logging
 import sys
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="srn-hf", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_predict_command(commands) -> None:
+    """`srn-hf predict MODEL IMAGE_OR_DIR...`: the options of `run_predict`."""
     predict = commands.add_parser("predict", help="label images with an SRN model; optionally save attention maps")
     predict.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
     predict.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (their images, recursively)")
@@ -32,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs")
     predict.set_defaults(run=run_predict)
 
+
+def add_export_command(commands) -> None:
+    """`srn-hf export MODEL_DIR OUT_DIR`: the options of `run_export`."""
     export = commands.add_parser("export", help="export a model to ONNX or torch.export, with its processor and thresholds")
     export.add_argument("model_dir", help="folder written by save_pretrained")
     export.add_argument("out_dir", help="the folder to write (empty or absent)")
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fast", action="store_true", help="export the bf16 channels-last fast path (torch-export only)")
     export.set_defaults(run=run_export)
 
+
+def add_calibrate_command(commands) -> None:
+    """`srn-hf calibrate MODEL_DIR --data KIND`: the options of `run_calibrate`."""
     calibrate = commands.add_parser("calibrate", help="tune a model's thresholds on a validation split; optionally store them")
     calibrate.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
     calibrate.add_argument("--data", required=True, metavar="KIND", help="dataset kind of srn_hf.data (imagefolder, csv, hub, coco2014, voc2007, ...)")
@@ -52,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--write", action="store_true", help="store the thresholds in MODEL_DIR/config.json (nothing else changes)")
     calibrate.set_defaults(run=run_calibrate)
 
+
+def add_publish_command(commands) -> None:
+    """`srn-hf publish MODEL_DIR --repo-id ORG/NAME`: the options of `run_publish`."""
     publish = commands.add_parser("publish", help="write a Hub-ready folder of a trained model and push it")
     publish.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
     publish.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Hub repository to create or update")
@@ -69,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--space-requirement", metavar="SPEC", help="pip requirement of srn_hf in the Space's requirements.txt (default: srn_hf[app]==VERSION)")
     publish.set_defaults(run=run_publish)
 
+
+def add_demo_command(commands) -> None:
+    """`srn-hf demo MODEL`: the options of `run_demo`."""
     demo = commands.add_parser("demo", help="serve the demo page of an SRN model in the browser (needs srn_hf[app])")
     demo.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
     demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
@@ -78,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs")
     demo.set_defaults(run=run_demo)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `srn-hf` and its commands; every command takes `--debug`."""
+    parser = argparse.ArgumentParser(prog="srn-hf", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in (add_predict_command, add_export_command, add_calibrate_command, add_publish_command, add_demo_command):
+        add_command(commands)
     for command in [parser, *commands.choices.values()]:  # every command, those added above it included
         command.add_argument(
             "--debug", action="store_true", default=False if command is parser else argparse.SUPPRESS,
@@ -86,45 +103,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    """Labels every image (see `srn_hf.bulk`); exit status 1 if some image failed (the others are still predicted;
-    failures are reported on stderr and in the records), 2 if the model, the sources or the arguments are bad."""
-    from transformers import pipeline
-
-    from .bulk import BulkError, check_output, given_sources, run_state, tag_images
-    from .hub import ModelFolderError, check_model_folder, is_local_model, one_line
-    from .pipeline_srn import TASK
-    from .pipeline_srn import logger as pipeline_logger
-
+def label_thresholds_option(items: list[str]) -> dict[str, float]:
+    """The `--label-threshold LABEL=T` items as {label: threshold}; a ValueError names a malformed item."""
     label_thresholds = {}
-    for item in args.label_threshold:
+    for item in items:
         name, separator, value = item.rpartition("=")
         try:
             label_thresholds[name] = float(value)
         except ValueError:
             separator = ""
         if not separator or not name:
-            print(f"srn-hf predict: error: --label-threshold {item!r} is not LABEL=THRESHOLD", file=sys.stderr)
-            return 2
+            raise ValueError(f"--label-threshold {item!r} is not LABEL=THRESHOLD")
+    return label_thresholds
+
+
+def check_predict_options(args: argparse.Namespace) -> None:
+    """A ValueError names a bad --top-k, --batch-size or --num-workers."""
     if args.top_k is not None and args.top_k < 1:
-        print(f"srn-hf predict: error: --top-k {args.top_k} must be at least 1", file=sys.stderr)
-        return 2
+        raise ValueError(f"--top-k {args.top_k} must be at least 1")
     if args.batch_size < 1 or args.num_workers < 0:
-        print("srn-hf predict: error: --batch-size must be at least 1 and --num-workers at least 0", file=sys.stderr)
-        return 2
-    try:
-        sources = given_sources(args.images, args.file_list, args.data, args.data_option, args.split)
-        for problem in sources.unreadable:
-            print(f"srn-hf predict: error: {problem}", file=sys.stderr)
-        if not sources.keys:
-            raise BulkError(f"no image files in {' '.join(args.images + [args.file_list or args.data or ''])}".rstrip())
-        if args.output is not None:
-            check_output(args.output, args.resume)  # before the model is loaded; checked again by tag_images
-        elif args.resume:
-            raise BulkError("--resume continues an --output file: pass --output")
-    except (BulkError, OSError, ValueError) as error:  # also the --data loaders' AnnotationError, a ValueError
-        print(f"srn-hf predict: error: {error}", file=sys.stderr)
-        return 2
+        raise ValueError("--batch-size must be at least 1 and --num-workers at least 0")
+
+
+def predict_sources(args: argparse.Namespace):
+    """The images to label (`srn_hf.bulk.given_sources`), each unreadable one reported on stderr.
+
+    Raises:
+        BulkError: no image at all, or an --output (or --resume without it) that cannot be written or continued;
+            before the model is loaded. The --data loaders raise ValueError or OSError.
+    """
+    from .bulk import BulkError, check_output, given_sources
+
+    sources = given_sources(args.images, args.file_list, args.data, args.data_option, args.split)
+    for problem in sources.unreadable:
+        print(f"srn-hf predict: error: {problem}", file=sys.stderr)
+    if not sources.keys:
+        raise BulkError(f"no image files in {' '.join(args.images + [args.file_list or args.data or ''])}".rstrip())
+    if args.output is not None:
+        check_output(args.output, args.resume)  # before the model is loaded; checked again by tag_images
+    elif args.resume:
+        raise BulkError("--resume continues an --output file: pass --output")
+    return sources
+
+
+def predict_pipeline(args: argparse.Namespace, label_thresholds: dict[str, float]):
+    """The SRN pipeline of MODEL with its thresholds set, on this process's device.
+
+    Raises:
+        ModelFolderError: naming the model folder (or Hub id) and what is wrong with it, or a bad threshold.
+    """
+    from transformers import pipeline
+
+    from .bulk import run_state
+    from .hub import ModelFolderError, check_model_folder, is_local_model, one_line
+    from .pipeline_srn import TASK
+
     try:
         if is_local_model(args.model):
             check_model_folder(args.model)  # a missing folder, truncated weights, a bad config value: named, now
@@ -135,6 +168,23 @@ def run_predict(args: argparse.Namespace) -> int:
         raise
     except (OSError, ValueError) as error:
         raise ModelFolderError(f"{args.model}: {one_line(error)}") from error
+    return tagger
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Labels every image (see `srn_hf.bulk`); exit status 1 if some image failed (the others are still predicted;
+    failures are reported on stderr and in the records), 2 if the model, the sources or the arguments are bad."""
+    from .bulk import BulkError, tag_images
+    from .pipeline_srn import logger as pipeline_logger
+
+    try:
+        label_thresholds = label_thresholds_option(args.label_threshold)
+        check_predict_options(args)
+        sources = predict_sources(args)
+    except (BulkError, OSError, ValueError) as error:  # also the --data loaders' AnnotationError, a ValueError
+        print(f"srn-hf predict: error: {error}", file=sys.stderr)
+        return 2
+    tagger = predict_pipeline(args, label_thresholds)
     pipeline_logger.setLevel(logging.ERROR)
     try:
         summary = tag_images(

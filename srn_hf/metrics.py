@@ -24,9 +24,12 @@ The same computation is available as an `evaluate` module: `evaluate.load(EVALUA
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+from scipy import sparse
 from scipy.stats import bootstrap
 from sklearn.metrics import average_precision_score
 
@@ -171,6 +174,124 @@ def multilabel_metrics(
     }
 
 
+# Resamples x images handled by one call of the vectorised bootstrap statistic: about 30 bytes each at the peak
+# (scipy's index draws, the image counts, one class's segment sums), so about 60 MB whatever the input size.
+BOOTSTRAP_BATCH_ELEMENTS = 2**21
+
+
+class TieGroupSegments(NamedTuple):
+    """One class's images ranked by decreasing score and cut into the segments that a tie-grouped AP sums over.
+
+    Segment k ends with the k-th tie group (the images of one distinct score) that holds a positive: groups
+    without a positive add no recall and no AP term, so they only count in the next segment's number of images.
+
+    Attributes:
+        matrix: a (2 K, N) sparse matrix of ones: row k picks segment k's images, row K + k its positive images.
+        num_segments: K.
+    """
+
+    matrix: sparse.csr_array
+    num_segments: int
+
+
+def tie_group_segments(scores: np.ndarray, positives: np.ndarray, dtype=np.float32) -> TieGroupSegments:
+    """The `TieGroupSegments` of one class (1-d scores, 1-d booleans): its scores sorted once for all resamples."""
+    order = np.argsort(-scores, kind="stable")
+    ranked_scores, ranked_hits = scores[order], positives[order]
+    group = np.concatenate([[0], np.cumsum(ranked_scores[1:] != ranked_scores[:-1])])
+    positive_group = group[ranked_hits]
+    groups_with_positive = np.unique(positive_group)
+    segment_ends = np.searchsorted(group, groups_with_positive, side="right")  # one past each segment's last image
+    positive_ends = np.searchsorted(positive_group, groups_with_positive, side="right")
+    last = segment_ends[-1] if len(segment_ends) else 0
+    row_starts = np.concatenate([[0], segment_ends, last + positive_ends])
+    columns = np.concatenate([order[:last], order[ranked_hits]])
+    matrix = sparse.csr_array(
+        (np.ones(len(columns), dtype=dtype), columns, row_starts), shape=(2 * len(segment_ends), len(scores))
+    )
+    return TieGroupSegments(matrix, len(segment_ends))
+
+
+def weighted_average_precision(segments: TieGroupSegments, image_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AP of one class in R resamples at once, each image counted as often as the resample holds it.
+
+    This is sklearn's `average_precision_score(positives, scores, sample_weight=counts)`, which equals the AP of
+    the resample with its repeated images (ties grouped at distinct scores): the sum over tie groups k of
+    (R_k - R_{k-1}) * P_k, with P_k and R_k the precision and recall of the images scoring at least group k's score.
+
+    Args:
+        segments: the class's `tie_group_segments`.
+        image_counts: (N, R) counts of each image in each resample (integers, in the dtype of `segments.matrix`).
+
+    Returns:
+        the R APs (fractions; 0 where a resample has no positive) and the R numbers of positives.
+    """
+    if segments.num_segments == 0:  # no positive at all
+        return np.zeros(image_counts.shape[1]), np.zeros(image_counts.shape[1])
+    segment_sums = segments.matrix @ image_counts  # (2 K, R): images, then positives, of each segment
+    new_positives = segment_sums[segments.num_segments :]
+    images_so_far = np.cumsum(segment_sums[: segments.num_segments], axis=0).astype(np.float64)  # exact integers
+    positives_so_far = np.cumsum(new_positives, axis=0).astype(np.float64)
+    precision = positives_so_far / np.maximum(images_so_far, 1)  # 0 images so far means 0 positives so far
+    total_positives = positives_so_far[-1]
+    return np.sum(new_positives * precision, axis=0) / np.maximum(total_positives, 1), total_positives
+
+
+def image_counts_of(resamples: np.ndarray, num_images: int, dtype=np.float32) -> np.ndarray:
+    """(N, R) counts of each image in each of the R resamples of image indices (an (R, N) array)."""
+    image_counts = np.empty((num_images, len(resamples)), dtype=dtype)
+    for index, resample in enumerate(resamples):
+        image_counts[:, index] = np.bincount(resample, minlength=num_images)
+    return image_counts
+
+
+def resampled_map_difference(
+    scores_a: np.ndarray, scores_b: np.ndarray, positives: np.ndarray, images: np.ndarray, convention: str
+) -> float:
+    """100 * (mAP(b) - mAP(a)) on one resample `images` (row indices, repeats allowed), computed on the resampled rows.
+
+    The mean is over the classes with a positive in the resample (as in `multilabel_metrics`); AP is sklearn's
+    `average_precision_score` (`"standard"`) or `average_precision_voc` (`"paper"`), class by class.
+    """
+    rows = positives[images]
+    classes = np.flatnonzero(rows.any(axis=0))
+    rows = rows[:, classes]
+
+    def mean_ap(scores: np.ndarray) -> float:
+        scores = scores[images][:, classes]
+        if convention == "paper":
+            return float(np.mean([average_precision_voc(scores[:, c], rows[:, c]) for c in range(rows.shape[1])]))
+        return float(np.mean(average_precision_score(rows, scores, average=None)))  # all classes in one call
+
+    return 100 * (mean_ap(scores_b) - mean_ap(scores_a))
+
+
+def tie_grouped_map_difference(scores_a: np.ndarray, scores_b: np.ndarray, positives: np.ndarray):
+    """The `"standard"` `resampled_map_difference` as a vectorised statistic of many resamples at once.
+
+    Each class's images are ranked once; a call with an (R, N) array of resamples (the images along the last axis,
+    as `scipy.stats.bootstrap` passes them with `vectorized=True`) returns the R differences in mAP points.
+    """
+    dtype = np.float32 if len(positives) < 2**24 else np.float64  # counts and their sums stay exact integers
+    class_segments = [
+        [tie_group_segments(scores[:, c], positives[:, c], dtype) for scores in (scores_a, scores_b)]
+        for c in range(positives.shape[1])
+    ]
+
+    def statistic(resamples: np.ndarray, axis: int = -1) -> np.ndarray:
+        image_counts = image_counts_of(np.moveaxis(resamples, axis, -1), len(positives), dtype)
+        sum_difference = np.zeros(image_counts.shape[1])
+        classes_with_positive = np.zeros(image_counts.shape[1])
+        for segments_a, segments_b in class_segments:
+            ap_a, total_positives = weighted_average_precision(segments_a, image_counts)
+            ap_b, _ = weighted_average_precision(segments_b, image_counts)
+            sum_difference += np.where(total_positives > 0, ap_b - ap_a, 0.0)
+            classes_with_positive += total_positives > 0
+        return 100 * sum_difference / classes_with_positive
+
+    return statistic
+
+
 def map_difference(
     scores_a,
     scores_b,
@@ -185,34 +306,41 @@ def map_difference(
 
     Both predictions are resampled together, image by image, so the interval is the spread that the choice of
     test images alone causes. Other sources of spread (which object instances a dataset holds, the training
-    seed) are not in it.
+    seed) are not in it. Each resample's mAP is over the classes with a positive in that resample.
+
+    With `"standard"` the statistic is vectorised: a resample is a count of each image, and each class's AP in
+    all resamples comes from one ranking of its scores (`weighted_average_precision`), in batches of at most
+    `BOOTSTRAP_BATCH_ELEMENTS` resamples x images. The resamples are the same draws as one resample at a time,
+    and the result equals sklearn's `average_precision_score` on every resample (to float precision). With
+    `"paper"` each resample is still evaluated on its own rows (`resampled_map_difference`, slow): VOC AP ranks
+    tied scores in the given order, which in a resample is the draw order, so image counts do not determine it.
 
     Returns:
         {"difference", "low", "high"} in mAP points, plus `confidence_level`, `n_resamples` and `images`.
     """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, not {convention!r}")
     first, second, positives = as_numpy(scores_a), as_numpy(scores_b), as_numpy(labels) > 0.5
     if not first.shape == second.shape == positives.shape or first.ndim != 2:
         raise ValueError(f"scores_a, scores_b and labels must be (N, C) arrays of one shape, got "
                          f"{first.shape}, {second.shape} and {positives.shape}")  # fmt: skip
-
-    def mean_ap(scores: np.ndarray, rows: np.ndarray) -> float:
-        if convention == "paper":
-            return float(np.mean([average_precision_voc(scores[:, c], rows[:, c]) for c in range(rows.shape[1])]))
-        return float(np.mean(average_precision_score(rows, scores, average=None)))  # all classes in one call
-
-    def difference(images: np.ndarray) -> float:
-        rows = positives[images]
-        classes = np.flatnonzero(rows.any(axis=0))  # as in multilabel_metrics: classes with a positive
-        rows = rows[:, classes]
-        return 100 * (mean_ap(second[images][:, classes], rows) - mean_ap(first[images][:, classes], rows))
+    for name, scores in (("scores_a", first), ("scores_b", second)):
+        if not np.isfinite(scores).all():
+            raise ValueError(f"{name} holds {np.sum(~np.isfinite(scores))} NaN or infinite score(s)")
 
     images = np.arange(len(positives))
+    if convention == "paper":
+        statistic = partial(resampled_map_difference, first, second, positives, convention=convention)
+        difference, batch = statistic(images), None
+    else:
+        statistic = tie_grouped_map_difference(first, second, positives)
+        difference, batch = float(statistic(images[None])[0]), max(1, BOOTSTRAP_BATCH_ELEMENTS // len(images))
     interval = bootstrap(
-        (images,), difference, vectorized=False, n_resamples=n_resamples, confidence_level=confidence_level,
-        method="percentile", rng=np.random.default_rng(seed),
+        (images,), statistic, vectorized=convention != "paper", batch=batch, n_resamples=n_resamples,
+        confidence_level=confidence_level, method="percentile", rng=np.random.default_rng(seed),
     ).confidence_interval  # fmt: skip
     return {
-        "difference": difference(images),
+        "difference": difference,
         "low": float(interval.low),
         "high": float(interval.high),
         "confidence_level": confidence_level,

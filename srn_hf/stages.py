@@ -25,6 +25,7 @@ paper's benchmarks `coco_resnet101.yaml`, `voc2007.yaml` and `nuswide.yaml` the 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -140,23 +141,89 @@ def set_train_mode(model: nn.Module, stage: int | Stage) -> None:
         getattr(srn, name).eval()
 
 
+def tensor_digest(tensors) -> bytes:
+    """A digest of the tensors' shapes, dtypes and bytes: equal digests mean equal contents."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.digest()
+
+
+class BackboneMapCache:
+    """The backbone maps X and F of evaluation batches, kept while the backbone's weights stay the same.
+
+    Stages 2 and 3 train the SRN branch on a frozen backbone: every validation and test pass of theirs (and the
+    rescoring of a stage's best epoch) runs f_cnn on the same images with the same weights as the pass before it.
+    [`StageForward`] in eval mode takes X and F from here instead: a batch is looked up by the digest of its pixels,
+    and the whole cache is dropped as soon as the backbone's weights (parameters and batch-norm statistics) are not
+    the ones it was filled with ([`bind`], called each time the forward is put in eval mode). The maps are kept in
+    host memory, at most `max_megabytes` of them (per process); batches beyond that are computed each time.
+    """
+
+    def __init__(self, max_megabytes: float):
+        self.max_bytes = int(max_megabytes * 2**20)
+        self.weights_digest: bytes | None = None
+        self.maps: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def bind(self, backbone: nn.Module) -> None:
+        """Keeps the cached maps if `backbone` holds the weights they were computed with, else drops them."""
+        digest = tensor_digest(backbone.state_dict().values())
+        if digest != self.weights_digest:
+            self.maps.clear()
+            self.weights_digest, self.bytes = digest, 0
+
+    def forward_backbone(self, srn: SRNModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`srn.forward_backbone(pixel_values)`, computed once per batch of pixels under the bound weights."""
+        key = tensor_digest([pixel_values])
+        if key in self.maps:
+            self.hits += 1
+            features, classifier_features = self.maps[key]
+            device = pixel_values.device
+            return features.to(device, copy=True), classifier_features.to(device, copy=True)
+        self.misses += 1
+        features, classifier_features = srn.forward_backbone(pixel_values)
+        size = features.nbytes + (classifier_features.nbytes if classifier_features is not features else 0)
+        if self.max_bytes and self.bytes + size <= self.max_bytes:
+            stored = features.detach().cpu().clone()
+            stored_classifier = stored if classifier_features is features else classifier_features.detach().cpu().clone()
+            self.maps[key] = (stored, stored_classifier)
+            self.bytes += size
+        return features, classifier_features
+
+
 class StageForward(nn.Module):
     """The forward pass of one stage: the module that `accelerator.prepare` wraps (DDP sees this forward).
 
     With a frozen backbone (stages 2, 3), f_cnn runs under `torch.no_grad()`. In stage 1 only y_cls is computed:
     the SRN branch is unused, and f_att's 3x3 convolution alone costs about as much as a small backbone.
     `model` is the wrapped `SRNForImageClassification`; its state dict keys gain the prefix `model.`.
+    With a [`BackboneMapCache`], the eval-mode forward (validation and test) runs f_cnn once per batch of images
+    for as long as the backbone's weights do not change.
     """
 
-    def __init__(self, model: SRNForImageClassification, stage: int | Stage):
+    def __init__(self, model: SRNForImageClassification, stage: int | Stage, map_cache: BackboneMapCache | None = None):
         super().__init__()
         self.model = model
         self.stage = get_stage(stage)
+        self.map_cache = map_cache
+
+    def train(self, mode: bool = True) -> StageForward:
+        super().train(mode)
+        if not mode and self.map_cache is not None:
+            self.map_cache.bind(self.model.srn.backbone)  # the weights may have changed since the last eval pass
+        return self
 
     def forward(self, pixel_values: torch.Tensor) -> SRNOutput:
         srn = self.model.srn
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.stage.backbone_frozen):
-            features, classifier_features = srn.forward_backbone(pixel_values)
+        if self.map_cache is not None and not self.training and not torch.is_grad_enabled():
+            features, classifier_features = self.map_cache.forward_backbone(srn, pixel_values)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.stage.backbone_frozen):
+                features, classifier_features = srn.forward_backbone(pixel_values)
         if self.stage.trained == STAGES[1].trained:
             return SRNOutput(cls_logits=srn.classifier(classifier_features.mean(dim=(2, 3))))
         return srn.forward_heads(features, classifier_features)

@@ -117,7 +117,9 @@ class LossRecipe:
 
 @dataclass
 class TrainingRecipe:
-    """Run-wide settings: precision, checkpoints, logging, evaluation batch size, activation checkpointing.
+    """Run-wide settings: precision, checkpoints, logging, evaluation batch size, and how many megabytes of backbone
+    maps the evaluation passes may keep per process to skip f_cnn while its weights do not change (stages 2 and
+    3, the rescoring of a best epoch; `stages.BackboneMapCache`, 0 turns it off).
 
     `gradient_checkpointing` recomputes the backbone's blocks and the SRN branch's activations in the backward pass
     instead of keeping them ([`enable_activation_checkpointing`]): less memory for one more forward pass of what is
@@ -127,6 +129,7 @@ class TrainingRecipe:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False
     eval_batch_size: int = 64
+    eval_map_cache_mb: float = 2048
     checkpoint_every_steps: int = 0
     checkpoints_total_limit: int | None = 3
     log_with: Literal["auto", "tensorboard", "none"] = "auto"

@@ -1,7 +1,8 @@
-"""Shared by the tests: a small but real SRN (a timm resnet10t backbone, narrow SRN branches), and a small real disk
-to fill up."""
+"""Shared by the tests: a small but real SRN (a timm resnet10t backbone, narrow SRN branches), a small real disk to
+fill up (`small_disk`), and the only fake of the suite, the Hub's network edge (`hub_calls`, `hub_unreachable`)."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,3 +38,42 @@ def save_with_processor(model: srn_hf.SRNForImageClassification, folder) -> str:
     model.save_pretrained(folder)
     create_image_processor(model.config).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture
+def hub_calls(monkeypatch) -> list[tuple]:
+    """The Hub's network edge, faked: `HfApi.create_repo` and `HfApi.create_commit` record their calls in the returned
+    list instead of reaching the Hub; everything above them runs for real.
+
+    Each call is `("create_repo", repo_id, kwargs, token)` or `("create_commit", repo_id, kwargs, uploaded)`, with
+    `uploaded` the bytes of each uploaded file by its path in the repository.
+    """
+    from huggingface_hub import HfApi
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id, kwargs, self.token))
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        uploaded = {operation.path_in_repo: Path(operation.path_or_fileobj).read_bytes() for operation in operations}
+        calls.append(("create_commit", repo_id, kwargs, uploaded))
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0123abc"})()
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    return calls
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch) -> None:
+    """The Hub's network edge refuses every call: a test that must push nothing fails if `HfApi.create_repo` or
+    `HfApi.create_commit` is called."""
+    from huggingface_hub import HfApi
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("nothing may reach the Hub")
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    monkeypatch.setattr(HfApi, "create_commit", refuse)

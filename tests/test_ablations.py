@@ -82,6 +82,7 @@ def test_tiny_ablation_over_two_seeds(tmp_path):
         control_log = (tmp_path / "runs" / f"seed-{seed}" / "control" / "train.log").read_text()
         assert "stages [2, 3, 4]" in control_log
     assert results["best_control"] in ablations.CONTROLS
+    assert [step["kind"] for step in results["gain_steps"]] == ["chain"] * 4 + ["beside"] * 2
     first = results["differences"]["stage 1"]["SRN"][0]
     assert first["seed"] == 0 and first["low"] <= first["difference"] <= first["high"]
     assert "| SRN | 2 |" in (tmp_path / "results" / "ablations.md").read_text()
@@ -89,3 +90,25 @@ def test_tiny_ablation_over_two_seeds(tmp_path):
     # A second call keeps the finished runs and gives the same figures.
     again = ablations.main(argv)
     assert again["seeds"][0]["SRN"] == results["seeds"][0]["SRN"]
+
+
+def test_gain_steps_add_up_to_srn_minus_stage_1():
+    """The chain of paired differences decomposes SRN's gain: its steps sum to SRN minus stage 1 in every seed."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random((60, 4)) < 0.4).astype(np.float32)
+    per_seed = {}
+    for seed in (0, 1):
+        scores = {name: np.clip(labels * rng.uniform(0.2, 0.6) + rng.random(labels.shape) * 0.6, 0, 1)
+                  for name, _, _ in ablations.VARIANTS}  # fmt: skip
+        per_seed[seed] = (scores, labels)
+    steps = ablations.gain_steps(per_seed)
+    chain = [step for step in steps if step["kind"] == "chain"]
+    assert [step["variant"] for step in chain][-1] == "SRN" and chain[0]["minus"] == "stage 1"
+    assert [step["minus"] for step in chain[1:]] == [step["variant"] for step in chain[:-1]]  # consecutive
+    whole = ablations.differences(per_seed, [name for name, _, _ in ablations.VARIANTS], None)["stage 1"]["SRN"]
+    for index, seed in enumerate((0, 1)):
+        total = sum(step["runs"][index]["difference"] for step in chain)
+        assert total == pytest.approx(whole[index]["difference"], abs=1e-9) and whole[index]["seed"] == seed
+    assert {step["minus"] for step in steps if step["kind"] == "beside"} == {"control (fused)", "SRN without staging"}
+    table = "\n".join(ablations.gain_steps_markdown(steps))
+    assert "| joint fine-tuning with the backbone (stage 4) | SRN minus y_cls + y_sr fused |" in table

@@ -1,8 +1,8 @@
 """Hub publishing: the Hub-ready folder, its model card, the one-commit push, and loading what was published.
 
 Everything is real (timm backbone, transformers Auto classes and pipeline, huggingface_hub's card parsing and
-cache lookup) except the network edge of the push: `HfApi.create_repo` and `HfApi.create_commit` are replaced by
-recorders in `test_publish_pushes_one_commit_with_every_file`.
+cache lookup) except the network edge of the push: `HfApi.create_repo` and `HfApi.create_commit`, which record their
+calls (conftest's `hub_calls`) or refuse them (`hub_unreachable`).
 """
 
 import hashlib
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import small_srn
-from huggingface_hub import HfApi, ModelCard, metadata_load, scan_cache_dir
+from huggingface_hub import ModelCard, metadata_load, scan_cache_dir
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
 
@@ -192,30 +192,17 @@ def test_loading_by_repository_id_from_an_offline_hub_cache(published_run, tmp_p
     assert_same_scores(scores, snapshot)
 
 
-def test_publish_pushes_one_commit_with_every_file(training_run, published_run, tmp_path, monkeypatch, capsys):
-    """The network edge is faked: create_repo and create_commit record their calls; the rest runs for real."""
-    calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append(("create_repo", repo_id, kwargs, self.token))
-        return f"https://huggingface.co/{repo_id}"
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        uploaded = {operation.path_in_repo: Path(operation.path_or_fileobj).read_bytes() for operation in operations}
-        calls.append(("create_commit", repo_id, kwargs, uploaded))
-        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0123abc"})()
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+def test_publish_pushes_one_commit_with_every_file(training_run, published_run, hub_calls, capsys):
+    """The network edge is faked: create_repo and create_commit record their calls (`hub_calls`); the rest runs for real."""
     code = cli_main(["publish", str(training_run / "final"), "--repo-id", REPO_ID, "--private", "--token", "hf_test",
                      "--dataset-id", "org/stamp-scenes"])
 
     assert code == 0 and "/commit/0123abc" in capsys.readouterr().out
-    assert [call[0] for call in calls] == ["create_repo", "create_commit"]
-    _, repo_id, repo_kwargs, token = calls[0]
+    assert [call[0] for call in hub_calls] == ["create_repo", "create_commit"]
+    _, repo_id, repo_kwargs, token = hub_calls[0]
     assert repo_id == REPO_ID and repo_kwargs["private"] is True and repo_kwargs["exist_ok"] is True
     assert token == "hf_test"
-    _, repo_id, commit_kwargs, uploaded = calls[1]
+    _, repo_id, commit_kwargs, uploaded = hub_calls[1]
     assert repo_id == REPO_ID and commit_kwargs["commit_message"]
     # The dry run wrote exactly what is uploaded: the same files, byte for byte.
     assert sorted(uploaded) == hub_folder_files(published_run)
@@ -223,12 +210,7 @@ def test_publish_pushes_one_commit_with_every_file(training_run, published_run, 
         assert content == (published_run / name).read_bytes(), name
 
 
-def test_dry_run_prints_the_commit_and_touches_no_network(plain_model_dir, tmp_path, monkeypatch, capsys):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a dry run must not reach the Hub")
-
-    monkeypatch.setattr(HfApi, "create_repo", refuse)
-    monkeypatch.setattr(HfApi, "create_commit", refuse)
+def test_dry_run_prints_the_commit_and_touches_no_network(plain_model_dir, tmp_path, hub_unreachable, capsys):
     out_dir = tmp_path / "dry"
     assert publish(plain_model_dir, REPO_ID, dry_run_dir=out_dir) == out_dir
     assert set(hub_folder_files(out_dir)) == EXPECTED_FILES

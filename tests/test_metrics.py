@@ -1,11 +1,25 @@
 """Multi-label metrics in both conventions: against sklearn, against hand-computed cases, and as an evaluate module."""
 
+import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from scipy.stats import bootstrap
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
-from srn_hf.metrics import EVALUATE_MODULE_PATH, average_precision_voc, map_difference, multilabel_metrics
+from srn_hf import metrics
+from srn_hf.metrics import (
+    EVALUATE_MODULE_PATH,
+    average_precision_voc,
+    map_difference,
+    multilabel_metrics,
+    resampled_map_difference,
+)
 
 
 @pytest.fixture
@@ -169,3 +183,44 @@ def test_map_difference_is_the_mAP_gain_with_a_paired_bootstrap_interval(convent
     assert noise["low"] < 0 < noise["high"]  # near-equal predictions: the interval straddles 0
     with pytest.raises(ValueError, match="one shape"):
         map_difference(weaker, stronger[:, :4], labels)
+
+
+def test_map_difference_standard_equals_sklearn_on_every_resample(monkeypatch):
+    """The vectorised interval is the one of sklearn's AP computed on each resample's rows, one resample at a time."""
+    rng = np.random.default_rng(1)
+    images, n_resamples = 300, 300
+    labels = rng.random((images, 6)) < np.array([0.3, 0.2, 0.5, 0.1, 0.02, 0.0])
+    labels[[10, 200], 5] = True  # the last class has 2 positives
+    scores_a = np.round(np.clip(0.3 * labels + 0.7 * rng.random(labels.shape), 0, 1), 2)  # rounded: many ties
+    scores_b = np.round(np.clip(0.4 * labels + 0.6 * rng.random(labels.shape), 0, 1), 2)
+    draws = np.random.default_rng(0).integers(0, images, (n_resamples, images))  # scipy's draws for rng seed 0
+    assert not labels[draws, 5].any(axis=1).all()  # some resamples have no positive of the last class
+
+    one_at_a_time = partial(resampled_map_difference, scores_a, scores_b, labels, convention="standard")
+    reference = bootstrap((np.arange(images),), one_at_a_time, vectorized=False, n_resamples=n_resamples,
+                          method="percentile", rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
+    expected = [one_at_a_time(np.arange(images)), reference.low, reference.high]
+    monkeypatch.setattr(metrics, "BOOTSTRAP_BATCH_ELEMENTS", 7 * images)  # batches of 7 resamples: same draws
+    for _ in range(2):  # deterministic for a seed
+        gain = map_difference(scores_a, scores_b, labels, n_resamples=n_resamples, seed=0)
+        assert [gain["difference"], gain["low"], gain["high"]] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    other_seed = map_difference(scores_a, scores_b, labels, n_resamples=n_resamples, seed=1)
+    assert other_seed["difference"] == gain["difference"] and other_seed["low"] != gain["low"]
+    with pytest.raises(ValueError, match="convention"):
+        map_difference(scores_a, scores_b, labels, convention="voc")
+    scores_b[3, 2] = np.nan
+    with pytest.raises(ValueError, match="scores_b holds 1 NaN"):
+        map_difference(scores_a, scores_b, labels)
+
+
+def test_quick_metrics_benchmark_writes_its_results(tmp_path):
+    benchmark = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_metrics.py"
+    command = [sys.executable, str(benchmark), "--quick", "--output-dir", str(tmp_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    for case in (report["small"], report["large"]):
+        assert set(case["seconds"]) == {"map_difference", "per-resample loop"}
+        assert case["largest gap (mAP points)"] < 1e-9  # the same resamples give the same interval
+    assert report["large_full"]["map_difference peak MiB"] > 0
+    assert "| per-resample loop (s) |" in (tmp_path / "metrics.md").read_text()

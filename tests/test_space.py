@@ -1,7 +1,7 @@
 """`srn-hf publish --space`: the Gradio Space folder, its card, its app loading the model by repository id, the push.
 
 Everything is real except the network edge of the push (`HfApi.create_repo` and `HfApi.create_commit` record their
-calls, as in test_hub.py). The Space's app.py runs in a fresh interpreter against an offline Hub cache.
+calls: conftest's `hub_calls`). The Space's app.py runs in a fresh interpreter against an offline Hub cache.
 """
 
 import json
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi, SpaceCard
+from huggingface_hub import SpaceCard
 from packaging.requirements import Requirement
 from test_hub import install_in_hub_cache, small_model
 
@@ -86,41 +86,23 @@ def test_space_app_loads_the_model_by_repository_id(dry_run, tmp_path):
     assert page["heading"].startswith(f"# {MODEL_ID}\n") and "5 labels, backbone `resnet18`" in page["heading"]
 
 
-def test_publish_with_space_pushes_the_model_then_the_space(model_dir, dry_run, monkeypatch, capsys):
-    calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append(("create_repo", repo_id, kwargs))
-        return f"https://huggingface.co/{repo_id}"
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        uploaded = {operation.path_in_repo: Path(operation.path_or_fileobj).read_bytes() for operation in operations}
-        calls.append(("create_commit", repo_id, kwargs, uploaded))
-        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0123abc"})()
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+def test_publish_with_space_pushes_the_model_then_the_space(model_dir, dry_run, hub_calls, capsys):
     assert cli_main(["publish", str(model_dir), "--repo-id", MODEL_ID, "--space", SPACE_ID]) == 0
 
-    assert [(call[0], call[1]) for call in calls] == [
+    assert [(call[0], call[1]) for call in hub_calls] == [
         ("create_repo", MODEL_ID), ("create_commit", MODEL_ID), ("create_repo", SPACE_ID), ("create_commit", SPACE_ID),
     ]
-    assert calls[0][2]["repo_type"] == "model" and calls[1][2]["repo_type"] == "model"
-    assert calls[2][2]["repo_type"] == "space" and calls[2][2]["space_sdk"] == "gradio"
-    assert calls[3][2]["repo_type"] == "space"
-    uploaded = calls[3][3]
+    assert hub_calls[0][2]["repo_type"] == "model" and hub_calls[1][2]["repo_type"] == "model"
+    assert hub_calls[2][2]["repo_type"] == "space" and hub_calls[2][2]["space_sdk"] == "gradio"
+    assert hub_calls[3][2]["repo_type"] == "space"
+    uploaded = hub_calls[3][3]
     assert sorted(uploaded) == SPACE_FILES
     for name, content in uploaded.items():  # the dry run wrote exactly what is pushed
         assert content == (dry_run / "space" / name).read_bytes(), name
     assert f"published {SPACE_ID} in one commit" in capsys.readouterr().out
 
 
-def test_a_bad_space_id_is_refused_before_anything_is_pushed(model_dir, monkeypatch, capsys):
-    def refuse(*args, **kwargs):
-        raise AssertionError("nothing may reach the Hub")
-
-    monkeypatch.setattr(HfApi, "create_repo", refuse)
-    monkeypatch.setattr(HfApi, "create_commit", refuse)
+def test_a_bad_space_id_is_refused_before_anything_is_pushed(model_dir, hub_unreachable, capsys):
     assert cli_main(["publish", str(model_dir), "--repo-id", MODEL_ID, "--space", "not a space id"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("srn-hf publish: error:") and "not a space id" in error and len(error.splitlines()) == 1

@@ -8,6 +8,7 @@ from srn_hf.modeling_srn import sigmoid_cross_entropy
 from srn_hf.stages import (
     SRN_MODULES,
     STAGES,
+    BackboneMapCache,
     StageForward,
     apply_stage,
     asymmetric_loss,
@@ -81,6 +82,45 @@ def test_frozen_backbone_runs_without_autograd(make_model):
     model.srn.backbone.register_forward_hook(lambda module, args, output: seen.append(torch.is_grad_enabled()))
     outputs = StageForward(model, 2)(batch()[0])
     assert seen == [False] and outputs.att_logits.requires_grad
+
+
+@pytest.mark.parametrize("layout", ["paper", "released"])
+def test_evaluation_reuses_backbone_maps_only_while_the_weights_are_the_same(layout):
+    """Stages 2 and 3 score the same images through the same frozen backbone: the second pass takes X and F from
+    the cache and gives exactly the first pass's outputs; new backbone weights (a training step, a reload) drop them."""
+    model = small_srn(LABELS, image_size=64, layout=layout)
+    cache = BackboneMapCache(max_megabytes=64)
+    forward = StageForward(model, 2, cache)
+    calls = []
+    model.srn.backbone.register_forward_hook(lambda module, args, output: calls.append(1))
+    pixels = batch(6)[0]
+    with torch.no_grad():
+        first = forward.eval()(pixels)
+        second = forward.eval()(pixels)  # a later validation pass: the backbone does not run
+        assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+        for name in ("cls_logits", "att_logits", "sr_logits", "logits", "attention_maps"):
+            assert torch.equal(getattr(first, name), getattr(second, name)), name
+        other = forward(pixels[:3])  # other images are computed
+        assert len(calls) == 2 and torch.equal(other.logits, first.logits[:3])
+
+        model.srn.backbone.state_dict()[next(iter(model.srn.backbone.state_dict()))].mul_(1.5)  # the weights change
+        changed = forward.eval()(pixels)
+        assert len(calls) == 3 and cache.misses == 3
+        assert torch.equal(changed.logits, StageForward(model, 2).eval()(pixels).logits)
+        assert not torch.equal(changed.logits, first.logits)
+
+
+def test_backbone_map_cache_is_bounded_and_unused_in_training(make_model):
+    model = make_model()
+    pixels = batch()[0]
+    forward = StageForward(model, 4, BackboneMapCache(max_megabytes=0))  # 0: off
+    with torch.no_grad():
+        forward.eval()(pixels), forward(pixels)
+    assert forward.map_cache.hits == 0 and forward.map_cache.bytes == 0
+    forward = StageForward(model, 4, BackboneMapCache(max_megabytes=64))
+    forward.train()(pixels).logits.sum().backward()  # a training step never looks at the cache
+    assert (forward.map_cache.hits, forward.map_cache.misses) == (0, 0)
+    assert model.srn.backbone.conv1[0].weight.grad is not None
 
 
 def test_train_mode_keeps_frozen_batch_norm_in_eval(make_model):

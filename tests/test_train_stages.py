@@ -159,6 +159,34 @@ def test_each_stage_is_calibrated_on_validation_and_the_exports_carry_the_thresh
     assert tagger.thresholds() == pytest.approx(tuned.thresholds, abs=1e-5)
 
 
+def test_reused_backbone_maps_give_the_scores_of_a_plain_forward(full_run, data_dir):
+    """The evaluation passes of stages 2 and 3 take X and F from earlier passes (same images, frozen backbone): the
+    test scores they saved are those of the exported stage model scored from scratch."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+    from torch.utils.data import DataLoader
+
+    from srn_hf.data import collate_multilabel, load_multilabel_dataset, with_multilabel_transforms
+    from srn_hf.hub import load_image_processor, load_model
+    from srn_hf.stages import StageForward
+    from srn_hf.training import predict_scores
+
+    output_dir, _ = full_run
+    cache = json.loads((output_dir / "metrics.json").read_text())["evaluation_map_cache"]
+    assert cache["reused"] > 0 and cache["computed"] > 0
+    dataset = load_multilabel_dataset("imagefolder", data_dir=str(data_dir))
+    for number in (2, 3):
+        folder = output_dir / f"stage-{number}"
+        model = load_model(folder)
+        data = with_multilabel_transforms(dataset, image_processor=load_image_processor(folder, model.config), train_splits=())
+        loader = DataLoader(data["test"], batch_size=8, collate_fn=collate_multilabel)
+        prediction = STAGES[number].prediction
+        scores, labels = predict_scores(Accelerator(), StageForward(model, number), loader, (prediction,))
+        saved = load_file(output_dir / "predictions" / f"stage-{number}-test.safetensors")
+        assert torch.equal(saved["labels"], labels.float())
+        assert torch.allclose(saved["scores"], scores[prediction], atol=1e-5), number
+
+
 def test_stages_change_only_their_modules(full_run):
     """Stage 2 leaves backbone and f_cls as stage 1 exported them; stage 3 changes only f_sr."""
     from safetensors.torch import load_file

@@ -188,6 +188,71 @@ def labels_to_indices(values, labels_format: str, names: list[str], where: str, 
     return encode_labels(values, names, where, label_set)
 
 
+def read_dataset_splits(path: str | os.PathLike, name: str | None, **load_dataset_kwargs) -> dict[str, Dataset]:
+    """The splits of a `save_to_disk` folder, or else of `load_dataset(path, name)`, under srn_hf's split names."""
+    if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")):
+        loaded = load_from_disk(str(path))
+    else:
+        loaded = load_dataset(str(path), name, **load_dataset_kwargs)
+    if isinstance(loaded, Dataset):
+        loaded = DatasetDict({"train": loaded})
+    return {split_name(split): dataset for split, dataset in loaded.items()}
+
+
+def labels_feature_format(path, feature, label_names: list[str] | None, labels_format: str) -> tuple[list[str] | None, str]:
+    """The class names and the labels format that a labels column's feature implies.
+
+    A ClassLabel feature gives the names (a different `label_names` is an error) and, for `"auto"`, `"indices"`;
+    otherwise `"auto"` becomes `"names"` for strings, `"indices"` for integers and `"multi_hot"` for the rest.
+    """
+    element = feature.feature if isinstance(feature, List) else feature
+    if isinstance(element, ClassLabel):
+        if label_names is not None and list(label_names) != list(element.names):
+            raise AnnotationError(f"{path}: label_names {label_names} differ from the ClassLabel names {element.names}")
+        return list(element.names), "indices" if labels_format == "auto" else labels_format
+    if labels_format == "auto":
+        dtype = element.dtype if isinstance(element, Value) else ""
+        labels_format = "names" if dtype == "string" else "indices" if "int" in dtype else "multi_hot"
+    return label_names, labels_format
+
+
+def cell_values(cell, feature) -> list:
+    """The labels of one row's cell: the cell of a list column, or its one label in a single-label column."""
+    return cell if isinstance(feature, List) else [cell]
+
+
+def label_names_from_cells(path, splits: dict[str, Dataset], labels_column: str, feature, labels_format: str) -> list[str]:
+    """The sorted label names found in the train split (or, without one, in every split), as `rows_to_splits`."""
+    if labels_format != "names":
+        raise AnnotationError(f"{path}: {labels_format} labels need label_names (the class name of each index)")
+    defining = {"train": splits["train"]} if "train" in splits else splits
+    return sorted({v for d in defining.values() for cell in d[labels_column] for v in cell_values(cell, feature)})
+
+
+def as_multilabel_split(dataset: Dataset, split: str, image_column: str, labels_column: str, label_names: list[str], convert) -> Dataset:
+    """One split with an `image` column (paths cast to images) and a `labels` column of class indices.
+
+    `convert(batch, indices, split)` maps a batch of the labels column's cells to `{"labels": [indices per row]}`.
+    """
+    if image_column != "image":
+        dataset = dataset.rename_column(image_column, "image")
+    if isinstance(dataset.features["image"], Value):
+        dataset = dataset.cast_column("image", Image())
+    features = dataset.features.copy()
+    features["labels"] = List(ClassLabel(names=list(label_names)))
+    if labels_column != "labels":
+        del features[labels_column]
+    return dataset.map(
+        convert,
+        batched=True,
+        with_indices=True,
+        fn_kwargs={"split": split},
+        remove_columns=[labels_column],
+        features=features,
+        desc=f"labels of {split}",
+    )
+
+
 def load_hub(
     path: str | os.PathLike,
     labels_column: str = "labels",
@@ -210,37 +275,16 @@ def load_hub(
         labels_format: `"auto"` (from the feature: ClassLabel, strings -> names, integers -> indices,
             floats or bools -> multi_hot), or one of `"names"`, `"indices"`, `"multi_hot"`.
     """
-    if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")):
-        loaded = load_from_disk(str(path))
-    else:
-        loaded = load_dataset(str(path), name, **load_dataset_kwargs)
-    if isinstance(loaded, Dataset):
-        loaded = DatasetDict({"train": loaded})
-    splits = {split_name(split): dataset for split, dataset in loaded.items()}
-
+    splits = read_dataset_splits(path, name, **load_dataset_kwargs)
     for split, dataset in splits.items():
         for column in (image_column, labels_column):
             if column not in dataset.column_names:
                 raise AnnotationError(f"{path} [{split}]: no column {column!r} (columns: {dataset.column_names})")
 
     feature = next(iter(splits.values())).features[labels_column]
-    element = feature.feature if isinstance(feature, List) else feature
-    if isinstance(element, ClassLabel):
-        if label_names is not None and list(label_names) != list(element.names):
-            raise AnnotationError(f"{path}: label_names {label_names} differ from the ClassLabel names {element.names}")
-        label_names = list(element.names)
-        labels_format = "indices" if labels_format == "auto" else labels_format
-    elif labels_format == "auto":
-        dtype = element.dtype if isinstance(element, Value) else ""
-        labels_format = "names" if dtype == "string" else "indices" if "int" in dtype else "multi_hot"
-    def cell_values(cell) -> list:
-        return cell if isinstance(feature, List) else [cell]  # a single-label column: one label per image
-
+    label_names, labels_format = labels_feature_format(path, feature, label_names, labels_format)
     if label_names is None:
-        if labels_format != "names":
-            raise AnnotationError(f"{path}: {labels_format} labels need label_names (the class name of each index)")
-        defining = {"train": splits["train"]} if "train" in splits else splits  # as rows_to_splits: train's labels
-        label_names = sorted({v for d in defining.values() for cell in d[labels_column] for v in cell_values(cell)})
+        label_names = label_names_from_cells(path, splits, labels_column, feature, labels_format)
         label_set = "the labels of the train split" if "train" in splits else "the label set"
     else:
         label_set = "label_names"
@@ -248,28 +292,13 @@ def load_hub(
     def convert(batch, indices, split):
         return {
             "labels": [
-                labels_to_indices(cell_values(cell), labels_format, label_names, f"{path} [{split}] row {i}", label_set)
+                labels_to_indices(cell_values(cell, feature), labels_format, label_names, f"{path} [{split}] row {i}", label_set)
                 for cell, i in zip(batch[labels_column], indices)
             ]
         }
 
-    converted = {}
-    for split, dataset in splits.items():
-        if image_column != "image":
-            dataset = dataset.rename_column(image_column, "image")
-        if isinstance(dataset.features["image"], Value):
-            dataset = dataset.cast_column("image", Image())
-        features = dataset.features.copy()
-        features["labels"] = List(ClassLabel(names=list(label_names)))
-        if labels_column != "labels":
-            del features[labels_column]
-        converted[split] = dataset.map(
-            convert,
-            batched=True,
-            with_indices=True,
-            fn_kwargs={"split": split},
-            remove_columns=[labels_column],
-            features=features,
-            desc=f"labels of {split}",
-        )
+    converted = {
+        split: as_multilabel_split(dataset, split, image_column, labels_column, label_names, convert)
+        for split, dataset in splits.items()
+    }
     return finish_splits(converted, validation_fraction, seed)

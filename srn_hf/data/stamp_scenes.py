@@ -558,15 +558,16 @@ class PlacedObject:
     shadow: bool
 
 
-def plan_objects(
-    rng: np.random.Generator,
-    library: SplitLibrary,
-    scene: SceneType,
-    surface: str,
-    horizon: float,
-    size: int,
-) -> list[PlacedObject]:
-    """Draw which classes appear (scene probabilities, anchors, a visitor) and where each instance stands."""
+def draw_present_classes(
+    rng: np.random.Generator, library: SplitLibrary, scene: SceneType, surface: str
+) -> list[str]:
+    """The classes of one scene, sky things first and things sitting near others last.
+
+    Each of the scene type's classes appears with its probability; one anchor is added if none was drawn; with
+    probability `VISITOR_PROBABILITY`, one more class that fits here (often of another scene type) visits. A
+    class that cannot be in this scene (sky things without sky, a surface it does not stand on, `near` without
+    its hosts) is left out.
+    """
     available = [name for name in scene.classes if library.stamps.get(name)]
     present = [name for name in available if rng.random() < scene.classes[name]]
     anchors = [name for name in scene.anchors if library.stamps.get(name)]
@@ -588,7 +589,19 @@ def plan_objects(
     present = [name for name in present if fits(name)]
     rank = {"sky": 0, "surface": 1, "near": 2}
     present.sort(key=lambda name: rank[scene.rule(name).place])
+    return present
 
+
+def plan_objects(
+    rng: np.random.Generator,
+    library: SplitLibrary,
+    scene: SceneType,
+    surface: str,
+    horizon: float,
+    size: int,
+) -> list[PlacedObject]:
+    """Draw which classes appear (`draw_present_classes`) and where each instance stands."""
+    present = draw_present_classes(rng, library, scene, surface)
     placed: list[PlacedObject] = []
     for name in present:
         rule = scene.rule(name)
@@ -748,6 +761,63 @@ def stamp_scene_features(class_names: list[str]) -> Features:
     )
 
 
+def split_libraries(
+    stamps: dict[str, list[str]], background_list: list[Background], seed: int
+) -> dict[str, SplitLibrary]:
+    """Deal the cut-outs and backgrounds to the splits: {split: what that split may use}.
+
+    Raises:
+        ValueError: if a split has no background at all.
+    """
+    stamps_by_split = split_stamps(stamps, seed)
+    libraries = {
+        split: SplitLibrary(
+            stamps_by_split[split],
+            {role: [b for b in background_list if b.split == split and b.role == role] for role in ROLES},
+        )
+        for split in SPLITS
+    }
+    for split, library in libraries.items():
+        if not any(library.backgrounds.values()):
+            raise ValueError(f"no background for the {split} split")
+    return libraries
+
+
+def check_scene_backgrounds(scene_types: tuple[SceneType, ...], libraries: dict[str, SplitLibrary]) -> None:
+    """Raise a ValueError naming the scene type and split if a split lacks the sky or surface a scene type needs."""
+    for scene in scene_types:
+        for split, library in libraries.items():
+            needed = (["sky"] if scene.sky else []) + ([scene.surface] if scene.surface != "any" else [])
+            missing = [role for role in needed if not library.backgrounds[role]]
+            if missing:
+                raise ValueError(f"scene type {scene.name!r} needs {missing} backgrounds in the {split} split")
+
+
+def render_all(state: dict, sizes: tuple[int, int, int], num_workers: int | None, progress: bool) -> list[dict]:
+    """Render every image of the splits, in split order, on `num_workers` processes (default: all CPUs)."""
+    tasks = [(number, index) for number, count in enumerate(sizes) for index in range(count)]
+    num_workers = num_workers or os.cpu_count() or 1
+    if num_workers > 1:
+        with multiprocessing.Pool(num_workers, initializer=init_worker, initargs=(state,)) as pool:
+            rendered = pool.imap(render_task, tasks, chunksize=8)
+            return list(tqdm(rendered, total=len(tasks), desc="stamp scenes", unit="image", disable=not progress))
+    init_worker(state)
+    return [render_task(task) for task in tqdm(tasks, desc="stamp scenes", unit="image", disable=not progress)]
+
+
+def rows_to_dataset(rows: list[dict], sizes: tuple[int, int, int], class_names: list[str]) -> DatasetDict:
+    """The rendered rows (train, then validation, then test) as a DatasetDict of `stamp_scene_features`."""
+    features = stamp_scene_features(class_names)
+    splits, start = {}, 0
+    for split, count in zip(SPLITS, sizes):
+        split_rows = rows[start : start + count]
+        start += count
+        splits[split] = Dataset.from_dict(
+            {name: [row[name] for row in split_rows] for name in features}, features=features
+        )
+    return DatasetDict(splits)
+
+
 def generate_stamp_scenes(
     output_dir: str | os.PathLike | None,
     stamps_dir: str | os.PathLike | None = None,
@@ -784,25 +854,10 @@ def generate_stamp_scenes(
         background_list = list(TUXPAINT_BACKGROUNDS)
     else:
         background_list = folder_backgrounds(backgrounds, seed)
-    stamps_by_split = split_stamps(stamps, seed)
-    libraries = {
-        split: SplitLibrary(
-            stamps_by_split[split],
-            {role: [b for b in background_list if b.split == split and b.role == role] for role in ROLES},
-        )
-        for split in SPLITS
-    }
-    for split, library in libraries.items():
-        if not any(library.backgrounds.values()):
-            raise ValueError(f"no background for the {split} split")
+    libraries = split_libraries(stamps, background_list, seed)
     class_names = sorted(stamps)
     scene_types = scene_types_for(class_names)
-    for scene in scene_types:
-        for split, library in libraries.items():
-            needed = (["sky"] if scene.sky else []) + ([scene.surface] if scene.surface != "any" else [])
-            missing = [role for role in needed if not library.backgrounds[role]]
-            if missing:
-                raise ValueError(f"scene type {scene.name!r} needs {missing} backgrounds in the {split} split")
+    check_scene_backgrounds(scene_types, libraries)
 
     state = {
         "seed": seed,
@@ -814,25 +869,8 @@ def generate_stamp_scenes(
         "tuxpaint_dir": tuxpaint_dir,
         "stamps_root": stamps_root,
     }
-    tasks = [(number, index) for number, count in enumerate(sizes) for index in range(count)]
-    num_workers = num_workers or os.cpu_count() or 1
-    if num_workers > 1:
-        with multiprocessing.Pool(num_workers, initializer=init_worker, initargs=(state,)) as pool:
-            rendered = pool.imap(render_task, tasks, chunksize=8)
-            rows = list(tqdm(rendered, total=len(tasks), desc="stamp scenes", unit="image", disable=not progress))
-    else:
-        init_worker(state)
-        rows = [render_task(task) for task in tqdm(tasks, desc="stamp scenes", unit="image", disable=not progress)]
-
-    features = stamp_scene_features(class_names)
-    splits, start = {}, 0
-    for split, count in zip(SPLITS, sizes):
-        split_rows = rows[start : start + count]
-        start += count
-        splits[split] = Dataset.from_dict(
-            {name: [row[name] for row in split_rows] for name in features}, features=features
-        )
-    dataset = DatasetDict(splits)
+    rows = render_all(state, sizes, num_workers, progress)
+    dataset = rows_to_dataset(rows, sizes, class_names)
     if output_dir is not None:
         dataset.save_to_disk(str(output_dir))
         contact_sheet(dataset["train"], Path(output_dir) / "contact_sheet.png")

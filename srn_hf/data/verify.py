@@ -114,6 +114,41 @@ def find_bad_images(split: Dataset, name: str, pool) -> list[tuple[int, str, str
     return bad
 
 
+def find_bad_images_of_splits(
+    dataset: DatasetDict, splits: list[str], num_workers: int, main_process: bool, accelerator=None
+) -> dict[str, list[tuple[int, str, str]]]:
+    """`find_bad_images` of each split, decoded on `num_workers` processes (0: in this one) by the main process;
+    in a multi-process run the other processes receive its findings (`broadcast_object_list`)."""
+    bad = None
+    if main_process and num_workers > 0:
+        with multiprocessing.Pool(num_workers) as pool:
+            bad = {split: find_bad_images(dataset[split], split, pool) for split in splits}
+    elif main_process:
+        bad = {split: find_bad_images(dataset[split], split, None) for split in splits}
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        bad = broadcast_object_list([bad])[0]
+    return bad
+
+
+def bad_files_summary(listed: list[tuple[str, str, str]], report_file: str | os.PathLike | None) -> str:
+    """` (all listed in REPORT): file: reason; ... and N more`: the first `SHOWN` bad files, and where all are."""
+    summary = "; ".join(f"{file}: {reason}" for _, file, reason in listed[:SHOWN])
+    more = f" and {len(listed) - SHOWN} more" if len(listed) > SHOWN else ""
+    where = f" (all listed in {report_file})" if report_file is not None else ""
+    return f"{where}: {summary}{more}"
+
+
+def drop_bad_images(dataset: DatasetDict, bad: dict[str, list[tuple[int, str, str]]]) -> DatasetDict:
+    """The dataset without the rows of `bad` (a split without bad rows is kept as it is)."""
+    kept = {}
+    for split, data in dataset.items():
+        dropped = {index for index, _, _ in bad.get(split, [])}
+        kept[split] = data.select([index for index in range(len(data)) if index not in dropped]) if dropped else data
+    return DatasetDict(kept)
+
+
 def check_images(
     dataset: DatasetDict,
     policy: str = "stop",
@@ -143,16 +178,7 @@ def check_images(
     splits = list(dataset) if splits is None else list(splits)
     num_workers = os.cpu_count() or 1 if num_workers is None else num_workers
     main_process = accelerator is None or accelerator.is_main_process
-    bad = None
-    if main_process and num_workers > 0:
-        with multiprocessing.Pool(num_workers) as pool:
-            bad = {split: find_bad_images(dataset[split], split, pool) for split in splits}
-    elif main_process:
-        bad = {split: find_bad_images(dataset[split], split, None) for split in splits}
-    if accelerator is not None and accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        bad = broadcast_object_list([bad])[0]
+    bad = find_bad_images_of_splits(dataset, splits, num_workers, main_process, accelerator)
     listed = [(split, file, reason) for split in splits for _, file, reason in bad[split]]
     report = {
         "policy": policy,
@@ -165,22 +191,16 @@ def check_images(
         Path(report_file).write_text("".join(f"{split}\t{file}\t{reason}\n" for split, file, reason in listed))
     if not listed:
         return dataset, report
-    summary = "; ".join(f"{file}: {reason}" for _, file, reason in listed[:SHOWN])
-    more = f" and {len(listed) - SHOWN} more" if len(listed) > SHOWN else ""
-    where = f" (all listed in {report_file})" if report_file is not None else ""
+    files = bad_files_summary(listed, report_file)
     if policy == "stop":
         raise BadImagesError(
-            f"{len(listed)} image(s) cannot be decoded{where}: {summary}{more}. "
+            f"{len(listed)} image(s) cannot be decoded{files}. "
             "Fix or remove them, or set data.bad_images: skip to train without them",
             listed,
         )
-    message = f"skipped {len(listed)} image(s) that cannot be decoded{where}: {summary}{more}"
+    message = f"skipped {len(listed)} image(s) that cannot be decoded{files}"
     warnings.warn(message, DataWarning, stacklevel=2)
-    kept = {}
-    for split, data in dataset.items():
-        dropped = {index for index, _, _ in bad.get(split, [])}
-        kept[split] = data.select([index for index in range(len(data)) if index not in dropped]) if dropped else data
-    return DatasetDict(kept), report
+    return drop_bad_images(dataset, bad), report
 
 
 __all__ = ["BAD_IMAGE_POLICIES", "BadImagesError", "check_images", "decode_image", "image_problem"]
