@@ -68,6 +68,7 @@ from srn_hf.training import (
     RecipeError,
     StageRecipe,
     TrainingDiverged,
+    enable_activation_checkpointing,
     flat_dict,
     load_recipe,
     metric_table,
@@ -217,6 +218,8 @@ def set_up(args: argparse.Namespace) -> Run:
     model = initial_model(recipe, names, stages[0], args.init_from, output_dir)
     if recipe.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if recipe.training.gradient_checkpointing:  # once, for every stage: the backward pass recomputes the activations
+        enable_activation_checkpointing(model)
     # Training crops and flips with torchvision; validation and test use the image processor saved with the model.
     image_processor = create_image_processor(model.config)
     dataset = with_multilabel_transforms(dataset, image_processor=image_processor, augment=recipe.data.augment)

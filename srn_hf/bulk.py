@@ -19,7 +19,9 @@ One record per image:
 How it runs: images are opened and preprocessed in `DataLoader` worker processes (`num_workers`); the model runs
 on batches in the main process; records are written after each batch (JSONL, flushed) or every `part_rows`
 records (parquet parts, each a complete file), so that memory does not grow with the number of images and a
-killed run loses at most the records of its last batch (JSONL) or last part (parquet).
+killed run loses at most the records of its last batch (JSONL) or last part (parquet). A full disk stops the run
+with `srn_hf.storage.StorageError` naming the file: a batch's JSONL records are appended whole or cut back off, parts,
+the final merge and `OUTPUT.meta.json` are written under a temporary name and renamed, so `resume=True` completes it.
 
 Beside the output, `OUTPUT.meta.json` says which model wrote it (a fingerprint of the weights), with which labels,
 thresholds and options: `resume=True` refuses an output of another model or label set, then skips every image the
@@ -47,6 +49,7 @@ from PIL import Image
 
 from .fast import autocast_context, use_channels_last
 from .images import ImageError, list_image_files, open_image
+from .storage import append_bytes, storage_error, write_text_file
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
 META_SUFFIX = ".meta.json"
@@ -302,7 +305,7 @@ class Output:
                 )
 
     def write_meta(self, meta: dict) -> None:
-        self.meta_path.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        write_text_file(self.meta_path, json.dumps(meta, indent=1) + "\n")  # atomic: --resume always reads it whole
 
     def part_files(self) -> list[Path]:
         return sorted(self.parts.glob(f"*.{self.format}")) if self.parts.is_dir() else []
@@ -327,13 +330,19 @@ class Output:
         if self.part_files():
             self.merge_jsonl_parts(skip=set(read_keys(self.path)) if self.path.is_file() else set())
 
-    def merge_jsonl_parts(self, skip: set[str] = frozenset()) -> None:
-        with open(self.path, "a", encoding="utf-8") as merged:
+    def merge_jsonl_parts(self, skip: set[str] = frozenset(), chunk_bytes: int = 1 << 20) -> None:
+        """Appends each part's records to OUTPUT, then deletes the part: a merge cut short (a kill, a full disk)
+        leaves the part, and `consolidate` skips its records that OUTPUT already holds."""
+        with open(self.path, "ab", buffering=0) as merged:
             for part in self.part_files():
+                chunk = bytearray()
                 for line in complete_lines(part):
                     if json.loads(line)["image"] not in skip:
-                        merged.write(line)
-                merged.flush()
+                        chunk += line.encode("utf-8")
+                    if len(chunk) >= chunk_bytes:
+                        append_bytes(merged, bytes(chunk), self.path)
+                        chunk.clear()
+                append_bytes(merged, bytes(chunk), self.path)
                 part.unlink()
         self.remove_parts_folder()
 
@@ -343,11 +352,15 @@ class Output:
 
         sources = ([self.path] if self.path.is_file() else []) + self.part_files()
         temporary = self.path.with_name(self.path.name + ".tmp")
-        with pq.ParquetWriter(temporary, schema) as writer:
-            for source in sources:
-                for batch in pq.ParquetFile(source).iter_batches(batch_size=8192):
-                    writer.write_batch(batch)
-        os.replace(temporary, self.path)
+        try:
+            with pq.ParquetWriter(temporary, schema) as writer:
+                for source in sources:
+                    for batch in pq.ParquetFile(source).iter_batches(batch_size=8192):
+                        writer.write_batch(batch)
+            os.replace(temporary, self.path)
+        except OSError as error:  # OUTPUT and the parts stay as they were: --resume merges them again
+            temporary.unlink(missing_ok=True)
+            raise storage_error(self.path, error) from error
         for part in self.part_files():
             part.unlink()
         self.remove_parts_folder()
@@ -415,14 +428,15 @@ def read_keys(path: Path) -> Iterator[str]:
 
 
 class JsonlWriter:
-    """Appends records as JSON lines, flushed after each batch."""
+    """Appends each batch's records as JSON lines, unbuffered, whole or not at all (`srn_hf.storage.append_bytes`)."""
 
     def __init__(self, path: Path):
-        self.file = open(path, "a", encoding="utf-8")
+        self.path = path
+        self.file = open(path, "ab", buffering=0)
 
     def write(self, records: list[dict]) -> None:
-        self.file.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
-        self.file.flush()
+        lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        append_bytes(self.file, lines.encode("utf-8"), self.path)
 
     def close(self) -> None:
         self.file.close()
@@ -446,10 +460,16 @@ class ParquetPartWriter:
 
         if not self.buffer:
             return
-        temporary = self.folder / f"{self.stem}-{self.count:06d}.tmp"
-        pq.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema), temporary)
-        os.replace(temporary, self.folder / f"{self.stem}-{self.count:06d}.parquet")
-        self.buffer, self.count = [], self.count + 1
+        part = self.folder / f"{self.stem}-{self.count:06d}.parquet"
+        temporary = part.with_suffix(".tmp")
+        records, self.buffer = self.buffer, []  # a failed part is not retried at close: --resume predicts it again
+        try:
+            pq.write_table(pa.Table.from_pylist(records, schema=self.schema), temporary)
+            os.replace(temporary, part)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise storage_error(part, error) from error
+        self.count += 1
 
     def close(self) -> None:
         self.flush()
@@ -540,7 +560,11 @@ def save_attention(record: dict, attention_maps: torch.Tensor, size: tuple, labe
         for item in record["labels"]
     ]
     path = attention_png_path(folder, record["image"], used)
-    record["attention"] = os.fspath(save_attention_overlay(record["image"], predictions, path))
+    try:
+        record["attention"] = os.fspath(save_attention_overlay(record["image"], predictions, path))
+    except OSError as error:  # a full disk: the batch's records are not written, --resume draws them again
+        Path(path).unlink(missing_ok=True)
+        raise storage_error(path, error) from error
 
 
 def predicted_batches(tagger, loader, fast: bool, attention: bool) -> Iterator[tuple[dict, np.ndarray, torch.Tensor]]:
@@ -571,21 +595,22 @@ def predict_share(tagger, sources: Sources, positions: list[int], maker: RecordM
     summary, used_names = Summary(), set()
     progress = tqdm(total=len(rows), desc="predict", unit="image", disable=not settings["show_progress"] or len(rows) < 2)
     attention_folder = settings["save_attention"]
-    for batch, scores, attention_maps in predicted_batches(tagger, loader, settings["fast"], attention_folder is not None):
-        records = []
-        for row, (position, size, error) in enumerate(zip(batch["position"], batch["size"], batch["error"])):
-            record = maker.record(sources.keys[position], scores[row], error)
-            if error is not None:
-                summary.failed += 1
-                if settings["report_errors"]:
-                    tqdm.write(f"srn-hf predict: error: {error}", file=sys.stderr)
-            elif attention_folder is not None:
-                save_attention(record, attention_maps[row], size, label2id, attention_folder, used_names)
-            records.append(record)
-        writer.write(records)
-        summary.predicted += len(records)
-        progress.update(len(records))
-    progress.close()
+    with progress:  # closed on an error too, so that the error's line is not glued to the bar
+        predicted = predicted_batches(tagger, loader, settings["fast"], attention_folder is not None)
+        for batch, scores, attention_maps in predicted:
+            records = []
+            for row, (position, size, error) in enumerate(zip(batch["position"], batch["size"], batch["error"])):
+                record = maker.record(sources.keys[position], scores[row], error)
+                if error is not None:
+                    summary.failed += 1
+                    if settings["report_errors"]:
+                        tqdm.write(f"srn-hf predict: error: {error}", file=sys.stderr)
+                elif attention_folder is not None:
+                    save_attention(record, attention_maps[row], size, label2id, attention_folder, used_names)
+                records.append(record)
+            writer.write(records)
+            summary.predicted += len(records)
+            progress.update(len(records))
     return summary
 
 

@@ -144,6 +144,7 @@ def export_model(
         The path of the graph.
     """
     from .hub import load_image_processor, load_model
+    from .storage import atomic_folder
 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format {format!r} is not one of {', '.join(EXPORT_FORMATS)}")
@@ -162,18 +163,18 @@ def export_model(
     image_processor = load_image_processor(model_dir, model.config)
     image_processor.size = {"height": image_size, "width": image_size}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    graph = out_dir / EXPORT_FORMATS[format]
     output_names = ExportableSRN(model, attention_maps).output_names()
-    if format == "onnx":
-        export_onnx(model, graph, image_size, attention_maps)
-    else:
-        torch.export.save(export_program(model, image_size, attention_maps, fast), graph)
-    model.config.save_pretrained(out_dir)
-    image_processor.save_pretrained(out_dir)
-    record = thresholds_record(model, image_processor, image_size, output_names)
-    (out_dir / THRESHOLDS_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return graph
+    # Written under a temporary name and renamed once complete: a failure (a full disk) leaves no half export.
+    with atomic_folder(out_dir) as folder:
+        if format == "onnx":
+            export_onnx(model, folder / EXPORT_FORMATS[format], image_size, attention_maps)
+        else:
+            torch.export.save(export_program(model, image_size, attention_maps, fast), folder / EXPORT_FORMATS[format])
+        model.config.save_pretrained(folder)
+        image_processor.save_pretrained(folder)
+        record = thresholds_record(model, image_processor, image_size, output_names)
+        (folder / THRESHOLDS_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return out_dir / EXPORT_FORMATS[format]
 
 
 class ExportedTagger:

@@ -440,6 +440,14 @@ def recipe_context(metrics: dict | None) -> dict:
     return {"recipe_rows": rows, "stage_setting_names": setting_names, "recipe_settings": published_settings(recipe)}
 
 
+def card_template(options: CardOptions) -> Path:
+    """The Jinja template of the card: `options.template_path`, else `model_card.md`; refused when missing."""
+    template_path = Path(options.template_path or MODEL_CARD_TEMPLATE)
+    if not template_path.is_file():
+        raise FileNotFoundError(f"model card template {template_path} does not exist")
+    return template_path
+
+
 def render_model_card(
     model: SRNForImageClassification,
     image_processor,
@@ -455,9 +463,7 @@ def render_model_card(
     `metrics` is the training run's `metrics.json` (see the module docstring) or None for a plain model folder.
     """
     options = options or CardOptions()
-    template_path = Path(options.template_path or MODEL_CARD_TEMPLATE)
-    if not template_path.is_file():
-        raise FileNotFoundError(f"model card template {template_path} does not exist")
+    template_path = card_template(options)
     config = model.config
     labels = [config.id2label[index] for index in range(config.num_labels)]
     return ModelCard.from_template(
@@ -505,27 +511,34 @@ def check_labels(model: SRNForImageClassification, metrics: dict | None, metrics
         )
 
 
+def example_image_source(example_image=None) -> tuple:
+    """`(RGB image, words for the card)` of the attention-map picture: `example_image` (a path or a PIL image),
+    else scikit-image's bundled astronaut photo (NASA, public domain). A bad file raises `ImageError` naming it."""
+    from .images import open_image
+
+    if example_image is None:
+        from skimage import data
+
+        return open_image(data.astronaut()), "scikit-image's astronaut photo (NASA, public domain)"
+    if isinstance(example_image, (str, os.PathLike)):
+        return open_image(example_image), f"the image {Path(example_image).name}"
+    return open_image(example_image), "an example image"
+
+
 def write_attention_image(
     model: SRNForImageClassification, image_processor, path: Path, example_image=None, num_labels: int = 4
 ) -> str:
     """Draws the attention maps A of the `num_labels` labels the model scores highest on one image; returns a caption.
 
-    The image is `example_image` (a path or a PIL image), else scikit-image's bundled astronaut photo (NASA, public
-    domain). The labels are the best-scored ones whatever the threshold, so that the picture is never empty.
+    `example_image` is a pair from [`example_image_source`] (or what it takes). The labels are the best-scored
+    ones whatever the threshold, so that the picture is never empty.
     """
     from transformers import pipeline
 
     from .pipeline_srn import TASK
     from .visualize import save_attention_overlay
 
-    if example_image is None:
-        from PIL import Image
-        from skimage import data
-
-        image, source = Image.fromarray(data.astronaut()), "scikit-image's astronaut photo (NASA, public domain)"
-    else:
-        image = example_image
-        source = f"the image {Path(example_image).name}" if isinstance(example_image, (str, os.PathLike)) else "an example image"
+    image, source = example_image if isinstance(example_image, tuple) else example_image_source(example_image)
     tagger = pipeline(TASK, model=model, image_processor=image_processor)
     top_k = min(num_labels, model.config.num_labels)
     predictions = tagger(image, threshold=0.0, top_k=top_k, return_attention_maps=True)
@@ -546,6 +559,10 @@ def write_hub_folder(
 ) -> Path:
     """Writes to `out_dir` everything the Hub repository `repo_id` should hold for the model saved in `model_dir`.
 
+    The folder is written under a temporary name beside it (`srn_hf.storage.atomic_folder`) and renamed once
+    complete: a failure or a kill half-way leaves `out_dir` as it was, never a half-written model folder. A full disk
+    or a refused write raises `srn_hf.storage.StorageError` naming the folder and the free space.
+
     Args:
         model_dir: a folder written by `save_pretrained` of an SRN model.
         metrics: the training run's `metrics.json`, which gives the card's figures and recipe; by default the one
@@ -560,39 +577,49 @@ def write_hub_folder(
         `out_dir`, holding config.json (with `auto_map`), model.safetensors, configuration_srn.py, modeling_srn.py,
         preprocessor_config.json, attention_maps.png and README.md.
     """
+    from .storage import atomic_folder
+
     validate_repo_id(repo_id)
     out_dir = require_empty_folder(out_dir)
     model = load_model(model_dir)
     image_processor = load_image_processor(model_dir, model.config)
     metrics, metrics_file = load_training_metrics(model_dir, metrics)
     check_labels(model, metrics, metrics_file)
+    card_template(card or CardOptions())  # a missing template or a bad image is named before anything is written
+    example = example_image_source(example_image)
     training_curves = metrics_file.parent / TRAINING_CURVES if metrics_file is not None else None
+    with atomic_folder(out_dir) as folder:
+        write_hub_files(folder, model, image_processor, repo_id, metrics, training_curves, example, card)
+    return out_dir
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)  # weights, config.json with auto_map, and the remote code (see srn_hf/__init__.py)
-    image_processor.save_pretrained(out_dir)
-    saved_auto_map = json.loads((out_dir / "config.json").read_text(encoding="utf-8")).get("auto_map")
-    missing_code = [name for name in REMOTE_CODE_FILES if not (out_dir / name).is_file()]
+
+def write_hub_files(
+    folder: Path, model, image_processor, repo_id: str, metrics, training_curves: Path | None, example, card
+) -> None:
+    """The files of [`write_hub_folder`], written into `folder` (its temporary folder)."""
+    model.save_pretrained(folder)  # weights, config.json with auto_map, and the remote code (see srn_hf/__init__.py)
+    image_processor.save_pretrained(folder)
+    saved_auto_map = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map")
+    missing_code = [name for name in REMOTE_CODE_FILES if not (folder / name).is_file()]
     if saved_auto_map != AUTO_MAP or missing_code:
         raise RuntimeError(
             f"save_pretrained wrote auto_map={saved_auto_map} and lacks {missing_code}: import srn_hf registers the "
             "Auto classes that make it write the remote code"
         )
-    caption = write_attention_image(model, image_processor, out_dir / ATTENTION_IMAGE, example_image)
+    caption = write_attention_image(model, image_processor, folder / ATTENTION_IMAGE, example)
     if training_curves is not None and training_curves.is_file():
-        shutil.copyfile(training_curves, out_dir / TRAINING_CURVES)
-    card = render_model_card(
+        shutil.copyfile(training_curves, folder / TRAINING_CURVES)
+    model_card = render_model_card(
         model,
         image_processor,
         repo_id,
         metrics,
         attention_image=ATTENTION_IMAGE,
         attention_caption=caption,
-        training_curves=TRAINING_CURVES if (out_dir / TRAINING_CURVES).is_file() else None,
+        training_curves=TRAINING_CURVES if (folder / TRAINING_CURVES).is_file() else None,
         options=card,
     )
-    card.save(out_dir / "README.md")
-    return out_dir
+    model_card.save(folder / "README.md")
 
 
 def require_empty_folder(out_dir: str | os.PathLike) -> Path:
@@ -657,7 +684,7 @@ def publish(
     if dry_run_dir is not None:
         return write_hub_folder(model_dir, dry_run_dir, repo_id, metrics, example_image, card)
     with tempfile.TemporaryDirectory(prefix="srn-hub-") as staging:
-        folder = write_hub_folder(model_dir, staging, repo_id, metrics, example_image, card)
+        folder = write_hub_folder(model_dir, Path(staging) / "hub", repo_id, metrics, example_image, card)
         return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 

@@ -394,8 +394,9 @@ class SRNPreTrainedModel(PreTrainedModel):
     def _set_gradient_checkpointing(
         self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
     ):
-        """What transformers' `gradient_checkpointing_enable()` and `TrainingArguments(gradient_checkpointing=True)`
-        call: passed on to [`SRNModel.set_grad_checkpointing`] (`every_n_layers` does not apply: timm decides)."""
+        """What transformers' `activation_checkpointing_enable()` (formerly `gradient_checkpointing_enable()`) and
+        `TrainingArguments(activation_checkpointing=True)` call: passed on to [`SRNModel.set_grad_checkpointing`]
+        (`every_n_layers` does not apply: timm decides)."""
         for module in self.modules():
             if isinstance(module, SRNModel):
                 module.set_grad_checkpointing(enable, gradient_checkpointing_func)

@@ -25,6 +25,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from . import __version__
 from .hub import CardOptions, push_folder, require_empty_folder
+from .storage import atomic_folder
 
 SPACE_SDK = "gradio"
 SPACE_APP = '''"""The demo page of the SRN model {model_repo_id}, written by `srn-hf publish --space` (srn_hf {version})."""
@@ -93,10 +94,6 @@ def write_space_folder(
     if not requirement.strip() or "\n" in requirement:
         raise ValueError(f"the Space's srn_hf requirement {requirement!r} must be one pip requirement line")
     out_dir = require_empty_folder(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "app.py").write_text(SPACE_APP.format(model_repo_id=model_repo_id, version=__version__), encoding="utf-8")
-    (out_dir / "requirements.txt").write_text(requirement + "\n", encoding="utf-8")
-    (out_dir / "packages.txt").write_text("\n".join(SPACE_PACKAGES) + "\n", encoding="utf-8")
     title = f"SRN demo: {model_repo_id.split('/')[-1]}"
     card_data = SpaceCardData(
         title=title,
@@ -112,7 +109,11 @@ def write_space_folder(
         pinned=False,
     )
     body = SPACE_CARD.format(title=title, model_repo_id=model_repo_id, requirement=requirement)
-    SpaceCard(f"---\n{card_data.to_yaml()}\n---\n{body}").save(out_dir / "README.md")
+    with atomic_folder(out_dir) as folder:  # renamed once complete: a failure leaves no half Space folder
+        (folder / "app.py").write_text(SPACE_APP.format(model_repo_id=model_repo_id, version=__version__), encoding="utf-8")
+        (folder / "requirements.txt").write_text(requirement + "\n", encoding="utf-8")
+        (folder / "packages.txt").write_text("\n".join(SPACE_PACKAGES) + "\n", encoding="utf-8")
+        SpaceCard(f"---\n{card_data.to_yaml()}\n---\n{body}").save(folder / "README.md")
     return out_dir
 
 
@@ -130,7 +131,7 @@ def publish_space(
     if dry_run_dir is not None:
         return write_space_folder(dry_run_dir, space_id, model_repo_id, **space_options)
     with tempfile.TemporaryDirectory(prefix="srn-space-") as staging:
-        folder = write_space_folder(staging, space_id, model_repo_id, **space_options)
+        folder = write_space_folder(Path(staging) / "space", space_id, model_repo_id, **space_options)
         return push_folder(
             folder, space_id, private=private, token=token, commit_message=commit_message, repo_type="space",
             space_sdk=SPACE_SDK,

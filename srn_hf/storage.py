@@ -5,6 +5,9 @@ name the path and the free space.
 place only once everything in it is written: a run killed or failing half-way leaves no half folder that a later
 stage, `--resume` or the pipeline would load, only a hidden `.NAME.partial` folder that the next write replaces.
 
+[`write_text_file`] does the same for one file (a JSON record, a config), and [`append_bytes`] appends to a file
+whole or not at all (the records of a bulk run).
+
 [`check_weights_file`] tells whether a safetensors or `torch.save` file is complete (its header and index are read,
 never its tensors), naming the file when it is not.
 
@@ -125,7 +128,7 @@ def commit_folder(partial: Path, folder: str | os.PathLike) -> None:
             remove_folder(previous)
             folder.rename(previous)
         partial.rename(folder)
-        sync_folder(folder.parent)
+        sync_path(folder.parent)  # the rename itself, not the parent's other files
     except OSError as error:
         raise storage_error(folder, error) from error
     remove_folder(previous)
@@ -167,15 +170,48 @@ def raise_storage_error(path: str | os.PathLike, error: BaseException) -> None:
         raise storage_error(path, error) from error
 
 
+def write_text_file(path: str | os.PathLike, text: str) -> Path:
+    """Writes `text` (UTF-8) to `path` atomically: to `PATH.partial`, then renamed, so that a kill or a full disk
+    never leaves half a file, and the previous `path` stays whole until the new one is complete. A failed write
+    raises [`StorageError`] naming `path` and the free space."""
+    path = Path(path)
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise storage_error(path, error) from error
+    return path
+
+
+def append_bytes(file, data: bytes, path: str | os.PathLike) -> None:
+    """Appends `data` to `file` (opened unbuffered, `open(path, "ab", buffering=0)`) whole or not at all: a write
+    that fails half-way (a full disk) is cut back off the file, which keeps its earlier content whole, and raises
+    [`StorageError`] naming `path` and the free space."""
+    start = os.fstat(file.fileno()).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[file.write(view) :]
+    except OSError as error:
+        os.ftruncate(file.fileno(), start)  # frees what was written: no space is needed
+        raise storage_error(path, error) from error
+
+
 def sync_folder(folder: Path) -> None:
     """Flushes the files under `folder` and the folder itself to the disk (a rename never exposes unwritten data)."""
-    paths = [Path(root) / name for root, _, names in os.walk(folder) for name in names] + [Path(folder)]
-    for path in paths:
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+    for path in [Path(root) / name for root, _, names in os.walk(folder) for name in names] + [Path(folder)]:
+        sync_path(path)
+
+
+def sync_path(path: Path) -> None:
+    """Flushes one file or folder (its entries, not the files under it) to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def check_weights_file(path: str | os.PathLike) -> None:
@@ -207,6 +243,7 @@ def check_weights_file(path: str | os.PathLike) -> None:
 __all__ = [
     "IncompleteFileError",
     "StorageError",
+    "append_bytes",
     "atomic_folder",
     "begin_folder",
     "commit_folder",
@@ -214,4 +251,5 @@ __all__ = [
     "free_space",
     "partial_path",
     "storage_error",
+    "write_text_file",
 ]

@@ -396,6 +396,7 @@ def write_thresholds(model_dir: str | os.PathLike, calibration: ThresholdCalibra
     atomic rename.
     """
     from .configuration_srn import SRNConfig
+    from .storage import write_text_file
 
     config_file = Path(model_dir) / "config.json"
     try:
@@ -405,10 +406,7 @@ def write_thresholds(model_dir: str | os.PathLike, calibration: ThresholdCalibra
     values.update(calibration.config_fields())
     config = SRNConfig.from_dict(values)  # validates the new fields, e.g. label names of label_thresholds
     check_same_labels(calibration.label_names, config_label_names(config), "the calibration", str(config_file))
-    partial = config_file.with_name(config_file.name + ".partial")
-    partial.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    partial.replace(config_file)
-    return config_file
+    return write_text_file(config_file, json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def calibrate_stage(validation_scores, validation_labels, test_scores, test_labels, label_names, dataset=None):

@@ -27,7 +27,7 @@ from .data.transforms import AUGMENTATIONS
 from .data.verify import BAD_IMAGE_POLICIES
 from .modeling_srn import DEFAULT_LOSS_REDUCTION, LOSS_REDUCTIONS
 from .stages import LOSSES, PAPER_NAMES, get_stage
-from .storage import storage_error
+from .storage import write_text_file
 
 
 class RecipeError(ValueError):
@@ -119,7 +119,12 @@ class LossRecipe:
 class TrainingRecipe:
     """Run-wide settings: precision, checkpoints, logging, evaluation batch size, and how many megabytes of backbone
     maps the evaluation passes may keep per process to skip f_cnn while its weights do not change (stages 2 and
-    3, the rescoring of a best epoch; `stages.BackboneMapCache`, 0 turns it off)."""
+    3, the rescoring of a best epoch; `stages.BackboneMapCache`, 0 turns it off).
+
+    `gradient_checkpointing` recomputes the backbone's blocks and the SRN branch's activations in the backward pass
+    instead of keeping them ([`enable_activation_checkpointing`]): less memory for one more forward pass of what is
+    trained.
+    """
 
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False
@@ -128,6 +133,7 @@ class TrainingRecipe:
     checkpoint_every_steps: int = 0
     checkpoints_total_limit: int | None = 3
     log_with: Literal["auto", "tensorboard", "none"] = "auto"
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -370,17 +376,18 @@ def plot_training_curves(stages: list[dict], path: str | Path) -> None:
     plt.close(figure)
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Turns on activation (gradient) checkpointing of a transformers model by its current name,
+    `activation_checkpointing_enable` (transformers 5 deprecates `gradient_checkpointing_enable`, which older
+    releases have alone)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def write_json(path: str | Path, payload: dict) -> None:
     """Writes `payload` to `path` atomically (a killed run never leaves half a file); a failed write raises
     `srn_hf.storage.StorageError` naming the path and the free space."""
-    path = Path(path)
-    partial = path.with_suffix(path.suffix + ".partial")
-    try:
-        partial.write_text(json.dumps(payload, indent=2, default=float))
-        partial.replace(path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        raise storage_error(path, error) from error
+    write_text_file(path, json.dumps(payload, indent=2, default=float))
 
 
 __all__ = [
@@ -393,6 +400,7 @@ __all__ = [
     "StageRecipe",
     "TrainingDiverged",
     "TrainingRecipe",
+    "enable_activation_checkpointing",
     "flat_dict",
     "load_recipe",
     "metric_table",

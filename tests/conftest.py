@@ -1,6 +1,7 @@
-"""Shared by the tests: a small but real SRN (a timm resnet10t backbone, narrow SRN branches), and the only fake
-of the suite, the Hub's network edge (`hub_calls`, `hub_unreachable`)."""
+"""Shared by the tests: a small but real SRN (a timm resnet10t backbone, narrow SRN branches), a small real disk to
+fill up (`small_disk`), and the only fake of the suite, the Hub's network edge (`hub_calls`, `hub_unreachable`)."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,18 @@ def small_srn(id2label: dict, seed: int = 0, **config_fields) -> srn_hf.SRNForIm
     config = srn_hf.SRNConfig(**{"backbone": "resnet10t", **SMALL_BRANCHES, "id2label": id2label, **config_fields})
     torch.manual_seed(seed)
     return srn_hf.SRNForImageClassification(config).eval()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB file system (tmpfs) to fill up, or a skip when this user may not mount one."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
 
 
 def save_with_processor(model: srn_hf.SRNForImageClassification, folder) -> str:

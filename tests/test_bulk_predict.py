@@ -200,6 +200,42 @@ def test_unwritable_output_refused_before_the_first_image(model_folder, tmp_path
     assert "predict:" not in err.replace("srn-hf predict:", "")  # no progress: no image was opened
 
 
+def fill_up(disk: Path, leave: int) -> Path:
+    """A ballast file that leaves about `leave` bytes free on `disk`; delete it to free the space again."""
+    ballast = disk / "ballast"
+    ballast.write_bytes(b"\0" * max(0, os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - leave))
+    return ballast
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_full_disk_is_one_line_naming_the_file_and_resume_completes(model_folder, tmp_path, small_disk, capsys, suffix):
+    """A real full disk (a 2 MB tmpfs, nearly filled) mid-run: exit status 2, one line naming the file being written
+    and the free space; what was written stays whole, and --resume after freeing space gives one record per image."""
+    images = write_images(tmp_path / "photos", 40)
+    output = small_disk / f"tags{suffix}"
+    ballast = fill_up(small_disk, leave=12_000)  # the meta file, then a few batches of records
+    assert predict(model_folder, *images, "--output", output, "--batch-size", 2, "--num-workers", 0, "--all-scores") == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"srn-hf predict: error: cannot write {output}: no space left"), err
+    assert errors[0].endswith("free of 2.1 MB)") and "Traceback" not in err, err
+    if suffix == ".jsonl":  # complete records only: the batch that did not fit was cut back off
+        written = read_jsonl(output)
+        assert 0 < len(written) < len(images) and output.read_bytes().endswith(b"\n")
+    assert not [path.name for path in small_disk.rglob("*.tmp")] + [path.name for path in small_disk.rglob("*.partial")]
+
+    ballast.unlink()
+    assert predict(model_folder, *images, "--output", output, "--resume", "--batch-size", 2, "--num-workers", 0, "--all-scores") == 0
+    records = read_jsonl(output) if suffix == ".jsonl" else pq_records(output)
+    assert sorted(record["image"] for record in records) == images  # exactly one record per image
+
+
+def pq_records(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
 def test_file_list_and_a_datasets_source_give_the_same_records(model_folder, tmp_path):
     images = write_images(tmp_path / "data", 6)
     (tmp_path / "data" / "metadata.jsonl").write_text(

@@ -112,3 +112,14 @@ def test_export_refusals_are_one_line_exit_2(model_folder, tmp_path, capsys):
         assert main(["export", *map(str, argv)]) == 2
         err = capsys.readouterr().err
         assert message in err and len([line for line in err.splitlines() if "error" in line]) == 1, err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_export(model_folder, small_disk, capsys):
+    """A real full disk (a 2 MB tmpfs; the weights alone are more): exit status 2, one line naming the folder and the
+    free space, and nothing left on the disk that looks like an export."""
+    out_dir = small_disk / "onnx"
+    assert main(["export", model_folder, str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"srn-hf export: error: cannot write {out_dir}: no space left"), err
+    assert list(small_disk.iterdir()) == []

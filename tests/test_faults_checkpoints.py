@@ -140,18 +140,6 @@ def test_rotation_keeps_the_newest_and_deletes_only_after_the_save(tmp_path):
     assert not any(path.name.endswith(".partial") for path in (tmp_path / "checkpoints").iterdir())
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 2 MB file system (tmpfs), or a skip when this user may not mount one."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill up: {mounted.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
-
-
 def test_disk_full_during_a_checkpoint_names_the_path_and_the_free_space(small_disk):
     # One checkpoint of a 400 x 400 layer (1.3 MB with its momentum) fits on the 2 MB disk, two do not.
     accelerator = linear_accelerator(small_disk, size=400)
@@ -198,3 +186,16 @@ def test_write_refused_by_the_file_system_names_the_path_and_the_free_space(tmp_
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", str(locked)], check=True)
+
+
+def test_a_file_rewritten_on_a_full_disk_stays_whole(small_disk):
+    """`write_text_file` (metrics.json, calibrate --write's config.json, a bulk run's meta file): a real full disk
+    names the file and leaves the previous content whole, with no partial file."""
+    from srn_hf.storage import write_text_file
+
+    config = write_text_file(small_disk / "config.json", json.dumps({"threshold": 0.5}))
+    (small_disk / "ballast").write_bytes(b"\0" * (os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize))
+    with pytest.raises(StorageError, match=r"^cannot write .*config.json: no space left on the device \(0 bytes free"):
+        write_text_file(config, json.dumps({"threshold": 0.3, "label_thresholds": {"cat": 0.2}}) * 1000)
+    assert json.loads(config.read_text()) == {"threshold": 0.5}
+    assert sorted(path.name for path in small_disk.iterdir()) == ["ballast", "config.json"]

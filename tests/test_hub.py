@@ -267,6 +267,58 @@ def test_bad_input_is_refused_with_a_message_naming_it(plain_model_dir, training
     assert "holds no config.json" in capsys.readouterr().err
 
 
+def test_a_failed_hub_folder_leaves_no_half_folder(plain_model_dir, tmp_path, small_disk):
+    """A write that fails half-way (a real full disk) leaves the folder as it was, and no partial folder that a later
+    upload or load would take for a model; a bad template or image is refused before anything is written."""
+    from srn_hf.storage import StorageError
+
+    (small_disk / "hub").mkdir()  # the previous folder: empty, as --dry-run wants it
+    with pytest.raises(StorageError, match=r"^cannot write .*hub: no space left on the device \(.* free of 2\.1 MB\)"):
+        write_hub_folder(plain_model_dir, small_disk / "hub", REPO_ID)  # the resnet18 weights do not fit
+    assert [path.name for path in small_disk.iterdir()] == ["hub"] and not any((small_disk / "hub").iterdir())
+
+    # Bad input is named before anything is written; then the folder is written whole.
+    with pytest.raises(FileNotFoundError, match="missing.md does not exist"):
+        write_hub_folder(plain_model_dir, tmp_path / "out", REPO_ID, card=CardOptions(template_path=tmp_path / "missing.md"))
+    truncated = tmp_path / "truncated.png"
+    random_images(1)[0].save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(ValueError, match="truncated.png: cannot be decoded"):
+        write_hub_folder(plain_model_dir, tmp_path / "again", REPO_ID, example_image=truncated)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["disk", "truncated.png"]
+    assert set(hub_folder_files(write_hub_folder(plain_model_dir, tmp_path / "out", REPO_ID))) == EXPECTED_FILES
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["disk", "out", "truncated.png"]
+
+
+def test_a_kill_while_the_hub_folder_is_written_leaves_no_model_folder(plain_model_dir, tmp_path):
+    """A real SIGKILL once the weights are written (the attention picture and the card not yet): no OUT_DIR at all,
+    only the hidden temporary folder, which the next write replaces."""
+    import signal
+    import time
+
+    from srn_hf.hub import ModelFolderError, check_model_folder
+    from srn_hf.storage import partial_path
+
+    out_dir = tmp_path / "hub"
+    code = f"from srn_hf.hub import write_hub_folder; write_hub_folder({str(plain_model_dir)!r}, {str(out_dir)!r}, {REPO_ID!r})"
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    writer = subprocess.Popen([sys.executable, "-c", code], env=environment, stderr=subprocess.DEVNULL)
+    written = partial_path(out_dir) / "preprocessor_config.json"  # after the weights and config.json
+    deadline = time.monotonic() + 120
+    while not written.exists() and writer.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(30)
+    assert writer.returncode == -signal.SIGKILL, "the kill must land while the folder is written"
+    assert (partial_path(out_dir) / "model.safetensors").is_file() and not (partial_path(out_dir) / "README.md").exists()
+    assert not out_dir.exists()
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        check_model_folder(out_dir)
+    assert set(hub_folder_files(write_hub_folder(plain_model_dir, out_dir, REPO_ID))) == EXPECTED_FILES
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hub"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers: a Hub cache as huggingface_hub lays out downloads, and loading in a process where srn_hf is absent.
 

@@ -272,6 +272,29 @@ def test_bad_inputs_fail_before_training(full_run, data_dir, tmp_path, script):
         assert not (tmp_path / name / "checkpoints").exists()
 
 
+def test_gradient_checkpointing_recomputes_the_backbone_in_training(data_dir, tmp_path, script, monkeypatch):
+    """`training.gradient_checkpointing: true` trains, and the backward pass recomputes the backbone's blocks: each
+    training step runs the deepest convolution twice (forward and recomputation), the stem (not a block) once."""
+    calls, models = {"stem": 0, "deepest": 0, "classifier": 0}, []
+    initial_model = script.initial_model
+
+    def counted_model(*args, **kwargs):
+        model = initial_model(*args, **kwargs)
+        convolutions = [module for module in model.srn.backbone.modules() if isinstance(module, torch.nn.Conv2d)]
+        for name, module in (("stem", convolutions[0]), ("deepest", convolutions[-1]), ("classifier", model.srn.classifier)):
+            module.register_forward_hook(lambda module, *_, name=name: calls.update({name: calls[name] + module.training}))
+        models.append(model)
+        return model
+
+    monkeypatch.setattr(script, "initial_model", counted_model)
+    args = tiny_args(data_dir, tmp_path, "--stages", "1", "--set", "training.gradient_checkpointing=true")
+    report = script.main(args)
+    assert np.isfinite(report["stages"][0]["history"][0]["train_loss"])
+    assert models[0].is_activation_checkpointing and models[0].srn.gradient_checkpointing
+    steps = calls["classifier"]  # one training forward per step: 48 images in batches of 8
+    assert steps == 6 and calls["stem"] == steps and calls["deepest"] == 2 * steps
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, script):
     args = tiny_args(data_dir, tmp_path, "--set", "stage2.lr=1e12", "--set", "stage2.epochs=3", "--stages", "1,2")
     with pytest.raises(TrainingDiverged, match="stage 2.*last good checkpoint: .*checkpoint_0"):

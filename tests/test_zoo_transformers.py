@@ -288,19 +288,20 @@ def test_gradient_checkpointing_gives_identical_gradients(backbone):
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     plain = gradients(model, pixel_values, labels)
     model.load_state_dict(state)  # the same batch-norm statistics for the second pass
-    model.gradient_checkpointing_enable()
-    assert model.srn.gradient_checkpointing and model.is_gradient_checkpointing
+    model.activation_checkpointing_enable()  # transformers 5's name; gradient_checkpointing_enable is its alias
+    assert model.srn.gradient_checkpointing and model.is_activation_checkpointing
     checkpointed = gradients(model, pixel_values, labels)
     assert set(plain) == set(checkpointed) and all(torch.count_nonzero(grad) for grad in plain.values())
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
-    model.gradient_checkpointing_disable()
-    assert not model.srn.gradient_checkpointing
+    model.activation_checkpointing_disable()
+    assert not model.srn.gradient_checkpointing and not model.is_activation_checkpointing
 
 
 def test_checkpointing_makes_every_resnet_block_and_both_srn_branches_a_segment():
     model = make_model().train()
-    model.gradient_checkpointing_enable()
+    with pytest.warns(FutureWarning, match="activation_checkpointing_enable"):
+        model.gradient_checkpointing_enable()  # the deprecated name still works
     segments = []
     checkpoint_function = model.srn._gradient_checkpointing_func
     model.srn._gradient_checkpointing_func = lambda function, *inputs: segments.append(function) or checkpoint_function(function, *inputs)
@@ -321,7 +322,7 @@ def test_trainer_trains_with_gradient_checkpointing(tmp_path):
     data = [{"pixel_values": image, "labels": label} for image, label in zip(images(8), multi_hot(8))]
     arguments = TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4, learning_rate=0.05,
-        gradient_checkpointing=True, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+        activation_checkpointing=True, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
     )
     before = {name: tensor.clone() for name, tensor in model.named_parameters()}
     result = Trainer(model=model, args=arguments, train_dataset=data).train()
