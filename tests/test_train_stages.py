@@ -343,23 +343,15 @@ def test_killed_run_resumes_to_the_same_results(data_dir, tmp_path, script):
     assert all(torch.equal(final_reference[key], final_resumed[key]) for key in final_reference)
 
 
-def test_push_to_hub_at_the_end_publishes_the_final_model(data_dir, tmp_path, script, monkeypatch):
+def test_push_to_hub_at_the_end_publishes_the_final_model(data_dir, tmp_path, script, hub_calls):
     """`--push-to-hub`: one commit with the final model, its card and a test image's attention picture.
 
-    Only the network edge is faked: `HfApi.create_repo` and `HfApi.create_commit` record their calls.
+    Only the network edge is faked (`hub_calls`): `HfApi.create_repo` and `HfApi.create_commit` record their calls.
     """
-    from huggingface_hub import HfApi
-
-    calls = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: calls.append(("create_repo", repo_id)))
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        calls.append(("create_commit", repo_id, sorted(operation.path_in_repo for operation in operations)))
-
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
     output_dir = tmp_path / "run"
     script.main(tiny_args(data_dir, output_dir, "--stages", "1", "--push-to-hub", "org/srn-squares", epochs=1))
-    assert calls[0] == ("create_repo", "org/srn-squares")
-    (kind, repo_id, files), = calls[1:]
+    assert hub_calls[0][:2] == ("create_repo", "org/srn-squares")
+    (kind, repo_id, _, uploaded), = hub_calls[1:]
     assert (kind, repo_id) == ("create_commit", "org/srn-squares")
+    files = set(uploaded)
     assert {"README.md", "attention_maps.png", "config.json", "model.safetensors", "preprocessor_config.json"} <= set(files)
