@@ -21,6 +21,11 @@ from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import (
+    ElementClickInterceptedException,
+    ElementNotInteractableException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -89,6 +94,24 @@ def shown_labels(driver) -> list[tuple[str, str]]:
 
 def wait_for(driver, condition, message):
     return WebDriverWait(driver, WAIT).until(lambda _: condition(), message=message)
+
+
+NOT_CLICKABLE_YET = (ElementNotInteractableException, ElementClickInterceptedException, StaleElementReferenceException)
+
+
+def click_when_ready(driver, selector: str) -> None:
+    """Clicks the element once the page lets a user click it: present, laid out and not covered (on a loaded
+    machine Gradio may still be drawing the examples when their images are already in the page)."""
+
+    def click(_):
+        element = driver.find_element(By.CSS_SELECTOR, selector)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        element.click()
+        return True
+
+    WebDriverWait(driver, WAIT, ignored_exceptions=NOT_CLICKABLE_YET).until(
+        click, message=f"{selector} never became clickable"
+    )
 
 
 def test_upload_threshold_attention_map_and_bad_upload_in_chromium(served, browser, model_dir, tmp_path):
@@ -168,7 +191,6 @@ def test_an_example_click_predicts_it(served, browser):
     """The examples: test scenes of the demo data (where tuxpaint is installed) and scikit-image's photos."""
     _, url = served
     browser.get(url)
-    example = WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.CSS_SELECTOR, "img[src*='coffee.jpg']"))
-    example.click()
+    click_when_ready(browser, "img[src*='coffee.jpg']")
     wait_for(browser, lambda: "predicted in" in browser.find_element(By.ID, "srn-status").text, "example not predicted")
     assert [label for label, _ in shown_labels(browser)] == ["bird", "boat", "car"]
