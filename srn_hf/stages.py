@@ -171,6 +171,8 @@ class BackboneMapCache:
 
     def bind(self, backbone: nn.Module) -> None:
         """Keeps the cached maps if `backbone` holds the weights they were computed with, else drops them."""
+        if not self.max_bytes:  # off: nothing is kept, so the weights need no digest
+            return
         digest = tensor_digest(backbone.state_dict().values())
         if digest != self.weights_digest:
             self.maps.clear()
@@ -178,21 +180,26 @@ class BackboneMapCache:
 
     def forward_backbone(self, srn: SRNModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`srn.forward_backbone(pixel_values)`, computed once per batch of pixels under the bound weights."""
+        if not self.max_bytes:  # off: every batch is computed, no digest taken
+            self.misses += 1
+            return srn.forward_backbone(pixel_values)
         key = tensor_digest([pixel_values])
         if key in self.maps:
             self.hits += 1
-            features, classifier_features = self.maps[key]
-            device = pixel_values.device
-            return features.to(device, copy=True), classifier_features.to(device, copy=True)
+            return copied_maps(*self.maps[key], pixel_values.device)
         self.misses += 1
         features, classifier_features = srn.forward_backbone(pixel_values)
         size = features.nbytes + (classifier_features.nbytes if classifier_features is not features else 0)
-        if self.max_bytes and self.bytes + size <= self.max_bytes:
-            stored = features.detach().cpu().clone()
-            stored_classifier = stored if classifier_features is features else classifier_features.detach().cpu().clone()
-            self.maps[key] = (stored, stored_classifier)
+        if self.bytes + size <= self.max_bytes:
+            self.maps[key] = copied_maps(features, classifier_features, torch.device("cpu"))
             self.bytes += size
         return features, classifier_features
+
+
+def copied_maps(features: torch.Tensor, classifier_features: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of X and F on `device` (their memory format kept), one copy when X and F are the same map."""
+    copy = features.detach().to(device, copy=True)
+    return copy, copy if classifier_features is features else classifier_features.detach().to(device, copy=True)
 
 
 class StageForward(nn.Module):
