@@ -526,19 +526,17 @@ def example_image_source(example_image=None) -> tuple:
 
 
 def write_attention_image(
-    model: SRNForImageClassification, image_processor, path: Path, example_image=None, num_labels: int = 4
+    model: SRNForImageClassification, image_processor, path: Path, image, source: str, num_labels: int = 4
 ) -> str:
-    """Draws the attention maps A of the `num_labels` labels the model scores highest on one image; returns a caption.
-
-    `example_image` is a pair from [`example_image_source`] (or what it takes). The labels are the best-scored
-    ones whatever the threshold, so that the picture is never empty.
+    """Draws the attention maps A of the `num_labels` labels the model scores highest on `image` (an RGB image,
+    described for the caption by `source`: what [`example_image_source`] gives); returns a caption. The labels are
+    the best-scored ones whatever the threshold, so that the picture is never empty.
     """
     from transformers import pipeline
 
     from .pipeline_srn import TASK
     from .visualize import save_attention_overlay
 
-    image, source = example_image if isinstance(example_image, tuple) else example_image_source(example_image)
     tagger = pipeline(TASK, model=model, image_processor=image_processor)
     top_k = min(num_labels, model.config.num_labels)
     predictions = tagger(image, threshold=0.0, top_k=top_k, return_attention_maps=True)
@@ -606,7 +604,7 @@ def write_hub_files(
             f"save_pretrained wrote auto_map={saved_auto_map} and lacks {missing_code}: import srn_hf registers the "
             "Auto classes that make it write the remote code"
         )
-    caption = write_attention_image(model, image_processor, folder / ATTENTION_IMAGE, example)
+    caption = write_attention_image(model, image_processor, folder / ATTENTION_IMAGE, *example)
     if training_curves is not None and training_curves.is_file():
         shutil.copyfile(training_curves, folder / TRAINING_CURVES)
     model_card = render_model_card(
