@@ -221,6 +221,18 @@ def pointing_games(args) -> dict:
     return table
 
 
+def paired_differences(per_seed: dict, variant: str, reference: str) -> list[dict]:
+    """`map_difference(reference, variant)` (test mAP of `variant` minus `reference`, with its paired bootstrap
+    interval) in each seed that has both, with the seed."""
+    return [dict(seed=seed, **map_difference(scores[reference], scores[variant], labels))
+            for seed, (scores, labels) in per_seed.items() if reference in scores and variant in scores]  # fmt: skip
+
+
+def per_seed_text(runs: list[dict]) -> str:
+    """`seed 0: +1.23 [+0.45, +2.01]; seed 1: ...` of `paired_differences`."""
+    return "; ".join(f"seed {r['seed']}: {r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]" for r in runs)
+
+
 def differences(per_seed: dict, names: list[str], best_control: str | None) -> dict:
     """`{reference: {variant: [per-seed map_difference(reference, variant)]}}` for stage 1 and the best control."""
     table = {}
@@ -231,8 +243,7 @@ def differences(per_seed: dict, names: list[str], best_control: str | None) -> d
         for name in names:
             if name == reference:
                 continue
-            runs = [dict(seed=seed, **map_difference(scores[reference], scores[name], labels))
-                    for seed, (scores, labels) in per_seed.items() if reference in scores and name in scores]  # fmt: skip
+            runs = paired_differences(per_seed, name, reference)
             if runs:
                 table[reference][name] = runs
     return table
@@ -244,8 +255,7 @@ def gain_steps(per_seed: dict) -> list[dict]:
     steps = []
     for kind, table in (("chain", GAIN_STEPS), ("beside", BESIDE_THE_CHAIN)):
         for step, variant, reference in table:
-            runs = [dict(seed=seed, **map_difference(scores[reference], scores[variant], labels))
-                    for seed, (scores, labels) in per_seed.items() if reference in scores and variant in scores]  # fmt: skip
+            runs = paired_differences(per_seed, variant, reference)
             if runs:
                 steps.append({"step": step, "kind": kind, "variant": variant, "minus": reference, "runs": runs})
     return steps
@@ -257,9 +267,8 @@ def gain_steps_markdown(steps: list[dict]) -> list[str]:
              "[95 % paired bootstrap interval] |", "|---|---|---|---|"]  # fmt: skip
     for kind in ("chain", "beside"):
         for row in (step for step in steps if step["kind"] == kind):
-            per_seed = "; ".join(f"seed {r['seed']}: {r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]" for r in row["runs"])
             mean = np.mean([r["difference"] for r in row["runs"]])
-            lines.append(f"| {row['step']} | {row['variant']} minus {row['minus']} | {mean:+.2f} | {per_seed} |")
+            lines.append(f"| {row['step']} | {row['variant']} minus {row['minus']} | {mean:+.2f} | {per_seed_text(row['runs'])} |")
         if kind == "chain" and any(step["kind"] == "beside" for step in steps):
             lines.append("| *beside the chain* | | | |")
     return lines + [""]
@@ -277,8 +286,7 @@ def markdown(results: dict) -> str:
         lines += [f"| test mAP of ... minus {reference} | mean | per seed: difference [95 % paired bootstrap interval] |",
                   "|---|---|---|"]  # fmt: skip
         for name, runs in rows.items():
-            per_seed = "; ".join(f"seed {r['seed']}: {r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]" for r in runs)
-            lines.append(f"| {name} | {np.mean([r['difference'] for r in runs]):+.2f} | {per_seed} |")
+            lines.append(f"| {name} | {np.mean([r['difference'] for r in runs]):+.2f} | {per_seed_text(runs)} |")
         lines.append("")
     if results.get("gain_steps"):
         lines += gain_steps_markdown(results["gain_steps"])
