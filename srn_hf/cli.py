@@ -105,7 +105,7 @@ def add_publish_command(commands) -> None:
     publish.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps its visibility)")
     publish.add_argument("--dry-run", metavar="OUT_DIR", help="write exactly what would be uploaded to OUT_DIR (an empty folder); push nothing")
     publish.add_argument("--metrics", metavar="METRICS_JSON", help="the training run's metrics.json (default: MODEL_DIR's or its parent's)")
-    publish.add_argument("--example-image", metavar="IMAGE", help="image of the attention-map picture (default: a photo bundled with scikit-image)")
+    publish.add_argument("--example-image", metavar="IMAGE", help="image of the attention-map picture (default: the training run's first test image, kept beside metrics.json, with its true labels)")
     publish.add_argument("--license", help="license of the weights, a Hub license id (default: apache-2.0)")
     publish.add_argument("--dataset-id", action="append", dest="datasets", metavar="DATASET", help="Hub id of a training dataset (repeatable)")
     publish.add_argument("--base-model", metavar="REPO_ID", help="Hub id of the backbone weights training started from")

@@ -288,6 +288,8 @@ def derive_model_choices(model: ModelRecipe) -> str:
     """
     import timm
 
+    if not timm.is_model(model.backbone):
+        raise RecipeError(f"model.backbone: {model.backbone!r} is not a timm model name")
     with torch.device("meta"):
         backbone = timm.create_model(model.backbone, features_only=True, **(model.backbone_kwargs or {}))
     maps = backbone.feature_info.get_dicts()
