@@ -295,6 +295,10 @@ def derive_model_choices(model: ModelRecipe) -> str:
     maps = backbone.feature_info.get_dicts()
     derived = [name for name in DERIVED_MODEL_FIELDS if getattr(model, name) == "auto"]
     why = ""
+    for name in ("attention_feature_index", "classifier_feature_index"):
+        index = getattr(model, name)
+        if index != "auto" and not -len(maps) <= index < len(maps):
+            raise RecipeError(f"model.{name}: {index} is out of range for {model.backbone!r} ({len(maps)} feature maps)")
     if model.classifier_feature_index == "auto":
         model.classifier_feature_index = -1
     f_position = model.classifier_feature_index % len(maps)
@@ -311,11 +315,9 @@ def derive_model_choices(model: ModelRecipe) -> str:
     if model.layout == "auto":
         model.layout = "paper" if x_position != f_position else "released"
     described = (
-        f"{name} map {model_index} = feature_info[{position}] (stride {maps[position]['reduction']}, "
-        f"{maps[position]['num_chs']} channels)"
-        for name, model_index, position in (("X", model.attention_feature_index, x_position),
-                                            ("F", model.classifier_feature_index, f_position))
-    )  # fmt: skip
+        f"{name} = feature_info[{index}] (stride {maps[index]['reduction']}, {maps[index]['num_chs']} channels)"
+        for name, index in (("X", model.attention_feature_index), ("F", model.classifier_feature_index))
+    )
     source = f"derived from the backbone ({', '.join(derived)}{'; ' + why if why else ''})" if derived else "from the recipe"
     return f"model: {model.backbone}, {', '.join(described)}, layout {model.layout}; {source}"
 

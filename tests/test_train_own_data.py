@@ -16,7 +16,7 @@ import timm
 import torch
 from PIL import Image
 
-from srn_hf.training import MIN_ATTENTION_CHANNELS, derive_model_choices, load_recipe
+from srn_hf.training import MIN_ATTENTION_CHANNELS, RecipeError, derive_model_choices, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "examples" / "configs" / "own_data.yaml"
@@ -101,7 +101,7 @@ def test_own_folder_trains_end_to_end(tmp_path):
     # X and F from the backbone, printed at start, and in the exported model
     config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
     assert (config["attention_feature_index"], config["layout"]) == (paper_x_position("resnet10t"), "paper")
-    assert "model: resnet10t, X map" in log and "derived from the backbone" in log
+    assert "model: resnet10t, X = feature_info[-2] (stride 16" in log and "derived from the backbone" in log
     # each label that kept the global threshold is named in the log with its reason
     fallback = metrics["stages"][-1]["thresholds"]["fallback_labels"]
     for name, reason in fallback.items():
@@ -121,3 +121,14 @@ def test_a_run_without_test_split_says_what_it_could_not_measure(tmp_path):
     assert metrics["not_measured"] in completed.stdout and "has no test split" in completed.stdout
     assert all("validation" in stage and "test" not in stage for stage in metrics["stages"])
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("model.backbone=resnet_nope", "'resnet_nope' is not a timm model name"),
+     ("model.attention_feature_index=7", "model.attention_feature_index: 7 is out of range for 'resnet50' (5 feature maps)")],
+)  # fmt: skip
+def test_a_bad_backbone_or_map_index_is_named_before_anything_is_built(setting, message):
+    recipe = load_recipe(RECIPE, [setting])
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        derive_model_choices(recipe.model)
