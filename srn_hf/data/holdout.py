@@ -75,8 +75,10 @@ def split_summary(dataset) -> str:
     """Each split's size and each label's positive images per split, as a table (printed before training)."""
     names = label_names(dataset)
     splits = list(dataset)
-    counts = {split: np.bincount([index for row in dataset[split]["labels"] for index in row], minlength=len(names))
-              for split in splits}  # fmt: skip
+    counts = {
+        split: np.bincount(np.array([index for row in dataset[split]["labels"] for index in row], dtype=np.int64), minlength=len(names))
+        for split in splits
+    }
     width = max([len("images"), *map(len, names)])
     lines = [f"{'':<{width}}" + "".join(f"{split:>12}" for split in splits)]
     lines.append(f"{'images':<{width}}" + "".join(f"{dataset[split].num_rows:>12}" for split in splits))
