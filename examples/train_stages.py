@@ -281,7 +281,7 @@ def load_data(recipe, accelerator: Accelerator):
                           "(data.options.test_fraction holds one out of train)")  # fmt: skip
     limits = {"train": data.max_train_samples, "validation": data.max_eval_samples, "test": data.max_eval_samples}
     for split, limit in limits.items():
-        if limit is not None and limit < len(dataset[split]):
+        if split in dataset and limit is not None and limit < len(dataset[split]):
             dataset[split] = dataset[split].select(range(limit))
     return dataset
 
