@@ -44,6 +44,7 @@ from transformers import get_scheduler
 
 from srn_hf import SRNConfig, SRNForImageClassification, checkpoints
 from srn_hf.data import label_names, load_multilabel_dataset
+from srn_hf.data.holdout import split_summary
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
 from srn_hf.data.verify import check_images, decode_image
 from srn_hf.hub import one_line
@@ -68,6 +69,7 @@ from srn_hf.training import (
     RecipeError,
     StageRecipe,
     TrainingDiverged,
+    derive_model_choices,
     enable_activation_checkpointing,
     flat_dict,
     load_recipe,
@@ -204,11 +206,13 @@ def set_up(args: argparse.Namespace) -> Run:
     """The recipe, the Accelerator, the data, the checkpoint to resume from and the starting model."""
     overrides = args.set + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     recipe = load_recipe(args.config, overrides)
+    model_choices = derive_model_choices(recipe.model)  # `auto` X, F and layout: the backbone's
     stages = parse_stages(args.stages)
     output_dir = Path(recipe.output_dir)
     accelerator = create_accelerator(recipe, output_dir)
     # Same seed on every process: the same initial weights everywhere (DDP also broadcasts them at `prepare`).
     set_seed(recipe.seed)
+    accelerator.print(model_choices)
 
     dataset = load_data(recipe, accelerator)
     dataset, image_check = check_dataset_images(recipe, dataset, accelerator, output_dir)
@@ -226,11 +230,12 @@ def set_up(args: argparse.Namespace) -> Run:
     eval_loaders = {
         split: DataLoader(dataset[split], batch_size=recipe.training.eval_batch_size, collate_fn=collate_multilabel,
                           num_workers=recipe.data.num_workers)  # fmt: skip
-        for split in ("validation", "test")
+        for split in ("validation", "test") if split in dataset
     }
     # The trackers (TensorBoard) get the whole recipe as hyper-parameters; they log on the main process only.
     accelerator.init_trackers("srn", config=flat_dict(recipe.to_dict()))
     accelerator.print(f"SRN on {recipe.data.kind}: {len(names)} labels, splits {dict(dataset.num_rows)}, stages {stages}")
+    accelerator.print(split_summary(dataset))
     return Run(
         args=args, recipe=recipe, stages=stages, output_dir=output_dir, accelerator=accelerator, dataset=dataset,
         names=names, image_check=image_check, model=model, loss_fn=make_loss(**vars(recipe.loss)),
@@ -267,14 +272,22 @@ def load_data(recipe, accelerator: Accelerator):
     # The main process loads (and for the demo, generates) the dataset first; the others then read its cache.
     with accelerator.main_process_first():
         dataset = load_multilabel_dataset(data.kind, **data.options)
-    for split in ("train", "validation", "test"):
+    for split, option in (("train", None), ("validation", "validation_fraction")):
         if split not in dataset:
-            raise ValueError(f"dataset {data.kind!r} has no {split!r} split (splits: {list(dataset)})")
+            hold_out = f"; hold one out of train with data.options.{option} (docs/data.md)" if option else ""
+            raise ValueError(f"dataset {data.kind!r} has no {split!r} split (splits: {list(dataset)}){hold_out}")
+    if "test" not in dataset:
+        accelerator.print(f"dataset {data.kind!r} has no test split: {NOT_MEASURED_WITHOUT_TEST} will not be measured "
+                          "(data.options.test_fraction holds one out of train)")  # fmt: skip
     limits = {"train": data.max_train_samples, "validation": data.max_eval_samples, "test": data.max_eval_samples}
     for split, limit in limits.items():
-        if limit is not None and limit < len(dataset[split]):
+        if split in dataset and limit is not None and limit < len(dataset[split]):
             dataset[split] = dataset[split].select(range(limit))
     return dataset
+
+
+# What a run without a test split cannot report (said in the log and in metrics.json).
+NOT_MEASURED_WITHOUT_TEST = "the test metrics, the test figures at the tuned thresholds, the gain over stage 1 and the pointing game"
 
 
 def check_dataset_images(recipe, dataset: DatasetDict, accelerator: Accelerator, output_dir: Path):
@@ -426,10 +439,10 @@ def prepare_stage(run: Run, number: int) -> StageRun:
         num_warmup_steps=round(stage_recipe.warmup_ratio * optimizer_steps), num_training_steps=max(optimizer_steps, 1),
     )
     # Wraps the model (DDP across processes, autocast), shards the loaders per process, moves all to the device.
-    stage_model, optimizer, train_loader, scheduler, validation_loader, test_loader = accelerator.prepare(
-        StageForward(run.model, stage, run.map_cache), optimizer, train_loader, scheduler,
-        run.eval_loaders["validation"], run.eval_loaders["test"],
+    stage_model, optimizer, train_loader, scheduler, validation_loader, *test_loader = accelerator.prepare(
+        StageForward(run.model, stage, run.map_cache), optimizer, train_loader, scheduler, *run.eval_loaders.values(),
     )  # fmt: skip
+    test_loader = test_loader[0] if test_loader else None  # a dataset without a test split has none
     return StageRun(
         stage=stage, recipe=stage_recipe, record=record, folder=run.output_dir / f"stage-{number}", trained=list(trainable),
         model=stage_model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
@@ -552,12 +565,23 @@ def evaluate_stage(run: Run, stage_run: StageRun) -> dict:
     """Reloads the stage's best epoch (carried on to the next stage), scores it on validation and test; returns the
     stage's record. The test scores go to OUTPUT_DIR/predictions (for the comparison with stage 1, error analysis).
     After a stage that trains the attention branch (2 and 4), on a dataset with boxes, the pointing game of its
-    attention maps on the test split is printed and kept in the record (`test_pointing_game`)."""
-    accelerator, number, record = run.accelerator, stage_run.stage.number, stage_run.record
+    attention maps on the test split is printed and kept in the record (`test_pointing_game`). A dataset without a
+    test split gets the validation figures only."""
+    record = stage_run.record
     if record["best_epoch"] is None:  # epochs: 0, the stage is only evaluated and exported
-        export(accelerator, run.model, stage_run.folder)
+        export(run.accelerator, run.model, stage_run.folder)
     run.model.load_state_dict(load_file(stage_run.folder / "model.safetensors"))
     record["validation"], validation_scores, validation_labels = score_split(run, stage_run, stage_run.validation_loader)
+    if stage_run.test_loader is not None:  # a dataset without a test split: the validation figures only
+        evaluate_test_split(run, stage_run, validation_scores[stage_run.stage.prediction], validation_labels)
+    calibrate_export(run, stage_run, validation_scores, validation_labels)
+    return record
+
+
+def evaluate_test_split(run: Run, stage_run: StageRun, validation_scores: torch.Tensor, validation_labels: torch.Tensor) -> None:
+    """The stage's test figures into its record: metrics at 0.5 and at thresholds tuned on validation, the pointing
+    game where the dataset has boxes; the test scores to OUTPUT_DIR/predictions; the figures to the trackers."""
+    accelerator, number, record = run.accelerator, stage_run.stage.number, stage_run.record
     locate = "attention" in stage_run.stage.trained and "boxes" in run.dataset["test"].column_names
     record["test"], test_scores, labels = score_split(run, stage_run, stage_run.test_loader, attention_peaks=locate)
     scores = test_scores[stage_run.stage.prediction]
@@ -571,16 +595,14 @@ def evaluate_stage(run: Run, stage_run: StageRun) -> dict:
         save_file({"scores": scores.contiguous(), "labels": labels.float().contiguous()},
                   run.output_dir / "predictions" / f"stage-{number}-test.safetensors")  # fmt: skip
     # Thresholds of the stage's prediction tuned on validation, never on test; test CP .. OF1 at 0.5 and at them.
-    _, calibrated = calibrate_stage(validation_scores[stage_run.stage.prediction], validation_labels, scores, labels,
-                                    run.names, dataset=run.recipe.data.kind)  # fmt: skip
+    _, calibrated = calibrate_stage(validation_scores, validation_labels, scores, labels, run.names,
+                                    dataset=run.recipe.data.kind)  # fmt: skip
     record.update(calibrated)
-    calibrate_export(run, stage_run, validation_scores, validation_labels)
     # To the trackers, from the main process: test mAP, and CP .. OF1 at 0.5 and at the tuned thresholds.
     figures = {"test_mAP": record["test"]["mAP"]}
     for name in FIGURES:
         figures.update({f"test_{name}_at_0.5": record["test"][name], f"test_{name}_calibrated": record["test_calibrated"][name]})
     accelerator.log({f"stage{number}/{key}": value for key, value in figures.items() if value is not None})
-    return record
 
 
 def calibrate_export(run: Run, stage_run: StageRun, validation_scores: dict, validation_labels: torch.Tensor) -> None:
@@ -595,6 +617,12 @@ def calibrate_export(run: Run, stage_run: StageRun, validation_scores: dict, val
             full_forward = StageForward(run.model, STAGES[4], run.map_cache)
             scores = predict_scores(run.accelerator, full_forward, stage_run.validation_loader, ("logits",))[0]["logits"]
     calibration = calibrate_thresholds(scores, validation_labels, run.names, split="validation", dataset=run.recipe.data.kind)
+    if calibration.fallback_labels:
+        run.accelerator.print(
+            f"stage {stage_run.stage.number}: {len(calibration.fallback_labels)} of {len(run.names)} labels keep the global "
+            f"threshold {calibration.threshold:.2f}, not tuned on their own: "
+            + "; ".join(f"{name} ({reason})" for name, reason in calibration.fallback_labels.items())
+        )  # fmt: skip
     calibration.apply_to(run.model.config)
     if run.accelerator.is_main_process:
         write_thresholds(stage_run.folder, calibration)  # config.json only: the weights are the stage's best epoch
@@ -630,7 +658,14 @@ def write_report(run: Run) -> dict:
         # Evaluation batches whose backbone maps were reused from an earlier pass (same images, same weights).
         "evaluation_map_cache": {"reused": run.map_cache.hits, "computed": run.map_cache.misses},
     }
+    if "test" not in run.dataset:
+        report["not_measured"] = f"no test split: {NOT_MEASURED_WITHOUT_TEST}"
+    if accelerator.is_main_process:
+        report["example_image"] = keep_example_image(run)
     accelerator.print("\n" + metric_table(records, "validation") + "\n\n" + metric_table(records, "test"))
+    if "not_measured" in report:
+        accelerator.print(f"\n{report['not_measured']}: the figures above are the validation split's, which chose the "
+                          "best epochs and the thresholds (optimistic)")  # fmt: skip
     accelerator.print("\n" + threshold_table(records))
     if report["test_calibrated_gain_over_stage1"]:
         accelerator.print("\n" + describe_gain(report["test_calibrated_gain_over_stage1"]))
@@ -649,6 +684,16 @@ def write_report(run: Run) -> dict:
     # Closes the trackers (flushes TensorBoard's files).
     accelerator.end_training()
     return report
+
+
+def keep_example_image(run: Run) -> dict:
+    """The first test image (validation without a test split) as OUTPUT_DIR/example_image.png (lossless), for the
+    model card's attention picture (`srn_hf.hub`): an image of the model's own data, shown with its true labels."""
+    split = "test" if "test" in run.dataset else "validation"
+    row = run.dataset[split].with_format(None)[0]
+    decode_image(row["image"]).save(run.output_dir / "example_image.png")
+    labels = [run.names[index] for index in row["labels"]]
+    return {"file": "example_image.png", "split": split, "image_id": str(row["image_id"]), "labels": labels}
 
 
 def gain_over_stage1(output_dir: Path, records: list[dict]) -> dict | None:
@@ -670,8 +715,8 @@ def publish_final(run: Run) -> None:
         return
     from srn_hf.hub import publish
 
-    example_image = decode_image(run.dataset["test"].with_format(None)[0]["image"])  # the card's picture: a test image
-    result = publish(run.output_dir / "final", run.args.push_to_hub, example_image=example_image)
+    # The card's picture: the run's first test image with its true labels (`keep_example_image`, beside metrics.json).
+    result = publish(run.output_dir / "final", run.args.push_to_hub)
     run.accelerator.print(f"published: {result}")
 
 

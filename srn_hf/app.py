@@ -49,6 +49,7 @@ SLIDER_STEP = 0.01
 OVERLAY_OPACITY = 0.8  # of the heatmap where the map peaks, as in srn_hf.visualize.attention_figure
 # Photos bundled with scikit-image (public domain or CC0; no download), the same run_demo.sh labels at its end.
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+MIN_SHOWN_SCORE = 0.005  # the label list shows whole percents: a lower score would be listed as 0 %
 STAMP_SCENE_EXAMPLES = 4  # the first images of the demo data's test split
 EXAMPLES_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srn_hf" / "app_examples"
 
@@ -61,22 +62,25 @@ def example_images(folder: str | os.PathLike | None = None) -> list[Path]:
     """
     folder = Path(folder or EXAMPLES_DIR)
     folder.mkdir(parents=True, exist_ok=True)
-    scenes = [folder / f"stamp_scene_test_{index}.jpg" for index in range(STAMP_SCENE_EXAMPLES)]
+    scenes = [folder / f"stamp_scenes_test-{index:05d}.jpg" for index in range(STAMP_SCENE_EXAMPLES)]
     if not all(path.is_file() for path in scenes):
         scenes = write_stamp_scenes(scenes)
     photos = []
     for name in SKIMAGE_PHOTOS:
-        path = folder / f"{name}.jpg"
+        path = folder / f"{name}.png"  # lossless: the model scores the photo's own pixels
         if not path.is_file():
             from skimage import data
 
-            Image.fromarray(getattr(data, name)()).convert("RGB").save(path, quality=92)
+            Image.fromarray(getattr(data, name)()).convert("RGB").save(path)
         photos.append(path)
     return scenes + photos
 
 
 def write_stamp_scenes(paths: list[Path]) -> list[Path]:
-    """Renders the stamp scenes' first test images to `paths`; none (and a log line) where tuxpaint is missing."""
+    """Renders the stamp scenes' first test images to `paths`, each file the bytes the data holds (the JPEG that
+    the generator wrote, not a re-encoding); none (and a log line) where tuxpaint is missing."""
+    from datasets import Image as ImageFeature
+
     from .data.stamp_scenes import generate_stamp_scenes
 
     try:
@@ -84,8 +88,8 @@ def write_stamp_scenes(paths: list[Path]) -> list[Path]:
     except (OSError, ValueError, ImportError) as error:  # no tuxpaint stamps, or no CairoSVG for the SVG ones
         logger.warning(f"no stamp-scene examples ({error})")
         return []
-    for row, path in zip(test_split, paths):
-        row["image"].convert("RGB").save(path, quality=95)
+    for row, path in zip(test_split.cast_column("image", ImageFeature(decode=False)), paths):
+        path.write_bytes(row["image"]["bytes"])
     return paths
 
 
@@ -117,13 +121,14 @@ def predict(tagger, image_file: str | None) -> dict | None:
 
 
 def labels_above(prediction: dict | None, model_thresholds: dict[str, float], shift: float) -> dict[str, float]:
-    """The labels whose score exceeds their threshold moved by `shift` (clipped to [0, 1]), best first."""
+    """The labels whose score exceeds their threshold moved by `shift` (clipped to [0, 1]), best first; never a
+    label whose score the list would show as 0 % (below `MIN_SHOWN_SCORE`), however low the slider goes."""
     if prediction is None:
         return {}
     shown = {
         label: score
         for label, score in prediction["scores"].items()
-        if score > min(max(model_thresholds[label] + shift, 0.0), 1.0)
+        if score > min(max(model_thresholds[label] + shift, 0.0), 1.0) and score >= MIN_SHOWN_SCORE
     }
     return dict(sorted(shown.items(), key=lambda item: -item[1]))
 
@@ -213,7 +218,8 @@ def build_app(
         device: torch device of the pipeline (default: transformers' choice).
         examples_dir: where the example images are written once ([`example_images`]).
         fast: bf16 autocast and channels-last ([`srn_hf.fast`]), faster on CPUs with bf16 units.
-        title: the page's heading (default: the model's folder name or Hub id).
+        title: the page's heading (default: the Hub id, or for a folder the model's name: SRN, its backbone and
+            its number of labels; a folder's own name, often `final`, says nothing).
 
     Returns:
         a `gradio.Blocks`; `.launch()` serves it.
@@ -224,9 +230,9 @@ def build_app(
 
     demo_model = DemoModel(pipeline(TASK, model=model, device=device, fast=fast))
     config = demo_model.config
-    if title is None and isinstance(model, (str, os.PathLike)):
-        title = Path(model).name if os.path.isdir(model) else os.fspath(model)  # a folder's name, or the Hub id
-    title = title or type(demo_model.tagger.model).__name__
+    if title is None:
+        local = not isinstance(model, (str, os.PathLike)) or os.path.isdir(model)
+        title = f"SRN {config.backbone}, {config.num_labels} labels" if local else os.fspath(model)
     examples = example_images(examples_dir)
 
     with gr.Blocks(title=f"SRN demo: {title}", analytics_enabled=False) as demo:

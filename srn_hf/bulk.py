@@ -96,16 +96,19 @@ def file_sources(images: Iterable[str] = (), file_list: str | None = None) -> So
 
 
 def parse_data_options(items: Iterable[str]) -> dict:
-    """`KEY=VALUE` pairs of `--data-option`; a value that parses as JSON (numbers, true, lists) is taken as such."""
+    """`KEY=VALUE` pairs of `--data-option` (of every `srn-hf` command), each value parsed as YAML (`0.1`, `true`,
+    `[dog, cat]`, `{train: a.csv}`; a plain word stays a string), as the recipe's `--set` values are."""
+    import yaml
+
     options = {}
     for item in items:
         key, separator, value = item.partition("=")
         if not separator or not key:
             raise BulkError(f"--data-option {item!r} is not KEY=VALUE")
         try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise BulkError(f"--data-option {item!r}: the value is not YAML ({' '.join(str(error).split())})") from None
     return options
 
 

@@ -2,18 +2,55 @@
 `srn-hf demo ...`."""
 
 import argparse
+import ast
 import logging
 import sys
+from pathlib import Path
+
+# Only the standard library is imported until the arguments are parsed: `--help` answers at once. The run functions
+# import what they use (torch, transformers, datasets) and `main` registers SRN with transformers and timm.
+
+EXAMPLES = """examples:
+  srn-hf predict outputs/demo/final photos/                  label a folder of images (tuned thresholds)
+  srn-hf predict MODEL photos/ --output tags.jsonl --resume  a large folder, written as it goes, resumable
+  srn-hf calibrate outputs/demo/final --data imagefolder --data-option data_dir=labelled --write
+  srn-hf export outputs/demo/final exported/                 ONNX (model.onnx) with processor and thresholds
+  srn-hf publish outputs/demo/final --repo-id ORG/NAME --dry-run hub-folder
+  srn-hf demo outputs/demo/final                             the demo page at http://127.0.0.1:7860/
+
+`srn-hf COMMAND --help` gives each command's options."""
+
+
+def data_kinds_help() -> str:
+    """The dataset kinds of `--data` with their loader's options, read from srn_hf/data's source (not imported, so
+    that `--help` stays quick): `LOADERS` in data/__init__.py and the signature of each loader."""
+    data_dir = Path(__file__).with_name("data")
+    package = ast.parse((data_dir / "__init__.py").read_text(encoding="utf-8"))
+    modules = {alias.asname or alias.name: node.module for node in package.body if isinstance(node, ast.ImportFrom)
+               for alias in node.names}  # fmt: skip
+    loaders = next(node.value for node in package.body if isinstance(node, ast.Assign) and node.targets[0].id == "LOADERS")
+    lines = ["dataset kinds of --data and their --data-option keys (values parsed as YAML):"]
+    for kind, loader in zip(loaders.keys, loaders.values):
+        module = ast.parse((data_dir / f"{modules[loader.id]}.py").read_text(encoding="utf-8"))
+        function = next(node for node in module.body if isinstance(node, ast.FunctionDef) and node.name == loader.id)
+        options = [argument.arg for argument in function.args.args + function.args.kwonlyargs]
+        if function.args.kwarg is not None:
+            options.append(f"**{function.args.kwarg.arg}")
+        lines.append(f"  {kind.value:<13} {', '.join(options)}")
+    return "\n".join(lines)
 
 
 def add_predict_command(commands) -> None:
     """`srn-hf predict MODEL IMAGE_OR_DIR...`: the options of `run_predict`."""
-    predict = commands.add_parser("predict", help="label images with an SRN model; optionally save attention maps")
+    predict = commands.add_parser(
+        "predict", help="label images with an SRN model; optionally save attention maps",
+        epilog=data_kinds_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     predict.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
     predict.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (their images, recursively)")
     predict.add_argument("--file-list", metavar="FILE", help="a text file of image paths, one a line")
     predict.add_argument("--data", metavar="KIND", help="a dataset of srn_hf.data (coco2014, voc2007, imagefolder, csv, hub, ...)")
-    predict.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the --data loader (repeatable)")
+    predict.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the --data loader, value parsed as YAML (repeatable)")
     predict.add_argument("--split", help="the --data split to predict (default: the only split, else test)")
     predict.add_argument("--threshold", type=float, help="one score threshold for every label (default: the model config's)")
     predict.add_argument("--label-threshold", action="append", default=[], metavar="LABEL=T", help="threshold of one label (repeatable)")
@@ -36,7 +73,7 @@ def add_export_command(commands) -> None:
     export = commands.add_parser("export", help="export a model to ONNX or torch.export, with its processor and thresholds")
     export.add_argument("model_dir", help="folder written by save_pretrained")
     export.add_argument("out_dir", help="the folder to write (empty or absent)")
-    export.add_argument("--format", choices=["onnx", "torch-export"], default="onnx", help="onnx (model.onnx) or torch-export (model.pt2)")
+    export.add_argument("--format", choices=["onnx", "torch-export"], default="onnx", help="onnx (model.onnx) or torch-export (model.pt2); default: onnx")
     export.add_argument("--image-size", type=int, help="input side of the graph (default: the model's image_size)")
     export.add_argument("--attention-maps", action="store_true", help="add the output attention_maps (B x C x h x w)")
     export.add_argument("--fast", action="store_true", help="export the bf16 channels-last fast path (torch-export only)")
@@ -45,7 +82,10 @@ def add_export_command(commands) -> None:
 
 def add_calibrate_command(commands) -> None:
     """`srn-hf calibrate MODEL_DIR --data KIND`: the options of `run_calibrate`."""
-    calibrate = commands.add_parser("calibrate", help="tune a model's thresholds on a validation split; optionally store them")
+    calibrate = commands.add_parser(
+        "calibrate", help="tune a model's thresholds on a validation split; optionally store them",
+        epilog=data_kinds_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     calibrate.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
     calibrate.add_argument("--data", required=True, metavar="KIND", help="dataset kind of srn_hf.data (imagefolder, csv, hub, coco2014, voc2007, ...)")
     calibrate.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="loader option, value parsed as YAML (repeatable)")
@@ -65,7 +105,7 @@ def add_publish_command(commands) -> None:
     publish.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps its visibility)")
     publish.add_argument("--dry-run", metavar="OUT_DIR", help="write exactly what would be uploaded to OUT_DIR (an empty folder); push nothing")
     publish.add_argument("--metrics", metavar="METRICS_JSON", help="the training run's metrics.json (default: MODEL_DIR's or its parent's)")
-    publish.add_argument("--example-image", metavar="IMAGE", help="image of the attention-map picture (default: a photo bundled with scikit-image)")
+    publish.add_argument("--example-image", metavar="IMAGE", help="image of the attention-map picture (default: the training run's first test image, kept beside metrics.json, with its true labels)")
     publish.add_argument("--license", help="license of the weights, a Hub license id (default: apache-2.0)")
     publish.add_argument("--dataset-id", action="append", dest="datasets", metavar="DATASET", help="Hub id of a training dataset (repeatable)")
     publish.add_argument("--base-model", metavar="REPO_ID", help="Hub id of the backbone weights training started from")
@@ -91,7 +131,9 @@ def add_demo_command(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `srn-hf` and its commands; every command takes `--debug`."""
-    parser = argparse.ArgumentParser(prog="srn-hf", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="srn-hf", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for add_command in (add_predict_command, add_export_command, add_calibrate_command, add_publish_command, add_demo_command):
         add_command(commands)
@@ -220,20 +262,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
     """Prints each label's tuned threshold with its validation P / R / F1 and support; `--write` stores them."""
     import warnings
 
-    import yaml
     from transformers.utils import logging
 
+    from .bulk import parse_data_options
     from .thresholds import FIGURES, calibrate_model_folder, write_thresholds
 
     logging.disable_progress_bar()  # the weights load in a moment; scoring the split has its own progress bar
 
-    options = {}
-    for item in args.data_option:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            print(f"srn-hf calibrate: error: --data-option {item!r} is not KEY=VALUE", file=sys.stderr)
-            return 2
-        options[key] = yaml.safe_load(value)
+    options = parse_data_options(args.data_option)  # a malformed item: `main` refuses it in one line
     # A bad folder, dataset, option, split, label set or criterion: `main` refuses it in one line.
     with warnings.catch_warnings():  # labels without validation positives: the table names them
         warnings.filterwarnings("ignore", message=r".*without any positive image", category=UserWarning)
@@ -363,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     `--debug` shows the traceback instead."""
     args = build_parser().parse_args(argv)
     try:
+        from . import register
+
+        register()  # SRN's Auto classes, pipeline task and timm entries (the console script imports them only now)
         return args.run(args)
     except KeyboardInterrupt:
         print(f"srn-hf {args.command}: interrupted", file=sys.stderr)

@@ -9,7 +9,8 @@
     configuration_srn.py         the remote code, run by `trust_remote_code=True` where srn_hf is not installed
     modeling_srn.py
     preprocessor_config.json     the image processor (the model folder's own, else `processing.create_image_processor`)
-    attention_maps.png           the label attention maps A of one example image (`srn_hf.visualize`)
+    attention_maps.png           the label attention maps A of one image of the model's own data (the training run's first
+                                 test image, with its true labels), or of `example_image`; absent without either
     training_curves.png          the run's loss and validation mAP per epoch, when the run drew them
     README.md                    the model card, rendered from the template `model_card.md`
 
@@ -511,26 +512,31 @@ def check_labels(model: SRNForImageClassification, metrics: dict | None, metrics
         )
 
 
-def example_image_source(example_image=None) -> tuple:
-    """`(RGB image, words for the card)` of the attention-map picture: `example_image` (a path or a PIL image),
-    else scikit-image's bundled astronaut photo (NASA, public domain). A bad file raises `ImageError` naming it."""
+def example_image_source(example_image=None, metrics: dict | None = None, metrics_file: Path | None = None) -> tuple | None:
+    """`(RGB image, words for the card, its true labels or None)` of the attention-map picture: `example_image` (a
+    path or a PIL image) when given; else the image of the model's own data that the training run kept beside its
+    metrics.json (`example_image` there: the first image of its test split, or of validation without one, with its
+    true labels); else None, and the card has no picture. A bad file raises `ImageError` naming it."""
     from .images import open_image
 
-    if example_image is None:
-        from skimage import data
-
-        return open_image(data.astronaut()), "scikit-image's astronaut photo (NASA, public domain)"
     if isinstance(example_image, (str, os.PathLike)):
-        return open_image(example_image), f"the image {Path(example_image).name}"
-    return open_image(example_image), "an example image"
+        return open_image(example_image), f"the image {Path(example_image).name}", None
+    if example_image is not None:
+        return open_image(example_image), "an example image", None
+    kept = (metrics or {}).get("example_image")
+    if kept is None or metrics_file is None or not (metrics_file.parent / kept["file"]).is_file():
+        return None
+    words = f"image {kept['image_id']} of the training run's {kept['split']} split"
+    return open_image(metrics_file.parent / kept["file"]), words, list(kept["labels"])
 
 
 def write_attention_image(
-    model: SRNForImageClassification, image_processor, path: Path, image, source: str, num_labels: int = 4
+    model: SRNForImageClassification, image_processor, path: Path, image, source: str, true_labels: list[str] | None,
+    num_labels: int = 4,
 ) -> str:
     """Draws the attention maps A of the `num_labels` labels the model scores highest on `image` (an RGB image,
-    described for the caption by `source`: what [`example_image_source`] gives); returns a caption. The labels are
-    the best-scored ones whatever the threshold, so that the picture is never empty.
+    described for the caption by `source`, with its `true_labels` when known: what [`example_image_source`] gives);
+    returns a caption. The labels are the best-scored ones whatever the threshold, so that the picture is never empty.
     """
     from transformers import pipeline
 
@@ -540,10 +546,12 @@ def write_attention_image(
     tagger = pipeline(TASK, model=model, image_processor=image_processor)
     top_k = min(num_labels, model.config.num_labels)
     predictions = tagger(image, threshold=0.0, top_k=top_k, return_attention_maps=True)
-    save_attention_overlay(image, predictions, path, title="example image")
+    truth = None if true_labels is None else f"true: {', '.join(true_labels) or 'no label'}"
+    save_attention_overlay(image, predictions, path, title=truth or "example image")
     return (
-        f"Attention maps A of the {top_k} labels this model scores highest on {source}, each scaled to its own "
-        "maximum; the sigmoid score is beside each label."
+        f"Attention maps A of the {top_k} labels this model scores highest on {source}"
+        + (f" (its true labels: {', '.join(true_labels) or 'none'}, above the image)" if true_labels is not None else "")
+        + ", each scaled to its own maximum; the sigmoid score is beside each label."
     )
 
 
@@ -567,13 +575,13 @@ def write_hub_folder(
             in `model_dir` or its parent, if any. Its `training_curves.png`, if any, is published too.
         out_dir: the folder to write, created if needed; it must be empty (all of it is uploaded).
         repo_id: `"org/name"`, used in the card's code and `model-index`.
-        example_image: image (path or PIL image) of the attention-map picture; by default a photo bundled with
-            scikit-image.
+        example_image: image (path or PIL image) of the attention-map picture; by default the image of the model's
+            own data that the training run kept (its first test image, with its true labels), else no picture.
         card: the card's metadata and template ([`CardOptions`]; its defaults when None).
 
     Returns:
         `out_dir`, holding config.json (with `auto_map`), model.safetensors, configuration_srn.py, modeling_srn.py,
-        preprocessor_config.json, attention_maps.png and README.md.
+        preprocessor_config.json, README.md and (with an example image) attention_maps.png.
     """
     from .storage import atomic_folder
 
@@ -584,7 +592,7 @@ def write_hub_folder(
     metrics, metrics_file = load_training_metrics(model_dir, metrics)
     check_labels(model, metrics, metrics_file)
     card_template(card or CardOptions())  # a missing template or a bad image is named before anything is written
-    example = example_image_source(example_image)
+    example = example_image_source(example_image, metrics, metrics_file)
     training_curves = metrics_file.parent / TRAINING_CURVES if metrics_file is not None else None
     with atomic_folder(out_dir) as folder:
         write_hub_files(folder, model, image_processor, repo_id, metrics, training_curves, example, card)
@@ -604,7 +612,7 @@ def write_hub_files(
             f"save_pretrained wrote auto_map={saved_auto_map} and lacks {missing_code}: import srn_hf registers the "
             "Auto classes that make it write the remote code"
         )
-    caption = write_attention_image(model, image_processor, folder / ATTENTION_IMAGE, *example)
+    caption = write_attention_image(model, image_processor, folder / ATTENTION_IMAGE, *example) if example else ""
     if training_curves is not None and training_curves.is_file():
         shutil.copyfile(training_curves, folder / TRAINING_CURVES)
     model_card = render_model_card(
@@ -612,7 +620,7 @@ def write_hub_files(
         image_processor,
         repo_id,
         metrics,
-        attention_image=ATTENTION_IMAGE,
+        attention_image=ATTENTION_IMAGE if example else None,
         attention_caption=caption,
         training_curves=TRAINING_CURVES if (folder / TRAINING_CURVES).is_file() else None,
         options=card,

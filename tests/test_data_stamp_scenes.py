@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasets import ClassLabel, List, load_from_disk
 from PIL import Image as PILImage
-from PIL import ImageDraw
+from PIL import ImageDraw, ImageFilter
 
 from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.data.stamp_scenes import (
@@ -19,6 +19,7 @@ from srn_hf.data.stamp_scenes import (
     load_stamp,
     main,
     paste_objects,
+    paste_shadow,
     split_stamps,
 )
 
@@ -196,3 +197,21 @@ def test_curated_tuxpaint_scenes():
     kitchen = [row for row in dataset["train"] if row["scene"] == "kitchen"]
     kitchen_classes = {label_names(dataset)[label] for row in kitchen for label in row["labels"]}
     assert kitchen_classes <= {"fruit", "vegetable", "kitchenware", "insect"}  # no cattle on the table
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_shadow_drawn_on_its_region_equals_the_whole_canvas_one(seed):
+    """`paste_shadow` draws and blurs only around the ellipse: the canvas must be the one that drawing and blurring
+    the whole canvas gives, for ellipses inside, across the edges and outside of it, small and large."""
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        pixels = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        region, whole = PILImage.fromarray(pixels), PILImage.fromarray(pixels)
+        x, y = map(float, rng.uniform(-60, 110, 2))
+        width, height = map(float, rng.uniform(2, 120, 2))
+        ellipse = (x + 0.1 * width, y + 0.93 * height, x + 0.9 * width, y + 1.04 * height)
+        paste_shadow(region, ellipse, height)
+        shadow = PILImage.new("L", whole.size, 0)
+        ImageDraw.Draw(shadow).ellipse(ellipse, fill=110)
+        whole.paste((0, 0, 0), (0, 0), shadow.filter(ImageFilter.GaussianBlur(max(1.0, height / 30))))
+        assert region.tobytes() == whole.tobytes()

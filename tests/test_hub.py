@@ -31,9 +31,8 @@ from srn_hf.training import Recipe
 
 LABELS = ["person", "dog", "bicycle", "tree", "car"]
 REPO_ID = "org/srn-demo"
-EXPECTED_FILES = {
+EXPECTED_FILES = {  # of a model folder alone: no image of its data, so no attention picture
     "README.md",
-    "attention_maps.png",
     "config.json",
     "configuration_srn.py",
     "model.safetensors",
@@ -99,6 +98,10 @@ def training_run(tmp_path_factory) -> Path:
         "dataset": {"name": "stamp_scenes", "label_names": LABELS, "splits": {"train": 40, "validation": 12, "test": 16}},
         "stages": stages,
     }
+    # The image of the model's own data the run keeps for the card (train_stages.keep_example_image).
+    splits["test"][0].save(output_dir / "example_image.png")
+    true_labels = [name for name, present in zip(LABELS, labels["test"][0]) if present]
+    metrics["example_image"] = {"file": "example_image.png", "split": "test", "image_id": "test-0", "labels": true_labels}
     (output_dir / "metrics.json").write_text(json.dumps(metrics))
     return output_dir
 
@@ -128,9 +131,26 @@ def test_plain_model_folder_becomes_a_complete_hub_folder(plain_model_dir, tmp_p
     assert card.data.pipeline_tag == "image-classification"
     assert "model-index" not in card.data.to_dict() and not card.data.eval_results  # no figures were measured
     assert "No evaluation figures were published" in card.text
+    # No image of the model's own data and none given: no picture, never an unrelated stock photo.
+    assert "attention_maps.png" not in card.text and "astronaut" not in card.text
+
+
+def test_the_card_picture_is_the_runs_test_image_with_its_true_labels(published_run, training_run):
+    metrics = json.loads((training_run / "metrics.json").read_text())
+    kept = metrics["example_image"]
+    card = ModelCard.load(published_run / "README.md")
     assert "](attention_maps.png)" in card.text
-    with Image.open(folder / "attention_maps.png") as picture:
+    assert f"image {kept['image_id']} of the training run's test split" in card.text
+    assert f"its true labels: {', '.join(kept['labels'])}" in card.text
+    with Image.open(published_run / "attention_maps.png") as picture:
         assert picture.format == "PNG" and min(picture.size) > 100
+
+
+def test_a_given_example_image_is_the_cards_picture(plain_model_dir, tmp_path):
+    random_images(1, seed=5)[0].save(tmp_path / "street.png")
+    folder = write_hub_folder(plain_model_dir, tmp_path / "hub", REPO_ID, example_image=tmp_path / "street.png")
+    assert set(hub_folder_files(folder)) == EXPECTED_FILES | {"attention_maps.png"}
+    assert "the image street.png" in ModelCard.load(folder / "README.md").text
 
 
 def test_card_carries_the_run_figures_in_a_model_index_the_hub_parses(published_run, training_run):
@@ -186,7 +206,8 @@ def test_loading_by_repository_id_from_an_offline_hub_cache(published_run, tmp_p
     snapshot = install_in_hub_cache(published_run, REPO_ID, cache)
     cached = scan_cache_dir(cache)  # huggingface_hub recognises the layout as its own
     assert [repo.repo_id for repo in cached.repos] == [REPO_ID]
-    assert {file.file_name for revision in next(iter(cached.repos)).revisions for file in revision.files} == EXPECTED_FILES
+    files = {file.file_name for revision in next(iter(cached.repos)).revisions for file in revision.files}
+    assert files == EXPECTED_FILES | {"attention_maps.png"}
 
     scores = load_in_fresh_process(REPO_ID, tmp_path, {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
     assert_same_scores(scores, snapshot)

@@ -15,6 +15,9 @@ written by `save_to_disk`, else with `load_dataset`. Its label column (`labels_c
 integer indices, multi-hot vectors, a `List(ClassLabel)` or a single `ClassLabel`; it becomes `labels` as
 `List(ClassLabel)`, and the image column becomes `image`.
 
+A source without a validation or test split gets them held out of its train split, seeded and stratified per
+label (`validation_fraction`, default 0.1; `test_fraction`, default 0: see `srn_hf.data.holdout`).
+
 Class names are `label_names` when given (their order is the label order), else the sorted set of names
 found in the train split. A label outside them (for instance one that only the test split has) raises
 `AnnotationError` naming the label, the file and the line.
@@ -102,6 +105,7 @@ def rows_to_splits(
     label_names: list[str] | None,
     missing_images: str,
     validation_fraction: float,
+    test_fraction: float,
     seed: int,
 ) -> DatasetDict:
     """Encode labels against the class names and build the splits from {split: (source file, rows)}.
@@ -130,7 +134,7 @@ def rows_to_splits(
         )
         for split, (source, rows) in rows_by_split.items()
     }
-    return finish_splits(splits, validation_fraction, seed)
+    return finish_splits(splits, validation_fraction, seed, test_fraction)
 
 
 def load_imagefolder(
@@ -138,6 +142,7 @@ def load_imagefolder(
     labels_column: str = "labels",
     label_names: list[str] | None = None,
     validation_fraction: float = 0.1,
+    test_fraction: float = 0.0,
     seed: int = 0,
     missing_images: str = "error",
 ) -> DatasetDict:
@@ -153,7 +158,7 @@ def load_imagefolder(
         split: (str(folder / "metadata.jsonl"), read_metadata_jsonl(folder / "metadata.jsonl", labels_column))
         for split, folder in folders.items()
     }
-    return rows_to_splits(rows, label_names, missing_images, validation_fraction, seed)
+    return rows_to_splits(rows, label_names, missing_images, validation_fraction, test_fraction, seed)
 
 
 def load_csv(
@@ -164,6 +169,7 @@ def load_csv(
     images_dir: str | os.PathLike | None = None,
     label_names: list[str] | None = None,
     validation_fraction: float = 0.1,
+    test_fraction: float = 0.0,
     seed: int = 0,
     missing_images: str = "error",
 ) -> DatasetDict:
@@ -174,7 +180,7 @@ def load_csv(
         split_name(split): (str(path), read_labels_csv(Path(path), image_column, labels_column, label_separator, images_dir))
         for split, path in data_files.items()
     }
-    return rows_to_splits(rows, label_names, missing_images, validation_fraction, seed)
+    return rows_to_splits(rows, label_names, missing_images, validation_fraction, test_fraction, seed)
 
 
 def labels_to_indices(values, labels_format: str, names: list[str], where: str, label_set: str = "the label set") -> list[int]:
@@ -261,6 +267,7 @@ def load_hub(
     label_names: list[str] | None = None,
     labels_format: str = "auto",
     validation_fraction: float = 0.1,
+    test_fraction: float = 0.0,
     seed: int = 0,
     **load_dataset_kwargs,
 ) -> DatasetDict:
@@ -301,4 +308,4 @@ def load_hub(
         split: as_multilabel_split(dataset, split, image_column, labels_column, label_names, convert)
         for split, dataset in splits.items()
     }
-    return finish_splits(converted, validation_fraction, seed)
+    return finish_splits(converted, validation_fraction, seed, test_fraction)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import multiprocessing
 import os
 import time
@@ -636,13 +637,31 @@ def plan_objects(
     return placed
 
 
+def paste_shadow(canvas: PILImage.Image, ellipse: tuple[float, float, float, float], height: float) -> None:
+    """Darken the canvas under a standing object: `ellipse` filled at 110, blurred by `height` / 30, pasted black.
+
+    Drawn and blurred on the ellipse's region plus the blur's reach (PIL's GaussianBlur is three box blurs, each
+    reaching at most its radius + 1 pixels) instead of the whole canvas: the same pixels for a fraction of the work.
+    """
+    radius = max(1.0, height / 30)
+    reach = 3 * (int(radius) + 1) + 2
+    left, top = max(0, math.floor(ellipse[0]) - reach), max(0, math.floor(ellipse[1]) - reach)
+    right = min(canvas.width, math.ceil(ellipse[2]) + reach + 1)
+    bottom = min(canvas.height, math.ceil(ellipse[3]) + reach + 1)
+    if right <= left or bottom <= top:
+        return  # entirely outside the canvas
+    shadow = PILImage.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(shadow).ellipse((ellipse[0] - left, ellipse[1] - top, ellipse[2] - left, ellipse[3] - top), fill=110)
+    canvas.paste((0, 0, 0), (left, top, right, bottom), shadow.filter(ImageFilter.GaussianBlur(radius)))
+
+
 def paste_objects(
     rng: np.random.Generator, canvas: PILImage.Image, placed: list[PlacedObject], size: int
 ) -> list[tuple[PlacedObject, float, tuple[int, int, int, int] | None]]:
     """Paste far to near; return each object with its visible fraction and the box of its visible pixels."""
     owner = np.full((size, size), -1, dtype=np.int32)
     drawn = sorted(placed, key=lambda obj: obj.order)
-    opaque_counts = []
+    opaque_counts, regions = [], []
     for index, obj in enumerate(drawn):
         left, top, width, height = obj.box
         stamp = load_stamp(obj.path, 2 * size).resize((round(width), round(height)), PILImage.Resampling.BILINEAR)
@@ -653,11 +672,7 @@ def paste_objects(
         stamp = PILImage.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGBA")
         x, y = round(left), round(top)
         if obj.shadow:
-            shadow = PILImage.new("L", canvas.size, 0)
-            ImageDraw.Draw(shadow).ellipse(
-                (x + 0.1 * width, y + 0.93 * height, x + 0.9 * width, y + 1.04 * height), fill=110
-            )
-            canvas.paste((0, 0, 0), (0, 0), shadow.filter(ImageFilter.GaussianBlur(max(1.0, height / 30))))
+            paste_shadow(canvas, (x + 0.1 * width, y + 0.93 * height, x + 0.9 * width, y + 1.04 * height), height)
         canvas.paste(stamp, (x, y), stamp)
         opaque = np.asarray(stamp.getchannel("A")) > 127
         opaque_counts.append(int(opaque.sum()))
@@ -665,9 +680,12 @@ def paste_objects(
         ys, xs = ys + y, xs + x
         inside = (ys >= 0) & (ys < size) & (xs >= 0) & (xs < size)
         owner[ys[inside], xs[inside]] = index
+        regions.append((max(y, 0), max(x, 0), y + stamp.height, x + stamp.width))  # where its pixels can be
     results = []
     for index, obj in enumerate(drawn):
-        ys, xs = np.nonzero(owner == index)
+        top, left, bottom, right = regions[index]
+        ys, xs = np.nonzero(owner[top:bottom, left:right] == index)
+        ys, xs = ys + top, xs + left
         visible = len(ys) / max(opaque_counts[index], 1)
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(ys) else None
         results.append((obj, visible, box))

@@ -1,0 +1,87 @@
+"""Validation and test splits held out of a train split: seeded and stratified per label.
+
+A source with only a train split (one image folder, one CSV file, a Hub dataset with a single split) gets its
+`validation` (`validation_fraction`) and `test` (`test_fraction`) splits carved out of it by iterative
+stratification (Sechidis, Tsoumakas and Vlahavas, "On the stratification of multi-label data", ECML PKDD 2011):
+the rarest label's images are dealt first, each to the split that still wants most of that label, so every label
+keeps its positives in each split as far as its count allows (a label with 10 images and fractions 0.1 / 0.1 gets
+one in validation and one in test). The images are dealt in an order drawn by a generator seeded with `seed`: the
+same source and options give the same splits on every machine.
+
+`split_summary(dataset)` is the table printed before training: each split's size and each label's positives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from datasets import Dataset
+
+from .common import label_names
+
+
+def stratified_holdout(labels: Sequence[Sequence[int]], num_labels: int, fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """The row indices of each held-out split (`fractions`: {split: fraction of the rows}); the rest are `"train"`.
+
+    Each held-out split gets `ceil(fraction * rows)` rows (as `Dataset.train_test_split`), dealt by iterative
+    stratification: take the label with the fewest positives still undealt; give each of its rows (in a seeded
+    order) to the split that wants most of that label, then most rows, then the earliest; rows without a label go
+    to the split that wants most rows.
+    """
+    rows = len(labels)
+    wanted_rows = {split: math.ceil(fraction * rows) for split, fraction in fractions.items() if fraction > 0}
+    if sum(wanted_rows.values()) >= rows:
+        raise ValueError(f"held-out fractions {fractions} leave no training image of the {rows}")
+    wanted_rows = {"train": rows - sum(wanted_rows.values()), **wanted_rows}
+    positives = np.zeros(num_labels)
+    for row in labels:
+        positives[list(row)] += 1
+    wanted_labels = {split: positives * count / rows for split, count in wanted_rows.items()}
+    order = np.random.default_rng(seed).permutation(rows)
+    undealt = {int(row) for row in order}
+    dealt: dict[str, list[int]] = {split: [] for split in wanted_rows}
+
+    def deal(row: int, split: str) -> None:
+        dealt[split].append(row)
+        undealt.discard(row)
+        wanted_rows[split] -= 1
+        wanted_labels[split][list(labels[row])] -= 1
+
+    remaining = positives.copy()
+    while remaining.any():
+        label = min((count, index) for index, count in enumerate(remaining) if count > 0)[1]
+        for row in (int(row) for row in order if row in undealt and label in labels[row]):
+            open_splits = [split for split in wanted_rows if wanted_rows[split] > 0] or list(wanted_rows)
+            split = max(open_splits, key=lambda name: (wanted_labels[name][label], wanted_rows[name]))
+            deal(row, split)
+            remaining[list(labels[row])] -= 1
+    for row in [int(row) for row in order if row in undealt]:
+        deal(row, max(wanted_rows, key=wanted_rows.get))
+    return {split: sorted(indices) for split, indices in dealt.items() if split != "train"}
+
+
+def hold_out(train: Dataset, fractions: dict[str, float], seed: int) -> dict[str, Dataset]:
+    """`train` split into `"train"` and the held-out splits of `fractions` ({split: fraction}), stratified per label."""
+    held_out = stratified_holdout(train["labels"], len(label_names(train)), fractions, seed)
+    taken = set().union(*held_out.values())
+    splits = {"train": train.select([row for row in range(len(train)) if row not in taken])}
+    splits.update({split: train.select(indices) for split, indices in held_out.items()})
+    return splits
+
+
+def split_summary(dataset) -> str:
+    """Each split's size and each label's positive images per split, as a table (printed before training)."""
+    names = label_names(dataset)
+    splits = list(dataset)
+    counts = {
+        split: np.bincount(np.array([index for row in dataset[split]["labels"] for index in row], dtype=np.int64), minlength=len(names))
+        for split in splits
+    }
+    width = max([len("images"), *map(len, names)])
+    lines = [f"{'':<{width}}" + "".join(f"{split:>12}" for split in splits)]
+    lines.append(f"{'images':<{width}}" + "".join(f"{dataset[split].num_rows:>12}" for split in splits))
+    for index, name in enumerate(names):
+        lines.append(f"{name:<{width}}" + "".join(f"{int(counts[split][index]):>12}" for split in splits))
+    return "positive images per label and split:\n" + "\n".join(lines)
