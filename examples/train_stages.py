@@ -262,7 +262,7 @@ def create_accelerator(recipe, output_dir: Path) -> Accelerator:
 
 
 def load_data(recipe, accelerator: Accelerator):
-    """The DatasetDict of the recipe (the offline stamp scenes are generated on first use, by the main process)."""
+    """The DatasetDict of the recipe (stamp scenes with `generate: true` are generated on first use, by the main process)."""
     data = recipe.data
     # The main process loads (and for the demo, generates) the dataset first; the others then read its cache.
     with accelerator.main_process_first():

@@ -82,8 +82,9 @@ safetensors/pth file in timm's key names, or null (random initialisation, for te
 class DataRecipe:
     """The dataset: `srn_hf.data.load_multilabel_dataset(kind, **options)`, and how it is fed.
 
-    For `kind: stamp_scenes` the offline demo scenes are generated into `options.path` on first use (by the main
-    process, the others wait).
+    For `kind: stamp_scenes` the offline demo scenes are read from `options.path`; with `options.generate: true` (the
+    demo recipe's) they are generated there on first use (by the main process, the others wait), else a path without
+    scenes is refused.
     `augment`: training augmentation of `srn_hf.data.transforms` (`multiscale`: the Caffe data layer's multi-scale
     crops and mirror; `randaugment`, `trivialaugment`, `flip`, `none`).
     `bad_images`: what an image that cannot be decoded gets, found by decoding every image of every split before
