@@ -5,12 +5,13 @@ srn-hf predict MODEL photos/ --output tags.jsonl                        # one JS
 srn-hf predict MODEL --file-list paths.txt --output tags.parquet --all-scores
 srn-hf predict MODEL --data coco2014 --data-option root=coco --split validation --output coco.parquet
 srn-hf predict MODEL photos/ --output tags.jsonl --resume               # after a kill: the images not yet written
+srn-hf predict MODEL photos/ --output tags.jsonl --resume --retry-errors # and the images whose records hold an error
 accelerate launch --multi_gpu --num_processes 4 -m srn_hf.cli predict MODEL photos/ --output tags.jsonl  # 4 shares
 ```
 
 One record per image:
 
-    image       the file's path, or the dataset's `image_id`
+    image       the file's path (a byte that is not UTF-8 written `\\xNN`), or the dataset's `image_id`
     labels      [{"label", "score"}, ...], the labels whose sigmoid score exceeds their threshold, best first
     error       why the image could not be predicted (it names the file), else null; the run goes on
     scores      with `--all-scores`: every label's sigmoid score, in the order of the model's `id2label`
@@ -23,9 +24,10 @@ killed run loses at most the records of its last batch (JSONL) or last part (par
 with `srn_hf.storage.StorageError` naming the file: a batch's JSONL records are appended whole or cut back off, parts,
 the final merge and `OUTPUT.meta.json` are written under a temporary name and renamed, so `resume=True` completes it.
 
-Beside the output, `OUTPUT.meta.json` says which model wrote it (a fingerprint of the weights), with which labels,
+Beside the output, `OUTPUT.meta.json` says which model wrote it (the SHA-256 of its weights), with which labels,
 thresholds and options: `resume=True` refuses an output of another model or label set, then skips every image the
-output already holds, so that a killed run continued gives exactly one record per image. Parquet parts, and the
+output already holds, so that a killed run continued gives exactly one record per image; with `retry_errors=True` it
+first drops the records that hold an error, whose images are then predicted again. Parquet parts, and the
 records of the processes other than the first under `accelerate launch`, live in `OUTPUT.parts/` until the run
 ends; the first process then merges them into OUTPUT. Records are in the order they were predicted (the input
 order in a single process).

@@ -458,7 +458,16 @@ def recipe_context(metrics: dict | None) -> dict:
         for stage in STAGES.values()
     ]
     setting_names = list(dict.fromkeys(name for row in rows for name in row["settings"]))
-    return {"recipe_rows": rows, "stage_setting_names": setting_names, "recipe_settings": published_settings(recipe)}
+    changes = [
+        {**change, "changes": {key: values for key, values in change["changes"].items() if not looks_like_local_path(str(values[1]))}}
+        for change in (metrics or {}).get("recipe_changes") or []
+    ]  # each --resume that changed the recipe (not a moved folder: places on the training machine stay out)
+    return {
+        "recipe_rows": rows,
+        "stage_setting_names": setting_names,
+        "recipe_settings": published_settings(recipe),
+        "recipe_changes": [change for change in changes if change["changes"]],
+    }
 
 
 def card_template(options: CardOptions) -> Path:

@@ -181,6 +181,48 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+# What `--resume` may change in the recipe (docs/faults.md, "What --resume may change"); every other field is refused.
+# `output_dir` is where the run lives, not what it trains (a moved folder resumes): never compared. Run-wide settings
+# of speed, memory, logging and checkpointing, which do not change what trains:
+RESUME_FREE_FIELDS = (
+    "data.num_workers", "training.channels_last", "training.eval_batch_size", "training.eval_map_cache_mb",
+    "training.checkpoint_every_steps", "training.checkpoints_total_limit", "training.log_with",
+    "training.gradient_checkpointing",
+)  # fmt: skip
+# The optimisation of the stage the checkpoint is in, applied from the checkpoint on (its optimizer keeps its state
+# with these settings, its scheduler is rebuilt); the stages after it may change in every field.
+RESUME_STAGE_FIELDS = ("epochs", "lr", "backbone_lr", "weight_decay", "momentum", "schedule", "warmup_ratio")
+
+
+def resume_changes(saved: dict, current: dict, stage: int, checkpoint: str | Path) -> dict[str, list]:
+    """The recipe fields that differ between a checkpoint's recipe and a run resuming it (both as [`flat_dict`]), as
+    `{key: [saved value, current value]}`.
+
+    Raises [`RecipeError`] naming the first field `--resume` may not change, with both values: the network, the
+    data, the loss, the seed, precision, a finished stage's settings, and the current stage's optimizer, batch size
+    and gradient accumulation (see `RESUME_FREE_FIELDS`, `RESUME_STAGE_FIELDS`).
+    """
+    changes = {}
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if old == new or key == "output_dir":
+            continue
+        section, _, name = key.partition(".")
+        stage_number = int(section[5:]) if section[:5] == "stage" and section[5:].isdigit() else None
+        allowed = (
+            key in RESUME_FREE_FIELDS
+            or stage_number is not None and stage_number > stage
+            or stage_number == stage and name in RESUME_STAGE_FIELDS
+        )
+        if not allowed:
+            raise RecipeError(
+                f"--resume: {key} is {new!r} in this run's recipe but was {old!r} when {checkpoint} was written: it "
+                "cannot change on --resume (docs/faults.md); set it back, or start afresh with --overwrite"
+            )
+        changes[key] = [old, new]
+    return changes
+
+
 def _check_value(value: Any, annotation: Any, key: str) -> Any:
     """`value` if it fits the type `annotation` (ints are accepted for floats); else a `RecipeError` naming `key`."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -408,5 +450,6 @@ __all__ = [
     "network_fields",
     "plot_training_curves",
     "predict_scores",
+    "resume_changes",
     "write_json",
 ]
