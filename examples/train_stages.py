@@ -73,10 +73,10 @@ from srn_hf.training import (
     flat_dict,
     load_recipe,
     metric_table,
-    resume_changes,
     network_fields,
     plot_training_curves,
     predict_scores,
+    resume_changes,
     write_json,
 )
 

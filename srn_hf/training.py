@@ -183,9 +183,10 @@ class Recipe:
 
 # What `--resume` may change in the recipe (docs/faults.md, "What --resume may change"); every other field is refused.
 # `output_dir` is where the run lives, not what it trains (a moved folder resumes): never compared. Run-wide settings
-# of speed, memory, logging and checkpointing, which do not change what trains:
+# of speed, memory, logging and checkpointing, and whether absent stamp scenes may be generated (they exist by then),
+# which do not change what trains:
 RESUME_FREE_FIELDS = (
-    "data.num_workers", "training.channels_last", "training.eval_batch_size", "training.eval_map_cache_mb",
+    "data.num_workers", "data.options.generate", "training.channels_last", "training.eval_batch_size", "training.eval_map_cache_mb",
     "training.checkpoint_every_steps", "training.checkpoints_total_limit", "training.log_with",
     "training.gradient_checkpointing",
 )  # fmt: skip
