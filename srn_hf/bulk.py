@@ -222,7 +222,10 @@ def record_text(text: str | None) -> str | None:
     `\\udcff`) gets each such byte written `\\xff`, so that JSONL and parquet can hold it and a resumed run recognises it."""
     if text is None:
         return None
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte (from a dataset's text): written \udXXX
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
