@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState, skip_first_batches
+from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from datasets import DatasetDict
 from safetensors.torch import load_file, save_file
@@ -190,9 +190,10 @@ def main(argv=None) -> dict:
     preparation, training and evaluation, then the report. Returns the report (metrics.json's content)."""
     args = parse_args(argv)
     recipe = load_recipe(args.config, args.set + ([f"output_dir={args.output_dir}"] if args.output_dir else []))
+    accelerator = create_accelerator(recipe, Path(recipe.output_dir))
     # One run at a time in OUTPUT_DIR: another is refused at once; the kernel drops the lock when a run dies.
-    with checkpoints.hold_output_dir(recipe.output_dir, holder=PartialState().is_main_process):
-        run = set_up(args, recipe)
+    with checkpoints.hold_output_dir(recipe.output_dir, holder=accelerator.is_main_process):
+        run = set_up(args, recipe, accelerator)
         for number in run.stages:
             if number < run.progress.stage:
                 continue  # finished before the checkpoint we resume from
@@ -211,11 +212,10 @@ def main(argv=None) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def set_up(args: argparse.Namespace, recipe: Recipe) -> Run:
-    """The Accelerator, the data, the checkpoint to resume from and the starting model."""
+def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -> Run:
+    """The data, the checkpoint to resume from and the starting model."""
     stages = parse_stages(args.stages)
     output_dir = Path(recipe.output_dir)
-    accelerator = create_accelerator(recipe, output_dir)
     # Same seed on every process: the same initial weights everywhere (DDP also broadcasts them at `prepare`).
     set_seed(recipe.seed)
 
@@ -752,6 +752,7 @@ def publish_final(run: Run) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (RecipeError, TrainingDiverged, ValueError, StorageError) as error:  # bad input, a full disk: one line
+    # Bad input (a recipe value, a missing data folder, a busy output folder), a full disk: one line.
+    except (RecipeError, TrainingDiverged, ValueError, StorageError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)

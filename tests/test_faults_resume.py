@@ -16,7 +16,7 @@ import torch
 from test_train_stages import SCRIPT, load_script, make_image_folder, tiny_args
 
 from srn_hf.checkpoints import PAUSE_ENV
-from srn_hf.hub import recipe_context
+from srn_hf.hub import load_image_processor, load_model, recipe_context, render_model_card
 from srn_hf.storage import partial_path
 from srn_hf.training import RecipeError, resume_changes
 
@@ -75,6 +75,10 @@ def test_resume_applies_changed_learning_rates_and_epochs_and_records_them(refer
         "changes": {"stage1.backbone_lr": [0.0005, 0.25], "stage1.epochs": [2, 3], "stage1.lr": [0.001, 0.5]},
     }]  # fmt: skip
     assert recipe_context(saved)["recipe_changes"] == saved["recipe_changes"]
+    model = load_model(output_dir / "final")
+    card = render_model_card(model, load_image_processor(output_dir / "final", model.config), "org/srn", saved).content
+    assert ("| stage 1, epoch 2, batch 0 | `stage1.backbone_lr` 0.0005 → 0.25; `stage1.epochs` 2 → 3; `stage1.lr` 0.001 → "
+            "0.5 |") in card  # fmt: skip
 
 
 def test_an_unchanged_resume_keeps_the_rates_of_the_checkpoint(reference, data_dir, tmp_path, script):
@@ -184,3 +188,13 @@ def test_a_last_batch_of_one_image_is_left_out_and_one_image_is_refused(tmp_path
     with pytest.raises(RecipeError, match=r"^stage3.batch_size: 1: stage 3 trains f_sr, whose batch norm needs at least 2"):
         script.main(tiny_args(data_dir, tmp_path / "batch-1", "--set", "stage3.batch_size=1"))
     assert not (tmp_path / "one-run" / "checkpoints").exists() and not (tmp_path / "batch-1" / "checkpoints").exists()
+
+
+def test_a_stamp_scenes_path_with_a_typo_stops_training_in_one_line(data_dir, tmp_path):
+    typo = tmp_path / "data" / "stamp_scenez"
+    args = tiny_args(data_dir, tmp_path / "run", "--stages", "1", "--set", "data.kind=stamp_scenes",
+                     "--set", f"data.options={{path: {typo}}}")  # fmt: skip
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=ENVIRONMENT, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {typo} holds no stamp scenes (no dataset_dict.json)")
+    assert not (tmp_path / "data").exists()  # nothing generated
