@@ -79,6 +79,7 @@ def test_resume_applies_changed_learning_rates_and_epochs_and_records_them(refer
     card = render_model_card(model, load_image_processor(output_dir / "final", model.config), "org/srn", saved).content
     assert ("| stage 1, epoch 2, batch 0 | `stage1.backbone_lr` 0.0005 → 0.25; `stage1.epochs` 2 → 3; `stage1.lr` 0.001 → "
             "0.5 |") in card  # fmt: skip
+    assert card.count("| resumed at | changed |") == 1
 
 
 def test_an_unchanged_resume_keeps_the_rates_of_the_checkpoint(reference, data_dir, tmp_path, script):
