@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE=1                                 # nothing comes from the
 python=("$VENV/bin/python")
 
 echo "== stamp scenes (generated once into $data_dir)"
-"${python[@]}" -c "import sys; from srn_hf.data import load_stamp_scenes; print(load_stamp_scenes(sys.argv[1]))" "$data_dir"
+"${python[@]}" -c "import sys; from srn_hf.data import load_stamp_scenes; print(load_stamp_scenes(sys.argv[1], generate=True))" "$data_dir"
 
 echo "== the four stages (examples/configs/demo.yaml)"
 resume=(); [ -d "$output_dir/checkpoints" ] && resume=(--resume)   # a second call continues an interrupted run

@@ -29,6 +29,7 @@ import importlib.util
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ from srn_hf.training import (
     network_fields,
     plot_training_curves,
     predict_scores,
+    resume_changes,
     write_json,
 )
 
@@ -123,11 +125,14 @@ class Progress:
     """Where the run stands; saved as progress.json in every checkpoint.
 
     Attributes:
-        signature: what a checkpoint must share with a run to be resumed by it ([`run_signature`]).
+        signature: the run's label names and recipe, which a run resuming it must share, but for the fields
+            `srn_hf.training.resume_changes` lets change ([`run_signature`]).
         stage, epoch, step: the stage, the epoch (0-based) and the batch of that epoch to continue from.
         records: `{"<stage>": record}`, each stage's history, best epoch and figures (metrics.json's `stages`).
         epoch_loss: the current epoch's loss summed over all processes' batches, and how many were summed, at a
             mid-epoch checkpoint (so that a resumed epoch reports its loss whole).
+        recipe_changes: each resume that changed the recipe: where (checkpoint, stage, epoch, step) and what
+            (`{key: [old, new]}`); metrics.json's `recipe_changes`, the model card's too.
     """
 
     signature: dict
@@ -136,6 +141,7 @@ class Progress:
     step: int = 0
     records: dict[str, dict] = field(default_factory=dict)
     epoch_loss: tuple[float, int] | None = None
+    recipe_changes: list[dict] = field(default_factory=list)
 
     def move_to(self, stage: int, epoch: int = 0, step: int = 0) -> None:
         """Records that the run continues from batch `step` of epoch `epoch` (0-based) of stage `stage`."""
@@ -175,6 +181,7 @@ class StageRun:
     model: torch.nn.Module  # the prepared StageForward
     optimizer: torch.optim.Optimizer
     scheduler: object  # accelerate's AcceleratedScheduler
+    optimizer_steps: int  # over the stage's epochs: the scheduler's length
     train_loader: DataLoader
     validation_loader: DataLoader
     test_loader: DataLoader
@@ -183,16 +190,21 @@ class StageRun:
 def main(argv=None) -> dict:
     """The run, step by step: set-up and checks (with the checkpoint to resume from), then for each stage its
     preparation, training and evaluation, then the report. Returns the report (metrics.json's content)."""
-    run = set_up(parse_args(argv))
-    for number in run.stages:
-        if number < run.progress.stage:
-            continue  # finished before the checkpoint we resume from
-        stage_run = prepare_stage(run, number)
-        train_stage(run, stage_run)
-        evaluate_stage(run, stage_run)
-        run.progress.move_to(number + 1)
-    report = write_report(run)
-    publish_final(run)
+    args = parse_args(argv)
+    recipe = load_recipe(args.config, args.set + ([f"output_dir={args.output_dir}"] if args.output_dir else []))
+    accelerator = create_accelerator(recipe, Path(recipe.output_dir))
+    # One run at a time in OUTPUT_DIR: another is refused at once; the kernel drops the lock when a run dies.
+    with checkpoints.hold_output_dir(recipe.output_dir, holder=accelerator.is_main_process):
+        run = set_up(args, recipe, accelerator)
+        for number in run.stages:
+            if number < run.progress.stage:
+                continue  # finished before the checkpoint we resume from
+            stage_run = prepare_stage(run, number)
+            train_stage(run, stage_run)
+            evaluate_stage(run, stage_run)
+            run.progress.move_to(number + 1)
+        report = write_report(run)
+        publish_final(run)
     return report
 
 
@@ -202,14 +214,11 @@ def main(argv=None) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def set_up(args: argparse.Namespace) -> Run:
-    """The recipe, the Accelerator, the data, the checkpoint to resume from and the starting model."""
-    overrides = args.set + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
-    recipe = load_recipe(args.config, overrides)
+def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -> Run:
+    """The model choices, the data, the checkpoint to resume from and the starting model."""
     model_choices = derive_model_choices(recipe.model)  # `auto` X, F and layout: the backbone's
     stages = parse_stages(args.stages)
     output_dir = Path(recipe.output_dir)
-    accelerator = create_accelerator(recipe, output_dir)
     # Same seed on every process: the same initial weights everywhere (DDP also broadcasts them at `prepare`).
     set_seed(recipe.seed)
     accelerator.print(model_choices)
@@ -217,8 +226,9 @@ def set_up(args: argparse.Namespace) -> Run:
     dataset = load_data(recipe, accelerator)
     dataset, image_check = check_dataset_images(recipe, dataset, accelerator, output_dir)
     names = label_names(dataset)
+    check_batch_sizes(recipe, stages, len(dataset["train"]))
     signature = run_signature(recipe, names)
-    checkpoint, progress = find_resume_point(args, output_dir, signature, stages, accelerator)
+    checkpoint, progress = find_resume_point(args, recipe, signature, stages, accelerator)
     model = initial_model(recipe, names, stages[0], args.init_from, output_dir)
     if recipe.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -267,7 +277,7 @@ def create_accelerator(recipe, output_dir: Path) -> Accelerator:
 
 
 def load_data(recipe, accelerator: Accelerator):
-    """The DatasetDict of the recipe (the offline stamp scenes are generated on first use, by the main process)."""
+    """The DatasetDict of the recipe (stamp scenes with `generate: true` are generated on first use, by the main process)."""
     data = recipe.data
     # The main process loads (and for the demo, generates) the dataset first; the others then read its cache.
     with accelerator.main_process_first():
@@ -306,14 +316,24 @@ def check_dataset_images(recipe, dataset: DatasetDict, accelerator: Accelerator,
 
 
 def run_signature(recipe, names: list[str]) -> dict:
-    """What a checkpoint must share with this run to be resumed by it."""
-    return {
-        "label_names": names,
-        "backbone": recipe.model.backbone,
-        "image_size": recipe.model.image_size,
-        "dataset": {"kind": recipe.data.kind, "options": recipe.data.options},
-        "seed": recipe.seed,
-    }
+    """What a checkpoint holds of its run, for a run resuming it: the label names (the same) and the recipe (the same
+    but for the fields `resume_changes` lets change)."""
+    return {"label_names": names, "recipe": flat_dict(recipe.to_dict())}
+
+
+def check_batch_sizes(recipe, stages: list[int], train_images: int) -> None:
+    """Refuses batches of one image where a batch norm trains on them: f_sr's whole-map convolution leaves one value
+    per channel and image, which batch norm cannot normalise over a batch of one (a last batch of one is dropped
+    instead, `prepare_stage`)."""
+    if train_images < 2:
+        raise RecipeError(f"the train split has {train_images} image(s): training needs at least 2 per batch")
+    for number in stages:
+        trains_norm = "spatial_regularization" in STAGES[number].trained and recipe.model.use_batch_norm
+        if trains_norm and recipe.stage(number).batch_size < 2:
+            raise RecipeError(
+                f"stage{number}.batch_size: {recipe.stage(number).batch_size}: stage {number} trains f_sr, whose batch "
+                "norm needs at least 2 images per batch"
+            )
 
 
 def initial_model(recipe, names: list[str], first_stage: int, init_from: str | None, output_dir: Path):
@@ -359,22 +379,37 @@ def previous_stage_model(recipe, id2label: dict, source: Path, first_stage: int)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def read_progress(checkpoint: Path, saved: dict, signature: dict) -> Progress:
-    """The checkpoint's progress.json (`saved`), refused if the checkpoint belongs to another run."""
+def read_progress(checkpoint: Path, saved: dict, signature: dict, recipe: Recipe) -> Progress:
+    """The checkpoint's progress.json (`saved`), refused if the checkpoint belongs to another run (other labels) or
+    the recipe changed a field `--resume` may not change; the changes allowed are recorded (docs/faults.md)."""
     progress = Progress(**saved)
-    for key, value in signature.items():
-        if progress.signature.get(key) != value:
-            raise ValueError(
-                f"checkpoint {checkpoint} belongs to another run: its {key} is {progress.signature.get(key)!r}, this "
-                f"run's is {value!r}. Resume with the recipe it was trained with, or use another --output-dir"
-            )
+    if progress.signature.get("label_names") != signature["label_names"]:
+        raise ValueError(
+            f"checkpoint {checkpoint} belongs to another run: its label_names are {progress.signature.get('label_names')!r}, "
+            f"this run's are {signature['label_names']!r}. Resume with the data it was trained on, or use another --output-dir"
+        )
+    if "recipe" not in progress.signature:
+        raise ValueError(f"checkpoint {checkpoint} holds no recipe (written by an older srn_hf): start afresh with --overwrite")
+    changes = resume_changes(progress.signature["recipe"], signature["recipe"], progress.stage, checkpoint)
+    epochs = recipe.stage(progress.stage).epochs
+    if epochs < progress.epoch + (progress.step > 0):
+        raise RecipeError(
+            f"stage{progress.stage}.epochs: {epochs}: checkpoint {checkpoint} has trained {progress.epoch} epoch(s) "
+            f"and {progress.step} batch(es) of stage {progress.stage} already"
+        )
+    if changes:
+        progress.recipe_changes.append(
+            {"checkpoint": checkpoint.name, "stage": progress.stage, "epoch": progress.epoch, "step": progress.step, "changes": changes}
+        )
+    progress.signature = signature  # the checkpoints this run writes carry the recipe it now trains with
     return progress
 
 
 def find_resume_point(
-    args, output_dir: Path, signature: dict, stages: list[int], accelerator: Accelerator
+    args, recipe: Recipe, signature: dict, stages: list[int], accelerator: Accelerator
 ) -> tuple[Path | None, Progress | None]:
     """With --resume, the checkpoint and its progress; without, a check that OUTPUT_DIR holds no other run."""
+    output_dir = Path(recipe.output_dir)
     if not args.resume:
         if (output_dir / "checkpoints").exists() and not args.overwrite:
             raise ValueError(f"{output_dir} already holds a run: pass --resume to continue it or --overwrite to start afresh")
@@ -384,7 +419,7 @@ def find_resume_point(
     accelerator.print(message)
     if checkpoint is None:
         return None, None
-    progress = read_progress(checkpoint, saved, signature)
+    progress = read_progress(checkpoint, saved, signature, recipe)
     if progress.stage not in stages:
         raise ValueError(f"checkpoint {checkpoint} is in stage {progress.stage}, not among --stages {args.stages}")
     return checkpoint, progress
@@ -406,12 +441,37 @@ def resume_stage(run: Run, stage_run: StageRun) -> tuple[int, int]:
     if run.checkpoint is None or stage_run.stage.number != run.progress.stage:
         return 0, 0
     accelerator, checkpoint = run.accelerator, run.checkpoint
+    # The recipe's optimizer settings (learning rates, weight decay, momentum), before the checkpoint's replace them.
+    settings = [{key: value for key, value in group.items() if key not in ("params", "lr")}
+                for group in stage_run.optimizer.param_groups]  # fmt: skip
     # Restores what `prepare` returned (weights, optimizer, scheduler, sampler) and every process's RNG state.
     accelerator.load_state(str(checkpoint))
+    apply_recipe_rates(stage_run, settings)
     run.checkpoint = None
     progress = run.progress
     accelerator.print(f"resumed {checkpoint}: stage {progress.stage}, epoch {progress.epoch + 1}, batch {progress.step}")
+    for change in progress.recipe_changes[-1:]:
+        if change["checkpoint"] == checkpoint.name:
+            accelerator.print("changed on --resume, applied from here: " + ", ".join(
+                f"{key} {old} -> {new}" for key, (old, new) in change["changes"].items()))  # fmt: skip
     return progress.epoch, progress.step
+
+
+def apply_recipe_rates(stage_run: StageRun, settings: list[dict]) -> None:
+    """After `load_state`: the optimizer keeps the checkpoint's state (momentum, Adam's moments) with the recipe's
+    settings (`settings`, each group's), and the scheduler is rebuilt from the recipe (schedule, warm-up, epochs)
+    and brought to the checkpoint's step, so that a learning rate or a number of epochs changed on --resume applies
+    (unchanged, it gives the rates the checkpoint's scheduler would have)."""
+    optimizer = stage_run.optimizer.optimizer  # inside accelerate's AcceleratedOptimizer
+    for group, recipe_settings in zip(optimizer.param_groups, settings):
+        group.update(recipe_settings, lr=recipe_settings["initial_lr"])
+    steps_done = stage_run.scheduler.scheduler.last_epoch  # the checkpoint's scheduler steps
+    scheduler = make_scheduler(stage_run.recipe, optimizer, stage_run.optimizer_steps)
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": no training step is taken here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps_done):
+            scheduler.step()
+    stage_run.scheduler.scheduler = scheduler  # what AcceleratedScheduler steps and checkpoints from now on
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -429,15 +489,18 @@ def prepare_stage(run: Run, number: int) -> StageRun:
     accelerator.free_memory()
     trainable = apply_stage(run.model, stage)
     optimizer = build_optimizer(trainable, stage_recipe)
-    train_loader = DataLoader(run.train_data, batch_size=stage_recipe.batch_size, shuffle=True,
+    # A last batch of one image is dropped: f_sr's batch norm cannot normalise one value per channel. (Across
+    # processes, Accelerate fills every process's last batch with images from the start of the epoch.)
+    drop_last = accelerator.num_processes == 1 and len(run.train_data) % stage_recipe.batch_size == 1
+    if drop_last:
+        accelerator.print(f"stage {number}: the last batch of each epoch ({len(run.train_data)} images, batch "
+                          f"{stage_recipe.batch_size}) would hold one image: it is left out")  # fmt: skip
+    train_loader = DataLoader(run.train_data, batch_size=stage_recipe.batch_size, shuffle=True, drop_last=drop_last,
                               collate_fn=collate_multilabel, num_workers=run.recipe.data.num_workers)  # fmt: skip
     # `accumulate()` below then steps the optimizer every this many batches only.
     accelerator.gradient_accumulation_steps = stage_recipe.gradient_accumulation_steps
     optimizer_steps = stage_recipe.epochs * math.ceil(len(train_loader) / stage_recipe.gradient_accumulation_steps)
-    scheduler = get_scheduler(
-        stage_recipe.schedule, optimizer,
-        num_warmup_steps=round(stage_recipe.warmup_ratio * optimizer_steps), num_training_steps=max(optimizer_steps, 1),
-    )
+    scheduler = make_scheduler(stage_recipe, optimizer, optimizer_steps)
     # Wraps the model (DDP across processes, autocast), shards the loaders per process, moves all to the device.
     stage_model, optimizer, train_loader, scheduler, validation_loader, *test_loader = accelerator.prepare(
         StageForward(run.model, stage, run.map_cache), optimizer, train_loader, scheduler, *run.eval_loaders.values(),
@@ -445,8 +508,16 @@ def prepare_stage(run: Run, number: int) -> StageRun:
     test_loader = test_loader[0] if test_loader else None  # a dataset without a test split has none
     return StageRun(
         stage=stage, recipe=stage_recipe, record=record, folder=run.output_dir / f"stage-{number}", trained=list(trainable),
-        model=stage_model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-        validation_loader=validation_loader, test_loader=test_loader,
+        model=stage_model, optimizer=optimizer, scheduler=scheduler, optimizer_steps=optimizer_steps,
+        train_loader=train_loader, validation_loader=validation_loader, test_loader=test_loader,
+    )  # fmt: skip
+
+
+def make_scheduler(stage_recipe, optimizer: torch.optim.Optimizer, optimizer_steps: int):
+    """The stage's learning-rate schedule over its `optimizer_steps`, from each group's `initial_lr` (else `lr`)."""
+    return get_scheduler(
+        stage_recipe.schedule, optimizer,
+        num_warmup_steps=round(stage_recipe.warmup_ratio * optimizer_steps), num_training_steps=max(optimizer_steps, 1),
     )  # fmt: skip
 
 
@@ -653,6 +724,9 @@ def write_report(run: Run) -> dict:
         "dataset": {"name": recipe.data.kind, "label_names": run.names, "splits": dict(run.dataset.num_rows),
                     "image_check": run.image_check},  # fmt: skip
         "stages": records,
+        # Each --resume that changed the recipe: from which checkpoint (stage, epoch, batch), which fields, old and new;
+        # `recipe` above holds the values the run ended with.
+        "recipe_changes": run.progress.recipe_changes,
         "test_gain_over_stage1": gain_over_stage1(output_dir, records) if accelerator.is_main_process else None,
         "test_calibrated_gain_over_stage1": calibrated_gain(records),
         # Evaluation batches whose backbone maps were reused from an earlier pass (same images, same weights).
@@ -723,6 +797,7 @@ def publish_final(run: Run) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (RecipeError, TrainingDiverged, ValueError, StorageError) as error:  # bad input, a full disk: one line
+    # Bad input (a recipe value, a missing data folder, a busy output folder), a full disk: one line.
+    except (RecipeError, TrainingDiverged, ValueError, StorageError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)

@@ -5,12 +5,13 @@ srn-hf predict MODEL photos/ --output tags.jsonl                        # one JS
 srn-hf predict MODEL --file-list paths.txt --output tags.parquet --all-scores
 srn-hf predict MODEL --data coco2014 --data-option root=coco --split validation --output coco.parquet
 srn-hf predict MODEL photos/ --output tags.jsonl --resume               # after a kill: the images not yet written
+srn-hf predict MODEL photos/ --output tags.jsonl --resume --retry-errors # and the images whose records hold an error
 accelerate launch --multi_gpu --num_processes 4 -m srn_hf.cli predict MODEL photos/ --output tags.jsonl  # 4 shares
 ```
 
 One record per image:
 
-    image       the file's path, or the dataset's `image_id`
+    image       the file's path (a byte that is not UTF-8 written `\\xNN`), or the dataset's `image_id`
     labels      [{"label", "score"}, ...], the labels whose sigmoid score exceeds their threshold, best first
     error       why the image could not be predicted (it names the file), else null; the run goes on
     scores      with `--all-scores`: every label's sigmoid score, in the order of the model's `id2label`
@@ -23,9 +24,10 @@ killed run loses at most the records of its last batch (JSONL) or last part (par
 with `srn_hf.storage.StorageError` naming the file: a batch's JSONL records are appended whole or cut back off, parts,
 the final merge and `OUTPUT.meta.json` are written under a temporary name and renamed, so `resume=True` completes it.
 
-Beside the output, `OUTPUT.meta.json` says which model wrote it (a fingerprint of the weights), with which labels,
+Beside the output, `OUTPUT.meta.json` says which model wrote it (the SHA-256 of its weights), with which labels,
 thresholds and options: `resume=True` refuses an output of another model or label set, then skips every image the
-output already holds, so that a killed run continued gives exactly one record per image. Parquet parts, and the
+output already holds, so that a killed run continued gives exactly one record per image; with `retry_errors=True` it
+first drops the records that hold an error, whose images are then predicted again. Parquet parts, and the
 records of the processes other than the first under `accelerate launch`, live in `OUTPUT.parts/` until the run
 ends; the first process then merges them into OUTPUT. Records are in the order they were predicted (the input
 order in a single process).
@@ -49,13 +51,13 @@ from PIL import Image
 
 from .fast import autocast_context, use_channels_last
 from .images import ImageError, list_image_files, open_image
-from .storage import append_bytes, storage_error, write_text_file
+from .storage import append_bytes, remove_file, storage_error, write_text_file
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
 META_SUFFIX = ".meta.json"
 PARTS_SUFFIX = ".parts"
 # Settings an output's records depend on: a resumed run must use the same ones.
-RECORD_SETTINGS = ("model_fingerprint", "labels", "thresholds", "top_k", "all_scores", "save_attention")
+RECORD_SETTINGS = ("weights_sha256", "labels", "thresholds", "top_k", "all_scores", "save_attention")
 
 
 class BulkError(ValueError):
@@ -195,17 +197,38 @@ def collate_rows(items: list[dict]) -> dict:
 # Records
 
 
-def model_fingerprint(model: torch.nn.Module, samples: int = 4096) -> str:
-    """A hash of the model's weights and buffers (names, shapes, dtypes, and up to `samples` evenly spaced values of
-    each tensor): which model wrote an output. Sampled, so that it costs milliseconds for a model of 200 MB; training
-    changes every value of the layers it trains, so another checkpoint gives another fingerprint."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in model.state_dict().items():
-        values = tensor.detach().reshape(-1)
-        values = values[:: max(1, values.numel() // samples)].cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+def weights_digest(model: torch.nn.Module, model_name: str) -> str:
+    """The SHA-256 of every byte of the model's weights: which model wrote an output.
+
+    For a model folder, of its weights files (`model.safetensors`, or the shards of its index, or `.bin`) read in
+    chunks; else (a Hub id, a model in memory) of every tensor of its state dict, with its name, shape and dtype. A
+    file hash costs about a second per 500 MB, little next to one forward pass per image.
+    """
+    from .hub import weights_files
+
+    digest = hashlib.sha256()
+    files = weights_files(Path(model_name)) if os.path.isdir(model_name) else []
+    for file in files:
+        digest.update(f"{file.name};".encode())
+        with open(file, "rb") as weights:
+            for chunk in iter(lambda: weights.read(1 << 22), b""):
+                digest.update(chunk)
+    if not files:
+        for name, tensor in model.state_dict().items():
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def record_text(text: str | None) -> str | None:
+    """`text` as valid UTF-8 for a record: a file name that is not UTF-8 (its bytes kept by Python as surrogates,
+    `\\udcff`) gets each such byte written `\\xff`, so that JSONL and parquet can hold it and a resumed run recognises it."""
+    if text is None:
+        return None
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte (from a dataset's text): written \udXXX
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
@@ -221,7 +244,7 @@ class RecordMaker:
     all_scores: bool = False
 
     def record(self, key: str, scores: np.ndarray | None, error: str | None) -> dict:
-        record = {"image": key, "labels": [], "error": error}
+        record = {"image": record_text(key), "labels": [], "error": record_text(error)}
         if scores is not None and error is None:
             order = np.argsort(-scores, kind="stable")
             predicted = order[scores[order] > self.thresholds[order]][: self.top_k]
@@ -295,10 +318,10 @@ class Output:
                 f"{', '.join(map(str, theirs[:5]))}, ...) than the model's ({len(meta['labels'])} labels: "
                 f"{', '.join(meta['labels'][:5])}, ...)"
             )
-        if saved.get("model_fingerprint") != meta["model_fingerprint"]:
+        if saved.get("weights_sha256") != meta["weights_sha256"]:
             raise BulkError(
                 f"--resume {self.path}: its records were written by another model ({saved.get('model')}, weights "
-                f"{saved.get('model_fingerprint')}) than {meta['model']} (weights {meta['model_fingerprint']})"
+                f"sha256 {saved.get('weights_sha256')}) than {meta['model']} (weights sha256 {meta['weights_sha256']})"
             )
         for name in RECORD_SETTINGS:
             if saved.get(name) != meta[name]:
@@ -313,10 +336,16 @@ class Output:
     def part_files(self) -> list[Path]:
         return sorted(self.parts.glob(f"*.{self.format}")) if self.parts.is_dir() else []
 
-    def written_keys(self) -> set[str]:
-        """The `image` of every complete record in OUTPUT and its parts."""
+    def written_records(self) -> dict[str, bool]:
+        """`{image: whether its record holds an error}` of every complete record in OUTPUT and its parts."""
         files = ([self.path] if self.path.is_file() else []) + self.part_files()
-        return {key for file in files for key in read_keys(file)}
+        return {key: failed for file in files for key, failed in read_records(file)}
+
+    def drop_error_records(self) -> int:
+        """Before a run with `retry_errors` (first process only, after `consolidate`): OUTPUT and its parts rewritten
+        without their records that hold an error, each file replaced in one rename (a kill leaves it whole, with or
+        without them); returns how many were dropped. Their images are then predicted again."""
+        return sum(drop_errors(file) for file in ([self.path] if self.path.is_file() else []) + self.part_files())
 
     def consolidate(self) -> None:
         """Before a resumed run (first process only): OUTPUT's and the parts' incomplete tails dropped, JSONL parts
@@ -362,7 +391,7 @@ class Output:
                         writer.write_batch(batch)
             os.replace(temporary, self.path)
         except OSError as error:  # OUTPUT and the parts stay as they were: --resume merges them again
-            temporary.unlink(missing_ok=True)
+            remove_file(temporary)
             raise storage_error(self.path, error) from error
         for part in self.part_files():
             part.unlink()
@@ -419,15 +448,48 @@ def truncate_incomplete_line(path: Path) -> None:
             file.truncate(position)
 
 
-def read_keys(path: Path) -> Iterator[str]:
-    """The `image` of each complete record of a JSONL or parquet file."""
+def read_records(path: Path) -> Iterator[tuple[str, bool]]:
+    """`(image, whether the record holds an error)` of each complete record of a JSONL or parquet file."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        yield from pq.read_table(path, columns=["image"]).column("image").to_pylist()
+        table = pq.read_table(path, columns=["image", "error"])
+        yield from zip(table.column("image").to_pylist(), table.column("error").is_valid().to_pylist())
     else:
         for line in complete_lines(path):
-            yield json.loads(line)["image"]
+            record = json.loads(line)
+            yield record["image"], record["error"] is not None
+
+
+def read_keys(path: Path) -> Iterator[str]:
+    """The `image` of each complete record of a JSONL or parquet file."""
+    return (key for key, _ in read_records(path))
+
+
+def drop_errors(path: Path) -> int:
+    """Rewrites the JSONL or parquet file `path` without its records that hold an error (to `PATH.tmp`, renamed over
+    `path` in one step); returns how many it dropped (0: the file is left untouched)."""
+    failed = sum(failed for _, failed in read_records(path))
+    if not failed:
+        return 0
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.compute as pc
+            import pyarrow.parquet as pq
+
+            source = pq.ParquetFile(path)
+            with pq.ParquetWriter(temporary, source.schema_arrow) as writer:
+                for batch in source.iter_batches(batch_size=8192):
+                    writer.write_batch(batch.filter(pc.is_null(batch.column("error"))))
+        else:
+            with open(temporary, "w", encoding="utf-8") as kept:
+                kept.writelines(line for line in complete_lines(path) if json.loads(line)["error"] is None)
+        os.replace(temporary, path)
+    except OSError as error:
+        remove_file(temporary)
+        raise storage_error(path, error) from error
+    return failed
 
 
 class JsonlWriter:
@@ -470,7 +532,7 @@ class ParquetPartWriter:
             pq.write_table(pa.Table.from_pylist(records, schema=self.schema), temporary)
             os.replace(temporary, part)
         except OSError as error:
-            temporary.unlink(missing_ok=True)
+            remove_file(temporary)
             raise storage_error(part, error) from error
         self.count += 1
 
@@ -509,18 +571,26 @@ class StdoutWriter:
 
 @dataclass
 class Summary:
-    """What a bulk run did, over every process: images predicted, of them failed, and skipped (already written)."""
+    """What a bulk run did, over every process: images predicted, of them failed, images skipped (already written),
+    records kept from earlier runs that hold an error, and error records dropped to be retried (`retry_errors`)."""
 
     predicted: int = 0
     failed: int = 0
     skipped: int = 0
+    earlier_errors: int = 0
+    retried: int = 0
+
+    @property
+    def output_errors(self) -> int:
+        """Records of the output that hold an error once the run is over: this run's failures and the kept ones."""
+        return self.failed + self.earlier_errors
 
 
 def run_meta(tagger, model: str, maker: RecordMaker, fast: bool, save_attention: bool) -> dict:
     """`OUTPUT.meta.json`: the model and settings the records depend on (`RECORD_SETTINGS`), and the precision."""
     return {
         "model": model,
-        "model_fingerprint": model_fingerprint(tagger.model),
+        "weights_sha256": weights_digest(tagger.model, model),
         "labels": maker.labels,
         "thresholds": [float(value) for value in maker.thresholds],
         "top_k": maker.top_k,
@@ -530,17 +600,20 @@ def run_meta(tagger, model: str, maker: RecordMaker, fast: bool, save_attention:
     }
 
 
-def prepare_output(output: Output, meta: dict, state) -> set[str]:
-    """Checks a resumed OUTPUT against this run, tidies it after a kill (first process); returns the keys it holds."""
+def prepare_output(output: Output, meta: dict, state, retry_errors: bool = False) -> tuple[dict[str, bool], int]:
+    """Checks a resumed OUTPUT against this run, tidies it after a kill and, with `retry_errors`, drops its error
+    records (first process); returns `{image: failed}` of the records it holds and how many were dropped."""
     if output.exists():
         output.check_meta(meta)
     state.wait_for_everyone()  # every process has checked OUTPUT before the first one changes it
+    retried = 0
     if state.is_main_process:
         if output.exists():
             output.consolidate()
+            retried = output.drop_error_records() if retry_errors else 0
         output.write_meta(meta)
     state.wait_for_everyone()
-    return output.written_keys()
+    return output.written_records(), retried
 
 
 def attention_png_path(folder: str, image_file: str, used_names: set) -> str:
@@ -553,7 +626,8 @@ def attention_png_path(folder: str, image_file: str, used_names: set) -> str:
     return os.path.join(folder, name)
 
 
-def save_attention(record: dict, attention_maps: torch.Tensor, size: tuple, label2id: dict, folder: str, used: set) -> None:
+def save_attention(record: dict, image_file: str, attention_maps: torch.Tensor, size: tuple, label2id: dict, folder: str,
+                   used: set) -> None:
     """Draws the image's attention maps A of its predicted labels (`srn_hf.visualize`) and names the PNG in `record`."""
     from .pipeline_srn import upsample_attention_map
     from .visualize import save_attention_overlay
@@ -562,11 +636,11 @@ def save_attention(record: dict, attention_maps: torch.Tensor, size: tuple, labe
         {**item, "attention_map": upsample_attention_map(attention_maps[label2id[item["label"]]], *size)}
         for item in record["labels"]
     ]
-    path = attention_png_path(folder, record["image"], used)
+    path = attention_png_path(folder, image_file, used)
     try:
-        record["attention"] = os.fspath(save_attention_overlay(record["image"], predictions, path))
+        record["attention"] = record_text(os.fspath(save_attention_overlay(image_file, predictions, path)))
     except OSError as error:  # a full disk: the batch's records are not written, --resume draws them again
-        Path(path).unlink(missing_ok=True)
+        remove_file(Path(path))
         raise storage_error(path, error) from error
 
 
@@ -607,9 +681,10 @@ def predict_share(tagger, sources: Sources, positions: list[int], maker: RecordM
                 if error is not None:
                     summary.failed += 1
                     if settings["report_errors"]:
-                        tqdm.write(f"srn-hf predict: error: {error}", file=sys.stderr)
+                        tqdm.write(f"srn-hf predict: error: {record['error']}", file=sys.stderr)
                 elif attention_folder is not None:
-                    save_attention(record, attention_maps[row], size, label2id, attention_folder, used_names)
+                    save_attention(record, sources.keys[position], attention_maps[row], size, label2id, attention_folder,
+                                   used_names)
                 records.append(record)
             writer.write(records)
             summary.predicted += len(records)
@@ -623,12 +698,16 @@ def total_over_processes(summary: Summary, state) -> Summary:
         return summary
     from accelerate.utils import reduce
 
-    counts = torch.tensor([summary.predicted, summary.failed, summary.skipped], device=state.device)
+    counts = torch.tensor([summary.predicted, summary.failed, summary.skipped, summary.earlier_errors, summary.retried],
+                          device=state.device)
     return Summary(*(int(value) for value in reduce(counts, reduction="sum")))
 
 
-def check_output(output: str | os.PathLike, resume: bool) -> Output:
-    """The run's `Output`, refused (`BulkError`) when it cannot be written, or exists and `resume` is not set."""
+def check_output(output: str | os.PathLike, resume: bool, retry_errors: bool = False) -> Output:
+    """The run's `Output`, refused (`BulkError`) when it cannot be written, or exists and `resume` is not set, or
+    `retry_errors` is set without `resume`."""
+    if retry_errors and not resume:
+        raise BulkError("--retry-errors predicts again the failed images of a resumed run: pass --resume with it")
     destination = Output(output)
     destination.check_writable()
     if destination.exists() and not resume:
@@ -648,7 +727,7 @@ def run_state(device: str | torch.device | None = None):
     return PartialState(cpu=cpu)
 
 
-def check_run(sources: Sources, output, resume: bool, save_attention, num_processes: int) -> Output | None:
+def check_run(sources: Sources, output, resume: bool, save_attention, num_processes: int, retry_errors: bool = False) -> Output | None:
     """Refuses (`BulkError`) a run that could not give its records: no images, nowhere to write them."""
     if not sources.keys:
         raise BulkError("no images to predict")
@@ -656,13 +735,16 @@ def check_run(sources: Sources, output, resume: bool, save_attention, num_proces
         raise BulkError(f"{num_processes} processes need --output: each writes its share there")
     if save_attention is not None and sources.dataset is not None:
         raise BulkError("--save-attention draws image files: it does not apply to --data")
-    return check_output(output, resume) if output is not None else None
+    if output is None and (resume or retry_errors):
+        raise BulkError("--resume and --retry-errors continue an --output file: pass --output")
+    return check_output(output, resume, retry_errors) if output is not None else None
 
 
 def tag_images(tagger, sources: Sources, model: str, output: str | None = None, resume: bool = False,
                as_json: bool = False, batch_size: int = 8, num_workers: int = 2, fast: bool = False,
                threshold: float | None = None, label_thresholds: dict | None = None, top_k: int | None = None,
-               all_scores: bool = False, save_attention: str | None = None, part_rows: int = 1024) -> Summary:
+               all_scores: bool = False, save_attention: str | None = None, part_rows: int = 1024,
+               retry_errors: bool = False) -> Summary:
     """Predicts every image of `sources` with the pipeline `tagger`'s model and writes one record per image.
 
     Args:
@@ -672,6 +754,8 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
         output: a `.jsonl` or `.parquet` file, written as the run goes; None prints to stdout (text, or a JSON
             list with `as_json`), in a single process only.
         resume: continue OUTPUT: skip the images it holds (it must come from the same model and settings).
+        retry_errors: with `resume`, predict again the images whose records in OUTPUT hold an error (those records
+            are dropped first); without it they are kept and counted in `Summary.earlier_errors`.
         batch_size, num_workers, fast: images per forward pass, `DataLoader` workers that open and preprocess
             the images, and the fast path of `srn_hf.fast`.
         threshold, label_thresholds, top_k: the pipeline's (see `MultiLabelImageClassificationPipeline`).
@@ -683,14 +767,15 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
     Raises `BulkError` before the first image for an unusable output or sources.
     """
     state = run_state(tagger.device)
-    destination = check_run(sources, output, resume, save_attention, state.num_processes)
+    destination = check_run(sources, output, resume, save_attention, state.num_processes, retry_errors)
     config = tagger.model.config
     labels = [config.id2label[index] for index in range(config.num_labels)]
     maker = RecordMaker(labels, tagger.thresholds(threshold, label_thresholds), top_k, all_scores)
-    done = set()
+    done, retried = {}, 0
     if destination is not None:
-        done = prepare_output(destination, run_meta(tagger, model, maker, fast, save_attention is not None), state)
-    remaining = [position for position, key in enumerate(sources.keys) if key not in done]
+        meta = run_meta(tagger, model, maker, fast, save_attention is not None)
+        done, retried = prepare_output(destination, meta, state, retry_errors)
+    remaining = [position for position, key in enumerate(sources.keys) if record_text(key) not in done]
     schema = parquet_schema(all_scores, save_attention is not None)
     if destination is not None:
         writer = destination.writer(state.process_index, schema, part_rows)
@@ -702,7 +787,8 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
         summary = predict_share(tagger, sources, remaining[state.process_index :: state.num_processes], maker, writer, settings)
     finally:
         writer.close()
-    summary.skipped = (len(sources.keys) - len(remaining)) if state.is_main_process else 0
+    if state.is_main_process:  # counted once, over the whole output
+        summary.skipped, summary.earlier_errors, summary.retried = len(sources.keys) - len(remaining), sum(done.values()), retried
     state.wait_for_everyone()
     if destination is not None and state.is_main_process:
         destination.finish(schema)
@@ -719,7 +805,7 @@ __all__ = [
     "dataset_sources",
     "file_sources",
     "given_sources",
-    "model_fingerprint",
+    "weights_digest",
     "parse_data_options",
     "run_state",
     "tag_images",

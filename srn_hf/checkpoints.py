@@ -12,6 +12,9 @@ together with these functions.)
 
 [`find_resumable_checkpoint`] gives the newest checkpoint whose files are all complete (safetensors headers,
 `torch.save` archives, a `progress.json` that parses), and why each newer one was skipped.
+
+[`hold_output_dir`] keeps a second run out of an output folder while one runs in it: an exclusive lock on
+`OUTPUT_DIR/.run.lock` (`flock`, through `filelock`), which the kernel releases when its process ends, killed or not.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .storage import (
@@ -33,6 +38,7 @@ from .storage import (
 )
 
 CHECKPOINT_PREFIX = "checkpoint_"
+LOCK_FILE = ".run.lock"
 PROGRESS_FILE = "progress.json"
 # Fault injection for the tests: "checkpoint_1:written:30" waits 30 s in the save of checkpoint_1 once it is written
 # but not yet renamed ("renamed": once renamed, the old checkpoints not yet deleted), so that a test can SIGKILL there.
@@ -41,6 +47,43 @@ PAUSE_ENV = "SRN_HF_CHECKPOINT_PAUSE"
 
 class CheckpointError(ValueError):
     """No checkpoint can be resumed from; the message names every checkpoint tried and why it was skipped."""
+
+
+class OutputDirInUse(ValueError):
+    """Another run holds the output folder's lock."""
+
+
+@contextmanager
+def hold_output_dir(output_dir: str | os.PathLike, holder: bool = True) -> Iterator[None]:
+    """Holds `OUTPUT_DIR/.run.lock` exclusively while the block runs (`holder`: the process that takes it, the main
+    one of a multi-process run), creating the folder; raises [`OutputDirInUse`] at once if another process holds it.
+
+    The lock is a `flock` of an open file, so the kernel releases it when the process ends in any way (a SIGKILL
+    too): a killed run never leaves a folder locked, and the file itself is left in place.
+    """
+    from filelock import FileLock, Timeout
+
+    if not holder:
+        yield
+        return
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise_storage_error(output_dir, error)
+        raise
+    lock = FileLock(output_dir / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OutputDirInUse(
+            f"{output_dir} is in use by another training run (it holds {output_dir / LOCK_FILE}): wait for it to end, "
+            "or use another --output-dir"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def checkpoint_number(folder: Path) -> int | None:
@@ -181,6 +224,8 @@ def choose_checkpoint(
 
 __all__ = [
     "CheckpointError",
+    "OutputDirInUse",
+    "hold_output_dir",
     "choose_checkpoint",
     "find_resumable_checkpoint",
     "list_checkpoints",

@@ -59,6 +59,7 @@ def add_predict_command(commands) -> None:
     written.add_argument("--json", action="store_true", help="print a JSON list of {image, labels, error[, attention]}")
     written.add_argument("--output", metavar="FILE", help="write one record per image to FILE.jsonl or FILE.parquet as the run goes")
     predict.add_argument("--resume", action="store_true", help="continue --output: skip the images it holds (same model and options)")
+    predict.add_argument("--retry-errors", action="store_true", help="with --resume: predict again the images whose records hold an error")
     predict.add_argument("--all-scores", action="store_true", help="add every label's score (in id2label order) to each record")
     predict.add_argument("--save-attention", metavar="DIR", help="write a PNG per image: the image and each label's attention map")
     predict.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
@@ -182,9 +183,9 @@ def predict_sources(args: argparse.Namespace):
     if not sources.keys:
         raise BulkError(f"no image files in {' '.join(args.images + [args.file_list or args.data or ''])}".rstrip())
     if args.output is not None:
-        check_output(args.output, args.resume)  # before the model is loaded; checked again by tag_images
-    elif args.resume:
-        raise BulkError("--resume continues an --output file: pass --output")
+        check_output(args.output, args.resume, args.retry_errors)  # before the model is loaded; again by tag_images
+    elif args.resume or args.retry_errors:
+        raise BulkError("--resume and --retry-errors continue an --output file: pass --output")
     return sources
 
 
@@ -214,8 +215,10 @@ def predict_pipeline(args: argparse.Namespace, label_thresholds: dict[str, float
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Labels every image (see `srn_hf.bulk`); exit status 1 if some image failed (the others are still predicted;
-    failures are reported on stderr and in the records), 2 if the model, the sources or the arguments are bad."""
+    """Labels every image (see `srn_hf.bulk`). Exit status: 0 when every record holds labels; 1 when some image could
+    not be predicted (the others still are; each is reported on stderr and in its record), with --resume also when
+    records kept from an earlier run hold an error (--retry-errors predicts them again); 2 when the model, the
+    sources, the arguments or the output are refused, or a write fails (nothing written is lost)."""
     from .bulk import BulkError, tag_images
     from .pipeline_srn import logger as pipeline_logger
 
@@ -233,16 +236,21 @@ def run_predict(args: argparse.Namespace) -> int:
             tagger, sources, args.model, output=args.output, resume=args.resume, as_json=args.json,
             batch_size=args.batch_size, num_workers=args.num_workers, fast=args.fast, threshold=args.threshold,
             label_thresholds=label_thresholds or None, top_k=args.top_k, all_scores=args.all_scores,
-            save_attention=args.save_attention,
+            save_attention=args.save_attention, retry_errors=args.retry_errors,
         )  # fmt: skip
     except BulkError as error:
         print(f"srn-hf predict: error: {error}", file=sys.stderr)
         return 2
     if summary.skipped:
         print(f"srn-hf predict: {summary.skipped} images already in {args.output}, skipped", file=sys.stderr)
+    if summary.retried:
+        print(f"srn-hf predict: {summary.retried} records with an error dropped from {args.output}, predicted again", file=sys.stderr)
     if summary.failed:
         print(f"srn-hf predict: {summary.failed} of {summary.predicted} images could not be predicted", file=sys.stderr)
-    return 1 if summary.failed else 0
+    if summary.earlier_errors:
+        print(f"srn-hf predict: {summary.earlier_errors} records kept in {args.output} from an earlier run hold an error "
+              "(--resume --retry-errors predicts them again)", file=sys.stderr)  # fmt: skip
+    return 1 if summary.output_errors else 0
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -260,16 +268,20 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Prints each label's tuned threshold with its validation P / R / F1 and support; `--write` stores them."""
+    import os
     import warnings
 
     from transformers.utils import logging
 
     from .bulk import parse_data_options
+    from .storage import check_folder_writable
     from .thresholds import FIGURES, calibrate_model_folder, write_thresholds
 
     logging.disable_progress_bar()  # the weights load in a moment; scoring the split has its own progress bar
 
     options = parse_data_options(args.data_option)  # a malformed item: `main` refuses it in one line
+    if args.write and os.path.isdir(args.model_dir):
+        check_folder_writable(args.model_dir)  # a read-only folder is refused before the split is scored
     # A bad folder, dataset, option, split, label set or criterion: `main` refuses it in one line.
     with warnings.catch_warnings():  # labels without validation positives: the table names them
         warnings.filterwarnings("ignore", message=r".*without any positive image", category=UserWarning)

@@ -33,12 +33,17 @@ import torch
 from torch import nn
 
 from .fast import autocast_context, fast_inference
+from .images import ImageError, open_images
+from .storage import format_bytes
 
 EXPORT_FORMATS = {"onnx": "model.onnx", "torch-export": "model.pt2"}
 THRESHOLDS_FILE = "thresholds.json"
 INPUT_NAME = "pixel_values"
 # ONNX protobuf files hold at most 2 GB: above about this many bytes of weights, they go to a file beside the graph.
 ONNX_INLINE_BYTES = 1_800_000_000
+# The export's input side: at least one pixel in the stride-32 map, at most what a trace fits in memory (a batch of 2
+# images of 4096 x 4096 is 400 MB of input; the backbone's maps are many times that).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 4096
 
 
 class ExportableSRN(nn.Module):
@@ -119,6 +124,22 @@ def thresholds_record(model: nn.Module, image_processor, image_size: int, output
     }
 
 
+def check_image_size(image_size: int | None) -> None:
+    """Refuses (ValueError naming the value) an export size outside [`MIN_IMAGE_SIZE`, `MAX_IMAGE_SIZE`]; None is the
+    model's own size."""
+    if image_size is None:
+        return
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        raise ValueError(f"--image-size {image_size!r} must be an integer")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"--image-size {image_size} is too small: the backbone's stride-32 map would be empty (at least {MIN_IMAGE_SIZE})")
+    if image_size > MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"--image-size {image_size} is too large: at most {MAX_IMAGE_SIZE} (the export traces a batch of 2 images "
+            f"of that side; {image_size} would need {format_bytes(2 * 3 * 4 * image_size**2)} for the input alone)"
+        )
+
+
 def export_model(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -156,10 +177,9 @@ def export_model(
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} is not an empty folder: the export would mix with its files")
+    check_image_size(image_size)
     model = load_model(model_dir).float()
-    image_size = image_size or model.config.image_size
-    if image_size < 32:
-        raise ValueError(f"image size {image_size} is too small: the backbone's stride-32 map would be empty")
+    image_size = model.config.image_size if image_size is None else image_size
     image_processor = load_image_processor(model_dir, model.config)
     image_processor.size = {"height": image_size, "width": image_size}
 
@@ -227,20 +247,26 @@ class ExportedTagger:
     def logits(self, pixel_values: np.ndarray) -> np.ndarray:
         return self.outputs(pixel_values)["logits"]
 
-    def __call__(self, images: list) -> list[list[dict]]:
-        """Labels above their thresholds, best first, for each image (paths, PIL images or arrays)."""
-        from .images import open_image
+    def __call__(self, images: list) -> list[list[dict] | ImageError]:
+        """Labels above their thresholds, best first, for each image (paths, PIL images or arrays).
 
-        opened = [open_image(image) for image in images]
+        An image that cannot be opened gets its [`srn_hf.images.ImageError`] (naming the file) in place of its labels,
+        as in the pipeline's output for a list; the other images are predicted.
+        """
+        results = [image for _, image in open_images(images)]
+        opened = [image for image in results if not isinstance(image, ImageError)]
+        if not opened:
+            return results
         pixel_values = self.image_processor(images=opened, return_tensors="np")["pixel_values"]
-        scores = 1.0 / (1.0 + np.exp(-self.logits(pixel_values).astype(np.float64)))
+        scores = iter(1.0 / (1.0 + np.exp(-self.logits(pixel_values).astype(np.float64))))
+        return [result if isinstance(result, ImageError) else self.labels_above_thresholds(next(scores)) for result in results]
+
+    def labels_above_thresholds(self, row: np.ndarray) -> list[dict]:
+        """`{"label", "score"}` of the labels whose sigmoid score exceeds their threshold, best first."""
         return [
-            [
-                {"label": self.labels[index], "score": float(row[index])}
-                for index in np.argsort(-row, kind="stable")
-                if row[index] > self.thresholds[index]
-            ]
-            for row in scores
+            {"label": self.labels[index], "score": float(row[index])}
+            for index in np.argsort(-row, kind="stable")
+            if row[index] > self.thresholds[index]
         ]
 
 

@@ -182,7 +182,28 @@ def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = No
             check_weights_file(file)
         except IncompleteFileError as error:
             raise ModelFolderError(str(error)) from None
+    if config.model_type == SRNConfig.model_type:
+        check_weight_shapes(config, config_file, files)
     return config
+
+
+def check_weight_shapes(config: SRNConfig, config_file: Path, files: list[Path]) -> None:
+    """Refuses ([`ModelFolderError`], one line) weights whose shapes are not those the config's network has (a
+    config.json of 1,000,000 labels over 3-label weights), before the model is built: the network is built on the meta
+    device (no memory) and compared with the safetensors headers (no tensor read)."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        expected = {name: tuple(tensor.shape) for name, tensor in SRNForImageClassification(config).state_dict().items()}
+    for file in (file for file in files if file.suffix == ".safetensors"):
+        with safe_open(file, framework="pt") as weights:
+            for name in weights.keys():
+                shape = tuple(weights.get_slice(name).get_shape())
+                if name in expected and shape != expected[name]:
+                    raise ModelFolderError(
+                        f"{file}: {name} has shape {shape}, but {config_file} ({config.num_labels} labels) needs "
+                        f"{expected[name]}: the config and the weights are of different models"
+                    )
 
 
 def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
@@ -438,7 +459,16 @@ def recipe_context(metrics: dict | None) -> dict:
         for stage in STAGES.values()
     ]
     setting_names = list(dict.fromkeys(name for row in rows for name in row["settings"]))
-    return {"recipe_rows": rows, "stage_setting_names": setting_names, "recipe_settings": published_settings(recipe)}
+    changes = [
+        {**change, "changes": {key: values for key, values in change["changes"].items() if not looks_like_local_path(str(values[1]))}}
+        for change in (metrics or {}).get("recipe_changes") or []
+    ]  # each --resume that changed the recipe (not a moved folder: places on the training machine stay out)
+    return {
+        "recipe_rows": rows,
+        "stage_setting_names": setting_names,
+        "recipe_settings": published_settings(recipe),
+        "recipe_changes": [change for change in changes if change["changes"]],
+    }
 
 
 def card_template(options: CardOptions) -> Path:

@@ -180,9 +180,30 @@ def write_text_file(path: str | os.PathLike, text: str) -> Path:
         partial.write_text(text, encoding="utf-8")
         partial.replace(path)
     except OSError as error:
-        partial.unlink(missing_ok=True)
+        remove_file(partial)
         raise storage_error(path, error) from error
     return path
+
+
+def remove_file(path: Path) -> None:
+    """Deletes `path` if it exists; a file system that refuses (read-only: even a missing file's unlink fails) is
+    left as it is, so that the caller reports its own write error."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def check_folder_writable(folder: str | os.PathLike) -> None:
+    """Raises [`StorageError`] naming `folder`, the cause and the free space if no file can be created in it (a
+    read-only file system, no permission): checked by creating and deleting an empty hidden file, before work whose
+    result would then have nowhere to go."""
+    probe = Path(folder) / f".write-test.{os.getpid()}"
+    try:
+        probe.touch()
+    except OSError as error:
+        raise storage_error(folder, error) from error
+    remove_file(probe)
 
 
 def append_bytes(file, data: bytes, path: str | os.PathLike) -> None:
@@ -247,6 +268,7 @@ __all__ = [
     "atomic_folder",
     "begin_folder",
     "commit_folder",
+    "check_folder_writable",
     "check_weights_file",
     "free_space",
     "partial_path",

@@ -97,8 +97,9 @@ safetensors/pth file in timm's key names, or null (random initialisation, for te
 class DataRecipe:
     """The dataset: `srn_hf.data.load_multilabel_dataset(kind, **options)`, and how it is fed.
 
-    For `kind: stamp_scenes` the offline demo scenes are generated into `options.path` on first use (by the main
-    process, the others wait).
+    For `kind: stamp_scenes` the offline demo scenes are read from `options.path`; with `options.generate: true` (the
+    demo recipe's) they are generated there on first use (by the main process, the others wait), else a path without
+    scenes is refused.
     `augment`: training augmentation of `srn_hf.data.transforms` (`multiscale`: the Caffe data layer's multi-scale
     crops and mirror; `randaugment`, `trivialaugment`, `flip`, `none`).
     `bad_images`: what an image that cannot be decoded gets, found by decoding every image of every split before
@@ -193,6 +194,49 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# What `--resume` may change in the recipe (docs/faults.md, "What --resume may change"); every other field is refused.
+# `output_dir` is where the run lives, not what it trains (a moved folder resumes): never compared. Run-wide settings
+# of speed, memory, logging and checkpointing, and whether absent stamp scenes may be generated (they exist by then),
+# which do not change what trains:
+RESUME_FREE_FIELDS = (
+    "data.num_workers", "data.options.generate", "training.channels_last", "training.eval_batch_size", "training.eval_map_cache_mb",
+    "training.checkpoint_every_steps", "training.checkpoints_total_limit", "training.log_with",
+    "training.gradient_checkpointing",
+)  # fmt: skip
+# The optimisation of the stage the checkpoint is in, applied from the checkpoint on (its optimizer keeps its state
+# with these settings, its scheduler is rebuilt); the stages after it may change in every field.
+RESUME_STAGE_FIELDS = ("epochs", "lr", "backbone_lr", "weight_decay", "momentum", "schedule", "warmup_ratio")
+
+
+def resume_changes(saved: dict, current: dict, stage: int, checkpoint: str | Path) -> dict[str, list]:
+    """The recipe fields that differ between a checkpoint's recipe and a run resuming it (both as [`flat_dict`]), as
+    `{key: [saved value, current value]}`.
+
+    Raises [`RecipeError`] naming the first field `--resume` may not change, with both values: the network, the
+    data, the loss, the seed, precision, a finished stage's settings, and the current stage's optimizer, batch size
+    and gradient accumulation (see `RESUME_FREE_FIELDS`, `RESUME_STAGE_FIELDS`).
+    """
+    changes = {}
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if old == new or key == "output_dir":
+            continue
+        section, _, name = key.partition(".")
+        stage_number = int(section[5:]) if section[:5] == "stage" and section[5:].isdigit() else None
+        allowed = (
+            key in RESUME_FREE_FIELDS
+            or stage_number is not None and stage_number > stage
+            or stage_number == stage and name in RESUME_STAGE_FIELDS
+        )
+        if not allowed:
+            raise RecipeError(
+                f"--resume: {key} is {new!r} in this run's recipe but was {old!r} when {checkpoint} was written: it "
+                "cannot change on --resume (docs/faults.md); set it back, or start afresh with --overwrite"
+            )
+        changes[key] = [old, new]
+    return changes
 
 
 def _check_value(value: Any, annotation: Any, key: str) -> Any:
@@ -467,5 +511,6 @@ __all__ = [
     "network_fields",
     "plot_training_curves",
     "predict_scores",
+    "resume_changes",
     "write_json",
 ]

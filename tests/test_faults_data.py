@@ -2,6 +2,8 @@
 
 import io
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -127,3 +129,63 @@ def test_the_evaluate_module_names_the_labels_too(tmp_path, monkeypatch):
     metric.add_batch(predictions=[[0.9, 0.2, 0.1], [0.3, 0.8, 0.4]], references=[[1, 0, 0], [0, 1, 0]])
     with pytest.warns(UserWarning, match=r"\['zebra'\]$"):
         metric.compute(label_names=["cat", "dog", "zebra"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Second sweep: file names outside the data folder, labels that are not class names, a stamp-scenes path with a typo
+
+
+def test_a_file_name_outside_the_data_folder_is_refused_by_name(tmp_path):
+    data = jpeg_bytes(0)
+    outside = tmp_path / "elsewhere.jpg"  # a real image, outside the data folder
+    outside.write_bytes(data)
+    root = tmp_path / "data"
+    for file_name in ("../../../../../../etc/passwd", str(outside), "../../elsewhere.jpg", "sub/../../../elsewhere.jpg"):
+        shutil.rmtree(root, ignore_errors=True)
+        write_split(root / "train", [("a.jpg", ["cat"], data)])
+        with open(root / "train" / "metadata.jsonl", "a") as metadata:
+            metadata.write(json.dumps({"file_name": file_name, "labels": ["dog"]}) + "\n")
+        with pytest.raises(AnnotationError, match=rf"train.metadata.jsonl, line 2: file_name '{re.escape(file_name)}' is outside the data folder"):
+            load_multilabel_dataset("imagefolder", data_dir=root)
+    # Inside the data folder, a path through a sub-folder and back (or to another split's folder) is fine.
+    write_split(root / "test", [("b.jpg", ["cat"], data)])
+    (root / "train" / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "a.jpg", "labels": ["cat"]}) + "\n" + json.dumps({"file_name": "../test/b.jpg", "labels": ["cat"]}) + "\n"
+    )
+    dataset = load_multilabel_dataset("imagefolder", data_dir=root, validation_fraction=0)
+    assert dataset["train"]["image_id"] == [str(root / "train" / "a.jpg"), str(root / "test" / "b.jpg")]
+
+
+@pytest.mark.parametrize("label, problem", [("", "an empty name"), ("bird ", "spaces around the name"), (" bird", "spaces around the name")])
+def test_an_empty_or_padded_label_is_refused_not_made_a_class(tmp_path, label, problem):
+    data = jpeg_bytes(0)
+    write_split(tmp_path / "train", [("a.jpg", ["bird"], data), ("b.jpg", ["cat", label], data)])
+    with pytest.raises(AnnotationError, match=rf"train.metadata.jsonl, line 2: label '{label}' has {problem}"):
+        load_multilabel_dataset("imagefolder", data_dir=tmp_path)
+    (tmp_path / "all.csv").write_text(f"image,labels\ntrain/a.jpg,bird\ntrain/b.jpg,cat||bird\n")  # an empty cell part
+    with pytest.raises(AnnotationError, match=r"all.csv, line 3: label '' has an empty name"):
+        load_multilabel_dataset("csv", data_files=tmp_path / "all.csv")
+
+
+def test_a_stamp_scenes_path_with_a_typo_generates_nothing(tmp_path, capsys):
+    from conftest import save_with_processor, small_srn
+
+    from srn_hf.cli import main
+    from srn_hf.data import load_stamp_scenes
+
+    typo = tmp_path / "data" / "stamp_scenez"
+    with pytest.raises(FileNotFoundError, match=rf"^{typo} holds no stamp scenes \(no dataset_dict.json\)"):
+        load_multilabel_dataset("stamp_scenes", path=typo)
+    model = save_with_processor(small_srn({0: "bird", 1: "cattle"}, image_size=64), tmp_path / "model")
+    for command in (["calibrate", model, "--data", "stamp_scenes"], ["predict", model, "--data", "stamp_scenes"]):
+        capsys.readouterr()
+        assert main([*command, "--data-option", f"path={typo}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"srn-hf {command[0]}: error: {typo} holds no stamp scenes") and "\n" not in err
+    assert not (tmp_path / "data").exists()  # nothing generated, not even a folder
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"taken is not an empty folder and holds no stamp scenes"):
+        load_stamp_scenes(tmp_path / "taken", generate=True)
+    assert [path.name for path in (tmp_path / "taken").iterdir()] == ["notes.txt"]

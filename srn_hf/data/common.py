@@ -86,7 +86,8 @@ def field(record: dict, key: str, where: str) -> object:
 def encode_labels(raw_labels: Iterable, names: Sequence[str], where: str, label_set: str = "the label set") -> list[int]:
     """Map label names (or integer indices) to sorted unique indices into `names`.
 
-    A name not in `names`, or an index out of range, raises `AnnotationError` naming `where` and the value;
+    A name not in `names`, an empty name or one with spaces around it (`""`, `"bird "`: never a class of its own),
+    or an index out of range, raises `AnnotationError` naming `where` and the value;
     `label_set` says in that message where `names` come from (e.g. "the train split's labels").
     """
     index = {name: i for i, name in enumerate(names)}
@@ -94,6 +95,9 @@ def encode_labels(raw_labels: Iterable, names: Sequence[str], where: str, label_
     for label in raw_labels:
         if isinstance(label, bool) or not isinstance(label, (str, int)):
             raise AnnotationError(f"{where}: label {label!r} is neither a class name nor an integer index")
+        if isinstance(label, str) and (not label.strip() or label != label.strip()):
+            problem = "an empty name" if not label.strip() else "spaces around the name"
+            raise AnnotationError(f"{where}: label {label!r} has {problem} (it would become a class of its own)")
         if isinstance(label, int):
             if not 0 <= label < len(names):
                 raise AnnotationError(f"{where}: label index {label} is outside the {len(names)} classes")

@@ -49,8 +49,22 @@ def split_name(name: str) -> str:
     return SPLIT_ALIASES.get(name.lower(), name)
 
 
-def read_metadata_jsonl(path: Path, labels_column: str = "labels") -> list[Row]:
-    """The rows of an imagefolder `metadata.jsonl`; image paths are relative to its folder."""
+def image_path_inside(data_dir: Path, folder: Path, file_name, where: str) -> str:
+    """`folder / file_name`, refused (`AnnotationError` naming `where` and the value) unless `file_name` is a relative
+    path that stays inside `data_dir` (no absolute path, no `..` out of it): an annotation file never makes the loader
+    read files elsewhere."""
+    if not isinstance(file_name, str) or not file_name.strip():
+        raise AnnotationError(f"{where}: file_name {file_name!r} must be a non-empty relative path")
+    path = os.path.normpath(folder / file_name)
+    root = os.path.normpath(data_dir)
+    if os.path.isabs(file_name) or os.path.commonpath([root, path]) != root:
+        raise AnnotationError(f"{where}: file_name {file_name!r} is outside the data folder {data_dir}")
+    return path
+
+
+def read_metadata_jsonl(path: Path, labels_column: str = "labels", data_dir: Path | None = None) -> list[Row]:
+    """The rows of an imagefolder `metadata.jsonl`; image paths are relative to its folder and must stay inside
+    `data_dir` (default: that folder)."""
     rows = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -67,7 +81,8 @@ def read_metadata_jsonl(path: Path, labels_column: str = "labels") -> list[Row]:
         labels = field(record, labels_column, where)
         if not isinstance(labels, list):
             raise AnnotationError(f"{where}: {labels_column!r} must be a list, not {labels!r}")
-        rows.append((str(path.parent / field(record, "file_name", where)), labels, where))
+        image = image_path_inside(data_dir or path.parent, path.parent, field(record, "file_name", where), where)
+        rows.append((image, labels, where))
     return rows
 
 
@@ -155,7 +170,7 @@ def load_imagefolder(
     if not folders:
         raise AnnotationError(f"{data_dir}: no metadata.jsonl, neither at the top nor in a split sub-folder")
     rows = {
-        split: (str(folder / "metadata.jsonl"), read_metadata_jsonl(folder / "metadata.jsonl", labels_column))
+        split: (str(folder / "metadata.jsonl"), read_metadata_jsonl(folder / "metadata.jsonl", labels_column, data_dir))
         for split, folder in folders.items()
     }
     return rows_to_splits(rows, label_names, missing_images, validation_fraction, test_fraction, seed)

@@ -895,10 +895,23 @@ def generate_stamp_scenes(
     return dataset
 
 
-def load_stamp_scenes(path: str | os.PathLike, **generator_options) -> DatasetDict:
-    """The stamp scenes saved at `path`, generated there first if absent (options of `generate_stamp_scenes`)."""
-    if (Path(path) / "dataset_dict.json").is_file():
+def load_stamp_scenes(path: str | os.PathLike, generate: bool = False, **generator_options) -> DatasetDict:
+    """The stamp scenes saved at `path`.
+
+    With `generate=True` they are generated there first when `path` does not hold them yet (options of
+    `generate_stamp_scenes`), into an absent or empty folder only. Without it, a `path` that holds no scenes (a typo)
+    raises `FileNotFoundError` naming it: generating a dataset is asked for, never the side effect of a wrong path.
+    """
+    path = Path(path)
+    if (path / "dataset_dict.json").is_file():
         return load_from_disk(str(path))
+    if not generate:
+        raise FileNotFoundError(
+            f"{path} holds no stamp scenes (no dataset_dict.json): pass the folder they were generated into, or "
+            f"generate them there with `python -m srn_hf.data.stamp_scenes {path}` or the option generate=true"
+        )
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} is not an empty folder and holds no stamp scenes: generate them elsewhere")
     return generate_stamp_scenes(path, **generator_options)
 
 
