@@ -26,7 +26,7 @@ def fetch_sdist(package: str) -> Path:
         return next(unpacked.iterdir())
     target.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
          f"{package}=={installed}", "--dest", str(target)],
         check=True,
     )
