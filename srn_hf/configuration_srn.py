@@ -22,8 +22,10 @@ AUTO_MAP = {
     "AutoModelForImageClassification": "modeling_srn.SRNForImageClassification",
 }
 
-# The only problem type SRN's loss and its pipeline implement: independent sigmoid scores per label.
+# SRN's own problem type, the default: independent sigmoid scores per label (its loss and its pipeline).
 PROBLEM_TYPE = "multi_label_classification"
+# The problem types of transformers' classifiers, all three supported (see SRNForImageClassification.forward).
+PROBLEM_TYPES = (PROBLEM_TYPE, "single_label_classification", "regression")
 
 
 def refusals_as_value_errors(config_class):
@@ -104,8 +106,10 @@ class SRNConfig(PreTrainedConfig):
         initializer_range (`float`, defaults to 0.01):
             Standard deviation of the normal initialisation of the linear classifiers.
 
-    `problem_type` is `"multi_label_classification"` (the default, and the only one SRN supports: the loss and
-    transformers' stock `image-classification` pipeline use per-label sigmoid scores). `num_labels` follows from
+    `problem_type` is `"multi_label_classification"` by default: SRN's joint loss on independent per-label sigmoid
+    scores, which transformers' stock `image-classification` pipeline then applies too. `"single_label_classification"`
+    (softmax cross-entropy on the fused logits) and `"regression"` (mean squared error on the fused logits) are
+    transformers' other two (see [`SRNForImageClassification.forward`]). `num_labels` follows from
     `id2label`; `from_pretrained(..., num_labels=N, ignore_mismatched_sizes=True)` gives a checkpoint N new labels
     named `LABEL_0`, ... (see [`SRNConfig.from_dict`]).
 
@@ -174,11 +178,8 @@ class SRNConfig(PreTrainedConfig):
                 f"backbone={self.backbone!r} is not a timm model name"
                 + (f"; close names: {', '.join(close)}" if close else "")
             )
-        if self.problem_type != PROBLEM_TYPE:
-            raise ValueError(
-                f"problem_type={self.problem_type!r}: SRN is multi-label only (independent sigmoid scores per label, "
-                f"its attention maps are per label); use problem_type={PROBLEM_TYPE!r}"
-            )
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type={self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
         for field in ("alpha", "threshold"):
             if not 0.0 <= getattr(self, field) <= 1.0:
                 raise ValueError(f"{field}={getattr(self, field)!r} must lie in [0, 1]")
@@ -199,4 +200,4 @@ class SRNConfig(PreTrainedConfig):
                 raise ValueError(f"label_thresholds[{name!r}]={value!r} must lie in [0, 1]")
 
 
-__all__ = ["SRNConfig", "PROBLEM_TYPE"]
+__all__ = ["SRNConfig", "PROBLEM_TYPE", "PROBLEM_TYPES"]

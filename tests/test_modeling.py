@@ -129,7 +129,7 @@ def test_branches_are_named_modules_that_partition_the_parameters(model):
 
 def test_released_layout_adds_residual_blocks_and_a_two_conv_confidence_head(images):
     model = seeded_model(small_config(layout="released"))
-    assert [type(block) for block in model.attention_trunk] == [Bottleneck, Bottleneck]
+    assert [type(block) for block in model.attention_trunk.children()] == [Bottleneck, Bottleneck]
     convs = [m for m in model.confidence.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.kernel_size for c in convs] == [(1, 1), (1, 1)] and convs[-1].out_channels == len(LABELS)
     with torch.no_grad():
