@@ -1,3 +1,16 @@
+# Copyright 2026 The srn_hf authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """The Spatial Regularization Network (SRN) as a transformers model over any timm backbone.
 
 Zhu, Li, Ouyang, Yu, Wang: "Learning Spatial Regularization with Image-level Supervisions for Multi-label
@@ -33,11 +46,12 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, auto_docstring, can_return_tuple
 
-from .configuration_srn import PROBLEM_TYPE, SRNConfig
+from .configuration_srn import PROBLEM_TYPE, SRNConfig, label_names
 
 
+@auto_docstring
 @dataclass
 class SRNModelOutput(ModelOutput):
     r"""
@@ -75,6 +89,7 @@ class SRNModelOutput(ModelOutput):
 SRNOutput = SRNModelOutput
 
 
+@auto_docstring
 @dataclass
 class SRNImageClassifierOutput(ModelOutput):
     r"""
@@ -83,8 +98,20 @@ class SRNImageClassifierOutput(ModelOutput):
 
     loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
         Joint loss of stage 4, sigmoid cross-entropy L(y) + L(y_att), averaged over batch and classes.
-    logits, cls_logits, att_logits, sr_logits, attention_maps, confidence_maps, hidden_states:
-        As in [`SRNModelOutput`].
+    logits (`torch.FloatTensor` of shape `(B, C)`):
+        Fused logits y, as in [`SRNModelOutput`].
+    cls_logits (`torch.FloatTensor` of shape `(B, C)`):
+        y_cls, as in [`SRNModelOutput`].
+    att_logits (`torch.FloatTensor` of shape `(B, C)`):
+        y_att, as in [`SRNModelOutput`].
+    sr_logits (`torch.FloatTensor` of shape `(B, C)`):
+        y_sr, as in [`SRNModelOutput`].
+    attention_maps (`torch.FloatTensor` of shape `(B, C, h, w)`):
+        A, the label attention maps, as in [`SRNModelOutput`].
+    confidence_maps (`torch.FloatTensor` of shape `(B, C, h, w)`):
+        S, the raw confidence maps, as in [`SRNModelOutput`].
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        The backbone's feature maps, as in [`SRNModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -237,6 +264,8 @@ class SRNConfidence(GradientCheckpointingLayer):
 
     def __init__(self, in_channels: int, config: SRNConfig):
         super().__init__()
+        # CODEPATH: layout="released" for checkpoints converted from the authors' Caffe release (two-convolution
+        # confidence head); layout="paper" (the default) for the network of the paper's figures.
         if config.layout == "released":
             self.hidden = ConvNormAct(in_channels, config.attention_channels, 1, config.use_batch_norm)
             in_channels = config.attention_channels
@@ -358,11 +387,7 @@ class LabelSetMismatchError(RuntimeError, ValueError):
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
-def label_names(id2label: dict) -> list[str]:
-    """The label names of an `id2label` map (keys as ints or as the strings of a JSON file), in index order."""
-    return [id2label[key] for key in sorted(id2label, key=int)]
-
-
+@auto_docstring
 class SRNPreTrainedModel(PreTrainedModel):
     config: SRNConfig
     config_class = SRNConfig
@@ -447,6 +472,7 @@ class SRNPreTrainedModel(PreTrainedModel):
                 module.set_grad_checkpointing(enable, gradient_checkpointing_func)
 
 
+@auto_docstring
 class SRNModel(SRNPreTrainedModel):
     """SRN: backbone f_cnn, main classifier f_cls, attention f_att, confidence maps, spatial regularization f_sr.
 
@@ -471,6 +497,8 @@ class SRNModel(SRNPreTrainedModel):
         self.attention_map_size = math.ceil(config.image_size / attention_reduction)
 
         self.classifier = nn.Linear(classifier_channels, config.num_labels)
+        # CODEPATH: layout="released" for checkpoints converted from the authors' Caffe release (two residual blocks
+        # on X before f_att and the confidence head); layout="paper" (the default) feeds X to them directly.
         if config.layout == "released":
             if attention_channels % Bottleneck.expansion:
                 raise ValueError(
@@ -536,6 +564,9 @@ class SRNModel(SRNPreTrainedModel):
             layer.to(device=reference.device, dtype=reference.dtype)
         self.init_label_layers()
 
+    # timm's model API names this switch (`model.set_grad_checkpointing()`, called by timm's training scripts on the
+    # timm entry); it sets no hyperparameter, only the checkpointing flags that `activation_checkpointing_enable()` sets.
+    # trf-ignore: TRF033
     def set_grad_checkpointing(self, enable: bool = True, checkpoint_function=None) -> None:
         """Gradient checkpointing of the backbone and of the SRN branch (timm's name for the switch).
 
@@ -612,29 +643,29 @@ class SRNModel(SRNPreTrainedModel):
             confidence_maps=confidence_maps,
         )
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SRNModelOutput | tuple:
+    @can_return_tuple
+    @auto_docstring
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> SRNModelOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, num_channels, H, W)`):
             Images normalised with the backbone's mean and std (see the saved image processor).
-        output_hidden_states (`bool`, *optional*):
-            Return the backbone's feature maps as `hidden_states` (default: `config.output_hidden_states`).
+
+        `output_hidden_states=True` (or `config.output_hidden_states`) returns the backbone's feature maps as
+        `hidden_states`; `return_dict=False` a tuple (`@can_return_tuple`).
         """
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # The hidden states are the timm backbone's feature maps, which its feature wrapper returns as one list: not
+        # outputs of one layer class that `@capture_outputs` could record (`_can_record_outputs`), since the stage
+        # classes differ per timm backbone. So the flag is read here, from the keyword arguments.
+        output_hidden_states = kwargs.get("output_hidden_states")
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         maps = self.forward_feature_maps(pixel_values, kept=None if output_hidden_states else self.feature_positions)
         outputs = self.forward_heads(maps[self.feature_positions[0]], maps[self.feature_positions[1]])
         if output_hidden_states:
             outputs.hidden_states = tuple(maps)
-        return outputs if return_dict else outputs.to_tuple()
+        return outputs
 
 
+@auto_docstring
 class SRNForImageClassification(SRNPreTrainedModel):
     """SRN with a classification loss: `logits` are the fused y; with `labels`, the joint multi-label loss of stage 4
     (or transformers' single-label / regression loss on y, by `config.problem_type`)."""
@@ -681,13 +712,10 @@ class SRNForImageClassification(SRNPreTrainedModel):
             outputs.att_logits, labels
         )
 
+    @can_return_tuple
+    @auto_docstring
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs
     ) -> SRNImageClassifierOutput | tuple:
         r"""
         labels (`torch.FloatTensor` of shape `(B, C)`, *optional*):
@@ -695,16 +723,14 @@ class SRNForImageClassification(SRNPreTrainedModel):
             cross-entropy averaged over batch and classes. With `problem_type="single_label_classification"`: class
             indices of shape `(B,)`, softmax cross-entropy of y; with `"regression"`: targets of shape `(B, C)`,
             mean squared error of y ([`SRNForImageClassification.compute_loss`]).
-        output_hidden_states (`bool`, *optional*):
-            Return the backbone's feature maps as `hidden_states` (default: `config.output_hidden_states`).
+
+        `output_hidden_states` and `return_dict` as in [`SRNModel.forward`].
         """
-        outputs = self.srn(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self.srn(pixel_values, output_hidden_states=kwargs.get("output_hidden_states"), return_dict=True)
         loss = None
         if labels is not None:
             loss = self.compute_loss(outputs, labels)
-        outputs = SRNImageClassifierOutput(loss=loss, **outputs)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return outputs if return_dict else outputs.to_tuple()
+        return SRNImageClassifierOutput(loss=loss, **outputs)
 
 
 __all__ = [

@@ -63,7 +63,7 @@ def test_transformers_generic_model_tests_pass_on_srn(tmp_path):
     unexplained = [(name, message) for name, message in skipped if not any(re.search(reason, message) for reason in SKIP_REASONS)]
     assert not unexplained, f"skipped for a reason that docs/zoo.md does not list: {unexplained}"
     passed = len(cases) - len(skipped)
-    assert passed >= 70, f"only {passed} upstream tests ran"  # 75 with transformers 5.25
+    assert passed >= 70, f"only {passed} upstream tests ran"  # 76 with transformers 5.25
     assert {"test_problem_types", "test_training_gradient_checkpointing", "test_can_load_ignoring_mismatched_shapes",
             "test_config", "test_save_load"} <= {case.get("name") for case in cases if case.find("skipped") is None}
 
@@ -72,3 +72,24 @@ def test_every_skip_reason_is_listed_in_the_docs():
     listed = ZOO_DOC.read_text()
     for reason in SKIP_REASONS:
         assert f"`` {reason} ``" in listed, reason
+
+
+def test_the_installed_transformers_is_the_newest_that_pyproject_allows():
+    """CI tests the newest transformers the package index serves within pyproject.toml's bounds (a fresh environment
+    resolves to it; a stale one fails here, naming both versions)."""
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    (bounds,) = [Requirement(line).specifier for line in requires("srn_hf") if Requirement(line).name == "transformers"]
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", "transformers"], capture_output=True, text=True, timeout=120
+    )
+    assert listed.returncode == 0, listed.stderr
+    served = re.search(r"Available versions: (.*)", listed.stdout).group(1).split(", ")
+    newest = max((Version(item) for item in served if Version(item) in bounds and not Version(item).is_prerelease))
+    assert Version(version("transformers")) == newest, (
+        f"transformers {version('transformers')} is installed, the index serves {newest} within {bounds}: rebuild the "
+        "environment (tests/run_tests.sh does)"
+    )
