@@ -53,6 +53,9 @@ CUSTOM_PIPELINES = {
     }
 }
 
+# timm's entry for a saved SRN, written into config.json: `timm.create_model("hf-hub:org/name")` builds it from there.
+TIMM_ARCHITECTURE = "srn"
+
 # SRN's own problem type, the default: independent sigmoid scores per label (its loss and its pipeline).
 PROBLEM_TYPE = "multi_label_classification"
 # The problem types of transformers' classifiers, all three supported (see SRNForImageClassification.forward).
@@ -227,6 +230,7 @@ class SRNConfig(PreTrainedConfig):
             kwargs["auto_map"] = dict(AUTO_MAP)
         if pipeline_registered():  # srn_hf is imported: transformers' `pipeline` must take the registered task
             kwargs.pop("custom_pipelines", None)
+        kwargs.setdefault("architecture", TIMM_ARCHITECTURE)
         super().__post_init__(**kwargs)
         if self.label2id is None or len(self.label2id) != len(self.id2label):
             self.label2id = {name: index for index, name in self.id2label.items()}

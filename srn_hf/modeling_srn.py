@@ -32,6 +32,7 @@ This file doubles as Hub remote code: it imports only torch, timm, transformers 
 """
 
 import functools
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ class ConvNormAct(nn.Module):
         self.add_module(str(index), module)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.act(self[1](self[0](features)))
+        return self.act(getattr(self, "1")(getattr(self, "0")(features)))  # getattr: TorchScript's way to a child
 
 
 def create_backbone(
@@ -241,7 +242,7 @@ class SRNAttentionTrunk(GradientCheckpointingLayer):
         self.add_module("1", Bottleneck(channels, planes))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self._modules["1"](self._modules["0"](features))
+        return getattr(self, "1")(getattr(self, "0")(features))
 
 
 class SRNAttention(GradientCheckpointingLayer):
@@ -287,14 +288,24 @@ class WholeMapGroupedConv(nn.Conv2d):
     """
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        if tuple(maps.shape[-2:]) != tuple(self.kernel_size) or self.padding != (0, 0):
-            return super().forward(maps)
-        batch, groups = maps.shape[0], self.groups
-        maps = maps.reshape(batch, groups, -1)  # B x g x (in/g * K * K)
-        weight = self.weight.reshape(groups, self.out_channels // groups, -1)  # g x out/g x (in/g * K * K)
-        outputs = torch.matmul(maps.transpose(0, 1), weight.transpose(1, 2))  # g x B x out/g (autocast-aware)
-        outputs = outputs.transpose(0, 1).reshape(batch, self.out_channels, 1, 1)
-        return outputs if self.bias is None else outputs + self.bias.view(1, -1, 1, 1)
+        if self.padding != (0, 0):
+            return self._conv_forward(maps, self.weight, self.bias)
+        return whole_map_grouped_conv(maps, self.weight, self.bias, self.groups)
+
+
+@torch.fx.wrap  # a leaf of torch.fx graphs: its branch is on the maps' size
+def whole_map_grouped_conv(
+    maps: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+) -> torch.Tensor:
+    """[`WholeMapGroupedConv`]'s computation: a batched matrix product where the kernel covers the whole map."""
+    if maps.shape[-2] != weight.shape[-2] or maps.shape[-1] != weight.shape[-1]:
+        return nnf.conv2d(maps, weight, bias, groups=groups)
+    batch, out_channels = maps.shape[0], weight.shape[0]
+    maps = maps.reshape(batch, groups, -1)  # B x g x (in/g * K * K)
+    weight = weight.reshape(groups, out_channels // groups, -1)  # g x out/g x (in/g * K * K)
+    outputs = torch.matmul(maps.transpose(0, 1), weight.transpose(1, 2))  # g x B x out/g (autocast-aware)
+    outputs = outputs.transpose(0, 1).reshape(batch, out_channels, 1, 1)
+    return outputs if bias is None else outputs + bias.view(1, -1, 1, 1)
 
 
 class SRNSpatialRegularization(GradientCheckpointingLayer):
@@ -320,6 +331,7 @@ class SRNSpatialRegularization(GradientCheckpointingLayer):
         return self.fc(self.conv3(self.conv2(self.conv1(weighted_attention_maps))).flatten(1))
 
 
+@torch.fx.wrap  # a leaf of torch.fx graphs: its branch is on the maps' size
 def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
     """Brings h x w maps to side x side for f_sr's KxK convolution when the input size is not the configured one.
 
@@ -327,10 +339,20 @@ def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
     (the maps are non-negative): an attention map still sums to 1 after resizing, so f_sr sees inputs of the
     scale it was trained on.
     """
-    if maps.shape[-2:] == (side, side):
+    if maps.shape[-2] == side and maps.shape[-1] == side:
         return maps
     resized = nnf.adaptive_avg_pool2d(maps, side)
     return resized * (maps.sum(dim=(2, 3), keepdim=True) / resized.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12))
+
+
+@torch.fx.wrap  # a leaf of torch.fx graphs: its branch is on the maps' dtype
+def weight_attention_maps(attention_maps: torch.Tensor, confidence_maps: torch.Tensor) -> torch.Tensor:
+    """U = A * sigmoid(S), the weighted attention maps that f_sr reads."""
+    weighted_attention_maps = torch.sigmoid(confidence_maps)
+    if torch.is_grad_enabled() or weighted_attention_maps.dtype != attention_maps.dtype:
+        return attention_maps * weighted_attention_maps
+    # no gradient to take: in sigmoid(S)'s storage, one B x C x h x w map less at the peak, same values
+    return weighted_attention_maps.mul_(attention_maps)
 
 
 class FeatureStages(FeatureListNet):
@@ -347,6 +369,7 @@ class FeatureStages(FeatureListNet):
     (`use_reentrant=True`) its output would need none either, and the backbone would get no gradient.
     """
 
+    @torch.jit.unused  # TorchScript calls timm's own forward (see SRNTimm.feature_maps)
     def forward(self, x: torch.Tensor, kept: tuple[int, ...] | None = None, checkpoint_function=None) -> list:
         maps = []
         for name, module in self.items():
@@ -397,6 +420,12 @@ class SRNPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SRNModel"]
     supports_gradient_checkpointing = True
     model_tags = ["srn", "multi-label", "timm"]
+    # torch.jit.script of the timm model (timm's tests script every model) compiles the methods its forward calls;
+    # transformers' properties and annotated attributes, and the config, stay out of TorchScript.
+    __jit_unused_properties__ = [name for name, _ in inspect.getmembers(PreTrainedModel, inspect.isdatadescriptor)]
+    __jit_ignored_attributes__ = [
+        "config", *{name for cls in PreTrainedModel.__mro__ for name in vars(cls).get("__annotations__", {})}
+    ]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -495,6 +524,7 @@ class SRNModel(SRNPreTrainedModel):
         classifier_channels = info.channels(self.feature_positions[1])
         attention_reduction = info.reduction(self.feature_positions[0])
         self.attention_map_size = math.ceil(config.image_size / attention_reduction)
+        self.alpha = config.alpha  # a plain attribute: TorchScript reads no config
 
         self.classifier = nn.Linear(classifier_channels, config.num_labels)
         # CODEPATH: layout="released" for checkpoints converted from the authors' Caffe release (two residual blocks
@@ -618,24 +648,11 @@ class SRNModel(SRNPreTrainedModel):
 
     def forward_heads(self, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNModelOutput:
         """f_cls, f_att, confidence maps and f_sr on the backbone maps X and F."""
-        cls_logits = self.classifier(classifier_features.mean(dim=(2, 3)))
-
-        attention_logits, confidence_maps = self.forward_attention(features)  # Z, S
-        attention_maps = attention_logits.flatten(2).softmax(dim=-1).view_as(attention_logits)  # A
-        del attention_logits  # Z is not needed again (softmax's backward uses A): one B x C x h x w map less held
-        att_logits = (attention_maps * confidence_maps).sum(dim=(2, 3))  # y_att
-
-        weighted_attention_maps = torch.sigmoid(confidence_maps)  # U = A * sigmoid(S)
-        if torch.is_grad_enabled() or weighted_attention_maps.dtype != attention_maps.dtype:
-            weighted_attention_maps = attention_maps * weighted_attention_maps
-        else:  # no gradient to take: in sigmoid(S)'s storage, one B x C x h x w map less at the peak, same values
-            weighted_attention_maps.mul_(attention_maps)
-        weighted_attention_maps = resize_to_kernel(weighted_attention_maps, self.attention_map_size)
-        sr_logits = self.spatial_regularization(weighted_attention_maps)  # y_sr
-
-        alpha = self.config.alpha
+        logits, cls_logits, att_logits, sr_logits, attention_maps, confidence_maps = self.forward_branches(
+            features, classifier_features
+        )
         return SRNModelOutput(
-            logits=alpha * cls_logits + (1 - alpha) * sr_logits,
+            logits=logits,
             cls_logits=cls_logits,
             att_logits=att_logits,
             sr_logits=sr_logits,
@@ -643,6 +660,25 @@ class SRNModel(SRNPreTrainedModel):
             confidence_maps=confidence_maps,
         )
 
+    def forward_branches(
+        self, features: torch.Tensor, classifier_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[`forward_heads`] as a tuple (y, y_cls, y_att, y_sr, A, S), in TorchScript too (timm scripts it)."""
+        cls_logits = self.classifier(classifier_features.mean(dim=(2, 3)))
+
+        attention_logits, confidence_maps = self.forward_attention(features)  # Z, S
+        attention_maps = attention_logits.flatten(2).softmax(dim=-1).view_as(attention_logits)  # A
+        del attention_logits  # Z is not needed again (softmax's backward uses A): one B x C x h x w map less held
+        att_logits = (attention_maps * confidence_maps).sum(dim=(2, 3))  # y_att
+
+        weighted_attention_maps = weight_attention_maps(attention_maps, confidence_maps)  # U = A * sigmoid(S)
+        weighted_attention_maps = resize_to_kernel(weighted_attention_maps, self.attention_map_size)
+        sr_logits = self.spatial_regularization(weighted_attention_maps)  # y_sr
+
+        logits = self.alpha * cls_logits + (1 - self.alpha) * sr_logits
+        return logits, cls_logits, att_logits, sr_logits, attention_maps, confidence_maps
+
+    @torch.jit.unused  # TorchScript compiles the timm model's forward instead
     @can_return_tuple
     @auto_docstring
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> SRNModelOutput | tuple:
