@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
-from upstream.sdist import fetch_sdist
+from upstream.sdist import fetch_sdist, newest_served
 
 TESTS = Path(__file__).resolve().parent
 
@@ -80,3 +80,11 @@ def test_timm_test_models_passes_on_srn(entry, tmp_path):
     assert set(results) == UPSTREAM_TESTS, run.stdout[-2000:]
     failed = {name: result for name, result in results.items() if result != "passed"}
     assert not failed, run.stdout[-6000:]
+
+
+def test_the_installed_timm_is_the_newest_that_pyproject_allows():
+    """The suite above runs on the newest timm the package index serves within pyproject.toml's bounds."""
+    from importlib.metadata import version
+
+    newest = newest_served("timm")
+    assert version("timm") == newest, f"timm {version('timm')} is installed, the index serves {newest}: rebuild the environment"
