@@ -24,7 +24,7 @@ ZOO_DOC = Path(__file__).parents[2] / "docs" / "zoo.md"
 SKIP_REASONS = [
     r"test requires (CUDA|MPS|accelerator|multiple accelerators|Flash Attention( [34])?|deepspeed)",
     r"test is slow",
-    r"Model architecture does not support attentions|Model does not (output|support output_)attentions"
+    r"Model architecture does not support attentions|Model does not (output |support output_)attentions"
     r"|Parts of this model don't support sdpa",
     r"does not support grouped_mm|This model has no sparse experts\.|This model has no `output_router_logits`"
     r"|Model does not have a TP plan\.",
