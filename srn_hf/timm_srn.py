@@ -445,6 +445,8 @@ def prune_backbone(srn: SRNModel, deepest: int) -> None:
     srn.config.attention_feature_index, srn.config.classifier_feature_index = attention_index, deepest
     with torch.device("meta"):
         pruned = create_backbone(srn.config, positions=(attention_index, deepest))
+    if hasattr(pruned, "_stage_out_idx"):  # timm's EfficientNet / MobileNet feature wrappers build every block
+        pruned.blocks = pruned.blocks[: max(pruned._stage_out_idx)]
     kept = {**dict(srn.backbone.named_parameters()), **dict(srn.backbone.named_buffers())}
     for name, _ in [*pruned.named_parameters(), *pruned.named_buffers()]:
         if name not in kept:
@@ -472,7 +474,9 @@ def _create_srn(variant: str, pretrained: bool = False, backbone_weights_file=No
     if config is not None:  # timm would otherwise fill in its defaults for these
         kwargs.update(num_classes=config.num_labels, in_chans=config.num_channels)
     # features_only=True: timm's wrapper over forward_intermediates, which prunes the model to the stages taken
-    model = build_model_with_cfg(SRNTimm, variant, pretrained=False, feature_cfg={"feature_cls": "getter"}, **kwargs)
+    # (`out_indices`; by default every stage of `feature_info`, 4 or 5 for a CNN, 12 for a 12-block transformer)
+    feature_cfg = {"feature_cls": "getter", "out_indices": None}
+    model = build_model_with_cfg(SRNTimm, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
     srn_model = model if isinstance(model, SRNTimm) else model.model
     if source is not None:
         hf_model = SRNForImageClassification.from_pretrained(source, cache_dir=kwargs.get("cache_dir"))

@@ -165,6 +165,19 @@ def test_prune_intermediate_layers_keeps_the_stages_up_to_the_deepest_index():
         create().prune_intermediate_layers([2], prune_head=False)
 
 
+def test_pruning_an_efficientnet_leaves_no_unused_block():
+    """timm's EfficientNet feature wrapper builds (and runs) every block; pruned, only those up to the tap stay."""
+    model = timm.create_model("srn", backbone="tf_efficientnet_lite0", num_classes=3, img_size=SIZE, **SMALL_BRANCHES)
+    with torch.no_grad():
+        tap = model.eval().forward_intermediates(images(), indices=[2], intermediates_only=True)[0]
+    model.prune_intermediate_layers([2])
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(images()), tap)
+    model.train().forward_features(images()).sum().backward()
+    assert [name for name, parameter in model.named_parameters() if parameter.grad is None] == []
+    assert len(model.srn.backbone.blocks) == 3
+
+
 def test_fx_traces_the_forward():
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
