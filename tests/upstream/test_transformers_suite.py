@@ -63,9 +63,12 @@ def test_transformers_generic_model_tests_pass_on_srn(tmp_path):
     unexplained = [(name, message) for name, message in skipped if not any(re.search(reason, message) for reason in SKIP_REASONS)]
     assert not unexplained, f"skipped for a reason that docs/zoo.md does not list: {unexplained}"
     passed = len(cases) - len(skipped)
-    assert passed >= 70, f"only {passed} upstream tests ran"  # 76 with transformers 5.25
-    assert {"test_problem_types", "test_training_gradient_checkpointing", "test_can_load_ignoring_mismatched_shapes",
-            "test_config", "test_save_load"} <= {case.get("name") for case in cases if case.find("skipped") is None}
+    # A floor against a suite that silently stops running: with transformers 5.25 the JUnit report holds 67 test
+    # cases that ran without a skip (pytest's own summary says 76 passed, 106 skipped).
+    assert passed >= 60, f"only {passed} upstream tests ran"
+    ran = {case.get("name") for case in cases if case.find("skipped") is None}
+    assert {"test_problem_types", "test_training_gradient_checkpointing", "test_gradient_checkpointing_enable_disable",
+            "test_config", "test_save_load", "test_training", "test_can_init_all_missing_weights"} <= ran
 
 
 def test_every_skip_reason_is_listed_in_the_docs():
