@@ -356,6 +356,8 @@ def card_data(model: SRNForImageClassification, repo_id: str, metrics: dict | No
 def thresholds_description(config: SRNConfig) -> str:
     """How the config's decision thresholds were chosen, from its `threshold_calibration` (see `srn_hf.thresholds`)."""
     calibration = getattr(config, "threshold_calibration", None)
+    if calibration and calibration.get("reset"):  # a checkpoint loaded for another label set (SRNConfig.from_dict)
+        return f"The decision threshold is the default, {config.threshold} for every label: {calibration['reset']}."
     if not calibration:
         per_label = " (and the per-label values of `config.label_thresholds`)" if config.label_thresholds else ""
         return f"The decision threshold was set, not tuned on data: {config.threshold} for every label{per_label}."

@@ -1,3 +1,16 @@
+# Copyright 2026 The srn_hf authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """The Spatial Regularization Network (SRN) as a transformers model over any timm backbone.
 
 Zhu, Li, Ouyang, Yu, Wang: "Learning Spatial Regularization with Image-level Supervisions for Multi-label
@@ -19,6 +32,7 @@ This file doubles as Hub remote code: it imports only torch, timm, transformers 
 """
 
 import functools
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -32,11 +46,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput, auto_docstring, can_return_tuple
 
-from .configuration_srn import PROBLEM_TYPE, SRNConfig
+from .configuration_srn import PROBLEM_TYPE, SRNConfig, label_names
 
 
+@auto_docstring
 @dataclass
 class SRNModelOutput(ModelOutput):
     r"""
@@ -74,6 +90,7 @@ class SRNModelOutput(ModelOutput):
 SRNOutput = SRNModelOutput
 
 
+@auto_docstring
 @dataclass
 class SRNImageClassifierOutput(ModelOutput):
     r"""
@@ -82,8 +99,20 @@ class SRNImageClassifierOutput(ModelOutput):
 
     loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
         Joint loss of stage 4, sigmoid cross-entropy L(y) + L(y_att), averaged over batch and classes.
-    logits, cls_logits, att_logits, sr_logits, attention_maps, confidence_maps, hidden_states:
-        As in [`SRNModelOutput`].
+    logits (`torch.FloatTensor` of shape `(B, C)`):
+        Fused logits y, as in [`SRNModelOutput`].
+    cls_logits (`torch.FloatTensor` of shape `(B, C)`):
+        y_cls, as in [`SRNModelOutput`].
+    att_logits (`torch.FloatTensor` of shape `(B, C)`):
+        y_att, as in [`SRNModelOutput`].
+    sr_logits (`torch.FloatTensor` of shape `(B, C)`):
+        y_sr, as in [`SRNModelOutput`].
+    attention_maps (`torch.FloatTensor` of shape `(B, C, h, w)`):
+        A, the label attention maps, as in [`SRNModelOutput`].
+    confidence_maps (`torch.FloatTensor` of shape `(B, C, h, w)`):
+        S, the raw confidence maps, as in [`SRNModelOutput`].
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        The backbone's feature maps, as in [`SRNModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -119,15 +148,29 @@ def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction={reduction!r} is not 'mean' or 'sum_over_classes'")
 
 
-def conv_bn_relu(
-    in_channels: int, out_channels: int, kernel_size: int, use_batch_norm: bool, conv_class=nn.Conv2d, **conv_kwargs
-):
-    """Convolution, then batch norm where configured, then ReLU: the hidden layers of the SRN branches."""
-    layers = [conv_class(in_channels, out_channels, kernel_size, bias=not use_batch_norm, **conv_kwargs)]
-    if use_batch_norm:
-        layers.append(nn.BatchNorm2d(out_channels))
-    layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+class ConvNormAct(nn.Module):
+    """Convolution, then batch norm where configured, then ReLU: a hidden layer of the SRN branches.
+
+    The convolution and the batch norm are the children `0` and `1` (an identity without batch norm): the names, and
+    so the checkpoint keys, of the `nn.Sequential` that held them in earlier versions. `layer[0]` is the convolution.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, use_batch_norm: bool, conv_class=nn.Conv2d, **conv_kwargs
+    ):
+        super().__init__()
+        self.add_module("0", conv_class(in_channels, out_channels, kernel_size, bias=not use_batch_norm, **conv_kwargs))
+        self.add_module("1", nn.BatchNorm2d(out_channels) if use_batch_norm else nn.Identity())
+        self.act = nn.ReLU(inplace=True)
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return self._modules[str(index)]
+
+    def __setitem__(self, index: int, module: nn.Module) -> None:
+        self.add_module(str(index), module)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.act(getattr(self, "1")(getattr(self, "0")(features)))  # getattr: TorchScript's way to a child
 
 
 def create_backbone(
@@ -187,27 +230,45 @@ class LabelMapConv(nn.Conv2d):
         super().__init__(in_channels, num_labels, kernel_size=1)
 
 
-class SRNAttention(nn.Module):
-    """f_att: attention logits Z from X (conv1x1 + ReLU, conv3x3 + ReLU, conv1x1 to C)."""
+class SRNAttentionTrunk(GradientCheckpointingLayer):
+    """The released layout's two bottleneck residual blocks on X, shared by f_att and the confidence branch; a
+    checkpointed segment. The blocks are the children `0` and `1`, the names (and checkpoint keys) of the
+    `nn.Sequential` that held them in earlier versions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        planes = channels // Bottleneck.expansion
+        self.add_module("0", Bottleneck(channels, planes))
+        self.add_module("1", Bottleneck(channels, planes))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return getattr(self, "1")(getattr(self, "0")(features))
+
+
+class SRNAttention(GradientCheckpointingLayer):
+    """f_att: attention logits Z from X (conv1x1 + ReLU, conv3x3 + ReLU, conv1x1 to C); a checkpointed segment."""
 
     def __init__(self, in_channels: int, config: SRNConfig):
         super().__init__()
         width = config.attention_channels
-        self.conv1 = conv_bn_relu(in_channels, width, 1, config.use_batch_norm)
-        self.conv2 = conv_bn_relu(width, width, 3, config.use_batch_norm, padding=1)
+        self.conv1 = ConvNormAct(in_channels, width, 1, config.use_batch_norm)
+        self.conv2 = ConvNormAct(width, width, 3, config.use_batch_norm, padding=1)
         self.conv3 = LabelMapConv(width, config.num_labels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.conv3(self.conv2(self.conv1(features)))
 
 
-class SRNConfidence(nn.Module):
-    """Confidence maps S from X: one conv1x1 to C ("conv1", paper layout), or conv1x1 + ReLU + conv1x1 (released)."""
+class SRNConfidence(GradientCheckpointingLayer):
+    """Confidence maps S from X: one conv1x1 to C ("conv1", paper layout), or conv1x1 + ReLU + conv1x1 (released);
+    a checkpointed segment."""
 
     def __init__(self, in_channels: int, config: SRNConfig):
         super().__init__()
+        # CODEPATH: layout="released" for checkpoints converted from the authors' Caffe release (two-convolution
+        # confidence head); layout="paper" (the default) for the network of the paper's figures.
         if config.layout == "released":
-            self.hidden = conv_bn_relu(in_channels, config.attention_channels, 1, config.use_batch_norm)
+            self.hidden = ConvNormAct(in_channels, config.attention_channels, 1, config.use_batch_norm)
             in_channels = config.attention_channels
         else:
             self.hidden = nn.Identity()
@@ -227,18 +288,28 @@ class WholeMapGroupedConv(nn.Conv2d):
     """
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        if tuple(maps.shape[-2:]) != tuple(self.kernel_size) or self.padding != (0, 0):
-            return super().forward(maps)
-        batch, groups = maps.shape[0], self.groups
-        maps = maps.reshape(batch, groups, -1)  # B x g x (in/g * K * K)
-        weight = self.weight.reshape(groups, self.out_channels // groups, -1)  # g x out/g x (in/g * K * K)
-        outputs = torch.matmul(maps.transpose(0, 1), weight.transpose(1, 2))  # g x B x out/g (autocast-aware)
-        outputs = outputs.transpose(0, 1).reshape(batch, self.out_channels, 1, 1)
-        return outputs if self.bias is None else outputs + self.bias.view(1, -1, 1, 1)
+        if self.padding != (0, 0):
+            return self._conv_forward(maps, self.weight, self.bias)
+        return whole_map_grouped_conv(maps, self.weight, self.bias, self.groups)
 
 
-class SRNSpatialRegularization(nn.Module):
-    """f_sr: y_sr from the weighted attention maps U.
+@torch.fx.wrap  # a leaf of torch.fx graphs: its branch is on the maps' size
+def whole_map_grouped_conv(
+    maps: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+) -> torch.Tensor:
+    """[`WholeMapGroupedConv`]'s computation: a batched matrix product where the kernel covers the whole map."""
+    if maps.shape[-2] != weight.shape[-2] or maps.shape[-1] != weight.shape[-1]:
+        return nnf.conv2d(maps, weight, bias, groups=groups)
+    batch, out_channels = maps.shape[0], weight.shape[0]
+    maps = maps.reshape(batch, groups, -1)  # B x g x (in/g * K * K)
+    weight = weight.reshape(groups, out_channels // groups, -1)  # g x out/g x (in/g * K * K)
+    outputs = torch.matmul(maps.transpose(0, 1), weight.transpose(1, 2))  # g x B x out/g (autocast-aware)
+    outputs = outputs.transpose(0, 1).reshape(batch, out_channels, 1, 1)
+    return outputs if bias is None else outputs + bias.view(1, -1, 1, 1)
+
+
+class SRNSpatialRegularization(GradientCheckpointingLayer):
+    """f_sr: y_sr from the weighted attention maps U; a checkpointed segment.
 
     conv1 (1x1, C -> 512) + ReLU, conv2 (1x1, 512 -> 512) + ReLU, conv3 (K x K, no padding, 512 -> 2048 in 512
     groups: 4 single-channel filters per input channel, so that each label's relations are learned from few
@@ -249,9 +320,9 @@ class SRNSpatialRegularization(nn.Module):
         super().__init__()
         width, out_channels = config.regularization_channels, config.regularization_out_channels
         self.kernel_size = kernel_size
-        self.conv1 = conv_bn_relu(config.num_labels, width, 1, config.use_batch_norm)
-        self.conv2 = conv_bn_relu(width, width, 1, config.use_batch_norm)
-        self.conv3 = conv_bn_relu(
+        self.conv1 = ConvNormAct(config.num_labels, width, 1, config.use_batch_norm)
+        self.conv2 = ConvNormAct(width, width, 1, config.use_batch_norm)
+        self.conv3 = ConvNormAct(
             width, out_channels, kernel_size, config.use_batch_norm, conv_class=WholeMapGroupedConv, groups=width
         )
         self.fc = nn.Linear(out_channels, config.num_labels)
@@ -260,6 +331,7 @@ class SRNSpatialRegularization(nn.Module):
         return self.fc(self.conv3(self.conv2(self.conv1(weighted_attention_maps))).flatten(1))
 
 
+@torch.fx.wrap  # a leaf of torch.fx graphs: its branch is on the maps' size
 def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
     """Brings h x w maps to side x side for f_sr's KxK convolution when the input size is not the configured one.
 
@@ -267,10 +339,20 @@ def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
     (the maps are non-negative): an attention map still sums to 1 after resizing, so f_sr sees inputs of the
     scale it was trained on.
     """
-    if maps.shape[-2:] == (side, side):
+    if maps.shape[-2] == side and maps.shape[-1] == side:
         return maps
     resized = nnf.adaptive_avg_pool2d(maps, side)
     return resized * (maps.sum(dim=(2, 3), keepdim=True) / resized.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12))
+
+
+@torch.fx.wrap  # a leaf of torch.fx graphs: its branch is on the maps' dtype
+def weight_attention_maps(attention_maps: torch.Tensor, confidence_maps: torch.Tensor) -> torch.Tensor:
+    """U = A * sigmoid(S), the weighted attention maps that f_sr reads."""
+    weighted_attention_maps = torch.sigmoid(confidence_maps)
+    if torch.is_grad_enabled() or weighted_attention_maps.dtype != attention_maps.dtype:
+        return attention_maps * weighted_attention_maps
+    # no gradient to take: in sigmoid(S)'s storage, one B x C x h x w map less at the peak, same values
+    return weighted_attention_maps.mul_(attention_maps)
 
 
 class FeatureStages(FeatureListNet):
@@ -282,16 +364,19 @@ class FeatureStages(FeatureListNet):
     Only the stages in `kept` (all when None) are returned, the others are None: their maps are freed as soon as the
     next stage has read them (inference holds X and F, not every stage). With `checkpoint_function`, each block of a
     sequential stage (a ResNet-101's third stage holds 23; timm would checkpoint whole stages) and each other module
-    is a checkpointed segment, except modules that work in place (a stem's ReLU): checkpointing them saves nothing.
+    is a checkpointed segment, except modules that work in place (a stem's ReLU): checkpointing them saves nothing;
+    and except a block whose input needs no gradient (the first, on the pixels): under a re-entrant checkpoint
+    (`use_reentrant=True`) its output would need none either, and the backbone would get no gradient.
     """
 
+    @torch.jit.unused  # TorchScript calls timm's own forward (see SRNTimm.feature_maps)
     def forward(self, x: torch.Tensor, kept: tuple[int, ...] | None = None, checkpoint_function=None) -> list:
         maps = []
         for name, module in self.items():
             blocks = module if checkpoint_function is not None and isinstance(module, nn.Sequential) else [module]
             for block in blocks:
-                if checkpoint_function is None or getattr(block, "inplace", False):
-                    x = block(x)
+                if checkpoint_function is None or getattr(block, "inplace", False) or not x.requires_grad:
+                    x = block(x)  # the first block on the pixels too: a re-entrant checkpoint would cut its gradient
                 else:
                     x = checkpoint_function(block, x)
             if name in self.return_layers:
@@ -313,15 +398,19 @@ def timm_checkpointing_module(backbone: nn.Module) -> nn.Module | None:
     return None
 
 
+class LabelSetMismatchError(RuntimeError, ValueError):
+    """A checkpoint loaded for another label set without `ignore_mismatched_sizes=True`.
+
+    A `RuntimeError`, what transformers raises for any checkpoint whose sizes differ from the model's, and a
+    `ValueError`, what the package raises for every other bad argument (the command lines turn it into one line).
+    """
+
+
 # Arguments of `from_pretrained` that say where to read a checkpoint's config from.
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
-def label_names(id2label: dict) -> list[str]:
-    """The label names of an `id2label` map (keys as ints or as the strings of a JSON file), in index order."""
-    return [id2label[key] for key in sorted(id2label, key=int)]
-
-
+@auto_docstring
 class SRNPreTrainedModel(PreTrainedModel):
     config: SRNConfig
     config_class = SRNConfig
@@ -331,13 +420,20 @@ class SRNPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SRNModel"]
     supports_gradient_checkpointing = True
     model_tags = ["srn", "multi-label", "timm"]
+    # torch.jit.script of the timm model (timm's tests script every model) compiles the methods its forward calls;
+    # transformers' properties and annotated attributes, and the config, stay out of TorchScript.
+    __jit_unused_properties__ = [name for name, _ in inspect.getmembers(PreTrainedModel, inspect.isdatadescriptor)]
+    __jit_ignored_attributes__ = [
+        "config", *{name for cls in PreTrainedModel.__mro__ for name in vars(cls).get("__annotations__", {})}
+    ]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """transformers' `from_pretrained`, refusing to put another label set on a checkpoint's heads silently.
 
         Passing `id2label`, `num_labels` or a `config` whose labels differ from the checkpoint's raises a
-        `ValueError` unless `ignore_mismatched_sizes=True`, which re-initialises the label layers
+        [`LabelSetMismatchError`] (a `RuntimeError`, as transformers' own for mismatched sizes) unless
+        `ignore_mismatched_sizes=True`, which re-initialises the label layers
         ([`SRNModel.init_label_layers`]): with the same number of labels, transformers would otherwise load the old
         heads under the new names. `from_pretrained(None, config=config, state_dict=state_dict)` has no saved labels
         to compare with and loads as transformers does.
@@ -360,11 +456,14 @@ class SRNPreTrainedModel(PreTrainedModel):
         if saved_names == new_names:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if not kwargs.get("ignore_mismatched_sizes", False):
-            raise ValueError(
-                f"{pretrained_model_name_or_path} was trained on another label set ({len(saved_names)} labels: "
-                f"{', '.join(saved_names[:5])}, ...) than the one passed ({len(new_names)} labels: "
-                f"{', '.join(new_names[:5])}, ...). Pass ignore_mismatched_sizes=True to re-initialise the label "
-                "layers for the new labels, or leave id2label / num_labels out to keep the checkpoint's labels"
+            numbered = new_names == [f"LABEL_{index}" for index in range(len(new_names))]  # num_labels=N gives these
+            argument = "num_labels" if numbered else "id2label"
+            value = len(new_names) if numbered else f"{{{len(new_names)} labels: {', '.join(new_names[:3])}, ...}}"
+            raise LabelSetMismatchError(
+                f"{argument}={value}: {pretrained_model_name_or_path} was trained on another label set "
+                f"({len(saved_names)} labels: {', '.join(saved_names[:5])}, ...), and ignore_mismatched_sizes is False: "
+                "pass ignore_mismatched_sizes=True to re-initialise the label layers for the new labels, or leave "
+                f"{argument} out to keep the checkpoint's labels"
             )
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if len(saved_names) == len(new_names):  # transformers re-initialises them only when the sizes differ
@@ -402,6 +501,7 @@ class SRNPreTrainedModel(PreTrainedModel):
                 module.set_grad_checkpointing(enable, gradient_checkpointing_func)
 
 
+@auto_docstring
 class SRNModel(SRNPreTrainedModel):
     """SRN: backbone f_cnn, main classifier f_cls, attention f_att, confidence maps, spatial regularization f_sr.
 
@@ -424,16 +524,18 @@ class SRNModel(SRNPreTrainedModel):
         classifier_channels = info.channels(self.feature_positions[1])
         attention_reduction = info.reduction(self.feature_positions[0])
         self.attention_map_size = math.ceil(config.image_size / attention_reduction)
+        self.alpha = config.alpha  # a plain attribute: TorchScript reads no config
 
         self.classifier = nn.Linear(classifier_channels, config.num_labels)
+        # CODEPATH: layout="released" for checkpoints converted from the authors' Caffe release (two residual blocks
+        # on X before f_att and the confidence head); layout="paper" (the default) feeds X to them directly.
         if config.layout == "released":
             if attention_channels % Bottleneck.expansion:
                 raise ValueError(
                     f"layout='released' needs X's channels ({attention_channels} for backbone {config.backbone!r}) "
                     f"to be a multiple of {Bottleneck.expansion}"
                 )
-            planes = attention_channels // Bottleneck.expansion
-            self.attention_trunk = nn.Sequential(Bottleneck(attention_channels, planes), Bottleneck(attention_channels, planes))
+            self.attention_trunk = SRNAttentionTrunk(attention_channels)
         else:
             self.attention_trunk = nn.Identity()
         self.attention = SRNAttention(attention_channels, config)
@@ -492,30 +594,32 @@ class SRNModel(SRNPreTrainedModel):
             layer.to(device=reference.device, dtype=reference.dtype)
         self.init_label_layers()
 
+    # timm's model API names this switch (`model.set_grad_checkpointing()`, called by timm's training scripts on the
+    # timm entry); it sets no hyperparameter, only the checkpointing flags that `activation_checkpointing_enable()` sets.
+    # trf-ignore: TRF033
     def set_grad_checkpointing(self, enable: bool = True, checkpoint_function=None) -> None:
         """Gradient checkpointing of the backbone and of the SRN branch (timm's name for the switch).
 
         The backbone is checkpointed block by block: by SRN for timm's list wrappers ([`FeatureStages`]),
-        by timm's `set_grad_checkpointing` where the backbone has it, as one segment otherwise. The SRN branch is two
-        segments (f_att with the confidence maps, and f_sr).
+        by timm's `set_grad_checkpointing` where the backbone has it, as one segment otherwise. In the SRN branch, the
+        released layout's trunk, f_att, the confidence branch and f_sr are each a segment: transformers'
+        `GradientCheckpointingLayer`s ([`SRNAttentionTrunk`], [`SRNAttention`], [`SRNConfidence`],
+        [`SRNSpatialRegularization`]).
         Active in training mode only. `checkpoint_function`: transformers' (`torch.utils.checkpoint.checkpoint`
         without re-entrance by default). As with any checkpointed batch norm, the recomputation in the backward
         pass updates the running statistics of a checkpointed batch-norm layer a second time.
         """
-        self.gradient_checkpointing = enable
-        self._gradient_checkpointing_func = checkpoint_function or functools.partial(checkpoint, use_reentrant=False)
+        checkpoint_function = checkpoint_function or functools.partial(checkpoint, use_reentrant=False)
+        for module in self.modules():  # this model (the backbone's blocks) and the SRN branch's checkpointing layers
+            if module is self or isinstance(module, GradientCheckpointingLayer):
+                module.gradient_checkpointing = enable
+                module._gradient_checkpointing_func = checkpoint_function
         timm_module = timm_checkpointing_module(self.backbone)
         if timm_module is not None:
             timm_module.set_grad_checkpointing(enable)
 
     def checkpointing_active(self) -> bool:
         return self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-
-    def checkpointed(self, function, *inputs):
-        """`function(*inputs)`, as a checkpointed segment when gradient checkpointing is on and gradients flow."""
-        if self.checkpointing_active():
-            return self._gradient_checkpointing_func(function, *inputs)
-        return function(*inputs)
 
     def forward_feature_maps(self, pixel_values: torch.Tensor, kept: tuple[int, ...] | None = None) -> list:
         """The feature maps of f_cnn from its first stage to the deepest of X and F (a ViT's tokens as grids).
@@ -537,30 +641,18 @@ class SRNModel(SRNPreTrainedModel):
         return maps[self.feature_positions[0]], maps[self.feature_positions[1]]
 
     def forward_attention(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attention logits Z = f_att(X) and the confidence maps S (after the released layout's trunk)."""
+        """The attention logits Z = f_att(X) and the confidence maps S (after the released layout's trunk), each a
+        checkpointed segment when gradient checkpointing is on."""
         features = self.attention_trunk(features)
         return self.attention(features), self.confidence(features)
 
     def forward_heads(self, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNModelOutput:
         """f_cls, f_att, confidence maps and f_sr on the backbone maps X and F."""
-        cls_logits = self.classifier(classifier_features.mean(dim=(2, 3)))
-
-        attention_logits, confidence_maps = self.checkpointed(self.forward_attention, features)  # Z, S
-        attention_maps = attention_logits.flatten(2).softmax(dim=-1).view_as(attention_logits)  # A
-        del attention_logits  # Z is not needed again (softmax's backward uses A): one B x C x h x w map less held
-        att_logits = (attention_maps * confidence_maps).sum(dim=(2, 3))  # y_att
-
-        weighted_attention_maps = torch.sigmoid(confidence_maps)  # U = A * sigmoid(S)
-        if torch.is_grad_enabled() or weighted_attention_maps.dtype != attention_maps.dtype:
-            weighted_attention_maps = attention_maps * weighted_attention_maps
-        else:  # no gradient to take: in sigmoid(S)'s storage, one B x C x h x w map less at the peak, same values
-            weighted_attention_maps.mul_(attention_maps)
-        weighted_attention_maps = resize_to_kernel(weighted_attention_maps, self.attention_map_size)
-        sr_logits = self.checkpointed(self.spatial_regularization, weighted_attention_maps)  # y_sr
-
-        alpha = self.config.alpha
+        logits, cls_logits, att_logits, sr_logits, attention_maps, confidence_maps = self.forward_branches(
+            features, classifier_features
+        )
         return SRNModelOutput(
-            logits=alpha * cls_logits + (1 - alpha) * sr_logits,
+            logits=logits,
             cls_logits=cls_logits,
             att_logits=att_logits,
             sr_logits=sr_logits,
@@ -568,31 +660,51 @@ class SRNModel(SRNPreTrainedModel):
             confidence_maps=confidence_maps,
         )
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SRNModelOutput | tuple:
+    def forward_branches(
+        self, features: torch.Tensor, classifier_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[`forward_heads`] as a tuple (y, y_cls, y_att, y_sr, A, S), in TorchScript too (timm scripts it)."""
+        cls_logits = self.classifier(classifier_features.mean(dim=(2, 3)))
+
+        attention_logits, confidence_maps = self.forward_attention(features)  # Z, S
+        attention_maps = attention_logits.flatten(2).softmax(dim=-1).view_as(attention_logits)  # A
+        del attention_logits  # Z is not needed again (softmax's backward uses A): one B x C x h x w map less held
+        att_logits = (attention_maps * confidence_maps).sum(dim=(2, 3))  # y_att
+
+        weighted_attention_maps = weight_attention_maps(attention_maps, confidence_maps)  # U = A * sigmoid(S)
+        weighted_attention_maps = resize_to_kernel(weighted_attention_maps, self.attention_map_size)
+        sr_logits = self.spatial_regularization(weighted_attention_maps)  # y_sr
+
+        logits = self.alpha * cls_logits + (1 - self.alpha) * sr_logits
+        return logits, cls_logits, att_logits, sr_logits, attention_maps, confidence_maps
+
+    @torch.jit.unused  # TorchScript compiles the timm model's forward instead
+    @can_return_tuple
+    @auto_docstring
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> SRNModelOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, num_channels, H, W)`):
             Images normalised with the backbone's mean and std (see the saved image processor).
-        output_hidden_states (`bool`, *optional*):
-            Return the backbone's feature maps as `hidden_states` (default: `config.output_hidden_states`).
+
+        `output_hidden_states=True` (or `config.output_hidden_states`) returns the backbone's feature maps as
+        `hidden_states`; `return_dict=False` a tuple (`@can_return_tuple`).
         """
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # The hidden states are the timm backbone's feature maps, which its feature wrapper returns as one list: not
+        # outputs of one layer class that `@capture_outputs` could record (`_can_record_outputs`), since the stage
+        # classes differ per timm backbone. So the flag is read here, from the keyword arguments.
+        output_hidden_states = kwargs.get("output_hidden_states")
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         maps = self.forward_feature_maps(pixel_values, kept=None if output_hidden_states else self.feature_positions)
         outputs = self.forward_heads(maps[self.feature_positions[0]], maps[self.feature_positions[1]])
         if output_hidden_states:
             outputs.hidden_states = tuple(maps)
-        return outputs if return_dict else outputs.to_tuple()
+        return outputs
 
 
+@auto_docstring
 class SRNForImageClassification(SRNPreTrainedModel):
-    """SRN with the multi-label loss: `logits` are the fused y; the joint loss of stage 4 when `labels` are given."""
+    """SRN with a classification loss: `logits` are the fused y; with `labels`, the joint multi-label loss of stage 4
+    (or transformers' single-label / regression loss on y, by `config.problem_type`)."""
 
     def __init__(self, config: SRNConfig):
         super().__init__(config)
@@ -604,43 +716,57 @@ class SRNForImageClassification(SRNPreTrainedModel):
         self.srn.load_backbone_weights(weights_file)
 
     def check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
-        """Refuses labels SRN's multi-label loss cannot take, naming the problem type or the shape."""
-        if self.config.problem_type != PROBLEM_TYPE:
+        """Refuses labels that the configured problem type's loss cannot take, in one line naming the shape."""
+        problem_type, num_labels = self.config.problem_type, self.config.num_labels
+        if problem_type == "single_label_classification":
+            shapes, meaning = [(batch_size,)], f"one class index in 0..{num_labels - 1} per image"
+        elif problem_type == "regression":
+            shapes = [(batch_size, num_labels)] + ([(batch_size,)] if num_labels == 1 else [])
+            meaning = f"{num_labels} target value(s) per image"
+        else:
+            names = ", ".join(list(self.config.id2label.values())[:5])
+            shapes, meaning = [(batch_size, num_labels)], f"one multi-hot row of {num_labels} labels ({names}, ...) per image"
+        if tuple(labels.shape) not in shapes:
             raise ValueError(
-                f"problem_type={self.config.problem_type!r}: SRN is multi-label only (its loss is a sigmoid "
-                f"cross-entropy per label); set config.problem_type={PROBLEM_TYPE!r}"
+                f"labels has shape {tuple(labels.shape)}, expected {' or '.join(map(str, shapes))} for "
+                f"problem_type={problem_type!r}: {meaning}"
             )
-        expected = (batch_size, self.config.num_labels)
-        if tuple(labels.shape) != expected:
-            raise ValueError(
-                f"labels has shape {tuple(labels.shape)}, expected {expected}: one multi-hot row of "
-                f"{self.config.num_labels} labels ({', '.join(list(self.config.id2label.values())[:5])}, ...) "
-                "per image"
-            )
+        if problem_type == "single_label_classification" and (labels.is_floating_point() or labels.is_complex()):
+            raise ValueError(f"labels has dtype {labels.dtype}, expected integer class indices for problem_type={problem_type!r}")
 
+    def compute_loss(self, outputs: SRNModelOutput, labels: torch.Tensor) -> torch.Tensor:
+        """transformers' classification loss (`self.loss_function`) on the fused logits y, by `config.problem_type`.
+
+        Multi-label (the default) is SRN's joint loss of stage 4: L(y) + L(y_att), L the sigmoid cross-entropy averaged
+        over batch and classes. Single-label is the softmax cross-entropy of y, regression the mean squared error of y;
+        neither has a target for the per-label attention branch y_att, which then learns only through y_sr.
+        """
+        self.check_labels(labels, outputs.logits.shape[0])
+        if self.config.problem_type != PROBLEM_TYPE:
+            return self.loss_function(labels, outputs.logits.float(), self.config)
+        return self.loss_function(labels.float(), outputs.logits.float(), self.config) + sigmoid_cross_entropy(
+            outputs.att_logits, labels
+        )
+
+    @can_return_tuple
+    @auto_docstring
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs
     ) -> SRNImageClassifierOutput | tuple:
         r"""
         labels (`torch.FloatTensor` of shape `(B, C)`, *optional*):
             Multi-hot targets (1 where the label is present). The loss is L(y) + L(y_att), L the sigmoid
-            cross-entropy averaged over batch and classes.
-        output_hidden_states (`bool`, *optional*):
-            Return the backbone's feature maps as `hidden_states` (default: `config.output_hidden_states`).
+            cross-entropy averaged over batch and classes. With `problem_type="single_label_classification"`: class
+            indices of shape `(B,)`, softmax cross-entropy of y; with `"regression"`: targets of shape `(B, C)`,
+            mean squared error of y ([`SRNForImageClassification.compute_loss`]).
+
+        `output_hidden_states` and `return_dict` as in [`SRNModel.forward`].
         """
-        outputs = self.srn(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self.srn(pixel_values, output_hidden_states=kwargs.get("output_hidden_states"), return_dict=True)
         loss = None
         if labels is not None:
-            self.check_labels(labels, pixel_values.shape[0])
-            loss = sigmoid_cross_entropy(outputs.logits, labels) + sigmoid_cross_entropy(outputs.att_logits, labels)
-        outputs = SRNImageClassifierOutput(loss=loss, **outputs)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return outputs if return_dict else outputs.to_tuple()
+            loss = self.compute_loss(outputs, labels)
+        return SRNImageClassifierOutput(loss=loss, **outputs)
 
 
 __all__ = [
@@ -650,4 +776,5 @@ __all__ = [
     "SRNModelOutput",
     "SRNImageClassifierOutput",
     "SRNOutput",
+    "LabelSetMismatchError",
 ]

@@ -31,12 +31,13 @@ from transformers.image_utils import get_image_size, load_image, to_numpy_array
 from transformers.pipelines import ImageClassificationPipeline
 from transformers.utils import logging
 
+from .configuration_srn import PIPELINE_TASK
 from .fast import autocast_context, use_channels_last
 from .images import ImageError, list_image_files, open_image
 
 logger = logging.get_logger(__name__)
 
-TASK = "multi-label-image-classification"
+TASK = PIPELINE_TASK  # the task name, also in every saved config's custom_pipelines
 
 
 class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):

@@ -48,13 +48,13 @@ def hub_calls(monkeypatch) -> list[tuple]:
     Each call is `("create_repo", repo_id, kwargs, token)` or `("create_commit", repo_id, kwargs, uploaded)`, with
     `uploaded` the bytes of each uploaded file by its path in the repository.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, RepoUrl
 
     calls = []
 
     def create_repo(self, repo_id, **kwargs):
         calls.append(("create_repo", repo_id, kwargs, self.token))
-        return f"https://huggingface.co/{repo_id}"
+        return RepoUrl(f"https://huggingface.co/{repo_id}")  # a str with .repo_id, as the real call returns
 
     def create_commit(self, repo_id, operations, **kwargs):
         uploaded = {operation.path_in_repo: Path(operation.path_or_fileobj).read_bytes() for operation in operations}

@@ -20,7 +20,9 @@ from conftest import small_srn
 from huggingface_hub import ModelCard, metadata_load, scan_cache_dir
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
+from transformers import pipeline
 
+import srn_hf
 from srn_hf import SRNForImageClassification
 from srn_hf.cli import main as cli_main
 from srn_hf.hub import METRIC_NAMES, CardOptions, hub_folder_files, publish, write_hub_folder
@@ -37,6 +39,9 @@ EXPECTED_FILES = {  # of a model folder alone: no image of its data, so no atten
     "configuration_srn.py",
     "model.safetensors",
     "modeling_srn.py",
+    "pipeline_srn.py",  # the remote code of config.json's custom_pipelines, with the files it imports
+    "fast.py",
+    "images.py",
     "preprocessor_config.json",
 }
 
@@ -443,3 +448,39 @@ def install_in_hub_cache(folder: Path, repo_id: str, cache: Path) -> Path:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+REMOTE_PIPELINE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["srn_hf"] = None  # srn_hf cannot be imported: only the folder's remote code can run
+    from transformers import pipeline
+
+    tagger = pipeline("multi-label-image-classification", model=sys.argv[1], trust_remote_code=True)
+    print(json.dumps({"class": type(tagger).__module__, "labels": tagger(sys.argv[2], threshold=0.0)}))
+    """
+)
+
+
+def test_the_multi_label_pipeline_loads_as_remote_code_without_srn_hf(tmp_path):
+    """Every saved config names the pipeline in `custom_pipelines`, and pipeline_srn.py is saved beside the model."""
+    folder = tmp_path / "model"
+    model = small_model()
+    model.save_pretrained(folder)
+    create_image_processor(model.config).save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["custom_pipelines"] == srn_hf.configuration_srn.CUSTOM_PIPELINES
+    image_file = tmp_path / "image.png"
+    random_images(1, seed=3)[0].save(image_file)
+    environment = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    environment.pop("PYTHONPATH", None)
+    completed = subprocess.run(
+        [sys.executable, "-c", REMOTE_PIPELINE_SCRIPT, str(folder), str(image_file)],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["class"].startswith("transformers_modules.") and result["class"].endswith("pipeline_srn")
+    local = pipeline("multi-label-image-classification", model=str(folder))  # srn_hf here: no trust_remote_code
+    expected = local(str(image_file), threshold=0.0)
+    assert [item["label"] for item in result["labels"]] == [item["label"] for item in expected]
+    np.testing.assert_allclose([item["score"] for item in result["labels"]], [item["score"] for item in expected], atol=1e-5)

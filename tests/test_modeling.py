@@ -129,7 +129,7 @@ def test_branches_are_named_modules_that_partition_the_parameters(model):
 
 def test_released_layout_adds_residual_blocks_and_a_two_conv_confidence_head(images):
     model = seeded_model(small_config(layout="released"))
-    assert [type(block) for block in model.attention_trunk] == [Bottleneck, Bottleneck]
+    assert [type(block) for block in model.attention_trunk.children()] == [Bottleneck, Bottleneck]
     convs = [m for m in model.confidence.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.kernel_size for c in convs] == [(1, 1), (1, 1)] and convs[-1].out_channels == len(LABELS)
     with torch.no_grad():
@@ -335,3 +335,38 @@ def test_packaged_imagenet_weights_are_live(lite0_weights):
 def test_package_registers_everything_on_import():
     assert srn_hf.SRNConfig is SRNConfig and srn_hf.SRNModel is SRNModel
     assert srn_hf.SRNForImageClassification is SRNForImageClassification
+
+
+def with_sequential_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as earlier versions built it: each hidden layer of the SRN branches an `nn.Sequential` of convolution,
+    batch norm (where configured) and ReLU, the released layout's trunk an `nn.Sequential` of its two blocks; the same
+    parameter and buffer objects, moved into the old containers."""
+    from srn_hf.modeling_srn import ConvNormAct, SRNAttentionTrunk
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ConvNormAct):
+            norm = [module[1]] if isinstance(module[1], torch.nn.BatchNorm2d) else []
+            old = torch.nn.Sequential(module[0], *norm, torch.nn.ReLU(inplace=True))
+        elif isinstance(module, SRNAttentionTrunk):
+            old = torch.nn.Sequential(*module.children())
+        else:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, old)
+    return model
+
+
+@pytest.mark.parametrize("fields", [{}, {"layout": "released"}, {"use_batch_norm": False}])
+def test_the_layers_that_replaced_nn_sequential_keep_the_keys_and_the_logits(fields, images):
+    """ConvNormAct and SRNAttentionTrunk (transformers' linter forbids nn.Sequential) hold the same weights under the
+    same checkpoint keys as the nn.Sequential layers of earlier versions, and give the same logits (fixed seed)."""
+    new = seeded_model(small_config(**fields), SRNForImageClassification)
+    old = with_sequential_layers(seeded_model(small_config(**fields), SRNForImageClassification))
+    assert list(old.state_dict()) == list(new.state_dict())  # e.g. srn.attention.conv1.0.weight, conv1.1.running_mean
+    assert any(".conv1.1." in key for key in new.state_dict()) == fields.get("use_batch_norm", True)
+    with torch.no_grad():
+        torch.testing.assert_close(new(images).logits, old(images).logits, rtol=0, atol=0)
+    reloaded = SRNForImageClassification(small_config(**fields)).eval()
+    reloaded.load_state_dict(old.state_dict())  # a checkpoint saved by the old layout loads, strictly
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(images).logits, old(images).logits, rtol=0, atol=0)

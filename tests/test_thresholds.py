@@ -214,3 +214,38 @@ def test_stage_records_report_both_thresholds_and_the_gain_over_stage_1():
     assert records[0]["test_calibrated"]["OF1"] > records[0]["test"]["OF1"] + 10
     table = threshold_table(records).splitlines()
     assert len(table) == 3 + 4 and table[3].startswith("1     y_cls") and table[4].endswith("tuned")
+
+
+# --- a checkpoint loaded for another label set -------------------------------------------------------------------
+
+TUNED = {
+    "threshold": 0.253,
+    "label_thresholds": {"cat": 0.61, "dog": 0.12},
+    "threshold_calibration": {"criterion": "f1", "split": "validation", "dataset": None, "images": 40,
+                              "min_positives": 3, "fallback_labels": []},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("new_labels", [{"id2label": {0: "car", 1: "bus", 2: "tram"}}, {"num_labels": 3}])
+def test_a_new_label_set_starts_from_untuned_thresholds(tmp_path, new_labels, hub_calls):
+    """`from_pretrained(..., id2label=new or num_labels=N, ignore_mismatched_sizes=True)` drops the tuned thresholds
+    of the old labels (config, card, pipeline), and the model saves and pushes afterwards."""
+    from srn_hf.hub import thresholds_description
+
+    folder = save_with_processor(small_srn({0: "cat", 1: "dog"}, **TUNED), tmp_path / "tuned")
+    model = srn_hf.SRNForImageClassification.from_pretrained(folder, ignore_mismatched_sizes=True, **new_labels)
+    config = model.config
+    assert (config.threshold, config.label_thresholds) == (0.5, None)
+    assert "the label set changed (2 labels: cat, dog" in config.threshold_calibration["reset"]
+    assert thresholds_description(config).startswith("The decision threshold is the default, 0.5 for every label")
+    saved = save_with_processor(model, tmp_path / "new")
+    reloaded = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert reloaded["threshold"] == 0.5 and reloaded["label_thresholds"] is None
+    tagger = pipeline("multi-label-image-classification", model=saved)
+    np.testing.assert_array_equal(tagger.thresholds(), [0.5, 0.5, 0.5])
+    model.push_to_hub("org/srn-new-labels", token="hf_test")
+    (commit,) = [call for call in hub_calls if call[0] == "create_commit"]
+    assert json.loads(commit[3]["config.json"])["threshold_calibration"] == config.threshold_calibration
+    assert {"model.safetensors", "pipeline_srn.py"} <= set(commit[3])
+    unchanged = srn_hf.SRNForImageClassification.from_pretrained(folder)  # the same labels keep their thresholds
+    assert (unchanged.config.threshold, unchanged.config.label_thresholds) == (0.253, TUNED["label_thresholds"])

@@ -42,13 +42,14 @@ def test_srn_resnet101_is_the_paper_network():
 def test_timm_interface(small_model):
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        attention_features, classifier_features = small_model.forward_features(images)
+        classifier_features = small_model.forward_features(images)
         logits = small_model(images)
-        embedding = small_model.forward_head((attention_features, classifier_features), pre_logits=True)
+        embedding = small_model.forward_head(classifier_features, pre_logits=True)
         outputs = small_model.forward_srn(images)
-    assert attention_features.shape[-2:] == (14, 14) and classifier_features.shape[-2:] == (7, 7)
+    assert classifier_features.shape == (2, small_model.num_features, 7, 7)  # F, pretrained_cfg's pool_size
+    assert small_model.pretrained_cfg["pool_size"] == (7, 7)
     assert logits.shape == (2, 5)
-    assert embedding.shape == (2, small_model.num_features)
+    torch.testing.assert_close(embedding, classifier_features.mean(dim=(2, 3)))
     torch.testing.assert_close(outputs.logits, logits)
     assert outputs.attention_maps.shape == (2, 5, 14, 14)
     head = {id(parameter) for parameter in small_model.get_classifier().parameters()}
@@ -74,6 +75,10 @@ def test_bad_arguments_are_named():
         timm.create_model("srn_resnet50", backbone="resnet18")
     with pytest.raises(ValueError, match="'resnet1O1' is not a timm model name; close names: resnet101"):
         timm.create_model("srn", backbone="resnet1O1")
+    with pytest.raises(TypeError, match=r"^SRN got an unexpected keyword argument alpah=0\.3: "):
+        timm.create_model("srn", backbone="resnet10t", alpah=0.3)
+    with pytest.raises(TypeError, match="num_channels=1"):  # timm's in_chans sets it
+        timm.create_model("srn", backbone="resnet10t", num_channels=1)
 
 
 def test_state_dicts_interchange_with_transformers(small_model):
@@ -134,3 +139,55 @@ def test_pretrained_loads_the_backbone_weights_offline(tmp_path):
     backbone = model.srn.backbone.state_dict()
     assert torch.equal(backbone["conv_stem.weight"], weights["conv_stem.weight"])
     assert torch.equal(backbone["blocks.4.0.conv_pw.weight"], weights["blocks.4.0.conv_pw.weight"])
+
+
+def saved_srn(folder, labels=("cat", "dog", "person")) -> srn_hf.SRNForImageClassification:
+    """A trained-looking SRN (random weights, its own labels), saved by `save_pretrained` in `folder`."""
+    config = srn_hf.SRNConfig(backbone="resnet10t", id2label=dict(enumerate(labels)), alpha=0.3, **SMALL_BRANCHES)
+    torch.manual_seed(4)
+    model = srn_hf.SRNForImageClassification(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def assert_same_network(timm_model, hf_model, labels) -> None:
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert torch.equal(timm_model.eval()(images), hf_model(images).logits)
+    assert timm_model.pretrained_cfg["label_names"] == list(labels)
+    assert timm_model.config.alpha == 0.3 and timm_model.config.backbone == "resnet10t"
+
+
+def test_pretrained_loads_a_trained_srn_folder_with_its_labels(tmp_path):
+    hf_model = saved_srn(tmp_path)
+    for file in (tmp_path, tmp_path / "model.safetensors"):  # the folder, or its weights file
+        timm_model = timm.create_model("srn", pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
+        assert_same_network(timm_model, hf_model, ["cat", "dog", "person"])
+    assert timm_model.pretrained_cfg["file"] == str(tmp_path / "model.safetensors")
+
+    new_head = timm.create_model("srn", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path)), num_classes=2)
+    assert new_head.num_classes == 2 and new_head.pretrained_cfg["label_names"] == ["LABEL_0", "LABEL_1"]
+    assert torch.equal(new_head.srn.backbone.conv1[0].weight, hf_model.srn.backbone.conv1[0].weight)
+
+    with pytest.raises(ValueError, match="srn_resnet50 is SRN on resnet50; for backbone='resnet10t' use 'srn'"):
+        timm.create_model("srn_resnet50", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path)))
+    (tmp_path / "empty").mkdir()
+    for file in (tmp_path / "empty", tmp_path / "missing.safetensors"):
+        with pytest.raises(ValueError, match="no config.json of a trained SRN"):
+            timm.create_model("srn", pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
+
+
+def test_hf_hub_id_loads_from_an_offline_hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+    from test_hub import install_in_hub_cache
+
+    hf_model = saved_srn(tmp_path / "folder")
+    install_in_hub_cache(tmp_path / "folder", "org/srn-tiny", tmp_path / "cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the network edge: nothing leaves
+
+    timm_model = timm.create_model("hf-hub:org/srn-tiny", pretrained=True, cache_dir=tmp_path / "cache")
+    assert_same_network(timm_model, hf_model, ["cat", "dog", "person"])
+    assert timm_model.pretrained_cfg["hf_hub_id"] == "org/srn-tiny"
+    untrained = timm.create_model("hf-hub:org/srn-tiny", cache_dir=tmp_path / "cache")  # the architecture only
+    assert untrained.pretrained_cfg["label_names"] == ["cat", "dog", "person"]
+    assert not torch.equal(untrained.srn.classifier.weight, hf_model.srn.classifier.weight)

@@ -40,10 +40,20 @@ def test_forward_is_forward_head_of_forward_features():
     with torch.no_grad():
         features = model.forward_features(pixel_values)
         logits = model(pixel_values)
+        final, intermediates = model.forward_intermediates(pixel_values)
         pooled = model.forward_head(features, pre_logits=True)
-        torch.testing.assert_close(model.forward_head(features), logits)
-    assert pooled.shape == (2, model.num_features)
-    torch.testing.assert_close(pooled, features[1].mean(dim=(2, 3)))
+        attention_features = intermediates[model.srn.feature_positions[0]]
+        torch.testing.assert_close(model.forward_head(features, attention_features=attention_features), logits)
+    assert features.shape == (2, model.num_features, *model.pretrained_cfg["pool_size"]) and torch.equal(final, features)
+    torch.testing.assert_close(pooled, features.mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match=r"forward_head needs SRN's map X \(feature stage 3\) beside F"):
+        model.forward_head(features)
+
+
+def test_forward_head_of_f_alone_where_x_is_f():
+    model = create(attention_feature_index=-1).eval()  # X and F the same map
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(images())), model(images()))
 
 
 def label_layer_std(model) -> dict[str, float]:
@@ -76,6 +86,7 @@ def test_num_classes_zero_returns_pooled_features_and_takes_a_new_head():
         features = headless.forward_features(pixel_values)
     assert pooled.shape == (2, headless.num_features) and headless.num_classes == 0
     torch.testing.assert_close(pooled, headless.forward_head(features, pre_logits=True))
+    torch.testing.assert_close(pooled, headless.forward_head(features))
     assert all(name.startswith("srn.backbone.") for name in headless.state_dict())  # no unused head weights
     assert isinstance(headless.get_classifier(), torch.nn.Identity) and headless.get_classifier(name_only=True) == ()
     with pytest.raises(ValueError, match="num_classes=0"):
@@ -114,16 +125,68 @@ def test_forward_intermediates():
         chosen = model.forward_intermediates(pixel_values, indices=[0, -1], intermediates_only=True)
         hidden_states = model.srn(pixel_values, output_hidden_states=True).hidden_states
         features = model.forward_features(pixel_values)
-    assert len(intermediates) == len(model.srn.backbone.feature_info) == 5
-    for intermediate, hidden, reduction in zip(intermediates, hidden_states, model.srn.backbone.feature_info.reduction()):
+    assert len(intermediates) == len(model.feature_info) == len(model.srn.backbone.feature_info) == 5
+    for intermediate, hidden, info in zip(intermediates, hidden_states, model.feature_info):
         torch.testing.assert_close(intermediate, hidden)
-        assert intermediate.shape[-1] == SIZE // reduction
-    for got, expected in zip(final, features):
-        torch.testing.assert_close(got, expected)
+        assert intermediate.shape[1:] == (info["num_chs"], SIZE // info["reduction"], SIZE // info["reduction"])
+    torch.testing.assert_close(final, features)
     assert [t.shape for t in last_two] == [t.shape for t in intermediates[-2:]]
     assert [t.shape for t in chosen] == [intermediates[0].shape, intermediates[-1].shape]
     with pytest.raises(ValueError, match="output_fmt='NHWC'"):
         model.forward_intermediates(pixel_values, output_fmt="NHWC")
+
+
+def test_features_only_gives_the_backbone_stages():
+    model = create()
+    with torch.no_grad():
+        expected = model.eval().forward_intermediates(images(), indices=[1, 2, 3], intermediates_only=True)
+    torch.manual_seed(0)
+    features = timm.create_model("srn", backbone="resnet10t", img_size=SIZE, features_only=True, out_indices=(1, 2, 3),
+                                 **SMALL_BRANCHES)
+    missing, unexpected = features.model.load_state_dict(model.state_dict(), strict=False)  # the pruned SRNTimm
+    assert not missing and unexpected  # its keys are a part of the full model's
+    assert features.feature_info.channels() == [64, 128, 256] and features.feature_info.reduction() == [4, 8, 16]
+    with torch.no_grad():
+        for got, want in zip(features.eval()(images()), expected):
+            torch.testing.assert_close(got, want)
+    assert not any(name.startswith(("model.srn.classifier", "model.srn.backbone.layer4")) for name in features.state_dict())
+
+
+def test_prune_intermediate_layers_keeps_the_stages_up_to_the_deepest_index():
+    model = create().eval()
+    with torch.no_grad():
+        taps = model.forward_intermediates(images(), intermediates_only=True)
+        assert model.prune_intermediate_layers([0, 2]) == [0, 2]
+        assert model.num_classes == 0 and model.num_features == 128 and len(model.feature_info) == 3
+        torch.testing.assert_close(model.forward_features(images()), taps[2])  # F is now the deepest stage kept
+        assert model(images()).shape == (2, 128, SIZE // 8, SIZE // 8)  # reset_classifier(0, ""), as timm prunes
+    assert not any(name.startswith(("srn.backbone.layer3", "srn.classifier")) for name in model.state_dict())
+    with pytest.raises(ValueError, match="SRN's head needs the backbone's stages up to 4"):
+        create().prune_intermediate_layers([2], prune_head=False)
+
+
+def test_pruning_an_efficientnet_leaves_no_unused_block():
+    """timm's EfficientNet feature wrapper builds (and runs) every block; pruned, only those up to the tap stay."""
+    model = timm.create_model("srn", backbone="tf_efficientnet_lite0", num_classes=3, img_size=SIZE, **SMALL_BRANCHES)
+    with torch.no_grad():
+        tap = model.eval().forward_intermediates(images(), indices=[2], intermediates_only=True)[0]
+    model.prune_intermediate_layers([2])
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(images()), tap)
+    model.train().forward_features(images()).sum().backward()
+    assert [name for name, parameter in model.named_parameters() if parameter.grad is None] == []
+    assert len(model.srn.backbone.blocks) == 3
+
+
+def test_fx_traces_the_forward():
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = create().eval()
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    assert "srn.resize_to_kernel" in " ".join(eval_nodes) or any("resize_to_kernel" in node for node in eval_nodes)
+    extractor = create_feature_extractor(model, return_nodes={eval_nodes[-1]: "logits"})
+    with torch.no_grad():
+        torch.testing.assert_close(extractor(images())["logits"], model(images()))
 
 
 def test_group_matcher_drives_layer_wise_learning_rate_decay():

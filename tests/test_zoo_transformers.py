@@ -224,8 +224,8 @@ def test_num_labels_puts_a_new_head_on_a_checkpoint(saved, model):
         torch.testing.assert_close(new.srn.backbone.conv1[0].weight, model.srn.backbone.conv1[0].weight)
         for std in label_layer_stds(new):
             assert std == pytest.approx(new.config.initializer_range, rel=0.25)
-        with pytest.raises(ValueError, match="another label set .* ignore_mismatched_sizes=True"):
-            load(folder, num_labels=42)
+        with pytest.raises(RuntimeError, match="num_labels=42: .* another label set .* ignore_mismatched_sizes=True"):
+            load(folder, num_labels=42)  # transformers' error class for mismatched sizes, as in-tree models
     same = SRNForImageClassification.from_pretrained(folder, num_labels=len(LABELS))  # the same size: no new labels
     assert same.config.id2label == LABELS
 
@@ -244,14 +244,45 @@ def test_another_label_set_of_the_same_size_is_reinitialised_like_a_new_model(sa
 # --- problem types and bad configs -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("problem_type", ["single_label_classification", "regression"])
-def test_single_label_problem_types_are_refused_clearly(problem_type, model):
-    with pytest.raises(ValueError, match=f"problem_type='{problem_type}': SRN is multi-label only"):
-        SRNConfig(backbone="resnet10t", id2label=LABELS, problem_type=problem_type)
-    changed = make_model()
-    changed.config.problem_type = problem_type
-    with pytest.raises(ValueError, match=f"problem_type='{problem_type}': SRN is multi-label only"):
-        changed(images(), labels=torch.tensor([0, 1, 2]))
+def test_single_label_and_regression_losses_are_transformers_own_on_the_fused_logits():
+    pixel_values, classes, targets = images(), torch.tensor([0, 2, 1]), torch.randn(3, len(LABELS))
+    for problem_type, labels, expected in (
+        ("single_label_classification", classes, torch.nn.functional.cross_entropy),
+        ("regression", targets, torch.nn.functional.mse_loss),
+    ):
+        model = make_model()
+        model.config.problem_type = problem_type
+        outputs = model(pixel_values, labels=labels)
+        torch.testing.assert_close(outputs.loss, expected(outputs.logits, labels))
+        assert outputs.attention_maps.shape[1] == len(LABELS)  # the attention maps stay per label
+        outputs.loss.backward()
+    multi_label = make_model()(pixel_values, labels=multi_hot(3))  # the default: SRN's joint loss L(y) + L(y_att)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.testing.assert_close(
+        multi_label.loss, bce(multi_label.logits, multi_hot(3)) + bce(multi_label.att_logits, multi_hot(3))
+    )
+
+
+@pytest.mark.parametrize(
+    "problem_type, labels, message",
+    [
+        ("single_label_classification", torch.zeros(3, 5), r"labels has shape \(3, 5\), expected \(3,\) for problem_type='single_label"),
+        ("single_label_classification", torch.zeros(3), "labels has dtype torch.float32, expected integer class indices"),
+        ("regression", torch.zeros(3), r"labels has shape \(3,\), expected \(3, 5\) for problem_type='regression'"),
+        ("multi_label_classification", torch.zeros(3, dtype=torch.long), r"labels has shape \(3,\), expected \(3, 5\) for problem_type='multi_label"),
+    ],
+)
+def test_labels_of_the_wrong_shape_for_the_problem_type_are_refused_in_one_line(problem_type, labels, message):
+    model = make_model()
+    model.config.problem_type = problem_type
+    with pytest.raises(ValueError, match=message) as refusal:
+        model(images(), labels=labels)
+    assert "\n" not in str(refusal.value)
+
+
+def test_an_unknown_problem_type_is_refused():
+    with pytest.raises(ValueError, match="problem_type='ranking' is not one of multi_label_classification"):
+        SRNConfig(backbone="resnet10t", id2label=LABELS, problem_type="ranking")
 
 
 @pytest.mark.parametrize(
@@ -304,12 +335,16 @@ def test_checkpointing_makes_every_resnet_block_and_both_srn_branches_a_segment(
         model.gradient_checkpointing_enable()  # the deprecated name still works
     segments = []
     checkpoint_function = model.srn._gradient_checkpointing_func
-    model.srn._gradient_checkpointing_func = lambda function, *inputs: segments.append(function) or checkpoint_function(function, *inputs)
+    recorded = lambda function, *inputs: segments.append(function) or checkpoint_function(function, *inputs)  # noqa: E731
+    layers = [model.srn, model.srn.attention, model.srn.confidence, model.srn.spatial_regularization]
+    for layer in layers:
+        layer._gradient_checkpointing_func = recorded
     model(images(2), labels=multi_hot(2)).loss.backward()
     backbone = model.srn.backbone
     blocks = [block for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4) for block in stage]
     assert all(any(segment is block for segment in segments) for block in blocks)
-    assert model.srn.forward_attention in segments and model.srn.spatial_regularization in segments
+    branches = [layer for layer in layers[1:] if any(getattr(segment, "args", ())[:1] == (layer,) for segment in segments)]
+    assert branches == layers[1:]  # f_att, the confidence maps and f_sr: transformers' GradientCheckpointingLayers
     assert backbone.act1 not in segments  # in place: runs as it is
     with torch.no_grad():
         segments.clear()

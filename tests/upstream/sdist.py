@@ -26,7 +26,7 @@ def fetch_sdist(package: str) -> Path:
         return next(unpacked.iterdir())
     target.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
          f"{package}=={installed}", "--dest", str(target)],
         check=True,
     )
@@ -36,3 +36,18 @@ def fetch_sdist(package: str) -> Path:
         sdist.extractall(partial, filter="data")
     partial.rename(unpacked)
     return next(unpacked.iterdir())
+
+
+def newest_served(package: str) -> str:
+    """The newest release of `package` that the package index serves within this project's bounds (`pip index`)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    (bounds,) = [Requirement(line).specifier for line in requires("srn_hf") if Requirement(line).name == package]
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", package], capture_output=True, text=True, timeout=120, check=True
+    )
+    served = listed.stdout.split("Available versions: ", 1)[1].splitlines()[0].split(", ")
+    return str(max(Version(item) for item in served if Version(item) in bounds and not Version(item).is_prerelease))
