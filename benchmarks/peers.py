@@ -158,13 +158,12 @@ def load_train_stages():
 
 @dataclasses.dataclass
 class Data:
-    """The recipe's splits with their transforms, and what the peers share."""
+    """The recipe's label names and splits, with their transforms (training augmentation on `train`)."""
 
     names: list[str]
     train: object  # the training split with the recipe's augmentation
     validation: object
     test: object
-    mean_std: tuple
 
 
 def load_data(recipe) -> Data:
@@ -175,10 +174,9 @@ def load_data(recipe) -> Data:
     one_process = SimpleNamespace(main_process_first=contextlib.nullcontext)
     dataset = load_train_stages().load_data(recipe, one_process)
     names = label_names(dataset)
-    config = srn_config(recipe, names)
-    processor = create_image_processor(config)
+    processor = create_image_processor(srn_config(recipe, names))  # the image processor SRN's exports carry
     dataset = with_multilabel_transforms(dataset, image_processor=processor, augment=recipe.data.augment)
-    return Data(names, dataset["train"], dataset["validation"], dataset["test"], (processor.image_mean, processor.image_std))
+    return Data(names, dataset["train"], dataset["validation"], dataset["test"])
 
 
 def srn_config(recipe, names: list[str]) -> SRNConfig:
