@@ -588,11 +588,13 @@ def markdown(results: dict) -> str:
     lines = ["| variant | seeds | lr | epochs | optimizer steps | test mAP | test CF1 | test OF1 | wall time per run (min) |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, row in results["variants"].items():
-        cells = [f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" for m in METRICS]
+        spread = len(row["seeds"]) > 1  # one seed has no spread to show
+        cells = [f"{row[m]['mean']:.2f}" + (f" ± {row[m]['std']:.2f}" if spread else "") for m in METRICS]
         lr = "recipe" if row["lr"] is None else f"{row['lr']:g}"
         lines.append(f"| {name} | {', '.join(map(str, row['seeds']))} | {lr} | {row['epochs'] or 'recipe'} | "
                      f"{row['optimizer_steps']} | " + " | ".join(cells) + f" | {row['wall_seconds']['mean'] / 60:.1f} |")  # fmt: skip
-    lines += ["", "mean ± standard deviation over the seeds; CF1 and OF1 at per-label thresholds tuned on the validation split", ""]
+    lines += ["", "mean ± standard deviation over the seeds (one seed: its figure); CF1 and OF1 at per-label thresholds tuned "
+              "on the validation split", ""]  # fmt: skip
     lines += ["| difference (points) | seed | test mAP [95 % paired bootstrap interval] | test CF1 | test OF1 |", "|---|---|---|---|---|"]
     for row in results["differences"]:
         for run in row["runs"]:
