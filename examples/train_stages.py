@@ -39,6 +39,7 @@ from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from datasets import DatasetDict
 from safetensors.torch import load_file, save_file
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -53,7 +54,7 @@ from srn_hf.localization import label_boxes, pointing_game, pointing_game_table
 from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import create_image_processor
-from srn_hf.stages import STAGES, BackboneMapCache, Stage, StageForward, apply_stage, make_loss, set_train_mode, stage_loss
+from srn_hf.stages import STAGES, BackboneMapCache, Stage, StageForward, apply_stage, make_loss, set_train_mode, srn_of, stage_loss
 from srn_hf.storage import StorageError, atomic_folder
 from srn_hf.thresholds import (
     FIGURES,
@@ -488,7 +489,7 @@ def prepare_stage(run: Run, number: int) -> StageRun:
     # Drops the previous stage's prepared objects (and DDP wrapper): `requires_grad` must be set before `prepare`.
     accelerator.free_memory()
     trainable = apply_stage(run.model, stage)
-    optimizer = build_optimizer(trainable, stage_recipe)
+    optimizer = build_optimizer({name: getattr(srn_of(run.model), name) for name in trainable}, stage_recipe)
     # A last batch of one image is dropped: f_sr's batch norm cannot normalise one value per channel. (Across
     # processes, Accelerate fills every process's last batch with images from the start of the epoch.)
     drop_last = accelerator.num_processes == 1 and len(run.train_data) % stage_recipe.batch_size == 1
@@ -521,21 +522,19 @@ def make_scheduler(stage_recipe, optimizer: torch.optim.Optimizer, optimizer_ste
     )  # fmt: skip
 
 
-def build_optimizer(trainable: dict, stage_recipe) -> torch.optim.Optimizer:
-    """SGD or AdamW over the stage's trainable parameters; the backbone at `backbone_lr`, no decay on 1-d weights."""
+# The recipe's optimizer names by timm's: `sgd` is classical momentum (timm's own `sgd` is Nesterov's).
+TIMM_OPTIMIZERS = {"sgd": "momentum", "adamw": "adamw"}
+
+
+def build_optimizer(trainable: dict[str, torch.nn.Module], stage_recipe) -> torch.optim.Optimizer:
+    """timm's `create_optimizer_v2` over the stage's trained modules: per module, timm's weight-decay groups (no decay
+    on biases and other 1-d weights, `param_groups_weight_decay`), the backbone's at `backbone_lr`."""
     groups = []
-    for name, parameters in trainable.items():
+    for name, module in trainable.items():
         lr = stage_recipe.backbone_lr if name == "backbone" and stage_recipe.backbone_lr is not None else stage_recipe.lr
-        decay = [p for p in parameters if p.ndim > 1]
-        no_decay = [p for p in parameters if p.ndim <= 1]
-        groups += [
-            {"params": decay, "lr": lr, "weight_decay": stage_recipe.weight_decay},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
-        ]
-    groups = [group for group in groups if group["params"]]
-    if stage_recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=stage_recipe.lr, momentum=stage_recipe.momentum)
-    return torch.optim.AdamW(groups, lr=stage_recipe.lr)
+        groups += [{**group, "lr": lr} for group in param_groups_weight_decay(module, stage_recipe.weight_decay)]
+    return create_optimizer_v2(groups, TIMM_OPTIMIZERS[stage_recipe.optimizer], lr=stage_recipe.lr,
+                               momentum=stage_recipe.momentum)  # fmt: skip
 
 
 def train_stage(run: Run, stage_run: StageRun) -> None:

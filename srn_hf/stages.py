@@ -15,7 +15,7 @@ is frozen (stages 2 and 3) it runs under `torch.no_grad()` ([`StageForward`]). U
 set before the model is wrapped (`accelerator.prepare`), so the model is unwrapped and prepared again at each stage.
 
 The loss L is the sigmoid cross-entropy of `modeling_srn.sigmoid_cross_entropy`, or the asymmetric loss (ASL,
-Ridnik et al., ICCV 2021), with one of two reductions (`modeling_srn.LOSS_REDUCTIONS`, defined there once):
+Ridnik et al., ICCV 2021; timm's `timm.loss.AsymmetricLossMultiLabel`, [`make_loss`]), with one of two reductions (`modeling_srn.LOSS_REDUCTIONS`, defined there once):
 `"mean"` over batch and classes, the default (`DEFAULT_LOSS_REDUCTION`: the model's own loss when called with
 `labels`, [`make_loss`] and a recipe without `loss.reduction`), or the authors' Caffe `"sum_over_classes"` (sum
 over classes, divided by the batch size: C times the mean, so a learning rate tuned for it is C times smaller).
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 
 from .modeling_srn import (
@@ -39,7 +40,6 @@ from .modeling_srn import (
     SRNForImageClassification,
     SRNModel,
     SRNOutput,
-    reduce_loss,
     sigmoid_cross_entropy,
 )
 
@@ -236,35 +236,12 @@ class StageForward(nn.Module):
         return srn.forward_heads(features, classifier_features)
 
 
-def asymmetric_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    gamma_negative: float = 4.0,
-    gamma_positive: float = 0.0,
-    clip: float = 0.05,
-    reduction: str = DEFAULT_LOSS_REDUCTION,
-    eps: float = 1e-8,
-) -> torch.Tensor:
-    """Asymmetric loss (ASL; Ridnik et al., "Asymmetric Loss For Multi-Label Classification", ICCV 2021).
-
-    Focusing `(1 - p_t) ** gamma` with a stronger exponent on negatives, and the negatives' probability shifted by
-    `clip` (easy negatives below `clip` give no loss). With `gamma_negative = gamma_positive = clip = 0` it is the
-    sigmoid cross-entropy. `reduction` as in `sigmoid_cross_entropy`: one of `LOSS_REDUCTIONS`.
-    """
-    labels = labels.float()
-    probabilities = torch.sigmoid(logits.float())
-    negative_probabilities = 1 - probabilities
-    if clip > 0:
-        negative_probabilities = (negative_probabilities + clip).clamp(max=1)
-    loss = labels * torch.log(probabilities.clamp(min=eps)) + (1 - labels) * torch.log(negative_probabilities.clamp(min=eps))
-    if gamma_negative > 0 or gamma_positive > 0:
-        p_t = probabilities * labels + negative_probabilities * (1 - labels)
-        gamma = gamma_positive * labels + gamma_negative * (1 - labels)
-        loss = loss * torch.pow(1 - p_t, gamma)
-    return reduce_loss(-loss, reduction)
-
-
 LOSSES = ("sigmoid_cross_entropy", "asymmetric")
+
+
+# Our reductions by timm's names for them (`AsymmetricLossMultiLabel(reduction=...)`): the mean over batch and classes
+# is timm's "mean"; the Caffe sum over classes divided by the batch size is timm's "batchmean".
+TIMM_REDUCTIONS = {"mean": "mean", "sum_over_classes": "batchmean"}
 
 
 def make_loss(
@@ -272,15 +249,17 @@ def make_loss(
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss L(logits, labels): `"sigmoid_cross_entropy"` (the paper's) or `"asymmetric"` (ASL).
 
-    `asymmetric_options` (`gamma_negative`, `gamma_positive`, `clip`) are [`asymmetric_loss`]'s; the sigmoid
-    cross-entropy ignores them.
+    ASL is timm's `timm.loss.AsymmetricLossMultiLabel`, built with `asymmetric_options` under timm's names
+    (`gamma_neg`, `gamma_pos`, `clip`, `eps`) and our `reduction` mapped to timm's ([`TIMM_REDUCTIONS`]); it
+    computes in float32 and returns a non-negative number, like `sigmoid_cross_entropy`. The sigmoid cross-entropy
+    ignores the options.
     """
     if reduction not in LOSS_REDUCTIONS:
         raise ValueError(f"loss reduction={reduction!r} is not one of {LOSS_REDUCTIONS}")
     if name == "sigmoid_cross_entropy":
         return partial(sigmoid_cross_entropy, reduction=reduction)
     if name == "asymmetric":
-        return partial(asymmetric_loss, reduction=reduction, **asymmetric_options)
+        return AsymmetricLossMultiLabel(reduction=TIMM_REDUCTIONS[reduction], **asymmetric_options)
     raise ValueError(f"loss={name!r} is not one of {LOSSES}")
 
 
@@ -297,7 +276,6 @@ __all__ = [
     "Stage",
     "StageForward",
     "apply_stage",
-    "asymmetric_loss",
     "get_stage",
     "make_loss",
     "set_train_mode",

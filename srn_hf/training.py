@@ -120,15 +120,23 @@ class DataRecipe:
 class LossRecipe:
     """L: `sigmoid_cross_entropy` (the paper's) or `asymmetric` (ASL), reduced by `mean` or `sum_over_classes`.
 
-    See `srn_hf.stages` for the reductions and which shipped recipe uses which; ASL's settings are
-    `stages.asymmetric_loss`'s.
+    See `srn_hf.stages` for the reductions and which shipped recipe uses which. ASL is timm's
+    `AsymmetricLossMultiLabel` (`stages.make_loss`), with its parameters under timm's names: `gamma_neg` and
+    `gamma_pos` focus the negatives and positives, `clip` shifts the negatives' probability (null or 0: off), `eps`
+    clamps the probabilities before the log. The defaults are the ASL paper's MS-COCO settings (timm's own default
+    `gamma_pos` is 1); the sigmoid cross-entropy ignores them.
     """
 
     name: Literal[LOSSES] = "sigmoid_cross_entropy"
     reduction: Literal[LOSS_REDUCTIONS] = DEFAULT_LOSS_REDUCTION
-    gamma_negative: float = 4.0
-    gamma_positive: float = 0.0
-    clip: float = 0.05
+    gamma_neg: float = 4.0
+    gamma_pos: float = 0.0
+    clip: float | None = 0.05
+    eps: float = 1e-8
+
+
+# Recipe keys that were renamed: {old key: new key}. A recipe with an old key is refused, naming the new one.
+RENAMED_KEYS = {"loss.gamma_negative": "loss.gamma_neg", "loss.gamma_positive": "loss.gamma_pos"}
 
 
 @dataclass
@@ -278,6 +286,9 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
+    renamed = [f"{prefix}{key}" for key in unknown if f"{prefix}{key}" in RENAMED_KEYS]
+    if renamed:
+        raise RecipeError(f"{renamed[0]} is now {RENAMED_KEYS[renamed[0]]} (timm's AsymmetricLossMultiLabel's name)")
     if unknown:
         raise RecipeError(f"unknown key {prefix}{unknown[0]} (known keys in {prefix.rstrip('.') or 'the recipe'}: {sorted(names)})")
     kwargs = {}

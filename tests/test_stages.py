@@ -1,8 +1,13 @@
-"""srn_hf.stages: the four stages as data, freezing, the stage losses, the asymmetric loss."""
+"""srn_hf.stages: the four stages as data, freezing, the stage losses, the asymmetric loss (timm's); the stages'
+optimizer (timm's factory)."""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import small_srn
+from timm.loss import AsymmetricLossMultiLabel
 
 from srn_hf.modeling_srn import sigmoid_cross_entropy
 from srn_hf.stages import (
@@ -11,12 +16,13 @@ from srn_hf.stages import (
     BackboneMapCache,
     StageForward,
     apply_stage,
-    asymmetric_loss,
     get_stage,
     make_loss,
     set_train_mode,
+    srn_of,
     stage_loss,
 )
+from srn_hf.training import LossRecipe, RecipeError, StageRecipe, load_recipe
 
 LABELS = {0: "cat", 1: "dog", 2: "sofa", 3: "tv"}
 
@@ -144,17 +150,81 @@ def test_stage_losses_use_the_stage_predictions(make_model):
     assert torch.allclose(stage_loss(outputs, labels, 1, summed), sigmoid_cross_entropy(outputs.cls_logits, labels) * len(LABELS))
 
 
-def test_asymmetric_loss():
+def test_asymmetric_loss_is_timms_with_our_reductions():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(8, 5, generator=generator) * 3
     labels = (torch.rand(8, 5, generator=generator) > 0.5).float()
-    plain = asymmetric_loss(logits, labels, gamma_negative=0, gamma_positive=0, clip=0)
-    assert torch.allclose(plain, sigmoid_cross_entropy(logits, labels), atol=1e-6)
+    for reduction in ("mean", "sum_over_classes"):
+        plain = make_loss("asymmetric", reduction, gamma_neg=0, gamma_pos=0, clip=0)
+        assert isinstance(plain, AsymmetricLossMultiLabel)
+        # Without focusing and clipping ASL is the sigmoid cross-entropy, a positive number, in both reductions.
+        assert plain(logits, labels) > 0
+        assert torch.allclose(plain(logits, labels), sigmoid_cross_entropy(logits, labels, reduction), atol=1e-6)
+    asl = make_loss(**vars(LossRecipe(name="asymmetric")))  # the recipe's defaults: gamma_neg 4, gamma_pos 0, clip 0.05
+    summed = make_loss(**vars(LossRecipe(name="asymmetric", reduction="sum_over_classes")))
+    assert torch.allclose(summed(logits, labels), asl(logits, labels) * 5)
     # Focusing and clipping lower the weight of easy negatives: the loss of an easy negative drops to zero.
-    easy_negative = asymmetric_loss(torch.tensor([[-4.0]]), torch.tensor([[0.0]]))
-    assert easy_negative.item() == 0.0
-    assert asymmetric_loss(logits, labels) < plain
+    assert asl(torch.tensor([[-4.0]]), torch.tensor([[0.0]])).item() == 0.0
+    assert asl(logits, labels) < sigmoid_cross_entropy(logits, labels)
     hard_positive = torch.tensor([[-3.0]]), torch.tensor([[1.0]])
-    assert torch.allclose(asymmetric_loss(*hard_positive), sigmoid_cross_entropy(*hard_positive))
+    assert torch.allclose(asl(*hard_positive), sigmoid_cross_entropy(*hard_positive))
     with pytest.raises(ValueError, match="loss='focal'"):
         make_loss("focal")
+
+
+def test_recipe_asymmetric_loss_takes_timms_parameter_names(tmp_path):
+    recipe = load_recipe(None, ["loss.name=asymmetric", "loss.gamma_neg=2", "loss.gamma_pos=1", "loss.clip=null",
+                                "loss.reduction=sum_over_classes"])  # fmt: skip
+    loss = make_loss(**vars(recipe.loss))
+    assert (loss.gamma_neg, loss.gamma_pos, loss.clip, loss.eps, loss.reduction) == (2.0, 1.0, None, 1e-8, "batchmean")
+    for old, new in (("gamma_negative", "gamma_neg"), ("gamma_positive", "gamma_pos")):
+        with pytest.raises(RecipeError, match=f"loss.{old} is now loss.{new}"):
+            load_recipe(None, [f"loss.{old}=2"])
+
+
+def load_train_stages():
+    path = Path(__file__).resolve().parent.parent / "examples" / "train_stages.py"
+    spec = importlib.util.spec_from_file_location("train_stages", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_stage_optimizer_from_timms_factory_is_the_recipes(make_model, optimizer):
+    """timm's `create_optimizer_v2` gives the optimizer the recipe describes: classical momentum for `sgd`, the
+    backbone at `backbone_lr`, no decay on 1-d weights; its steps are those of the torch optimizer built by hand."""
+    build_optimizer = load_train_stages().build_optimizer
+    recipe = StageRecipe(optimizer=optimizer, lr=1e-2, backbone_lr=1e-3, weight_decay=0.1)
+    models = [make_model(), make_model()]
+    optimizers = []
+    for model in models:
+        trainable = apply_stage(model, 4)
+        optimizers.append(build_optimizer({name: getattr(srn_of(model), name) for name in trainable}, recipe))
+    backbone = {id(p) for p in srn_of(models[0]).backbone.parameters()}
+    groups = optimizers[0].param_groups
+    assert sum(len(group["params"]) for group in groups) == len(list(models[0].parameters()))
+    for group in groups:
+        assert {id(p) in backbone for p in group["params"]} in ({True}, {False})
+        assert group["lr"] == (1e-3 if id(group["params"][0]) in backbone else 1e-2)
+        assert group["weight_decay"] == (0.0 if group["params"][0].ndim <= 1 else 0.1)
+        assert {p.ndim <= 1 for p in group["params"]} in ({True}, {False})
+    # The same groups of the twin model, for the torch optimizer built by hand.
+    positions = {id(p): index for index, p in enumerate(models[0].parameters())}
+    twin = list(models[1].parameters())
+    by_hand = [{**group, "params": [twin[positions[id(p)]] for p in group["params"]]} for group in groups]
+    if optimizer == "sgd":
+        assert all(group["momentum"] == 0.9 and not group["nesterov"] for group in groups)
+        reference = torch.optim.SGD(by_hand, lr=1e-2, momentum=0.9)
+    else:
+        assert type(optimizers[0]) is torch.optim.AdamW
+        reference = torch.optim.AdamW(by_hand, lr=1e-2)
+    pixels, labels = batch()
+    for model, step in ((models[0], optimizers[0]), (models[1], reference)):
+        for _ in range(2):
+            stage_loss(model(pixels), labels, 4).backward()
+            step.step()
+            step.zero_grad()
+    for mine, theirs in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(mine, theirs)
+
