@@ -168,9 +168,13 @@ def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = No
             "model folder of examples/train_stages.py)"
         )
     try:
-        json.loads(config_file.read_text(encoding="utf-8"))
+        raw_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except Exception as error:  # malformed JSON
+        raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
+    check_label_count(raw_config, config_file, weights_files(model_dir))
+    try:
         config = AutoConfig.from_pretrained(model_dir)
-    except Exception as error:  # malformed JSON, a strict-dataclass type error, a value SRNConfig refuses
+    except Exception as error:  # a strict-dataclass type error, a value SRNConfig refuses
         raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
     if model_type is not None and config.model_type != model_type:
         raise ModelFolderError(f"{config_file}: model_type is {config.model_type!r}, not {model_type!r}")
@@ -185,6 +189,33 @@ def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = No
     if config.model_type == SRNConfig.model_type:
         check_weight_shapes(config, config_file, files)
     return config
+
+
+def check_label_count(raw_config: dict, config_file: Path, files: list[Path]) -> None:
+    """Refuses ([`ModelFolderError`], one line) an SRN config.json whose `id2label` counts other labels than the rows
+    of f_cls's weight in a safetensors header, from the file's text alone: transformers takes about a minute and
+    gigabytes to read a config of 1,000,000 labels before [`check_weight_shapes`] could compare. A header that
+    cannot be read is left to the checks that follow, which name it."""
+    from safetensors import SafetensorError, safe_open
+
+    if not isinstance(raw_config, dict) or raw_config.get("model_type") != SRNConfig.model_type:
+        return
+    labels = raw_config.get("id2label")
+    if not isinstance(labels, dict):
+        return
+    for file in (file for file in files if file.suffix == ".safetensors"):
+        try:
+            with safe_open(file, framework="pt") as weights:
+                classifier = [name for name in weights.keys() if name.split(".")[-2:] == ["classifier", "weight"]]
+                rows = {name: weights.get_slice(name).get_shape()[0] for name in classifier}
+        except (OSError, SafetensorError):
+            continue
+        for name, count in rows.items():
+            if count != len(labels):
+                raise ModelFolderError(
+                    f"{file}: {name} has {count} rows, but {config_file} has {len(labels)} labels (id2label): the "
+                    "config and the weights are of different models"
+                )
 
 
 def check_weight_shapes(config: SRNConfig, config_file: Path, files: list[Path]) -> None:

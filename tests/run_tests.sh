@@ -6,4 +6,4 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 export VENV=${VENV:-$repo/.venv-test} FRESH=${FRESH:-1} EXTRAS=${EXTRAS:-test,demo,app,export}
 bash "$repo/examples/setup_env.sh"
 cd "$repo"
-exec "$VENV/bin/python" -m pytest -p no:cacheprovider -ra "$@"
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider -ra --durations=15 "$@"

@@ -30,7 +30,7 @@ Sources:
   (`backgrounds`), or by default the curated `TUXPAINT_BACKGROUNDS`: photos from Debian's `tuxpaint-data`
   templates and textures bundled with scikit-image. Water can also be a sky photo's rippled reflection.
 
-    python -m srn_hf.data.stamp_scenes OUTPUT_DIR [--sizes 2000 500 3000] [--image-size 224] [--seed 0]
+    python -m srn_hf.data.stamp_scenes OUTPUT_DIR [--sizes 1600 400 2000] [--image-size 224] [--seed 0]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ JPEG_QUALITY = 90
 STAMP_SUFFIXES = (".png", ".svg")
 # train / validation / test images. A test split of a few thousand: below about half a point of mAP, a difference
 # between two models on it is noise (measured on these scenes); the validation split only picks epochs.
-DEFAULT_SIZES = (2000, 500, 3000)
+DEFAULT_SIZES = (1600, 400, 2000)
 
 # Hand-curated from the stamp files (rendered and looked at): each class holds what it says, e.g. a teddy bear
 # is not a mammal, slugs and woodlice are not insects, a bison is not cattle. Paths are under stamps/.
