@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from .sdist import newest_served
 from .transformers_suite import build_suite
 
 ZOO_DOC = Path(__file__).parents[2] / "docs" / "zoo.md"
@@ -80,19 +81,10 @@ def test_every_skip_reason_is_listed_in_the_docs():
 def test_the_installed_transformers_is_the_newest_that_pyproject_allows():
     """CI tests the newest transformers the package index serves within pyproject.toml's bounds (a fresh environment
     resolves to it; a stale one fails here, naming both versions)."""
-    from importlib.metadata import requires, version
+    from importlib.metadata import version
 
-    from packaging.requirements import Requirement
-    from packaging.version import Version
-
-    (bounds,) = [Requirement(line).specifier for line in requires("srn_hf") if Requirement(line).name == "transformers"]
-    listed = subprocess.run(
-        [sys.executable, "-m", "pip", "index", "versions", "transformers"], capture_output=True, text=True, timeout=120
-    )
-    assert listed.returncode == 0, listed.stderr
-    served = re.search(r"Available versions: (.*)", listed.stdout).group(1).split(", ")
-    newest = max((Version(item) for item in served if Version(item) in bounds and not Version(item).is_prerelease))
-    assert Version(version("transformers")) == newest, (
-        f"transformers {version('transformers')} is installed, the index serves {newest} within {bounds}: rebuild the "
-        "environment (tests/run_tests.sh does)"
+    newest = newest_served("transformers")
+    assert version("transformers") == newest, (
+        f"transformers {version('transformers')} is installed, the index serves {newest} within pyproject.toml's "
+        "bounds: rebuild the environment (tests/run_tests.sh does)"
     )
