@@ -48,11 +48,12 @@ from srn_hf import SRNConfig, SRNForImageClassification, checkpoints
 from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.data.holdout import split_summary
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
-from srn_hf.data.verify import check_images, decode_image
+from srn_hf.data.verify import check_images
 from srn_hf.hub import one_line
 from srn_hf.localization import label_boxes, pointing_game, pointing_game_table
 from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
+from srn_hf.showcase import keep_examples
 from srn_hf.processing import create_image_processor
 from srn_hf.stages import STAGES, BackboneMapCache, Stage, StageForward, apply_stage, make_loss, set_train_mode, srn_of, stage_loss
 from srn_hf.storage import StorageError, atomic_folder
@@ -734,7 +735,7 @@ def write_report(run: Run) -> dict:
     if "test" not in run.dataset:
         report["not_measured"] = f"no test split: {NOT_MEASURED_WITHOUT_TEST}"
     if accelerator.is_main_process:
-        report["example_image"] = keep_example_image(run)
+        report["examples"] = keep_run_examples(run)
     accelerator.print("\n" + metric_table(records, "validation") + "\n\n" + metric_table(records, "test"))
     if "not_measured" in report:
         accelerator.print(f"\n{report['not_measured']}: the figures above are the validation split's, which chose the "
@@ -759,14 +760,12 @@ def write_report(run: Run) -> dict:
     return report
 
 
-def keep_example_image(run: Run) -> dict:
-    """The first test image (validation without a test split) as OUTPUT_DIR/example_image.png (lossless), for the
-    model card's attention picture (`srn_hf.hub`): an image of the model's own data, shown with its true labels."""
+def keep_run_examples(run: Run) -> list[dict]:
+    """The first test images (validation without a test split) in OUTPUT_DIR/examples/, the bytes the data holds, with
+    their true labels in OUTPUT_DIR/examples.json (`srn_hf.showcase`): the model card's attention picture and the demo
+    page's examples show images of the model's own data."""
     split = "test" if "test" in run.dataset else "validation"
-    row = run.dataset[split].with_format(None)[0]
-    decode_image(row["image"]).save(run.output_dir / "example_image.png")
-    labels = [run.names[index] for index in row["labels"]]
-    return {"file": "example_image.png", "split": split, "image_id": str(row["image_id"]), "labels": labels}
+    return keep_examples(run.dataset[split], split, run.names, run.output_dir)
 
 
 def gain_over_stage1(output_dir: Path, records: list[dict]) -> dict | None:
@@ -788,7 +787,7 @@ def publish_final(run: Run) -> None:
         return
     from srn_hf.hub import publish
 
-    # The card's picture: the run's first test image with its true labels (`keep_example_image`, beside metrics.json).
+    # The card's picture and the page's examples: the run's first test images with their true labels (`keep_run_examples`).
     result = publish(run.output_dir / "final", run.args.push_to_hub)
     run.accelerator.print(f"published: {result}")
 

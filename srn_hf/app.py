@@ -8,9 +8,10 @@ or from a shell: `srn-hf demo MODEL [--host 127.0.0.1] [--port 7860] [--share]`.
 
 The page holds:
 
-- the image: uploaded, dropped, or picked from the examples: a few test scenes of the offline demo data (the first
-  images of the stamp scenes' test split, as `examples/run_demo.sh` generates it; only where Debian's tuxpaint
-  stamps are installed) and photos that scikit-image ships;
+- the image: uploaded, dropped, or picked from the examples: images of the model's own data with their true labels,
+  the first test images its training run kept ([`srn_hf.showcase`]: beside a model folder's metrics.json, or in a
+  published repository's examples.json), each file the bytes the data holds; or the images passed as `examples`.
+  A model without either has no examples: never an unrelated stock photo;
 - every label whose sigmoid score exceeds its threshold, best first, a bar per label ([`gradio.Label`]);
 - one threshold slider. It starts at the model config's `threshold`, where every label has the model's own
   (calibrated) threshold: the config's `label_thresholds[c]`, else `threshold`. Moving it by d moves every
@@ -47,50 +48,20 @@ logger = logging.getLogger(__name__)
 
 SLIDER_STEP = 0.01
 OVERLAY_OPACITY = 0.8  # of the heatmap where the map peaks, as in srn_hf.visualize.attention_figure
-# Photos bundled with scikit-image (public domain or CC0; no download), the same run_demo.sh labels at its end.
-SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 MIN_SHOWN_SCORE = 0.005  # the label list shows whole percents: a lower score would be listed as 0 %
-STAMP_SCENE_EXAMPLES = 4  # the first images of the demo data's test split
-EXAMPLES_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srn_hf" / "app_examples"
 
 
-def example_images(folder: str | os.PathLike | None = None) -> list[Path]:
-    """The example images, written once into `folder` (default: `~/.cache/srn_hf/app_examples`).
-
-    The first `STAMP_SCENE_EXAMPLES` images of the stamp scenes' test split (seed 0, 224 x 224: the demo data's own
-    test images), when Debian's tuxpaint stamps are installed, then the scikit-image photos `SKIMAGE_PHOTOS`.
+def example_images(model, examples: list[str | os.PathLike] | None = None) -> list[tuple[Path, str]]:
+    """The page's examples and their captions: `examples` (image files, captioned with their names) when given, else
+    the model's own example images with their true labels ([`srn_hf.showcase.model_examples`]); none without either.
     """
-    folder = Path(folder or EXAMPLES_DIR)
-    folder.mkdir(parents=True, exist_ok=True)
-    scenes = [folder / f"stamp_scenes_test-{index:05d}.jpg" for index in range(STAMP_SCENE_EXAMPLES)]
-    if not all(path.is_file() for path in scenes):
-        scenes = write_stamp_scenes(scenes)
-    photos = []
-    for name in SKIMAGE_PHOTOS:
-        path = folder / f"{name}.png"  # lossless: the model scores the photo's own pixels
-        if not path.is_file():
-            from skimage import data
+    from .showcase import model_examples
 
-            Image.fromarray(getattr(data, name)()).convert("RGB").save(path)
-        photos.append(path)
-    return scenes + photos
-
-
-def write_stamp_scenes(paths: list[Path]) -> list[Path]:
-    """Renders the stamp scenes' first test images to `paths`, each file the bytes the data holds (the JPEG that
-    the generator wrote, not a re-encoding); none (and a log line) where tuxpaint is missing."""
-    from datasets import Image as ImageFeature
-
-    from .data.stamp_scenes import generate_stamp_scenes
-
-    try:
-        test_split = generate_stamp_scenes(None, sizes=(0, 0, len(paths)), num_workers=1, progress=False)["test"]
-    except (OSError, ValueError, ImportError) as error:  # no tuxpaint stamps, or no CairoSVG for the SVG ones
-        logger.warning(f"no stamp-scene examples ({error})")
-        return []
-    for row, path in zip(test_split.cast_column("image", ImageFeature(decode=False)), paths):
-        path.write_bytes(row["image"]["bytes"])
-    return paths
+    if examples is not None:
+        for path in examples:
+            open_image(path)  # an ImageError naming a missing file or one that is not an image, before the page is built
+        return [(Path(path), Path(path).name) for path in examples]
+    return [(example.path, example.caption()) for example in model_examples(model)]
 
 
 def predict(tagger, image_file: str | None) -> dict | None:
@@ -207,7 +178,7 @@ class DemoModel:
 def build_app(
     model,
     device: str | int | None = None,
-    examples_dir: str | os.PathLike | None = None,
+    examples: list[str | os.PathLike] | None = None,
     fast: bool = False,
     title: str | None = None,
 ) -> gr.Blocks:
@@ -216,7 +187,7 @@ def build_app(
     Args:
         model: a folder written by `save_pretrained` (with its image processor), a Hub id, or a loaded model.
         device: torch device of the pipeline (default: transformers' choice).
-        examples_dir: where the example images are written once ([`example_images`]).
+        examples: image files of the page's examples (default: the model's own, [`example_images`]).
         fast: bf16 autocast and channels-last ([`srn_hf.fast`]), faster on CPUs with bf16 units.
         title: the page's heading (default: the Hub id, or for a folder the model's name: SRN, its backbone and
             its number of labels; a folder's own name, often `final`, says nothing).
@@ -233,7 +204,7 @@ def build_app(
     if title is None:
         local = not isinstance(model, (str, os.PathLike)) or os.path.isdir(model)
         title = f"SRN {config.backbone}, {config.num_labels} labels" if local else os.fspath(model)
-    examples = example_images(examples_dir)
+    shown_examples = example_images(model, examples)
 
     with gr.Blocks(title=f"SRN demo: {title}", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -246,7 +217,12 @@ def build_app(
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="srn-image")
-                examples = gr.Examples([[os.fspath(path)] for path in examples], inputs=image, label="Examples")
+                gallery = None
+                if shown_examples:  # the first test images of the model's own data, captioned with their true labels
+                    gallery = gr.Examples(
+                        [[os.fspath(path)] for path, _ in shown_examples], inputs=image, label="Examples",
+                        example_labels=[caption for _, caption in shown_examples],
+                    )
             with gr.Column():
                 threshold = gr.Slider(
                     0.0, 1.0, value=config.threshold, step=SLIDER_STEP, label="Threshold",
@@ -257,9 +233,8 @@ def build_app(
                 attention = gr.Image(label="Attention map", interactive=False, format="png", elem_id="srn-attention")
         outputs = [prediction, labels, status, attention]
         gr.on([image.upload, image.clear], demo_model.on_image, [image, threshold], outputs, preprocess=False)
-        examples.load_input_event.then(  # once the example is in the image box
-            demo_model.on_image, [image, threshold], outputs, preprocess=False
-        )
+        if gallery is not None:  # once the example is in the image box
+            gallery.load_input_event.then(demo_model.on_image, [image, threshold], outputs, preprocess=False)
         threshold.change(demo_model.show, [prediction, threshold], [labels, status])
         labels.select(demo_model.on_label_click, [prediction], attention)
     return demo

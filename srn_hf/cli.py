@@ -127,6 +127,7 @@ def add_demo_command(commands) -> None:
     demo.add_argument("--share", action="store_true", help="also open a public link through Gradio's share servers")
     demo.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: transformers' choice)")
     demo.add_argument("--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs")
+    demo.add_argument("--example", action="append", metavar="IMAGE", dest="examples", help="an example image of the page (repeatable; default: the model's own test images that its training run kept, with their true labels)")
     demo.set_defaults(run=run_demo)
 
 
@@ -369,6 +370,7 @@ def run_demo(args: argparse.Namespace) -> int:
     import os
 
     from .hub import check_model_folder, is_local_model
+    from .images import ImageError
 
     try:
         from .app import build_app
@@ -382,7 +384,10 @@ def run_demo(args: argparse.Namespace) -> int:
     if is_local_model(os.path.expanduser(args.model)):
         check_model_folder(os.path.expanduser(args.model))  # truncated weights, a bad config value: `main` names them
     try:
-        demo = build_app(os.path.expanduser(args.model), device=args.device, fast=args.fast)
+        demo = build_app(os.path.expanduser(args.model), device=args.device, fast=args.fast, examples=args.examples)
+    except ImageError as error:
+        print(f"srn-hf demo: error: --example {error}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as error:
         print(f"srn-hf demo: error: {args.model}: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         return 2

@@ -11,6 +11,8 @@
     preprocessor_config.json     the image processor (the model folder's own, else `processing.create_image_processor`)
     attention_maps.png           the label attention maps A of one image of the model's own data (the training run's first
                                  test image, with its true labels), or of `example_image`; absent without either
+    examples.json, examples/     the training run's example images of its own data with their true labels
+                                 ([`srn_hf.showcase`]), which the demo page of the published model shows
     training_curves.png          the run's loss and validation mAP per epoch, when the run drew them
     README.md                    the model card, rendered from the template `model_card.md`
 
@@ -575,22 +577,21 @@ def check_labels(model: SRNForImageClassification, metrics: dict | None, metrics
         )
 
 
-def example_image_source(example_image=None, metrics: dict | None = None, metrics_file: Path | None = None) -> tuple | None:
+def example_image_source(example_image=None, examples: list | None = None) -> tuple | None:
     """`(RGB image, words for the card, its true labels or None)` of the attention-map picture: `example_image` (a
-    path or a PIL image) when given; else the image of the model's own data that the training run kept beside its
-    metrics.json (`example_image` there: the first image of its test split, or of validation without one, with its
-    true labels); else None, and the card has no picture. A bad file raises `ImageError` naming it."""
+    path or a PIL image) when given; else the first of `examples`, the model's own that its training run kept
+    ([`srn_hf.showcase.local_examples`]: the first image of its test split, or of validation without one, with its true labels);
+    else None, and the card has no picture. A bad file raises `ImageError` naming it."""
     from .images import open_image
 
     if isinstance(example_image, (str, os.PathLike)):
         return open_image(example_image), f"the image {Path(example_image).name}", None
     if example_image is not None:
         return open_image(example_image), "an example image", None
-    kept = (metrics or {}).get("example_image")
-    if kept is None or metrics_file is None or not (metrics_file.parent / kept["file"]).is_file():
+    if not examples:
         return None
-    words = f"image {kept['image_id']} of the training run's {kept['split']} split"
-    return open_image(metrics_file.parent / kept["file"]), words, list(kept["labels"])
+    first = examples[0]
+    return open_image(first.path), f"image {first.image_id} of the training run's {first.split} split", list(first.labels)
 
 
 def write_attention_image(
@@ -644,8 +645,10 @@ def write_hub_folder(
 
     Returns:
         `out_dir`, holding config.json (with `auto_map`), model.safetensors, configuration_srn.py, modeling_srn.py,
-        preprocessor_config.json, README.md and (with an example image) attention_maps.png.
+        preprocessor_config.json, README.md, (with an example image) attention_maps.png and (with the run's
+        examples) examples.json and examples/.
     """
+    from .showcase import copy_examples, local_examples
     from .storage import atomic_folder
 
     validate_repo_id(repo_id)
@@ -655,10 +658,13 @@ def write_hub_folder(
     metrics, metrics_file = load_training_metrics(model_dir, metrics)
     check_labels(model, metrics, metrics_file)
     card_template(card or CardOptions())  # a missing template or a bad image is named before anything is written
-    example = example_image_source(example_image, metrics, metrics_file)
+    examples = local_examples(model_dir)
+    example = example_image_source(example_image, examples)
     training_curves = metrics_file.parent / TRAINING_CURVES if metrics_file is not None else None
     with atomic_folder(out_dir) as folder:
         write_hub_files(folder, model, image_processor, repo_id, metrics, training_curves, example, card)
+        if examples:  # the run's own example images, for the demo page of the published model (srn_hf.app)
+            copy_examples(examples, folder)
     return out_dir
 
 

@@ -1,12 +1,11 @@
 """A Hugging Face Space beside a published SRN model: its demo page ([`srn_hf.app`]), loading the model by repository id.
 
-[`write_space_folder`] writes the folder a Gradio Space should hold:
+[`write_space_folder`] writes the folder a Gradio Space should hold (its page's examples are the model repository's
+own images with their true labels, `examples.json`, downloaded with the model):
 
     app.py            builds the demo page of the model repository (`srn_hf.app.build_app("org/model")`); the Space
                       runs it with `python app.py`
     requirements.txt  srn_hf with its `app` extra (gradio comes from the Space's `sdk_version`)
-    packages.txt      Debian packages of the examples: tuxpaint's stamps and photos, and libcairo2 for the SVG
-                      stamps (the stamp-scene examples are rendered on the Space, never uploaded)
     README.md         the Space card: front matter with `sdk: gradio`, `app_file: app.py`, `models: [org/model]`
 
 [`publish_space`] writes it to a temporary directory and pushes it in one commit with [`srn_hf.hub.push_folder`]
@@ -37,9 +36,6 @@ demo = build_app({model_repo_id!r})
 if __name__ == "__main__":
     demo.launch()
 '''
-# The Debian packages of the stamp-scene examples (srn_hf.app.example_images); without them the Space shows only
-# the scikit-image photos.
-SPACE_PACKAGES = ("tuxpaint-stamps-default", "tuxpaint-data", "libcairo2")
 SPACE_CARD = """
 # {title}
 
@@ -86,7 +82,8 @@ def write_space_folder(
         license: the Space's license, a Hub license id (by default the model card's).
 
     Returns:
-        `out_dir`, holding app.py, requirements.txt, packages.txt and README.md.
+        `out_dir`, holding app.py, requirements.txt and README.md (the page's examples are the model repository's
+        own, [`srn_hf.showcase`]).
     """
     validate_repo_id(space_id)
     validate_repo_id(model_repo_id)
@@ -112,7 +109,6 @@ def write_space_folder(
     with atomic_folder(out_dir) as folder:  # renamed once complete: a failure leaves no half Space folder
         (folder / "app.py").write_text(SPACE_APP.format(model_repo_id=model_repo_id, version=__version__), encoding="utf-8")
         (folder / "requirements.txt").write_text(requirement + "\n", encoding="utf-8")
-        (folder / "packages.txt").write_text("\n".join(SPACE_PACKAGES) + "\n", encoding="utf-8")
         SpaceCard(f"---\n{card_data.to_yaml()}\n---\n{body}").save(folder / "README.md")
     return out_dir
 

@@ -7,14 +7,14 @@ import sys
 
 import datasets
 import numpy as np
-import skimage.data
 from conftest import save_with_processor, small_srn
 from PIL import Image
 
 import srn_hf.app
-from srn_hf.app import SKIMAGE_PHOTOS, example_images, labels_above
+from srn_hf.app import example_images, labels_above
 from srn_hf.cli import main as cli_main
 from srn_hf.data.stamp_scenes import generate_stamp_scenes
+from srn_hf.showcase import EXAMPLE_COUNT, keep_examples
 
 
 def test_import_srn_hf_never_imports_gradio():
@@ -44,25 +44,33 @@ def test_the_slider_moves_every_label_threshold_from_the_model_ones():
     assert "dog" in labels_above(prediction, model_thresholds, -1.0)
 
 
-def test_examples_are_demo_test_scenes_and_scikit_image_photos(tmp_path):
-    files = example_images(tmp_path)
-    names = [path.name for path in files]
-    assert names[-len(SKIMAGE_PHOTOS):] == [f"{name}.png" for name in SKIMAGE_PHOTOS]  # lossless
-    for name, path in zip(SKIMAGE_PHOTOS, files[-len(SKIMAGE_PHOTOS):]):
-        with Image.open(path) as photo:
-            assert np.array_equal(np.asarray(photo.convert("RGB")), np.asarray(Image.fromarray(getattr(skimage.data, name)()).convert("RGB")))
-    scenes = files[: -len(SKIMAGE_PHOTOS)]
-    assert len(scenes) == srn_hf.app.STAMP_SCENE_EXAMPLES  # Debian's tuxpaint stamps are installed by setup_env.sh
-    # each scene is the file the demo data holds, byte for byte (the data's first test images), not a re-encoding
-    test_split = generate_stamp_scenes(None, sizes=(0, 0, len(scenes)), num_workers=1, progress=False)["test"]
-    for path, row in zip(scenes, test_split.cast_column("image", datasets.Image(decode=False))):
-        assert path.read_bytes() == row["image"]["bytes"]
-    assert example_images(tmp_path) == files  # written once, then reused
+def test_examples_are_the_runs_own_test_images_with_their_true_labels(tmp_path):
+    """A training run keeps its first test images (srn_hf.showcase.keep_examples, as train_stages.py calls it); the
+    page of its final model shows them, captioned with their true labels, each the file the data holds byte for byte."""
+    test_split = generate_stamp_scenes(None, sizes=(0, 0, 6), num_workers=1, progress=False)["test"]
+    names = test_split.features["labels"].feature.names
+    output_dir = tmp_path / "run"
+    model_dir = save_with_processor(small_srn(dict(enumerate(names)), image_size=64), output_dir / "final")
+    records = keep_examples(test_split, "test", names, output_dir)
+    assert len(records) == EXAMPLE_COUNT
+
+    shown = example_images(model_dir)
+    assert [caption for _, caption in shown] == [f"true: {', '.join(record['labels']) or 'no label'}" for record in records]
+    for (path, _), row in zip(shown, test_split.cast_column("image", datasets.Image(decode=False))):
+        assert path.suffix == ".jpg" and path.read_bytes() == row["image"]["bytes"]  # not a re-encoding
+    for (_, caption), row in zip(shown, test_split):
+        assert caption == "true: " + (", ".join(names[label] for label in row["labels"]) or "no label")
+
+    bare = save_with_processor(small_srn({0: "bird", 1: "boat"}, image_size=64), tmp_path / "bare" / "model")
+    assert example_images(bare) == []  # no stock photo in place of the model's own images
+    photo = tmp_path / "street.png"
+    Image.fromarray(np.full((32, 48, 3), 200, np.uint8)).save(photo)
+    assert example_images(bare, [photo]) == [(photo, "street.png")]  # the user's own, when passed
 
 
 def test_the_page_is_titled_with_the_model_not_its_folder_name(tmp_path):
     model_dir = save_with_processor(small_srn({0: "bird", 1: "boat"}, image_size=64), tmp_path / "final")
-    page = srn_hf.app.build_app(model_dir, examples_dir=tmp_path / "examples")
+    page = srn_hf.app.build_app(model_dir)
     assert page.title == "SRN demo: SRN resnet10t, 2 labels"  # the model: its backbone and labels
 
 
@@ -72,7 +80,6 @@ def test_demo_refuses_a_bad_model_a_taken_port_and_a_missing_gradio(tmp_path, mo
     assert error.startswith(f"srn-hf demo: error: {tmp_path / 'missing'}") and len(error.splitlines()) == 1
 
     model_dir = save_with_processor(small_srn({0: "bird", 1: "boat"}, image_size=64), tmp_path / "model")
-    monkeypatch.setattr(srn_hf.app, "EXAMPLES_DIR", tmp_path / "examples")
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -81,6 +88,9 @@ def test_demo_refuses_a_bad_model_a_taken_port_and_a_missing_gradio(tmp_path, mo
         assert cli_main(["demo", model_dir, "--port", str(port)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the loading bars
     assert len(errors) == 1 and errors[0].startswith(f"srn-hf demo: error: 127.0.0.1:{port}: ")
+    assert cli_main(["demo", model_dir, "--example", str(tmp_path / "missing.png")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [f"srn-hf demo: error: --example {tmp_path / 'missing.png'}: no such file"]
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # as where the app extra is not installed
     monkeypatch.delitem(sys.modules, "srn_hf.app")

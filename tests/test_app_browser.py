@@ -12,6 +12,7 @@ import tempfile
 import urllib.request
 from urllib.parse import urlparse
 
+import datasets
 import numpy as np
 import pytest
 import skimage.data
@@ -33,6 +34,7 @@ from transformers import pipeline
 
 from srn_hf.app import attention_overlay, build_app, predict
 from srn_hf.pipeline_srn import TASK
+from srn_hf.showcase import keep_examples
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 LABELS = ["bird", "boat", "car", "cattle", "flower"]
@@ -48,7 +50,18 @@ def model_dir(tmp_path_factory):
     with torch.no_grad():
         model.srn.classifier.bias.copy_(torch.tensor(BIASES) / model.config.alpha)
         model.srn.attention.conv3.weight.mul_(30)  # peaked attention maps A (random ones, but not flat)
-    return save_with_processor(model, tmp_path_factory.mktemp("app") / "srn-demo")
+    run = tmp_path_factory.mktemp("app")  # OUTPUT_DIR of a training run: final/ and the kept test images
+    photo = io.BytesIO()
+    Image.fromarray(skimage.data.coffee()).save(photo, format="PNG")
+    test_split = datasets.Dataset.from_dict(
+        {"image": [{"bytes": photo.getvalue(), "path": None}], "image_id": ["cup-1"], "labels": [[0, 2]]},
+        features=datasets.Features({
+            "image": datasets.Image(), "image_id": datasets.Value("string"),
+            "labels": datasets.Sequence(datasets.ClassLabel(names=LABELS)),
+        }),
+    )
+    keep_examples(test_split, "test", LABELS, run)
+    return save_with_processor(model, run / "final")
 
 
 @pytest.fixture
@@ -58,7 +71,7 @@ def served(model_dir, tmp_path, monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    demo = build_app(model_dir, examples_dir=tmp_path / "examples")
+    demo = build_app(model_dir)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield demo, f"http://127.0.0.1:{port}/"
     demo.close()
@@ -99,12 +112,12 @@ def wait_for(driver, condition, message):
 NOT_CLICKABLE_YET = (ElementNotInteractableException, ElementClickInterceptedException, StaleElementReferenceException)
 
 
-def click_when_ready(driver, selector: str) -> None:
+def click_when_ready(driver, selector: str, by: str = By.CSS_SELECTOR) -> None:
     """Clicks the element once the page lets a user click it: present, laid out and not covered (on a loaded
     machine Gradio may still be drawing the examples when their images are already in the page)."""
 
     def click(_):
-        element = driver.find_element(By.CSS_SELECTOR, selector)
+        element = driver.find_element(by, selector)
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
         element.click()
         return True
@@ -188,9 +201,9 @@ def test_upload_threshold_attention_map_and_bad_upload_in_chromium(served, brows
 
 
 def test_an_example_click_predicts_it(served, browser):
-    """The examples: test scenes of the demo data (where tuxpaint is installed) and scikit-image's photos."""
+    """The examples: the run's own test images, captioned with their true labels."""
     _, url = served
     browser.get(url)
-    click_when_ready(browser, "img[src*='coffee.png']")
+    click_when_ready(browser, "//button[normalize-space(.)='true: bird, car']", By.XPATH)  # captioned with its truth
     wait_for(browser, lambda: "predicted in" in browser.find_element(By.ID, "srn-status").text, "example not predicted")
     assert [label for label, _ in shown_labels(browser)] == ["bird", "boat", "car"]

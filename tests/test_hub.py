@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -28,6 +29,7 @@ from srn_hf.cli import main as cli_main
 from srn_hf.hub import METRIC_NAMES, CardOptions, hub_folder_files, publish, write_hub_folder
 from srn_hf.metrics import multilabel_metrics
 from srn_hf.processing import create_image_processor
+from srn_hf.showcase import keep_examples
 from srn_hf.stages import STAGES
 from srn_hf.training import Recipe
 
@@ -103,10 +105,14 @@ def training_run(tmp_path_factory) -> Path:
         "dataset": {"name": "stamp_scenes", "label_names": LABELS, "splits": {"train": 40, "validation": 12, "test": 16}},
         "stages": stages,
     }
-    # The image of the model's own data the run keeps for the card (train_stages.keep_example_image).
-    splits["test"][0].save(output_dir / "example_image.png")
-    true_labels = [name for name, present in zip(LABELS, labels["test"][0]) if present]
-    metrics["example_image"] = {"file": "example_image.png", "split": "test", "image_id": "test-0", "labels": true_labels}
+    # The images of the model's own data the run keeps for the card and the demo page (train_stages.keep_run_examples).
+    test_split = datasets.Dataset.from_dict(
+        {"image": splits["test"][:3], "image_id": ["test-0", "test-1", "test-2"],
+         "labels": [np.flatnonzero(row).tolist() for row in labels["test"][:3]]},
+        features=datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
+                                    "labels": datasets.Sequence(datasets.ClassLabel(names=LABELS))}),
+    )
+    keep_examples(test_split, "test", LABELS, output_dir)
     (output_dir / "metrics.json").write_text(json.dumps(metrics))
     return output_dir
 
@@ -141,14 +147,18 @@ def test_plain_model_folder_becomes_a_complete_hub_folder(plain_model_dir, tmp_p
 
 
 def test_the_card_picture_is_the_runs_test_image_with_its_true_labels(published_run, training_run):
-    metrics = json.loads((training_run / "metrics.json").read_text())
-    kept = metrics["example_image"]
+    kept = json.loads((training_run / "examples.json").read_text())[0]
     card = ModelCard.load(published_run / "README.md")
     assert "](attention_maps.png)" in card.text
     assert f"image {kept['image_id']} of the training run's test split" in card.text
     assert f"its true labels: {', '.join(kept['labels'])}" in card.text
     with Image.open(published_run / "attention_maps.png") as picture:
         assert picture.format == "PNG" and min(picture.size) > 100
+    # the run's examples are published byte for byte, for the demo page of the Hub id (srn_hf.app, srn_hf.space)
+    published = json.loads((published_run / "examples.json").read_text())
+    assert [entry["labels"] for entry in published] == [entry["labels"] for entry in json.loads((training_run / "examples.json").read_text())]
+    for entry in published:
+        assert (published_run / entry["file"]).read_bytes() == (training_run / "examples" / Path(entry["file"]).name).read_bytes()
 
 
 def test_a_given_example_image_is_the_cards_picture(plain_model_dir, tmp_path):
@@ -212,7 +222,8 @@ def test_loading_by_repository_id_from_an_offline_hub_cache(published_run, tmp_p
     cached = scan_cache_dir(cache)  # huggingface_hub recognises the layout as its own
     assert [repo.repo_id for repo in cached.repos] == [REPO_ID]
     files = {file.file_name for revision in next(iter(cached.repos)).revisions for file in revision.files}
-    assert files == EXPECTED_FILES | {"attention_maps.png"}
+    examples = {"examples.json", "0-test-0.png", "1-test-1.png", "2-test-2.png"}  # the run's, for the demo page
+    assert files == EXPECTED_FILES | {"attention_maps.png"} | examples
 
     scores = load_in_fresh_process(REPO_ID, tmp_path, {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
     assert_same_scores(scores, snapshot)

@@ -10,17 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 from huggingface_hub import SpaceCard
 from packaging.requirements import Requirement
-from test_hub import install_in_hub_cache, small_model
+from test_hub import LABELS, install_in_hub_cache, random_images, small_model
 
 from srn_hf import __version__
 from srn_hf.cli import main as cli_main
 from srn_hf.hub import hub_folder_files
+from srn_hf.showcase import keep_examples
 
 MODEL_ID, SPACE_ID = "org/srn-demo", "org/srn-demo-space"
-SPACE_FILES = ["README.md", "app.py", "packages.txt", "requirements.txt"]
+SPACE_FILES = ["README.md", "app.py", "requirements.txt"]
 REPOSITORY = Path(__file__).resolve().parents[1]
 # Runs the Space's app.py as a module (the Space runs it as a script, which also launches the page) and prints the
 # page's title and heading, which name the model it loaded.
@@ -29,15 +31,23 @@ import json, runpy, sys
 demo = runpy.run_path(sys.argv[1], run_name="space_app")["demo"]
 config = demo.get_config_file()
 texts = [c["props"].get("value") for c in config["components"] if c["type"] == "markdown"]
-print(json.dumps({"title": config["title"], "heading": texts[0]}))
+examples = [c["props"] for c in config["components"] if c["type"] == "dataset"]
+print(json.dumps({"title": config["title"], "heading": texts[0], "examples": examples[0].get("sample_labels") if examples else None}))
 """
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("space") / "model"
-    small_model().save_pretrained(folder)
-    return folder
+    """OUTPUT_DIR/final of a training run that kept two test images with their true labels."""
+    run = tmp_path_factory.mktemp("space")
+    test_split = datasets.Dataset.from_dict(
+        {"image": random_images(2, seed=3), "image_id": ["a", "b"], "labels": [[0, 2], []]},
+        features=datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
+                                    "labels": datasets.Sequence(datasets.ClassLabel(names=LABELS))}),
+    )
+    keep_examples(test_split, "test", LABELS, run)
+    small_model().save_pretrained(run / "final")
+    return run / "final"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +70,6 @@ def test_space_folder_holds_a_gradio_app_of_the_model(dry_run):
     assert f"srn-hf demo {MODEL_ID}" in card.text
     requirement = Requirement((space / "requirements.txt").read_text().strip())
     assert requirement.name == "srn_hf" and requirement.extras == {"app"} and str(requirement.specifier) == f"=={__version__}"
-    assert (space / "packages.txt").read_text().split() == ["tuxpaint-stamps-default", "tuxpaint-data", "libcairo2"]
     compile((space / "app.py").read_text(), "app.py", "exec")
 
 
@@ -84,6 +93,8 @@ def test_space_app_loads_the_model_by_repository_id(dry_run, tmp_path):
     page = json.loads(completed.stdout.strip().splitlines()[-1])
     assert page["title"] == f"SRN demo: {MODEL_ID}"
     assert page["heading"].startswith(f"# {MODEL_ID}\n") and "5 labels, backbone `resnet18`" in page["heading"]
+    # the examples are the model repository's own test images with their true labels, downloaded from the Hub cache
+    assert page["examples"] == [f"true: {LABELS[0]}, {LABELS[2]}", "true: no label"]
 
 
 def test_publish_with_space_pushes_the_model_then_the_space(model_dir, dry_run, hub_calls, capsys):

@@ -107,6 +107,17 @@ def test_own_folder_trains_end_to_end(tmp_path):
     for name, reason in fallback.items():
         assert f"{name} ({reason})" in log
     assert all("test" in stage and "test_calibrated" in stage for stage in metrics["stages"])
+    # the card's and the demo page's examples: test images of the folder, the files themselves, with their labels
+    assert_examples_are_the_folders_files(tmp_path / "run", data_dir, "test")
+
+
+def assert_examples_are_the_folders_files(output_dir: Path, data_dir: Path, split: str) -> None:
+    rows = [json.loads(line) for line in (data_dir / "metadata.jsonl").read_text().splitlines()]
+    labels_of = {(data_dir / row["file_name"]).read_bytes(): sorted(row["labels"]) for row in rows}
+    examples = json.loads((output_dir / "examples.json").read_text())
+    assert len(examples) == 4 and {example["split"] for example in examples} == {split}
+    for example in examples:
+        assert sorted(example["labels"]) == labels_of[(output_dir / example["file"]).read_bytes()]
 
 
 @pytest.mark.slow
@@ -121,6 +132,7 @@ def test_a_run_without_test_split_says_what_it_could_not_measure(tmp_path):
     assert metrics["not_measured"] in completed.stdout and "has no test split" in completed.stdout
     assert all("validation" in stage and "test" not in stage for stage in metrics["stages"])
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+    assert_examples_are_the_folders_files(tmp_path / "run", data_dir, "validation")  # no test split: validation's
 
 
 @pytest.mark.parametrize(
