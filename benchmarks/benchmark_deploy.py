@@ -43,34 +43,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from benchmark_srn import interleaved_times, peak_memory, write_photos  # noqa: E402
-from benchmark_utils import build_model, label_set, logits_of, machine_description  # noqa: E402
+from benchmark_srn import write_photos  # noqa: E402
+from probes import MIB, interleaved_times, peak_memory, synchronize, timed_run  # noqa: E402
+from benchmark_utils import build_model, logits_of, machine_description  # noqa: E402
 from srn_hf.fast import autocast_context, fast_inference, use_channels_last  # noqa: E402
 
 LABEL_COUNTS = (80, 1000, 10000)
-MIB = 2**20
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Timing
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(call, device: torch.device):
-    """A run for `interleaved_times`: one call of `call()`, its seconds (the GPU's work included)."""
-
-    def run() -> float:
-        synchronize(device)
-        start = time.perf_counter()
-        call()
-        synchronize(device)
-        return time.perf_counter() - start
-
-    return run
 
 
 def torch_forward(model, pixel_values: torch.Tensor, bf16: bool):
@@ -145,7 +123,7 @@ def benchmark_runtimes(args) -> list[dict]:
                     "torch_export_max_abs_diff": float(np.abs(calls["torch_export"](pixels).float().cpu().numpy() - reference).max()),
                     "onnx_providers": providers,
                 }  # fmt: skip
-                runs = {name: timed(lambda call=call: call(pixels), device) for name, call in calls.items()}
+                runs = {name: timed_run(lambda call=call: call(pixels), device) for name, call in calls.items()}
                 times = interleaved_times(runs, args.warmup, args.repeats, desc=f"runtimes {image_size} batch {batch}")
                 baseline = statistics.median(times["pytorch_fp32"])
                 for name, values in times.items():
@@ -202,7 +180,7 @@ def scaling_point(args, image_size: int, num_labels: int) -> list[dict]:
     srn, timm_model = options_model(srn, args), options_model(timm_model, args)
     runs = {"srn": torch_forward(srn, pixel_values, bf16), "timm": torch_forward(timm_model, pixel_values, bf16)}
     runs.update({name: torch_forward(layers[name], inputs[name], bf16) for name in layers})
-    times = interleaved_times({name: timed(call, device) for name, call in runs.items()}, args.warmup, args.repeats,
+    times = interleaved_times({name: timed_run(call, device) for name, call in runs.items()}, args.warmup, args.repeats,
                               desc=f"scaling {image_size} C={num_labels}")  # fmt: skip
     seconds = {name: statistics.median(values) for name, values in times.items()}
     extra = seconds["srn"] - seconds["timm"]
@@ -269,7 +247,7 @@ def model_only_run(tagger, photos: list[str], batch_size: int, fast: bool, devic
     batches = len(photos) // batch_size
 
     def run() -> float:
-        return batches * batch_size / sum(timed(forward, device)() for _ in range(batches))
+        return batches * batch_size / sum(timed_run(forward, device)() for _ in range(batches))
 
     return run
 

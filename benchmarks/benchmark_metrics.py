@@ -31,7 +31,8 @@ import numpy as np
 from scipy.stats import bootstrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_thresholds import peak_mib, synthetic_scores, timed  # noqa: E402
+from benchmark_thresholds import synthetic_scores  # noqa: E402
+from probes import interleaved_results, tracemalloc_peak_mib  # noqa: E402
 from benchmark_utils import machine_description  # noqa: E402
 
 from srn_hf.metrics import map_difference, resampled_map_difference  # noqa: E402
@@ -64,7 +65,7 @@ def largest_gap(result: dict, reference: dict) -> float:
 
 def compare(scores_a, scores_b, labels, n_resamples: int, repeats: int) -> dict:
     """Both methods on the same `n_resamples` resamples, interleaved: seconds, speed-up, largest gap."""
-    runs = timed(
+    runs = interleaved_results(
         {
             "map_difference": lambda: map_difference(scores_a, scores_b, labels, n_resamples=n_resamples),
             "per-resample loop": lambda: per_resample_loop(scores_a, scores_b, labels, n_resamples),
@@ -107,7 +108,7 @@ def main(argv=None) -> dict:
     print(f"large case {args.large}, {args.large_loop_resamples} resamples, {args.repeats} rounds")
     large_comparison = compare(*large, args.large_loop_resamples, args.repeats)
     print(f"large case, map_difference alone with {args.resamples} resamples")
-    large_full = timed({"map_difference": lambda: map_difference(*large, n_resamples=args.resamples)}, 1)
+    large_full = interleaved_results({"map_difference": lambda: map_difference(*large, n_resamples=args.resamples)}, 1)
     loop_per_resample = large_comparison["seconds"]["per-resample loop"] / args.large_loop_resamples
     report = {
         "machine": machine_description(),
@@ -120,7 +121,7 @@ def main(argv=None) -> dict:
             "per-resample loop seconds, extrapolated": loop_per_resample * args.resamples,
             "speedup, extrapolated": loop_per_resample * args.resamples / large_full["map_difference"]["seconds"],
             # the peak is the one of a batch of resamples: two batches show it
-            "map_difference peak MiB": peak_mib(lambda: map_difference(*large, n_resamples=min(args.resamples, 100))),
+            "map_difference peak MiB": tracemalloc_peak_mib(lambda: map_difference(*large, n_resamples=min(args.resamples, 100))),
         },
     }
     write_results(report, Path(args.output_dir))

@@ -25,13 +25,11 @@ in the test suite: `tests/test_benchmarks.py` only runs `--quick` on a tiny back
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
 import tempfile
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,11 +40,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils.weak import WeakIdKeyDictionary  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from benchmark_utils import MODEL_NAMES, build_model, count_flops, logits_of, machine_description  # noqa: E402
+from probes import interleaved_times, peak_memory, seconds_of, timed_run  # noqa: E402
 from srn_hf.fast import autocast_context, fast_inference, use_channels_last  # noqa: E402
 from srn_hf.modeling_srn import sigmoid_cross_entropy  # noqa: E402
 from srn_hf.stages import StageForward, apply_stage, stage_loss  # noqa: E402
@@ -54,77 +51,10 @@ from srn_hf.stages import StageForward, apply_stage, stage_loss  # noqa: E402
 PRECISIONS = ("float32", "bf16_channels_last")  # the second is the fast path of srn_hf.fast
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MATMUL_DTYPE_OF = {"float32": "float32", "bf16_channels_last": "bfloat16"}  # the peak each precision is held to
-MIB = 2**20
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Timing and memory
-
-
-def interleaved_times(runs: dict[str, Callable[[], float]], warmup: int, repeats: int, desc: str) -> dict[str, list[float]]:
-    """Calls every run `warmup` times, then `repeats` rounds of one call each; each call returns its own seconds."""
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    times = {name: [] for name in runs}
-    for _ in tqdm(range(repeats), desc=desc, leave=False):
-        for name, run in runs.items():
-            times[name].append(run())
-    return times
-
-
-class LiveTensorMemory(TorchDispatchMode):
-    """Counts the bytes of the tensor storages that operations create while active, and their peak.
-
-    A storage is counted from the operation that creates it until it is freed (a weak-reference finaliser), once
-    however many views share it. oneDNN's and the allocator's own scratch memory are not tensors: not counted.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.seen = WeakIdKeyDictionary()
-        self.current = self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        outputs = func(*args, **(kwargs or {}))
-        for tensor in torch.utils._pytree.tree_leaves(outputs):
-            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
-                storage = tensor.untyped_storage()
-                if storage not in self.seen:
-                    self.seen[storage] = True
-                    self.current += storage.nbytes()
-                    self.peak = max(self.peak, self.current)
-                    weakref.finalize(storage, self.free, storage.nbytes())
-        return outputs
-
-    def free(self, nbytes: int) -> None:
-        self.current -= nbytes
-
-
-def tensor_bytes(*tracked) -> int:
-    """Bytes of the modules' parameters and buffers and of the optimizers' states."""
-    tensors = []
-    for item in tracked:
-        if isinstance(item, torch.nn.Module):
-            tensors += [*item.parameters(), *item.buffers()]
-        else:
-            tensors += [value for state in item.state.values() for value in state.values() if torch.is_tensor(value)]
-    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
-
-
-def peak_memory(run: Callable[[], object], *tracked) -> dict[str, float]:
-    """Peak tensor memory (MiB) during `run()`: in total, and of what `run()` allocates (activations, gradients).
-
-    The total adds the parameters, buffers and optimizer states of `tracked` (modules and optimizers), with their
-    gradients freed first (every timed step starts with `zero_grad(set_to_none=True)`).
-    """
-    for item in tracked:
-        item.zero_grad(set_to_none=True)
-    gc.collect()
-    resident = tensor_bytes(*tracked)
-    with LiveTensorMemory() as memory:
-        run()
-    return {"peak_memory_mib": (resident + memory.peak) / MIB, "peak_allocated_mib": memory.peak / MIB}
+# The machine's matrix-multiply peak
 
 
 def matmul_peak_gflops(dtype: torch.dtype, size: int, repeats: int) -> float:
@@ -139,10 +69,7 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int, repeats: int) -> float:
     best = float("inf")
     for product in (lambda: torch.mm(a, b), lambda: torch.nn.functional.conv2d(pixels, weight)):
         product()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            best = min(best, time.perf_counter() - start)
+        best = min(best, *(seconds_of(product) for _ in range(repeats)))
     return 2 * size**3 / best / 1e9
 
 
@@ -160,13 +87,11 @@ def prepare(model: torch.nn.Module, precision: str) -> torch.nn.Module:
 def inference_run(model: torch.nn.Module, pixel_values: torch.Tensor, fast: bool) -> Callable[[], float]:
     """One timed forward pass under `torch.inference_mode()` (and bf16 autocast on the fast path)."""
 
-    def run() -> float:
-        start = time.perf_counter()
+    def forward() -> None:
         with torch.inference_mode(), autocast_context(enabled=fast):
             logits_of(model(pixel_values))
-        return time.perf_counter() - start
 
-    return run
+    return timed_run(forward)
 
 
 def benchmark_inference(args, peaks: dict[str, float]) -> tuple[list[dict], dict]:
@@ -377,15 +302,10 @@ def benchmark_loader(args, training_rows: list[dict]) -> dict:
         batches = iter(loader)
         first = next(batches)
         step(first)
-        fed, in_memory = [], []  # seconds per step: waiting for the loader's next batch included
+        fed = []  # seconds per step: waiting for the loader's next batch included
         for _ in tqdm(range(len(loader) - 1), desc="stage 3 fed by the loader", leave=False):
-            start = time.perf_counter()
-            step(next(batches))
-            fed.append(time.perf_counter() - start)
-        for _ in range(len(fed)):
-            start = time.perf_counter()
-            step(first)
-            in_memory.append(time.perf_counter() - start)
+            fed.append(seconds_of(lambda: step(next(batches))))
+        in_memory = [seconds_of(step, first) for _ in fed]
         fed_seconds, in_memory_seconds = statistics.median(fed), statistics.median(in_memory)
 
     training = {

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +30,7 @@ from sklearn.metrics import precision_recall_curve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_utils import machine_description  # noqa: E402
+from probes import interleaved_results, tracemalloc_peak_mib  # noqa: E402
 
 from srn_hf.thresholds import calibrate_thresholds  # noqa: E402
 
@@ -84,27 +82,6 @@ def exhaustive_search(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return best_f1
 
 
-def timed(methods: dict, repeats: int) -> dict[str, dict]:
-    """Each method run `repeats` times, interleaved; its median seconds, every time, and its last result."""
-    times = {name: [] for name in methods}
-    results = {}
-    for _ in range(repeats):
-        for name, method in methods.items():
-            start = time.perf_counter()
-            results[name] = method()
-            times[name].append(time.perf_counter() - start)
-    return {name: {"seconds": statistics.median(values), "times": values, "result": results[name]} for name, values in times.items()}
-
-
-def peak_mib(method) -> float:
-    """Peak of the memory numpy and Python allocate during one run (tracemalloc), in MiB."""
-    tracemalloc.start()
-    method()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak / 2**20
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=40_000, help="validation images (default: 40000, COCO val2014)")
@@ -123,7 +100,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     scores, labels = synthetic_scores(args.images, args.labels)
     print(f"calibrating {args.images} x {args.labels} scores, {args.repeats} rounds")
-    full = timed(
+    full = interleaved_results(
         {
             "calibrate_thresholds": lambda: calibrate_thresholds(scores, labels, min_positives=1),
             "precision_recall_curve loop": lambda: pr_curve_loop(scores, labels),
@@ -136,7 +113,7 @@ def main(argv=None) -> dict:
     _, grid_f1 = full["0.01 grid"]["result"]
 
     subset_scores, subset_labels = scores[: args.exhaustive_images], labels[: args.exhaustive_images]
-    subset = timed(
+    subset = interleaved_results(
         {
             "calibrate_thresholds": lambda: calibrate_thresholds(subset_scores, subset_labels, min_positives=1),
             "exhaustive search": lambda: exhaustive_search(subset_scores, subset_labels),
@@ -156,8 +133,8 @@ def main(argv=None) -> dict:
         "seconds": seconds,
         "times": {name: entry["times"] for name, entry in full.items()},
         "speedup_over": {name: value / seconds["calibrate_thresholds"] for name, value in seconds.items() if name != "calibrate_thresholds"},
-        "peak_mib": {"calibrate_thresholds": peak_mib(lambda: calibrate_thresholds(scores, labels, min_positives=1)),
-                     "precision_recall_curve loop": peak_mib(lambda: pr_curve_loop(scores, labels))},  # fmt: skip
+        "peak_mib": {"calibrate_thresholds": tracemalloc_peak_mib(lambda: calibrate_thresholds(scores, labels, min_positives=1)),
+                     "precision_recall_curve loop": tracemalloc_peak_mib(lambda: pr_curve_loop(scores, labels))},  # fmt: skip
         "checks": {
             "max |F1 - precision_recall_curve F1| over labels": float(np.max(np.abs(ours.f1 - pr_f1))),
             "global threshold, calibrate_thresholds / precision_recall_curve": [ours.threshold, pr_global],

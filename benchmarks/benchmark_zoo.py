@@ -6,7 +6,7 @@
 1. Gradient checkpointing: peak tensor memory and time of one stage-4 training step (forward, joint loss L(y) +
    L(y_att), backward, SGD step) of SRN-ResNet-101 at 448 x 448 (80 labels), with and without
    `model.gradient_checkpointing_enable()` (timm's block-wise checkpointing of the backbone, two segments in the
-   SRN branch). Runs interleaved; memory by the live-tensor counter of `benchmark_srn.py`.
+   SRN branch). Runs interleaved; memory by the live-tensor counter of `probes.py`.
 2. `torch.compile(model, fullgraph=True)` (the default inductor backend) against eager inference: largest absolute
    difference of the logits and of the attention maps, compile time, and the speed-up.
 3. `import srn_hf` in fresh interpreters that have already imported torch, timm and transformers: the seconds it
@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 import srn_hf
-from benchmark_srn import interleaved_times, peak_memory
+from probes import interleaved_times, peak_memory, timed_run
 from benchmark_utils import label_set, machine_description
 from srn_hf import SRNConfig, SRNForImageClassification
 from srn_hf.stages import StageForward, apply_stage, stage_loss
@@ -113,13 +113,11 @@ def benchmark_compile(args) -> dict:
         eager = model(pixel_values)
 
     def timed(run):
-        def call() -> float:
-            started = time.perf_counter()
+        def forward() -> None:
             with torch.inference_mode():
                 run(pixel_values)
-            return time.perf_counter() - started
 
-        return call
+        return timed_run(forward)
 
     times = interleaved_times({"eager": timed(model), "compiled": timed(compiled)}, args.warmup, args.repeats, "compile")
     seconds = {name: statistics.median(values) for name, values in times.items()}
