@@ -197,7 +197,7 @@ def scaling_point(args, image_size: int, num_labels: int) -> list[dict]:
 
 
 def model_peak_memory(call, model, device: torch.device) -> dict[str, float]:
-    """Peak memory of one forward pass: live tensors on CPU (benchmark_srn.peak_memory), the allocator's on CUDA."""
+    """Peak memory of one forward pass: live tensors on CPU (probes.peak_memory), the allocator's on CUDA."""
     if device.type != "cuda":
         return peak_memory(call, model)
     torch.cuda.reset_peak_memory_stats(device)
