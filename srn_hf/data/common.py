@@ -164,27 +164,3 @@ def build_split(
             stacklevel=3,
         )
     return Dataset.from_dict(columns, features=multilabel_features(names))
-
-
-def finish_splits(
-    splits: dict[str, Dataset], validation_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.0
-) -> DatasetDict:
-    """Order the splits as train, validation, test; hold out the validation and test splits the source lacks.
-
-    A source with a train split but no validation split (COCO 2014, NUS-WIDE, a single CSV...) gets one of
-    `validation_fraction` of `train`, and one without a test split (a single folder or CSV, a Hub dataset with only a
-    train split) a test split of `test_fraction` of it: seeded and stratified per label (`srn_hf.data.holdout`); the
-    rest stays `train`. A fraction of 0 holds nothing out (then there is no such split).
-    """
-    from .holdout import hold_out
-
-    fractions = {}
-    if "train" in splits and "validation" not in splits and validation_fraction > 0:
-        fractions["validation"] = validation_fraction
-    if "train" in splits and "test" not in splits and test_fraction > 0:
-        fractions["test"] = test_fraction
-    if fractions:
-        splits = {**splits, **hold_out(splits["train"], fractions, seed)}
-    ordered = {name: splits[name] for name in SPLITS if name in splits}
-    ordered.update({name: split for name, split in splits.items() if name not in ordered})
-    return DatasetDict(ordered)

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Image, List, Value, load_dataset, load_from_disk
 
-from .common import AnnotationError, build_split, encode_labels, field, finish_splits
+from .common import AnnotationError, build_split, encode_labels, field
+from .holdout import finish_splits
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
