@@ -26,7 +26,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from .common import AnnotationError, build_split, finish_splits, read_lines
+from .common import AnnotationError, build_split, read_lines
+from .holdout import finish_splits
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
