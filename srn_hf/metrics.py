@@ -34,6 +34,18 @@ from scipy.stats import bootstrap
 from sklearn.metrics import average_precision_score
 
 CONVENTIONS = ("standard", "paper")
+# The figures of `multilabel_metrics`, in this order, with their names on the Hub (the model card's tables and
+# `model-index`, `srn_hf.hub`).
+METRIC_NAMES = {
+    "mAP": "mean average precision over labels",
+    "CP": "precision averaged over labels",
+    "CR": "recall averaged over labels",
+    "CF1": "per-label F1",
+    "OP": "overall precision",
+    "OR": "overall recall",
+    "OF1": "overall F1",
+}
+THRESHOLDED_FIGURES = ("CP", "CR", "CF1", "OP", "OR", "OF1")  # the figures that depend on thresholds (not mAP)
 EVALUATE_MODULE_PATH = str(Path(__file__).parent / "multilabel_metric")
 
 
