@@ -165,7 +165,7 @@ class DemoModel:
             prediction = predict(self.tagger, image_file)
         except ImageError as error:
             name = image_data.get("orig_name") or Path(image_file).name
-            message = f"Refused: {name} {error.reason}; upload a photo (JPEG, PNG, WebP, ...)."
+            message = f"Refused: {name}: {error.reason}; upload a photo (JPEG, PNG, WebP, ...)."
             gr.Warning(message)
             return None, {}, message, attention_image(None, None)
         shown, status = self.show(prediction, threshold)

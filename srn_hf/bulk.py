@@ -36,7 +36,6 @@ order in a single process).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
@@ -51,7 +50,7 @@ from PIL import Image
 
 from .configuration_srn import config_label_names
 from .fast import autocast_context, use_channels_last
-from .images import ImageError, list_image_files, open_image
+from .images import ImageError, decode_image, list_image_files, open_image
 from .pipeline_srn import labels_above_thresholds
 from .storage import append_bytes, remove_file, storage_error, write_text_file
 
@@ -147,15 +146,12 @@ def given_sources(images: list[str], file_list: str | None, data: str | None, da
 
 
 def open_dataset_image(value: dict, key: str) -> Image.Image:
-    """A `datasets.Image(decode=False)` value (`{"bytes", "path"}`) as an RGB image, or an `ImageError` naming `key`."""
+    """A `datasets.Image(decode=False)` value (`{"bytes", "path"}`) as an RGB image, or an `ImageError` naming its file,
+    or `key` for bytes ([`srn_hf.images.decode_image`]). A file is opened by `open_image`, whose decompression-bomb
+    guard refuses it before any pixel is decoded."""
     if value.get("bytes") is None:
         return open_image(value["path"])
-    try:
-        image = Image.open(io.BytesIO(value["bytes"]))
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(key, f"cannot be decoded ({error})") from error
-    return open_image(image)
+    return open_image(decode_image(value, name=key))
 
 
 class ImageRows(torch.utils.data.Dataset):
