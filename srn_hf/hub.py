@@ -18,7 +18,7 @@
 
 The card's YAML metadata (library, pipeline tag, tags, license, datasets, and a `model-index` holding the final
 stage's figures) is written through huggingface_hub's `ModelCardData`, so that the Hub parses it as its own
-code does. Its figures come only from the training run's `metrics.json` (format below); without one the card
+code does. Its figures come only from the training run's `metrics.json` (see below); without one the card
 says that no evaluation was published, and holds no number.
 
 [`publish`] writes that folder to a temporary directory and pushes all of it in one commit with

@@ -79,7 +79,13 @@ def average_precision(scores: np.ndarray, positives: np.ndarray, convention: str
 
 
 def predicted_labels(scores: np.ndarray, threshold: float | np.ndarray, strict: bool, top_k: int | None) -> np.ndarray:
-    """Boolean (N, C) predictions: above the threshold and, with `top_k`, among the image's k best scores."""
+    """Boolean (N, C) predictions: above the threshold and, with `top_k`, among the image's k best scores.
+
+    The definition of the figures, kept apart from the decision rule of a deployed model
+    ([`srn_hf.pipeline_srn.labels_above_thresholds`]: `score > threshold`, then the k best): `"standard"` predicts at
+    `score >= threshold` (`strict=False`), and `top_k` keeps the labels among the k best scores that also pass their
+    threshold, which differs from the k best labels above the thresholds when the thresholds differ per label.
+    """
     predicted = scores > threshold if strict else scores >= threshold
     if top_k is not None:
         best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
