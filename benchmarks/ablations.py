@@ -48,7 +48,7 @@ import torch
 from safetensors.torch import load_file
 
 from srn_hf.metrics import map_difference, multilabel_metrics
-from srn_hf.modeling_srn import SRNModel, SRNOutput
+from srn_hf.modeling_srn import SRNModel, SRNModelOutput
 from srn_hf.training import load_recipe
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ CONTROLS = ("y_att alone", "y_cls + y_att fused", "control head alone", "y_cls +
             "SRN without staging")  # fmt: skip
 
 
-def control_forward_heads(self: SRNModel, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNOutput:
+def control_forward_heads(self: SRNModel, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNModelOutput:
     """The capacity-matched control: SRN's very layers (the same parameters and FLOPs) without its label attention.
 
     f_att's maps Z and the confidence maps S are pooled over the positions instead of weighting S by the
@@ -100,8 +100,9 @@ def control_forward_heads(self: SRNModel, features: torch.Tensor, classifier_fea
     position_scores = label_maps + confidence_maps
     sr_logits = self.spatial_regularization(torch.sigmoid(position_scores))
     alpha = self.config.alpha
-    return SRNOutput(logits=alpha * cls_logits + (1 - alpha) * sr_logits, cls_logits=cls_logits, att_logits=att_logits,
-                     sr_logits=sr_logits, attention_maps=position_scores.flatten(2).softmax(-1).view_as(position_scores))  # fmt: skip
+    return SRNModelOutput(logits=alpha * cls_logits + (1 - alpha) * sr_logits, cls_logits=cls_logits,
+                          att_logits=att_logits, sr_logits=sr_logits,
+                          attention_maps=position_scores.flatten(2).softmax(-1).view_as(position_scores))  # fmt: skip
 
 
 def train_control(argv: list[str]) -> None:

@@ -49,9 +49,9 @@ from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.data.holdout import split_summary
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
 from srn_hf.data.verify import check_images
-from srn_hf.hub import one_line
 from srn_hf.localization import label_boxes, pointing_game, pointing_game_table
 from srn_hf.metrics import map_difference, multilabel_metrics
+from srn_hf.model_folder import one_line
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.showcase import keep_examples
 from srn_hf.processing import create_image_processor

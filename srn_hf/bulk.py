@@ -36,7 +36,6 @@ order in a single process).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
@@ -49,8 +48,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .configuration_srn import config_label_names
 from .fast import autocast_context, use_channels_last
-from .images import ImageError, list_image_files, open_image
+from .images import ImageError, decode_image, list_image_files, open_image
+from .pipeline_srn import labels_above_thresholds
 from .storage import append_bytes, remove_file, storage_error, write_text_file
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
@@ -145,15 +146,12 @@ def given_sources(images: list[str], file_list: str | None, data: str | None, da
 
 
 def open_dataset_image(value: dict, key: str) -> Image.Image:
-    """A `datasets.Image(decode=False)` value (`{"bytes", "path"}`) as an RGB image, or an `ImageError` naming `key`."""
+    """A `datasets.Image(decode=False)` value (`{"bytes", "path"}`) as an RGB image, or an `ImageError` naming its file,
+    or `key` for bytes ([`srn_hf.images.decode_image`]). A file is opened by `open_image`, whose decompression-bomb
+    guard refuses it before any pixel is decoded."""
     if value.get("bytes") is None:
         return open_image(value["path"])
-    try:
-        image = Image.open(io.BytesIO(value["bytes"]))
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(key, f"cannot be decoded ({error})") from error
-    return open_image(image)
+    return open_image(decode_image(value, name=key))
 
 
 class ImageRows(torch.utils.data.Dataset):
@@ -204,7 +202,7 @@ def weights_digest(model: torch.nn.Module, model_name: str) -> str:
     chunks; else (a Hub id, a model in memory) of every tensor of its state dict, with its name, shape and dtype. A
     file hash costs about a second per 500 MB, little next to one forward pass per image.
     """
-    from .hub import weights_files
+    from .model_folder import weights_files
 
     digest = hashlib.sha256()
     files = weights_files(Path(model_name)) if os.path.isdir(model_name) else []
@@ -235,7 +233,7 @@ def record_text(text: str | None) -> str | None:
 class RecordMaker:
     """Turns a batch's sigmoid scores into records: the labels above their thresholds, best first, at most `top_k`.
 
-    The same rule as the `multi-label-image-classification` pipeline's `postprocess`, over a whole batch.
+    The rule of the `multi-label-image-classification` pipeline ([`srn_hf.pipeline_srn.labels_above_thresholds`]).
     """
 
     labels: list[str]
@@ -246,8 +244,7 @@ class RecordMaker:
     def record(self, key: str, scores: np.ndarray | None, error: str | None) -> dict:
         record = {"image": record_text(key), "labels": [], "error": record_text(error)}
         if scores is not None and error is None:
-            order = np.argsort(-scores, kind="stable")
-            predicted = order[scores[order] > self.thresholds[order]][: self.top_k]
+            predicted = labels_above_thresholds(scores, self.thresholds, self.top_k)
             record["labels"] = [{"label": self.labels[index], "score": round(float(scores[index]), 6)} for index in predicted]
         if self.all_scores:
             record["scores"] = None if error is not None else [round(float(score), 6) for score in scores]
@@ -769,7 +766,7 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
     state = run_state(tagger.device)
     destination = check_run(sources, output, resume, save_attention, state.num_processes, retry_errors)
     config = tagger.model.config
-    labels = [config.id2label[index] for index in range(config.num_labels)]
+    labels = config_label_names(config)
     maker = RecordMaker(labels, tagger.thresholds(threshold, label_thresholds), top_k, all_scores)
     done, retried = {}, 0
     if destination is not None:

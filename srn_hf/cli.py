@@ -199,7 +199,7 @@ def predict_pipeline(args: argparse.Namespace, label_thresholds: dict[str, float
     from transformers import pipeline
 
     from .bulk import run_state
-    from .hub import ModelFolderError, check_model_folder, is_local_model, one_line
+    from .model_folder import ModelFolderError, check_model_folder, is_local_model, one_line
     from .pipeline_srn import TASK
 
     try:
@@ -369,7 +369,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Serves the demo page of MODEL until interrupted; exit status 2 if the model, the port or Gradio is missing."""
     import os
 
-    from .hub import check_model_folder, is_local_model
+    from .model_folder import check_model_folder, is_local_model
     from .images import ImageError
 
     try:
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if getattr(args, "debug", False):
             raise
-        from .hub import one_line
+        from .model_folder import one_line
 
         refused = isinstance(error, REFUSALS) or type(error).__name__.startswith("StrictDataclass")
         hint = "" if refused else f" ({type(error).__name__}; run with --debug for the traceback)"

@@ -32,8 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .configuration_srn import config_label_names
 from .fast import autocast_context, fast_inference
 from .images import ImageError, open_images
+from .pipeline_srn import labels_above_thresholds
 from .storage import format_bytes
 
 EXPORT_FORMATS = {"onnx": "model.onnx", "torch-export": "model.pt2"}
@@ -116,7 +118,7 @@ def thresholds_record(model: nn.Module, image_processor, image_size: int, output
     config = model.config
     tagger = pipeline(TASK, model=model, image_processor=image_processor)
     return {
-        "labels": [config.id2label[index] for index in range(config.num_labels)],
+        "labels": config_label_names(config),
         "thresholds": [float(value) for value in tagger.thresholds()],
         "score": "sigmoid",
         "input": {"name": INPUT_NAME, "shape": ["batch", config.num_channels, image_size, image_size]},
@@ -164,7 +166,7 @@ def export_model(
     Returns:
         The path of the graph.
     """
-    from .hub import load_image_processor, load_model
+    from .model_folder import load_image_processor, load_model
     from .storage import atomic_folder
 
     if format not in EXPORT_FORMATS:
@@ -262,12 +264,10 @@ class ExportedTagger:
         return [result if isinstance(result, ImageError) else self.labels_above_thresholds(next(scores)) for result in results]
 
     def labels_above_thresholds(self, row: np.ndarray) -> list[dict]:
-        """`{"label", "score"}` of the labels whose sigmoid score exceeds their threshold, best first."""
-        return [
-            {"label": self.labels[index], "score": float(row[index])}
-            for index in np.argsort(-row, kind="stable")
-            if row[index] > self.thresholds[index]
-        ]
+        """`{"label", "score"}` of the labels whose sigmoid score exceeds their threshold, best first (the pipeline's
+        rule, [`srn_hf.pipeline_srn.labels_above_thresholds`])."""
+        predicted = labels_above_thresholds(row, self.thresholds)
+        return [{"label": self.labels[index], "score": float(row[index])} for index in predicted]
 
 
 __all__ = ["EXPORT_FORMATS", "ExportableSRN", "ExportedTagger", "export_model", "export_onnx", "export_program"]

@@ -40,7 +40,7 @@ def attention_peaks(attention_maps) -> np.ndarray:
     Bilinear upsampling (the pipeline's `upsample_attention_map`) blends neighbouring cells, so the upsampled map
     is largest at the centre of the map's largest cell; cell (i, j) of an h x w map covers rows i / h ... (i + 1) / h
     and columns j / w ... (j + 1) / w of the image (the image processor warps the whole image to the input). That
-    centre is returned. `attention_maps`: (N, C, h, w), numpy or torch (e.g. `SRNOutput.attention_maps`).
+    centre is returned. `attention_maps`: (N, C, h, w), numpy or torch (e.g. `SRNModelOutput.attention_maps`).
     """
     maps = as_numpy(attention_maps)
     if maps.ndim != 4:

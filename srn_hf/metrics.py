@@ -34,6 +34,18 @@ from scipy.stats import bootstrap
 from sklearn.metrics import average_precision_score
 
 CONVENTIONS = ("standard", "paper")
+# The figures of `multilabel_metrics`, in this order, with their names on the Hub (the model card's tables and
+# `model-index`, `srn_hf.hub`).
+METRIC_NAMES = {
+    "mAP": "mean average precision over labels",
+    "CP": "precision averaged over labels",
+    "CR": "recall averaged over labels",
+    "CF1": "per-label F1",
+    "OP": "overall precision",
+    "OR": "overall recall",
+    "OF1": "overall F1",
+}
+THRESHOLDED_FIGURES = ("CP", "CR", "CF1", "OP", "OR", "OF1")  # the figures that depend on thresholds (not mAP)
 EVALUATE_MODULE_PATH = str(Path(__file__).parent / "multilabel_metric")
 
 
@@ -67,7 +79,13 @@ def average_precision(scores: np.ndarray, positives: np.ndarray, convention: str
 
 
 def predicted_labels(scores: np.ndarray, threshold: float | np.ndarray, strict: bool, top_k: int | None) -> np.ndarray:
-    """Boolean (N, C) predictions: above the threshold and, with `top_k`, among the image's k best scores."""
+    """Boolean (N, C) predictions: above the threshold and, with `top_k`, among the image's k best scores.
+
+    The definition of the figures, kept apart from the decision rule of a deployed model
+    ([`srn_hf.pipeline_srn.labels_above_thresholds`]: `score > threshold`, then the k best): `"standard"` predicts at
+    `score >= threshold` (`strict=False`), and `top_k` keeps the labels among the k best scores that also pass their
+    threshold, which differs from the k best labels above the thresholds when the thresholds differ per label.
+    """
     predicted = scores > threshold if strict else scores >= threshold
     if top_k is not None:
         best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]

@@ -49,7 +49,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, auto_docstring, can_return_tuple
 
-from .configuration_srn import PROBLEM_TYPE, SRNConfig, label_names
+from .configuration_srn import PROBLEM_TYPE, SRNConfig, label_names, placeholder_label_names
 
 
 @auto_docstring
@@ -86,7 +86,7 @@ class SRNModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-# The former name of SRNModelOutput, what `SRNModel.forward_heads` returns.
+# The former name of SRNModelOutput, kept for one release (the package itself uses SRNModelOutput).
 SRNOutput = SRNModelOutput
 
 
@@ -450,13 +450,13 @@ class SRNPreTrainedModel(PreTrainedModel):
         if new_labels is not None:
             new_names = label_names(new_labels)
         elif num_labels != len(saved_names):  # SRNConfig.from_dict names them LABEL_0, ...
-            new_names = [f"LABEL_{index}" for index in range(num_labels)]
+            new_names = placeholder_label_names(num_labels)
         else:
             new_names = saved_names
         if saved_names == new_names:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if not kwargs.get("ignore_mismatched_sizes", False):
-            numbered = new_names == [f"LABEL_{index}" for index in range(len(new_names))]  # num_labels=N gives these
+            numbered = new_names == placeholder_label_names(len(new_names))  # num_labels=N gives these
             argument = "num_labels" if numbered else "id2label"
             value = len(new_names) if numbered else f"{{{len(new_names)} labels: {', '.join(new_names[:3])}, ...}}"
             raise LabelSetMismatchError(

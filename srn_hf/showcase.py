@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.verify import decode_image
+from .images import decode_image
 
 logger = logging.getLogger(__name__)
 

@@ -39,11 +39,11 @@ from .modeling_srn import (
     LOSS_REDUCTIONS,
     SRNForImageClassification,
     SRNModel,
-    SRNOutput,
+    SRNModelOutput,
     sigmoid_cross_entropy,
 )
 
-# The paper's name of each SRNOutput prediction.
+# The paper's name of each SRNModelOutput prediction.
 PAPER_NAMES = {"cls_logits": "y_cls", "att_logits": "y_att", "sr_logits": "y_sr", "logits": "y"}
 
 # The sub-modules of SRNModel, in the order the paper introduces them.
@@ -57,8 +57,8 @@ class Stage:
     Attributes:
         number: 1 to 4, the paper's order.
         trained: names of the `SRNModel` sub-modules the optimizer updates.
-        loss_terms: `SRNOutput` fields whose losses are summed (`"logits"` is the fused y).
-        prediction: the `SRNOutput` field evaluated after the stage.
+        loss_terms: `SRNModelOutput` fields whose losses are summed (`"logits"` is the fused y).
+        prediction: the `SRNModelOutput` field evaluated after the stage.
     """
 
     number: int
@@ -224,7 +224,7 @@ class StageForward(nn.Module):
             self.map_cache.bind(self.model.srn.backbone)  # the weights may have changed since the last eval pass
         return self
 
-    def forward(self, pixel_values: torch.Tensor) -> SRNOutput:
+    def forward(self, pixel_values: torch.Tensor) -> SRNModelOutput:
         srn = self.model.srn
         if self.map_cache is not None and not self.training and not torch.is_grad_enabled():
             features, classifier_features = self.map_cache.forward_backbone(srn, pixel_values)
@@ -232,7 +232,7 @@ class StageForward(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.stage.backbone_frozen):
                 features, classifier_features = srn.forward_backbone(pixel_values)
         if self.stage.trained == STAGES[1].trained:
-            return SRNOutput(cls_logits=srn.classifier(classifier_features.mean(dim=(2, 3))))
+            return SRNModelOutput(cls_logits=srn.classifier(classifier_features.mean(dim=(2, 3))))
         return srn.forward_heads(features, classifier_features)
 
 
@@ -263,7 +263,9 @@ def make_loss(
     raise ValueError(f"loss={name!r} is not one of {LOSSES}")
 
 
-def stage_loss(outputs: SRNOutput, labels: torch.Tensor, stage: int | Stage, loss: Callable = sigmoid_cross_entropy) -> torch.Tensor:
+def stage_loss(
+    outputs: SRNModelOutput, labels: torch.Tensor, stage: int | Stage, loss: Callable = sigmoid_cross_entropy
+) -> torch.Tensor:
     """The stage's training loss: the sum of `loss(prediction, labels)` over the stage's `loss_terms`."""
     stage = get_stage(stage)
     return sum(loss(getattr(outputs, term), labels) for term in stage.loss_terms)

@@ -39,10 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .configuration_srn import config_label_names
+from .metrics import THRESHOLDED_FIGURES as FIGURES
 from .metrics import as_numpy, harmonic_mean, multilabel_metrics
 
 DEFAULT_MIN_POSITIVES = 5
-FIGURES = ("CP", "CR", "CF1", "OP", "OR", "OF1")  # the thresholded figures (mAP does not depend on thresholds)
 
 
 def parse_criterion(criterion: str) -> float | None:
@@ -323,11 +324,6 @@ def thresholded_metrics(scores, labels, calibration: ThresholdCalibration, defau
     return {**figures, "default_threshold": default_threshold}
 
 
-def config_label_names(config) -> list[str]:
-    """A model config's label names, in label-id order."""
-    return [config.id2label[index] for index in range(config.num_labels)]
-
-
 def score_split(model, image_processor, split_dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid scores of the model's prediction (`logits`: the fused y of an SRN) and the multi-hot labels of one
     split of a `srn_hf.data` dataset, with the evaluation transform (whole image warped, no augmentation)."""
@@ -370,7 +366,7 @@ def calibrate_model_folder(
         optimistic: they were tuned there).
     """
     from .data import label_names, load_multilabel_dataset
-    from .hub import load_image_processor, load_model
+    from .model_folder import load_image_processor, load_model
 
     if split == "test":
         raise ValueError("--split test: thresholds are tuned on a validation split, never on the test split they are reported on")

@@ -47,8 +47,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
-from .configuration_srn import SRNConfig
-from .modeling_srn import SRNForImageClassification, SRNModel, SRNOutput, create_backbone
+from .configuration_srn import SRNConfig, placeholder_label_names
+from .modeling_srn import SRNForImageClassification, SRNModel, SRNModelOutput, create_backbone
 from .processing import backbone_data_config
 
 # The timm backbones of the named entries; `timm.create_model("srn", backbone=...)` takes any other.
@@ -237,7 +237,7 @@ class SRNTimm(nn.Module):
         maps = self.feature_maps(x, [attention_stage, classifier_stage])
         return self.forward_head(maps[classifier_stage], attention_features=maps[attention_stage])
 
-    def forward_srn(self, x: torch.Tensor) -> SRNOutput:
+    def forward_srn(self, x: torch.Tensor) -> SRNModelOutput:
         """All of SRN's outputs (y, y_cls, y_att, y_sr, attention maps A, confidence maps S), as [`SRNModel`] returns
         them."""
         self.check_has_head("forward_srn")
@@ -406,10 +406,10 @@ def id2label_of(num_classes: int, label_names: list[str] | None = None) -> dict[
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes={num_classes!r} must be a number of labels (0: no head, pooled features)")
     if num_classes == 0 and not label_names:
-        return {0: "LABEL_0"}
+        return dict(enumerate(placeholder_label_names(1)))
     if label_names is not None and len(label_names) != num_classes:
         raise ValueError(f"label_names has {len(label_names)} names for num_classes={num_classes}")
-    return dict(enumerate(label_names or [f"LABEL_{index}" for index in range(num_classes)]))
+    return dict(enumerate(label_names or placeholder_label_names(num_classes)))
 
 
 def set_labels(config: SRNConfig, num_labels: int, label_names: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import pipeline
 
 from srn_hf import cli
-from srn_hf.hub import ModelFolderError, load_model
+from srn_hf.model_folder import ModelFolderError, load_model
 from srn_hf.pipeline_srn import TASK
 
 LABELS = {0: "cat", 1: "dog"}

@@ -26,8 +26,8 @@ from transformers import pipeline
 import srn_hf
 from srn_hf import SRNForImageClassification
 from srn_hf.cli import main as cli_main
-from srn_hf.hub import METRIC_NAMES, CardOptions, hub_folder_files, publish, write_hub_folder
-from srn_hf.metrics import multilabel_metrics
+from srn_hf.hub import CardOptions, hub_folder_files, publish, write_hub_folder
+from srn_hf.metrics import METRIC_NAMES, multilabel_metrics
 from srn_hf.processing import create_image_processor
 from srn_hf.showcase import keep_examples
 from srn_hf.stages import STAGES
@@ -320,11 +320,23 @@ def test_a_failed_hub_folder_leaves_no_half_folder(plain_model_dir, tmp_path, sm
     truncated = tmp_path / "truncated.png"
     random_images(1)[0].save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:200])
-    with pytest.raises(ValueError, match="truncated.png: cannot be decoded"):
+    with pytest.raises(ValueError, match="truncated.png: truncated or corrupt"):
         write_hub_folder(plain_model_dir, tmp_path / "again", REPO_ID, example_image=truncated)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["disk", "truncated.png"]
     assert set(hub_folder_files(write_hub_folder(plain_model_dir, tmp_path / "out", REPO_ID))) == EXPECTED_FILES
     assert sorted(path.name for path in tmp_path.iterdir()) == ["disk", "out", "truncated.png"]
+
+
+def test_the_model_folder_names_moved_from_hub_still_import_from_it():
+    """srn_hf.model_folder holds the loading and checking of model folders, srn_hf.metrics the figure names; the
+    former places, srn_hf.hub and srn_hf.data.verify, still give the same objects for one release."""
+    from srn_hf import hub, images, metrics, model_folder
+    from srn_hf.data import verify
+
+    for name in model_folder.__all__:
+        assert getattr(hub, name) is getattr(model_folder, name), name
+    assert hub.METRIC_NAMES is metrics.METRIC_NAMES and hub.THRESHOLDED_FIGURES is metrics.THRESHOLDED_FIGURES
+    assert verify.decode_image is images.decode_image
 
 
 def test_a_kill_while_the_hub_folder_is_written_leaves_no_model_folder(plain_model_dir, tmp_path):
@@ -333,7 +345,7 @@ def test_a_kill_while_the_hub_folder_is_written_leaves_no_model_folder(plain_mod
     import signal
     import time
 
-    from srn_hf.hub import ModelFolderError, check_model_folder
+    from srn_hf.model_folder import ModelFolderError, check_model_folder
     from srn_hf.storage import partial_path
 
     out_dir = tmp_path / "hub"

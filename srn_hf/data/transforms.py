@@ -31,10 +31,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from ..images import to_rgb
+from ..images import decode_image, to_rgb
 from ..processing import pil_resampling, warp_image_processor
 from .common import label_names
-from .verify import decode_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -189,7 +188,7 @@ def with_multilabel_transforms(
 
     Evaluation runs `image_processor` itself. `preprocessing` (`image_size`, `mean`, `std`, `interpolation`)
     overrides what `image_processor` gives (evaluation then uses an image processor with these settings).
-    The transforms decode the images themselves (`srn_hf.data.verify.decode_image`), so that an image that cannot be
+    The transforms decode the images themselves (`srn_hf.images.decode_image`), so that an image that cannot be
     decoded raises `srn_hf.images.ImageError` naming its file, not Pillow's bare "image file is truncated".
     """
     num_labels = len(label_names(dataset))

@@ -15,7 +15,6 @@ entropy-decoded, at a fraction of the cost of a full-size decode (see `benchmark
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 import warnings
@@ -24,10 +23,9 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..images import ImageError
+from ..images import ImageError, decode_image  # decode_image moved to srn_hf.images; importable from here for one release
 from .common import DataWarning
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
@@ -41,40 +39,6 @@ class BadImagesError(ValueError):
     def __init__(self, message: str, bad_images: list[tuple[str, str, str]]):
         super().__init__(message)
         self.bad_images = bad_images
-
-
-def decode_image(image: dict, draft: bool = False) -> Image.Image:
-    """The PIL image of a `datasets.Image(decode=False)` cell (`{"path", "bytes"}`), decoded as `datasets.Image` does
-    (fully, EXIF orientation applied).
-
-    `draft` decodes a JPEG at 1/8 scale (every byte of it is still read). Raises `srn_hf.images.ImageError` naming
-    the file (or the row's bytes) for a missing, empty, truncated or corrupt file, or one that is not an image.
-    """
-    path, data = image.get("path"), image.get("bytes")
-    name = path if path else "image bytes"
-    if not data:
-        if path is None:
-            raise ImageError(name, "the row holds neither a file nor image bytes")
-        if not os.path.isfile(path):
-            raise ImageError(name, "no such file")
-        if os.path.getsize(path) == 0:
-            raise ImageError(name, "empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            picture = Image.open(io.BytesIO(data) if data else path)
-            if draft and picture.format == "JPEG":
-                picture.draft(picture.mode, (max(1, picture.width // 8), max(1, picture.height // 8)))
-            picture.load()
-            if not draft and picture.getexif().get(ExifTags.Base.Orientation) is not None:
-                picture = ImageOps.exif_transpose(picture)  # as `datasets.Image` decodes it
-        return picture
-    except UnidentifiedImageError:
-        raise ImageError(name, "not an image file Pillow can read") from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(name, f"too large for Pillow's decompression-bomb guard ({error})") from None
-    except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for truncated or corrupt data
-        raise ImageError(name, f"truncated or corrupt ({error})") from None
 
 
 def image_problem(image: dict) -> str | None:
