@@ -275,8 +275,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from transformers.utils import logging
 
     from .bulk import parse_data_options
+    from .scoring import calibrate_model_folder
     from .storage import check_folder_writable
-    from .thresholds import FIGURES, calibrate_model_folder, write_thresholds
+    from .thresholds import FIGURES, write_thresholds
 
     logging.disable_progress_bar()  # the weights load in a moment; scoring the split has its own progress bar
 

@@ -18,7 +18,7 @@ from test_train_stages import SCRIPT, load_script, make_image_folder, tiny_args
 from srn_hf.checkpoints import PAUSE_ENV
 from srn_hf.hub import load_image_processor, load_model, recipe_context, render_model_card
 from srn_hf.storage import partial_path
-from srn_hf.training import RecipeError, resume_changes
+from srn_hf.recipe import RecipeError, resume_changes
 
 ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1"}
 

@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 import srn_hf  # noqa: F401  (registers SRN with transformers)
+from srn_hf.recipe import RecipeError, load_recipe
 from srn_hf.stages import STAGES
-from srn_hf.training import RecipeError, TrainingDiverged, load_recipe
+from srn_hf.training import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "train_stages.py"
@@ -129,7 +130,8 @@ def test_each_stage_is_calibrated_on_validation_and_the_exports_carry_the_thresh
     from srn_hf.data import load_multilabel_dataset
     from srn_hf.hub import load_image_processor, load_model
     from srn_hf.metrics import multilabel_metrics
-    from srn_hf.thresholds import FIGURES, calibrate_thresholds, score_split
+    from srn_hf.scoring import score_split
+    from srn_hf.thresholds import FIGURES, calibrate_thresholds
 
     output_dir, report = full_run
     saved = json.loads((output_dir / "metrics.json").read_text())
@@ -168,8 +170,8 @@ def test_reused_backbone_maps_give_the_scores_of_a_plain_forward(full_run, data_
 
     from srn_hf.data import collate_multilabel, load_multilabel_dataset, with_multilabel_transforms
     from srn_hf.hub import load_image_processor, load_model
+    from srn_hf.scoring import predict_scores
     from srn_hf.stages import StageForward
-    from srn_hf.training import predict_scores
 
     output_dir, _ = full_run
     cache = json.loads((output_dir / "metrics.json").read_text())["evaluation_map_cache"]
