@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from srn_hf import SRNConfig, SRNForImageClassification, checkpoints
+from srn_hf.cli import flag_worded
 from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.data.holdout import split_summary
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
@@ -74,6 +75,8 @@ from srn_hf.training import EpochSeededDataset, TrainingDiverged, enable_activat
 from srn_hf.training_plots import plot_training_curves
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+# The Python parameters that srn_hf's errors name, as this script's flags (`srn_hf.cli.flag_worded`).
+FLAGS = {"overrides": "--set", "output_dir": "--output-dir", "resume": "--resume", "overwrite": "--overwrite"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -786,5 +789,5 @@ if __name__ == "__main__":
         main()
     # Bad input (a recipe value, a missing data folder, a busy output folder), a full disk: one line.
     except (RecipeError, TrainingDiverged, ValueError, StorageError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {flag_worded(one_line(error), FLAGS)}", file=sys.stderr)
         sys.exit(2)
