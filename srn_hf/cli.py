@@ -28,7 +28,7 @@ FLAGS = {
     "predict": {
         "images": "IMAGE_OR_DIR", "file_list": "--file-list", "data": "--data", "data_options": "--data-option",
         "split": "--split", "output": "--output", "resume": "--resume", "retry_errors": "--retry-errors",
-        "save_attention": "--save-attention", "threshold": "--threshold", "top_k": "--top-k",
+        "save_attention": "--save-attention",
     },
     "export": {"format": "--format", "image_size": "--image-size", "fast": "--fast"},
     "calibrate": {
@@ -50,6 +50,15 @@ def flag_worded(message: str, flags: dict[str, str]) -> str:
         message = re.sub(rf"{parameter}=", lambda _: f"{flag} ", message)
         message = re.sub(rf"{parameter} item\b", lambda _: flag, message)
     return message
+
+
+def command_line_message(command: str, error: BaseException, message: str) -> str:
+    """`message`, the one line of `error`, as `srn-hf COMMAND` prints it: the parameters it names written as the
+    command's flags ([`flag_worded`]), but for a model folder's problem, which names the fields of its config.json
+    (some share a name with a parameter: `image_size`)."""
+    from .hub import ModelFolderError
+
+    return message if isinstance(error, ModelFolderError) else flag_worded(message, FLAGS.get(command, {}))
 
 
 def data_kinds_help() -> str:
@@ -259,7 +268,7 @@ def run_predict(args: argparse.Namespace) -> int:
         check_predict_options(args)
         sources = predict_sources(args)
     except (BulkError, OSError, ValueError) as error:  # also the --data loaders' AnnotationError, a ValueError
-        print(f"srn-hf predict: error: {flag_worded(str(error), FLAGS['predict'])}", file=sys.stderr)
+        print(f"srn-hf predict: error: {command_line_message('predict', error, str(error))}", file=sys.stderr)
         return 2
     tagger = predict_pipeline(args, label_thresholds)
     pipeline_logger.setLevel(logging.ERROR)
@@ -271,7 +280,7 @@ def run_predict(args: argparse.Namespace) -> int:
             save_attention=args.save_attention, retry_errors=args.retry_errors,
         )  # fmt: skip
     except BulkError as error:
-        print(f"srn-hf predict: error: {flag_worded(str(error), FLAGS['predict'])}", file=sys.stderr)
+        print(f"srn-hf predict: error: {command_line_message('predict', error, str(error))}", file=sys.stderr)
         return 2
     if summary.skipped:
         print(f"srn-hf predict: {summary.skipped} images already in {args.output}, skipped", file=sys.stderr)
@@ -292,7 +301,7 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         graph = export_model(args.model_dir, args.out_dir, args.format, args.image_size, args.attention_maps, args.fast)
     except (OSError, ValueError) as error:
-        print(f"srn-hf export: error: {flag_worded(str(error), FLAGS['export'])}", file=sys.stderr)
+        print(f"srn-hf export: error: {command_line_message('export', error, str(error))}", file=sys.stderr)
         return 2
     print(f"exported {args.model_dir} to {graph} (with config.json, preprocessor_config.json, thresholds.json)")
     return 0
@@ -462,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
 
         refused = isinstance(error, REFUSALS) or type(error).__name__.startswith("StrictDataclass")
         hint = "" if refused else f" ({type(error).__name__}; run with --debug for the traceback)"
-        message = flag_worded(one_line(error), FLAGS.get(args.command, {}))  # the library names its parameters
+        message = command_line_message(args.command, error, one_line(error))  # the library names its parameters
         print(f"srn-hf {args.command}: error: {message}{hint}", file=sys.stderr)
         return 2 if refused else 1
 
