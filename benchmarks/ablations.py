@@ -49,7 +49,7 @@ from safetensors.torch import load_file
 
 from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.modeling_srn import SRNModel, SRNModelOutput
-from srn_hf.training import load_recipe
+from srn_hf.recipe import load_recipe
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TRAIN_STAGES = REPOSITORY / "examples" / "train_stages.py"

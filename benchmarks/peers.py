@@ -74,7 +74,9 @@ from srn_hf import SRNConfig
 from srn_hf.metrics import map_difference, multilabel_metrics, overall_figures, per_class_figures
 from srn_hf.processing import create_image_processor
 from srn_hf.thresholds import ThresholdCalibration, calibrate_thresholds
-from srn_hf.training import EpochSeededDataset, RecipeError, load_recipe, write_json
+from srn_hf.recipe import RecipeError, load_recipe
+from srn_hf.report import write_json
+from srn_hf.training import EpochSeededDataset
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TRAIN_STAGES = REPOSITORY / "examples" / "train_stages.py"

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from srn_hf import SRNConfig, SRNForImageClassification, checkpoints
+from srn_hf.cli import flag_worded
 from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.data.holdout import split_summary
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
@@ -57,34 +58,26 @@ from srn_hf.showcase import keep_examples
 from srn_hf.processing import create_image_processor
 from srn_hf.stages import STAGES, BackboneMapCache, Stage, StageForward, apply_stage, make_loss, set_train_mode, srn_of, stage_loss
 from srn_hf.storage import StorageError, atomic_folder
-from srn_hf.thresholds import (
-    FIGURES,
-    calibrate_stage,
-    calibrate_thresholds,
-    calibrated_gain,
-    describe_gain,
-    threshold_table,
-    write_thresholds,
-)
-from srn_hf.training import (
-    EpochSeededDataset,
+from srn_hf.recipe import (
     Recipe,
     RecipeError,
     StageRecipe,
-    TrainingDiverged,
     derive_model_choices,
-    enable_activation_checkpointing,
     flat_dict,
     load_recipe,
-    metric_table,
     network_fields,
-    plot_training_curves,
-    predict_scores,
     resume_changes,
-    write_json,
 )
+from srn_hf.report import calibrated_gain, describe_gain, metric_table, threshold_table, write_json
+from srn_hf.scoring import predict_scores
+from srn_hf.metrics import THRESHOLDED_FIGURES as FIGURES
+from srn_hf.thresholds import calibrate_stage, calibrate_thresholds, write_thresholds
+from srn_hf.training import EpochSeededDataset, TrainingDiverged, enable_activation_checkpointing
+from srn_hf.training_plots import plot_training_curves
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+# The Python parameters that srn_hf's errors name, as this script's flags (`srn_hf.cli.flag_worded`).
+FLAGS = {"overrides": "--set", "output_dir": "--output-dir", "resume": "--resume", "overwrite": "--overwrite"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -128,7 +121,7 @@ class Progress:
 
     Attributes:
         signature: the run's label names and recipe, which a run resuming it must share, but for the fields
-            `srn_hf.training.resume_changes` lets change ([`run_signature`]).
+            `srn_hf.recipe.resume_changes` lets change ([`run_signature`]).
         stage, epoch, step: the stage, the epoch (0-based) and the batch of that epoch to continue from.
         records: `{"<stage>": record}`, each stage's history, best epoch and figures (metrics.json's `stages`).
         epoch_loss: the current epoch's loss summed over all processes' batches, and how many were summed, at a
@@ -797,5 +790,5 @@ if __name__ == "__main__":
         main()
     # Bad input (a recipe value, a missing data folder, a busy output folder), a full disk: one line.
     except (RecipeError, TrainingDiverged, ValueError, StorageError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {flag_worded(one_line(error), FLAGS)}", file=sys.stderr)
         sys.exit(2)

@@ -94,7 +94,7 @@ def file_sources(images: Iterable[str] = (), file_list: str | None = None) -> So
             with open(file_list, encoding="utf-8") as lines:
                 keys += [line.strip() for line in lines if line.strip()]
         except (OSError, UnicodeDecodeError) as error:
-            raise BulkError(f"--file-list {file_list}: cannot be read ({error})") from error
+            raise BulkError(f"file_list={file_list}: cannot be read ({error})") from error
     return Sources(keys, unreadable=unreadable)
 
 
@@ -107,11 +107,11 @@ def parse_data_options(items: Iterable[str]) -> dict:
     for item in items:
         key, separator, value = item.partition("=")
         if not separator or not key:
-            raise BulkError(f"--data-option {item!r} is not KEY=VALUE")
+            raise BulkError(f"data_options item {item!r} is not KEY=VALUE")
         try:
             options[key] = yaml.safe_load(value)
         except yaml.YAMLError as error:
-            raise BulkError(f"--data-option {item!r}: the value is not YAML ({' '.join(str(error).split())})") from None
+            raise BulkError(f"data_options item {item!r}: the value is not YAML ({' '.join(str(error).split())})") from None
     return options
 
 
@@ -127,11 +127,11 @@ def dataset_sources(kind: str, options: dict, split: str | None = None) -> Sourc
     try:
         splits = load_multilabel_dataset(kind, **options)
     except TypeError as error:  # an option the loader does not take
-        raise BulkError(f"--data {kind}: {error}") from error
+        raise BulkError(f"data={kind!r}: {error}") from error
     if split is None:
         split = next(iter(splits)) if len(splits) == 1 else "test"
     if split not in splits:
-        raise BulkError(f"--data {kind} has no split {split!r}; its splits: {', '.join(splits)} (pass --split)")
+        raise BulkError(f"data={kind!r} has no split {split!r}; its splits: {', '.join(splits)} (pass split=...)")
     dataset = splits[split].cast_column("image", datasets.Image(decode=False))
     return Sources([str(key) for key in dataset["image_id"]], dataset)
 
@@ -141,7 +141,7 @@ def given_sources(images: list[str], file_list: str | None, data: str | None, da
     if data is None:
         return file_sources(images, file_list)
     if images or file_list:
-        raise BulkError("--data names the images: pass no IMAGE_OR_DIR and no --file-list with it")
+        raise BulkError("data=... names the images: pass no images=... and no file_list=... with it")
     return dataset_sources(data, parse_data_options(data_options), split)
 
 
@@ -278,7 +278,7 @@ class Output:
         self.path = Path(path)
         self.format = OUTPUT_FORMATS.get(self.path.suffix.lower())
         if self.format is None:
-            raise BulkError(f"--output {self.path}: the name must end in {' or '.join(OUTPUT_FORMATS)}")
+            raise BulkError(f"output={self.path}: the name must end in {' or '.join(OUTPUT_FORMATS)}")
         self.meta_path = self.path.with_name(self.path.name + META_SUFFIX)
         self.parts = self.path.with_name(self.path.name + PARTS_SUFFIX)
 
@@ -289,9 +289,9 @@ class Output:
         """Refuses, before any image, an output whose folder is missing or not writable, or that is not a file."""
         folder = self.path.parent
         if not folder.is_dir():
-            raise BulkError(f"--output {self.path}: the folder {folder} does not exist")
+            raise BulkError(f"output={self.path}: the folder {folder} does not exist")
         if self.path.exists() and not self.path.is_file():
-            raise BulkError(f"--output {self.path}: is not a file")
+            raise BulkError(f"output={self.path}: is not a file")
         try:
             with open(folder / f".{self.path.name}.{os.getpid()}.write-test", "w") as probe:
                 probe.write("")
@@ -300,31 +300,31 @@ class Output:
                 with open(self.path, "ab"):
                     pass
         except OSError as error:
-            raise BulkError(f"--output {self.path}: cannot be written ({error.strerror or error})") from error
+            raise BulkError(f"output={self.path}: cannot be written ({error.strerror or error})") from error
 
     def check_meta(self, meta: dict) -> None:
         """Refuses to continue an output written by another model, for other labels, or with other settings."""
         try:
             saved = json.loads(self.meta_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise BulkError(f"--resume {self.path}: {self.meta_path} is missing or unreadable ({error})") from error
+            raise BulkError(f"resume=True with output={self.path}: {self.meta_path} is missing or unreadable ({error})") from error
         if saved.get("labels") != meta["labels"]:
             theirs = saved.get("labels") or []
             raise BulkError(
-                f"--resume {self.path}: its records are for another label set ({len(theirs)} labels: "
+                f"resume=True with output={self.path}: its records are for another label set ({len(theirs)} labels: "
                 f"{', '.join(map(str, theirs[:5]))}, ...) than the model's ({len(meta['labels'])} labels: "
                 f"{', '.join(meta['labels'][:5])}, ...)"
             )
         if saved.get("weights_sha256") != meta["weights_sha256"]:
             raise BulkError(
-                f"--resume {self.path}: its records were written by another model ({saved.get('model')}, weights "
+                f"resume=True with output={self.path}: its records were written by another model ({saved.get('model')}, weights "
                 f"sha256 {saved.get('weights_sha256')}) than {meta['model']} (weights sha256 {meta['weights_sha256']})"
             )
         for name in RECORD_SETTINGS:
             if saved.get(name) != meta[name]:
                 raise BulkError(
-                    f"--resume {self.path}: its records were written with {name}={saved.get(name)!r}, this run has "
-                    f"{name}={meta[name]!r}; pass the same options, or write another output"
+                    f"resume=True with output={self.path}: its records were written with {name} {saved.get(name)!r} "
+                    f"({self.meta_path.name}), this run has {meta[name]!r}; pass the same options, or write another output"
                 )
 
     def write_meta(self, meta: dict) -> None:
@@ -704,11 +704,11 @@ def check_output(output: str | os.PathLike, resume: bool, retry_errors: bool = F
     """The run's `Output`, refused (`BulkError`) when it cannot be written, or exists and `resume` is not set, or
     `retry_errors` is set without `resume`."""
     if retry_errors and not resume:
-        raise BulkError("--retry-errors predicts again the failed images of a resumed run: pass --resume with it")
+        raise BulkError("retry_errors=True predicts again the failed images of a resumed run: pass resume=True with it")
     destination = Output(output)
     destination.check_writable()
     if destination.exists() and not resume:
-        raise BulkError(f"--output {output} exists: pass --resume to continue it, or choose another file")
+        raise BulkError(f"output={output} exists: pass resume=True to continue it, or choose another file")
     return destination
 
 
@@ -729,11 +729,11 @@ def check_run(sources: Sources, output, resume: bool, save_attention, num_proces
     if not sources.keys:
         raise BulkError("no images to predict")
     if num_processes > 1 and output is None:
-        raise BulkError(f"{num_processes} processes need --output: each writes its share there")
+        raise BulkError(f"{num_processes} processes need output=...: each writes its share there")
     if save_attention is not None and sources.dataset is not None:
-        raise BulkError("--save-attention draws image files: it does not apply to --data")
+        raise BulkError("save_attention=... draws image files: it does not apply to the rows of data=...")
     if output is None and (resume or retry_errors):
-        raise BulkError("--resume and --retry-errors continue an --output file: pass --output")
+        raise BulkError("resume=True and retry_errors=True continue an output=... file: pass output=...")
     return check_output(output, resume, retry_errors) if output is not None else None
 
 

@@ -4,6 +4,7 @@
 import argparse
 import ast
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +20,45 @@ EXAMPLES = """examples:
   srn-hf demo outputs/demo/final                             the demo page at http://127.0.0.1:7860/
 
 `srn-hf COMMAND --help` gives each command's options."""
+
+
+# The Python parameters that library errors name (`output=...`, `resume=True`, `split='test'`), as each command's
+# flags: [`flag_worded`] writes a message for the command line.
+FLAGS = {
+    "predict": {
+        "images": "IMAGE_OR_DIR", "file_list": "--file-list", "data": "--data", "data_options": "--data-option",
+        "split": "--split", "output": "--output", "resume": "--resume", "retry_errors": "--retry-errors",
+        "save_attention": "--save-attention",
+    },
+    "export": {"format": "--format", "image_size": "--image-size", "fast": "--fast"},
+    "calibrate": {
+        "data": "--data", "data_options": "--data-option", "split": "--split", "criterion": "--criterion",
+        "min_positives": "--min-positives",
+    },
+}  # fmt: skip
+
+
+def flag_worded(message: str, flags: dict[str, str]) -> str:
+    """`message` with the Python parameters it names written as the command-line flags `flags` maps them to:
+    `name=True` and `name=...` become the flag alone, `name='value'` and `name=value` the flag and the value, and
+    `name item` (one item of a list parameter) the flag. `resume=True with output=a.jsonl` -> `--resume with
+    --output a.jsonl`."""
+    for name, flag in flags.items():
+        parameter = rf"(?<![\w.]){re.escape(name)}"
+        message = re.sub(rf"{parameter}=(True\b|\.\.\.)", lambda _: flag, message)
+        message = re.sub(rf"{parameter}='([^']*)'", lambda match: f"{flag} {match[1]}", message)
+        message = re.sub(rf"{parameter}=", lambda _: f"{flag} ", message)
+        message = re.sub(rf"{parameter} item\b", lambda _: flag, message)
+    return message
+
+
+def command_line_message(command: str, error: BaseException, message: str) -> str:
+    """`message`, the one line of `error`, as `srn-hf COMMAND` prints it: the parameters it names written as the
+    command's flags ([`flag_worded`]), but for a model folder's problem, which names the fields of its config.json
+    (some share a name with a parameter: `image_size`)."""
+    from .model_folder import ModelFolderError
+
+    return message if isinstance(error, ModelFolderError) else flag_worded(message, FLAGS.get(command, {}))
 
 
 def data_kinds_help() -> str:
@@ -228,7 +268,7 @@ def run_predict(args: argparse.Namespace) -> int:
         check_predict_options(args)
         sources = predict_sources(args)
     except (BulkError, OSError, ValueError) as error:  # also the --data loaders' AnnotationError, a ValueError
-        print(f"srn-hf predict: error: {error}", file=sys.stderr)
+        print(f"srn-hf predict: error: {command_line_message('predict', error, str(error))}", file=sys.stderr)
         return 2
     tagger = predict_pipeline(args, label_thresholds)
     pipeline_logger.setLevel(logging.ERROR)
@@ -240,7 +280,7 @@ def run_predict(args: argparse.Namespace) -> int:
             save_attention=args.save_attention, retry_errors=args.retry_errors,
         )  # fmt: skip
     except BulkError as error:
-        print(f"srn-hf predict: error: {error}", file=sys.stderr)
+        print(f"srn-hf predict: error: {command_line_message('predict', error, str(error))}", file=sys.stderr)
         return 2
     if summary.skipped:
         print(f"srn-hf predict: {summary.skipped} images already in {args.output}, skipped", file=sys.stderr)
@@ -261,7 +301,7 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         graph = export_model(args.model_dir, args.out_dir, args.format, args.image_size, args.attention_maps, args.fast)
     except (OSError, ValueError) as error:
-        print(f"srn-hf export: error: {error}", file=sys.stderr)
+        print(f"srn-hf export: error: {command_line_message('export', error, str(error))}", file=sys.stderr)
         return 2
     print(f"exported {args.model_dir} to {graph} (with config.json, preprocessor_config.json, thresholds.json)")
     return 0
@@ -275,8 +315,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from transformers.utils import logging
 
     from .bulk import parse_data_options
+    from .scoring import calibrate_model_folder
     from .storage import check_folder_writable
-    from .thresholds import FIGURES, calibrate_model_folder, write_thresholds
+    from .metrics import THRESHOLDED_FIGURES as FIGURES
+    from .thresholds import write_thresholds
 
     logging.disable_progress_bar()  # the weights load in a moment; scoring the split has its own progress bar
 
@@ -411,8 +453,8 @@ REFUSALS = (ValueError, OSError, LookupError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one command. An error it raises is printed as one line on stderr, `srn-hf COMMAND: error: ...`, with exit
-    status 2 for bad input (`REFUSALS`, and the strict config checks of transformers) and 1 for anything else;
+    """Runs one command. An error it raises is printed as one line on stderr, `srn-hf COMMAND: error: ...` (the Python
+    parameters it names written as the command's flags, [`flag_worded`]), with exit status 2 for bad input (`REFUSALS`, and the strict config checks of transformers) and 1 for anything else;
     `--debug` shows the traceback instead."""
     args = build_parser().parse_args(argv)
     try:
@@ -430,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
 
         refused = isinstance(error, REFUSALS) or type(error).__name__.startswith("StrictDataclass")
         hint = "" if refused else f" ({type(error).__name__}; run with --debug for the traceback)"
-        print(f"srn-hf {args.command}: error: {one_line(error)}{hint}", file=sys.stderr)
+        message = command_line_message(args.command, error, one_line(error))  # the library names its parameters
+        print(f"srn-hf {args.command}: error: {message}{hint}", file=sys.stderr)
         return 2 if refused else 1
 
 

@@ -132,12 +132,12 @@ def check_image_size(image_size: int | None) -> None:
     if image_size is None:
         return
     if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise ValueError(f"--image-size {image_size!r} must be an integer")
+        raise ValueError(f"image_size={image_size!r} must be an integer")
     if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"--image-size {image_size} is too small: the backbone's stride-32 map would be empty (at least {MIN_IMAGE_SIZE})")
+        raise ValueError(f"image_size={image_size} is too small: the backbone's stride-32 map would be empty (at least {MIN_IMAGE_SIZE})")
     if image_size > MAX_IMAGE_SIZE:
         raise ValueError(
-            f"--image-size {image_size} is too large: at most {MAX_IMAGE_SIZE} (the export traces a batch of 2 images "
+            f"image_size={image_size} is too large: at most {MAX_IMAGE_SIZE} (the export traces a batch of 2 images "
             f"of that side; {image_size} would need {format_bytes(2 * 3 * 4 * image_size**2)} for the input alone)"
         )
 
@@ -173,8 +173,8 @@ def export_model(
         raise ValueError(f"format {format!r} is not one of {', '.join(EXPORT_FORMATS)}")
     if fast and format == "onnx":
         raise ValueError(
-            "--fast exports bf16 convolutions, which ONNX Runtime's CPU provider cannot run: use --format "
-            "torch-export for the fast path, or leave --fast out (ONNX Runtime runs the float32 graph)"
+            "fast=True exports bf16 convolutions, which ONNX Runtime's CPU provider cannot run: use "
+            "format='torch-export' for the fast path, or leave fast=True out (ONNX Runtime runs the float32 graph)"
         )
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):

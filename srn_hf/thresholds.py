@@ -27,7 +27,8 @@ deterministic and does not depend on the order of the images.
 
 Thresholds are tuned on one split and reported on another: `split="test"` is refused. The command
 `srn-hf calibrate MODEL_DIR --data KIND ...` scores a dataset split with an exported model
-([`calibrate_model_folder`]) and, with `--write`, changes only the folder's `config.json` ([`write_thresholds`]).
+(`srn_hf.scoring.calibrate_model_folder`) and, with `--write`, changes only the folder's `config.json`
+([`write_thresholds`]). The report tables of a training run are `srn_hf.report`'s.
 """
 
 from __future__ import annotations
@@ -324,65 +325,6 @@ def thresholded_metrics(scores, labels, calibration: ThresholdCalibration, defau
     return {**figures, "default_threshold": default_threshold}
 
 
-def score_split(model, image_processor, split_dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid scores of the model's prediction (`logits`: the fused y of an SRN) and the multi-hot labels of one
-    split of a `srn_hf.data` dataset, with the evaluation transform (whole image warped, no augmentation)."""
-    from accelerate import Accelerator
-    from datasets import DatasetDict
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from .data.transforms import collate_multilabel, with_multilabel_transforms
-    from .training import predict_scores
-
-    data = with_multilabel_transforms(DatasetDict({"split": split_dataset}), image_processor=image_processor, train_splits=())
-    accelerator = Accelerator()
-    model, loader = accelerator.prepare(model, DataLoader(data["split"], batch_size=batch_size, collate_fn=collate_multilabel))
-    batches = tqdm(loader, desc="score", unit="batch", disable=not accelerator.is_local_main_process)
-    scores, labels = predict_scores(accelerator, model, batches, ("logits",))
-    return scores["logits"].numpy(), labels.numpy()
-
-
-def calibrate_model_folder(
-    model_dir: str | os.PathLike,
-    kind: str,
-    options: dict | None = None,
-    split: str = "validation",
-    criterion: str = "f1",
-    min_positives: int = DEFAULT_MIN_POSITIVES,
-    batch_size: int = 32,
-) -> tuple[ThresholdCalibration, dict]:
-    """Thresholds of an exported SRN (a `save_pretrained` folder), tuned on a split of any `srn_hf.data` dataset.
-
-    Args:
-        model_dir: the model folder (config.json, weights, and preferably preprocessor_config.json).
-        kind, options: the dataset, as `srn_hf.data.load_multilabel_dataset(kind, **options)` reads it. Its label
-            set must be the model's (in any order).
-        split: the split to tune on (never `"test"`).
-        criterion, min_positives: see [`calibrate_thresholds`].
-
-    Returns:
-        the [`ThresholdCalibration`] and [`thresholded_metrics`] on the same split (the calibrated figures are then
-        optimistic: they were tuned there).
-    """
-    from .data import label_names, load_multilabel_dataset
-    from .model_folder import load_image_processor, load_model
-
-    if split == "test":
-        raise ValueError("--split test: thresholds are tuned on a validation split, never on the test split they are reported on")
-    parse_criterion(criterion)  # a bad criterion fails before the dataset is read
-    dataset = load_multilabel_dataset(kind, **(options or {}))
-    if split not in dataset:
-        raise ValueError(f"the {kind} dataset has no {split!r} split (its splits: {list(dataset)})")
-    model = load_model(model_dir)
-    names = config_label_names(model.config)
-    dataset_names = label_names(dataset)
-    if set(dataset_names) != set(names):
-        check_same_labels(dataset_names, names, f"the {kind} dataset", f"the model in {model_dir}")
-    scores, labels = score_split(model, load_image_processor(model_dir, model.config), dataset[split], batch_size)
-    labels = labels[:, [dataset_names.index(name) for name in names]]  # the dataset's label order -> the model's
-    calibration = calibrate_thresholds(scores, labels, names, criterion, min_positives, split=split, dataset=kind)
-    return calibration, thresholded_metrics(scores, labels, calibration, default_threshold=0.5)
 
 
 def write_thresholds(model_dir: str | os.PathLike, calibration: ThresholdCalibration) -> Path:
@@ -416,41 +358,3 @@ def calibrate_stage(validation_scores, validation_labels, test_scores, test_labe
     calibration = calibrate_thresholds(validation_scores, validation_labels, label_names, split="validation", dataset=dataset)
     figures = thresholded_metrics(test_scores, test_labels, calibration)
     return calibration, {"thresholds": calibration.to_dict(), "test_calibrated": figures["calibrated"]}
-
-
-def threshold_table(records: list[dict]) -> str:
-    """The stages' test figures at 0.5 and at their calibrated thresholds, one row per stage (from metrics.json)."""
-    from .stages import PAPER_NAMES
-
-    header = f"{'stage':<6}{'prediction':<12}{'mAP':>8}" + "".join(f"{name:>8}" for name in FIGURES) + "  thresholds"
-    rows = ["test split at 0.5 and at thresholds tuned on the validation split", header, "-" * len(header)]
-    for record in records:
-        if "test" not in record or "test_calibrated" not in record:
-            continue
-        for name, figures in (("0.5", record["test"]), ("tuned", record["test_calibrated"])):
-            cells = "".join(f"{'-' if figures.get(key) is None else f'{figures[key]:.2f}':>8}" for key in FIGURES)
-            rows.append(f"{record['stage']:<6}{PAPER_NAMES[record['prediction']]:<12}{record['test']['mAP']:>8.2f}{cells}  {name}")
-    return "\n".join(rows)
-
-
-def calibrated_gain(records: list[dict]) -> dict | None:
-    """The last stage's test figures over stage 1's, both at their calibrated thresholds (and at 0.5), in points."""
-    first, last = records[0], records[-1]
-    if first["stage"] != 1 or last["stage"] == 1 or any("test_calibrated" not in record for record in (first, last)):
-        return None
-
-    def difference(key: str) -> dict:
-        pairs = {name: (last[key].get(name), first[key].get(name)) for name in FIGURES}
-        return {name: None if None in pair else pair[0] - pair[1] for name, pair in pairs.items()}
-
-    return {"stage": last["stage"], "calibrated": difference("test_calibrated"), "at_0.5": difference("test")}
-
-
-def describe_gain(gain: dict) -> str:
-    """One line for [`calibrated_gain`]'s result: CF1 / OF1 over stage 1 at tuned thresholds, and at 0.5."""
-
-    def pair(figures: dict) -> str:
-        return " / ".join("-" if figures[name] is None else f"{figures[name]:+.2f}" for name in ("CF1", "OF1"))
-
-    return (f"test CF1 / OF1 of stage {gain['stage']} over stage 1, each at its thresholds tuned on validation: "
-            f"{pair(gain['calibrated'])} (at 0.5: {pair(gain['at_0.5'])})")  # fmt: skip

@@ -1,5 +1,6 @@
 """Shared by the tests: a small but real SRN (a timm resnet10t backbone, narrow SRN branches), a small real disk to
-fill up (`small_disk`), and the only fake of the suite, the Hub's network edge (`hub_calls`, `hub_unreachable`)."""
+fill up (`small_disk`), a runner that pauses a script inside a checkpoint save (`checkpoint_pause_runner`), and the
+only fake of the suite, the Hub's network edge (`hub_calls`, `hub_unreachable`)."""
 
 import subprocess
 from pathlib import Path
@@ -31,6 +32,36 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a small tmpfs to fill up: {mounted.stderr.decode().strip()}")
     yield folder
     subprocess.run(["umount", str(folder)], check=True)
+
+
+# The runner of `checkpoint_pause_runner`: `python RUNNER SCRIPT ARGS...` runs SCRIPT as `python SCRIPT ARGS...` does,
+# with the rename that completes a checkpoint save (`srn_hf.checkpoints.commit_folder`) pausing around CHECKPOINT.
+PAUSING_RUNNER = """
+import runpy, sys, time
+from srn_hf import checkpoints
+CHECKPOINT, MOMENT, SECONDS = {checkpoint!r}, {moment!r}, {seconds!r}
+rename = checkpoints.commit_folder
+def commit_folder(partial, folder):
+    if folder.name == CHECKPOINT and MOMENT == "written":
+        time.sleep(SECONDS)
+    rename(partial, folder)
+    if folder.name == CHECKPOINT and MOMENT == "renamed":
+        time.sleep(SECONDS)
+checkpoints.commit_folder = commit_folder
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def checkpoint_pause_runner(folder: Path, checkpoint: str, moment: str, seconds: float) -> Path:
+    """Writes into `folder` a script that runs another (`python RUNNER SCRIPT ARGS...`) with a pause of `seconds` in
+    the save of `checkpoint`, so that a test can SIGKILL the run at that moment: `moment` "written" (every file of
+    the checkpoint written under its temporary name, not yet renamed) or "renamed" (renamed, the older checkpoints
+    not yet deleted). The library holds no hook for it: the runner replaces the rename in the run's process."""
+    runner = Path(folder) / "pausing_runner" / "run.py"
+    runner.parent.mkdir(parents=True, exist_ok=True)
+    runner.write_text(PAUSING_RUNNER.format(checkpoint=checkpoint, moment=moment, seconds=seconds))
+    return runner
 
 
 def save_with_processor(model: srn_hf.SRNForImageClassification, folder) -> str:

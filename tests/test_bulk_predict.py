@@ -176,7 +176,7 @@ def test_resume_refuses_another_model_or_label_set(model_folder, tmp_path, capsy
         ((model_folder, *images, "--output", output), "exists: pass --resume"),
         ((other_weights, *images, "--output", output, "--resume"), "written by another model"),
         ((other_labels, *images, "--output", output, "--resume"), "for another label set"),
-        ((model_folder, *images, "--output", output, "--resume", "--threshold", "0.2"), "written with thresholds="),
+        ((model_folder, *images, "--output", output, "--resume", "--threshold", "0.2"), "written with thresholds ["),
     ]
     for argv, message in cases:
         capsys.readouterr()

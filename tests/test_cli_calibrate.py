@@ -12,7 +12,7 @@ from transformers import pipeline
 
 import srn_hf
 from srn_hf.cli import main
-from srn_hf.thresholds import calibrate_model_folder
+from srn_hf.scoring import calibrate_model_folder
 
 LABELS = {0: "cat", 1: "dog", 2: "car"}
 

@@ -13,7 +13,7 @@ from srn_hf.cli import main
 def test_values_are_yaml():
     options = parse_data_options(["a=yes", "b=[dog, cat]", "c={train: a.csv}", "d=0.1", "e=photos", "f=", "g=x=y"])
     assert options == {"a": True, "b": ["dog", "cat"], "c": {"train": "a.csv"}, "d": 0.1, "e": "photos", "f": None, "g": "x=y"}
-    with pytest.raises(BulkError, match=r"--data-option 'b=\[dog' is not KEY=VALUE|the value is not YAML"):
+    with pytest.raises(BulkError, match=r"data_options item 'b=\[dog': the value is not YAML"):
         parse_data_options(["b=[dog"])
     with pytest.raises(BulkError, match="is not KEY=VALUE"):
         parse_data_options(["missing-equals"])

@@ -10,7 +10,8 @@ import pytest
 from conftest import save_with_processor, small_srn
 from PIL import Image
 
-from srn_hf.cli import main
+from srn_hf.bulk import BulkError, check_output
+from srn_hf.cli import FLAGS, flag_worded, main
 
 LABELS = {0: "cat", 1: "dog", 2: "car"}
 
@@ -84,6 +85,21 @@ def test_text_output_thresholds_and_top_k(capsys, model_folder, photos):
 def test_bad_arguments_exit_2(capsys, model_folder, photos, extra, message):
     status, _, err = run(capsys, model_folder, photos[1], *extra)
     assert status == 2 and message in err
+
+
+def test_library_errors_name_parameters_and_the_command_line_its_flags(tmp_path, model_folder, photos, capsys):
+    output = tmp_path / "tags.jsonl"
+    output.write_text("")
+    with pytest.raises(BulkError) as refusal:
+        check_output(output, resume=False)
+    assert str(refusal.value) == f"output={output} exists: pass resume=True to continue it, or choose another file"
+    status, _, err = run(capsys, model_folder, photos[1], "--output", output)
+    assert status == 2
+    assert err == f"srn-hf predict: error: --output {output} exists: pass --resume to continue it, or choose another file\n"
+    # name=True and name=... are the flag, name='value' and name=value the flag and the value, `name item` the flag.
+    message = "resume=True with output=... and split='test', data_options item 'a', file_list=b c, metadata=x, data.split=y"
+    worded = "--resume with --output and --split test, --data-option 'a', --file-list b c, metadata=x, data.split=y"
+    assert flag_worded(message, FLAGS["predict"]) == worded
 
 
 def test_no_images_exit_2(capsys, model_folder, tmp_path):

@@ -17,8 +17,8 @@ from srn_hf.data import (
     with_multilabel_transforms,
 )
 from srn_hf.processing import create_image_processor
+from srn_hf.scoring import predict_scores
 from srn_hf.stages import StageForward
-from srn_hf.training import predict_scores
 
 pytestmark = pytest.mark.multiprocess
 

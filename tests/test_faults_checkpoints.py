@@ -12,17 +12,16 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
-from conftest import small_srn
+from conftest import checkpoint_pause_runner, small_srn
 
 from srn_hf.checkpoints import (
-    PAUSE_ENV,
     CheckpointError,
     choose_checkpoint,
     find_resumable_checkpoint,
     list_checkpoints,
     save_checkpoint,
 )
-from srn_hf.hub import ModelFolderError, check_model_folder
+from srn_hf.model_folder import ModelFolderError, check_model_folder
 from srn_hf.storage import StorageError, atomic_folder, partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +64,11 @@ def wait_for(condition, process, timeout=120):
 
 def kill_inside_save(tmp_path, moment, condition):
     """Runs TRAINER with a pause at `moment` of the save of checkpoint_1 and SIGKILLs it once `condition` holds."""
-    environment = {**os.environ, PAUSE_ENV: f"checkpoint_1:{moment}:60", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-c", TRAINER, str(tmp_path)], env=environment, stderr=subprocess.PIPE)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(TRAINER)
+    runner = checkpoint_pause_runner(tmp_path, "checkpoint_1", moment, 60)
+    process = subprocess.Popen([sys.executable, str(runner), str(trainer), str(tmp_path)], env=environment, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: condition(tmp_path / "checkpoints"), process)
         process.send_signal(signal.SIGKILL)
@@ -122,7 +124,7 @@ def test_resume_falls_back_past_truncated_and_broken_checkpoints(tmp_path):
     assert chosen == checkpoint and progress["step"] == 0
     assert message.splitlines()[0].startswith(f"skipped {checkpoints / 'checkpoint_3'}: ")
     assert message.splitlines()[-1] == f"resuming from {checkpoint}"
-    with pytest.raises(CheckpointError, match=r"--resume .*checkpoint_2: cannot resume from it: .*optimizer.bin: truncated"):
+    with pytest.raises(CheckpointError, match=r"^resume=.*checkpoint_2: cannot resume from it: .*optimizer.bin: truncated"):
         choose_checkpoint(checkpoints, str(checkpoints / "checkpoint_2"))
 
     (checkpoints / "checkpoint_0" / "model.safetensors").write_bytes(b"")

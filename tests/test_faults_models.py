@@ -157,15 +157,15 @@ def read_only_model(model_folder, tmp_path):
 def test_calibrate_write_on_a_read_only_folder_is_refused_before_scoring(capsys, read_only_model, tmp_path, monkeypatch):
     from test_cli_calibrate import write_imagefolder
 
-    from srn_hf import thresholds
+    from srn_hf import scoring
     from srn_hf.storage import StorageError, write_text_file
 
     folder, cause = read_only_model
     before = (folder / "config.json").read_bytes()
     data_dir = write_imagefolder(tmp_path / "data", {"train": [["cat"], ["dog"]], "validation": [["cat"], ["dog"]] * 3})
     scored = []
-    real = thresholds.calibrate_model_folder
-    monkeypatch.setattr(thresholds, "calibrate_model_folder", lambda *args: scored.append(args) or real(*args))
+    real = scoring.calibrate_model_folder
+    monkeypatch.setattr(scoring, "calibrate_model_folder", lambda *args: scored.append(args) or real(*args))
     err = refusal(capsys, "calibrate", folder, "--data", "imagefolder", "--data-option", f"data_dir={data_dir}", "--write")
     assert err.startswith(f"srn-hf calibrate: error: cannot write {folder}: {cause} (")
     assert scored == []  # refused before the split was scored

@@ -13,12 +13,13 @@ import time
 
 import pytest
 import torch
+from conftest import checkpoint_pause_runner
 from test_train_stages import SCRIPT, load_script, make_image_folder, tiny_args
 
-from srn_hf.checkpoints import PAUSE_ENV
-from srn_hf.hub import load_image_processor, load_model, recipe_context, render_model_card
+from srn_hf.hub import recipe_context, render_model_card
+from srn_hf.model_folder import load_image_processor, load_model
+from srn_hf.recipe import RecipeError, resume_changes
 from srn_hf.storage import partial_path
-from srn_hf.training import RecipeError, resume_changes
 
 ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -142,8 +143,8 @@ def test_the_rules_of_resume_changes():
 def test_a_second_run_on_the_same_output_dir_is_refused_and_a_killed_run_leaves_no_lock(data_dir, tmp_path):
     output_dir = tmp_path / "shared"
     args = stage1_args(data_dir, output_dir)
-    environment = {**ENVIRONMENT, PAUSE_ENV: "checkpoint_1:written:120"}
-    first = subprocess.Popen([sys.executable, str(SCRIPT), *args], env=environment,
+    runner = checkpoint_pause_runner(tmp_path, "checkpoint_1", "written", 120)
+    first = subprocess.Popen([sys.executable, str(runner), str(SCRIPT), *args], env=ENVIRONMENT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     written = partial_path(output_dir / "checkpoints" / "checkpoint_1") / "progress.json"
     try:

@@ -11,10 +11,10 @@ import time
 
 import pytest
 import torch
+from conftest import checkpoint_pause_runner
 from safetensors.torch import load_file
 from test_train_stages import SCRIPT, make_image_folder, tiny_args
 
-from srn_hf.checkpoints import PAUSE_ENV
 from srn_hf.data import load_multilabel_dataset
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
 from srn_hf.data.verify import BadImagesError
@@ -84,8 +84,8 @@ def test_an_image_that_turns_bad_during_training_names_its_file(tmp_path):
 def test_kill_inside_a_save_with_total_limit_1_resumes_from_the_previous_checkpoint(data_dir, reference, tmp_path, script, capsys):
     output_dir = tmp_path / "killed"
     args = stage1_args(data_dir, output_dir, "--set", "training.checkpoints_total_limit=1")
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", PAUSE_ENV: "checkpoint_1:written:120"}
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *args], env=environment,
+    runner = checkpoint_pause_runner(tmp_path, "checkpoint_1", "written", 120)
+    process = subprocess.Popen([sys.executable, str(runner), str(SCRIPT), *args], env={**os.environ, "HF_HUB_OFFLINE": "1"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     written = partial_path(output_dir / "checkpoints" / "checkpoint_1") / "progress.json"
     deadline = time.monotonic() + 300

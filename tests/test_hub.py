@@ -31,7 +31,7 @@ from srn_hf.metrics import METRIC_NAMES, multilabel_metrics
 from srn_hf.processing import create_image_processor
 from srn_hf.showcase import keep_examples
 from srn_hf.stages import STAGES
-from srn_hf.training import Recipe
+from srn_hf.recipe import Recipe
 
 LABELS = ["person", "dog", "bicycle", "tree", "car"]
 REPO_ID = "org/srn-demo"

@@ -10,6 +10,7 @@ from conftest import small_srn
 from timm.loss import AsymmetricLossMultiLabel
 
 from srn_hf.modeling_srn import sigmoid_cross_entropy
+from srn_hf.recipe import LossRecipe, RecipeError, StageRecipe, load_recipe
 from srn_hf.stages import (
     SRN_MODULES,
     STAGES,
@@ -22,7 +23,6 @@ from srn_hf.stages import (
     srn_of,
     stage_loss,
 )
-from srn_hf.training import LossRecipe, RecipeError, StageRecipe, load_recipe
 
 LABELS = {0: "cat", 1: "dog", 2: "sofa", 3: "tv"}
 

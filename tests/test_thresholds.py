@@ -194,7 +194,8 @@ def test_to_dict_and_back():
 
 
 def test_stage_records_report_both_thresholds_and_the_gain_over_stage_1():
-    from srn_hf.thresholds import calibrate_stage, calibrated_gain, threshold_table
+    from srn_hf.report import calibrated_gain, threshold_table
+    from srn_hf.thresholds import calibrate_stage
 
     validation, validation_labels = noisy_scores(images=200, labels=4, seed=5)
     test, test_labels = noisy_scores(images=200, labels=4, seed=6)

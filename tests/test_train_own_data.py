@@ -16,7 +16,7 @@ import timm
 import torch
 from PIL import Image
 
-from srn_hf.training import MIN_ATTENTION_CHANNELS, RecipeError, derive_model_choices, load_recipe
+from srn_hf.recipe import MIN_ATTENTION_CHANNELS, RecipeError, derive_model_choices, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "examples" / "configs" / "own_data.yaml"

@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 import srn_hf  # noqa: F401  (registers SRN with transformers)
+from srn_hf.recipe import RecipeError, load_recipe
 from srn_hf.stages import STAGES
-from srn_hf.training import RecipeError, TrainingDiverged, load_recipe
+from srn_hf.training import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "train_stages.py"
@@ -112,7 +113,7 @@ def test_four_stages_export_pipeline_folders_and_metrics(full_run):
     gain = saved["test_gain_over_stage1"]  # from the test scores each stage leaves in OUTPUT_DIR/predictions
     assert gain["stage"] == 4 and gain["images"] == 16 and gain["low"] <= gain["high"]
     assert gain["difference"] == pytest.approx(saved["stages"][3]["test"]["mAP"] - saved["stages"][0]["test"]["mAP"])
-    from srn_hf.hub import load_training_metrics  # the model card reads metrics.json beside OUTPUT_DIR/final
+    from srn_hf.model_folder import load_training_metrics  # the model card reads metrics.json beside OUTPUT_DIR/final
 
     assert load_training_metrics(output_dir / "final")[0]["stages"][3]["test"]["mAP"] == saved["stages"][3]["test"]["mAP"]
     for folder in ("stage-1", "stage-2", "stage-3", "stage-4", "final"):
@@ -127,9 +128,11 @@ def test_each_stage_is_calibrated_on_validation_and_the_exports_carry_the_thresh
     from transformers import pipeline
 
     from srn_hf.data import load_multilabel_dataset
-    from srn_hf.hub import load_image_processor, load_model
+    from srn_hf.model_folder import load_image_processor, load_model
     from srn_hf.metrics import multilabel_metrics
-    from srn_hf.thresholds import FIGURES, calibrate_thresholds, score_split
+    from srn_hf.scoring import score_split
+    from srn_hf.metrics import THRESHOLDED_FIGURES as FIGURES
+    from srn_hf.thresholds import calibrate_thresholds
 
     output_dir, report = full_run
     saved = json.loads((output_dir / "metrics.json").read_text())
@@ -167,9 +170,9 @@ def test_reused_backbone_maps_give_the_scores_of_a_plain_forward(full_run, data_
     from torch.utils.data import DataLoader
 
     from srn_hf.data import collate_multilabel, load_multilabel_dataset, with_multilabel_transforms
-    from srn_hf.hub import load_image_processor, load_model
+    from srn_hf.model_folder import load_image_processor, load_model
+    from srn_hf.scoring import predict_scores
     from srn_hf.stages import StageForward
-    from srn_hf.training import predict_scores
 
     output_dir, _ = full_run
     cache = json.loads((output_dir / "metrics.json").read_text())["evaluation_map_cache"]
