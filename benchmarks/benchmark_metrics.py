@@ -32,8 +32,8 @@ from scipy.stats import bootstrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_thresholds import synthetic_scores  # noqa: E402
-from probes import interleaved_results, tracemalloc_peak_mib  # noqa: E402
 from benchmark_utils import machine_description  # noqa: E402
+from probes import interleaved_results, tracemalloc_peak_mib  # noqa: E402
 
 from srn_hf.metrics import map_difference, resampled_map_difference  # noqa: E402
 
@@ -51,10 +51,21 @@ def per_resample_loop(scores_a, scores_b, labels, n_resamples: int, seed: int = 
     """The reference: `map_difference`'s interval computed one resample at a time with sklearn's AP."""
     positives = labels > 0.5
     images = np.arange(len(positives))
-    statistic = partial(resampled_map_difference, scores_a.astype(np.float64), scores_b.astype(np.float64),
-                        positives, convention="standard")  # fmt: skip
-    interval = bootstrap((images,), statistic, vectorized=False, n_resamples=n_resamples, method="percentile",
-                         rng=np.random.default_rng(seed)).confidence_interval  # fmt: skip
+    statistic = partial(
+        resampled_map_difference,
+        scores_a.astype(np.float64),
+        scores_b.astype(np.float64),
+        positives,
+        convention="standard",
+    )
+    interval = bootstrap(
+        (images,),
+        statistic,
+        vectorized=False,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
     return {"difference": statistic(images), "low": float(interval.low), "high": float(interval.high)}
 
 
@@ -96,7 +107,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.small, args.large, args.resamples, args.large_loop_resamples, args.repeats = [300, 5], [2_000, 20], 50, 3, 1
+        args.small, args.large, args.resamples, args.large_loop_resamples, args.repeats = (
+            [300, 5],
+            [2_000, 20],
+            50,
+            3,
+            1,
+        )
     return args
 
 
@@ -121,7 +138,9 @@ def main(argv=None) -> dict:
             "per-resample loop seconds, extrapolated": loop_per_resample * args.resamples,
             "speedup, extrapolated": loop_per_resample * args.resamples / large_full["map_difference"]["seconds"],
             # the peak is the one of a batch of resamples: two batches show it
-            "map_difference peak MiB": tracemalloc_peak_mib(lambda: map_difference(*large, n_resamples=min(args.resamples, 100))),
+            "map_difference peak MiB": tracemalloc_peak_mib(
+                lambda: map_difference(*large, n_resamples=min(args.resamples, 100))
+            ),
         },
     }
     write_results(report, Path(args.output_dir))
@@ -151,7 +170,7 @@ def write_results(report: dict, output_dir: Path) -> None:
         "",
         f"Peak memory of map_difference on {report['large']['images']:,} x {report['large']['labels']} (tracemalloc, "
         f"inputs' float64 copies included): {full['map_difference peak MiB']:.0f} MiB.",
-    ]  # fmt: skip
+    ]
     (output_dir / "metrics.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -46,6 +46,7 @@ def synthetic_scores(images: int, labels: int, seed: int = 0) -> tuple[np.ndarra
 
 def pr_curve_loop(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Per label: sklearn's precision_recall_curve, F1 at each threshold, its argmax; then the pooled global one."""
+
     def best(column_scores, column_labels):
         precision, recall, thresholds = precision_recall_curve(column_labels, column_scores)
         f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
@@ -86,7 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=40_000, help="validation images (default: 40000, COCO val2014)")
     parser.add_argument("--labels", type=int, default=80, help="labels (default: 80, COCO)")
-    parser.add_argument("--exhaustive-images", type=int, default=2_000, help="images of the exhaustive-search comparison")
+    parser.add_argument(
+        "--exhaustive-images", type=int, default=2_000, help="images of the exhaustive-search comparison"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported")
     parser.add_argument("--quick", action="store_true", help="small arrays and 2 rounds: a smoke run")
     parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
@@ -132,9 +135,15 @@ def main(argv=None) -> dict:
         "repeats": args.repeats,
         "seconds": seconds,
         "times": {name: entry["times"] for name, entry in full.items()},
-        "speedup_over": {name: value / seconds["calibrate_thresholds"] for name, value in seconds.items() if name != "calibrate_thresholds"},
-        "peak_mib": {"calibrate_thresholds": tracemalloc_peak_mib(lambda: calibrate_thresholds(scores, labels, min_positives=1)),
-                     "precision_recall_curve loop": tracemalloc_peak_mib(lambda: pr_curve_loop(scores, labels))},  # fmt: skip
+        "speedup_over": {
+            name: value / seconds["calibrate_thresholds"]
+            for name, value in seconds.items()
+            if name != "calibrate_thresholds"
+        },
+        "peak_mib": {
+            "calibrate_thresholds": tracemalloc_peak_mib(lambda: calibrate_thresholds(scores, labels, min_positives=1)),
+            "precision_recall_curve loop": tracemalloc_peak_mib(lambda: pr_curve_loop(scores, labels)),
+        },
         "checks": {
             "max |F1 - precision_recall_curve F1| over labels": float(np.max(np.abs(ours.f1 - pr_f1))),
             "global threshold, calibrate_thresholds / precision_recall_curve": [ours.threshold, pr_global],
@@ -164,16 +173,20 @@ def write_results(report: dict, output_dir: Path) -> None:
         "",
         "| method | seconds | calibrate_thresholds is faster by |",
         "|---|---|---|",
-        *(f"| {name} | {value:.3f} | {report['speedup_over'].get(name, 1.0):.1f} x |" for name, value in report["seconds"].items()),
+        *(
+            f"| {name} | {value:.3f} | {report['speedup_over'].get(name, 1.0):.1f} x |"
+            for name, value in report["seconds"].items()
+        ),
         f"| exhaustive search, first {exhaustive['images']:,} images | {exhaustive['seconds']['exhaustive search']:.3f} "
         f"(calibrate_thresholds {exhaustive['seconds']['calibrate_thresholds']:.4f}) | {exhaustive['speedup']:.0f} x |",
         "",
         f"Peak memory (tracemalloc): calibrate_thresholds {report['peak_mib']['calibrate_thresholds']:.0f} MiB, "
         f"precision_recall_curve loop {report['peak_mib']['precision_recall_curve loop']:.0f} MiB.",
         "",
-        "Checks: " + "; ".join(f"{name}: {value}" for name, value in report["checks"].items())
+        "Checks: "
+        + "; ".join(f"{name}: {value}" for name, value in report["checks"].items())
         + f"; max |F1 - exhaustive F1| over labels: {exhaustive['max |F1 - exhaustive F1| over labels']}.",
-    ]  # fmt: skip
+    ]
     (output_dir / "thresholds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -129,7 +129,9 @@ def markdown(results: dict) -> str:
     ]
     for name, value in results["seconds"].items():
         rows.append(f"| {name} | {value:.1f} | {results['ms_per_image'][name]:.2f} |")
-    rows.append(f"| training epoch ({results['epoch_images']:,} images) | | {results['ms_per_image']['training_epoch']:.2f} |")
+    rows.append(
+        f"| training epoch ({results['epoch_images']:,} images) | | {results['ms_per_image']['training_epoch']:.2f} |"
+    )
     rows += [
         "",
         f"check_images / read: {results['check_over_read']:.1f}; / full-size decode: {results['check_over_full_decode']:.2f}; "

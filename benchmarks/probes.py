@@ -55,7 +55,9 @@ def seconds_of(call: Callable, *args) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_times(runs: dict[str, Callable[[], float]], warmup: int, repeats: int, desc: str) -> dict[str, list[float]]:
+def interleaved_times(
+    runs: dict[str, Callable[[], float]], warmup: int, repeats: int, desc: str
+) -> dict[str, list[float]]:
     """Calls every run `warmup` times, then `repeats` rounds of one call each; each call returns its own seconds."""
     for _ in range(warmup):
         for run in runs.values():
@@ -76,7 +78,10 @@ def interleaved_results(calls: dict[str, Callable[[], object]], repeats: int) ->
         return timed_run(lambda: results.__setitem__(name, call()))
 
     times = interleaved_times({name: keeping(name, call) for name, call in calls.items()}, 0, repeats, "rounds")
-    return {name: {"seconds": statistics.median(values), "times": values, "result": results[name]} for name, values in times.items()}
+    return {
+        name: {"seconds": statistics.median(values), "times": values, "result": results[name]}
+        for name, values in times.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------

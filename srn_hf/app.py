@@ -61,7 +61,9 @@ def example_images(model, examples: list[str | os.PathLike] | None = None) -> li
 
     if examples is not None:
         for path in examples:
-            open_image(path)  # an ImageError naming a missing file or one that is not an image, before the page is built
+            open_image(
+                path
+            )  # an ImageError naming a missing file or one that is not an image, before the page is built
         return [(Path(path), Path(path).name) for path in examples]
     return [(example.path, example.caption()) for example in model_examples(model)]
 
@@ -116,8 +118,10 @@ def summary(prediction: dict | None, shown: dict[str, float], device: str) -> st
     """One line under the labels: how many are shown, and how long the prediction took."""
     if prediction is None:
         return "Drop an image, or pick an example below."
-    count = f"{len(shown)} of {len(prediction['scores'])} labels above their thresholds" if shown else (
-        "No label above its threshold: lower the threshold to see the best scores."
+    count = (
+        f"{len(shown)} of {len(prediction['scores'])} labels above their thresholds"
+        if shown
+        else ("No label above its threshold: lower the threshold to see the best scores.")
     )
     return f"{count} · predicted in {prediction['seconds'] * 1000:.0f} ms on {device}"
 
@@ -221,13 +225,20 @@ def build_app(
                 gallery = None
                 if shown_examples:  # the first test images of the model's own data, captioned with their true labels
                     gallery = gr.Examples(
-                        [[os.fspath(path)] for path, _ in shown_examples], inputs=image, label="Examples",
+                        [[os.fspath(path)] for path, _ in shown_examples],
+                        inputs=image,
+                        label="Examples",
                         example_labels=[caption for _, caption in shown_examples],
                     )
             with gr.Column():
                 threshold = gr.Slider(
-                    0.0, 1.0, value=config.threshold, step=SLIDER_STEP, label="Threshold",
-                    info=describe_thresholds(config), elem_id="srn-threshold",
+                    0.0,
+                    1.0,
+                    value=config.threshold,
+                    step=SLIDER_STEP,
+                    label="Threshold",
+                    info=describe_thresholds(config),
+                    elem_id="srn-threshold",
                 )
                 labels = gr.Label(label="Labels above the threshold", show_heading=False, elem_id="srn-labels")
                 status = gr.Markdown(summary(None, {}, demo_model.device_name), elem_id="srn-status")

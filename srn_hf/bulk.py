@@ -111,7 +111,9 @@ def parse_data_options(items: Iterable[str]) -> dict:
         try:
             options[key] = yaml.safe_load(value)
         except yaml.YAMLError as error:
-            raise BulkError(f"data_options item {item!r}: the value is not YAML ({' '.join(str(error).split())})") from None
+            raise BulkError(
+                f"data_options item {item!r}: the value is not YAML ({' '.join(str(error).split())})"
+            ) from None
     return options
 
 
@@ -136,7 +138,9 @@ def dataset_sources(kind: str, options: dict, split: str | None = None) -> Sourc
     return Sources([str(key) for key in dataset["image_id"]], dataset)
 
 
-def given_sources(images: list[str], file_list: str | None, data: str | None, data_options: list[str], split: str | None) -> Sources:
+def given_sources(
+    images: list[str], file_list: str | None, data: str | None, data_options: list[str], split: str | None
+) -> Sources:
     """The sources `srn-hf predict` names: IMAGE_OR_DIR and `--file-list`, or `--data` with its options and split."""
     if data is None:
         return file_sources(images, file_list)
@@ -245,7 +249,9 @@ class RecordMaker:
         record = {"image": record_text(key), "labels": [], "error": record_text(error)}
         if scores is not None and error is None:
             predicted = labels_above_thresholds(scores, self.thresholds, self.top_k)
-            record["labels"] = [{"label": self.labels[index], "score": round(float(scores[index]), 6)} for index in predicted]
+            record["labels"] = [
+                {"label": self.labels[index], "score": round(float(scores[index]), 6)} for index in predicted
+            ]
         if self.all_scores:
             record["scores"] = None if error is not None else [round(float(score), 6) for score in scores]
         return record
@@ -307,7 +313,9 @@ class Output:
         try:
             saved = json.loads(self.meta_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise BulkError(f"resume=True with output={self.path}: {self.meta_path} is missing or unreadable ({error})") from error
+            raise BulkError(
+                f"resume=True with output={self.path}: {self.meta_path} is missing or unreadable ({error})"
+            ) from error
         if saved.get("labels") != meta["labels"]:
             theirs = saved.get("labels") or []
             raise BulkError(
@@ -561,7 +569,6 @@ class StdoutWriter:
             sys.stdout.flush()
 
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # The run
 
@@ -623,8 +630,9 @@ def attention_png_path(folder: str, image_file: str, used_names: set) -> str:
     return os.path.join(folder, name)
 
 
-def save_attention(record: dict, image_file: str, attention_maps: torch.Tensor, size: tuple, label2id: dict, folder: str,
-                   used: set) -> None:
+def save_attention(
+    record: dict, image_file: str, attention_maps: torch.Tensor, size: tuple, label2id: dict, folder: str, used: set
+) -> None:
     """Draws the image's attention maps A of its predicted labels (`srn_hf.visualize`) and names the PNG in `record`."""
     from .pipeline_srn import upsample_attention_map
     from .visualize import save_attention_overlay
@@ -653,7 +661,9 @@ def predicted_batches(tagger, loader, fast: bool, attention: bool) -> Iterator[t
         yield batch, scores, outputs.attention_maps.float().cpu() if attention else None
 
 
-def predict_share(tagger, sources: Sources, positions: list[int], maker: RecordMaker, writer, settings: dict) -> Summary:
+def predict_share(
+    tagger, sources: Sources, positions: list[int], maker: RecordMaker, writer, settings: dict
+) -> Summary:
     """Predicts images `positions` of `sources` in batches, writing each batch's records; returns the counts."""
     from tqdm.auto import tqdm
 
@@ -667,7 +677,9 @@ def predict_share(tagger, sources: Sources, positions: list[int], maker: RecordM
     )
     label2id = {label: index for index, label in enumerate(maker.labels)}
     summary, used_names = Summary(), set()
-    progress = tqdm(total=len(rows), desc="predict", unit="image", disable=not settings["show_progress"] or len(rows) < 2)
+    progress = tqdm(
+        total=len(rows), desc="predict", unit="image", disable=not settings["show_progress"] or len(rows) < 2
+    )
     attention_folder = settings["save_attention"]
     with progress:  # closed on an error too, so that the error's line is not glued to the bar
         predicted = predicted_batches(tagger, loader, settings["fast"], attention_folder is not None)
@@ -680,8 +692,15 @@ def predict_share(tagger, sources: Sources, positions: list[int], maker: RecordM
                     if settings["report_errors"]:
                         tqdm.write(f"srn-hf predict: error: {record['error']}", file=sys.stderr)
                 elif attention_folder is not None:
-                    save_attention(record, sources.keys[position], attention_maps[row], size, label2id, attention_folder,
-                                   used_names)
+                    save_attention(
+                        record,
+                        sources.keys[position],
+                        attention_maps[row],
+                        size,
+                        label2id,
+                        attention_folder,
+                        used_names,
+                    )
                 records.append(record)
             writer.write(records)
             summary.predicted += len(records)
@@ -695,8 +714,10 @@ def total_over_processes(summary: Summary, state) -> Summary:
         return summary
     from accelerate.utils import reduce
 
-    counts = torch.tensor([summary.predicted, summary.failed, summary.skipped, summary.earlier_errors, summary.retried],
-                          device=state.device)
+    counts = torch.tensor(
+        [summary.predicted, summary.failed, summary.skipped, summary.earlier_errors, summary.retried],
+        device=state.device,
+    )
     return Summary(*(int(value) for value in reduce(counts, reduction="sum")))
 
 
@@ -724,7 +745,9 @@ def run_state(device: str | torch.device | None = None):
     return PartialState(cpu=cpu)
 
 
-def check_run(sources: Sources, output, resume: bool, save_attention, num_processes: int, retry_errors: bool = False) -> Output | None:
+def check_run(
+    sources: Sources, output, resume: bool, save_attention, num_processes: int, retry_errors: bool = False
+) -> Output | None:
     """Refuses (`BulkError`) a run that could not give its records: no images, nowhere to write them."""
     if not sources.keys:
         raise BulkError("no images to predict")
@@ -737,11 +760,24 @@ def check_run(sources: Sources, output, resume: bool, save_attention, num_proces
     return check_output(output, resume, retry_errors) if output is not None else None
 
 
-def tag_images(tagger, sources: Sources, model: str, output: str | None = None, resume: bool = False,
-               as_json: bool = False, batch_size: int = 8, num_workers: int = 2, fast: bool = False,
-               threshold: float | None = None, label_thresholds: dict | None = None, top_k: int | None = None,
-               all_scores: bool = False, save_attention: str | None = None, part_rows: int = 1024,
-               retry_errors: bool = False) -> Summary:
+def tag_images(
+    tagger,
+    sources: Sources,
+    model: str,
+    output: str | None = None,
+    resume: bool = False,
+    as_json: bool = False,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    fast: bool = False,
+    threshold: float | None = None,
+    label_thresholds: dict | None = None,
+    top_k: int | None = None,
+    all_scores: bool = False,
+    save_attention: str | None = None,
+    part_rows: int = 1024,
+    retry_errors: bool = False,
+) -> Summary:
     """Predicts every image of `sources` with the pipeline `tagger`'s model and writes one record per image.
 
     Args:
@@ -778,14 +814,26 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
         writer = destination.writer(state.process_index, schema, part_rows)
     else:
         writer = StdoutWriter(as_json)
-    settings = {"batch_size": batch_size, "num_workers": num_workers, "fast": fast, "save_attention": save_attention,
-                "show_progress": state.is_main_process, "report_errors": not as_json}  # fmt: skip
+    settings = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "fast": fast,
+        "save_attention": save_attention,
+        "show_progress": state.is_main_process,
+        "report_errors": not as_json,
+    }
     try:
-        summary = predict_share(tagger, sources, remaining[state.process_index :: state.num_processes], maker, writer, settings)
+        summary = predict_share(
+            tagger, sources, remaining[state.process_index :: state.num_processes], maker, writer, settings
+        )
     finally:
         writer.close()
     if state.is_main_process:  # counted once, over the whole output
-        summary.skipped, summary.earlier_errors, summary.retried = len(sources.keys) - len(remaining), sum(done.values()), retried
+        summary.skipped, summary.earlier_errors, summary.retried = (
+            len(sources.keys) - len(remaining),
+            sum(done.values()),
+            retried,
+        )
     state.wait_for_everyone()
     if destination is not None and state.is_main_process:
         destination.finish(schema)

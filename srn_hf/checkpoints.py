@@ -84,7 +84,7 @@ def hold_output_dir(output_dir: str | os.PathLike, holder: bool = True) -> Itera
 
 def checkpoint_number(folder: Path) -> int | None:
     """`7` for `checkpoint_7`, None for anything else (a partial save, another file)."""
-    suffix = folder.name[len(CHECKPOINT_PREFIX):]
+    suffix = folder.name[len(CHECKPOINT_PREFIX) :]
     return int(suffix) if folder.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
 
 

@@ -268,7 +268,9 @@ class SRNConfig(PreTrainedConfig):
         if num_labels is not None and saved is not None and num_labels != len(saved) and new_id2label is None:
             new_id2label = dict(enumerate(placeholder_label_names(num_labels)))
         if saved is not None and new_id2label is not None and label_names(new_id2label) != label_names(saved):
-            config_dict = {key: value for key, value in config_dict.items() if key not in ("label2id", "label_thresholds")}
+            config_dict = {
+                key: value for key, value in config_dict.items() if key not in ("label2id", "label_thresholds")
+            }
             config_dict.update(id2label=new_id2label, **thresholds_reset(label_names(saved), label_names(new_id2label)))
         return super().from_dict(config_dict, **kwargs)
 

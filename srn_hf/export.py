@@ -134,7 +134,9 @@ def check_image_size(image_size: int | None) -> None:
     if isinstance(image_size, bool) or not isinstance(image_size, int):
         raise ValueError(f"image_size={image_size!r} must be an integer")
     if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size={image_size} is too small: the backbone's stride-32 map would be empty (at least {MIN_IMAGE_SIZE})")
+        raise ValueError(
+            f"image_size={image_size} is too small: the backbone's stride-32 map would be empty (at least {MIN_IMAGE_SIZE})"
+        )
     if image_size > MAX_IMAGE_SIZE:
         raise ValueError(
             f"image_size={image_size} is too large: at most {MAX_IMAGE_SIZE} (the export traces a batch of 2 images "
@@ -261,7 +263,10 @@ class ExportedTagger:
             return results
         pixel_values = self.image_processor(images=opened, return_tensors="np")["pixel_values"]
         scores = iter(1.0 / (1.0 + np.exp(-self.logits(pixel_values).astype(np.float64))))
-        return [result if isinstance(result, ImageError) else self.labels_above_thresholds(next(scores)) for result in results]
+        return [
+            result if isinstance(result, ImageError) else self.labels_above_thresholds(next(scores))
+            for result in results
+        ]
 
     def labels_above_thresholds(self, row: np.ndarray) -> list[dict]:
         """`{"label", "score"}` of the labels whose sigmoid score exceeds their threshold, best first (the pipeline's

@@ -48,9 +48,6 @@ from huggingface_hub.utils import validate_repo_id
 from . import __version__
 from .configuration_srn import AUTO_MAP, SRNConfig, config_label_names
 from .metrics import METRIC_NAMES, THRESHOLDED_FIGURES, multilabel_metrics
-from .model_folder import load_image_processor, load_model, load_training_metrics
-from .modeling_srn import SRNForImageClassification
-from .stages import PAPER_NAMES, STAGES
 
 # Moved to srn_hf.model_folder (loading and checking model folders); still importable from here for one release.
 from .model_folder import (  # noqa: F401
@@ -63,9 +60,14 @@ from .model_folder import (  # noqa: F401
     check_model_folder,
     check_weight_shapes,
     is_local_model,
+    load_image_processor,
+    load_model,
+    load_training_metrics,
     one_line,
     weights_files,
 )
+from .modeling_srn import SRNForImageClassification
+from .stages import PAPER_NAMES, STAGES
 
 # The template of the model card (Jinja, rendered by `ModelCard.from_template`): model_card.md at the repository's
 # root, reached through the link srn_hf/model_card.md, which wheels carry as a file.
@@ -142,7 +144,9 @@ def evaluation_of(metrics: dict | None) -> tuple[dict | None, str | None]:
     return final, split
 
 
-def card_data(model: SRNForImageClassification, repo_id: str, metrics: dict | None, options: CardOptions) -> ModelCardData:
+def card_data(
+    model: SRNForImageClassification, repo_id: str, metrics: dict | None, options: CardOptions
+) -> ModelCardData:
     """The card's YAML metadata; `model-index` holds the final stage's figures when `metrics` is given."""
     config = model.config
     eval_results = None
@@ -170,7 +174,10 @@ def card_data(model: SRNForImageClassification, repo_id: str, metrics: dict | No
         datasets=options.datasets or None,
         base_model=options.base_model,
         tags=[
-            *model.model_tags, "image-classification", "multi-label-image-classification", config.backbone,
+            *model.model_tags,
+            "image-classification",
+            "multi-label-image-classification",
+            config.backbone,
             *(options.tags or []),
         ],
         model_name=repo_id.split("/")[-1] if eval_results else None,  # the name of the model-index only
@@ -197,9 +204,10 @@ def thresholds_description(config: SRNConfig) -> str:
     fallback = calibration.get("fallback_labels") or []
     fallback_text = (
         f"{len(fallback)} label(s) with too few positive images there (fewer than {calibration['min_positives']}) use the "
-        f"global threshold: {', '.join(fallback)}." if fallback
+        f"global threshold: {', '.join(fallback)}."
+        if fallback
         else f"Every label had at least {calibration['min_positives']} positive images there."
-    )  # fmt: skip
+    )
     return (
         f"The decision thresholds in `config.json` were tuned with `srn_hf.thresholds` on the {calibration['split']} "
         f"split{source} ({calibration['images']} images), never on the test split: {rule}. {fallback_text}"
@@ -287,7 +295,12 @@ def recipe_context(metrics: dict | None) -> dict:
     ]
     setting_names = list(dict.fromkeys(name for row in rows for name in row["settings"]))
     changes = [
-        {**change, "changes": {key: values for key, values in change["changes"].items() if not looks_like_local_path(str(values[1]))}}
+        {
+            **change,
+            "changes": {
+                key: values for key, values in change["changes"].items() if not looks_like_local_path(str(values[1]))
+            },
+        }
         for change in (metrics or {}).get("recipe_changes") or []
     ]  # each --resume that changed the recipe (not a moved folder: places on the training machine stay out)
     return {
@@ -383,11 +396,20 @@ def example_image_source(example_image=None, examples: list | None = None) -> tu
     if not examples:
         return None
     first = examples[0]
-    return open_image(first.path), f"image {first.image_id} of the training run's {first.split} split", list(first.labels)
+    return (
+        open_image(first.path),
+        f"image {first.image_id} of the training run's {first.split} split",
+        list(first.labels),
+    )
 
 
 def write_attention_image(
-    model: SRNForImageClassification, image_processor, path: Path, image, source: str, true_labels: list[str] | None,
+    model: SRNForImageClassification,
+    image_processor,
+    path: Path,
+    image,
+    source: str,
+    true_labels: list[str] | None,
     num_labels: int = 4,
 ) -> str:
     """Draws the attention maps A of the `num_labels` labels the model scores highest on `image` (an RGB image,
@@ -406,7 +428,11 @@ def write_attention_image(
     save_attention_overlay(image, predictions, path, title=truth or "example image")
     return (
         f"Attention maps A of the {top_k} labels this model scores highest on {source}"
-        + (f" (its true labels: {', '.join(true_labels) or 'none'}, above the image)" if true_labels is not None else "")
+        + (
+            f" (its true labels: {', '.join(true_labels) or 'none'}, above the image)"
+            if true_labels is not None
+            else ""
+        )
         + ", each scaled to its own maximum; the sigmoid score is beside each label."
     )
 
@@ -521,11 +547,14 @@ def push_folder(
     folder = Path(folder)
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in hub_folder_files(folder)]
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in hub_folder_files(folder)
+    ]
     return api.create_commit(
         repo_id,
         operations=operations,
-        commit_message=commit_message or f"Upload SRN {'demo Space' if repo_type == 'space' else 'model'} with srn_hf {__version__}",
+        commit_message=commit_message
+        or f"Upload SRN {'demo Space' if repo_type == 'space' else 'model'} with srn_hf {__version__}",
         repo_type=repo_type,
     )
 

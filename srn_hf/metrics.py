@@ -360,8 +360,10 @@ def map_difference(
         raise ValueError(f"convention must be one of {CONVENTIONS}, not {convention!r}")
     first, second, positives = as_numpy(scores_a), as_numpy(scores_b), as_numpy(labels) > 0.5
     if not first.shape == second.shape == positives.shape or first.ndim != 2:
-        raise ValueError(f"scores_a, scores_b and labels must be (N, C) arrays of one shape, got "
-                         f"{first.shape}, {second.shape} and {positives.shape}")  # fmt: skip
+        raise ValueError(
+            f"scores_a, scores_b and labels must be (N, C) arrays of one shape, got "
+            f"{first.shape}, {second.shape} and {positives.shape}"
+        )
     for name, scores in (("scores_a", first), ("scores_b", second)):
         if not np.isfinite(scores).all():
             raise ValueError(f"{name} holds {np.sum(~np.isfinite(scores))} NaN or infinite score(s)")
@@ -374,9 +376,15 @@ def map_difference(
         statistic = tie_grouped_map_difference(first, second, positives)
         difference, batch = float(statistic(images[None])[0]), max(1, BOOTSTRAP_BATCH_ELEMENTS // len(images))
     interval = bootstrap(
-        (images,), statistic, vectorized=convention != "paper", batch=batch, n_resamples=n_resamples,
-        confidence_level=confidence_level, method="percentile", rng=np.random.default_rng(seed),
-    ).confidence_interval  # fmt: skip
+        (images,),
+        statistic,
+        vectorized=convention != "paper",
+        batch=batch,
+        n_resamples=n_resamples,
+        confidence_level=confidence_level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
     return {
         "difference": difference,
         "low": float(interval.low),

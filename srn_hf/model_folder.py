@@ -164,7 +164,9 @@ def check_weight_shapes(config: SRNConfig, config_file: Path, files: list[Path])
     from safetensors import safe_open
 
     with torch.device("meta"):
-        expected = {name: tuple(tensor.shape) for name, tensor in SRNForImageClassification(config).state_dict().items()}
+        expected = {
+            name: tuple(tensor.shape) for name, tensor in SRNForImageClassification(config).state_dict().items()
+        }
     for file in (file for file in files if file.suffix == ".safetensors"):
         with safe_open(file, framework="pt") as weights:
             for name in weights.keys():
@@ -209,7 +211,9 @@ def load_training_metrics(
         if not candidate.is_file():
             raise FileNotFoundError(f"metrics file {candidate} does not exist")
     else:
-        candidate = next((path for path in (model_dir / METRICS_FILE, model_dir.parent / METRICS_FILE) if path.is_file()), None)
+        candidate = next(
+            (path for path in (model_dir / METRICS_FILE, model_dir.parent / METRICS_FILE) if path.is_file()), None
+        )
         if candidate is None:
             return None, None
     try:
@@ -235,7 +239,9 @@ def load_training_metrics(
                 raise ValueError(f"{where}.{split} lacks the metrics {missing}")
         if "test_calibrated" in stage and not isinstance(stage["test_calibrated"], dict):
             raise ValueError(f"{where}.test_calibrated must be an object of metrics")
-        missing = [name for name in THRESHOLDED_FIGURES if "test_calibrated" in stage and name not in stage["test_calibrated"]]
+        missing = [
+            name for name in THRESHOLDED_FIGURES if "test_calibrated" in stage and name not in stage["test_calibrated"]
+        ]
         if missing:
             raise ValueError(f"{where}.test_calibrated lacks the metrics {missing}")
         if "validation" not in stage and "test" not in stage:

@@ -129,14 +129,18 @@ class SRNImageClassifierOutput(ModelOutput):
 LOSS_REDUCTIONS, DEFAULT_LOSS_REDUCTION = ("mean", "sum_over_classes"), "mean"
 
 
-def sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = DEFAULT_LOSS_REDUCTION) -> torch.Tensor:
+def sigmoid_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: str = DEFAULT_LOSS_REDUCTION
+) -> torch.Tensor:
     """Sigmoid cross-entropy L of the paper.
 
     `reduction="mean"` averages over batch and classes (PyTorch's and transformers' convention);
     `reduction="sum_over_classes"` sums over classes and divides by the batch size, as the authors' Caffe
     loss does (C times larger gradients than the mean, so the same learning rate trains C times faster).
     """
-    return reduce_loss(nnf.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none"), reduction)
+    return reduce_loss(
+        nnf.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none"), reduction
+    )
 
 
 def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -156,7 +160,13 @@ class ConvNormAct(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, use_batch_norm: bool, conv_class=nn.Conv2d, **conv_kwargs
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        use_batch_norm: bool,
+        conv_class=nn.Conv2d,
+        **conv_kwargs,
     ):
         super().__init__()
         self.add_module("0", conv_class(in_channels, out_channels, kernel_size, bias=not use_batch_norm, **conv_kwargs))
@@ -424,7 +434,8 @@ class SRNPreTrainedModel(PreTrainedModel):
     # transformers' properties and annotated attributes, and the config, stay out of TorchScript.
     __jit_unused_properties__ = [name for name, _ in inspect.getmembers(PreTrainedModel, inspect.isdatadescriptor)]
     __jit_ignored_attributes__ = [
-        "config", *{name for cls in PreTrainedModel.__mro__ for name in vars(cls).get("__annotations__", {})}
+        "config",
+        *{name for cls in PreTrainedModel.__mro__ for name in vars(cls).get("__annotations__", {})},
     ]
 
     @classmethod
@@ -693,7 +704,9 @@ class SRNModel(SRNPreTrainedModel):
         # outputs of one layer class that `@capture_outputs` could record (`_can_record_outputs`), since the stage
         # classes differ per timm backbone. So the flag is read here, from the keyword arguments.
         output_hidden_states = kwargs.get("output_hidden_states")
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         maps = self.forward_feature_maps(pixel_values, kept=None if output_hidden_states else self.feature_positions)
         outputs = self.forward_heads(maps[self.feature_positions[0]], maps[self.feature_positions[1]])
         if output_hidden_states:
@@ -725,14 +738,19 @@ class SRNForImageClassification(SRNPreTrainedModel):
             meaning = f"{num_labels} target value(s) per image"
         else:
             names = ", ".join(list(self.config.id2label.values())[:5])
-            shapes, meaning = [(batch_size, num_labels)], f"one multi-hot row of {num_labels} labels ({names}, ...) per image"
+            shapes, meaning = (
+                [(batch_size, num_labels)],
+                f"one multi-hot row of {num_labels} labels ({names}, ...) per image",
+            )
         if tuple(labels.shape) not in shapes:
             raise ValueError(
                 f"labels has shape {tuple(labels.shape)}, expected {' or '.join(map(str, shapes))} for "
                 f"problem_type={problem_type!r}: {meaning}"
             )
         if problem_type == "single_label_classification" and (labels.is_floating_point() or labels.is_complex()):
-            raise ValueError(f"labels has dtype {labels.dtype}, expected integer class indices for problem_type={problem_type!r}")
+            raise ValueError(
+                f"labels has dtype {labels.dtype}, expected integer class indices for problem_type={problem_type!r}"
+            )
 
     def compute_loss(self, outputs: SRNModelOutput, labels: torch.Tensor) -> torch.Tensor:
         """transformers' classification loss (`self.loss_function`) on the fused logits y, by `config.problem_type`.

@@ -103,7 +103,9 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
             postprocess_params["top_k"] = top_k
         return preprocess_params, forward_params, postprocess_params
 
-    def thresholds(self, threshold: float | None = None, label_thresholds: dict[str, float] | None = None) -> np.ndarray:
+    def thresholds(
+        self, threshold: float | None = None, label_thresholds: dict[str, float] | None = None
+    ) -> np.ndarray:
         """The threshold of each label (array of `num_labels`, in label id order) for these call arguments.
 
         Raises a `ValueError` naming the value and where it comes from (the call, or the model config's `threshold`
@@ -119,7 +121,10 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
         sources = {name: (f"label_thresholds[{name!r}]", value) for name, value in (label_thresholds or {}).items()}
         if threshold is None:
             config_thresholds = getattr(config, "label_thresholds", None) or {}
-            sources = {**{name: (f"config.label_thresholds[{name!r}]", v) for name, v in config_thresholds.items()}, **sources}
+            sources = {
+                **{name: (f"config.label_thresholds[{name!r}]", v) for name, v in config_thresholds.items()},
+                **sources,
+            }
             default = ("config.threshold", getattr(config, "threshold", 0.5))
         else:
             default = ("threshold", threshold)

@@ -73,10 +73,12 @@ MIN_ATTENTION_CHANNELS = 256
 ModelRecipe = dataclasses.make_dataclass(
     "ModelRecipe",
     [
-        *((name, annotation | Literal["auto"] if name in DERIVED_MODEL_FIELDS else annotation, default)
-          for name, annotation, default in srn_config_fields()),
+        *(
+            (name, annotation | Literal["auto"] if name in DERIVED_MODEL_FIELDS else annotation, default)
+            for name, annotation, default in srn_config_fields()
+        ),
         ("pretrained_weights", str | None, field(default="timm")),
-    ],  # fmt: skip
+    ],
     namespace={"__module__": __name__},
 )
 ModelRecipe.__doc__ = """The network: every field of `SRNConfig` (same names, types and defaults), and where the backbone's
@@ -207,10 +209,16 @@ class Recipe:
 # of speed, memory, logging and checkpointing, and whether absent stamp scenes may be generated (they exist by then),
 # which do not change what trains:
 RESUME_FREE_FIELDS = (
-    "data.num_workers", "data.options.generate", "training.channels_last", "training.eval_batch_size", "training.eval_map_cache_mb",
-    "training.checkpoint_every_steps", "training.checkpoints_total_limit", "training.log_with",
+    "data.num_workers",
+    "data.options.generate",
+    "training.channels_last",
+    "training.eval_batch_size",
+    "training.eval_map_cache_mb",
+    "training.checkpoint_every_steps",
+    "training.checkpoints_total_limit",
+    "training.log_with",
     "training.gradient_checkpointing",
-)  # fmt: skip
+)
 # The optimisation of the stage the checkpoint is in, applied from the checkpoint on (its optimizer keeps its state
 # with these settings, its scheduler is rebuilt); the stages after it may change in every field.
 RESUME_STAGE_FIELDS = ("epochs", "lr", "backbone_lr", "weight_decay", "momentum", "schedule", "warmup_ratio")
@@ -233,8 +241,10 @@ def resume_changes(saved: dict, current: dict, stage: int, checkpoint: str | Pat
         stage_number = int(section[5:]) if section[:5] == "stage" and section[5:].isdigit() else None
         allowed = (
             key in RESUME_FREE_FIELDS
-            or stage_number is not None and stage_number > stage
-            or stage_number == stage and name in RESUME_STAGE_FIELDS
+            or stage_number is not None
+            and stage_number > stage
+            or stage_number == stage
+            and name in RESUME_STAGE_FIELDS
         )
         if not allowed:
             raise RecipeError(
@@ -273,14 +283,18 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
         except ValueError:
             pass
     if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
-        raise RecipeError(f"{key}: expected {getattr(expected, '__name__', expected)}, got {type(value).__name__} {value!r}")
+        raise RecipeError(
+            f"{key}: expected {getattr(expected, '__name__', expected)}, got {type(value).__name__} {value!r}"
+        )
     return value
 
 
 def _build(cls: type, values: dict, prefix: str = "") -> Any:
     """Builds the recipe dataclass `cls` from nested `values`, checking every key and type."""
     if not isinstance(values, dict):
-        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {type(values).__name__} {values!r}")
+        raise RecipeError(
+            f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {type(values).__name__} {values!r}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -288,7 +302,9 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     if renamed:
         raise RecipeError(f"{renamed[0]} is now {RENAMED_KEYS[renamed[0]]} (timm's AsymmetricLossMultiLabel's name)")
     if unknown:
-        raise RecipeError(f"unknown key {prefix}{unknown[0]} (known keys in {prefix.rstrip('.') or 'the recipe'}: {sorted(names)})")
+        raise RecipeError(
+            f"unknown key {prefix}{unknown[0]} (known keys in {prefix.rstrip('.') or 'the recipe'}: {sorted(names)})"
+        )
     kwargs = {}
     for name, value in values.items():
         if dataclasses.is_dataclass(hints[name]):
@@ -351,7 +367,9 @@ def derive_model_choices(model: ModelRecipe) -> str:
     for name in ("attention_feature_index", "classifier_feature_index"):
         index = getattr(model, name)
         if index != "auto" and not -len(maps) <= index < len(maps):
-            raise RecipeError(f"model.{name}: {index} is out of range for {model.backbone!r} ({len(maps)} feature maps)")
+            raise RecipeError(
+                f"model.{name}: {index} is out of range for {model.backbone!r} ({len(maps)} feature maps)"
+            )
     if model.classifier_feature_index == "auto":
         model.classifier_feature_index = -1
     f_position = model.classifier_feature_index % len(maps)
@@ -371,7 +389,9 @@ def derive_model_choices(model: ModelRecipe) -> str:
         f"{name} = feature_info[{index}] (stride {maps[index]['reduction']}, {maps[index]['num_chs']} channels)"
         for name, index in (("X", model.attention_feature_index), ("F", model.classifier_feature_index))
     )
-    source = f"derived from the backbone ({', '.join(derived)}{'; ' + why if why else ''})" if derived else "from the recipe"
+    source = (
+        f"derived from the backbone ({', '.join(derived)}{'; ' + why if why else ''})" if derived else "from the recipe"
+    )
     return f"model: {model.backbone}, {', '.join(described)}, layout {model.layout}; {source}"
 
 

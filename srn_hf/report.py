@@ -12,9 +12,9 @@ import json
 import math
 from pathlib import Path
 
+from .metrics import THRESHOLDED_FIGURES as FIGURES
 from .stages import PAPER_NAMES
 from .storage import write_text_file
-from .metrics import THRESHOLDED_FIGURES as FIGURES
 
 
 def metric_table(stages: list[dict], split: str, columns=("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")) -> str:
@@ -39,7 +39,9 @@ def threshold_table(records: list[dict]) -> str:
             continue
         for name, figures in (("0.5", record["test"]), ("tuned", record["test_calibrated"])):
             cells = "".join(f"{'-' if figures.get(key) is None else f'{figures[key]:.2f}':>8}" for key in FIGURES)
-            rows.append(f"{record['stage']:<6}{PAPER_NAMES[record['prediction']]:<12}{record['test']['mAP']:>8.2f}{cells}  {name}")
+            rows.append(
+                f"{record['stage']:<6}{PAPER_NAMES[record['prediction']]:<12}{record['test']['mAP']:>8.2f}{cells}  {name}"
+            )
     return "\n".join(rows)
 
 
@@ -62,8 +64,10 @@ def describe_gain(gain: dict) -> str:
     def pair(figures: dict) -> str:
         return " / ".join("-" if figures[name] is None else f"{figures[name]:+.2f}" for name in ("CF1", "OF1"))
 
-    return (f"test CF1 / OF1 of stage {gain['stage']} over stage 1, each at its thresholds tuned on validation: "
-            f"{pair(gain['calibrated'])} (at 0.5: {pair(gain['at_0.5'])})")  # fmt: skip
+    return (
+        f"test CF1 / OF1 of stage {gain['stage']} over stage 1, each at its thresholds tuned on validation: "
+        f"{pair(gain['calibrated'])} (at 0.5: {pair(gain['at_0.5'])})"
+    )
 
 
 def write_json(path: str | Path, payload: dict) -> None:

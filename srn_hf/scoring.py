@@ -61,9 +61,13 @@ def score_split(model, image_processor, split_dataset, batch_size: int = 32) -> 
 
     from .data.transforms import collate_multilabel, with_multilabel_transforms
 
-    data = with_multilabel_transforms(DatasetDict({"split": split_dataset}), image_processor=image_processor, train_splits=())
+    data = with_multilabel_transforms(
+        DatasetDict({"split": split_dataset}), image_processor=image_processor, train_splits=()
+    )
     accelerator = Accelerator()
-    model, loader = accelerator.prepare(model, DataLoader(data["split"], batch_size=batch_size, collate_fn=collate_multilabel))
+    model, loader = accelerator.prepare(
+        model, DataLoader(data["split"], batch_size=batch_size, collate_fn=collate_multilabel)
+    )
     batches = tqdm(loader, desc="score", unit="batch", disable=not accelerator.is_local_main_process)
     scores, labels = predict_scores(accelerator, model, batches, ("logits",))
     return scores["logits"].numpy(), labels.numpy()
@@ -95,7 +99,9 @@ def calibrate_model_folder(
     from .model_folder import load_image_processor, load_model
 
     if split == "test":
-        raise ValueError("split='test': thresholds are tuned on a validation split, never on the test split they are reported on")
+        raise ValueError(
+            "split='test': thresholds are tuned on a validation split, never on the test split they are reported on"
+        )
     parse_criterion(criterion)  # a bad criterion fails before the dataset is read
     dataset = load_multilabel_dataset(kind, **(options or {}))
     if split not in dataset:

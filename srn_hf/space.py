@@ -107,7 +107,9 @@ def write_space_folder(
     )
     body = SPACE_CARD.format(title=title, model_repo_id=model_repo_id, requirement=requirement)
     with atomic_folder(out_dir) as folder:  # renamed once complete: a failure leaves no half Space folder
-        (folder / "app.py").write_text(SPACE_APP.format(model_repo_id=model_repo_id, version=__version__), encoding="utf-8")
+        (folder / "app.py").write_text(
+            SPACE_APP.format(model_repo_id=model_repo_id, version=__version__), encoding="utf-8"
+        )
         (folder / "requirements.txt").write_text(requirement + "\n", encoding="utf-8")
         SpaceCard(f"---\n{card_data.to_yaml()}\n---\n{body}").save(folder / "README.md")
     return out_dir
@@ -129,7 +131,12 @@ def publish_space(
     with tempfile.TemporaryDirectory(prefix="srn-space-") as staging:
         folder = write_space_folder(Path(staging) / "space", space_id, model_repo_id, **space_options)
         return push_folder(
-            folder, space_id, private=private, token=token, commit_message=commit_message, repo_type="space",
+            folder,
+            space_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            repo_type="space",
             space_sdk=SPACE_SDK,
         )
 

@@ -79,7 +79,9 @@ class Stage:
 
 STAGES: dict[int, Stage] = {
     1: Stage(1, trained=("backbone", "classifier"), loss_terms=("cls_logits",), prediction="cls_logits"),
-    2: Stage(2, trained=("attention_trunk", "attention", "confidence"), loss_terms=("att_logits",), prediction="att_logits"),
+    2: Stage(
+        2, trained=("attention_trunk", "attention", "confidence"), loss_terms=("att_logits",), prediction="att_logits"
+    ),
     3: Stage(3, trained=("spatial_regularization",), loss_terms=("sr_logits",), prediction="sr_logits"),
     4: Stage(4, trained=SRN_MODULES, loss_terms=("logits", "att_logits"), prediction="logits"),
 }
@@ -196,7 +198,9 @@ class BackboneMapCache:
         return features, classifier_features
 
 
-def copied_maps(features: torch.Tensor, classifier_features: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def copied_maps(
+    features: torch.Tensor, classifier_features: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Copies of X and F on `device` (their memory format kept), one copy when X and F are the same map."""
     copy = features.detach().to(device, copy=True)
     return copy, copy if classifier_features is features else classifier_features.detach().to(device, copy=True)

@@ -67,19 +67,25 @@ def check_scores_and_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) float64 scores in [0, 1] and (N, C) boolean labels; a `ValueError` names what is wrong otherwise."""
     scores, labels = as_numpy(scores), as_numpy(labels)
     if scores.ndim != 2 or scores.shape != labels.shape:
-        raise ValueError(f"scores and labels must both be (N, C) arrays of one shape, got {scores.shape} and {labels.shape}")
+        raise ValueError(
+            f"scores and labels must both be (N, C) arrays of one shape, got {scores.shape} and {labels.shape}"
+        )
     if scores.shape[0] == 0:
         raise ValueError("scores and labels hold no image (shape (0, C)): nothing to tune thresholds on")
     bad = np.argwhere((labels != 0) & (labels != 1))
     if len(bad):
         row, column = bad[0]
-        raise ValueError(f"labels must be 0 or 1, found {float(labels[row, column])!r} at image {row}, label {column} "
-                         f"({len(bad)} such values)")  # fmt: skip
+        raise ValueError(
+            f"labels must be 0 or 1, found {float(labels[row, column])!r} at image {row}, label {column} "
+            f"({len(bad)} such values)"
+        )
     bad = np.argwhere(~((scores >= 0) & (scores <= 1)))  # NaN fails both comparisons
     if len(bad):
         row, column = bad[0]
-        raise ValueError(f"scores must be sigmoid probabilities in [0, 1], found {float(scores[row, column])!r} at image {row}, "
-                         f"label {column}: pass torch.sigmoid(logits), not the logits")  # fmt: skip
+        raise ValueError(
+            f"scores must be sigmoid probabilities in [0, 1], found {float(scores[row, column])!r} at image {row}, "
+            f"label {column}: pass torch.sigmoid(logits), not the logits"
+        )
     return scores, labels.astype(bool)
 
 
@@ -89,7 +95,9 @@ def rank_by_label(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray
     sort: only cuts between distinct scores are ever used, so it cannot change a result."""
     by_label = np.ascontiguousarray(scores.T)
     order = np.argsort(-by_label, axis=1)
-    return np.take_along_axis(by_label, order, axis=1), np.take_along_axis(np.ascontiguousarray(positives.T), order, axis=1)
+    return np.take_along_axis(by_label, order, axis=1), np.take_along_axis(
+        np.ascontiguousarray(positives.T), order, axis=1
+    )
 
 
 def pool_ranked(ranked: np.ndarray, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +177,11 @@ class ThresholdCalibration:
     @property
     def label_thresholds(self) -> dict[str, float]:
         """The tuned labels' thresholds, by name (fallback labels are left out: they use `threshold`)."""
-        return {name: float(value) for name, value in zip(self.label_names, self.thresholds) if name not in self.fallback_labels}
+        return {
+            name: float(value)
+            for name, value in zip(self.label_names, self.thresholds)
+            if name not in self.fallback_labels
+        }
 
     def provenance(self) -> dict:
         """How the thresholds were chosen: the `threshold_calibration` field of `SRNConfig`."""
@@ -203,10 +215,16 @@ class ThresholdCalibration:
             **self.config_fields(),
             "fallback_labels": dict(self.fallback_labels),
             "per_label": [
-                {"label": name, "threshold": float(self.thresholds[index]), "precision": 100 * float(self.precision[index]),
-                 "recall": 100 * float(self.recall[index]), "f1": 100 * float(self.f1[index]), "support": int(self.support[index])}
+                {
+                    "label": name,
+                    "threshold": float(self.thresholds[index]),
+                    "precision": 100 * float(self.precision[index]),
+                    "recall": 100 * float(self.recall[index]),
+                    "f1": 100 * float(self.f1[index]),
+                    "support": int(self.support[index]),
+                }
                 for index, name in enumerate(self.label_names)
-            ],  # fmt: skip
+            ],
         }
 
     @classmethod
@@ -218,12 +236,20 @@ class ThresholdCalibration:
             return np.array([row[key] / scale for row in rows])
 
         return cls(
-            label_names=[row["label"] for row in rows], thresholds=column("threshold"), threshold=values["threshold"],
-            fallback_labels=dict(values["fallback_labels"]), criterion=provenance["criterion"],
-            min_positives=provenance["min_positives"], precision=column("precision", 100), recall=column("recall", 100),
-            f1=column("f1", 100), support=column("support").astype(int), images=provenance["images"],
-            split=provenance["split"], dataset=provenance["dataset"],
-        )  # fmt: skip
+            label_names=[row["label"] for row in rows],
+            thresholds=column("threshold"),
+            threshold=values["threshold"],
+            fallback_labels=dict(values["fallback_labels"]),
+            criterion=provenance["criterion"],
+            min_positives=provenance["min_positives"],
+            precision=column("precision", 100),
+            recall=column("recall", 100),
+            f1=column("f1", 100),
+            support=column("support").astype(int),
+            images=provenance["images"],
+            split=provenance["split"],
+            dataset=provenance["dataset"],
+        )
 
     def table(self) -> str:
         """The per-label table: threshold, P / R / F1 (percent) on the calibration data, support."""
@@ -250,8 +276,12 @@ def check_same_labels(names: list[str], expected: list[str], source: str, target
         return
     only_source, only_target = sorted(set(names) - set(expected)), sorted(set(expected) - set(names))
     if not only_source and not only_target:
-        raise ValueError(f"the labels of {source} are those of {target} in another order: {list(names)[:8]} against {list(expected)[:8]}")
-    raise ValueError(f"the labels of {source} are not those of {target}: only in {source}: {only_source}; only in {target}: {only_target}")
+        raise ValueError(
+            f"the labels of {source} are those of {target} in another order: {list(names)[:8]} against {list(expected)[:8]}"
+        )
+    raise ValueError(
+        f"the labels of {source} are not those of {target}: only in {source}: {only_source}; only in {target}: {only_target}"
+    )
 
 
 def calibrate_thresholds(
@@ -283,7 +313,9 @@ def calibrate_thresholds(
         raise ValueError("thresholds are tuned on a validation split, never on the test split they are reported on")
     target_precision = parse_criterion(criterion)
     scores, positives = check_scores_and_labels(scores, labels)
-    names = [str(index) for index in range(scores.shape[1])] if label_names is None else [str(name) for name in label_names]
+    names = (
+        [str(index) for index in range(scores.shape[1])] if label_names is None else [str(name) for name in label_names]
+    )
     if len(names) != scores.shape[1]:
         raise ValueError(f"{len(names)} label names for {scores.shape[1]} score columns")
     if min_positives < 1:
@@ -293,23 +325,37 @@ def calibrate_thresholds(
     (global_threshold,), (global_met,) = best_cuts(*pool_ranked(ranked, hits), target_precision)
     if not global_met:
         if not positives.any():
-            raise ValueError(f"the labels of these {len(scores)} images hold no positive: nothing to tune thresholds on")
-        raise ValueError(f"criterion {criterion!r}: no threshold reaches that overall precision on these {len(scores)} images")
+            raise ValueError(
+                f"the labels of these {len(scores)} images hold no positive: nothing to tune thresholds on"
+            )
+        raise ValueError(
+            f"criterion {criterion!r}: no threshold reaches that overall precision on these {len(scores)} images"
+        )
     thresholds, met = best_cuts(ranked, hits, target_precision)
     support = positives.sum(axis=0)
     fallback = {}
     for index, name in enumerate(names):
         if support[index] < min_positives:
-            fallback[name] = f"{support[index]} positive image(s) in {split or 'the calibration data'}, fewer than {min_positives}"
+            fallback[name] = (
+                f"{support[index]} positive image(s) in {split or 'the calibration data'}, fewer than {min_positives}"
+            )
         elif not met[index]:
             fallback[name] = f"precision {target_precision} is never reached"
     is_fallback = np.array([name in fallback for name in names])
     thresholds = np.where(is_fallback, global_threshold, thresholds)
     figures = label_figures(scores, positives, thresholds)
     return ThresholdCalibration(
-        label_names=names, thresholds=thresholds, threshold=float(global_threshold), fallback_labels=fallback,
-        criterion=criterion, min_positives=min_positives, images=len(scores), split=split, dataset=dataset, **figures,
-    )  # fmt: skip
+        label_names=names,
+        thresholds=thresholds,
+        threshold=float(global_threshold),
+        fallback_labels=fallback,
+        criterion=criterion,
+        min_positives=min_positives,
+        images=len(scores),
+        split=split,
+        dataset=dataset,
+        **figures,
+    )
 
 
 def thresholded_metrics(scores, labels, calibration: ThresholdCalibration, default_threshold: float = 0.5) -> dict:
@@ -323,8 +369,6 @@ def thresholded_metrics(scores, labels, calibration: ThresholdCalibration, defau
         metrics = multilabel_metrics(scores, labels, threshold=threshold)
         figures[name] = {key: metrics[key] for key in FIGURES}
     return {**figures, "default_threshold": default_threshold}
-
-
 
 
 def write_thresholds(model_dir: str | os.PathLike, calibration: ThresholdCalibration) -> Path:
@@ -355,6 +399,8 @@ def calibrate_stage(validation_scores, validation_labels, test_scores, test_labe
         the [`ThresholdCalibration`] and the record's new entries: `{"thresholds": calibration.to_dict(),
         "test_calibrated": {...}}`.
     """
-    calibration = calibrate_thresholds(validation_scores, validation_labels, label_names, split="validation", dataset=dataset)
+    calibration = calibrate_thresholds(
+        validation_scores, validation_labels, label_names, split="validation", dataset=dataset
+    )
     figures = thresholded_metrics(test_scores, test_labels, calibration)
     return calibration, {"thresholds": calibration.to_dict(), "test_calibrated": figures["calibrated"]}

@@ -38,7 +38,6 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import List
 
 import timm
 import torch
@@ -123,7 +122,10 @@ TOKEN_GRID_BACKBONES = ("convit_tiny",)
 default_cfgs = generate_default_cfgs(
     {
         "srn": _cfg(DEFAULT_BACKBONE),
-        **{name: _cfg(backbone, **(TOKEN_GRID_CFG if backbone in TOKEN_GRID_BACKBONES else {})) for name, backbone in NAMED_BACKBONES.items()},
+        **{
+            name: _cfg(backbone, **(TOKEN_GRID_CFG if backbone in TOKEN_GRID_BACKBONES else {}))
+            for name, backbone in NAMED_BACKBONES.items()
+        },
     }
 )
 
@@ -202,7 +204,7 @@ class SRNTimm(nn.Module):
             if hasattr(backbone, "_collect"):  # timm's list wrapper, whose forward SRN steers in Python
                 return list(backbone._collect(x).values())
             maps = backbone(x)
-            if torch.jit.isinstance(maps, List[torch.Tensor]):  # a feature getter's forward_intermediates
+            if torch.jit.isinstance(maps, list[torch.Tensor]):  # a feature getter's forward_intermediates
                 return maps
             raise RuntimeError("the backbone's feature wrapper returned no list of maps")
         return self.srn.forward_feature_maps(x, kept)
@@ -296,7 +298,9 @@ class SRNTimm(nn.Module):
         plain_groups = group_with_matcher(plain_parameters, plain.group_matcher(coarse), reverse=True)
         # timm's feature wrappers keep the model's parameters in order, less its head and pruned tail
         groups = {}
-        for (name, parameter), (plain_name, plain_parameter) in zip(self.srn.backbone.named_parameters(), plain_parameters):
+        for (name, parameter), (plain_name, plain_parameter) in zip(
+            self.srn.backbone.named_parameters(), plain_parameters
+        ):
             if parameter.shape != plain_parameter.shape:
                 raise ValueError(f"group_matcher: backbone {self.config.backbone!r} has no layer groups SRN can map")
             groups[f"srn.backbone.{name}"] = (plain_groups[plain_name],)
@@ -372,8 +376,10 @@ def srn_config(
     `TypeError`, as for every timm model."""
     for name, value in srn_kwargs.items():
         if name not in SRNConfig.__dataclass_fields__ or name in TIMM_OWNED_FIELDS:
-            raise TypeError(f"SRN got an unexpected keyword argument {name}={value!r}: not a timm argument of SRN "
-                            "nor an SRNConfig field")
+            raise TypeError(
+                f"SRN got an unexpected keyword argument {name}={value!r}: not a timm argument of SRN "
+                "nor an SRNConfig field"
+            )
     if img_size is not None:
         if isinstance(img_size, (tuple, list)):
             if len(set(img_size)) != 1:
@@ -505,16 +511,19 @@ def trained_srn_source(kwargs: dict, pretrained: bool) -> str | None:
         config_dict = {key: value for key, value in pretrained_cfg.items() if key not in TIMM_SOURCE_KEYS}
         kwargs["config"] = SRNConfig.from_dict(config_dict)
         kwargs["pretrained_cfg"] = None
-        kwargs["pretrained_cfg_overlay"] = {key: pretrained_cfg[key] for key in ("hf_hub_id", "file", "source")
-                                            if key in pretrained_cfg}
+        kwargs["pretrained_cfg_overlay"] = {
+            key: pretrained_cfg[key] for key in ("hf_hub_id", "file", "source") if key in pretrained_cfg
+        }
         return source if pretrained else None
     if not pretrained or overlay.get("file") is None:
         return None
     path = Path(overlay["file"])
     folder = path if path.is_dir() else path.parent
     if not path.exists() or not (folder / "config.json").is_file():
-        raise ValueError(f"pretrained_cfg_overlay file={overlay['file']!r}: no config.json of a trained SRN in "
-                         f"{str(folder)!r} (a save_pretrained folder); backbone weights go in backbone_weights_file")
+        raise ValueError(
+            f"pretrained_cfg_overlay file={overlay['file']!r}: no config.json of a trained SRN in "
+            f"{str(folder)!r} (a save_pretrained folder); backbone weights go in backbone_weights_file"
+        )
     kwargs["config"] = SRNConfig.from_pretrained(folder)
     return str(folder)
 

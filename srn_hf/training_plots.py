@@ -24,10 +24,14 @@ def plot_training_curves(stages: list[dict], path: str | Path) -> None:
         map_axis.plot(epochs, [entry["validation_mAP"] for entry in history], marker="o", label=label)
         best = record.get("best_epoch")
         if best:
-            map_axis.scatter([offset + best], [history[best - 1]["validation_mAP"]], s=120, facecolors="none", edgecolors="k")
+            map_axis.scatter(
+                [offset + best], [history[best - 1]["validation_mAP"]], s=120, facecolors="none", edgecolors="k"
+            )
         offset = epochs[-1]
     loss_axis.set(title="training loss (stage's loss terms)", xlabel="epoch (all stages)", ylabel="loss")
-    map_axis.set(title="validation mAP of the stage's prediction (o: kept epoch)", xlabel="epoch (all stages)", ylabel="mAP (%)")
+    map_axis.set(
+        title="validation mAP of the stage's prediction (o: kept epoch)", xlabel="epoch (all stages)", ylabel="mAP (%)"
+    )
     for axis in (loss_axis, map_axis):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import small_srn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,10 +52,18 @@ def test_fused_scores_are_the_sigmoid_of_fused_logits(tmp_path):
     folder = tmp_path / "srn" / "predictions"
     folder.mkdir(parents=True)
     for stage, values in logits.items():
-        save_file({"scores": torch.sigmoid(torch.tensor(values, dtype=torch.float32)), "labels": torch.tensor(labels)},
-                  folder / f"stage-{stage}-test.safetensors")  # fmt: skip
+        save_file(
+            {"scores": torch.sigmoid(torch.tensor(values, dtype=torch.float32)), "labels": torch.tensor(labels)},
+            folder / f"stage-{stage}-test.safetensors",
+        )
     scores, loaded_labels = ablations.variant_scores(tmp_path, alpha=0.25)
-    assert set(scores) == {"stage 1", "y_att alone", "y_cls + y_att fused", "y_cls + y_sr fused", "SRN"}  # no other runs
+    assert set(scores) == {
+        "stage 1",
+        "y_att alone",
+        "y_cls + y_att fused",
+        "y_cls + y_sr fused",
+        "SRN",
+    }  # no other runs
     np.testing.assert_array_equal(loaded_labels, labels)
     expected = 1 / (1 + np.exp(-(0.25 * logits[1] + 0.75 * logits[3])))
     np.testing.assert_allclose(scores["y_cls + y_sr fused"], expected, rtol=1e-4)  # float32 scores
@@ -70,8 +77,17 @@ def test_tiny_ablation_over_two_seeds(tmp_path):
     data_dir = make_image_folder(tmp_path / "squares")
     overrides = tiny_args(data_dir, tmp_path / "unused")
     overrides = [value for value in overrides[1::2] if not value.startswith("output_dir=")]
-    argv = ["--seeds", "0", "1", "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
-            "--no-staging-epochs", "1"] + [arg for value in overrides for arg in ("--set", value)]  # fmt: skip
+    argv = [
+        "--seeds",
+        "0",
+        "1",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--no-staging-epochs",
+        "1",
+    ] + [arg for value in overrides for arg in ("--set", value)]
     results = ablations.main(argv)
     assert set(results["variants"]) == {name for name, _, _ in ablations.VARIANTS}
     assert all(figures["seeds"] == 2 for figures in results["variants"].values())
@@ -98,8 +114,10 @@ def test_gain_steps_add_up_to_srn_minus_stage_1():
     labels = (rng.random((60, 4)) < 0.4).astype(np.float32)
     per_seed = {}
     for seed in (0, 1):
-        scores = {name: np.clip(labels * rng.uniform(0.2, 0.6) + rng.random(labels.shape) * 0.6, 0, 1)
-                  for name, _, _ in ablations.VARIANTS}  # fmt: skip
+        scores = {
+            name: np.clip(labels * rng.uniform(0.2, 0.6) + rng.random(labels.shape) * 0.6, 0, 1)
+            for name, _, _ in ablations.VARIANTS
+        }
         per_seed[seed] = (scores, labels)
     steps = ablations.gain_steps(per_seed)
     chain = [step for step in steps if step["kind"] == "chain"]

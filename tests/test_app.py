@@ -55,7 +55,9 @@ def test_examples_are_the_runs_own_test_images_with_their_true_labels(tmp_path):
     assert len(records) == EXAMPLE_COUNT
 
     shown = example_images(model_dir)
-    assert [caption for _, caption in shown] == [f"true: {', '.join(record['labels']) or 'no label'}" for record in records]
+    assert [caption for _, caption in shown] == [
+        f"true: {', '.join(record['labels']) or 'no label'}" for record in records
+    ]
     for (path, _), row in zip(shown, test_split.cast_column("image", datasets.Image(decode=False))):
         assert path.suffix == ".jpg" and path.read_bytes() == row["image"]["bytes"]  # not a re-encoding
     for (_, caption), row in zip(shown, test_split):
@@ -96,4 +98,3 @@ def test_demo_refuses_a_bad_model_a_taken_port_and_a_missing_gradio(tmp_path, mo
     monkeypatch.delitem(sys.modules, "srn_hf.app")
     assert cli_main(["demo", model_dir]) == 2
     assert "pip install 'srn_hf[app]'" in capsys.readouterr().err
-

@@ -20,13 +20,13 @@ import torch
 from conftest import save_with_processor, small_srn
 from PIL import Image
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.common.exceptions import (
     ElementClickInterceptedException,
     ElementNotInteractableException,
     StaleElementReferenceException,
 )
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -55,10 +55,13 @@ def model_dir(tmp_path_factory):
     Image.fromarray(skimage.data.coffee()).save(photo, format="PNG")
     test_split = datasets.Dataset.from_dict(
         {"image": [{"bytes": photo.getvalue(), "path": None}], "image_id": ["cup-1"], "labels": [[0, 2]]},
-        features=datasets.Features({
-            "image": datasets.Image(), "image_id": datasets.Value("string"),
-            "labels": datasets.Sequence(datasets.ClassLabel(names=LABELS)),
-        }),
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "image_id": datasets.Value("string"),
+                "labels": datasets.Sequence(datasets.ClassLabel(names=LABELS)),
+            }
+        ),
     )
     keep_examples(test_split, "test", LABELS, run)
     return save_with_processor(model, run / "final")
@@ -82,8 +85,15 @@ def browser():
     options = Options()
     options.binary_location = CHROMIUM
     for argument in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1500",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1500",
     ):
         options.add_argument(argument)
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
@@ -138,7 +148,9 @@ def test_upload_threshold_attention_map_and_bad_upload_in_chromium(served, brows
     assert [item["label"] for item in expected] == ["bird", "boat", "car"]  # the fixed biases do what they should
 
     browser.get(url)
-    upload = WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.CSS_SELECTOR, "#srn-image input[type=file]"))
+    upload = WebDriverWait(browser, WAIT).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#srn-image input[type=file]")
+    )
     slider = browser.find_element(By.CSS_SELECTOR, "#srn-threshold input[type=number]")
     assert float(slider.get_attribute("value")) == 0.5  # the config's threshold: every label at its model threshold
 
@@ -177,6 +189,7 @@ def test_upload_threshold_attention_map_and_bad_upload_in_chromium(served, brows
     browser.find_element(By.CSS_SELECTOR, "#srn-image input[type=file]").send_keys(str(truncated))
     wait_for(browser, lambda: "Refused: truncated.png" in browser.find_element(By.ID, "srn-status").text, "not refused")
     assert not shown_labels(browser)
+
     def toasts():
         return browser.execute_script(
             "return Array.from(document.querySelectorAll('[data-testid=\"toast-body\"]'), toast => toast.textContent);"

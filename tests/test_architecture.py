@@ -86,7 +86,7 @@ def test_no_module_imports_one_that_imports_it_back():
         visiting.append(module)
         for target in sorted(graph[module]):
             if target in visiting:
-                cycles.append(" -> ".join([*visiting[visiting.index(target):], target]))
+                cycles.append(" -> ".join([*visiting[visiting.index(target) :], target]))
             elif target not in done:
                 visit(target)
         visiting.pop()
@@ -101,5 +101,7 @@ def test_no_module_imports_one_that_imports_it_back():
 @pytest.mark.parametrize("module", ["srn_hf.hub", "srn_hf.cli", "srn_hf.app"])
 def test_a_front_end_is_imported_by_no_core_or_service_module(module):
     layers, graph = layer_map(), import_graph()
-    importers = sorted(name for name, targets in graph.items() if module in targets and layers.get(name, 0) < layers[module])
+    importers = sorted(
+        name for name, targets in graph.items() if module in targets and layers.get(name, 0) < layers[module]
+    )
     assert importers == []

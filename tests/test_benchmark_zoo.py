@@ -14,10 +14,24 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.slow
 def test_quick_zoo_benchmark_writes_every_measurement(tmp_path):
     command = [
-        sys.executable, str(BENCHMARKS / "benchmark_zoo.py"), "--quick", "--only", "checkpointing", "import",
-        "--image-size", "64", "--repeats", "1", "--warmup", "0", "--output-dir", str(tmp_path),
+        sys.executable,
+        str(BENCHMARKS / "benchmark_zoo.py"),
+        "--quick",
+        "--only",
+        "checkpointing",
+        "import",
+        "--image-size",
+        "64",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--output-dir",
+        str(tmp_path),
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "zoo_results.json").read_text())
     checkpointing = results["checkpointing"]

@@ -16,9 +16,26 @@ STEPS = {"timm fine-tune", "SRN stage 1", "SRN stage 2", "SRN stage 3", "SRN sta
 
 def test_quick_benchmark_writes_every_measurement(tmp_path):
     command = [
-        sys.executable, str(BENCHMARKS / "benchmark_srn.py"), "--quick", "--backbone", "resnet10t",
-        "--sizes", "64", "--batch-sizes", "1", "2", "--train-batch-size", "2", "--repeats", "1",
-        "--loader-images", "4", "--matmul-size", "256", "--output-dir", str(tmp_path),
+        sys.executable,
+        str(BENCHMARKS / "benchmark_srn.py"),
+        "--quick",
+        "--backbone",
+        "resnet10t",
+        "--sizes",
+        "64",
+        "--batch-sizes",
+        "1",
+        "2",
+        "--train-batch-size",
+        "2",
+        "--repeats",
+        "1",
+        "--loader-images",
+        "4",
+        "--matmul-size",
+        "256",
+        "--output-dir",
+        str(tmp_path),
     ]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
@@ -59,7 +76,9 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
     targets = {target["target"]: target for target in results["targets"]}
     assert len(targets) == 2 * 2 + 2 + 2 * 2 + 1
     for target in targets.values():
-        assert target["met"] == (target["value"] <= target["limit"] if target["at_most"] else target["value"] >= target["limit"])
+        assert target["met"] == (
+            target["value"] <= target["limit"] if target["at_most"] else target["value"] >= target["limit"]
+        )
 
     tables = (tmp_path / "benchmark_results.md").read_text()
     assert "| target | measured | limit | met |" in tables and "SRN stage 3" in tables
@@ -80,23 +99,37 @@ def test_params_flops_counts_the_srn_branch_exactly(tmp_path, monkeypatch):
     multiply_adds = (
         positions * (channels_x * 512 + 9 * 512 * 512 + 512 * num_labels)  # f_att
         + positions * channels_x * num_labels  # confidence maps S
-        + positions * (num_labels * 512 + 512 * 512) + 2048 * positions + 2048 * num_labels  # f_sr
+        + positions * (num_labels * 512 + 512 * 512)
+        + 2048 * positions
+        + 2048 * num_labels  # f_sr
     )
     assert row["srn_branch_gflops"] * 1e9 == pytest.approx(2 * multiply_adds)
     assert row["srn_gflops"] > row["timm_gflops"] > row["backbone_gflops"] > 0
     assert row["srn_params"] > row["timm_params"]
     assert 0 < row["srn_head_share_of_srn"] < 1
 
-    assert params_flops.main(["--backbone", "resnet10t", "--num-labels", "5", "--sizes", "64",
-                              "--output-dir", str(tmp_path)]) == 0
+    assert (
+        params_flops.main(
+            ["--backbone", "resnet10t", "--num-labels", "5", "--sizes", "64", "--output-dir", str(tmp_path)]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "params_flops.json").read_text())
     assert saved["rows"][0]["srn_params"] == row["srn_params"]
 
 
 def test_image_check_benchmark_writes_its_ratios(tmp_path):
     command = [
-        sys.executable, str(BENCHMARKS / "benchmark_verify.py"), "--images", "24", "--epoch-images", "8",
-        "--workers", "1", "--output-dir", str(tmp_path),
+        sys.executable,
+        str(BENCHMARKS / "benchmark_verify.py"),
+        "--images",
+        "24",
+        "--epoch-images",
+        "8",
+        "--workers",
+        "1",
+        "--output-dir",
+        str(tmp_path),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]

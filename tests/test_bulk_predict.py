@@ -79,13 +79,19 @@ def test_jsonl_and_parquet_read_back_with_datasets(model_folder, tmp_path, capsy
     images = write_images(tmp_path / "photos", 12)
     bad = write_bad_files(tmp_path / "photos")
     for name in ("tags.jsonl", "tags.parquet"):
-        status = predict(model_folder, tmp_path / "photos", "--output", tmp_path / name, "--all-scores", "--batch-size", 5)
+        status = predict(
+            model_folder, tmp_path / "photos", "--output", tmp_path / name, "--all-scores", "--batch-size", 5
+        )
         assert status == 1  # three bad files, reported, the other images predicted
     err = capsys.readouterr().err
     assert "truncated.jpg" in err and "3 of 15 images could not be predicted" in err
 
-    jsonl = load_dataset("json", data_files=str(tmp_path / "tags.jsonl"), split="train", cache_dir=str(tmp_path / "cache"))
-    parquet = load_dataset("parquet", data_files=str(tmp_path / "tags.parquet"), split="train", cache_dir=str(tmp_path / "cache"))
+    jsonl = load_dataset(
+        "json", data_files=str(tmp_path / "tags.jsonl"), split="train", cache_dir=str(tmp_path / "cache")
+    )
+    parquet = load_dataset(
+        "parquet", data_files=str(tmp_path / "tags.parquet"), split="train", cache_dir=str(tmp_path / "cache")
+    )
     assert jsonl.num_rows == parquet.num_rows == 15
     assert sorted(jsonl["image"]) == sorted(parquet["image"]) == sorted(images + bad)
     assert_same_records(by_image(jsonl.to_list()), by_image(parquet.to_list()))
@@ -98,7 +104,9 @@ def test_jsonl_and_parquet_read_back_with_datasets(model_folder, tmp_path, capsy
     for image in images[:3]:
         expected = tagger(image)
         assert [item["label"] for item in records[image]["labels"]] == [item["label"] for item in expected]
-        np.testing.assert_allclose([item["score"] for item in records[image]["labels"]], [item["score"] for item in expected], atol=1e-5)
+        np.testing.assert_allclose(
+            [item["score"] for item in records[image]["labels"]], [item["score"] for item in expected], atol=1e-5
+        )
         assert len(records[image]["scores"]) == len(LABELS)
     for image in bad:
         assert records[image]["labels"] == [] and records[image]["scores"] is None
@@ -123,8 +131,21 @@ def test_bad_files_in_a_large_folder_do_not_stop_the_run(model_folder, tmp_path,
 def test_a_killed_run_resumed_gives_one_record_per_image(model_folder, tmp_path):
     images = write_images(tmp_path / "photos", 600)
     output = tmp_path / "tags.jsonl"
-    command = [sys.executable, "-m", "srn_hf.cli", "predict", model_folder, str(tmp_path / "photos"),
-               "--output", str(output), "--batch-size", "2", "--num-workers", "1", "--all-scores"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "srn_hf.cli",
+        "predict",
+        model_folder,
+        str(tmp_path / "photos"),
+        "--output",
+        str(output),
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "1",
+        "--all-scores",
+    ]
     log = open(tmp_path / "killed.log", "w")  # a file, not a pipe: a full pipe would stall the run
     run = subprocess.Popen(command, env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 240
@@ -189,8 +210,11 @@ def test_resume_refuses_another_model_or_label_set(model_folder, tmp_path, capsy
 @pytest.mark.parametrize("kind", ["missing folder", "a folder", "bad suffix"])
 def test_unwritable_output_refused_before_the_first_image(model_folder, tmp_path, capsys, kind):
     images = write_images(tmp_path / "photos", 2)
-    output = {"missing folder": tmp_path / "nowhere" / "tags.jsonl", "a folder": tmp_path / "photos",
-              "bad suffix": tmp_path / "tags.csv"}[kind]  # fmt: skip
+    output = {
+        "missing folder": tmp_path / "nowhere" / "tags.jsonl",
+        "a folder": tmp_path / "photos",
+        "bad suffix": tmp_path / "tags.csv",
+    }[kind]
     if kind == "a folder":
         output = tmp_path / "dir.jsonl"
         output.mkdir()
@@ -208,16 +232,22 @@ def fill_up(disk: Path, leave: int) -> Path:
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
-def test_a_full_disk_is_one_line_naming_the_file_and_resume_completes(model_folder, tmp_path, small_disk, capsys, suffix):
+def test_a_full_disk_is_one_line_naming_the_file_and_resume_completes(
+    model_folder, tmp_path, small_disk, capsys, suffix
+):
     """A real full disk (a 2 MB tmpfs, nearly filled) mid-run: exit status 2, one line naming the file being written
     and the free space; what was written stays whole, and --resume after freeing space gives one record per image."""
     images = write_images(tmp_path / "photos", 40)
     output = small_disk / f"tags{suffix}"
     ballast = fill_up(small_disk, leave=12_000)  # the meta file, then a few batches of records
-    assert predict(model_folder, *images, "--output", output, "--batch-size", 2, "--num-workers", 0, "--all-scores") == 2
+    assert (
+        predict(model_folder, *images, "--output", output, "--batch-size", 2, "--num-workers", 0, "--all-scores") == 2
+    )
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error" in line]
-    assert len(errors) == 1 and errors[0].startswith(f"srn-hf predict: error: cannot write {output}: no space left"), err
+    assert len(errors) == 1 and errors[0].startswith(f"srn-hf predict: error: cannot write {output}: no space left"), (
+        err
+    )
     assert errors[0].endswith("free of 2.1 MB)") and "Traceback" not in err, err
     if suffix == ".jsonl":  # complete records only: the batch that did not fit was cut back off
         written = read_jsonl(output)
@@ -225,7 +255,12 @@ def test_a_full_disk_is_one_line_naming_the_file_and_resume_completes(model_fold
     assert not [path.name for path in small_disk.rglob("*.tmp")] + [path.name for path in small_disk.rglob("*.partial")]
 
     ballast.unlink()
-    assert predict(model_folder, *images, "--output", output, "--resume", "--batch-size", 2, "--num-workers", 0, "--all-scores") == 0
+    assert (
+        predict(
+            model_folder, *images, "--output", output, "--resume", "--batch-size", 2, "--num-workers", 0, "--all-scores"
+        )
+        == 0
+    )
     records = read_jsonl(output) if suffix == ".jsonl" else pq_records(output)
     assert sorted(record["image"] for record in records) == images  # exactly one record per image
 
@@ -239,11 +274,26 @@ def pq_records(path: Path) -> list[dict]:
 def test_file_list_and_a_datasets_source_give_the_same_records(model_folder, tmp_path):
     images = write_images(tmp_path / "data", 6)
     (tmp_path / "data" / "metadata.jsonl").write_text(
-        "".join(json.dumps({"file_name": os.path.relpath(image, tmp_path / "data"), "labels": ["cat"]}) + "\n" for image in images)
+        "".join(
+            json.dumps({"file_name": os.path.relpath(image, tmp_path / "data"), "labels": ["cat"]}) + "\n"
+            for image in images
+        )
     )
     (tmp_path / "list.txt").write_text("\n".join(images) + "\n")
-    assert predict(model_folder, "--file-list", tmp_path / "list.txt", "--output", tmp_path / "files.jsonl", "--all-scores") == 0
-    data_argv = ["--data", "imagefolder", "--data-option", f"data_dir={tmp_path / 'data'}", "--data-option", "validation_fraction=0"]
+    assert (
+        predict(
+            model_folder, "--file-list", tmp_path / "list.txt", "--output", tmp_path / "files.jsonl", "--all-scores"
+        )
+        == 0
+    )
+    data_argv = [
+        "--data",
+        "imagefolder",
+        "--data-option",
+        f"data_dir={tmp_path / 'data'}",
+        "--data-option",
+        "validation_fraction=0",
+    ]
     assert predict(model_folder, *data_argv, "--output", tmp_path / "rows.jsonl", "--all-scores") == 0
     files, rows = read_jsonl(tmp_path / "files.jsonl"), read_jsonl(tmp_path / "rows.jsonl")
     assert [record["image"] for record in files] == images
@@ -259,10 +309,30 @@ def test_two_processes_give_the_same_records_as_one(model_folder, tmp_path):
     images = write_images(tmp_path / "photos", 45)
     bad = write_bad_files(tmp_path / "photos")
     for name in ("two.jsonl", "two.parquet"):
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "-m", "srn_hf.cli", "predict", model_folder, str(tmp_path / "photos"),
-                   "--output", str(tmp_path / name), "--all-scores", "--batch-size", "4"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "srn_hf.cli",
+            "predict",
+            model_folder,
+            str(tmp_path / "photos"),
+            "--output",
+            str(tmp_path / name),
+            "--all-scores",
+            "--batch-size",
+            "4",
+        ]
         completed = subprocess.run(command, env=ENVIRONMENT, capture_output=True, text=True, timeout=600)
         assert completed.returncode == 1, completed.stderr[-3000:]  # the bad files, counted over both processes
         assert "3 of 48 images could not be predicted" in completed.stderr
@@ -270,7 +340,9 @@ def test_two_processes_give_the_same_records_as_one(model_folder, tmp_path):
     assert predict(model_folder, tmp_path / "photos", "--output", tmp_path / "one.jsonl", "--all-scores") == 1
     one = read_jsonl(tmp_path / "one.jsonl")
     two = read_jsonl(tmp_path / "two.jsonl")
-    two_parquet = load_dataset("parquet", data_files=str(tmp_path / "two.parquet"), split="train", cache_dir=str(tmp_path / "c"))
+    two_parquet = load_dataset(
+        "parquet", data_files=str(tmp_path / "two.parquet"), split="train", cache_dir=str(tmp_path / "c")
+    )
     assert len(two) == len(one) == two_parquet.num_rows == len(images) + len(bad)  # nothing twice, nothing missing
     assert_same_records(by_image(one), by_image(two))
     assert_same_records(by_image(one), by_image(two_parquet.to_list()))

@@ -59,7 +59,9 @@ def file_hashes(folder) -> dict:
 
 def test_write_changes_only_config_json_and_round_trips_through_the_pipeline(capsys, model_dir, dataset_dir):
     before = file_hashes(Path(model_dir))
-    status, out, err = run(capsys, model_dir, "--data", "imagefolder", "--data-option", f"data_dir={dataset_dir}", "--write")
+    status, out, err = run(
+        capsys, model_dir, "--data", "imagefolder", "--data-option", f"data_dir={dataset_dir}", "--write"
+    )
     assert status == 0, err
     after = file_hashes(Path(model_dir))
     assert set(after) == set(before) and after["config.json"] != before["config.json"]
@@ -79,8 +81,14 @@ def test_write_changes_only_config_json_and_round_trips_through_the_pipeline(cap
     config = srn_hf.SRNForImageClassification.from_pretrained(model_dir).config
     assert config.label_thresholds == expected.label_thresholds and set(config.label_thresholds) == {"cat", "dog"}
     assert config.threshold == expected.threshold
-    assert config.threshold_calibration == {"criterion": "f1", "split": "validation", "dataset": "imagefolder", "images": 24,
-                                            "min_positives": 5, "fallback_labels": ["car"]}  # fmt: skip
+    assert config.threshold_calibration == {
+        "criterion": "f1",
+        "split": "validation",
+        "dataset": "imagefolder",
+        "images": 24,
+        "min_positives": 5,
+        "fallback_labels": ["car"],
+    }
     assert float(rows["cat"][1]) == pytest.approx(expected.label_thresholds["cat"], abs=5e-5)
 
     # The real pipeline uses the stored thresholds by default: it returns exactly the labels above them.
@@ -89,28 +97,46 @@ def test_write_changes_only_config_json_and_round_trips_through_the_pipeline(cap
     assert thresholds == {**expected.label_thresholds, "car": expected.threshold}
     images = sorted(str(path) for path in (Path(dataset_dir) / "validation").glob("*.png"))
     for default, every in zip(tagger(images), tagger(images, threshold=0.0)):
-        assert [item["label"] for item in default] == [item["label"] for item in every if item["score"] > thresholds[item["label"]]]
+        assert [item["label"] for item in default] == [
+            item["label"] for item in every if item["score"] > thresholds[item["label"]]
+        ]
     # So does `srn-hf predict`.
     assert main(["predict", model_dir, images[0], "--json"]) == 0
     predicted = json.loads(capsys.readouterr().out)[0]["labels"]
     assert [item["label"] for item in predicted] == [item["label"] for item in tagger(images[0])]
 
 
-def test_label_order_of_the_dataset_does_not_matter_and_nothing_is_written_without_write(capsys, model_dir, dataset_dir):
+def test_label_order_of_the_dataset_does_not_matter_and_nothing_is_written_without_write(
+    capsys, model_dir, dataset_dir
+):
     config_before = (srn_hf.SRNConfig.from_pretrained(model_dir)).to_dict()
     default, _ = calibrate_model_folder(model_dir, "imagefolder", {"data_dir": dataset_dir})
-    status, out, _ = run(capsys, model_dir, "--data", "imagefolder", "--data-option", f"data_dir={dataset_dir}",
-                         "--data-option", "label_names=[dog, car, cat]", "--criterion", "precision:0.5")  # fmt: skip
+    status, out, _ = run(
+        capsys,
+        model_dir,
+        "--data",
+        "imagefolder",
+        "--data-option",
+        f"data_dir={dataset_dir}",
+        "--data-option",
+        "label_names=[dog, car, cat]",
+        "--criterion",
+        "precision:0.5",
+    )
     assert status == 0 and "nothing written" in out and "thresholds by precision:0.5" in out
     assert srn_hf.SRNConfig.from_pretrained(model_dir).to_dict() == config_before
-    reordered, _ = calibrate_model_folder(model_dir, "imagefolder", {"data_dir": dataset_dir, "label_names": ["dog", "car", "cat"]})
+    reordered, _ = calibrate_model_folder(
+        model_dir, "imagefolder", {"data_dir": dataset_dir, "label_names": ["dog", "car", "cat"]}
+    )
     assert reordered.label_names == default.label_names == ["cat", "dog", "car"]
     assert np.array_equal(reordered.thresholds, default.thresholds)  # columns mapped to the model's label order
 
 
 @pytest.fixture(scope="module")
 def other_labels_dir(tmp_path_factory):
-    return write_imagefolder(tmp_path_factory.mktemp("cows"), {"train": [["cat"], ["cow"]], "validation": [["cow"], ["cat"]]})
+    return write_imagefolder(
+        tmp_path_factory.mktemp("cows"), {"train": [["cat"], ["cow"]], "validation": [["cow"], ["cat"]]}
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,7 +150,9 @@ def other_labels_dir(tmp_path_factory):
     ],
 )
 def test_refusals_are_one_line_with_exit_status_2(capsys, model_dir, dataset_dir, argv, message):
-    status, out, err = run(capsys, model_dir, "--data", "imagefolder", "--data-option", f"data_dir={dataset_dir}", *argv)
+    status, out, err = run(
+        capsys, model_dir, "--data", "imagefolder", "--data-option", f"data_dir={dataset_dir}", *argv
+    )
     assert status == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("srn-hf calibrate: error: ") and message in err
 
@@ -135,13 +163,17 @@ def test_refusals_of_the_model_and_the_dataset(capsys, tmp_path, model_dir, othe
     assert "the labels of the imagefolder dataset are not those of the model in" in err
     assert "only in the imagefolder dataset: ['cow']; only in the model in" in err and "['car', 'dog']" in err
 
-    status, _, err = run(capsys, tmp_path / "nothing", "--data", "imagefolder", "--data-option", f"data_dir={other_labels_dir}")
+    status, _, err = run(
+        capsys, tmp_path / "nothing", "--data", "imagefolder", "--data-option", f"data_dir={other_labels_dir}"
+    )
     assert status == 2 and err.count("\n") == 1 and "nothing does not exist" in err
     status, _, err = run(capsys, model_dir, "--data", "no_such_kind")
     assert status == 2 and err.count("\n") == 1 and "unknown dataset kind 'no_such_kind'" in err
 
 
-def test_the_model_card_says_how_the_thresholds_were_chosen_and_shows_both_rows(capsys, model_dir, dataset_dir, tmp_path):
+def test_the_model_card_says_how_the_thresholds_were_chosen_and_shows_both_rows(
+    capsys, model_dir, dataset_dir, tmp_path
+):
     from srn_hf.metrics import multilabel_metrics
     from srn_hf.thresholds import calibrate_stage
 
@@ -149,25 +181,39 @@ def test_the_model_card_says_how_the_thresholds_were_chosen_and_shows_both_rows(
     assert main(["publish", model_dir, "--repo-id", "org/srn", "--dry-run", str(hub / "plain")]) == 0
     assert "was set, not tuned on data: 0.5 for every label" in (hub / "plain" / "README.md").read_text()
 
-    assert run(capsys, model_dir, "--data", "imagefolder", "--data-option", f"data_dir={dataset_dir}", "--write")[0] == 0
+    assert (
+        run(capsys, model_dir, "--data", "imagefolder", "--data-option", f"data_dir={dataset_dir}", "--write")[0] == 0
+    )
     # A run's metrics.json beside the folder, with each stage's test figures at 0.5 and at its tuned thresholds.
     rng = np.random.default_rng(0)
     validation, test = rng.random((40, 3)), rng.random((50, 3))
     validation_labels, test_labels = (rng.random((40, 3)) < 0.4).astype(int), (rng.random((50, 3)) < 0.4).astype(int)
     stages = []
     for number, prediction, power in ((1, "cls_logits", 3.0), (4, "logits", 1.0)):
-        _, entries = calibrate_stage(validation**power, validation_labels, test**power, test_labels, list(LABELS.values()))
-        stages.append({"stage": number, "prediction": prediction, "test": multilabel_metrics(test**power, test_labels), **entries})
-    metrics = {"dataset": {"name": "toy", "label_names": list(LABELS.values()), "splits": {"test": 50}}, "stages": stages}
+        _, entries = calibrate_stage(
+            validation**power, validation_labels, test**power, test_labels, list(LABELS.values())
+        )
+        stages.append(
+            {"stage": number, "prediction": prediction, "test": multilabel_metrics(test**power, test_labels), **entries}
+        )
+    metrics = {
+        "dataset": {"name": "toy", "label_names": list(LABELS.values()), "splits": {"test": 50}},
+        "stages": stages,
+    }
     (Path(model_dir).parent / "metrics.json").write_text(json.dumps(metrics))
     assert main(["publish", model_dir, "--repo-id", "org/srn", "--dry-run", str(hub / "run")]) == 0
     card = (hub / "run" / "README.md").read_text()
-    assert ("were tuned with `srn_hf.thresholds` on the validation split of imagefolder (24 images), never on the test "
-            "split: each label's threshold maximises the label's F1 there") in card  # fmt: skip
+    assert (
+        "were tuned with `srn_hf.thresholds` on the validation split of imagefolder (24 images), never on the test "
+        "split: each label's threshold maximises the label's F1 there"
+    ) in card
     assert "use the global threshold: car." in card
     final = stages[-1]
     assert f"| 0.5 | {final['test']['mAP']:.1f} | {final['test']['CP']:.1f} |" in card
-    assert f"| tuned on validation (in `config.json`) | {final['test']['mAP']:.1f} | {final['test_calibrated']['CP']:.1f} |" in card
+    assert (
+        f"| tuned on validation (in `config.json`) | {final['test']['mAP']:.1f} | {final['test_calibrated']['CP']:.1f} |"
+        in card
+    )
     first = stages[0]
     row = f"| 1 | y_cls | {first['test']['mAP']:.1f} | {first['test']['CF1']:.1f} | {first['test_calibrated']['CF1']:.1f} |"
     assert row in card

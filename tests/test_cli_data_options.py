@@ -12,7 +12,15 @@ from srn_hf.cli import main
 
 def test_values_are_yaml():
     options = parse_data_options(["a=yes", "b=[dog, cat]", "c={train: a.csv}", "d=0.1", "e=photos", "f=", "g=x=y"])
-    assert options == {"a": True, "b": ["dog", "cat"], "c": {"train": "a.csv"}, "d": 0.1, "e": "photos", "f": None, "g": "x=y"}
+    assert options == {
+        "a": True,
+        "b": ["dog", "cat"],
+        "c": {"train": "a.csv"},
+        "d": 0.1,
+        "e": "photos",
+        "f": None,
+        "g": "x=y",
+    }
     with pytest.raises(BulkError, match=r"data_options item 'b=\[dog': the value is not YAML"):
         parse_data_options(["b=[dog"])
     with pytest.raises(BulkError, match="is not KEY=VALUE"):
@@ -38,8 +46,16 @@ def labelled(tmp_path_factory):
 def test_a_yaml_list_reaches_the_loader_in_every_command(command, labelled, capsys):
     """`label_names=[cat, dog]` is a list for `predict` as for `calibrate` (JSON would leave it a string)."""
     model, data = labelled
-    options = ["--data", "imagefolder", "--data-option", f"data_dir={data}", "--data-option", "label_names=[cat, dog]",
-               "--data-option", "validation_fraction=0.5"]  # fmt: skip
+    options = [
+        "--data",
+        "imagefolder",
+        "--data-option",
+        f"data_dir={data}",
+        "--data-option",
+        "label_names=[cat, dog]",
+        "--data-option",
+        "validation_fraction=0.5",
+    ]
     argv = [command, str(model), *options, "--split", "validation"] + (["--json"] if command == "predict" else [])
     status = main(argv)
     captured = capsys.readouterr()

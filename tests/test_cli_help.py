@@ -22,11 +22,18 @@ HEAVY_MODULES = ("torch", "transformers", "timm", "datasets", "gradio")
 def run_help(*command: str) -> tuple[str, set[str]]:
     """The help text of the real console script, and the top-level modules it imported (Python's import log)."""
     completed = subprocess.run(
-        [str(CONSOLE_SCRIPT), *command, "--help"], capture_output=True, text=True, timeout=120,
+        [str(CONSOLE_SCRIPT), *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
-    )  # fmt: skip
+    )
     assert completed.returncode == 0, completed.stderr
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in completed.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in completed.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     return completed.stdout, imported
 
 
@@ -54,7 +61,9 @@ def test_calibrate_and_predict_help_list_every_data_kind_with_its_options():
         )
         assert sorted(listing) == sorted(LOADERS)
         for kind, loader in LOADERS.items():
-            assert [name.lstrip("*") for name in listing[kind].split(", ")] == list(inspect.signature(loader).parameters)
+            assert [name.lstrip("*") for name in listing[kind].split(", ")] == list(
+                inspect.signature(loader).parameters
+            )
 
 
 def test_export_help_shows_the_default_format():
@@ -72,7 +81,10 @@ def test_the_console_script_registers_srn_before_a_command_runs(tmp_path):
     Image.new("RGB", (32, 32), (0, 128, 0)).save(tmp_path / "green.png")
     completed = subprocess.run(
         [str(CONSOLE_SCRIPT), "predict", str(model_folder), str(tmp_path / "green.png"), "--threshold", "0", "--json"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert completed.returncode == 0, completed.stderr
     assert {label["label"] for label in json.loads(completed.stdout)[0]["labels"]} == {"dog", "cat"}

@@ -43,7 +43,9 @@ def run(capsys, *argv):
 
 def test_json_attention_and_a_bad_file(capsys, model_folder, photos, tmp_path):
     folder, single = photos
-    status, out, err = run(capsys, model_folder, folder, single, "--json", "--threshold", "0", "--save-attention", tmp_path)
+    status, out, err = run(
+        capsys, model_folder, folder, single, "--json", "--threshold", "0", "--save-attention", tmp_path
+    )
     assert status == 1  # one file failed, the others were predicted
     records = json.loads(out)
     images = [str(folder / name) for name in ("a.png", "b.jpg", "broken.jpg", "nested/a.png")] + [str(single)]
@@ -95,9 +97,14 @@ def test_library_errors_name_parameters_and_the_command_line_its_flags(tmp_path,
     assert str(refusal.value) == f"output={output} exists: pass resume=True to continue it, or choose another file"
     status, _, err = run(capsys, model_folder, photos[1], "--output", output)
     assert status == 2
-    assert err == f"srn-hf predict: error: --output {output} exists: pass --resume to continue it, or choose another file\n"
+    assert (
+        err
+        == f"srn-hf predict: error: --output {output} exists: pass --resume to continue it, or choose another file\n"
+    )
     # name=True and name=... are the flag, name='value' and name=value the flag and the value, `name item` the flag.
-    message = "resume=True with output=... and split='test', data_options item 'a', file_list=b c, metadata=x, data.split=y"
+    message = (
+        "resume=True with output=... and split='test', data_options item 'a', file_list=b c, metadata=x, data.split=y"
+    )
     worded = "--resume with --output and --split test, --data-option 'a', --file-list b c, metadata=x, data.split=y"
     assert flag_worded(message, FLAGS["predict"]) == worded
 
@@ -110,7 +117,9 @@ def test_no_images_exit_2(capsys, model_folder, tmp_path):
 def test_console_script(model_folder, photos):
     folder, single = photos
     command = [sys.executable, "-m", "srn_hf.cli", "predict", model_folder, str(folder), "--threshold", "0"]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert completed.returncode == 1, completed.stderr
     assert len(completed.stdout.strip().splitlines()) == 3
     assert "broken.jpg" in completed.stderr and "predict: 100%" in completed.stderr  # the progress bar

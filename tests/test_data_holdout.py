@@ -81,7 +81,9 @@ def write_single_folder(root, rows: int = 40):
 @pytest.mark.filterwarnings("ignore::srn_hf.data.DataWarning")
 def test_a_single_folder_gets_validation_and_test_splits(tmp_path):
     folder = write_single_folder(tmp_path / "photos")
-    dataset = load_multilabel_dataset("imagefolder", data_dir=folder, validation_fraction=0.2, test_fraction=0.2, seed=0)
+    dataset = load_multilabel_dataset(
+        "imagefolder", data_dir=folder, validation_fraction=0.2, test_fraction=0.2, seed=0
+    )
     assert list(dataset) == ["train", "validation", "test"]
     assert dict(dataset.num_rows) == {"train": 24, "validation": 8, "test": 8}
     ids = [set(dataset[split]["image_id"]) for split in dataset]
@@ -95,4 +97,6 @@ def test_a_single_folder_gets_validation_and_test_splits(tmp_path):
     for line in summary[3:]:
         name, *counts = line.split()
         label = label_names(dataset).index(name)
-        assert [int(count) for count in counts] == [sum(label in row for row in dataset[split]["labels"]) for split in dataset]
+        assert [int(count) for count in counts] == [
+            sum(label in row for row in dataset[split]["labels"]) for split in dataset
+        ]

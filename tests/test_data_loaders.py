@@ -231,10 +231,15 @@ def test_voc_duplicated_id_in_image_set(tmp_path):
 
 NUS_CONCEPTS = ["airport", "animal", "beach"]
 NUS_SPLITS = {
-    "Train": {"actor\\0001_2124494179.jpg": [1, 0, 1], "beach\\0002_1.jpg": [0, 0, 1], "cat\\0003_5.jpg": [0, 1, 0],
-              "dog\\0004_8.jpg": [0, 0, 0], "sky\\0005_9.jpg": [1, 1, 0]},
+    "Train": {
+        "actor\\0001_2124494179.jpg": [1, 0, 1],
+        "beach\\0002_1.jpg": [0, 0, 1],
+        "cat\\0003_5.jpg": [0, 1, 0],
+        "dog\\0004_8.jpg": [0, 0, 0],
+        "sky\\0005_9.jpg": [1, 1, 0],
+    },
     "Test": {"C:\\ImageData\\Flickr\\zoo\\0001_77.jpg": [0, 1, 0], "C:\\ImageData\\Flickr\\sea\\0002_3.jpg": [1, 0, 1]},
-}  # fmt: skip
+}
 
 
 def write_nuswide(root, splits=NUS_SPLITS):
@@ -304,7 +309,10 @@ def test_imagefolder_with_split_subfolders(tmp_path):
     write_imagefolder(tmp_path / "val", [("d.jpg", ["dog"])])
     write_imagefolder(tmp_path / "test", [("e.jpg", ["traffic light", "cat"])])
     # A label that only the test split has would be a class the model never trains on: refused, named.
-    with pytest.raises(AnnotationError, match=r"test.metadata.jsonl, line 1: label 'traffic light' is not in the labels of the train split"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"test.metadata.jsonl, line 1: label 'traffic light' is not in the labels of the train split",
+    ):
         load_multilabel_dataset("imagefolder", data_dir=tmp_path)
     names = ["cat", "dog", "sofa", "traffic light"]
     with pytest.warns(DataWarning, match="1 of 3 images have no label"):
@@ -397,9 +405,13 @@ def test_hub_load_dataset_from_parquet_with_indices_and_multi_hot(tmp_path):
     (tmp_path / "repo" / "data").mkdir(parents=True)
     data.to_parquet(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet")
     dataset = load_multilabel_dataset(
-        "hub", path=str(tmp_path / "repo"), labels_column="tags", image_column="picture",
-        label_names=["a", "b", "c"], validation_fraction=0,
-    )  # fmt: skip
+        "hub",
+        path=str(tmp_path / "repo"),
+        labels_column="tags",
+        image_column="picture",
+        label_names=["a", "b", "c"],
+        validation_fraction=0,
+    )
     assert dataset["train"]["labels"] == [[0, 2], [1], [2]]
     with pytest.raises(AnnotationError, match="indices labels need label_names"):
         load_multilabel_dataset("hub", path=str(tmp_path / "repo"), labels_column="tags", image_column="picture")
@@ -411,9 +423,13 @@ def test_hub_load_dataset_from_parquet_with_indices_and_multi_hot(tmp_path):
     multi_hot = small_dataset(tmp_path, [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]], List(Value("float32")))
     multi_hot.save_to_disk(tmp_path / "multi_hot")
     dataset = load_multilabel_dataset(
-        "hub", path=tmp_path / "multi_hot", labels_column="tags", image_column="picture",
-        label_names=["a", "b", "c"], validation_fraction=0,
-    )  # fmt: skip
+        "hub",
+        path=tmp_path / "multi_hot",
+        labels_column="tags",
+        image_column="picture",
+        label_names=["a", "b", "c"],
+        validation_fraction=0,
+    )
     assert dataset["train"]["labels"] == [[0, 2], []]
 
 

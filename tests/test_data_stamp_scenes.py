@@ -57,7 +57,7 @@ def data_scene_sources(tmp_path):
 
 def generate(sources, output_dir=None, **options):
     stamps, backgrounds = sources
-    settings = dict(sizes=(24, 8, 8), image_size=64, seed=3, num_workers=1, progress=False)
+    settings = {"sizes": (24, 8, 8), "image_size": 64, "seed": 3, "num_workers": 1, "progress": False}
     return generate_stamp_scenes(output_dir, stamps_dir=stamps, backgrounds=backgrounds, **{**settings, **options})
 
 
@@ -77,7 +77,9 @@ def test_generated_dataset_layout_labels_and_rules(data_scene_sources, tmp_path)
                 assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
                 if box["label"] == 0 and row["scene"] == "farm":  # birds fly above the horizon (<= half height)
                     assert y0 < 0.5 * 64
-    farm_birds = [box for row in dataset["train"] if row["scene"] == "farm" for box in row["boxes"] if box["label"] == 0]
+    farm_birds = [
+        box for row in dataset["train"] if row["scene"] == "farm" for box in row["boxes"] if box["label"] == 0
+    ]
     assert farm_birds
 
     saved = load_from_disk(str(tmp_path / "scenes"))
@@ -149,8 +151,23 @@ def test_too_few_cut_outs_for_three_disjoint_splits(data_scene_sources):
 
 def test_command_line(data_scene_sources, tmp_path, capsys):
     stamps, backgrounds = data_scene_sources
-    main([str(tmp_path / "cli"), "--stamps-dir", str(stamps), "--backgrounds", str(backgrounds),
-          "--sizes", "6", "3", "3", "--image-size", "48", "--workers", "1"])  # fmt: skip
+    main(
+        [
+            str(tmp_path / "cli"),
+            "--stamps-dir",
+            str(stamps),
+            "--backgrounds",
+            str(backgrounds),
+            "--sizes",
+            "6",
+            "3",
+            "3",
+            "--image-size",
+            "48",
+            "--workers",
+            "1",
+        ]
+    )
     assert "classes: ['bird', 'cattle', 'robot']" in capsys.readouterr().out
     assert [len(split) for split in load_from_disk(str(tmp_path / "cli")).values()] == [6, 3, 3]
 

@@ -10,9 +10,15 @@ from PIL import Image as PILImage
 from torch.utils.data import DataLoader
 from transformers import ViTImageProcessor
 
-from srn_hf.data import MultiLabelTransform, collate_multilabel, image_transform, with_multilabel_transforms
 from srn_hf import SRNConfig
-from srn_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SCALE_RATIOS, MultiScaleCrop, preprocessing_from_image_processor
+from srn_hf.data import MultiLabelTransform, collate_multilabel, image_transform, with_multilabel_transforms
+from srn_hf.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SCALE_RATIOS,
+    MultiScaleCrop,
+    preprocessing_from_image_processor,
+)
 from srn_hf.processing import create_image_processor, pil_resampling
 
 
@@ -108,8 +114,12 @@ def make_dataset(tmp_path, modes=("RGB", "L", "RGBA", "P")):
         paths.append(str(path))
     labels = [[0, 2], [], [1], [0, 1, 2]][: len(modes)]
     features = Features({"image": Image(), "labels": List(ClassLabel(names=names))})
-    return DatasetDict({"train": Dataset.from_dict({"image": paths, "labels": labels}, features=features),
-                        "test": Dataset.from_dict({"image": paths, "labels": labels}, features=features)})  # fmt: skip
+    return DatasetDict(
+        {
+            "train": Dataset.from_dict({"image": paths, "labels": labels}, features=features),
+            "test": Dataset.from_dict({"image": paths, "labels": labels}, features=features),
+        }
+    )
 
 
 def textured(width, height, seed=0):

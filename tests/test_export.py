@@ -15,9 +15,9 @@ from srn_hf.cli import main
 from srn_hf.export import ExportedTagger
 from srn_hf.pipeline_srn import TASK
 
-LABELS = {index: name for index, name in enumerate(
-    ["person", "cat", "cup", "rocket", "motorcycle", "horse", "sky", "tree", "car", "dog", "book", "chair"]
-)}  # fmt: skip
+LABELS = dict(
+    enumerate(["person", "cat", "cup", "rocket", "motorcycle", "horse", "sky", "tree", "car", "dog", "book", "chair"])
+)
 # Real photos that scikit-image ships (public domain or CC0): seven, for a batch of 7.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field", "immunohistochemistry")
 
@@ -71,14 +71,19 @@ def test_onnx_runtime_matches_pytorch(model_folder, onnx_folder, photos, batch):
     # The same labels as the pipeline on the same photos (the folder's thresholds are the config's).
     reference = pipeline(TASK, model=model_folder)(photos[:batch], batch_size=batch)
     exported = tagger(photos[:batch])
-    assert [[item["label"] for item in labels] for labels in exported] == [[item["label"] for item in labels] for labels in reference]
+    assert [[item["label"] for item in labels] for labels in exported] == [
+        [item["label"] for item in labels] for labels in reference
+    ]
     assert any(exported)  # the photos do get labels: the comparison is not between empty sets
 
 
 def test_exported_folder_holds_config_processor_and_thresholds(onnx_folder):
     assert sorted(path.name for path in onnx_folder.iterdir() if path.suffix != ".py") == [
-        "config.json", "model.onnx", "preprocessor_config.json", "thresholds.json",
-    ]  # fmt: skip
+        "config.json",
+        "model.onnx",
+        "preprocessor_config.json",
+        "thresholds.json",
+    ]
     record = json.loads((onnx_folder / "thresholds.json").read_text())
     assert record["labels"] == list(LABELS.values()) and record["thresholds"] == [0.5] * len(LABELS)
     assert record["outputs"] == ["logits", "attention_maps"]
@@ -87,14 +92,31 @@ def test_exported_folder_holds_config_processor_and_thresholds(onnx_folder):
 
 def test_torch_export_program_and_its_fast_path(model_folder, photos, tmp_path):
     assert main(["export", model_folder, str(tmp_path / "pt2"), "--format", "torch-export"]) == 0
-    assert main(["export", model_folder, str(tmp_path / "fast"), "--format", "torch-export", "--fast", "--image-size", "160"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                model_folder,
+                str(tmp_path / "fast"),
+                "--format",
+                "torch-export",
+                "--fast",
+                "--image-size",
+                "160",
+            ]
+        )
+        == 0
+    )
     model = small_srn(LABELS, image_size=128)
     inputs = pixel_values(model_folder, photos)
     with torch.no_grad():
         expected = model(pixel_values=inputs).logits.numpy()
     assert np.abs(ExportedTagger(tmp_path / "pt2").logits(inputs.numpy()) - expected).max() <= 1e-5
     fast = ExportedTagger(tmp_path / "fast")
-    assert json.loads((tmp_path / "fast" / "preprocessor_config.json").read_text())["size"] == {"height": 160, "width": 160}
+    assert json.loads((tmp_path / "fast" / "preprocessor_config.json").read_text())["size"] == {
+        "height": 160,
+        "width": 160,
+    }
     fast_logits = fast.logits(pixel_values(tmp_path / "fast", photos[:3]).numpy())
     assert fast_logits.shape == (3, len(LABELS)) and fast_logits.dtype == np.float32
 
@@ -121,5 +143,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_export(model_folder, small_d
     assert main(["export", model_folder, str(out_dir)]) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error" in line]
-    assert len(errors) == 1 and errors[0].startswith(f"srn-hf export: error: cannot write {out_dir}: no space left"), err
+    assert len(errors) == 1 and errors[0].startswith(f"srn-hf export: error: cannot write {out_dir}: no space left"), (
+        err
+    )
     assert list(small_disk.iterdir()) == []

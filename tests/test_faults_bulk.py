@@ -24,7 +24,9 @@ def model_folder(tmp_path_factory):
 
 
 def write_image(path: Path, seed: int) -> None:
-    pixels = np.kron(np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8), np.ones((12, 12, 1), np.uint8))
+    pixels = np.kron(
+        np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8), np.ones((12, 12, 1), np.uint8)
+    )
     Image.fromarray(pixels).save(path)
 
 
@@ -129,7 +131,9 @@ def test_the_records_of_a_retried_run_match_a_fresh_run(model_folder, tmp_path, 
     output, reference = tmp_path / "tags.jsonl", tmp_path / "reference.jsonl"
     assert predict(capsys, model_folder, photos, "--output", output, "--all-scores")[0] == 1
     (photos / "4.png").write_bytes(good)
-    assert predict(capsys, model_folder, photos, "--output", output, "--all-scores", "--resume", "--retry-errors")[0] == 0
+    assert (
+        predict(capsys, model_folder, photos, "--output", output, "--all-scores", "--resume", "--retry-errors")[0] == 0
+    )
     assert predict(capsys, model_folder, photos, "--output", reference, "--all-scores")[0] == 0
     retried, fresh = ({record["image"]: record for record in records(path)} for path in (output, reference))
     assert retried.keys() == fresh.keys()

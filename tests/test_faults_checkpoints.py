@@ -68,7 +68,9 @@ def kill_inside_save(tmp_path, moment, condition):
     trainer = tmp_path / "trainer.py"
     trainer.write_text(TRAINER)
     runner = checkpoint_pause_runner(tmp_path, "checkpoint_1", moment, 60)
-    process = subprocess.Popen([sys.executable, str(runner), str(trainer), str(tmp_path)], env=environment, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, str(runner), str(trainer), str(tmp_path)], env=environment, stderr=subprocess.PIPE
+    )
     try:
         wait_for(lambda: condition(tmp_path / "checkpoints"), process)
         process.send_signal(signal.SIGKILL)
@@ -88,7 +90,9 @@ def test_kill_while_the_new_checkpoint_is_written_keeps_the_previous_one(tmp_pat
     checkpoint, skipped = find_resumable_checkpoint(checkpoints)
     assert checkpoint == checkpoints / "checkpoint_0"
     assert json.loads((checkpoint / "progress.json").read_text())["step"] == 1
-    assert skipped == [(partial_path(checkpoints / "checkpoint_1"), "an unfinished save (the run stopped while writing it)")]
+    assert skipped == [
+        (partial_path(checkpoints / "checkpoint_1"), "an unfinished save (the run stopped while writing it)")
+    ]
 
 
 def test_kill_after_the_rename_keeps_both_until_the_old_one_is_deleted(tmp_path):
@@ -124,12 +128,17 @@ def test_resume_falls_back_past_truncated_and_broken_checkpoints(tmp_path):
     assert chosen == checkpoint and progress["step"] == 0
     assert message.splitlines()[0].startswith(f"skipped {checkpoints / 'checkpoint_3'}: ")
     assert message.splitlines()[-1] == f"resuming from {checkpoint}"
-    with pytest.raises(CheckpointError, match=r"^resume=.*checkpoint_2: cannot resume from it: .*optimizer.bin: truncated"):
+    with pytest.raises(
+        CheckpointError, match=r"^resume=.*checkpoint_2: cannot resume from it: .*optimizer.bin: truncated"
+    ):
         choose_checkpoint(checkpoints, str(checkpoints / "checkpoint_2"))
 
     (checkpoints / "checkpoint_0" / "model.safetensors").write_bytes(b"")
     assert find_resumable_checkpoint(checkpoints)[0] is None
-    with pytest.raises(CheckpointError, match=r"no checkpoint under .* can be resumed from: checkpoint_3: .*checkpoint_0: .*model.safetensors: empty file"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no checkpoint under .* can be resumed from: checkpoint_3: .*checkpoint_0: .*model.safetensors: empty file",
+    ):
         choose_checkpoint(checkpoints)  # never a silent fresh start
     assert choose_checkpoint(tmp_path / "elsewhere")[0] is None
 
@@ -146,14 +155,18 @@ def test_disk_full_during_a_checkpoint_names_the_path_and_the_free_space(small_d
     # One checkpoint of a 400 x 400 layer (1.3 MB with its momentum) fits on the 2 MB disk, two do not.
     accelerator = linear_accelerator(small_disk, size=400)
     first = save_checkpoint(accelerator, small_disk / "checkpoints", {"stage": 1, "epoch": 0, "step": 1}, total_limit=1)
-    with pytest.raises(StorageError, match=r"^cannot write .*checkpoint_1: no space left on the device \(.* free of 2\.1 MB\)"):
+    with pytest.raises(
+        StorageError, match=r"^cannot write .*checkpoint_1: no space left on the device \(.* free of 2\.1 MB\)"
+    ):
         save_checkpoint(accelerator, small_disk / "checkpoints", {"stage": 1, "epoch": 0, "step": 2}, total_limit=1)
     assert find_resumable_checkpoint(small_disk / "checkpoints") == (first, [])  # intact, and no partial left
 
 
 def test_failed_export_leaves_no_half_folder(small_disk, tmp_path):
     model = small_srn({0: "cat", 1: "dog"})  # about 20 MB of weights: more than the disk
-    with pytest.raises(StorageError, match=r"^cannot write .*final: no space left on the device \(.* free of 2\.1 MB\)"):
+    with pytest.raises(
+        StorageError, match=r"^cannot write .*final: no space left on the device \(.* free of 2\.1 MB\)"
+    ):
         with atomic_folder(small_disk / "final") as folder:
             model.save_pretrained(folder)
     assert list(small_disk.iterdir()) == []

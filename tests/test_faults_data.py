@@ -26,17 +26,26 @@ def write_split(folder, rows):
     folder.mkdir(parents=True)
     for name, _, data in rows:
         (folder / name).write_bytes(data)
-    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": name, "labels": labels}) + "\n" for name, labels, _ in rows))
+    (folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": name, "labels": labels}) + "\n" for name, labels, _ in rows)
+    )
 
 
 @pytest.fixture
 def bad_data(tmp_path):
     """train: 4 good JPEGs, one cut at half its bytes (its header intact), one of 0 bytes; test: one cut, one good."""
     good = [jpeg_bytes(seed) for seed in range(6)]
-    write_split(tmp_path / "train", [
-        ("a.jpg", ["cat"], good[0]), ("b.jpg", ["dog"], good[1]), ("c.jpg", ["cat", "dog"], good[2]),
-        ("d.jpg", ["dog"], good[3]), ("cut.jpg", ["cat"], good[4][: len(good[4]) // 2]), ("empty.jpg", ["dog"], b""),
-    ])  # fmt: skip
+    write_split(
+        tmp_path / "train",
+        [
+            ("a.jpg", ["cat"], good[0]),
+            ("b.jpg", ["dog"], good[1]),
+            ("c.jpg", ["cat", "dog"], good[2]),
+            ("d.jpg", ["dog"], good[3]),
+            ("cut.jpg", ["cat"], good[4][: len(good[4]) // 2]),
+            ("empty.jpg", ["dog"], b""),
+        ],
+    )
     write_split(tmp_path / "test", [("e.jpg", ["cat"], good[5]), ("cut_test.jpg", ["dog"], good[0][:-300])])
     return load_multilabel_dataset("imagefolder", data_dir=tmp_path, validation_fraction=0)
 
@@ -59,9 +68,10 @@ def test_stop_lists_every_bad_file_before_training(bad_data, tmp_path):
     assert "data.bad_images: skip" in message and "\n" not in message
     lines = report_file.read_text().splitlines()
     assert [line.split("\t")[:2] for line in lines] == [
-        ["train", str(tmp_path / "train" / "cut.jpg")], ["train", str(tmp_path / "train" / "empty.jpg")],
+        ["train", str(tmp_path / "train" / "cut.jpg")],
+        ["train", str(tmp_path / "train" / "empty.jpg")],
         ["test", str(tmp_path / "test" / "cut_test.jpg")],
-    ]  # fmt: skip
+    ]
 
 
 def test_skip_leaves_them_out_and_counts_them(bad_data):
@@ -86,7 +96,10 @@ def test_a_label_only_the_test_split_has_is_refused_by_name(tmp_path):
     data = jpeg_bytes(0)
     write_split(tmp_path / "train", [("a.jpg", ["cat"], data), ("b.jpg", ["dog"], data)])
     write_split(tmp_path / "test", [("c.jpg", ["dog"], data), ("d.jpg", ["cat", "zebra"], data)])
-    with pytest.raises(AnnotationError, match=r"test.metadata.jsonl, line 2: label 'zebra' is not in the labels of the train split .*\['cat', 'dog'\]"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"test.metadata.jsonl, line 2: label 'zebra' is not in the labels of the train split .*\['cat', 'dog'\]",
+    ):
         load_multilabel_dataset("imagefolder", data_dir=tmp_path)
     with pytest.raises(AnnotationError, match=r"label 'zebra' is not in label_names \['cat', 'dog'\]"):
         load_multilabel_dataset("imagefolder", data_dir=tmp_path, label_names=["cat", "dog"])
@@ -114,8 +127,12 @@ def test_a_hub_dataset_label_only_the_test_split_has_is_refused_by_name(tmp_path
     def split(tags):
         return Dataset.from_dict({"image": [str(tmp_path / "a.jpg")] * len(tags), "tags": tags}, features=features)
 
-    DatasetDict({"train": split([["cat"], ["dog"]]), "test": split([["dog"], ["zebra"]])}).save_to_disk(tmp_path / "saved")
-    with pytest.raises(AnnotationError, match=r"\[test\] row 1: label 'zebra' is not in the labels of the train split \['cat', 'dog'\]"):
+    DatasetDict({"train": split([["cat"], ["dog"]]), "test": split([["dog"], ["zebra"]])}).save_to_disk(
+        tmp_path / "saved"
+    )
+    with pytest.raises(
+        AnnotationError, match=r"\[test\] row 1: label 'zebra' is not in the labels of the train split \['cat', 'dog'\]"
+    ):
         load_multilabel_dataset("hub", path=tmp_path / "saved", labels_column="tags")
 
 
@@ -140,29 +157,42 @@ def test_a_file_name_outside_the_data_folder_is_refused_by_name(tmp_path):
     outside = tmp_path / "elsewhere.jpg"  # a real image, outside the data folder
     outside.write_bytes(data)
     root = tmp_path / "data"
-    for file_name in ("../../../../../../etc/passwd", str(outside), "../../elsewhere.jpg", "sub/../../../elsewhere.jpg"):
+    for file_name in (
+        "../../../../../../etc/passwd",
+        str(outside),
+        "../../elsewhere.jpg",
+        "sub/../../../elsewhere.jpg",
+    ):
         shutil.rmtree(root, ignore_errors=True)
         write_split(root / "train", [("a.jpg", ["cat"], data)])
         with open(root / "train" / "metadata.jsonl", "a") as metadata:
             metadata.write(json.dumps({"file_name": file_name, "labels": ["dog"]}) + "\n")
-        with pytest.raises(AnnotationError, match=rf"train.metadata.jsonl, line 2: file_name '{re.escape(file_name)}' is outside the data folder"):
+        with pytest.raises(
+            AnnotationError,
+            match=rf"train.metadata.jsonl, line 2: file_name '{re.escape(file_name)}' is outside the data folder",
+        ):
             load_multilabel_dataset("imagefolder", data_dir=root)
     # Inside the data folder, a path through a sub-folder and back (or to another split's folder) is fine.
     write_split(root / "test", [("b.jpg", ["cat"], data)])
     (root / "train" / "metadata.jsonl").write_text(
-        json.dumps({"file_name": "a.jpg", "labels": ["cat"]}) + "\n" + json.dumps({"file_name": "../test/b.jpg", "labels": ["cat"]}) + "\n"
+        json.dumps({"file_name": "a.jpg", "labels": ["cat"]})
+        + "\n"
+        + json.dumps({"file_name": "../test/b.jpg", "labels": ["cat"]})
+        + "\n"
     )
     dataset = load_multilabel_dataset("imagefolder", data_dir=root, validation_fraction=0)
     assert dataset["train"]["image_id"] == [str(root / "train" / "a.jpg"), str(root / "test" / "b.jpg")]
 
 
-@pytest.mark.parametrize("label, problem", [("", "an empty name"), ("bird ", "spaces around the name"), (" bird", "spaces around the name")])
+@pytest.mark.parametrize(
+    "label, problem", [("", "an empty name"), ("bird ", "spaces around the name"), (" bird", "spaces around the name")]
+)
 def test_an_empty_or_padded_label_is_refused_not_made_a_class(tmp_path, label, problem):
     data = jpeg_bytes(0)
     write_split(tmp_path / "train", [("a.jpg", ["bird"], data), ("b.jpg", ["cat", label], data)])
     with pytest.raises(AnnotationError, match=rf"train.metadata.jsonl, line 2: label '{label}' has {problem}"):
         load_multilabel_dataset("imagefolder", data_dir=tmp_path)
-    (tmp_path / "all.csv").write_text(f"image,labels\ntrain/a.jpg,bird\ntrain/b.jpg,cat||bird\n")  # an empty cell part
+    (tmp_path / "all.csv").write_text("image,labels\ntrain/a.jpg,bird\ntrain/b.jpg,cat||bird\n")  # an empty cell part
     with pytest.raises(AnnotationError, match=r"all.csv, line 3: label '' has an empty name"):
         load_multilabel_dataset("csv", data_files=tmp_path / "all.csv")
 

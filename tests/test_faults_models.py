@@ -98,7 +98,9 @@ def test_an_unexpected_error_is_one_line_too_with_exit_1(capsys, monkeypatch, mo
     status = cli.main(["publish", model_folder, "--repo-id", "org/srn"])
     err = capsys.readouterr().err
     assert status == 1
-    assert err == "srn-hf publish: error: something inside went wrong (RuntimeError; run with --debug for the traceback)\n"
+    assert (
+        err == "srn-hf publish: error: something inside went wrong (RuntimeError; run with --debug for the traceback)\n"
+    )
 
 
 def test_pipeline_refuses_bad_values_before_the_forward_pass(model_folder, image, tmp_path, monkeypatch):
@@ -122,9 +124,13 @@ def test_pipeline_refuses_bad_values_before_the_forward_pass(model_folder, image
 # export sizes out of range, one bad image among an exported model's inputs
 
 
-def test_a_config_of_another_label_count_than_the_weights_is_refused_from_the_headers(capsys, model_folder, image, tmp_path):
+def test_a_config_of_another_label_count_than_the_weights_is_refused_from_the_headers(
+    capsys, model_folder, image, tmp_path
+):
     labels = {str(index): f"label{index}" for index in range(100_000)}  # over weights of 2 labels
-    folder = broken_copy(model_folder, tmp_path, id2label=labels, label2id={name: int(index) for index, name in labels.items()})
+    folder = broken_copy(
+        model_folder, tmp_path, id2label=labels, label2id={name: int(index) for index, name in labels.items()}
+    )
     err = refusal(capsys, "predict", folder, image)
     assert err.startswith(f"srn-hf predict: error: {folder / 'model.safetensors'}: ")
     assert "srn.classifier.weight has 2 rows" in err and "has 100000 labels (id2label)" in err
@@ -154,7 +160,9 @@ def read_only_model(model_folder, tmp_path):
         folder.chmod(0o755)
 
 
-def test_calibrate_write_on_a_read_only_folder_is_refused_before_scoring(capsys, read_only_model, tmp_path, monkeypatch):
+def test_calibrate_write_on_a_read_only_folder_is_refused_before_scoring(
+    capsys, read_only_model, tmp_path, monkeypatch
+):
     from test_cli_calibrate import write_imagefolder
 
     from srn_hf import scoring
@@ -166,7 +174,9 @@ def test_calibrate_write_on_a_read_only_folder_is_refused_before_scoring(capsys,
     scored = []
     real = scoring.calibrate_model_folder
     monkeypatch.setattr(scoring, "calibrate_model_folder", lambda *args: scored.append(args) or real(*args))
-    err = refusal(capsys, "calibrate", folder, "--data", "imagefolder", "--data-option", f"data_dir={data_dir}", "--write")
+    err = refusal(
+        capsys, "calibrate", folder, "--data", "imagefolder", "--data-option", f"data_dir={data_dir}", "--write"
+    )
     assert err.startswith(f"srn-hf calibrate: error: cannot write {folder}: {cause} (")
     assert scored == []  # refused before the split was scored
     assert (folder / "config.json").read_bytes() == before
@@ -175,7 +185,9 @@ def test_calibrate_write_on_a_read_only_folder_is_refused_before_scoring(capsys,
         write_text_file(folder / "config.json", "{}")
 
 
-@pytest.mark.parametrize("size, message", [("0", "is too small"), ("31", "is too small"), ("100000", "is too large: at most 4096")])
+@pytest.mark.parametrize(
+    "size, message", [("0", "is too small"), ("31", "is too small"), ("100000", "is too large: at most 4096")]
+)
 def test_export_sizes_out_of_range_are_refused_before_the_model_loads(capsys, model_folder, tmp_path, size, message):
     err = refusal(capsys, "export", model_folder, tmp_path / "out", "--image-size", size)
     assert err.startswith(f"srn-hf export: error: --image-size {size} {message}")

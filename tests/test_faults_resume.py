@@ -50,13 +50,30 @@ def optimizer_groups(checkpoint) -> list[dict]:
     return torch.load(checkpoint / "optimizer.bin", weights_only=True)["param_groups"]
 
 
-def test_resume_applies_changed_learning_rates_and_epochs_and_records_them(reference, data_dir, tmp_path, script, capsys):
+def test_resume_applies_changed_learning_rates_and_epochs_and_records_them(
+    reference, data_dir, tmp_path, script, capsys
+):
     output_dir = tmp_path / "changed"
     shutil.copytree(reference, output_dir)
     checkpoint_0 = output_dir / "checkpoints" / "checkpoint_0"  # after epoch 1: 3 of the 6 optimizer steps
-    report = script.main(stage1_args(data_dir, output_dir, "--resume", str(checkpoint_0), "--set", "stage1.lr=0.5",
-                                     "--set", "stage1.backbone_lr=0.25", "--set", "stage1.epochs=3"))  # fmt: skip
-    assert "changed on --resume, applied from here: stage1.backbone_lr 0.0005 -> 0.25, stage1.epochs 2 -> 3" in capsys.readouterr().out
+    report = script.main(
+        stage1_args(
+            data_dir,
+            output_dir,
+            "--resume",
+            str(checkpoint_0),
+            "--set",
+            "stage1.lr=0.5",
+            "--set",
+            "stage1.backbone_lr=0.25",
+            "--set",
+            "stage1.epochs=3",
+        )
+    )
+    assert (
+        "changed on --resume, applied from here: stage1.backbone_lr 0.0005 -> 0.25, stage1.epochs 2 -> 3"
+        in capsys.readouterr().out
+    )
 
     # The optimizer trains at the new rates, on the schedule rebuilt for 3 epochs (9 steps): after epoch 2, step 6 of
     # the cosine, each group's lr is its new rate times 0.5 (1 + cos(pi 6 / 9)).
@@ -71,15 +88,22 @@ def test_resume_applies_changed_learning_rates_and_epochs_and_records_them(refer
     saved = json.loads((output_dir / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["recipe"]["stage1"]["lr"] == 0.5 and len(saved["stages"][0]["history"]) == 3
-    assert saved["recipe_changes"] == [{
-        "checkpoint": "checkpoint_0", "stage": 1, "epoch": 1, "step": 0,
-        "changes": {"stage1.backbone_lr": [0.0005, 0.25], "stage1.epochs": [2, 3], "stage1.lr": [0.001, 0.5]},
-    }]  # fmt: skip
+    assert saved["recipe_changes"] == [
+        {
+            "checkpoint": "checkpoint_0",
+            "stage": 1,
+            "epoch": 1,
+            "step": 0,
+            "changes": {"stage1.backbone_lr": [0.0005, 0.25], "stage1.epochs": [2, 3], "stage1.lr": [0.001, 0.5]},
+        }
+    ]
     assert recipe_context(saved)["recipe_changes"] == saved["recipe_changes"]
     model = load_model(output_dir / "final")
     card = render_model_card(model, load_image_processor(output_dir / "final", model.config), "org/srn", saved).content
-    assert ("| stage 1, epoch 2, batch 0 | `stage1.backbone_lr` 0.0005 → 0.25; `stage1.epochs` 2 → 3; `stage1.lr` 0.001 → "
-            "0.5 |") in card  # fmt: skip
+    assert (
+        "| stage 1, epoch 2, batch 0 | `stage1.backbone_lr` 0.0005 → 0.25; `stage1.epochs` 2 → 3; `stage1.lr` 0.001 → "
+        "0.5 |"
+    ) in card
     assert card.count("| resumed at | changed |") == 1
 
 
@@ -88,8 +112,12 @@ def test_an_unchanged_resume_keeps_the_rates_of_the_checkpoint(reference, data_d
     shutil.copytree(reference, output_dir)
     shutil.rmtree(output_dir / "checkpoints" / "checkpoint_1")
     script.main(stage1_args(data_dir, output_dir, "--resume"))
-    resumed, unbroken = (optimizer_groups(folder / "checkpoints" / "checkpoint_1") for folder in (output_dir, reference))
-    assert [(group["lr"], group["initial_lr"]) for group in resumed] == [(group["lr"], group["initial_lr"]) for group in unbroken]
+    resumed, unbroken = (
+        optimizer_groups(folder / "checkpoints" / "checkpoint_1") for folder in (output_dir, reference)
+    )
+    assert [(group["lr"], group["initial_lr"]) for group in resumed] == [
+        (group["lr"], group["initial_lr"]) for group in unbroken
+    ]
     assert json.loads((output_dir / "metrics.json").read_text())["recipe_changes"] == []
 
 
@@ -104,7 +132,9 @@ def test_an_unchanged_resume_keeps_the_rates_of_the_checkpoint(reference, data_d
         ("stage1.epochs=0", "stage1.epochs: 0: checkpoint"),
     ],
 )
-def test_resume_refuses_what_may_not_change_naming_the_field_and_both_values(reference, data_dir, tmp_path, script, setting, named):
+def test_resume_refuses_what_may_not_change_naming_the_field_and_both_values(
+    reference, data_dir, tmp_path, script, setting, named
+):
     output_dir = tmp_path / "refused"
     shutil.copytree(reference, output_dir)
     before = sorted(path.name for path in (output_dir / "checkpoints").iterdir())
@@ -116,8 +146,16 @@ def test_resume_refuses_what_may_not_change_naming_the_field_and_both_values(ref
 def test_a_changed_network_on_resume_is_one_line_exit_2(reference, data_dir, tmp_path):
     output_dir = tmp_path / "network"
     shutil.copytree(reference, output_dir)
-    result = subprocess.run([sys.executable, str(SCRIPT), *stage1_args(data_dir, output_dir, "--resume", "--set",
-                            "model.attention_channels=32")], capture_output=True, text=True, env=ENVIRONMENT)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            *stage1_args(data_dir, output_dir, "--resume", "--set", "model.attention_channels=32"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
@@ -130,8 +168,9 @@ def test_a_changed_network_on_resume_is_one_line_exit_2(reference, data_dir, tmp
 def test_the_rules_of_resume_changes():
     saved = {"stage1.lr": 0.1, "stage2.lr": 0.1, "stage3.batch_size": 8, "data.num_workers": 0}
     assert resume_changes(saved, {**saved, "stage3.batch_size": 4, "data.num_workers": 2}, 2, "c") == {
-        "data.num_workers": [0, 2], "stage3.batch_size": [8, 4],  # a later stage, a run-wide setting
-    }  # fmt: skip
+        "data.num_workers": [0, 2],
+        "stage3.batch_size": [8, 4],  # a later stage, a run-wide setting
+    }
     assert resume_changes(saved, {**saved, "stage2.lr": 0.2}, 2, "c") == {"stage2.lr": [0.1, 0.2]}  # the current one
     with pytest.raises(RecipeError, match=r"stage1.lr is 0.2 in this run's recipe but was 0.1 when c was written"):
         resume_changes(saved, {**saved, "stage1.lr": 0.2}, 2, "c")  # a finished stage
@@ -144,8 +183,12 @@ def test_a_second_run_on_the_same_output_dir_is_refused_and_a_killed_run_leaves_
     output_dir = tmp_path / "shared"
     args = stage1_args(data_dir, output_dir)
     runner = checkpoint_pause_runner(tmp_path, "checkpoint_1", "written", 120)
-    first = subprocess.Popen([sys.executable, str(runner), str(SCRIPT), *args], env=ENVIRONMENT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, str(runner), str(SCRIPT), *args],
+        env=ENVIRONMENT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     written = partial_path(output_dir / "checkpoints" / "checkpoint_1") / "progress.json"
     try:
         deadline = time.monotonic() + 300
@@ -153,8 +196,13 @@ def test_a_second_run_on_the_same_output_dir_is_refused_and_a_killed_run_leaves_
             time.sleep(0.05)
         assert written.exists(), "the first run never reached its second checkpoint"
         for extra in ([], ["--overwrite"], ["--resume"], ["--set", "seed=1", "--overwrite"]):
-            second = subprocess.run([sys.executable, str(SCRIPT), *args, *extra], capture_output=True, text=True,
-                                    env=ENVIRONMENT, timeout=300)  # fmt: skip
+            second = subprocess.run(
+                [sys.executable, str(SCRIPT), *args, *extra],
+                capture_output=True,
+                text=True,
+                env=ENVIRONMENT,
+                timeout=300,
+            )
             assert second.returncode == 2, second.stderr[-2000:]
             assert second.stderr.strip().splitlines()[-1] == (
                 f"error: {output_dir} is in use by another training run (it holds {output_dir / '.run.lock'}): wait "
@@ -166,8 +214,9 @@ def test_a_second_run_on_the_same_output_dir_is_refused_and_a_killed_run_leaves_
         first.kill()
         first.wait()
     assert first.returncode == -signal.SIGKILL
-    resumed = subprocess.run([sys.executable, str(SCRIPT), *args, "--resume"], capture_output=True, text=True,
-                             env=ENVIRONMENT, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--resume"], capture_output=True, text=True, env=ENVIRONMENT, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]  # the kernel released the killed run's lock
     assert f"resuming from {output_dir / 'checkpoints' / 'checkpoint_0'}" in resumed.stdout
     metrics = json.loads((output_dir / "metrics.json").read_text())
@@ -178,25 +227,49 @@ def test_a_last_batch_of_one_image_is_left_out_and_one_image_is_refused(tmp_path
     # 25 train images in batches of 4: the last batch of each epoch would hold one image, which f_sr's batch norm
     # (stage 3) cannot train on.
     data_dir = make_image_folder(tmp_path / "data", sizes=(25, 8, 8))
-    report = script.main(tiny_args(data_dir, tmp_path / "run", "--stages", "1,2,3", *[
-        arg for stage in (1, 2, 3) for arg in ("--set", f"stage{stage}.batch_size=4")]))  # fmt: skip
-    assert "stage 3: the last batch of each epoch (25 images, batch 4) would hold one image: it is left out" in capsys.readouterr().out
+    report = script.main(
+        tiny_args(
+            data_dir,
+            tmp_path / "run",
+            "--stages",
+            "1,2,3",
+            *[arg for stage in (1, 2, 3) for arg in ("--set", f"stage{stage}.batch_size=4")],
+        )
+    )
+    assert (
+        "stage 3: the last batch of each epoch (25 images, batch 4) would hold one image: it is left out"
+        in capsys.readouterr().out
+    )
     assert [record["stage"] for record in report["stages"]] == [1, 2, 3]
     assert 0 <= report["stages"][2]["test"]["mAP"] <= 100
 
     one = make_image_folder(tmp_path / "one", sizes=(1, 4, 4), names=("red",))
     with pytest.raises(RecipeError, match=r"^the train split has 1 image\(s\): training needs at least 2 per batch$"):
         script.main(tiny_args(one, tmp_path / "one-run", "--stages", "1"))
-    with pytest.raises(RecipeError, match=r"^stage3.batch_size: 1: stage 3 trains f_sr, whose batch norm needs at least 2"):
+    with pytest.raises(
+        RecipeError, match=r"^stage3.batch_size: 1: stage 3 trains f_sr, whose batch norm needs at least 2"
+    ):
         script.main(tiny_args(data_dir, tmp_path / "batch-1", "--set", "stage3.batch_size=1"))
     assert not (tmp_path / "one-run" / "checkpoints").exists() and not (tmp_path / "batch-1" / "checkpoints").exists()
 
 
 def test_a_stamp_scenes_path_with_a_typo_stops_training_in_one_line(data_dir, tmp_path):
     typo = tmp_path / "data" / "stamp_scenez"
-    args = tiny_args(data_dir, tmp_path / "run", "--stages", "1", "--set", "data.kind=stamp_scenes",
-                     "--set", f"data.options={{path: {typo}}}")  # fmt: skip
-    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=ENVIRONMENT, timeout=300)
+    args = tiny_args(
+        data_dir,
+        tmp_path / "run",
+        "--stages",
+        "1",
+        "--set",
+        "data.kind=stamp_scenes",
+        "--set",
+        f"data.options={{path: {typo}}}",
+    )
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=ENVIRONMENT, timeout=300
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {typo} holds no stamp scenes (no dataset_dict.json)")
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith(f"error: {typo} holds no stamp scenes (no dataset_dict.json)")
+    )
     assert not (tmp_path / "data").exists()  # nothing generated

@@ -58,7 +58,10 @@ def test_bad_images_stop_the_run_before_training_or_are_skipped(tmp_path, script
     truncated = data_dir / "train" / "3.png"
     truncated.write_bytes(truncated.read_bytes()[:200])
     (data_dir / "test" / "2.png").write_bytes(b"")
-    with pytest.raises(BadImagesError, match=r"^2 image\(s\) cannot be decoded \(all listed in .*bad_images.tsv\): .*train/3.png: truncated.*test/2.png: empty file"):
+    with pytest.raises(
+        BadImagesError,
+        match=r"^2 image\(s\) cannot be decoded \(all listed in .*bad_images.tsv\): .*train/3.png: truncated.*test/2.png: empty file",
+    ):
         script.main(tiny_args(data_dir, tmp_path / "stopped", "--stages", "1"))
     assert not (tmp_path / "stopped" / "checkpoints").exists()  # before any step
     assert len((tmp_path / "stopped" / "bad_images.tsv").read_text().splitlines()) == 2
@@ -81,12 +84,18 @@ def test_an_image_that_turns_bad_during_training_names_its_file(tmp_path):
         list(loader)  # raised in a worker process, re-raised here with the file's name
 
 
-def test_kill_inside_a_save_with_total_limit_1_resumes_from_the_previous_checkpoint(data_dir, reference, tmp_path, script, capsys):
+def test_kill_inside_a_save_with_total_limit_1_resumes_from_the_previous_checkpoint(
+    data_dir, reference, tmp_path, script, capsys
+):
     output_dir = tmp_path / "killed"
     args = stage1_args(data_dir, output_dir, "--set", "training.checkpoints_total_limit=1")
     runner = checkpoint_pause_runner(tmp_path, "checkpoint_1", "written", 120)
-    process = subprocess.Popen([sys.executable, str(runner), str(SCRIPT), *args], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(runner), str(SCRIPT), *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     written = partial_path(output_dir / "checkpoints" / "checkpoint_1") / "progress.json"
     deadline = time.monotonic() + 300
     try:
@@ -97,7 +106,10 @@ def test_kill_inside_a_save_with_total_limit_1_resumes_from_the_previous_checkpo
         process.kill()
         process.wait()
     assert process.returncode == -signal.SIGKILL and written.exists()
-    assert sorted(path.name for path in (output_dir / "checkpoints").iterdir()) == [".checkpoint_1.partial", "checkpoint_0"]
+    assert sorted(path.name for path in (output_dir / "checkpoints").iterdir()) == [
+        ".checkpoint_1.partial",
+        "checkpoint_0",
+    ]
 
     script.main(args + ["--resume"])
     out = capsys.readouterr().out
@@ -125,10 +137,16 @@ def test_resume_refuses_when_no_checkpoint_loads(reference, data_dir, tmp_path):
     (output_dir / "checkpoints" / "checkpoint_1" / "progress.json").write_text("{")
     optimizer = output_dir / "checkpoints" / "checkpoint_0" / "optimizer.bin"
     optimizer.write_bytes(optimizer.read_bytes()[:1000])
-    result = subprocess.run([sys.executable, str(SCRIPT), *stage1_args(data_dir, output_dir, "--resume")],
-                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *stage1_args(data_dir, output_dir, "--resume")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: no checkpoint under {output_dir / 'checkpoints'} can be resumed from: checkpoint_1: ")
+    assert last.startswith(
+        f"error: no checkpoint under {output_dir / 'checkpoints'} can be resumed from: checkpoint_1: "
+    )
     assert f"checkpoint_0: {optimizer}: truncated or corrupt torch.save file (1000 bytes" in last
     assert last.endswith("Pass --overwrite to start afresh")

@@ -29,9 +29,9 @@ from srn_hf.cli import main as cli_main
 from srn_hf.hub import CardOptions, hub_folder_files, publish, write_hub_folder
 from srn_hf.metrics import METRIC_NAMES, multilabel_metrics
 from srn_hf.processing import create_image_processor
+from srn_hf.recipe import Recipe
 from srn_hf.showcase import keep_examples
 from srn_hf.stages import STAGES
-from srn_hf.recipe import Recipe
 
 LABELS = ["person", "dog", "bicycle", "tree", "car"]
 REPO_ID = "org/srn-demo"
@@ -102,15 +102,27 @@ def training_run(tmp_path_factory) -> Path:
     recipe["data"]["options"] = {"data_dir": str(output_dir / "data")}
     metrics = {
         "recipe": recipe,
-        "dataset": {"name": "stamp_scenes", "label_names": LABELS, "splits": {"train": 40, "validation": 12, "test": 16}},
+        "dataset": {
+            "name": "stamp_scenes",
+            "label_names": LABELS,
+            "splits": {"train": 40, "validation": 12, "test": 16},
+        },
         "stages": stages,
     }
     # The images of the model's own data the run keeps for the card and the demo page (train_stages.keep_run_examples).
     test_split = datasets.Dataset.from_dict(
-        {"image": splits["test"][:3], "image_id": ["test-0", "test-1", "test-2"],
-         "labels": [np.flatnonzero(row).tolist() for row in labels["test"][:3]]},
-        features=datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
-                                    "labels": datasets.Sequence(datasets.ClassLabel(names=LABELS))}),
+        {
+            "image": splits["test"][:3],
+            "image_id": ["test-0", "test-1", "test-2"],
+            "labels": [np.flatnonzero(row).tolist() for row in labels["test"][:3]],
+        },
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "image_id": datasets.Value("string"),
+                "labels": datasets.Sequence(datasets.ClassLabel(names=LABELS)),
+            }
+        ),
     )
     keep_examples(test_split, "test", LABELS, output_dir)
     (output_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -121,8 +133,21 @@ def training_run(tmp_path_factory) -> Path:
 def published_run(training_run, tmp_path_factory) -> Path:
     """The Hub folder of the training run, as `srn-hf publish --dry-run` writes it."""
     folder = tmp_path_factory.mktemp("hub") / "srn-demo"
-    assert cli_main(["publish", str(training_run / "final"), "--repo-id", REPO_ID, "--dry-run", str(folder),
-                     "--dataset-id", "org/stamp-scenes"]) == 0
+    assert (
+        cli_main(
+            [
+                "publish",
+                str(training_run / "final"),
+                "--repo-id",
+                REPO_ID,
+                "--dry-run",
+                str(folder),
+                "--dataset-id",
+                "org/stamp-scenes",
+            ]
+        )
+        == 0
+    )
     return folder
 
 
@@ -156,9 +181,13 @@ def test_the_card_picture_is_the_runs_test_image_with_its_true_labels(published_
         assert picture.format == "PNG" and min(picture.size) > 100
     # the run's examples are published byte for byte, for the demo page of the Hub id (srn_hf.app, srn_hf.space)
     published = json.loads((published_run / "examples.json").read_text())
-    assert [entry["labels"] for entry in published] == [entry["labels"] for entry in json.loads((training_run / "examples.json").read_text())]
+    assert [entry["labels"] for entry in published] == [
+        entry["labels"] for entry in json.loads((training_run / "examples.json").read_text())
+    ]
     for entry in published:
-        assert (published_run / entry["file"]).read_bytes() == (training_run / "examples" / Path(entry["file"]).name).read_bytes()
+        assert (published_run / entry["file"]).read_bytes() == (
+            training_run / "examples" / Path(entry["file"]).name
+        ).read_bytes()
 
 
 def test_a_given_example_image_is_the_cards_picture(plain_model_dir, tmp_path):
@@ -182,14 +211,21 @@ def test_card_carries_the_run_figures_in_a_model_index_the_hub_parses(published_
     for name, result in results.items():
         assert result.metric_value == pytest.approx(final_test[name], abs=0.005)
         assert (result.task_type, result.dataset_type, result.dataset_split) == (
-            "image-classification", "org/stamp-scenes", "test")
+            "image-classification",
+            "org/stamp-scenes",
+            "test",
+        )
     name, eval_results = model_index_to_eval_results(metadata_load(published_run / "README.md")["model-index"])
     assert name == "srn-demo" and len(eval_results) == len(METRIC_NAMES)
     assert ModelCard(str(card)).data.to_dict() == card.data.to_dict()  # a lossless round trip
 
     # The per-stage table: one row per stage with its own prediction's test figures.
     for stage in metrics["stages"]:
-        row = next(line for line in readme.splitlines() if line.startswith(f"| {stage['stage']} | y") and f"(`{stage['prediction']}`)" in line)
+        row = next(
+            line
+            for line in readme.splitlines()
+            if line.startswith(f"| {stage['stage']} | y") and f"(`{stage['prediction']}`)" in line
+        )
         assert f"{stage['test']['mAP']:.1f}" in row and f"{stage['test']['OF1']:.1f}" in row
     # The recipe stage by stage, with this run's settings, without places on the training machine.
     assert "| 2 | attention_trunk, attention, confidence |" in readme
@@ -231,8 +267,19 @@ def test_loading_by_repository_id_from_an_offline_hub_cache(published_run, tmp_p
 
 def test_publish_pushes_one_commit_with_every_file(training_run, published_run, hub_calls, capsys):
     """The network edge is faked: create_repo and create_commit record their calls (`hub_calls`); the rest runs for real."""
-    code = cli_main(["publish", str(training_run / "final"), "--repo-id", REPO_ID, "--private", "--token", "hf_test",
-                     "--dataset-id", "org/stamp-scenes"])
+    code = cli_main(
+        [
+            "publish",
+            str(training_run / "final"),
+            "--repo-id",
+            REPO_ID,
+            "--private",
+            "--token",
+            "hf_test",
+            "--dataset-id",
+            "org/stamp-scenes",
+        ]
+    )
 
     assert code == 0 and "/commit/0123abc" in capsys.readouterr().out
     assert [call[0] for call in hub_calls] == ["create_repo", "create_commit"]
@@ -265,8 +312,25 @@ def test_card_options_reach_the_card_from_the_command_line_and_from_python(plain
     card = ModelCard.load(folder / "README.md")
     assert (card.data.license, card.data.base_model) == ("mit", "timm/resnet18.a1_in1k")
     assert "squares" in card.data.tags and card.text.strip() == f"# {REPO_ID.split('/')[-1]} on resnet18"
-    assert cli_main(["publish", str(plain_model_dir), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "cli"),
-                     "--license", "mit", "--base-model", "timm/resnet18.a1_in1k", "--tag", "squares"]) == 0
+    assert (
+        cli_main(
+            [
+                "publish",
+                str(plain_model_dir),
+                "--repo-id",
+                REPO_ID,
+                "--dry-run",
+                str(tmp_path / "cli"),
+                "--license",
+                "mit",
+                "--base-model",
+                "timm/resnet18.a1_in1k",
+                "--tag",
+                "squares",
+            ]
+        )
+        == 0
+    )
     from_cli = ModelCard.load(tmp_path / "cli" / "README.md").data
     assert (from_cli.license, from_cli.base_model) == ("mit", "timm/resnet18.a1_in1k") and "squares" in from_cli.tags
 
@@ -316,7 +380,9 @@ def test_a_failed_hub_folder_leaves_no_half_folder(plain_model_dir, tmp_path, sm
 
     # Bad input is named before anything is written; then the folder is written whole.
     with pytest.raises(FileNotFoundError, match="missing.md does not exist"):
-        write_hub_folder(plain_model_dir, tmp_path / "out", REPO_ID, card=CardOptions(template_path=tmp_path / "missing.md"))
+        write_hub_folder(
+            plain_model_dir, tmp_path / "out", REPO_ID, card=CardOptions(template_path=tmp_path / "missing.md")
+        )
     truncated = tmp_path / "truncated.png"
     random_images(1)[0].save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:200])
@@ -350,8 +416,12 @@ def test_a_kill_while_the_hub_folder_is_written_leaves_no_model_folder(plain_mod
 
     out_dir = tmp_path / "hub"
     code = f"from srn_hf.hub import write_hub_folder; write_hub_folder({str(plain_model_dir)!r}, {str(out_dir)!r}, {REPO_ID!r})"
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                   "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     writer = subprocess.Popen([sys.executable, "-c", code], env=environment, stderr=subprocess.DEVNULL)
     written = partial_path(out_dir) / "preprocessor_config.json"  # after the weights and config.json
     deadline = time.monotonic() + 120
@@ -360,7 +430,9 @@ def test_a_kill_while_the_hub_folder_is_written_leaves_no_model_folder(plain_mod
     writer.send_signal(signal.SIGKILL)
     writer.wait(30)
     assert writer.returncode == -signal.SIGKILL, "the kill must land while the folder is written"
-    assert (partial_path(out_dir) / "model.safetensors").is_file() and not (partial_path(out_dir) / "README.md").exists()
+    assert (partial_path(out_dir) / "model.safetensors").is_file() and not (
+        partial_path(out_dir) / "README.md"
+    ).exists()
     assert not out_dir.exists()
     with pytest.raises(ModelFolderError, match="does not exist"):
         check_model_folder(out_dir)
@@ -424,7 +496,11 @@ def load_in_fresh_process(source: str, tmp_path: Path, env: dict | None = None, 
     process_env.pop("PYTHONPATH", None)
     completed = subprocess.run(
         [sys.executable, "-c", LOAD_SCRIPT, source, str(image_file), json.dumps(list(code))],
-        cwd=tmp_path, env=process_env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=process_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -440,7 +516,9 @@ def assert_same_scores(loaded: dict, folder: Path) -> None:
     model = SRNForImageClassification.from_pretrained(folder).eval()
     processor = create_image_processor(model.config)
     with torch.no_grad():
-        expected = torch.sigmoid(model(**processor(Image.open(loaded["image_file"]).convert("RGB"), return_tensors="pt")).logits[0])
+        expected = torch.sigmoid(
+            model(**processor(Image.open(loaded["image_file"]).convert("RGB"), return_tensors="pt")).logits[0]
+        )
     np.testing.assert_allclose(loaded["scores"], expected.numpy(), atol=1e-5)
     np.testing.assert_allclose(loaded["bare_scores"], expected.numpy(), atol=1e-5)
     np.testing.assert_allclose([loaded["pipeline"][name] for name in LABELS], expected.numpy(), atol=1e-5)
@@ -491,14 +569,21 @@ def test_the_multi_label_pipeline_loads_as_remote_code_without_srn_hf(tmp_path):
     model = small_model()
     model.save_pretrained(folder)
     create_image_processor(model.config).save_pretrained(folder)
-    assert json.loads((folder / "config.json").read_text())["custom_pipelines"] == srn_hf.configuration_srn.CUSTOM_PIPELINES
+    assert (
+        json.loads((folder / "config.json").read_text())["custom_pipelines"]
+        == srn_hf.configuration_srn.CUSTOM_PIPELINES
+    )
     image_file = tmp_path / "image.png"
     random_images(1, seed=3)[0].save(image_file)
     environment = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     environment.pop("PYTHONPATH", None)
     completed = subprocess.run(
         [sys.executable, "-c", REMOTE_PIPELINE_SCRIPT, str(folder), str(image_file)],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -506,4 +591,6 @@ def test_the_multi_label_pipeline_loads_as_remote_code_without_srn_hf(tmp_path):
     local = pipeline("multi-label-image-classification", model=str(folder))  # srn_hf here: no trust_remote_code
     expected = local(str(image_file), threshold=0.0)
     assert [item["label"] for item in result["labels"]] == [item["label"] for item in expected]
-    np.testing.assert_allclose([item["score"] for item in result["labels"]], [item["score"] for item in expected], atol=1e-5)
+    np.testing.assert_allclose(
+        [item["score"] for item in result["labels"]], [item["score"] for item in expected], atol=1e-5
+    )

@@ -172,7 +172,9 @@ def test_folder_listing_and_batch_keep_going(odd_folder, tmp_path):
 
 
 def test_pipeline_predicts_every_odd_image_and_reports_bad_ones(odd_folder, tmp_path):
-    tagger = pipeline("multi-label-image-classification", model=save_with_processor(small_srn({0: "cat", 1: "dog"}), tmp_path))
+    tagger = pipeline(
+        "multi-label-image-classification", model=save_with_processor(small_srn({0: "cat", 1: "dog"}), tmp_path)
+    )
 
     results = tagger(str(odd_folder), batch_size=4, threshold=0.0)
     assert sorted(results) == sorted(str(odd_folder / name) for name in [*GOOD, *BAD])

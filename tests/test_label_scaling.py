@@ -22,8 +22,12 @@ def paper_heads(base, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
     u = resize_to_kernel(a * torch.sigmoid(s), base.attention_map_size)
     sr_logits = base.spatial_regularization(u)
     alpha = base.config.alpha
-    return {"logits": alpha * cls_logits + (1 - alpha) * sr_logits, "att_logits": (a * s).sum(dim=(2, 3)),
-            "attention_maps": a, "confidence_maps": s}  # fmt: skip
+    return {
+        "logits": alpha * cls_logits + (1 - alpha) * sr_logits,
+        "att_logits": (a * s).sum(dim=(2, 3)),
+        "attention_maps": a,
+        "confidence_maps": s,
+    }
 
 
 @pytest.mark.parametrize("grad", [False, True])

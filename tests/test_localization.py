@@ -73,7 +73,11 @@ def test_pointing_game_against_centre_and_mean_training_box_centre():
     peaks = np.array([[[0.5, 0.5], [0.0, 0.0]], [[0.15, 0.15], [0.9, 0.1]]])
     report = pointing_game(peaks, labels, test_boxes, train_boxes, NAMES)
     assert report["pairs"] == 3
-    assert report["attention"] == {"overall": 100.0, "mean_over_labels": 100.0, "per_label": {"cat": 100.0, "dog": 100.0}}
+    assert report["attention"] == {
+        "overall": 100.0,
+        "mean_over_labels": 100.0,
+        "per_label": {"cat": 100.0, "dog": 100.0},
+    }
     assert report["centre"]["per_label"] == {"cat": 50.0, "dog": 0.0}  # only the centred cat
     assert report["centre"]["overall"] == pytest.approx(100 / 3)
     assert report["mean_box_centre"]["per_label"] == {"cat": 50.0, "dog": 0.0}  # only the top-left cat
@@ -88,11 +92,13 @@ def jpeg(width, height):
 
 
 def test_label_boxes_from_a_dataset_in_fractions_of_each_image():
-    features = Features({
-        "image": Image(),
-        "labels": Sequence(ClassLabel(names=NAMES)),
-        "boxes": List({"label": ClassLabel(names=NAMES), "bbox": List(Value("float32"), length=4)}),
-    })  # fmt: skip
+    features = Features(
+        {
+            "image": Image(),
+            "labels": Sequence(ClassLabel(names=NAMES)),
+            "boxes": List({"label": ClassLabel(names=NAMES), "bbox": List(Value("float32"), length=4)}),
+        }
+    )
     dataset = Dataset.from_dict(
         {
             "image": [jpeg(200, 100), jpeg(50, 50)],
@@ -117,8 +123,14 @@ def test_train_stages_scores_the_pointing_game_after_stages_2_and_4(tmp_path):
     from srn_hf.data import generate_stamp_scenes
 
     generate_stamp_scenes(tmp_path / "scenes", sizes=(32, 16, 16), image_size=64, num_workers=1, progress=False)
-    args = tiny_args(tmp_path / "unused", tmp_path / "run", "--set", "data.kind=stamp_scenes",
-                     "--set", "data.options={path: " + str(tmp_path / "scenes") + "}")  # fmt: skip
+    args = tiny_args(
+        tmp_path / "unused",
+        tmp_path / "run",
+        "--set",
+        "data.kind=stamp_scenes",
+        "--set",
+        "data.options={path: " + str(tmp_path / "scenes") + "}",
+    )
     report = load_script().main(args)
     scored = {record["stage"]: record.get("test_pointing_game") for record in report["stages"]}
     assert [stage for stage, game in scored.items() if game] == [2, 4]

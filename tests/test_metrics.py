@@ -171,8 +171,10 @@ def test_map_difference_is_the_mAP_gain_with_a_paired_bootstrap_interval(convent
     weaker = labels + rng.normal(0, 0.9, labels.shape)
     stronger = labels + rng.normal(0, 0.5, labels.shape)
     gain = map_difference(weaker, stronger, labels, convention=convention, n_resamples=200)
-    expected = (multilabel_metrics(stronger, labels, convention=convention)["mAP"]
-                - multilabel_metrics(weaker, labels, convention=convention)["mAP"])  # fmt: skip
+    expected = (
+        multilabel_metrics(stronger, labels, convention=convention)["mAP"]
+        - multilabel_metrics(weaker, labels, convention=convention)["mAP"]
+    )
     assert gain["difference"] == pytest.approx(expected)
     assert 0 < gain["low"] < gain["difference"] < gain["high"]  # a clear gain: the interval excludes 0
     assert gain["images"] == 400 and gain["n_resamples"] == 200
@@ -197,8 +199,14 @@ def test_map_difference_standard_equals_sklearn_on_every_resample(monkeypatch):
     assert not labels[draws, 5].any(axis=1).all()  # some resamples have no positive of the last class
 
     one_at_a_time = partial(resampled_map_difference, scores_a, scores_b, labels, convention="standard")
-    reference = bootstrap((np.arange(images),), one_at_a_time, vectorized=False, n_resamples=n_resamples,
-                          method="percentile", rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
+    reference = bootstrap(
+        (np.arange(images),),
+        one_at_a_time,
+        vectorized=False,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
     expected = [one_at_a_time(np.arange(images)), reference.low, reference.high]
     monkeypatch.setattr(metrics, "BOOTSTRAP_BATCH_ELEMENTS", 7 * images)  # batches of 7 resamples: same draws
     for _ in range(2):  # deterministic for a seed

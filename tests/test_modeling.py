@@ -12,15 +12,18 @@ import srn_hf
 from srn_hf import SRNConfig, SRNForImageClassification, SRNModel
 from srn_hf.modeling_srn import resize_to_kernel, sigmoid_cross_entropy
 
-LABELS = {i: name for i, name in enumerate(["person", "dog", "car", "kite", "boat", "cup", "pizza"])}
+LABELS = dict(enumerate(["person", "dog", "car", "kite", "boat", "cup", "pizza"]))
 
 
 def small_config(**overrides) -> SRNConfig:
     """A small but real SRN: ResNet-18 from timm, narrow branches so that the tests run fast on a CPU."""
-    options = dict(
-        backbone="resnet18", id2label=LABELS, attention_channels=32, regularization_channels=16,
-        regularization_out_channels=64,
-    )
+    options = {
+        "backbone": "resnet18",
+        "id2label": LABELS,
+        "attention_channels": 32,
+        "regularization_channels": 16,
+        "regularization_out_channels": 64,
+    }
     return SRNConfig(**{**options, **overrides})
 
 
@@ -89,7 +92,9 @@ def test_attention_prediction_is_the_sum_of_a_times_s(model, images):
         outputs = model(images)
     expected = (outputs.attention_maps * outputs.confidence_maps).sum(dim=(2, 3))
     torch.testing.assert_close(outputs.att_logits, expected)
-    assert not torch.allclose(outputs.att_logits, (outputs.attention_maps * torch.sigmoid(outputs.confidence_maps)).sum(dim=(2, 3)))
+    assert not torch.allclose(
+        outputs.att_logits, (outputs.attention_maps * torch.sigmoid(outputs.confidence_maps)).sum(dim=(2, 3))
+    )
 
 
 def test_spatial_regularization_sees_a_times_sigmoid_of_s_only(model, images):

@@ -38,7 +38,9 @@ def tiny_recipe(tmp_path: Path) -> Path:
     weights = tmp_path / "resnet10t.safetensors"
     torch.manual_seed(0)
     save_file({key: value.contiguous() for key, value in timm.create_model("resnet10t").state_dict().items()}, weights)
-    stages = "\n".join(f"stage{n}: {{epochs: 1, batch_size: 8, lr: 1.0e-3, optimizer: adamw, warmup_ratio: 0.1}}" for n in range(1, 5))
+    stages = "\n".join(
+        f"stage{n}: {{epochs: 1, batch_size: 8, lr: 1.0e-3, optimizer: adamw, warmup_ratio: 0.1}}" for n in range(1, 5)
+    )
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         f"model: {{backbone: resnet10t, pretrained_weights: {weights}, image_size: 64, attention_channels: 16,\n"
@@ -50,20 +52,35 @@ def tiny_recipe(tmp_path: Path) -> Path:
 
 
 def run_script(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {}),
-                   "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        **(env_extra or {}),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=environment)
 
 
 def test_bad_input_is_refused_in_one_line_before_training(tmp_path):
     output = tmp_path / "runs"
     cases = [
-        (["--peers", "timm-bce", "keras"], "error: --peers: unknown peer 'keras' (known: timm-bce, timm-asl, trainer)", {}),
-        (["--set", "model.backbone=resnet10t", "--set", "model.pretrained_weights=timm"],
-         "error: model.backbone='resnet10t': no ImageNet weights available offline", {"HF_HOME": str(tmp_path / "empty")}),
-        (["--set", "model.backbone=resnet10t"], "error: model.pretrained_weights=packaged-lite0 holds tf_efficientnet_lite0's", {}),
+        (
+            ["--peers", "timm-bce", "keras"],
+            "error: --peers: unknown peer 'keras' (known: timm-bce, timm-asl, trainer)",
+            {},
+        ),
+        (
+            ["--set", "model.backbone=resnet10t", "--set", "model.pretrained_weights=timm"],
+            "error: model.backbone='resnet10t': no ImageNet weights available offline",
+            {"HF_HOME": str(tmp_path / "empty")},
+        ),
+        (
+            ["--set", "model.backbone=resnet10t"],
+            "error: model.pretrained_weights=packaged-lite0 holds tf_efficientnet_lite0's",
+            {},
+        ),
         (["--set", f"model.pretrained_weights={tmp_path / 'missing.safetensors'}"], "no such file", {}),
-    ]  # fmt: skip
+    ]
     for argv, message, env in cases:
         result = run_script(*argv, "--output-dir", str(output), env_extra=env)
         assert result.returncode == 2, result.stderr
@@ -95,36 +112,67 @@ def test_timm_peer_runs_timms_task_factories_and_ema(tmp_path):
     setting = peers.Setting("timm-asl", 1e-3, 2, 0, folder)
     result = peers.run_peer(setting, recipe, data, Path(recipe.model.pretrained_weights), tmp_path)
     assert result["optimizer_steps"] == 2 * 3  # 24 images in batches of 8, two epochs
-    assert [(entry["epoch"], entry["weights"]) for entry in result["history"]] == [(1, "raw"), (1, "EMA"), (2, "raw"), (2, "EMA")]
+    assert [(entry["epoch"], entry["weights"]) for entry in result["history"]] == [
+        (1, "raw"),
+        (1, "EMA"),
+        (2, "raw"),
+        (2, "EMA"),
+    ]
     best = max(result["history"], key=lambda entry: entry["validation_mAP"])
     assert result["kept"]["validation_mAP"] == best["validation_mAP"] == result["validation_mAP"]
     kept = load_file(folder / "model.safetensors")  # the kept timm model, in timm's key names
     assert set(kept) == set(timm.create_model("resnet10t", num_classes=len(data.names)).state_dict())
     scores = load_file(folder / "test-scores.safetensors")
-    assert result["CF1"] == pytest.approx(peers.figures(scores["scores"].double().numpy(), scores["labels"].numpy(),
-                                                        result["thresholds"])["CF1"])  # fmt: skip
+    assert result["CF1"] == pytest.approx(
+        peers.figures(scores["scores"].double().numpy(), scores["labels"].numpy(), result["thresholds"])["CF1"]
+    )
 
 
 @pytest.mark.slow
 def test_tiny_benchmark_runs_every_peer_and_resumes(tmp_path):
     recipe = tiny_recipe(tmp_path)
-    argv = ["--config", str(recipe), "--seeds", "0", "--lrs", "1e-3", "--epochs", "1", "--threads", "2",
-            "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]  # fmt: skip
+    argv = [
+        "--config",
+        str(recipe),
+        "--seeds",
+        "0",
+        "--lrs",
+        "1e-3",
+        "--epochs",
+        "1",
+        "--threads",
+        "2",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--results-dir",
+        str(tmp_path / "results"),
+    ]
     results = peers.main(argv)
     best = results["best_peer"]
-    assert set(results["variants"]) == {*peers.PEERS, "SRN", f"SRN on {best}", *(f"{p} (SRN's steps)" for p in peers.PEERS)}
+    assert set(results["variants"]) == {
+        *peers.PEERS,
+        "SRN",
+        f"SRN on {best}",
+        *(f"{p} (SRN's steps)" for p in peers.PEERS),
+    }
     srn_steps = results["variants"]["SRN"]["optimizer_steps"]
     assert srn_steps == 4 * 3  # four stages of one epoch, 3 batches each
     for peer in peers.PEERS:
         assert results["variants"][peer]["optimizer_steps"] == 3
         assert results["variants"][f"{peer} (SRN's steps)"]["optimizer_steps"] == srn_steps
     # The Trainer's own best-epoch bookkeeping ran.
-    assert list((tmp_path / "runs" / "seed-0" / "trainer" / "lr-0.001-epochs-4" / "trainer").glob("checkpoint-*/trainer_state.json"))
+    assert list(
+        (tmp_path / "runs" / "seed-0" / "trainer" / "lr-0.001-epochs-4" / "trainer").glob(
+            "checkpoint-*/trainer_state.json"
+        )
+    )
     # SRN on the best peer: stage 1 starts from the peer's trained backbone and leaves it as it is (backbone_lr 0).
     peer_weights = load_file(tmp_path / "runs" / "seed-0" / best / "lr-0.001-epochs-1" / "model.safetensors")
     stage1 = load_file(tmp_path / "runs" / "seed-0" / f"srn-on-{best}" / "stage-1" / "model.safetensors")
     torch.testing.assert_close(stage1["srn.backbone.conv1.0.weight"], peer_weights["conv1.0.weight"])
-    assert not torch.equal(stage1["srn.backbone.conv1.0.weight"], load_file(tmp_path / "resnet10t.safetensors")["conv1.0.weight"])
+    assert not torch.equal(
+        stage1["srn.backbone.conv1.0.weight"], load_file(tmp_path / "resnet10t.safetensors")["conv1.0.weight"]
+    )
     rows = {(row["variant"], row["minus"]) for row in results["differences"]}
     assert ("SRN", best) in rows and (f"SRN on {best}", best) in rows and (f"SRN on {best}", "SRN") in rows
     for row in results["differences"]:

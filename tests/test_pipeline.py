@@ -124,7 +124,7 @@ def test_folder_gives_results_by_path(tagger, images, tmp_path):
     results = tagger(tmp_path, batch_size=2, threshold=0.0)
     assert list(results) == sorted(str(path) for path in [*paths, tmp_path / "broken.png"])
     assert isinstance(results[str(tmp_path / "broken.png")], ImageError)
-    for image, path in zip(images, paths):
+    for path in paths:
         expected, _ = reference_scores(tagger, Image.open(path).convert("RGB"))
         assert max(item["score"] for item in results[str(path)]) == pytest.approx(float(expected.max()), abs=1e-5)
     with pytest.raises(ValueError, match="is a folder"):

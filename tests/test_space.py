@@ -42,8 +42,13 @@ def model_dir(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("space")
     test_split = datasets.Dataset.from_dict(
         {"image": random_images(2, seed=3), "image_id": ["a", "b"], "labels": [[0, 2], []]},
-        features=datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
-                                    "labels": datasets.Sequence(datasets.ClassLabel(names=LABELS))}),
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "image_id": datasets.Value("string"),
+                "labels": datasets.Sequence(datasets.ClassLabel(names=LABELS)),
+            }
+        ),
     )
     keep_examples(test_split, "test", LABELS, run)
     small_model().save_pretrained(run / "final")
@@ -54,7 +59,10 @@ def model_dir(tmp_path_factory) -> Path:
 def dry_run(model_dir, tmp_path_factory) -> Path:
     """`srn-hf publish MODEL --repo-id ... --space ... --dry-run OUT`: OUT/model and OUT/space."""
     out_dir = tmp_path_factory.mktemp("dry")
-    assert cli_main(["publish", str(model_dir), "--repo-id", MODEL_ID, "--space", SPACE_ID, "--dry-run", str(out_dir)]) == 0
+    assert (
+        cli_main(["publish", str(model_dir), "--repo-id", MODEL_ID, "--space", SPACE_ID, "--dry-run", str(out_dir)])
+        == 0
+    )
     return out_dir
 
 
@@ -69,7 +77,11 @@ def test_space_folder_holds_a_gradio_app_of_the_model(dry_run):
     assert card.data.sdk_version == __import__("gradio").__version__  # the Gradio the app was tested with
     assert f"srn-hf demo {MODEL_ID}" in card.text
     requirement = Requirement((space / "requirements.txt").read_text().strip())
-    assert requirement.name == "srn_hf" and requirement.extras == {"app"} and str(requirement.specifier) == f"=={__version__}"
+    assert (
+        requirement.name == "srn_hf"
+        and requirement.extras == {"app"}
+        and str(requirement.specifier) == f"=={__version__}"
+    )
     compile((space / "app.py").read_text(), "app.py", "exec")
 
 
@@ -87,7 +99,11 @@ def test_space_app_loads_the_model_by_repository_id(dry_run, tmp_path):
     }
     completed = subprocess.run(
         [sys.executable, "-c", RUN_SPACE_APP, str(dry_run / "space" / "app.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     page = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -101,7 +117,10 @@ def test_publish_with_space_pushes_the_model_then_the_space(model_dir, dry_run, 
     assert cli_main(["publish", str(model_dir), "--repo-id", MODEL_ID, "--space", SPACE_ID]) == 0
 
     assert [(call[0], call[1]) for call in hub_calls] == [
-        ("create_repo", MODEL_ID), ("create_commit", MODEL_ID), ("create_repo", SPACE_ID), ("create_commit", SPACE_ID),
+        ("create_repo", MODEL_ID),
+        ("create_commit", MODEL_ID),
+        ("create_repo", SPACE_ID),
+        ("create_commit", SPACE_ID),
     ]
     assert hub_calls[0][2]["repo_type"] == "model" and hub_calls[1][2]["repo_type"] == "model"
     assert hub_calls[2][2]["repo_type"] == "space" and hub_calls[2][2]["space_sdk"] == "gradio"

@@ -147,7 +147,9 @@ def test_stage_losses_use_the_stage_predictions(make_model):
     assert torch.allclose(stage_loss(outputs, labels, 4), model(pixels, labels=labels).loss)
     assert torch.allclose(stage_loss(outputs, labels, 2), sigmoid_cross_entropy(outputs.att_logits, labels))
     summed = make_loss("sigmoid_cross_entropy", "sum_over_classes")
-    assert torch.allclose(stage_loss(outputs, labels, 1, summed), sigmoid_cross_entropy(outputs.cls_logits, labels) * len(LABELS))
+    assert torch.allclose(
+        stage_loss(outputs, labels, 1, summed), sigmoid_cross_entropy(outputs.cls_logits, labels) * len(LABELS)
+    )
 
 
 def test_asymmetric_loss_is_timms_with_our_reductions():
@@ -173,8 +175,16 @@ def test_asymmetric_loss_is_timms_with_our_reductions():
 
 
 def test_recipe_asymmetric_loss_takes_timms_parameter_names(tmp_path):
-    recipe = load_recipe(None, ["loss.name=asymmetric", "loss.gamma_neg=2", "loss.gamma_pos=1", "loss.clip=null",
-                                "loss.reduction=sum_over_classes"])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            "loss.name=asymmetric",
+            "loss.gamma_neg=2",
+            "loss.gamma_pos=1",
+            "loss.clip=null",
+            "loss.reduction=sum_over_classes",
+        ],
+    )
     loss = make_loss(**vars(recipe.loss))
     assert (loss.gamma_neg, loss.gamma_pos, loss.clip, loss.eps, loss.reduction) == (2.0, 1.0, None, 1e-8, "batchmean")
     for old, new in (("gamma_negative", "gamma_neg"), ("gamma_positive", "gamma_pos")):
@@ -227,4 +237,3 @@ def test_stage_optimizer_from_timms_factory_is_the_recipes(make_model, optimizer
             step.zero_grad()
     for mine, theirs in zip(models[0].parameters(), models[1].parameters()):
         assert torch.equal(mine, theirs)
-

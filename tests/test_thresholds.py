@@ -58,7 +58,9 @@ def test_thresholds_equal_an_exhaustive_search():
     # The reported F1 is the label's F1 at its threshold, and the best sklearn's precision-recall curve finds.
     for label in range(scores.shape[1]):
         precision, recall, _ = precision_recall_curve(labels[:, label], scores[:, label])
-        assert calibration.f1[label] == pytest.approx(np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12)))
+        assert calibration.f1[label] == pytest.approx(
+            np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12))
+        )
 
 
 def test_precision_criterion_equals_an_exhaustive_search():
@@ -190,7 +192,10 @@ def test_to_dict_and_back():
     calibration = calibrate_thresholds(scores, labels, ["a", "b", "c"], dataset="toy")
     restored = type(calibration).from_dict(json.loads(json.dumps(calibration.to_dict())))
     assert restored.config_fields() == calibration.config_fields() and restored.table() == calibration.table()
-    assert np.array_equal(restored.thresholds, calibration.thresholds) and restored.fallback_labels == calibration.fallback_labels
+    assert (
+        np.array_equal(restored.thresholds, calibration.thresholds)
+        and restored.fallback_labels == calibration.fallback_labels
+    )
 
 
 def test_stage_records_report_both_thresholds_and_the_gain_over_stage_1():
@@ -204,12 +209,20 @@ def test_stage_records_report_both_thresholds_and_the_gain_over_stage_1():
     for stage, prediction, scale in ((1, "cls_logits", 0.6), (4, "logits", 1.0)):
         calibration, entries = calibrate_stage(validation * scale, validation_labels, test * scale, test_labels, names)
         # Tuned on validation only: the same thresholds whatever the test split holds.
-        assert np.array_equal(calibration.thresholds, calibrate_thresholds(validation * scale, validation_labels, names).thresholds)
-        assert entries["test_calibrated"] == {key: multilabel_metrics(test * scale, test_labels, threshold=calibration.thresholds)[key]
-                                              for key in entries["test_calibrated"]}  # fmt: skip
-        records.append({"stage": stage, "prediction": prediction, "test": multilabel_metrics(test * scale, test_labels), **entries})
+        assert np.array_equal(
+            calibration.thresholds, calibrate_thresholds(validation * scale, validation_labels, names).thresholds
+        )
+        assert entries["test_calibrated"] == {
+            key: multilabel_metrics(test * scale, test_labels, threshold=calibration.thresholds)[key]
+            for key in entries["test_calibrated"]
+        }
+        records.append(
+            {"stage": stage, "prediction": prediction, "test": multilabel_metrics(test * scale, test_labels), **entries}
+        )
     gain = calibrated_gain(records)
-    assert gain["calibrated"]["OF1"] == pytest.approx(records[1]["test_calibrated"]["OF1"] - records[0]["test_calibrated"]["OF1"])
+    assert gain["calibrated"]["OF1"] == pytest.approx(
+        records[1]["test_calibrated"]["OF1"] - records[0]["test_calibrated"]["OF1"]
+    )
     assert gain["at_0.5"]["CF1"] == pytest.approx(records[1]["test"]["CF1"] - records[0]["test"]["CF1"])
     # Scores scaled down sit mostly below 0.5: at 0.5 stage 1 looks far worse than it ranks; tuned, it recovers.
     assert records[0]["test_calibrated"]["OF1"] > records[0]["test"]["OF1"] + 10
@@ -222,9 +235,15 @@ def test_stage_records_report_both_thresholds_and_the_gain_over_stage_1():
 TUNED = {
     "threshold": 0.253,
     "label_thresholds": {"cat": 0.61, "dog": 0.12},
-    "threshold_calibration": {"criterion": "f1", "split": "validation", "dataset": None, "images": 40,
-                              "min_positives": 3, "fallback_labels": []},
-}  # fmt: skip
+    "threshold_calibration": {
+        "criterion": "f1",
+        "split": "validation",
+        "dataset": None,
+        "images": 40,
+        "min_positives": 3,
+        "fallback_labels": [],
+    },
+}
 
 
 @pytest.mark.parametrize("new_labels", [{"id2label": {0: "car", 1: "bus", 2: "tram"}}, {"num_labels": 3}])

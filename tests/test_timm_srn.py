@@ -36,7 +36,11 @@ def test_srn_resnet101_is_the_paper_network():
     assert cfg["num_classes"] == 80 and cfg["input_size"] == (3, 224, 224)
     assert (cfg["crop_pct"], cfg["crop_mode"]) == (1.0, "squash")
     expected = backbone_data_config(model.config)
-    assert (cfg["mean"], cfg["std"], cfg["interpolation"]) == (expected["mean"], expected["std"], expected["interpolation"])
+    assert (cfg["mean"], cfg["std"], cfg["interpolation"]) == (
+        expected["mean"],
+        expected["std"],
+        expected["interpolation"],
+    )
 
 
 def test_timm_interface(small_model):
@@ -57,13 +61,18 @@ def test_timm_interface(small_model):
 
 
 def test_generic_entry_takes_any_backbone_and_config_fields():
-    model = srn_hf.create_timm_srn("convnext_atto", num_classes=3, alpha=0.25, img_size=256, label_names=["a", "b", "c"], **SMALL_BRANCHES)
+    model = srn_hf.create_timm_srn(
+        "convnext_atto", num_classes=3, alpha=0.25, img_size=256, label_names=["a", "b", "c"], **SMALL_BRANCHES
+    )
     assert model.config.backbone == "convnext_atto" and model.config.alpha == 0.25
     assert model.config.image_size == 256 and model.srn.attention_map_size == 16
     assert model.pretrained_cfg["input_size"] == (3, 256, 256)
     assert model.pretrained_cfg["mean"] == backbone_data_config(model.config)["mean"]
     assert list(model.config.id2label.values()) == ["a", "b", "c"]
-    assert timm.create_model("srn", backbone="convnext_atto", num_classes=3, **SMALL_BRANCHES).config.backbone == "convnext_atto"
+    assert (
+        timm.create_model("srn", backbone="convnext_atto", num_classes=3, **SMALL_BRANCHES).config.backbone
+        == "convnext_atto"
+    )
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 256, 256)).shape == (1, 3)
 
@@ -83,7 +92,9 @@ def test_bad_arguments_are_named():
 
 def test_state_dicts_interchange_with_transformers(small_model):
     images = torch.randn(2, 3, 224, 224)
-    config = srn_hf.SRNConfig(backbone="resnet10t", id2label={index: f"LABEL_{index}" for index in range(5)}, **SMALL_BRANCHES)
+    config = srn_hf.SRNConfig(
+        backbone="resnet10t", id2label={index: f"LABEL_{index}" for index in range(5)}, **SMALL_BRANCHES
+    )
     hf_model = srn_hf.SRNForImageClassification(config).eval()
     assert set(hf_model.state_dict()) == set(small_model.state_dict())
 
@@ -134,7 +145,13 @@ def test_timm_eval_transform_is_the_paper_warp(small_model):
 
 def test_pretrained_loads_the_backbone_weights_offline(tmp_path):
     weights_file = packaged_efficientnet_lite0_weights(tmp_path)
-    model = timm.create_model("srn_tf_efficientnet_lite0", pretrained=True, backbone_weights_file=weights_file, num_classes=4, **SMALL_BRANCHES)
+    model = timm.create_model(
+        "srn_tf_efficientnet_lite0",
+        pretrained=True,
+        backbone_weights_file=weights_file,
+        num_classes=4,
+        **SMALL_BRANCHES,
+    )
     weights = load_file(weights_file)
     backbone = model.srn.backbone.state_dict()
     assert torch.equal(backbone["conv_stem.weight"], weights["conv_stem.weight"])
@@ -161,20 +178,20 @@ def assert_same_network(timm_model, hf_model, labels) -> None:
 def test_pretrained_loads_a_trained_srn_folder_with_its_labels(tmp_path):
     hf_model = saved_srn(tmp_path)
     for file in (tmp_path, tmp_path / "model.safetensors"):  # the folder, or its weights file
-        timm_model = timm.create_model("srn", pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
+        timm_model = timm.create_model("srn", pretrained=True, pretrained_cfg_overlay={"file": str(file)})
         assert_same_network(timm_model, hf_model, ["cat", "dog", "person"])
     assert timm_model.pretrained_cfg["file"] == str(tmp_path / "model.safetensors")
 
-    new_head = timm.create_model("srn", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path)), num_classes=2)
+    new_head = timm.create_model("srn", pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path)}, num_classes=2)
     assert new_head.num_classes == 2 and new_head.pretrained_cfg["label_names"] == ["LABEL_0", "LABEL_1"]
     assert torch.equal(new_head.srn.backbone.conv1[0].weight, hf_model.srn.backbone.conv1[0].weight)
 
     with pytest.raises(ValueError, match="srn_resnet50 is SRN on resnet50; for backbone='resnet10t' use 'srn'"):
-        timm.create_model("srn_resnet50", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path)))
+        timm.create_model("srn_resnet50", pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path)})
     (tmp_path / "empty").mkdir()
     for file in (tmp_path / "empty", tmp_path / "missing.safetensors"):
         with pytest.raises(ValueError, match="no config.json of a trained SRN"):
-            timm.create_model("srn", pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
+            timm.create_model("srn", pretrained=True, pretrained_cfg_overlay={"file": str(file)})
 
 
 def test_hf_hub_id_loads_from_an_offline_hub_cache(tmp_path, monkeypatch):

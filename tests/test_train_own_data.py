@@ -47,9 +47,15 @@ def test_model_choices_follow_the_backbone(backbone):
 
 
 def test_model_choices_set_in_the_recipe_are_kept_and_said_so():
-    recipe = load_recipe(RECIPE, ["model.backbone=resnet18", "model.attention_feature_index=-1", "model.layout=released"])
+    recipe = load_recipe(
+        RECIPE, ["model.backbone=resnet18", "model.attention_feature_index=-1", "model.layout=released"]
+    )
     line = derive_model_choices(recipe.model)
-    assert (recipe.model.attention_feature_index, recipe.model.classifier_feature_index, recipe.model.layout) == (-1, -1, "released")
+    assert (recipe.model.attention_feature_index, recipe.model.classifier_feature_index, recipe.model.layout) == (
+        -1,
+        -1,
+        "released",
+    )
     assert "derived from the backbone (classifier_feature_index)" in line
 
 
@@ -72,17 +78,43 @@ def write_single_folder(root: Path, count: int = 60, seed: int = 0) -> Path:
 
 def train_own_data(data_dir: Path, output_dir: Path, *settings: str) -> subprocess.CompletedProcess:
     """docs/data.md's command, with a random-init resnet10t at 64 px and one epoch per stage to stay quick."""
-    small = ["model.backbone=resnet10t", "model.pretrained_weights=null", "model.image_size=64",
-             "model.attention_channels=16", "model.regularization_channels=16", "model.regularization_out_channels=32",
-             "data.num_workers=0", "training.mixed_precision=no", "training.channels_last=false", "training.log_with=none",
-             *(f"stage{n}.{key}" for n in (1, 2, 3, 4) for key in ("epochs=1", "batch_size=8")), *settings]  # fmt: skip
+    small = [
+        "model.backbone=resnet10t",
+        "model.pretrained_weights=null",
+        "model.image_size=64",
+        "model.attention_channels=16",
+        "model.regularization_channels=16",
+        "model.regularization_out_channels=32",
+        "data.num_workers=0",
+        "training.mixed_precision=no",
+        "training.channels_last=false",
+        "training.log_with=none",
+        *(f"stage{n}.{key}" for n in (1, 2, 3, 4) for key in ("epochs=1", "batch_size=8")),
+        *settings,
+    ]
     command = [
-        str(Path(sys.executable).with_name("accelerate")), "launch", "--num_processes", "1", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "examples" / "train_stages.py"),
-        "--config", str(RECIPE), "--set", f"data.options.data_dir={data_dir}", "--output-dir", str(output_dir),
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "examples" / "train_stages.py"),
+        "--config",
+        str(RECIPE),
+        "--set",
+        f"data.options.data_dir={data_dir}",
+        "--output-dir",
+        str(output_dir),
         *(argument for setting in small for argument in ("--set", setting)),
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
 
 
 @pytest.mark.slow
@@ -123,8 +155,14 @@ def assert_examples_are_the_folders_files(output_dir: Path, data_dir: Path, spli
 @pytest.mark.slow
 def test_a_run_without_test_split_says_what_it_could_not_measure(tmp_path):
     data_dir = write_single_folder(tmp_path / "photos", count=30)
-    completed = train_own_data(data_dir, tmp_path / "run", "data.options.test_fraction=0", "stage2.epochs=0",
-                               "stage3.epochs=0", "stage4.epochs=0")  # fmt: skip
+    completed = train_own_data(
+        data_dir,
+        tmp_path / "run",
+        "data.options.test_fraction=0",
+        "stage2.epochs=0",
+        "stage3.epochs=0",
+        "stage4.epochs=0",
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["dataset"]["splits"]) == {"train", "validation"}
@@ -137,9 +175,14 @@ def test_a_run_without_test_split_says_what_it_could_not_measure(tmp_path):
 
 @pytest.mark.parametrize(
     ("setting", "message"),
-    [("model.backbone=resnet_nope", "'resnet_nope' is not a timm model name"),
-     ("model.attention_feature_index=7", "model.attention_feature_index: 7 is out of range for 'resnet50' (5 feature maps)")],
-)  # fmt: skip
+    [
+        ("model.backbone=resnet_nope", "'resnet_nope' is not a timm model name"),
+        (
+            "model.attention_feature_index=7",
+            "model.attention_feature_index: 7 is out of range for 'resnet50' (5 feature maps)",
+        ),
+    ],
+)
 def test_a_bad_backbone_or_map_index_is_named_before_anything_is_built(setting, message):
     recipe = load_recipe(RECIPE, [setting])
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -115,7 +115,9 @@ def test_four_stages_export_pipeline_folders_and_metrics(full_run):
     assert gain["difference"] == pytest.approx(saved["stages"][3]["test"]["mAP"] - saved["stages"][0]["test"]["mAP"])
     from srn_hf.model_folder import load_training_metrics  # the model card reads metrics.json beside OUTPUT_DIR/final
 
-    assert load_training_metrics(output_dir / "final")[0]["stages"][3]["test"]["mAP"] == saved["stages"][3]["test"]["mAP"]
+    assert (
+        load_training_metrics(output_dir / "final")[0]["stages"][3]["test"]["mAP"] == saved["stages"][3]["test"]["mAP"]
+    )
     for folder in ("stage-1", "stage-2", "stage-3", "stage-4", "final"):
         classifier = pipeline("image-classification", model=str(output_dir / folder))
         predictions = classifier(Image.new("RGB", (80, 60), (220, 30, 30)), top_k=3)
@@ -128,10 +130,10 @@ def test_each_stage_is_calibrated_on_validation_and_the_exports_carry_the_thresh
     from transformers import pipeline
 
     from srn_hf.data import load_multilabel_dataset
-    from srn_hf.model_folder import load_image_processor, load_model
-    from srn_hf.metrics import multilabel_metrics
-    from srn_hf.scoring import score_split
     from srn_hf.metrics import THRESHOLDED_FIGURES as FIGURES
+    from srn_hf.metrics import multilabel_metrics
+    from srn_hf.model_folder import load_image_processor, load_model
+    from srn_hf.scoring import score_split
     from srn_hf.thresholds import calibrate_thresholds
 
     output_dir, report = full_run
@@ -181,7 +183,9 @@ def test_reused_backbone_maps_give_the_scores_of_a_plain_forward(full_run, data_
     for number in (2, 3):
         folder = output_dir / f"stage-{number}"
         model = load_model(folder)
-        data = with_multilabel_transforms(dataset, image_processor=load_image_processor(folder, model.config), train_splits=())
+        data = with_multilabel_transforms(
+            dataset, image_processor=load_image_processor(folder, model.config), train_splits=()
+        )
         loader = DataLoader(data["test"], batch_size=8, collate_fn=collate_multilabel)
         prediction = STAGES[number].prediction
         scores, labels = predict_scores(Accelerator(), StageForward(model, number), loader, (prediction,))
@@ -201,14 +205,20 @@ def test_stages_change_only_their_modules(full_run):
         return {key.split(".")[1] for key in a if not torch.equal(a[key], b[key])}
 
     modules = {key.split(".")[1] for key in weights[1]}  # the released layout's attention_trunk has weights
-    assert changed(weights[1], weights[2]) == set(STAGES[2].trained) & modules == {"attention_trunk", "attention", "confidence"}
+    assert (
+        changed(weights[1], weights[2])
+        == set(STAGES[2].trained) & modules
+        == {"attention_trunk", "attention", "confidence"}
+    )
     assert changed(weights[2], weights[3]) == {"spatial_regularization"}
     assert {"backbone", "classifier"} <= changed(weights[3], weights[4])
 
 
 def test_later_stages_start_from_an_earlier_stage_output(full_run, data_dir, tmp_path, script):
     output_dir, _ = full_run
-    report = script.main(tiny_args(data_dir, tmp_path / "later", "--stages", "3,4", "--init-from", str(output_dir / "stage-2")))
+    report = script.main(
+        tiny_args(data_dir, tmp_path / "later", "--stages", "3,4", "--init-from", str(output_dir / "stage-2"))
+    )
     assert [record["stage"] for record in report["stages"]] == [3, 4]
     assert (tmp_path / "later" / "final" / "config.json").exists()
 
@@ -257,8 +267,18 @@ def test_bad_inputs_fail_before_training(full_run, data_dir, tmp_path, script):
         script.main(tiny_args(other, tmp_path / "a", "--stages", "2,3,4", "--init-from", str(output_dir / "stage-1")))
     # A start model whose network is not the recipe's (any SRNConfig field of the model section, here f_att's width).
     with pytest.raises(ValueError, match="attention_channels=16, the recipe model.attention_channels=8"):
-        script.main(tiny_args(data_dir, tmp_path / "e", "--stages", "2,3,4", "--init-from", str(output_dir / "stage-1"),
-                              "--set", "model.attention_channels=8"))  # fmt: skip
+        script.main(
+            tiny_args(
+                data_dir,
+                tmp_path / "e",
+                "--stages",
+                "2,3,4",
+                "--init-from",
+                str(output_dir / "stage-1"),
+                "--set",
+                "model.attention_channels=8",
+            )
+        )
     # A checkpoint folder of another run (another dataset, so other labels).
     checkpoint = sorted((output_dir / "checkpoints").iterdir())[-1]
     with pytest.raises(ValueError, match="belongs to another run"):
@@ -284,8 +304,14 @@ def test_gradient_checkpointing_recomputes_the_backbone_in_training(data_dir, tm
     def counted_model(*args, **kwargs):
         model = initial_model(*args, **kwargs)
         convolutions = [module for module in model.srn.backbone.modules() if isinstance(module, torch.nn.Conv2d)]
-        for name, module in (("stem", convolutions[0]), ("deepest", convolutions[-1]), ("classifier", model.srn.classifier)):
-            module.register_forward_hook(lambda module, *_, name=name: calls.update({name: calls[name] + module.training}))
+        for name, module in (
+            ("stem", convolutions[0]),
+            ("deepest", convolutions[-1]),
+            ("classifier", model.srn.classifier),
+        ):
+            module.register_forward_hook(
+                lambda module, *_, name=name: calls.update({name: calls[name] + module.training})
+            )
         models.append(model)
         return model
 
@@ -354,7 +380,9 @@ def test_push_to_hub_at_the_end_publishes_the_final_model(data_dir, tmp_path, sc
     output_dir = tmp_path / "run"
     script.main(tiny_args(data_dir, output_dir, "--stages", "1", "--push-to-hub", "org/srn-squares", epochs=1))
     assert hub_calls[0][:2] == ("create_repo", "org/srn-squares")
-    (kind, repo_id, _, uploaded), = hub_calls[1:]
+    ((kind, repo_id, _, uploaded),) = hub_calls[1:]
     assert (kind, repo_id) == ("create_commit", "org/srn-squares")
     files = set(uploaded)
-    assert {"README.md", "attention_maps.png", "config.json", "model.safetensors", "preprocessor_config.json"} <= set(files)
+    assert {"README.md", "attention_maps.png", "config.json", "model.safetensors", "preprocessor_config.json"} <= set(
+        files
+    )

@@ -50,8 +50,19 @@ def run_upstream(entry: str, report: Path) -> subprocess.CompletedProcess:
         "TIMEOUT": "900",  # the file's own knob for its per-test timeouts (120 to 360 s, sized for CI runners)
         "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
     }
-    command = [sys.executable, "-m", "pytest", "tests/test_models.py", "-p", "upstream.timm_models",
-               "-p", "no:cacheprovider", "-q", "--tb=short", f"--junitxml={report}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/test_models.py",
+        "-p",
+        "upstream.timm_models",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--tb=short",
+        f"--junitxml={report}",
+    ]
     return subprocess.run(command, cwd=source, env=env, capture_output=True, text=True, timeout=3000)
 
 
@@ -87,4 +98,6 @@ def test_the_installed_timm_is_the_newest_that_pyproject_allows():
     from importlib.metadata import version
 
     newest = newest_served("timm")
-    assert version("timm") == newest, f"timm {version('timm')} is installed, the index serves {newest}: rebuild the environment"
+    assert version("timm") == newest, (
+        f"timm {version('timm')} is installed, the index serves {newest}: rebuild the environment"
+    )

@@ -137,10 +137,15 @@ def test_scenes_figure_shows_true_predicted_and_missed_labels_with_boxes(tagger,
     image, _ = scene(skimage.data.gravel(), (224, 224), boxes)
     predictions = tagger(image, threshold=0.0, return_attention_maps=True)  # both labels predicted
     scenes = [
-        {"image": image, "predictions": predictions, "true_labels": ["red disc"], "title": "scene-0",
-         "boxes": {"red disc": [boxes["red disc"]]}},
+        {
+            "image": image,
+            "predictions": predictions,
+            "true_labels": ["red disc"],
+            "title": "scene-0",
+            "boxes": {"red disc": [boxes["red disc"]]},
+        },
         {"image": image, "predictions": predictions[:0], "true_labels": ["blue square"]},
-    ]  # fmt: skip
+    ]
     figure = scenes_figure(scenes)
     axes = figure.get_axes()
     assert len(axes) == 2 * 3  # a row per scene: the image, then at most its 2 predictions

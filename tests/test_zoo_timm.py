@@ -16,7 +16,9 @@ SIZE = 64
 
 def create(num_classes: int = 5, seed: int = 0, **kwargs):
     torch.manual_seed(seed)
-    return timm.create_model("srn", backbone="resnet10t", num_classes=num_classes, img_size=SIZE, **SMALL_BRANCHES, **kwargs)
+    return timm.create_model(
+        "srn", backbone="resnet10t", num_classes=num_classes, img_size=SIZE, **SMALL_BRANCHES, **kwargs
+    )
 
 
 def images(batch: int = 2, size: tuple[int, int] = (SIZE, SIZE)) -> torch.Tensor:
@@ -44,7 +46,9 @@ def test_forward_is_forward_head_of_forward_features():
         pooled = model.forward_head(features, pre_logits=True)
         attention_features = intermediates[model.srn.feature_positions[0]]
         torch.testing.assert_close(model.forward_head(features, attention_features=attention_features), logits)
-    assert features.shape == (2, model.num_features, *model.pretrained_cfg["pool_size"]) and torch.equal(final, features)
+    assert features.shape == (2, model.num_features, *model.pretrained_cfg["pool_size"]) and torch.equal(
+        final, features
+    )
     torch.testing.assert_close(pooled, features.mean(dim=(2, 3)))
     with pytest.raises(ValueError, match=r"forward_head needs SRN's map X \(feature stage 3\) beside F"):
         model.forward_head(features)
@@ -57,7 +61,9 @@ def test_forward_head_of_f_alone_where_x_is_f():
 
 
 def label_layer_std(model) -> dict[str, float]:
-    return {type(layer).__name__ + str(i): layer.weight.std().item() for i, layer in enumerate(model.srn.label_layers())}
+    return {
+        type(layer).__name__ + str(i): layer.weight.std().item() for i, layer in enumerate(model.srn.label_layers())
+    }
 
 
 def test_reset_classifier_gives_the_init_of_a_new_model():
@@ -141,15 +147,18 @@ def test_features_only_gives_the_backbone_stages():
     with torch.no_grad():
         expected = model.eval().forward_intermediates(images(), indices=[1, 2, 3], intermediates_only=True)
     torch.manual_seed(0)
-    features = timm.create_model("srn", backbone="resnet10t", img_size=SIZE, features_only=True, out_indices=(1, 2, 3),
-                                 **SMALL_BRANCHES)
+    features = timm.create_model(
+        "srn", backbone="resnet10t", img_size=SIZE, features_only=True, out_indices=(1, 2, 3), **SMALL_BRANCHES
+    )
     missing, unexpected = features.model.load_state_dict(model.state_dict(), strict=False)  # the pruned SRNTimm
     assert not missing and unexpected  # its keys are a part of the full model's
     assert features.feature_info.channels() == [64, 128, 256] and features.feature_info.reduction() == [4, 8, 16]
     with torch.no_grad():
         for got, want in zip(features.eval()(images()), expected):
             torch.testing.assert_close(got, want)
-    assert not any(name.startswith(("model.srn.classifier", "model.srn.backbone.layer4")) for name in features.state_dict())
+    assert not any(
+        name.startswith(("model.srn.classifier", "model.srn.backbone.layer4")) for name in features.state_dict()
+    )
 
 
 def test_prune_intermediate_layers_keeps_the_stages_up_to_the_deepest_index():
@@ -201,7 +210,11 @@ def test_group_matcher_drives_layer_wise_learning_rate_decay():
     assert scale_of[id(stem)] < scale_of[id(last_block)] < 1.0
     assert all(scale_of[id(parameter)] == 1.0 for parameter in head)
     coarse = model.group_matcher(coarse=True)
-    assert coarse("srn.backbone.layer1.0.conv1.weight") < coarse("srn.backbone.layer3.0.conv1.weight") < coarse("srn.classifier.weight")
+    assert (
+        coarse("srn.backbone.layer1.0.conv1.weight")
+        < coarse("srn.backbone.layer3.0.conv1.weight")
+        < coarse("srn.classifier.weight")
+    )
 
 
 def test_set_grad_checkpointing_gives_identical_gradients():
@@ -227,7 +240,11 @@ def test_pretrained_cfgs_hold_the_backbones_preprocessing():
     for variant, backbone in NAMED_BACKBONES.items():
         expected = timm.get_pretrained_cfg(backbone)
         written = BACKBONE_DATA[backbone]
-        assert (written["mean"], written["std"], written["interpolation"]) == (expected.mean, expected.std, expected.interpolation)
+        assert (written["mean"], written["std"], written["interpolation"]) == (
+            expected.mean,
+            expected.std,
+            expected.interpolation,
+        )
         assert timm.get_pretrained_cfg(variant).mean == expected.mean
     model = create()
     data_config = resolve_data_config({}, model=model)

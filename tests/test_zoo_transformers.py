@@ -18,10 +18,10 @@ from conftest import small_srn
 from transformers import AutoModel, AutoModelForImageClassification, Trainer, TrainingArguments
 
 import srn_hf
-from srn_hf import SRNConfig, SRNForImageClassification, SRNModel
+from srn_hf import SRNConfig, SRNForImageClassification
 from srn_hf.modeling_srn import LabelMapConv, SRNImageClassifierOutput, SRNModelOutput
 
-LABELS = {index: name for index, name in enumerate(["person", "dog", "car", "kite", "boat"])}
+LABELS = dict(enumerate(["person", "dog", "car", "kite", "boat"]))
 SIZE = 64  # resnet10t at 64 x 64: X is 4 x 4, F 2 x 2, K = 4
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,9 @@ def test_hidden_states_from_the_call_and_from_the_config(model):
     assert plain.hidden_states is None
     channels = model.srn.backbone.feature_info.channels()
     assert [state.shape[1] for state in asked.hidden_states] == channels  # every stage of resnet10t, in order
-    assert [state.shape[-1] for state in asked.hidden_states] == [SIZE // r for r in model.srn.backbone.feature_info.reduction()]
+    assert [state.shape[-1] for state in asked.hidden_states] == [
+        SIZE // r for r in model.srn.backbone.feature_info.reduction()
+    ]
     torch.testing.assert_close(asked.hidden_states[-1], classifier_features)
     torch.testing.assert_close(asked.hidden_states[-2], features)
     torch.testing.assert_close(asked.logits, plain.logits)
@@ -114,14 +116,20 @@ def test_batching_equivalence_and_determinism(model):
         one_by_one = [model(pixel_values[index : index + 1]) for index in range(4)]
     for field in ("logits", "att_logits", "attention_maps", "confidence_maps"):
         assert torch.equal(batched[field], again[field])
-        torch.testing.assert_close(torch.cat([single[field] for single in one_by_one]), batched[field], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            torch.cat([single[field] for single in one_by_one]), batched[field], atol=1e-5, rtol=1e-4
+        )
 
 
 # --- initialisation ----------------------------------------------------------------------------------------------
 
 
 def label_layer_stds(model) -> list[float]:
-    return [layer.weight.std().item() for layer in model.srn.label_layers() if not isinstance(layer, torch.nn.Conv2d) or isinstance(layer, LabelMapConv)]
+    return [
+        layer.weight.std().item()
+        for layer in model.srn.label_layers()
+        if not isinstance(layer, torch.nn.Conv2d) or isinstance(layer, LabelMapConv)
+    ]
 
 
 def test_every_weight_is_initialised_and_attention_starts_uniform():
@@ -266,10 +274,22 @@ def test_single_label_and_regression_losses_are_transformers_own_on_the_fused_lo
 @pytest.mark.parametrize(
     "problem_type, labels, message",
     [
-        ("single_label_classification", torch.zeros(3, 5), r"labels has shape \(3, 5\), expected \(3,\) for problem_type='single_label"),
-        ("single_label_classification", torch.zeros(3), "labels has dtype torch.float32, expected integer class indices"),
+        (
+            "single_label_classification",
+            torch.zeros(3, 5),
+            r"labels has shape \(3, 5\), expected \(3,\) for problem_type='single_label",
+        ),
+        (
+            "single_label_classification",
+            torch.zeros(3),
+            "labels has dtype torch.float32, expected integer class indices",
+        ),
         ("regression", torch.zeros(3), r"labels has shape \(3,\), expected \(3, 5\) for problem_type='regression'"),
-        ("multi_label_classification", torch.zeros(3, dtype=torch.long), r"labels has shape \(3,\), expected \(3, 5\) for problem_type='multi_label"),
+        (
+            "multi_label_classification",
+            torch.zeros(3, dtype=torch.long),
+            r"labels has shape \(3,\), expected \(3, 5\) for problem_type='multi_label",
+        ),
     ],
 )
 def test_labels_of_the_wrong_shape_for_the_problem_type_are_refused_in_one_line(problem_type, labels, message):
@@ -341,9 +361,13 @@ def test_checkpointing_makes_every_resnet_block_and_both_srn_branches_a_segment(
         layer._gradient_checkpointing_func = recorded
     model(images(2), labels=multi_hot(2)).loss.backward()
     backbone = model.srn.backbone
-    blocks = [block for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4) for block in stage]
+    blocks = [
+        block for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4) for block in stage
+    ]
     assert all(any(segment is block for segment in segments) for block in blocks)
-    branches = [layer for layer in layers[1:] if any(getattr(segment, "args", ())[:1] == (layer,) for segment in segments)]
+    branches = [
+        layer for layer in layers[1:] if any(getattr(segment, "args", ())[:1] == (layer,) for segment in segments)
+    ]
     assert branches == layers[1:]  # f_att, the confidence maps and f_sr: transformers' GradientCheckpointingLayers
     assert backbone.act1 not in segments  # in place: runs as it is
     with torch.no_grad():
@@ -356,15 +380,24 @@ def test_trainer_trains_with_gradient_checkpointing(tmp_path):
     model = make_model().train()
     data = [{"pixel_values": image, "labels": label} for image, label in zip(images(8), multi_hot(8))]
     arguments = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4, learning_rate=0.05,
-        activation_checkpointing=True, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=0.05,
+        activation_checkpointing=True,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
     )
     before = {name: tensor.clone() for name, tensor in model.named_parameters()}
     result = Trainer(model=model, args=arguments, train_dataset=data).train()
     assert model.srn.gradient_checkpointing
     assert torch.isfinite(torch.tensor(result.training_loss))
     changed = [name for name, tensor in model.named_parameters() if not torch.equal(tensor, before[name])]
-    assert any(name.startswith("srn.backbone.") for name in changed) and "srn.spatial_regularization.fc.weight" in changed
+    assert (
+        any(name.startswith("srn.backbone.") for name in changed) and "srn.spatial_regularization.fc.weight" in changed
+    )
 
 
 # --- compile and export ------------------------------------------------------------------------------------------

@@ -83,7 +83,9 @@ def field(record: dict, key: str, where: str) -> object:
     return record[key]
 
 
-def encode_labels(raw_labels: Iterable, names: Sequence[str], where: str, label_set: str = "the label set") -> list[int]:
+def encode_labels(
+    raw_labels: Iterable, names: Sequence[str], where: str, label_set: str = "the label set"
+) -> list[int]:
     """Map label names (or integer indices) to sorted unique indices into `names`.
 
     A name not in `names`, an empty name or one with spaces around it (`""`, `"bird "`: never a class of its own),
@@ -146,8 +148,7 @@ def build_split(
         )
     if missing:
         warnings.warn(
-            f"{source}: skipped {len(missing)} of {len(image_paths)} images whose file is missing, "
-            f"e.g. {missing[:3]}",
+            f"{source}: skipped {len(missing)} of {len(image_paths)} images whose file is missing, e.g. {missing[:3]}",
             DataWarning,
             stacklevel=3,
         )

@@ -23,7 +23,9 @@ from datasets import Dataset, DatasetDict
 from .common import SPLITS, label_names
 
 
-def stratified_holdout(labels: Sequence[Sequence[int]], num_labels: int, fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+def stratified_holdout(
+    labels: Sequence[Sequence[int]], num_labels: int, fractions: dict[str, float], seed: int
+) -> dict[str, list[int]]:
     """The row indices of each held-out split (`fractions`: {split: fraction of the rows}); the rest are `"train"`.
 
     Each held-out split gets `ceil(fraction * rows)` rows (as `Dataset.train_test_split`), dealt by iterative
@@ -77,7 +79,9 @@ def split_summary(dataset) -> str:
     names = label_names(dataset)
     splits = list(dataset)
     counts = {
-        split: np.bincount(np.array([index for row in dataset[split]["labels"] for index in row], dtype=np.int64), minlength=len(names))
+        split: np.bincount(
+            np.array([index for row in dataset[split]["labels"] for index in row], dtype=np.int64), minlength=len(names)
+        )
         for split in splits
     }
     width = max([len("images"), *map(len, names)])

@@ -40,6 +40,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALE_RATIOS = (1.0, 0.875, 0.75, 0.66)
 AUGMENTATIONS = ("multiscale", "randaugment", "trivialaugment", "flip", "none")
 
+
 def interpolation_mode(interpolation: str | int | InterpolationMode) -> InterpolationMode:
     """A torchvision `InterpolationMode` from a name (`"bicubic"`), a PIL resampling number or a mode."""
     if isinstance(interpolation, InterpolationMode):
@@ -196,7 +197,10 @@ def with_multilabel_transforms(
         {
             split: data.cast_column("image", ImageFeature(decode=False)).with_transform(
                 MultiLabelTransform(
-                    num_labels, train=split in train_splits, image_processor=image_processor, augment=augment,
+                    num_labels,
+                    train=split in train_splits,
+                    image_processor=image_processor,
+                    augment=augment,
                     **preprocessing,
                 )
             )

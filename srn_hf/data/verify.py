@@ -25,7 +25,10 @@ from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 from tqdm.auto import tqdm
 
-from ..images import ImageError, decode_image  # decode_image moved to srn_hf.images; importable from here for one release
+from ..images import (
+    ImageError,
+    decode_image,
+)  # decode_image moved to srn_hf.images; importable from here for one release
 from .common import DataWarning
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
@@ -54,8 +57,10 @@ def describe_row(image: dict, split: str, index: int, image_id: str | None) -> s
     """The file of a row, or `train[12] (image_id 42)` for an image held as bytes."""
     if image.get("path") and not image.get("bytes"):
         return image["path"]
-    return f"{split}[{index}]" + (f" (image_id {image_id})" if image_id is not None else "") + (
-        f" from {image['path']}" if image.get("path") else ""
+    return (
+        f"{split}[{index}]"
+        + (f" (image_id {image_id})" if image_id is not None else "")
+        + (f" from {image['path']}" if image.get("path") else "")
     )
 
 

@@ -26,8 +26,19 @@ def fetch_sdist(package: str) -> Path:
         return next(unpacked.iterdir())
     target.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-         f"{package}=={installed}", "--dest", str(target)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"{package}=={installed}",
+            "--dest",
+            str(target),
+        ],
         check=True,
     )
     (archive,) = [path for path in target.iterdir() if path.name.endswith((".tar.gz", ".zip"))]
@@ -47,7 +58,11 @@ def newest_served(package: str) -> str:
 
     (bounds,) = [Requirement(line).specifier for line in requires("srn_hf") if Requirement(line).name == package]
     listed = subprocess.run(
-        [sys.executable, "-m", "pip", "index", "versions", package], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-m", "pip", "index", "versions", package],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     served = listed.stdout.split("Available versions: ", 1)[1].splitlines()[0].split(", ")
     return str(max(Version(item) for item in served if Version(item) in bounds and not Version(item).is_prerelease))

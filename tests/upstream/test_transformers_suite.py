@@ -46,8 +46,17 @@ def run_suite(folder: Path) -> tuple[ElementTree.ElementTree, subprocess.Complet
     report = folder / "report.xml"
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-W", "ignore::pytest.PytestUnknownMarkWarning",
-        f"--junitxml={report}", f"--rootdir={folder}", str(tester.relative_to(folder)),
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-W",
+        "ignore::pytest.PytestUnknownMarkWarning",
+        f"--junitxml={report}",
+        f"--rootdir={folder}",
+        str(tester.relative_to(folder)),
     ]
     result = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=1500)
     assert report.exists(), result.stdout[-3000:] + result.stderr[-3000:]
@@ -60,16 +69,29 @@ def test_transformers_generic_model_tests_pass_on_srn(tmp_path):
     cases = list(tree.iter("testcase"))
     failed = [case.get("name") for case in cases if case.find("failure") is not None or case.find("error") is not None]
     assert not failed and result.returncode == 0, f"{failed}\n{result.stdout[-6000:]}"
-    skipped = [(case.get("name"), case.find("skipped").get("message", "")) for case in cases if case.find("skipped") is not None]
-    unexplained = [(name, message) for name, message in skipped if not any(re.search(reason, message) for reason in SKIP_REASONS)]
+    skipped = [
+        (case.get("name"), case.find("skipped").get("message", ""))
+        for case in cases
+        if case.find("skipped") is not None
+    ]
+    unexplained = [
+        (name, message) for name, message in skipped if not any(re.search(reason, message) for reason in SKIP_REASONS)
+    ]
     assert not unexplained, f"skipped for a reason that docs/zoo.md does not list: {unexplained}"
     passed = len(cases) - len(skipped)
     # A floor against a suite that silently stops running: with transformers 5.25 the JUnit report holds 67 test
     # cases that ran without a skip (pytest's own summary says 76 passed, 106 skipped).
     assert passed >= 60, f"only {passed} upstream tests ran"
     ran = {case.get("name") for case in cases if case.find("skipped") is None}
-    assert {"test_problem_types", "test_training_gradient_checkpointing", "test_gradient_checkpointing_enable_disable",
-            "test_config", "test_save_load", "test_training", "test_can_init_all_missing_weights"} <= ran
+    assert {
+        "test_problem_types",
+        "test_training_gradient_checkpointing",
+        "test_gradient_checkpointing_enable_disable",
+        "test_config",
+        "test_save_load",
+        "test_training",
+        "test_can_init_all_missing_weights",
+    } <= ran
 
 
 def test_every_skip_reason_is_listed_in_the_docs():

@@ -40,6 +40,8 @@ for namespace in (timm, timm.models):
 
 
 def pytest_collection_modifyitems(config, items):
-    kept = [item for item in items if getattr(item, "callspec", None) and item.callspec.params.get("model_name") in ENTRIES]
+    kept = [
+        item for item in items if getattr(item, "callspec", None) and item.callspec.params.get("model_name") in ENTRIES
+    ]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = kept
