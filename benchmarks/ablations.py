@@ -337,7 +337,8 @@ def gain_steps_markdown(steps: list[dict]) -> list[str]:
         for row in (step for step in steps if step["kind"] == kind):
             mean = np.mean([r["difference"] for r in row["runs"]])
             lines.append(
-                f"| {row['step']} | {row['variant']} minus {row['minus']} | {mean:+.2f} | {per_seed_text(row['runs'])} |"
+                f"| {row['step']} | {row['variant']} minus {row['minus']} | {mean:+.2f} "
+                f"| {per_seed_text(row['runs'])} |"
             )
         if kind == "chain" and any(step["kind"] == "beside" for step in steps):
             lines.append("| *beside the chain* | | | |")
@@ -366,7 +367,8 @@ def markdown(results: dict) -> str:
         lines += gain_steps_markdown(results["gain_steps"])
     if results.get("pointing_game"):
         lines += [
-            "| pointing game, test split (% of present labels whose map peaks in one of their boxes) | mean | per seed |",
+            "| pointing game, test split (% of present labels whose map peaks in one of their boxes) "
+            "| mean | per seed |",
             "|---|---|---|",
         ]
         for model, seeds in results["pointing_game"].items():

@@ -256,7 +256,8 @@ def benchmark_scaling(args) -> list[dict]:
 
 
 def saved_tagger(args, folder: Path, backbone: str, image_size: int):
-    """A random-init SRN saved with its image processor, loaded as the multi-label pipeline (as `srn-hf predict` does)."""
+    """A random-init SRN saved with its image processor, loaded as the multi-label pipeline (as `srn-hf predict`
+    does)."""
     from transformers import pipeline
 
     from srn_hf.pipeline_srn import TASK

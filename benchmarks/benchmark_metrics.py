@@ -1,4 +1,5 @@
-"""Speed of the paired bootstrap interval of an mAP gain (`srn_hf.metrics.map_difference`), against the per-resample loop.
+"""Speed of the paired bootstrap interval of an mAP gain (`srn_hf.metrics.map_difference`), against the
+per-resample loop.
 
     python benchmarks/benchmark_metrics.py            # 3,000 x 13 and 40,000 x 80 scores (3.5 minutes, 2 busy cores)
     python benchmarks/benchmark_metrics.py --quick    # a smoke run on small arrays
@@ -17,7 +18,7 @@ weighs most); `map_difference` is also timed with the full `--resamples` (1,000)
 is extrapolated (linear in the resamples). The scores are
 synthetic: two correlated models (the second one better) on the same long-tailed labels, stored as float32.
 Results: `benchmarks/results/metrics.json` and `metrics.md`.
-"""
+"""  # noqa: E501 - Markdown table rows cannot be wrapped
 
 from __future__ import annotations
 
@@ -154,18 +155,21 @@ def write_results(report: dict, output_dir: Path) -> None:
     machine, full = report["machine"], report["large_full"]
     rows = [
         f"| {case['images']:,} x {case['labels']} | {case['resamples']:,} | {case['seconds']['per-resample loop']:.2f} "
-        f"| {case['seconds']['map_difference']:.3f} | {case['speedup']:.0f} x | {case['largest gap (mAP points)']:.1e} |"
+        f"| {case['seconds']['map_difference']:.3f} | {case['speedup']:.0f} x "
+        f"| {case['largest gap (mAP points)']:.1e} |"
         for case in (report["small"], report["large"])
     ]
     lines = [
         f"Paired bootstrap interval of an mAP gain ({machine['cpu']}, {machine['logical_cpus']} logical CPUs, load "
         f"average {machine['load_average'][0]:.1f} at the start; median of {report['repeats']} interleaved rounds)",
         "",
-        "| scores | resamples | per-resample loop (s) | map_difference (s) | map_difference is faster by | largest gap (points) |",
+        "| scores | resamples | per-resample loop (s) | map_difference (s) | map_difference is faster by "
+        "| largest gap (points) |",
         "|---|---|---|---|---|---|",
         *rows,
         f"| {report['large']['images']:,} x {report['large']['labels']} | {full['resamples']:,} "
-        f"| {full['per-resample loop seconds, extrapolated']:.0f} (extrapolated) | {full['map_difference seconds']:.2f} "
+        f"| {full['per-resample loop seconds, extrapolated']:.0f} (extrapolated) "
+        f"| {full['map_difference seconds']:.2f} "
         f"| {full['speedup, extrapolated']:.0f} x | |",
         "",
         f"Peak memory of map_difference on {report['large']['images']:,} x {report['large']['labels']} (tracemalloc, "

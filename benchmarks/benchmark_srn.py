@@ -1,7 +1,7 @@
 """Speed and memory of SRN against the plain timm classifier and transformers' timm wrapper, in one process.
 
-    python benchmarks/benchmark_srn.py                 # the full run: SRN-ResNet-101, 80 labels (about 13 minutes on 2 cores)
-    python benchmarks/benchmark_srn.py --quick         # a smoke run of every measurement (~2 minutes)
+    python benchmarks/benchmark_srn.py          # the full run: SRN-ResNet-101, 80 labels (about 13 minutes on 2 cores)
+    python benchmarks/benchmark_srn.py --quick  # a smoke run of every measurement (~2 minutes)
     python benchmarks/benchmark_srn.py --quick --backbone resnet10t --sizes 64 --batch-sizes 1 2 --train-batch-size 2
 
 Measured, each after warm-up, as the median of `--repeats` runs, the models interleaved run by run (so that a
@@ -416,7 +416,8 @@ def markdown_tables(results: dict) -> str:
     """The results as Markdown tables (machine, inference, training, loader, targets), for the README."""
     machine, peaks = results["machine"], results["matmul_peak_gflops"]
     lines = [
-        f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs ({machine['torch_threads']} torch threads), "
+        f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs "
+        f"({machine['torch_threads']} torch threads), "
         f"{machine['memory_gib']} GiB, {machine['cpu_capability']}, AVX-512 bf16: {machine['avx512_bf16']}, "
         f"AMX: {machine['amx']}; torch {machine['torch']}, timm {machine['timm']}, transformers "
         f"{machine['transformers']}. Load average at start {machine['load_average'][0]:.2f}, at end "
@@ -521,7 +522,8 @@ def plot(results: dict, path: Path) -> None:
     ax_training.legend()
 
     names = [f"loader\n{results['loader']['workers']} workers"] + [
-        f"{row['step'].replace('SRN ', '').replace(' fine-tune', '')}\n{'fast' if row['precision'] != 'float32' else 'fp32'}"
+        f"{row['step'].replace('SRN ', '').replace(' fine-tune', '')}\n"
+        f"{'fast' if row['precision'] != 'float32' else 'fp32'}"
         for row in training
     ]
     values = [results["loader"]["images_per_second"]] + [row["images_per_second"] for row in training]

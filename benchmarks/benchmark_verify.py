@@ -134,7 +134,8 @@ def markdown(results: dict) -> str:
     )
     rows += [
         "",
-        f"check_images / read: {results['check_over_read']:.1f}; / full-size decode: {results['check_over_full_decode']:.2f}; "
+        f"check_images / read: {results['check_over_read']:.1f}; "
+        f"/ full-size decode: {results['check_over_full_decode']:.2f}; "
         f"/ one training epoch of the same images: {results['check_over_training_epoch']:.2f}",
     ]
     return "\n".join(rows)

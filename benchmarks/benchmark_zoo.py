@@ -48,7 +48,9 @@ import torch, timm, transformers, transformers.pipelines
 dependencies = time.perf_counter() - started
 built = []
 post_init = transformers.PreTrainedConfig.__post_init__
-transformers.PreTrainedConfig.__post_init__ = lambda self, **kwargs: built.append(type(self).__name__) or post_init(self, **kwargs)
+transformers.PreTrainedConfig.__post_init__ = (
+    lambda self, **kwargs: built.append(type(self).__name__) or post_init(self, **kwargs)
+)
 started = time.perf_counter()
 import srn_hf
 print(dependencies, time.perf_counter() - started, len(built))

@@ -585,7 +585,8 @@ class Benchmark:
     def run(self, peers: list[str]) -> dict:
         """The search of every peer, then for each seed: the peers, SRN, SRN on the best peer, the peers at SRN's
         steps (as `--runs` asks). Returns the searches and the best peer."""
-        # The grid point by point for all peers (so that an interrupted search leaves comparable runs), then the choices.
+        # The grid point by point for all peers (so that an interrupted search leaves comparable runs), then the
+        # choices.
         for epochs in self.args.epochs:
             for lr in self.args.lrs:
                 for peer in peers:
@@ -727,7 +728,8 @@ def interval_text(entry: dict) -> str:
 def markdown(results: dict) -> str:
     """The tables: every variant over the seeds; every difference per seed; the search."""
     lines = [
-        "| variant | seeds | lr | epochs | optimizer steps | test mAP | test CF1 | test OF1 | wall time per run (min) |",
+        "| variant | seeds | lr | epochs | optimizer steps | test mAP | test CF1 | test OF1 "
+        "| wall time per run (min) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["variants"].items():

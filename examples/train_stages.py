@@ -307,7 +307,8 @@ def create_accelerator(recipe, output_dir: Path) -> Accelerator:
 
 
 def load_data(recipe, accelerator: Accelerator):
-    """The DatasetDict of the recipe (stamp scenes with `generate: true` are generated on first use, by the main process)."""
+    """The DatasetDict of the recipe (stamp scenes with `generate: true` are generated on first use, by the main
+    process)."""
     data = recipe.data
     # The main process loads (and for the demo, generates) the dataset first; the others then read its cache.
     with accelerator.main_process_first():
@@ -403,14 +404,15 @@ def previous_stage_model(recipe, id2label: dict, source: Path, first_stage: int)
     """The model exported by an earlier stage, refused if its network is not the recipe's `model` section."""
     if not (source / "config.json").exists():
         raise ValueError(
-            f"stage {first_stage} starts from {source}, which holds no model (config.json); run stage {first_stage - 1} "
-            "first or pass --init-from"
+            f"stage {first_stage} starts from {source}, which holds no model (config.json); "
+            f"run stage {first_stage - 1} first or pass --init-from"
         )
     model = SRNForImageClassification.from_pretrained(source, id2label=id2label)  # raises on another label set
     for key in network_fields():
         if getattr(model.config, key) != getattr(recipe.model, key):
             raise ValueError(
-                f"{source} has {key}={getattr(model.config, key)!r}, the recipe model.{key}={getattr(recipe.model, key)!r}"
+                f"{source} has {key}={getattr(model.config, key)!r}, "
+                f"the recipe model.{key}={getattr(recipe.model, key)!r}"
             )
     return model
 
@@ -426,8 +428,9 @@ def read_progress(checkpoint: Path, saved: dict, signature: dict, recipe: Recipe
     progress = Progress(**saved)
     if progress.signature.get("label_names") != signature["label_names"]:
         raise ValueError(
-            f"checkpoint {checkpoint} belongs to another run: its label_names are {progress.signature.get('label_names')!r}, "
-            f"this run's are {signature['label_names']!r}. Resume with the data it was trained on, or use another --output-dir"
+            f"checkpoint {checkpoint} belongs to another run: its label_names are "
+            f"{progress.signature.get('label_names')!r}, this run's are {signature['label_names']!r}. "
+            "Resume with the data it was trained on, or use another --output-dir"
         )
     if "recipe" not in progress.signature:
         raise ValueError(
@@ -684,7 +687,8 @@ def check_finite(run: Run, stage_run: StageRun, summed_loss: float, loss: torch.
     raise TrainingDiverged(
         f"stage {number}, epoch {epoch + 1}, batch {step}: the loss is {loss.item()} (lr "
         f"{stage_run.scheduler.get_last_lr()[0]:.3g}). Training stopped; last good checkpoint: "
-        f"{checkpoints.find_resumable_checkpoint(run.output_dir / 'checkpoints')[0]}. Lower stage{number}.lr or use mixed_precision=no, then --resume"
+        f"{checkpoints.find_resumable_checkpoint(run.output_dir / 'checkpoints')[0]}. "
+        f"Lower stage{number}.lr or use mixed_precision=no, then --resume"
     )
 
 
@@ -799,8 +803,8 @@ def calibrate_export(run: Run, stage_run: StageRun, validation_scores: dict, val
     )
     if calibration.fallback_labels:
         run.accelerator.print(
-            f"stage {stage_run.stage.number}: {len(calibration.fallback_labels)} of {len(run.names)} labels keep the global "
-            f"threshold {calibration.threshold:.2f}, not tuned on their own: "
+            f"stage {stage_run.stage.number}: {len(calibration.fallback_labels)} of {len(run.names)} labels keep the "
+            f"global threshold {calibration.threshold:.2f}, not tuned on their own: "
             + "; ".join(f"{name} ({reason})" for name, reason in calibration.fallback_labels.items())
         )
     calibration.apply_to(run.model.config)
@@ -904,7 +908,8 @@ def publish_final(run: Run) -> None:
         return
     from srn_hf.hub import publish
 
-    # The card's picture and the page's examples: the run's first test images with their true labels (`keep_run_examples`).
+    # The card's picture and the page's examples: the run's first test images with their true labels
+    # (`keep_run_examples`).
     result = publish(run.output_dir / "final", run.args.push_to_hub)
     run.accelerator.print(f"published: {result}")
 

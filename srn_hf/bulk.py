@@ -224,7 +224,8 @@ def weights_digest(model: torch.nn.Module, model_name: str) -> str:
 
 def record_text(text: str | None) -> str | None:
     """`text` as valid UTF-8 for a record: a file name that is not UTF-8 (its bytes kept by Python as surrogates,
-    `\\udcff`) gets each such byte written `\\xff`, so that JSONL and parquet can hold it and a resumed run recognises it."""
+    `\\udcff`) gets each such byte written `\\xff`, so that JSONL and parquet can hold it and a resumed run
+    recognises it."""
     if text is None:
         return None
     try:
@@ -325,14 +326,16 @@ class Output:
             )
         if saved.get("weights_sha256") != meta["weights_sha256"]:
             raise BulkError(
-                f"resume=True with output={self.path}: its records were written by another model ({saved.get('model')}, weights "
-                f"sha256 {saved.get('weights_sha256')}) than {meta['model']} (weights sha256 {meta['weights_sha256']})"
+                f"resume=True with output={self.path}: its records were written by another model "
+                f"({saved.get('model')}, weights sha256 {saved.get('weights_sha256')}) than {meta['model']} "
+                f"(weights sha256 {meta['weights_sha256']})"
             )
         for name in RECORD_SETTINGS:
             if saved.get(name) != meta[name]:
                 raise BulkError(
                     f"resume=True with output={self.path}: its records were written with {name} {saved.get(name)!r} "
-                    f"({self.meta_path.name}), this run has {meta[name]!r}; pass the same options, or write another output"
+                    f"({self.meta_path.name}), this run has {meta[name]!r}; "
+                    "pass the same options, or write another output"
                 )
 
     def write_meta(self, meta: dict) -> None:

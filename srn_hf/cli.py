@@ -247,7 +247,10 @@ def add_publish_command(commands) -> None:
     publish.add_argument(
         "--example-image",
         metavar="IMAGE",
-        help="image of the attention-map picture (default: the training run's first test image, kept beside metrics.json, with its true labels)",
+        help=(
+            "image of the attention-map picture (default: the training run's first test image, kept beside "
+            "metrics.json, with its true labels)"
+        ),
     )
     publish.add_argument("--license", help="license of the weights, a Hub license id (default: apache-2.0)")
     publish.add_argument(
@@ -294,7 +297,10 @@ def add_demo_command(commands) -> None:
         action="append",
         metavar="IMAGE",
         dest="examples",
-        help="an example image of the page (repeatable; default: the model's own test images that its training run kept, with their true labels)",
+        help=(
+            "an example image of the page (repeatable; default: the model's own test images that its training run "
+            "kept, with their true labels)"
+        ),
     )
     demo.set_defaults(run=run_demo)
 
@@ -599,8 +605,8 @@ def run_demo(args: argparse.Namespace) -> int:
         )
     except OSError:  # Gradio's message names its own launch() arguments
         print(
-            f"srn-hf demo: error: {args.host}:{args.port}: cannot serve there (the port is taken, or the address is not "
-            "this machine's); choose another --port or --host",
+            f"srn-hf demo: error: {args.host}:{args.port}: cannot serve there (the port is taken, or the address "
+            "is not this machine's); choose another --port or --host",
             file=sys.stderr,
         )
         return 2
@@ -616,8 +622,9 @@ REFUSALS = (ValueError, OSError, LookupError)
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one command. An error it raises is printed as one line on stderr, `srn-hf COMMAND: error: ...` (the Python
-    parameters it names written as the command's flags, [`flag_worded`]), with exit status 2 for bad input (`REFUSALS`, and the strict config checks of transformers) and 1 for anything else;
-    `--debug` shows the traceback instead."""
+    parameters it names written as the command's flags, [`flag_worded`]), with exit status 2 for bad input
+    (`REFUSALS`, and the strict config checks of transformers) and 1 for anything else; `--debug` shows the
+    traceback instead."""
     args = build_parser().parse_args(argv)
     try:
         from . import register

@@ -135,7 +135,8 @@ def check_image_size(image_size: int | None) -> None:
         raise ValueError(f"image_size={image_size!r} must be an integer")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(
-            f"image_size={image_size} is too small: the backbone's stride-32 map would be empty (at least {MIN_IMAGE_SIZE})"
+            f"image_size={image_size} is too small: the backbone's stride-32 map would be empty "
+            f"(at least {MIN_IMAGE_SIZE})"
         )
     if image_size > MAX_IMAGE_SIZE:
         raise ValueError(

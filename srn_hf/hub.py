@@ -9,8 +9,8 @@
     configuration_srn.py         the remote code, run by `trust_remote_code=True` where srn_hf is not installed
     modeling_srn.py
     preprocessor_config.json     the image processor (the model folder's own, else `processing.create_image_processor`)
-    attention_maps.png           the label attention maps A of one image of the model's own data (the training run's first
-                                 test image, with its true labels), or of `example_image`; absent without either
+    attention_maps.png           the label attention maps A of one image of the model's own data (the training run's
+                                 first test image, with its true labels), or of `example_image`; absent without either
     examples.json, examples/     the training run's example images of its own data with their true labels
                                  ([`srn_hf.showcase`]), which the demo page of the published model shows
     training_curves.png          the run's loss and validation mAP per epoch, when the run drew them
@@ -203,8 +203,8 @@ def thresholds_description(config: SRNConfig) -> str:
     source = f" of {calibration['dataset']}" if calibration.get("dataset") else ""
     fallback = calibration.get("fallback_labels") or []
     fallback_text = (
-        f"{len(fallback)} label(s) with too few positive images there (fewer than {calibration['min_positives']}) use the "
-        f"global threshold: {', '.join(fallback)}."
+        f"{len(fallback)} label(s) with too few positive images there (fewer than {calibration['min_positives']}) "
+        f"use the global threshold: {', '.join(fallback)}."
         if fallback
         else f"Every label had at least {calibration['min_positives']} positive images there."
     )
@@ -377,16 +377,17 @@ def check_labels(model: SRNForImageClassification, metrics: dict | None, metrics
     labels = config_label_names(model.config)
     if names is not None and list(names) != labels:
         raise ValueError(
-            f"{metrics_file}: dataset.label_names ({len(names)} labels: {', '.join(map(str, names[:5]))}, ...) are not "
-            f"the model's id2label ({len(labels)} labels: {', '.join(labels[:5])}, ...): the figures are not this model's"
+            f"{metrics_file}: dataset.label_names ({len(names)} labels: {', '.join(map(str, names[:5]))}, ...) "
+            f"are not the model's id2label ({len(labels)} labels: {', '.join(labels[:5])}, ...): "
+            "the figures are not this model's"
         )
 
 
 def example_image_source(example_image=None, examples: list | None = None) -> tuple | None:
     """`(RGB image, words for the card, its true labels or None)` of the attention-map picture: `example_image` (a
     path or a PIL image) when given; else the first of `examples`, the model's own that its training run kept
-    ([`srn_hf.showcase.local_examples`]: the first image of its test split, or of validation without one, with its true labels);
-    else None, and the card has no picture. A bad file raises `ImageError` naming it."""
+    ([`srn_hf.showcase.local_examples`]: the first image of its test split, or of validation without one, with its
+    true labels); else None, and the card has no picture. A bad file raises `ImageError` naming it."""
     from .images import open_image
 
     if isinstance(example_image, (str, os.PathLike)):

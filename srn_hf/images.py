@@ -124,9 +124,9 @@ def decode_image(image: dict, draft: bool = False, name: str | None = None) -> I
     (fully, EXIF orientation applied): the one decoder of dataset cells (training, `srn-hf predict --data`, the
     model's example images).
 
-    `draft` decodes a JPEG at 1/8 scale (every byte of it is still read). Raises [`ImageError`] naming the image (`name`,
-    else the file, else "image bytes") for a missing, empty, truncated or corrupt file, or one that is not an image,
-    in the words of [`pillow_failure`].
+    `draft` decodes a JPEG at 1/8 scale (every byte of it is still read). Raises [`ImageError`] naming the image
+    (`name`, else the file, else "image bytes") for a missing, empty, truncated or corrupt file, or one that is not
+    an image, in the words of [`pillow_failure`].
     """
     path, data = image.get("path"), image.get("bytes")
     name = name or path or "image bytes"

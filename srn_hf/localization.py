@@ -35,7 +35,8 @@ BASELINES = ("centre", "mean_box_centre")
 
 
 def attention_peaks(attention_maps) -> np.ndarray:
-    """Where each upsampled attention map is largest: (N, C, 2) points (x, y) as fractions of the image's width and height.
+    """Where each upsampled attention map is largest: (N, C, 2) points (x, y) as fractions of the image's width and
+    height.
 
     Bilinear upsampling (the pipeline's `upsample_attention_map`) blends neighbouring cells, so the upsampled map
     is largest at the centre of the map's largest cell; cell (i, j) of an h x w map covers rows i / h ... (i + 1) / h

@@ -19,7 +19,7 @@ false positives still count in OP), listed in `classes_without_positives`, and a
 No figure is ever NaN; a figure that cannot be computed at all is None.
 
 The same computation is available as an `evaluate` module: `evaluate.load(EVALUATE_MODULE_PATH)`.
-"""
+"""  # noqa: E501 - Markdown table rows cannot be wrapped
 
 from __future__ import annotations
 

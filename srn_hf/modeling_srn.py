@@ -472,7 +472,8 @@ class SRNPreTrainedModel(PreTrainedModel):
             value = len(new_names) if numbered else f"{{{len(new_names)} labels: {', '.join(new_names[:3])}, ...}}"
             raise LabelSetMismatchError(
                 f"{argument}={value}: {pretrained_model_name_or_path} was trained on another label set "
-                f"({len(saved_names)} labels: {', '.join(saved_names[:5])}, ...), and ignore_mismatched_sizes is False: "
+                f"({len(saved_names)} labels: {', '.join(saved_names[:5])}, ...), "
+                "and ignore_mismatched_sizes is False: "
                 "pass ignore_mismatched_sizes=True to re-initialise the label layers for the new labels, or leave "
                 f"{argument} out to keep the checkpoint's labels"
             )
@@ -606,7 +607,8 @@ class SRNModel(SRNPreTrainedModel):
         self.init_label_layers()
 
     # timm's model API names this switch (`model.set_grad_checkpointing()`, called by timm's training scripts on the
-    # timm entry); it sets no hyperparameter, only the checkpointing flags that `activation_checkpointing_enable()` sets.
+    # timm entry); it sets no hyperparameter, only the checkpointing flags that `activation_checkpointing_enable()`
+    # sets.
     # trf-ignore: TRF033
     def set_grad_checkpointing(self, enable: bool = True, checkpoint_function=None) -> None:
         """Gradient checkpointing of the backbone and of the SRN branch (timm's name for the switch).

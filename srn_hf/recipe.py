@@ -81,8 +81,8 @@ ModelRecipe = dataclasses.make_dataclass(
     ],
     namespace={"__module__": __name__},
 )
-ModelRecipe.__doc__ = """The network: every field of `SRNConfig` (same names, types and defaults), and where the backbone's
-ImageNet weights come from.
+ModelRecipe.__doc__ = """The network: every field of `SRNConfig` (same names, types and defaults), and where the
+backbone's ImageNet weights come from.
 
 `attention_feature_index`, `classifier_feature_index` and `layout` may be `auto`: derived from the backbone
 ([`derive_model_choices`]).
@@ -204,7 +204,8 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-# What a resumed run (`--resume`) may change in the recipe (docs/faults.md, "What --resume may change"); every other field is refused.
+# What a resumed run (`--resume`) may change in the recipe (docs/faults.md, "What --resume may change"); every other
+# field is refused.
 # `output_dir` is where the run lives, not what it trains (a moved folder resumes): never compared. Run-wide settings
 # of speed, memory, logging and checkpointing, and whether absent stamp scenes may be generated (they exist by then),
 # which do not change what trains:

@@ -40,7 +40,8 @@ def threshold_table(records: list[dict]) -> str:
         for name, figures in (("0.5", record["test"]), ("tuned", record["test_calibrated"])):
             cells = "".join(f"{'-' if figures.get(key) is None else f'{figures[key]:.2f}':>8}" for key in FIGURES)
             rows.append(
-                f"{record['stage']:<6}{PAPER_NAMES[record['prediction']]:<12}{record['test']['mAP']:>8.2f}{cells}  {name}"
+                f"{record['stage']:<6}{PAPER_NAMES[record['prediction']]:<12}"
+                f"{record['test']['mAP']:>8.2f}{cells}  {name}"
             )
     return "\n".join(rows)
 

@@ -1,4 +1,5 @@
-"""A Hugging Face Space beside a published SRN model: its demo page ([`srn_hf.app`]), loading the model by repository id.
+"""A Hugging Face Space beside a published SRN model: its demo page ([`srn_hf.app`]), loading the model by
+repository id.
 
 [`write_space_folder`] writes the folder a Gradio Space should hold (its page's examples are the model repository's
 own images with their true labels, `examples.json`, downloaded with the model):
@@ -27,15 +28,17 @@ from .hub import CardOptions, push_folder, require_empty_folder
 from .storage import atomic_folder
 
 SPACE_SDK = "gradio"
-SPACE_APP = '''"""The demo page of the SRN model {model_repo_id}, written by `srn-hf publish --space` (srn_hf {version})."""
-
+SPACE_APP = (
+    '"""The demo page of the SRN model {model_repo_id}, written by `srn-hf publish --space` (srn_hf {version})."""\n'
+    """
 from srn_hf.app import build_app
 
 demo = build_app({model_repo_id!r})
 
 if __name__ == "__main__":
     demo.launch()
-'''
+"""
+)
 SPACE_CARD = """
 # {title}
 

@@ -15,7 +15,8 @@ is frozen (stages 2 and 3) it runs under `torch.no_grad()` ([`StageForward`]). U
 set before the model is wrapped (`accelerator.prepare`), so the model is unwrapped and prepared again at each stage.
 
 The loss L is the sigmoid cross-entropy of `modeling_srn.sigmoid_cross_entropy`, or the asymmetric loss (ASL,
-Ridnik et al., ICCV 2021; timm's `timm.loss.AsymmetricLossMultiLabel`, [`make_loss`]), with one of two reductions (`modeling_srn.LOSS_REDUCTIONS`, defined there once):
+Ridnik et al., ICCV 2021; timm's `timm.loss.AsymmetricLossMultiLabel`, [`make_loss`]), with one of two reductions
+(`modeling_srn.LOSS_REDUCTIONS`, defined there once):
 `"mean"` over batch and classes, the default (`DEFAULT_LOSS_REDUCTION`: the model's own loss when called with
 `labels`, [`make_loss`] and a recipe without `loss.reduction`), or the authors' Caffe `"sum_over_classes"` (sum
 over classes, divided by the batch size: C times the mean, so a learning rate tuned for it is C times smaller).

@@ -195,7 +195,8 @@ class ThresholdCalibration:
         }
 
     def config_fields(self) -> dict:
-        """The `SRNConfig` fields that carry the thresholds: `threshold`, `label_thresholds`, `threshold_calibration`."""
+        """The `SRNConfig` fields that carry the thresholds: `threshold`, `label_thresholds`,
+        `threshold_calibration`."""
         return {
             "threshold": float(self.threshold),
             "label_thresholds": self.label_thresholds or None,
@@ -277,10 +278,12 @@ def check_same_labels(names: list[str], expected: list[str], source: str, target
     only_source, only_target = sorted(set(names) - set(expected)), sorted(set(expected) - set(names))
     if not only_source and not only_target:
         raise ValueError(
-            f"the labels of {source} are those of {target} in another order: {list(names)[:8]} against {list(expected)[:8]}"
+            f"the labels of {source} are those of {target} in another order: "
+            f"{list(names)[:8]} against {list(expected)[:8]}"
         )
     raise ValueError(
-        f"the labels of {source} are not those of {target}: only in {source}: {only_source}; only in {target}: {only_target}"
+        f"the labels of {source} are not those of {target}: "
+        f"only in {source}: {only_source}; only in {target}: {only_target}"
     )
 
 

@@ -109,7 +109,9 @@ def _cfg(backbone: str, **kwargs) -> dict:
         "classifier": CLASSIFIER_NAMES,
         "license": "apache-2.0",
         "paper_ids": "arXiv:1702.05891",
-        "paper_name": "Learning Spatial Regularization with Image-level Supervisions for Multi-label Image Classification",
+        "paper_name": (
+            "Learning Spatial Regularization with Image-level Supervisions for Multi-label Image Classification"
+        ),
         **kwargs,
     }
 
@@ -226,7 +228,8 @@ class SRNTimm(nn.Module):
             if self.srn.feature_positions[0] != self.srn.feature_positions[1]:
                 raise ValueError(
                     "forward_head needs SRN's map X (feature stage " + str(self.srn.feature_positions[0]) + ") beside "
-                    "F: pass attention_features=intermediates[that stage] of forward_intermediates(x), or call the model"
+                    "F: pass attention_features=intermediates[that stage] of forward_intermediates(x), "
+                    "or call the model"
                 )
             attention_features = x
         return self.srn.forward_branches(attention_features, x)[0]

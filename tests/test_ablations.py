@@ -1,4 +1,5 @@
-"""benchmarks/ablations.py: the capacity-matched control head, fused scores, and a whole (tiny) ablation over two seeds."""
+"""benchmarks/ablations.py: the capacity-matched control head, fused scores, and a whole (tiny) ablation over two
+seeds."""
 
 import importlib.util
 import json

@@ -1,8 +1,8 @@
 """The demo page (srn_hf.app) served on a free local port and driven in a real headless Chromium through selenium.
 
 Debian's chromium and chromium-driver (examples/setup_env.sh installs them with the app extra). The model is a
-small real SRN (random weights) whose classifier biases are fixed, so that its scores are far apart and the threshold slider has
-labels on both sides of it; what the page shows is checked against the multi-label pipeline run here.
+small real SRN (random weights) whose classifier biases are fixed, so that its scores are far apart and the threshold
+slider has labels on both sides of it; what the page shows is checked against the multi-label pipeline run here.
 """
 
 import io

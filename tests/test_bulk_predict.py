@@ -1,4 +1,5 @@
-"""Bulk tagging with `srn-hf predict --output`: streamed records, resume after a real SIGKILL, two processes, bad files."""
+"""Bulk tagging with `srn-hf predict --output`: streamed records, resume after a real SIGKILL, two processes, bad
+files."""
 
 import json
 import os

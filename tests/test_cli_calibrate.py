@@ -211,9 +211,12 @@ def test_the_model_card_says_how_the_thresholds_were_chosen_and_shows_both_rows(
     final = stages[-1]
     assert f"| 0.5 | {final['test']['mAP']:.1f} | {final['test']['CP']:.1f} |" in card
     assert (
-        f"| tuned on validation (in `config.json`) | {final['test']['mAP']:.1f} | {final['test_calibrated']['CP']:.1f} |"
-        in card
+        f"| tuned on validation (in `config.json`) | {final['test']['mAP']:.1f} "
+        f"| {final['test_calibrated']['CP']:.1f} |" in card
     )
     first = stages[0]
-    row = f"| 1 | y_cls | {first['test']['mAP']:.1f} | {first['test']['CF1']:.1f} | {first['test_calibrated']['CF1']:.1f} |"
+    row = (
+        f"| 1 | y_cls | {first['test']['mAP']:.1f} | {first['test']['CF1']:.1f} "
+        f"| {first['test_calibrated']['CF1']:.1f} |"
+    )
     assert row in card

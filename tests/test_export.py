@@ -1,4 +1,5 @@
-"""`srn-hf export`: an ONNX graph (dynamo exporter) and a torch.export program, in a folder usable alone, with parity."""
+"""`srn-hf export`: an ONNX graph (dynamo exporter) and a torch.export program, in a folder usable alone, with
+parity."""
 
 import json
 import shutil

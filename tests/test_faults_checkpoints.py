@@ -40,7 +40,9 @@ model, optimizer = accelerator.prepare(model, optimizer)
 for step in range(3):
     model(torch.randn(4, 64)).sum().backward()
     optimizer.step()
-    save_checkpoint(accelerator, sys.argv[1] + "/checkpoints", {"stage": 1, "epoch": 0, "step": step + 1}, total_limit=1)
+    save_checkpoint(
+        accelerator, sys.argv[1] + "/checkpoints", {"stage": 1, "epoch": 0, "step": step + 1}, total_limit=1
+    )
 """
 
 
@@ -137,7 +139,10 @@ def test_resume_falls_back_past_truncated_and_broken_checkpoints(tmp_path):
     assert find_resumable_checkpoint(checkpoints)[0] is None
     with pytest.raises(
         CheckpointError,
-        match=r"no checkpoint under .* can be resumed from: checkpoint_3: .*checkpoint_0: .*model.safetensors: empty file",
+        match=(
+            r"no checkpoint under .* can be resumed from: checkpoint_3: .*checkpoint_0: "
+            r".*model.safetensors: empty file"
+        ),
     ):
         choose_checkpoint(checkpoints)  # never a silent fresh start
     assert choose_checkpoint(tmp_path / "elsewhere")[0] is None

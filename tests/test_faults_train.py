@@ -60,7 +60,10 @@ def test_bad_images_stop_the_run_before_training_or_are_skipped(tmp_path, script
     (data_dir / "test" / "2.png").write_bytes(b"")
     with pytest.raises(
         BadImagesError,
-        match=r"^2 image\(s\) cannot be decoded \(all listed in .*bad_images.tsv\): .*train/3.png: truncated.*test/2.png: empty file",
+        match=(
+            r"^2 image\(s\) cannot be decoded \(all listed in .*bad_images.tsv\): "
+            r".*train/3.png: truncated.*test/2.png: empty file"
+        ),
     ):
         script.main(tiny_args(data_dir, tmp_path / "stopped", "--stages", "1"))
     assert not (tmp_path / "stopped" / "checkpoints").exists()  # before any step

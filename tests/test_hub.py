@@ -266,7 +266,8 @@ def test_loading_by_repository_id_from_an_offline_hub_cache(published_run, tmp_p
 
 
 def test_publish_pushes_one_commit_with_every_file(training_run, published_run, hub_calls, capsys):
-    """The network edge is faked: create_repo and create_commit record their calls (`hub_calls`); the rest runs for real."""
+    """The network edge is faked: create_repo and create_commit record their calls (`hub_calls`); the rest runs for
+    real."""
     code = cli_main(
         [
             "publish",
@@ -415,7 +416,10 @@ def test_a_kill_while_the_hub_folder_is_written_leaves_no_model_folder(plain_mod
     from srn_hf.storage import partial_path
 
     out_dir = tmp_path / "hub"
-    code = f"from srn_hf.hub import write_hub_folder; write_hub_folder({str(plain_model_dir)!r}, {str(out_dir)!r}, {REPO_ID!r})"
+    code = (
+        "from srn_hf.hub import write_hub_folder; "
+        f"write_hub_folder({str(plain_model_dir)!r}, {str(out_dir)!r}, {REPO_ID!r})"
+    )
     environment = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

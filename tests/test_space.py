@@ -32,7 +32,11 @@ demo = runpy.run_path(sys.argv[1], run_name="space_app")["demo"]
 config = demo.get_config_file()
 texts = [c["props"].get("value") for c in config["components"] if c["type"] == "markdown"]
 examples = [c["props"] for c in config["components"] if c["type"] == "dataset"]
-print(json.dumps({"title": config["title"], "heading": texts[0], "examples": examples[0].get("sample_labels") if examples else None}))
+print(json.dumps({
+    "title": config["title"],
+    "heading": texts[0],
+    "examples": examples[0].get("sample_labels") if examples else None,
+}))
 """
 
 

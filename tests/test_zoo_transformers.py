@@ -197,7 +197,11 @@ def test_remote_code_loads_with_the_repository_off_sys_path(saved, tmp_path):
         import sys
         import os
         # The repository itself off the path (its virtualenv, which may lie inside it, stays: torch comes from there).
-        sys.path = [path for path in sys.path if path not in ("", ".") and os.path.realpath(path) != {str(REPOSITORY.resolve())!r}]
+        sys.path = [
+            path
+            for path in sys.path
+            if path not in ("", ".") and os.path.realpath(path) != {str(REPOSITORY.resolve())!r}
+        ]
         sys.modules["srn_hf"] = None  # an installed copy cannot serve either: only the folder's code may
         import torch
         from transformers import AutoModel, AutoModelForImageClassification
@@ -206,7 +210,10 @@ def test_remote_code_loads_with_the_repository_off_sys_path(saved, tmp_path):
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         with torch.no_grad():
             outputs = model(torch.load({str(tmp_path / "images.pt")!r}), output_hidden_states=True)
-            torch.save([outputs.logits, base(torch.load({str(tmp_path / "images.pt")!r})).logits], {str(tmp_path / "out.pt")!r})
+            torch.save(
+                [outputs.logits, base(torch.load({str(tmp_path / "images.pt")!r})).logits],
+                {str(tmp_path / "out.pt")!r},
+            )
         print(type(base).__name__, type(model).__name__, type(outputs).__name__, len(outputs.hidden_states))
         """
     )

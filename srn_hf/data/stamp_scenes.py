@@ -585,7 +585,8 @@ def load_background(background: Background, tuxpaint_dir: str) -> PILImage.Image
 
 
 def crop_fill(rng: np.random.Generator, image: PILImage.Image, size: tuple[int, int]) -> PILImage.Image:
-    """A random crop of `image` with the aspect of `size` (55-100% of the largest such crop), resized, maybe mirrored."""
+    """A random crop of `image` with the aspect of `size` (55-100% of the largest such crop), resized, maybe
+    mirrored."""
     width, height = size
     scale = rng.uniform(0.55, 1.0)
     if image.width / image.height > width / height:
