@@ -19,7 +19,7 @@ busy machine slows all of them alike and the ratios stay fair):
 
 Writes `benchmark_results.json`, `benchmark_results.md` (the tables) and `benchmark_results.png` to
 `--output-dir` and prints the tables and the targets (ratios) with whether each is met. Speed is never asserted
-in the test suite: `tests/test_benchmarks.py` only runs `--quick` on a tiny backbone and checks the files.
+in the test suite: `tests/benchmarks/test_benchmarks.py` only runs `--quick` on a tiny backbone and checks the files.
 """
 
 from __future__ import annotations

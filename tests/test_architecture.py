@@ -105,3 +105,19 @@ def test_a_front_end_is_imported_by_no_core_or_service_module(module):
         name for name, targets in graph.items() if module in targets and layers.get(name, 0) < layers[module]
     )
     assert importers == []
+
+
+def test_no_test_file_imports_another_or_the_conftest():
+    """The tests share plain helpers through tests/helpers.py and fixtures through conftest.py, never by importing a
+    test file (or conftest, which pytest alone loads)."""
+    imports = []
+    for path in sorted((REPOSITORY / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            imports += [
+                f"{path.relative_to(REPOSITORY)}: {name}"
+                for name in names
+                if name.split(".")[-1].startswith(("test_", "conftest"))
+            ]
+    assert imports == []
