@@ -33,15 +33,19 @@ the same grid for each, at `--search-seed`; within a run the epoch (and for timm
 the best validation mAP is kept; the setting with the best validation mAP is the peer's, used for every seed. The
 best peer (for "SRN on ...") is the one with the best validation mAP at the search seed. Every other setting is the
 recipe's `stage1` (optimizer AdamW, weight decay, warm-up ratio, batch size).
-Budget: each peer is trained once more per seed at its chosen learning rate for as many optimizer steps as SRN's four
-stages take (`PEER (SRN's steps)`: the epochs of all stages, at the stages' batch sizes, in epochs of stage 1's
-batch size, rounded up); SRN's stages 2 and 3 run the backbone without gradients, so those steps cost the peer more
-time than SRN: the wall times say how much.
+Budget (compute): each peer is trained once more per seed at its chosen learning rate for as many epochs as fit in
+SRN's compute at that seed (`PEER (SRN's time)`: SRN's whole train_stages.py run over the peer's seconds per epoch
+at its chosen setting, training and per-epoch validation, rounded, at least 1), so that "SRN trained longer" is
+ruled out. The seconds are CPU seconds (user and system, every thread; for SRN, of its subprocess): on a machine
+shared with other work, wall time measures the load more than the run. Where the budget is the chosen epoch
+count, the chosen run is that budget run already. (SRN's optimizer steps, the epochs of all four stages, are in the
+table too; its stages 2 and 3 run the backbone without gradients, so a peer given as many steps would train far
+longer than SRN.)
 
 Scores: test mAP; test CF1 and OF1 at per-label thresholds tuned on the validation split
 (`srn_hf.thresholds.calibrate_thresholds`; SRN's own runs tune them the same way); every difference with a 95 %
 paired bootstrap interval over the test images (mAP: `srn_hf.metrics.map_difference`; CF1 / OF1: the same
-resampling at the fixed tuned thresholds, [`f1_difference`]). Wall time of every run (training, per-epoch
+resampling at the fixed tuned thresholds, [`f1_difference`]). Wall and CPU time of every run (training, per-epoch
 validation and the final scoring; for SRN the whole train_stages.py process).
 
 Finished runs are kept (OUTPUT_DIR/seed-N/RUN/result.json, written last): an interrupted benchmark resumes where
@@ -58,6 +62,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -382,7 +387,7 @@ def run_peer(setting: Setting, recipe, data: Data, weights: Path, output_dir: Pa
     from transformers import set_seed
 
     set_seed(setting.seed)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     if setting.peer == "trainer":
         start = trainer_start_folder(recipe, weights, data.names, output_dir / "trainer-start")
         trained = train_trainer(setting, recipe, data, start)
@@ -392,7 +397,7 @@ def run_peer(setting: Setting, recipe, data: Data, weights: Path, output_dir: Pa
     (validation_scores, validation_labels), (test_scores, test_labels) = (
         predict(model, split, recipe) for split in (data.validation, data.test)
     )
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     save_file(
         {key: value.contiguous() for key, value in model.state_dict().items()}, setting.folder / "model.safetensors"
     )
@@ -412,6 +417,7 @@ def run_peer(setting: Setting, recipe, data: Data, weights: Path, output_dir: Pa
             "optimizer_steps": trained["steps"],
             "history": trained["history"],
             "wall_seconds": wall,
+            "cpu_seconds": cpu,
         },
     )
 
@@ -467,11 +473,11 @@ def run_srn(args, folder: Path, seed: int, extra_sets: list[str]) -> dict:
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
     }
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), children_cpu_seconds()
     with open(folder / "train.log", "w") as log:
         # In this process's working directory, like the peers: the recipe's relative paths name the same data.
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu_started
     report = json.loads((folder / "metrics.json").read_text())
     last = report["stages"][-1]
     predictions = load_file(folder / "predictions" / f"stage-{last['stage']}-test.safetensors")
@@ -483,6 +489,7 @@ def run_srn(args, folder: Path, seed: int, extra_sets: list[str]) -> dict:
         "validation_mAP": last["validation"]["mAP"],
         "thresholds": np.asarray(thresholds).tolist(),
         "wall_seconds": wall,
+        "cpu_seconds": cpu,
         "optimizer_steps": srn_optimizer_steps(
             load_recipe(args.config, args.set), report["dataset"]["splits"]["train"]
         ),
@@ -501,10 +508,18 @@ def srn_optimizer_steps(recipe, train_images: int) -> int:
     )
 
 
-def budget_epochs(recipe, train_images: int) -> int:
-    """The epochs (at stage 1's batch size) that give a peer as many optimizer steps as SRN's four stages."""
-    steps_per_epoch = math.ceil(train_images / recipe.stage1.batch_size)
-    return math.ceil(srn_optimizer_steps(recipe, train_images) / steps_per_epoch)
+def children_cpu_seconds() -> float:
+    """The CPU seconds (user and system, all threads) of this process's finished child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def budget_epochs(srn: dict, chosen: dict) -> int:
+    """The epochs at which a peer trains for about SRN's compute: SRN's run (`srn`, its result) over the peer's
+    seconds per epoch in its chosen run (`chosen`), in CPU seconds (all threads; wall seconds for a run that did
+    not record them), rounded, at least 1."""
+    clock = "cpu_seconds" if "cpu_seconds" in srn and "cpu_seconds" in chosen else "wall_seconds"
+    return max(1, round(srn[clock] / (chosen[clock] / chosen["epochs"])))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -562,6 +577,15 @@ class Benchmark:
         )
         return result
 
+    def budget(self, peer: str, seed: int, chosen: dict) -> int | None:
+        """The epochs of `peer`'s run at SRN's wall time of `seed` ([`budget_epochs`]); None until SRN's run and the
+        peer's chosen run at that seed are finished."""
+        srn_file = self.folder("srn", seed) / "result.json"
+        chosen_file = self.folder(peer, seed, chosen["lr"], chosen["epochs"]) / "result.json"
+        if not (srn_file.exists() and chosen_file.exists()):
+            return None
+        return budget_epochs(json.loads(srn_file.read_text()), json.loads(chosen_file.read_text()))
+
     def search(self, peer: str) -> dict | None:
         """The grid of `--lrs` x `--epochs` at the search seed; the setting with the best validation mAP."""
         grid = [
@@ -584,9 +608,8 @@ class Benchmark:
 
     def run(self, peers: list[str]) -> dict:
         """The search of every peer, then for each seed: the peers, SRN, SRN on the best peer, the peers at SRN's
-        steps (as `--runs` asks). Returns the searches and the best peer."""
-        # The grid point by point for all peers (so that an interrupted search leaves comparable runs), then the
-        # choices.
+        compute (as `--runs` asks). Returns the searches and the best peer."""
+        # The grid point by point for all peers (an interrupted search leaves comparable runs), then the choices.
         for epochs in self.args.epochs:
             for lr in self.args.lrs:
                 for peer in peers:
@@ -604,10 +627,11 @@ class Benchmark:
                 weights = self.folder(best, seed, chosen["lr"], chosen["epochs"]) / "model.safetensors"
                 if weights.exists():
                     self.srn(f"srn-on-{best}", seed, [f"model.pretrained_weights={weights}", "stage1.backbone_lr=0.0"])
-            if "budget" in self.args.runs and searched:
-                epochs = budget_epochs(self.recipe, len(self.data.train))
+            if "budget" in self.args.runs:
                 for peer, search in searched.items():
-                    self.peer(peer, seed, search["chosen"]["lr"], epochs)
+                    epochs = self.budget(peer, seed, search["chosen"])
+                    if epochs is not None:  # the chosen run itself where it already takes SRN's time
+                        self.peer(peer, seed, search["chosen"]["lr"], epochs)
         return {"searches": searches, "best_peer": best}
 
 
@@ -664,10 +688,10 @@ def variant_runs(benchmark: Benchmark, plan: dict) -> dict[str, dict[int, dict]]
         folders["SRN"] = benchmark.folder("srn", seed)
         if plan["best_peer"]:
             folders[f"SRN on {plan['best_peer']}"] = benchmark.folder(f"srn-on-{plan['best_peer']}", seed)
-        if searched and (benchmark.args.output_dir / f"seed-{seed}").exists():
-            epochs = budget_epochs(benchmark.recipe, len(benchmark.data.train))
-            for peer, chosen in searched.items():
-                folders[f"{peer} (SRN's steps)"] = benchmark.folder(peer, seed, chosen["lr"], epochs)
+        for peer, chosen in searched.items():
+            epochs = benchmark.budget(peer, seed, chosen)
+            if epochs is not None and epochs != chosen["epochs"]:  # else the chosen run is the budget run
+                folders[f"{peer} (SRN's time)"] = benchmark.folder(peer, seed, chosen["lr"], epochs)
         for name, folder in folders.items():
             if (folder / "result.json").exists():
                 result = json.loads((folder / "result.json").read_text())
@@ -709,7 +733,10 @@ def summarise(benchmark: Benchmark, plan: dict) -> dict:
     variants = variant_runs(benchmark, plan)
     table = {}
     for name, seeds in variants.items():
-        values = {metric: [run[metric] for run in seeds.values()] for metric in (*METRICS, "wall_seconds")}
+        values = {
+            metric: [run.get(metric, math.nan) for run in seeds.values()]
+            for metric in (*METRICS, "wall_seconds", "cpu_seconds")
+        }
         first = next(iter(seeds.values()))
         table[name] = {
             "seeds": sorted(seeds),
@@ -728,9 +755,9 @@ def interval_text(entry: dict) -> str:
 def markdown(results: dict) -> str:
     """The tables: every variant over the seeds; every difference per seed; the search."""
     lines = [
-        "| variant | seeds | lr | epochs | optimizer steps | test mAP | test CF1 | test OF1 "
-        "| wall time per run (min) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | seeds | lr | epochs | optimizer steps | test mAP | test CF1 | test OF1 | wall time per run (min) "
+        "| CPU time per run (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["variants"].items():
         spread = len(row["seeds"]) > 1  # one seed has no spread to show
@@ -738,7 +765,8 @@ def markdown(results: dict) -> str:
         lr = "recipe" if row["lr"] is None else f"{row['lr']:g}"
         lines.append(
             f"| {name} | {', '.join(map(str, row['seeds']))} | {lr} | {row['epochs'] or 'recipe'} | "
-            f"{row['optimizer_steps']} | " + " | ".join(cells) + f" | {row['wall_seconds']['mean'] / 60:.1f} |"
+            f"{row['optimizer_steps']} | " + " | ".join(cells) + f" | {row['wall_seconds']['mean'] / 60:.1f} | "
+            f"{row['cpu_seconds']['mean'] / 60:.1f} |"
         )
     lines += [
         "",

@@ -148,22 +148,23 @@ def test_tiny_benchmark_runs_every_peer_and_resumes(tmp_path):
     ]
     results = peers.main(argv)
     best = results["best_peer"]
-    assert set(results["variants"]) == {
-        *peers.PEERS,
-        "SRN",
-        f"SRN on {best}",
-        *(f"{p} (SRN's steps)" for p in peers.PEERS),
-    }
-    srn_steps = results["variants"]["SRN"]["optimizer_steps"]
-    assert srn_steps == 4 * 3  # four stages of one epoch, 3 batches each
+    runs = tmp_path / "runs" / "seed-0"
+    srn = json.loads((runs / "srn" / "result.json").read_text())
+    chosen = {peer: json.loads((runs / peer / "lr-0.001-epochs-1" / "result.json").read_text()) for peer in peers.PEERS}
+    assert srn["cpu_seconds"] > 0 and all(run["cpu_seconds"] > 0 for run in chosen.values())  # SRN's subprocess counted
+    budgets = {peer: peers.budget_epochs(srn, chosen[peer]) for peer in peers.PEERS}
+    budget_variants = {f"{peer} (SRN's time)" for peer, epochs in budgets.items() if epochs != 1}
+    assert set(results["variants"]) == {*peers.PEERS, "SRN", f"SRN on {best}", *budget_variants}
+    assert results["variants"]["SRN"]["optimizer_steps"] == 4 * 3  # four stages of one epoch, 3 batches each
     for peer in peers.PEERS:
         assert results["variants"][peer]["optimizer_steps"] == 3
-        assert results["variants"][f"{peer} (SRN's steps)"]["optimizer_steps"] == srn_steps
+        # the peer trained for about SRN's compute: SRN's CPU seconds over the peer's per epoch
+        assert budgets[peer] >= 1 and (
+            budgets[peer] == 1 or results["variants"][f"{peer} (SRN's time)"]["epochs"] == budgets[peer]
+        )
     # The Trainer's own best-epoch bookkeeping ran.
     assert list(
-        (tmp_path / "runs" / "seed-0" / "trainer" / "lr-0.001-epochs-4" / "trainer").glob(
-            "checkpoint-*/trainer_state.json"
-        )
+        (tmp_path / "runs" / "seed-0" / "trainer").glob("lr-0.001-epochs-*/trainer/checkpoint-*/trainer_state.json")
     )
     # SRN on the best peer: stage 1 starts from the peer's trained backbone and leaves it as it is (backbone_lr 0).
     peer_weights = load_file(tmp_path / "runs" / "seed-0" / best / "lr-0.001-epochs-1" / "model.safetensors")
@@ -184,7 +185,7 @@ def test_tiny_benchmark_runs_every_peer_and_resumes(tmp_path):
 
     # Resumes: every finished run is kept; a run without its result.json (killed before the end) is trained again.
     result_files = sorted((tmp_path / "runs").glob("seed-0/**/result.json"))
-    assert len(result_files) == 8  # 3 peers, 3 at SRN's steps, SRN, SRN on the best peer
+    assert len(result_files) == 5 + len(budget_variants)  # 3 peers, SRN, SRN on the best peer, the peers at SRN's time
     times = {path: path.stat().st_mtime_ns for path in result_files}
     again = tmp_path / "runs" / "seed-0" / "timm-bce" / "lr-0.001-epochs-1" / "result.json"
     again.unlink()
