@@ -49,7 +49,11 @@ resampling at the fixed tuned thresholds, [`f1_difference`]). Wall and CPU time 
 validation and the final scoring; for SRN the whole train_stages.py process).
 
 Finished runs are kept (OUTPUT_DIR/seed-N/RUN/result.json, written last): an interrupted benchmark resumes where
-it stopped. Writes peers.json and peers.md to `--results-dir`, with the library versions and the machine.
+it stopped. The default OUTPUT_DIR is benchmarks/results/peers-runs, where the repository keeps each run's
+result.json and test scores (its .gitignore leaves out weights and logs): a new machine resumes from the runs another
+trained, and redraws the report with `--report-only`. (SRN on the best peer needs that peer's weights of the same
+seed, which stay on the machine that trained them: on another machine that peer run is trained again first.)
+Writes peers.json and peers.md to `--results-dir`, with the library versions and the machine.
 Refused in one line, exit status 2, before anything trains: an unknown peer, a backbone without ImageNet weights
 available offline.
 """
@@ -625,7 +629,12 @@ class Benchmark:
             if "srn-on-best-peer" in self.args.runs and best:
                 chosen = searched[best]["chosen"]
                 weights = self.folder(best, seed, chosen["lr"], chosen["epochs"]) / "model.safetensors"
-                if weights.exists():
+                on_best_kept = (self.folder(f"srn-on-{best}", seed) / "result.json").exists()
+                if not (on_best_kept or weights.exists() or self.args.report_only):
+                    # the peer's run was kept without its weights (trained on another machine): trained again
+                    (weights.parent / "result.json").unlink(missing_ok=True)
+                    self.peer(best, seed, chosen["lr"], chosen["epochs"])
+                if weights.exists() or on_best_kept:
                     self.srn(f"srn-on-{best}", seed, [f"model.pretrained_weights={weights}", "stage1.backbone_lr=0.0"])
             if "budget" in self.args.runs:
                 for peer, search in searched.items():
@@ -836,7 +845,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="learning rates searched")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3], help="epoch counts searched")
     parser.add_argument(
-        "--output-dir", type=Path, default=Path("outputs/peers"), help="the runs, OUTPUT_DIR/seed-N/RUN"
+        "--output-dir",
+        type=Path,
+        default=Path(__file__).parent / "results" / "peers-runs",
+        help="the runs, OUTPUT_DIR/seed-N/RUN (default: benchmarks/results/peers-runs, whose result files git keeps)",
     )
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of each training")
