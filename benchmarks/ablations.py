@@ -48,8 +48,8 @@ import torch
 from safetensors.torch import load_file
 
 from srn_hf.metrics import map_difference, multilabel_metrics
-from srn_hf.modeling_srn import SRNModel, SRNOutput
-from srn_hf.training import load_recipe
+from srn_hf.modeling_srn import SRNModel, SRNModelOutput
+from srn_hf.recipe import load_recipe
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TRAIN_STAGES = REPOSITORY / "examples" / "train_stages.py"
@@ -71,7 +71,11 @@ VARIANTS = (
 # to SRN minus stage 1, then two comparisons beside the chain. (step, variant, minus variant)
 GAIN_STEPS = (
     ("a second head on X, fused with y_cls (no label attention)", "y_cls + control head fused", "stage 1"),
-    ("label attention in that head (y_att instead of the control head)", "y_cls + y_att fused", "y_cls + control head fused"),
+    (
+        "label attention in that head (y_att instead of the control head)",
+        "y_cls + y_att fused",
+        "y_cls + control head fused",
+    ),
     ("f_sr on the attention maps (stage 3)", "y_cls + y_sr fused", "y_cls + y_att fused"),
     ("joint fine-tuning with the backbone (stage 4)", "SRN", "y_cls + y_sr fused"),
 )
@@ -79,11 +83,17 @@ BESIDE_THE_CHAIN = (
     ("SRN against its capacity-matched control after all stages", "SRN", "control (fused)"),
     ("the staging: SRN against SRN trained jointly from stage 1", "SRN", "SRN without staging"),
 )
-CONTROLS = ("y_att alone", "y_cls + y_att fused", "control head alone", "y_cls + control head fused", "control (fused)",
-            "SRN without staging")  # fmt: skip
+CONTROLS = (
+    "y_att alone",
+    "y_cls + y_att fused",
+    "control head alone",
+    "y_cls + control head fused",
+    "control (fused)",
+    "SRN without staging",
+)
 
 
-def control_forward_heads(self: SRNModel, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNOutput:
+def control_forward_heads(self: SRNModel, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNModelOutput:
     """The capacity-matched control: SRN's very layers (the same parameters and FLOPs) without its label attention.
 
     f_att's maps Z and the confidence maps S are pooled over the positions instead of weighting S by the
@@ -100,8 +110,13 @@ def control_forward_heads(self: SRNModel, features: torch.Tensor, classifier_fea
     position_scores = label_maps + confidence_maps
     sr_logits = self.spatial_regularization(torch.sigmoid(position_scores))
     alpha = self.config.alpha
-    return SRNOutput(logits=alpha * cls_logits + (1 - alpha) * sr_logits, cls_logits=cls_logits, att_logits=att_logits,
-                     sr_logits=sr_logits, attention_maps=position_scores.flatten(2).softmax(-1).view_as(position_scores))  # fmt: skip
+    return SRNModelOutput(
+        logits=alpha * cls_logits + (1 - alpha) * sr_logits,
+        cls_logits=cls_logits,
+        att_logits=att_logits,
+        sr_logits=sr_logits,
+        attention_maps=position_scores.flatten(2).softmax(-1).view_as(position_scores),
+    )
 
 
 def train_control(argv: list[str]) -> None:
@@ -124,18 +139,50 @@ def run_commands(args, seed: int) -> list[tuple[str, list[str]]]:
     stage2_lr = load_recipe(args.config, args.set).stage2.lr
     return [
         ("srn", python + [str(TRAIN_STAGES), *common, "--output-dir", str(seed_dir / "srn")]),
-        ("no-staging", python + [str(TRAIN_STAGES), *common, "--output-dir", str(seed_dir / "no-staging"), "--stages", "4",
-                                 "--init-from", stage1, "--set", f"stage4.epochs={args.no_staging_epochs}",
-                                 "--set", f"stage4.lr={stage2_lr}"]),  # fmt: skip
-        ("control", python + [str(Path(__file__).resolve()), "--train-control", *common, "--output-dir",
-                              str(seed_dir / "control"), "--stages", "2,3,4", "--init-from", stage1]),  # fmt: skip
+        (
+            "no-staging",
+            python
+            + [
+                str(TRAIN_STAGES),
+                *common,
+                "--output-dir",
+                str(seed_dir / "no-staging"),
+                "--stages",
+                "4",
+                "--init-from",
+                stage1,
+                "--set",
+                f"stage4.epochs={args.no_staging_epochs}",
+                "--set",
+                f"stage4.lr={stage2_lr}",
+            ],
+        ),
+        (
+            "control",
+            python
+            + [
+                str(Path(__file__).resolve()),
+                "--train-control",
+                *common,
+                "--output-dir",
+                str(seed_dir / "control"),
+                "--stages",
+                "2,3,4",
+                "--init-from",
+                stage1,
+            ],
+        ),
     ]
 
 
 def run_seed(args, seed: int) -> None:
     """Runs (or skips, when finished) the three trainings of `seed`, logging each to RUN/train.log."""
-    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
-                   "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
+    }
     for name, command in run_commands(args, seed):
         if name not in args.runs:
             continue
@@ -155,14 +202,19 @@ def logits_of(scores: torch.Tensor) -> np.ndarray:
     return torch.logit(scores).numpy()
 
 
-def variant_scores(seed_dir: Path, alpha: float, test_images: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def variant_scores(
+    seed_dir: Path, alpha: float, test_images: int | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each available variant's test scores (N, C) in one seed's folder, and the labels; with `test_images`, of the
     first that many test images only (the images a run with `data.max_eval_samples` scores)."""
     scores, labels = {}, None
     for name, run, source in VARIANTS:
         stages = source[1:] if isinstance(source, tuple) else (source,)
         # Stage 1 is the srn run's, shared by every run of the seed.
-        files = [seed_dir / ("srn" if stage == 1 else run) / "predictions" / f"stage-{stage}-test.safetensors" for stage in stages]
+        files = [
+            seed_dir / ("srn" if stage == 1 else run) / "predictions" / f"stage-{stage}-test.safetensors"
+            for stage in stages
+        ]
         if not all(file.exists() for file in files):
             continue
         loaded = [{key: value[:test_images] for key, value in load_file(file).items()} for file in files]
@@ -185,16 +237,22 @@ def summarise(args) -> dict:
             per_seed[seed] = (scores, labels)
     results = {"seeds": {}, "variants": {}}
     for seed, (scores, _) in per_seed.items():
-        results["seeds"][seed] = {name: {metric: multilabel_metrics(value, per_seed[seed][1])[metric] for metric in METRICS}
-                                  for name, value in scores.items()}  # fmt: skip
+        results["seeds"][seed] = {
+            name: {metric: multilabel_metrics(value, per_seed[seed][1])[metric] for metric in METRICS}
+            for name, value in scores.items()
+        }
     names = [name for name, _, _ in VARIANTS if any(name in scores for scores, _ in per_seed.values())]
     for name in names:
         figures = [results["seeds"][seed][name] for seed in results["seeds"] if name in results["seeds"][seed]]
         results["variants"][name] = {
-            metric: {"mean": float(np.mean([f[metric] for f in figures])), "std": float(np.std([f[metric] for f in figures])),
-                     "min": float(min(f[metric] for f in figures)), "max": float(max(f[metric] for f in figures))}
+            metric: {
+                "mean": float(np.mean([f[metric] for f in figures])),
+                "std": float(np.std([f[metric] for f in figures])),
+                "min": float(min(f[metric] for f in figures)),
+                "max": float(max(f[metric] for f in figures)),
+            }
             for metric in METRICS
-        }  # fmt: skip
+        }
         results["variants"][name]["seeds"] = len(figures)
     controls = [name for name in CONTROLS if name in results["variants"]]
     results["best_control"] = max(controls, key=lambda n: results["variants"][n]["mAP"]["mean"]) if controls else None
@@ -207,7 +265,11 @@ def summarise(args) -> dict:
 def pointing_games(args) -> dict:
     """`{model: {seed: overall hit rate}}` of the pointing games that the runs stored (datasets with boxes): the
     attention maps after stage 2 and stage 4 of SRN, the control's maps after its stage 4, and the two baselines."""
-    models = {"SRN stage 2 (A)": ("srn", 2), "SRN stage 4 (A)": ("srn", 4), "control stage 4 (softmax(Z + S))": ("control", 4)}
+    models = {
+        "SRN stage 2 (A)": ("srn", 2),
+        "SRN stage 4 (A)": ("srn", 4),
+        "control stage 4 (softmax(Z + S))": ("control", 4),
+    }
     table = {}
     for seed in args.seeds:
         for model, (run, stage) in models.items():
@@ -224,8 +286,11 @@ def pointing_games(args) -> dict:
 def paired_differences(per_seed: dict, variant: str, reference: str) -> list[dict]:
     """`map_difference(reference, variant)` (test mAP of `variant` minus `reference`, with its paired bootstrap
     interval) in each seed that has both, with the seed."""
-    return [dict(seed=seed, **map_difference(scores[reference], scores[variant], labels))
-            for seed, (scores, labels) in per_seed.items() if reference in scores and variant in scores]  # fmt: skip
+    return [
+        dict(seed=seed, **map_difference(scores[reference], scores[variant], labels))
+        for seed, (scores, labels) in per_seed.items()
+        if reference in scores and variant in scores
+    ]
 
 
 def per_seed_text(runs: list[dict]) -> str:
@@ -263,12 +328,18 @@ def gain_steps(per_seed: dict) -> list[dict]:
 
 def gain_steps_markdown(steps: list[dict]) -> list[str]:
     """The table of `gain_steps`: each step's mean difference over the seeds, and per seed with its interval."""
-    lines = ["| what SRN's test mAP gain over stage 1 is made of | test mAP difference | mean | per seed: difference "
-             "[95 % paired bootstrap interval] |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| what SRN's test mAP gain over stage 1 is made of | test mAP difference | mean | per seed: difference "
+        "[95 % paired bootstrap interval] |",
+        "|---|---|---|---|",
+    ]
     for kind in ("chain", "beside"):
         for row in (step for step in steps if step["kind"] == kind):
             mean = np.mean([r["difference"] for r in row["runs"]])
-            lines.append(f"| {row['step']} | {row['variant']} minus {row['minus']} | {mean:+.2f} | {per_seed_text(row['runs'])} |")
+            lines.append(
+                f"| {row['step']} | {row['variant']} minus {row['minus']} | {mean:+.2f} "
+                f"| {per_seed_text(row['runs'])} |"
+            )
         if kind == "chain" and any(step["kind"] == "beside" for step in steps):
             lines.append("| *beside the chain* | | | |")
     return lines + [""]
@@ -278,21 +349,28 @@ def markdown(results: dict) -> str:
     """The README-style tables: each variant's test figures over the seeds, then its mAP differences."""
     lines = ["| variant | seeds | test mAP | test CF1 | test OF1 |", "|---|---|---|---|---|"]
     for name, figures in results["variants"].items():
-        cells = [f"{figures[m]['mean']:.2f} ± {figures[m]['std']:.2f} ({figures[m]['min']:.2f} .. {figures[m]['max']:.2f})"
-                 for m in METRICS]  # fmt: skip
+        cells = [
+            f"{figures[m]['mean']:.2f} ± {figures[m]['std']:.2f} ({figures[m]['min']:.2f} .. {figures[m]['max']:.2f})"
+            for m in METRICS
+        ]
         lines.append(f"| {name} | {figures['seeds']} | " + " | ".join(cells) + " |")
     lines += ["", "mean ± standard deviation over the seeds (min .. max)", ""]
     for reference, rows in results["differences"].items():
-        lines += [f"| test mAP of ... minus {reference} | mean | per seed: difference [95 % paired bootstrap interval] |",
-                  "|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| test mAP of ... minus {reference} | mean | per seed: difference [95 % paired bootstrap interval] |",
+            "|---|---|---|",
+        ]
         for name, runs in rows.items():
             lines.append(f"| {name} | {np.mean([r['difference'] for r in runs]):+.2f} | {per_seed_text(runs)} |")
         lines.append("")
     if results.get("gain_steps"):
         lines += gain_steps_markdown(results["gain_steps"])
     if results.get("pointing_game"):
-        lines += ["| pointing game, test split (% of present labels whose map peaks in one of their boxes) | mean | per seed |",
-                  "|---|---|---|"]  # fmt: skip
+        lines += [
+            "| pointing game, test split (% of present labels whose map peaks in one of their boxes) "
+            "| mean | per seed |",
+            "|---|---|---|",
+        ]
         for model, seeds in results["pointing_game"].items():
             per_seed = "; ".join(f"seed {seed}: {value:.1f}" for seed, value in seeds.items())
             lines.append(f"| {model} | {np.mean(list(seeds.values())):.1f} | {per_seed} |")
@@ -319,8 +397,15 @@ def plot(results: dict, path: Path) -> None:
     for position, name in enumerate(rows):
         for offset, run in enumerate(rows[name]):
             x = position + 0.12 * (offset - (len(rows[name]) - 1) / 2)
-            gain_axis.errorbar(x, run["difference"], yerr=[[run["difference"] - run["low"]], [run["high"] - run["difference"]]],
-                               fmt="o", color=f"C{offset}", capsize=3, label=f"seed {run['seed']}" if position == 0 else None)  # fmt: skip
+            gain_axis.errorbar(
+                x,
+                run["difference"],
+                yerr=[[run["difference"] - run["low"]], [run["high"] - run["difference"]]],
+                fmt="o",
+                color=f"C{offset}",
+                capsize=3,
+                label=f"seed {run['seed']}" if position == 0 else None,
+            )
     gain_axis.axhline(0, color="grey", linewidth=1)
     gain_axis.set_xticks(range(len(rows)), list(rows), rotation=30, ha="right")
     gain_axis.set(ylabel="test mAP minus stage 1 (points)", title="gain over stage 1 (95 % paired bootstrap intervals)")
@@ -351,16 +436,31 @@ def plot_gain_steps(axis, chain: list[dict]) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="recipe of train_stages.py (default: the demo)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, as train_stages.py's")
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="recipe of train_stages.py (default: the demo)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, as train_stages.py's"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/ablations"), help="the runs, OUTPUT_DIR/seed-N/RUN")
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("outputs/ablations"), help="the runs, OUTPUT_DIR/seed-N/RUN"
+    )
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--runs", nargs="+", default=["srn", "no-staging", "control"], choices=["srn", "no-staging", "control"],
-                        help="which trainings to run (the srn run is needed by the others: it holds the stage-1 model)")  # fmt: skip
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["srn", "no-staging", "control"],
+        choices=["srn", "no-staging", "control"],
+        help="which trainings to run (the srn run is needed by the others: it holds the stage-1 model)",
+    )
     parser.add_argument("--no-staging-epochs", type=int, default=3, help="epochs of the joint run (default 3)")
-    parser.add_argument("--test-images", type=int, help="score every variant on the first N test images only (the "
-                        "trainings get --set data.max_eval_samples=N); default: the whole test split")  # fmt: skip
+    parser.add_argument(
+        "--test-images",
+        type=int,
+        help="score every variant on the first N test images only (the "
+        "trainings get --set data.max_eval_samples=N); default: the whole test split",
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each training (OMP_NUM_THREADS)")
     parser.add_argument("--report-only", action="store_true", help="no training: tables and figure of the runs found")
     return parser.parse_args(argv)
@@ -376,8 +476,12 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: no finished run under {args.output_dir}")
     config = args.config.resolve()
     config = config.relative_to(REPOSITORY) if config.is_relative_to(REPOSITORY) else config
-    results["recipe"] = {"config": str(config), "set": args.set, "no_staging_epochs": args.no_staging_epochs,
-                         "test_images": args.test_images or "all"}  # fmt: skip
+    results["recipe"] = {
+        "config": str(config),
+        "set": args.set,
+        "no_staging_epochs": args.no_staging_epochs,
+        "test_images": args.test_images or "all",
+    }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "ablations.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)

@@ -41,36 +41,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmark_srn.py: fai
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from benchmark_srn import write_photos  # noqa: E402
+from benchmark_utils import build_model, logits_of, machine_description  # noqa: E402
+from probes import MIB, interleaved_times, peak_memory, synchronize, timed_run  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from benchmark_srn import interleaved_times, peak_memory, write_photos  # noqa: E402
-from benchmark_utils import build_model, label_set, logits_of, machine_description  # noqa: E402
 from srn_hf.fast import autocast_context, fast_inference, use_channels_last  # noqa: E402
 
 LABEL_COUNTS = (80, 1000, 10000)
-MIB = 2**20
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Timing
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(call, device: torch.device):
-    """A run for `interleaved_times`: one call of `call()`, its seconds (the GPU's work included)."""
-
-    def run() -> float:
-        synchronize(device)
-        start = time.perf_counter()
-        call()
-        synchronize(device)
-        return time.perf_counter() - start
-
-    return run
 
 
 def torch_forward(model, pixel_values: torch.Tensor, bf16: bool):
@@ -142,18 +120,32 @@ def benchmark_runtimes(args) -> list[dict]:
                 parity = {
                     "onnx_max_abs_diff": float(np.abs(calls["onnxruntime"](pixels) - reference).max()),
                     "largest_abs_logit": float(np.abs(reference).max()),  # random-init ResNet-101: about 1e4
-                    "torch_export_max_abs_diff": float(np.abs(calls["torch_export"](pixels).float().cpu().numpy() - reference).max()),
+                    "torch_export_max_abs_diff": float(
+                        np.abs(calls["torch_export"](pixels).float().cpu().numpy() - reference).max()
+                    ),
                     "onnx_providers": providers,
-                }  # fmt: skip
-                runs = {name: timed(lambda call=call: call(pixels), device) for name, call in calls.items()}
+                }
+                runs = {
+                    name: timed_run(lambda call=call, pixels=pixels: call(pixels), device)
+                    for name, call in calls.items()
+                }
                 times = interleaved_times(runs, args.warmup, args.repeats, desc=f"runtimes {image_size} batch {batch}")
                 baseline = statistics.median(times["pytorch_fp32"])
                 for name, values in times.items():
                     seconds = statistics.median(values)
-                    rows.append({"runtime": name, "image_size": image_size, "batch_size": batch, "seconds": seconds,
-                                 "images_per_second": batch / seconds, "speedup_over_fp32": baseline / seconds,
-                                 "times": values, **parity})  # fmt: skip
-                tqdm.write(format_runtime_rows(rows[-len(times):]))
+                    rows.append(
+                        {
+                            "runtime": name,
+                            "image_size": image_size,
+                            "batch_size": batch,
+                            "seconds": seconds,
+                            "images_per_second": batch / seconds,
+                            "speedup_over_fp32": baseline / seconds,
+                            "times": values,
+                            **parity,
+                        }
+                    )
+                tqdm.write(format_runtime_rows(rows[-len(times) :]))
             del calls
     return rows
 
@@ -184,7 +176,9 @@ def captured_inputs(model, layers: dict, pixel_values: torch.Tensor, bf16: bool)
     """Each layer's input during one forward pass (forward pre-hooks)."""
     inputs, handles = {}, []
     for name, layer in layers.items():
-        handles.append(layer.register_forward_pre_hook(lambda module, args, name=name: inputs.__setitem__(name, args[0])))
+        handles.append(
+            layer.register_forward_pre_hook(lambda module, args, name=name: inputs.__setitem__(name, args[0]))
+        )
     torch_forward(model, pixel_values, bf16)()
     for handle in handles:
         handle.remove()
@@ -202,24 +196,37 @@ def scaling_point(args, image_size: int, num_labels: int) -> list[dict]:
     srn, timm_model = options_model(srn, args), options_model(timm_model, args)
     runs = {"srn": torch_forward(srn, pixel_values, bf16), "timm": torch_forward(timm_model, pixel_values, bf16)}
     runs.update({name: torch_forward(layers[name], inputs[name], bf16) for name in layers})
-    times = interleaved_times({name: timed(call, device) for name, call in runs.items()}, args.warmup, args.repeats,
-                              desc=f"scaling {image_size} C={num_labels}")  # fmt: skip
+    times = interleaved_times(
+        {name: timed_run(call, device) for name, call in runs.items()},
+        args.warmup,
+        args.repeats,
+        desc=f"scaling {image_size} C={num_labels}",
+    )
     seconds = {name: statistics.median(values) for name, values in times.items()}
     extra = seconds["srn"] - seconds["timm"]
     rows = []
     for name, model in (("srn", srn), ("timm", timm_model)):
         memory = model_peak_memory(runs[name], model, device)
-        row = {"model": name, "image_size": image_size, "num_labels": num_labels, "seconds": seconds[name],
-               "ratio_to_timm": seconds[name] / seconds["timm"], **memory, "times": times[name]}  # fmt: skip
+        row = {
+            "model": name,
+            "image_size": image_size,
+            "num_labels": num_labels,
+            "seconds": seconds[name],
+            "ratio_to_timm": seconds[name] / seconds["timm"],
+            **memory,
+            "times": times[name],
+        }
         if name == "srn":
             row["linear_in_c_seconds"] = {layer: seconds[layer] for layer in layers}
-            row["linear_in_c_share_of_extra"] = {layer: seconds[layer] / extra if extra > 0 else None for layer in layers}
+            row["linear_in_c_share_of_extra"] = {
+                layer: seconds[layer] / extra if extra > 0 else None for layer in layers
+            }
         rows.append(row)
     return rows
 
 
 def model_peak_memory(call, model, device: torch.device) -> dict[str, float]:
-    """Peak memory of one forward pass: live tensors on CPU (benchmark_srn.peak_memory), the allocator's on CUDA."""
+    """Peak memory of one forward pass: live tensors on CPU (probes.peak_memory), the allocator's on CUDA."""
     if device.type != "cuda":
         return peak_memory(call, model)
     torch.cuda.reset_peak_memory_stats(device)
@@ -236,9 +243,11 @@ def benchmark_scaling(args) -> list[dict]:
         for num_labels in LABEL_COUNTS:
             rows += scaling_point(args, image_size, num_labels)
             srn, timm_row = rows[-2], rows[-1]
-            tqdm.write(f"scaling {image_size} C={num_labels}: SRN {srn['seconds'] * 1000:.0f} ms "
-                       f"{srn['peak_memory_mib']:.0f} MiB, timm {timm_row['seconds'] * 1000:.0f} ms "
-                       f"{timm_row['peak_memory_mib']:.0f} MiB")  # fmt: skip
+            tqdm.write(
+                f"scaling {image_size} C={num_labels}: SRN {srn['seconds'] * 1000:.0f} ms "
+                f"{srn['peak_memory_mib']:.0f} MiB, timm {timm_row['seconds'] * 1000:.0f} ms "
+                f"{timm_row['peak_memory_mib']:.0f} MiB"
+            )
     return rows
 
 
@@ -247,7 +256,8 @@ def benchmark_scaling(args) -> list[dict]:
 
 
 def saved_tagger(args, folder: Path, backbone: str, image_size: int):
-    """A random-init SRN saved with its image processor, loaded as the multi-label pipeline (as `srn-hf predict` does)."""
+    """A random-init SRN saved with its image processor, loaded as the multi-label pipeline (as `srn-hf predict`
+    does)."""
     from transformers import pipeline
 
     from srn_hf.pipeline_srn import TASK
@@ -269,7 +279,7 @@ def model_only_run(tagger, photos: list[str], batch_size: int, fast: bool, devic
     batches = len(photos) // batch_size
 
     def run() -> float:
-        return batches * batch_size / sum(timed(forward, device)() for _ in range(batches))
+        return batches * batch_size / sum(timed_run(forward, device)() for _ in range(batches))
 
     return run
 
@@ -281,8 +291,15 @@ def bulk_run(tagger, photos: list[str], folder: Path, batch_size: int, fast: boo
     def run() -> float:
         output = folder / f"bulk_{time.time_ns()}.jsonl"
         start = time.perf_counter()
-        summary = tag_images(tagger, file_sources(photos), "benchmark", output=output, batch_size=batch_size,
-                             num_workers=args.num_workers, fast=fast)  # fmt: skip
+        summary = tag_images(
+            tagger,
+            file_sources(photos),
+            "benchmark",
+            output=output,
+            batch_size=batch_size,
+            num_workers=args.num_workers,
+            fast=fast,
+        )
         seconds = time.perf_counter() - start
         assert summary.predicted == len(photos) and summary.failed == 0
         return len(photos) / seconds
@@ -301,18 +318,31 @@ def benchmark_bulk(args, folder: Path) -> list[dict]:
             continue
         if fast:
             use_channels_last(tagger.model)
-        runs = {"model_only": model_only_run(tagger, photos, args.bulk_batch_size, fast, device),
-                "bulk": bulk_run(tagger, photos, folder, args.bulk_batch_size, fast, args)}  # fmt: skip
+        runs = {
+            "model_only": model_only_run(tagger, photos, args.bulk_batch_size, fast, device),
+            "bulk": bulk_run(tagger, photos, folder, args.bulk_batch_size, fast, args),
+        }
         rates = {name: [] for name in runs}
         for _ in tqdm(range(args.bulk_rounds), desc=f"bulk {precision}", leave=False):
             for name, run in runs.items():
                 rates[name].append(run())
         model_only, bulk = (statistics.median(rates[name]) for name in ("model_only", "bulk"))
-        rows.append({"precision": precision, "batch_size": args.bulk_batch_size, "images": len(photos),
-                     "image_size": args.bulk_image_size, "num_workers": args.num_workers,
-                     "model_only_images_per_second": model_only, "bulk_images_per_second": bulk,
-                     "ratio": bulk / model_only, "rates": rates})  # fmt: skip
-        tqdm.write(f"bulk {precision}: {bulk:.1f} images/s against {model_only:.1f} model alone (x{bulk / model_only:.2f})")
+        rows.append(
+            {
+                "precision": precision,
+                "batch_size": args.bulk_batch_size,
+                "images": len(photos),
+                "image_size": args.bulk_image_size,
+                "num_workers": args.num_workers,
+                "model_only_images_per_second": model_only,
+                "bulk_images_per_second": bulk,
+                "ratio": bulk / model_only,
+                "rates": rates,
+            }
+        )
+        tqdm.write(
+            f"bulk {precision}: {bulk:.1f} images/s against {model_only:.1f} model alone (x{bulk / model_only:.2f})"
+        )
     return rows
 
 
@@ -342,9 +372,9 @@ def sample_memory(output: Path, samples: list, stop: threading.Event) -> None:
 
 def benchmark_memory(args, folder: Path) -> dict:
     """A bulk run over `--memory-images` paths (hard links to 20 photos) with its memory sampled as it writes."""
-    from srn_hf.bulk import file_sources, tag_images
-
     from PIL import Image
+
+    from srn_hf.bulk import file_sources, tag_images
 
     originals = write_photos(folder, 20, seed=1)
     for original in originals:  # 320 x 240: the run's memory is measured, not the decoder's speed
@@ -359,8 +389,16 @@ def benchmark_memory(args, folder: Path) -> dict:
     sampler = threading.Thread(target=sample_memory, args=(output, samples, stop), daemon=True)
     sampler.start()
     start = time.perf_counter()
-    summary = tag_images(tagger, file_sources(photos), "benchmark", output=output, batch_size=args.bulk_batch_size,
-                         num_workers=args.num_workers, fast=True, all_scores=True)  # fmt: skip
+    summary = tag_images(
+        tagger,
+        file_sources(photos),
+        "benchmark",
+        output=output,
+        batch_size=args.bulk_batch_size,
+        num_workers=args.num_workers,
+        fast=True,
+        all_scores=True,
+    )
     seconds = time.perf_counter() - start
     stop.set()
     sampler.join()
@@ -368,14 +406,19 @@ def benchmark_memory(args, folder: Path) -> dict:
     after_first = [sample for sample in samples if sample[0] >= min(1000, len(photos) // 10)] or samples
     first, last = after_first[0], samples[-1]
     return {
-        "backbone": args.memory_backbone, "images": len(photos), "seconds": seconds,
-        "images_per_second": len(photos) / seconds, "batch_size": args.bulk_batch_size, "precision": "fast_path",
+        "backbone": args.memory_backbone,
+        "images": len(photos),
+        "seconds": seconds,
+        "images_per_second": len(photos) / seconds,
+        "batch_size": args.bulk_batch_size,
+        "precision": "fast_path",
         "rss_mib_at_first_sample": {"records": first[0], "main": first[1], "with_workers": first[2]},
         "rss_mib_at_end": {"records": last[0], "main": last[1], "with_workers": last[2]},
-        "growth_mib_main": last[1] - first[1], "growth_mib_with_workers": last[2] - first[2],
+        "growth_mib_main": last[1] - first[1],
+        "growth_mib_with_workers": last[2] - first[2],
         "max_rss_mib_main": max(sample[1] for sample in after_first),
         "samples": samples[:: max(1, len(samples) // 200)],
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,41 +427,68 @@ def benchmark_memory(args, folder: Path) -> dict:
 
 def markdown_tables(results: dict) -> str:
     """The tables of `deploy_results.md` (the figures docs/deploy.md quotes)."""
-    lines = [f"Machine: {results['machine']['cpu']}, {results['machine']['torch_threads']} threads, device "
-             f"{results['settings']['device']}; load average {results['machine']['load_average']} at the start, "
-             f"{results.get('load_average_end')} at the end.", ""]  # fmt: skip
+    lines = [
+        f"Machine: {results['machine']['cpu']}, {results['machine']['torch_threads']} threads, device "
+        f"{results['settings']['device']}; load average {results['machine']['load_average']} at the start, "
+        f"{results.get('load_average_end')} at the end.",
+        "",
+    ]
     if results.get("runtimes"):
         lines += ["| runtime | size | batch | ms per batch | images/s | x PyTorch fp32 |", "|---|---|---|---|---|---|"]
-        lines += [f"| {row['runtime']} | {row['image_size']} | {row['batch_size']} | {row['seconds'] * 1000:.1f} | "
-                  f"{row['images_per_second']:.2f} | {row['speedup_over_fp32']:.2f} |" for row in results["runtimes"]]
+        lines += [
+            f"| {row['runtime']} | {row['image_size']} | {row['batch_size']} | {row['seconds'] * 1000:.1f} | "
+            f"{row['images_per_second']:.2f} | {row['speedup_over_fp32']:.2f} |"
+            for row in results["runtimes"]
+        ]
         parity = max(results["runtimes"], key=lambda row: row["onnx_max_abs_diff"])
-        relative = parity["onnx_max_abs_diff"] / parity["largest_abs_logit"] if "largest_abs_logit" in parity else float("nan")
-        lines += ["", f"ONNX Runtime logits against PyTorch fp32: max abs difference {parity['onnx_max_abs_diff']:.2e}, "
-                  f"{relative:.1e} of the largest logit.", ""]  # fmt: skip
+        relative = (
+            parity["onnx_max_abs_diff"] / parity["largest_abs_logit"] if "largest_abs_logit" in parity else float("nan")
+        )
+        lines += [
+            "",
+            f"ONNX Runtime logits against PyTorch fp32: max abs difference {parity['onnx_max_abs_diff']:.2e}, "
+            f"{relative:.1e} of the largest logit.",
+            "",
+        ]
     if results.get("scaling"):
-        lines += ["| size | C | SRN ms | timm ms | SRN / timm | SRN peak MiB | timm peak MiB | f_att last conv ms | "
-                  "S ms | f_sr first conv ms | share of SRN's extra time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| size | C | SRN ms | timm ms | SRN / timm | SRN peak MiB | timm peak MiB | f_att last conv ms | "
+            "S ms | f_sr first conv ms | share of SRN's extra time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         rows = results["scaling"]
         for srn, timm_row in zip(rows[::2], rows[1::2]):
             layer_ms = [value * 1000 for value in srn["linear_in_c_seconds"].values()]
             shares = [value for value in srn["linear_in_c_share_of_extra"].values() if value is not None]
-            lines.append(f"| {srn['image_size']} | {srn['num_labels']} | {srn['seconds'] * 1000:.0f} | "
-                         f"{timm_row['seconds'] * 1000:.0f} | {srn['ratio_to_timm']:.2f} | {srn['peak_memory_mib']:.0f} | "
-                         f"{timm_row['peak_memory_mib']:.0f} | " + " | ".join(f"{value:.1f}" for value in layer_ms) +
-                         f" | {sum(shares):.0%} |")  # fmt: skip
+            lines.append(
+                f"| {srn['image_size']} | {srn['num_labels']} | {srn['seconds'] * 1000:.0f} | "
+                f"{timm_row['seconds'] * 1000:.0f} | {srn['ratio_to_timm']:.2f} | {srn['peak_memory_mib']:.0f} | "
+                f"{timm_row['peak_memory_mib']:.0f} | "
+                + " | ".join(f"{value:.1f}" for value in layer_ms)
+                + f" | {sum(shares):.0%} |"
+            )
         lines.append("")
     if results.get("bulk"):
-        lines += ["| precision | batch | images | bulk images/s | model alone images/s | bulk / model |", "|---|---|---|---|---|---|"]
-        lines += [f"| {row['precision']} | {row['batch_size']} | {row['images']} | {row['bulk_images_per_second']:.2f} | "
-                  f"{row['model_only_images_per_second']:.2f} | {row['ratio']:.2f} |" for row in results["bulk"]]
+        lines += [
+            "| precision | batch | images | bulk images/s | model alone images/s | bulk / model |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['precision']} | {row['batch_size']} | {row['images']} | {row['bulk_images_per_second']:.2f} | "
+            f"{row['model_only_images_per_second']:.2f} | {row['ratio']:.2f} |"
+            for row in results["bulk"]
+        ]
         lines.append("")
     if results.get("memory"):
         memory = results["memory"]
-        lines += [f"Memory of a bulk run over {memory['images']} images (SRN on {memory['backbone']}, fast path, "
-                  f"--all-scores, JSONL): resident {memory['rss_mib_at_first_sample']['main']:.0f} MiB after "
-                  f"{memory['rss_mib_at_first_sample']['records']} records, {memory['rss_mib_at_end']['main']:.0f} MiB "
-                  f"after {memory['rss_mib_at_end']['records']} (growth {memory['growth_mib_main']:+.1f} MiB; with the "
-                  f"workers {memory['growth_mib_with_workers']:+.1f} MiB), {memory['images_per_second']:.1f} images/s.", ""]
+        lines += [
+            f"Memory of a bulk run over {memory['images']} images (SRN on {memory['backbone']}, fast path, "
+            f"--all-scores, JSONL): resident {memory['rss_mib_at_first_sample']['main']:.0f} MiB after "
+            f"{memory['rss_mib_at_first_sample']['records']} records, {memory['rss_mib_at_end']['main']:.0f} MiB "
+            f"after {memory['rss_mib_at_end']['records']} (growth {memory['growth_mib_main']:+.1f} MiB; with the "
+            f"workers {memory['growth_mib_with_workers']:+.1f} MiB), {memory['images_per_second']:.1f} images/s.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -433,8 +503,12 @@ def plot(results: dict, path: Path) -> None:
     scaling_axes, memory_axes = figure.subplots(1, 2)
     for image_size in sorted({row["image_size"] for row in results.get("scaling", [])}):
         rows = [row for row in results["scaling"] if row["model"] == "srn" and row["image_size"] == image_size]
-        scaling_axes.plot([row["num_labels"] for row in rows], [row["ratio_to_timm"] for row in rows], "o-", label=f"{image_size} px")
-    scaling_axes.set(xscale="log", xlabel="labels C", ylabel="SRN time / timm classifier time", title="label-set scaling")
+        scaling_axes.plot(
+            [row["num_labels"] for row in rows], [row["ratio_to_timm"] for row in rows], "o-", label=f"{image_size} px"
+        )
+    scaling_axes.set(
+        xscale="log", xlabel="labels C", ylabel="SRN time / timm classifier time", title="label-set scaling"
+    )
     scaling_axes.legend()
     samples = (results.get("memory") or {}).get("samples") or []
     if samples:
@@ -450,15 +524,25 @@ def plot(results: dict, path: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, images and rounds (every section still runs)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats, images and rounds (every section still runs)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--autocast-bf16", action="store_true", help="label-set scaling under bf16 autocast")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last weights for PyTorch fp32 and scaling")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the PyTorch models (eager, fast path, scaling)")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="channels-last weights for PyTorch fp32 and scaling"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the PyTorch models (eager, fast path, scaling)"
+    )
     parser.add_argument("--backbone", default="resnet101", help="timm backbone of SRN (default resnet101)")
     parser.add_argument("--num-labels", type=int, default=80, help="labels C of the runtime and bulk sections (80)")
-    parser.add_argument("--sections", nargs="+", default=["runtimes", "scaling", "bulk", "memory"],
-                        choices=["runtimes", "scaling", "bulk", "memory"])
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["runtimes", "scaling", "bulk", "memory"],
+        choices=["runtimes", "scaling", "bulk", "memory"],
+    )
     parser.add_argument("--runtime-sizes", type=int, nargs="+", help="runtime input sizes (224; 224 448 on cuda)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448], help="label-set scaling input sizes")
     parser.add_argument("--scaling-batch-size", type=int, default=1, help="batch of the label-set scaling (1)")
@@ -468,7 +552,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bulk-batch-size", type=int, default=16)
     parser.add_argument("--bulk-image-size", type=int, default=224)
     parser.add_argument("--bulk-rounds", type=int, help="rounds of bulk and model alone, interleaved (2; 1 quick)")
-    parser.add_argument("--bulk-precisions", nargs="+", default=["float32", "fast_path"], choices=["float32", "fast_path"])
+    parser.add_argument(
+        "--bulk-precisions", nargs="+", default=["float32", "fast_path"], choices=["float32", "fast_path"]
+    )
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of the bulk runs (2)")
     parser.add_argument("--memory-images", type=int, help="images of the memory run (10000; 1000 quick)")
     parser.add_argument("--memory-backbone", default="resnet10t", help="SRN backbone of the memory run (resnet10t)")
@@ -487,8 +573,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_device(device: str) -> str | None:
     """Why `device` cannot be used here, or None."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        return (f"--device {device}: no CUDA GPU is visible to torch {torch.__version__} (torch.cuda.is_available() "
-                "is False); run it on a machine with a GPU, or with --device cpu")  # fmt: skip
+        return (
+            f"--device {device}: no CUDA GPU is visible to torch {torch.__version__} (torch.cuda.is_available() "
+            "is False); run it on a machine with a GPU, or with --device cpu"
+        )
     if not device.startswith(("cpu", "cuda")):
         return f"--device {device}: expected cpu or cuda[:N]"
     return None

@@ -1,4 +1,5 @@
-"""Speed of the paired bootstrap interval of an mAP gain (`srn_hf.metrics.map_difference`), against the per-resample loop.
+"""Speed of the paired bootstrap interval of an mAP gain (`srn_hf.metrics.map_difference`), against the
+per-resample loop.
 
     python benchmarks/benchmark_metrics.py            # 3,000 x 13 and 40,000 x 80 scores (3.5 minutes, 2 busy cores)
     python benchmarks/benchmark_metrics.py --quick    # a smoke run on small arrays
@@ -17,7 +18,7 @@ weighs most); `map_difference` is also timed with the full `--resamples` (1,000)
 is extrapolated (linear in the resamples). The scores are
 synthetic: two correlated models (the second one better) on the same long-tailed labels, stored as float32.
 Results: `benchmarks/results/metrics.json` and `metrics.md`.
-"""
+"""  # noqa: E501 - Markdown table rows cannot be wrapped
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ import numpy as np
 from scipy.stats import bootstrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_thresholds import peak_mib, synthetic_scores, timed  # noqa: E402
+from benchmark_thresholds import synthetic_scores  # noqa: E402
 from benchmark_utils import machine_description  # noqa: E402
+from probes import interleaved_results, tracemalloc_peak_mib  # noqa: E402
 
 from srn_hf.metrics import map_difference, resampled_map_difference  # noqa: E402
 
@@ -50,10 +52,21 @@ def per_resample_loop(scores_a, scores_b, labels, n_resamples: int, seed: int = 
     """The reference: `map_difference`'s interval computed one resample at a time with sklearn's AP."""
     positives = labels > 0.5
     images = np.arange(len(positives))
-    statistic = partial(resampled_map_difference, scores_a.astype(np.float64), scores_b.astype(np.float64),
-                        positives, convention="standard")  # fmt: skip
-    interval = bootstrap((images,), statistic, vectorized=False, n_resamples=n_resamples, method="percentile",
-                         rng=np.random.default_rng(seed)).confidence_interval  # fmt: skip
+    statistic = partial(
+        resampled_map_difference,
+        scores_a.astype(np.float64),
+        scores_b.astype(np.float64),
+        positives,
+        convention="standard",
+    )
+    interval = bootstrap(
+        (images,),
+        statistic,
+        vectorized=False,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
     return {"difference": statistic(images), "low": float(interval.low), "high": float(interval.high)}
 
 
@@ -64,7 +77,7 @@ def largest_gap(result: dict, reference: dict) -> float:
 
 def compare(scores_a, scores_b, labels, n_resamples: int, repeats: int) -> dict:
     """Both methods on the same `n_resamples` resamples, interleaved: seconds, speed-up, largest gap."""
-    runs = timed(
+    runs = interleaved_results(
         {
             "map_difference": lambda: map_difference(scores_a, scores_b, labels, n_resamples=n_resamples),
             "per-resample loop": lambda: per_resample_loop(scores_a, scores_b, labels, n_resamples),
@@ -95,7 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.small, args.large, args.resamples, args.large_loop_resamples, args.repeats = [300, 5], [2_000, 20], 50, 3, 1
+        args.small, args.large, args.resamples, args.large_loop_resamples, args.repeats = (
+            [300, 5],
+            [2_000, 20],
+            50,
+            3,
+            1,
+        )
     return args
 
 
@@ -107,7 +126,7 @@ def main(argv=None) -> dict:
     print(f"large case {args.large}, {args.large_loop_resamples} resamples, {args.repeats} rounds")
     large_comparison = compare(*large, args.large_loop_resamples, args.repeats)
     print(f"large case, map_difference alone with {args.resamples} resamples")
-    large_full = timed({"map_difference": lambda: map_difference(*large, n_resamples=args.resamples)}, 1)
+    large_full = interleaved_results({"map_difference": lambda: map_difference(*large, n_resamples=args.resamples)}, 1)
     loop_per_resample = large_comparison["seconds"]["per-resample loop"] / args.large_loop_resamples
     report = {
         "machine": machine_description(),
@@ -120,7 +139,9 @@ def main(argv=None) -> dict:
             "per-resample loop seconds, extrapolated": loop_per_resample * args.resamples,
             "speedup, extrapolated": loop_per_resample * args.resamples / large_full["map_difference"]["seconds"],
             # the peak is the one of a batch of resamples: two batches show it
-            "map_difference peak MiB": peak_mib(lambda: map_difference(*large, n_resamples=min(args.resamples, 100))),
+            "map_difference peak MiB": tracemalloc_peak_mib(
+                lambda: map_difference(*large, n_resamples=min(args.resamples, 100))
+            ),
         },
     }
     write_results(report, Path(args.output_dir))
@@ -134,23 +155,26 @@ def write_results(report: dict, output_dir: Path) -> None:
     machine, full = report["machine"], report["large_full"]
     rows = [
         f"| {case['images']:,} x {case['labels']} | {case['resamples']:,} | {case['seconds']['per-resample loop']:.2f} "
-        f"| {case['seconds']['map_difference']:.3f} | {case['speedup']:.0f} x | {case['largest gap (mAP points)']:.1e} |"
+        f"| {case['seconds']['map_difference']:.3f} | {case['speedup']:.0f} x "
+        f"| {case['largest gap (mAP points)']:.1e} |"
         for case in (report["small"], report["large"])
     ]
     lines = [
         f"Paired bootstrap interval of an mAP gain ({machine['cpu']}, {machine['logical_cpus']} logical CPUs, load "
         f"average {machine['load_average'][0]:.1f} at the start; median of {report['repeats']} interleaved rounds)",
         "",
-        "| scores | resamples | per-resample loop (s) | map_difference (s) | map_difference is faster by | largest gap (points) |",
+        "| scores | resamples | per-resample loop (s) | map_difference (s) | map_difference is faster by "
+        "| largest gap (points) |",
         "|---|---|---|---|---|---|",
         *rows,
         f"| {report['large']['images']:,} x {report['large']['labels']} | {full['resamples']:,} "
-        f"| {full['per-resample loop seconds, extrapolated']:.0f} (extrapolated) | {full['map_difference seconds']:.2f} "
+        f"| {full['per-resample loop seconds, extrapolated']:.0f} (extrapolated) "
+        f"| {full['map_difference seconds']:.2f} "
         f"| {full['speedup, extrapolated']:.0f} x | |",
         "",
         f"Peak memory of map_difference on {report['large']['images']:,} x {report['large']['labels']} (tracemalloc, "
         f"inputs' float64 copies included): {full['map_difference peak MiB']:.0f} MiB.",
-    ]  # fmt: skip
+    ]
     (output_dir / "metrics.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

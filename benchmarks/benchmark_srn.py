@@ -1,7 +1,7 @@
 """Speed and memory of SRN against the plain timm classifier and transformers' timm wrapper, in one process.
 
-    python benchmarks/benchmark_srn.py                 # the full run: SRN-ResNet-101, 80 labels (about 13 minutes on 2 cores)
-    python benchmarks/benchmark_srn.py --quick         # a smoke run of every measurement (~2 minutes)
+    python benchmarks/benchmark_srn.py          # the full run: SRN-ResNet-101, 80 labels (about 13 minutes on 2 cores)
+    python benchmarks/benchmark_srn.py --quick  # a smoke run of every measurement (~2 minutes)
     python benchmarks/benchmark_srn.py --quick --backbone resnet10t --sizes 64 --batch-sizes 1 2 --train-batch-size 2
 
 Measured, each after warm-up, as the median of `--repeats` runs, the models interleaved run by run (so that a
@@ -19,19 +19,17 @@ busy machine slows all of them alike and the ratios stay fair):
 
 Writes `benchmark_results.json`, `benchmark_results.md` (the tables) and `benchmark_results.png` to
 `--output-dir` and prints the tables and the targets (ratios) with whether each is met. Speed is never asserted
-in the test suite: `tests/test_benchmarks.py` only runs `--quick` on a tiny backbone and checks the files.
+in the test suite: `tests/benchmarks/test_benchmarks.py` only runs `--quick` on a tiny backbone and checks the files.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
 import tempfile
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,11 +40,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils.weak import WeakIdKeyDictionary  # noqa: E402
+from benchmark_utils import MODEL_NAMES, build_model, count_flops, logits_of, machine_description  # noqa: E402
+from probes import interleaved_times, peak_memory, seconds_of, timed_run  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from benchmark_utils import MODEL_NAMES, build_model, count_flops, logits_of, machine_description  # noqa: E402
 from srn_hf.fast import autocast_context, fast_inference, use_channels_last  # noqa: E402
 from srn_hf.modeling_srn import sigmoid_cross_entropy  # noqa: E402
 from srn_hf.stages import StageForward, apply_stage, stage_loss  # noqa: E402
@@ -54,77 +51,10 @@ from srn_hf.stages import StageForward, apply_stage, stage_loss  # noqa: E402
 PRECISIONS = ("float32", "bf16_channels_last")  # the second is the fast path of srn_hf.fast
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MATMUL_DTYPE_OF = {"float32": "float32", "bf16_channels_last": "bfloat16"}  # the peak each precision is held to
-MIB = 2**20
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Timing and memory
-
-
-def interleaved_times(runs: dict[str, Callable[[], float]], warmup: int, repeats: int, desc: str) -> dict[str, list[float]]:
-    """Calls every run `warmup` times, then `repeats` rounds of one call each; each call returns its own seconds."""
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    times = {name: [] for name in runs}
-    for _ in tqdm(range(repeats), desc=desc, leave=False):
-        for name, run in runs.items():
-            times[name].append(run())
-    return times
-
-
-class LiveTensorMemory(TorchDispatchMode):
-    """Counts the bytes of the tensor storages that operations create while active, and their peak.
-
-    A storage is counted from the operation that creates it until it is freed (a weak-reference finaliser), once
-    however many views share it. oneDNN's and the allocator's own scratch memory are not tensors: not counted.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.seen = WeakIdKeyDictionary()
-        self.current = self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        outputs = func(*args, **(kwargs or {}))
-        for tensor in torch.utils._pytree.tree_leaves(outputs):
-            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
-                storage = tensor.untyped_storage()
-                if storage not in self.seen:
-                    self.seen[storage] = True
-                    self.current += storage.nbytes()
-                    self.peak = max(self.peak, self.current)
-                    weakref.finalize(storage, self.free, storage.nbytes())
-        return outputs
-
-    def free(self, nbytes: int) -> None:
-        self.current -= nbytes
-
-
-def tensor_bytes(*tracked) -> int:
-    """Bytes of the modules' parameters and buffers and of the optimizers' states."""
-    tensors = []
-    for item in tracked:
-        if isinstance(item, torch.nn.Module):
-            tensors += [*item.parameters(), *item.buffers()]
-        else:
-            tensors += [value for state in item.state.values() for value in state.values() if torch.is_tensor(value)]
-    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
-
-
-def peak_memory(run: Callable[[], object], *tracked) -> dict[str, float]:
-    """Peak tensor memory (MiB) during `run()`: in total, and of what `run()` allocates (activations, gradients).
-
-    The total adds the parameters, buffers and optimizer states of `tracked` (modules and optimizers), with their
-    gradients freed first (every timed step starts with `zero_grad(set_to_none=True)`).
-    """
-    for item in tracked:
-        item.zero_grad(set_to_none=True)
-    gc.collect()
-    resident = tensor_bytes(*tracked)
-    with LiveTensorMemory() as memory:
-        run()
-    return {"peak_memory_mib": (resident + memory.peak) / MIB, "peak_allocated_mib": memory.peak / MIB}
+# The machine's matrix-multiply peak
 
 
 def matmul_peak_gflops(dtype: torch.dtype, size: int, repeats: int) -> float:
@@ -139,10 +69,7 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int, repeats: int) -> float:
     best = float("inf")
     for product in (lambda: torch.mm(a, b), lambda: torch.nn.functional.conv2d(pixels, weight)):
         product()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            best = min(best, time.perf_counter() - start)
+        best = min(best, *(seconds_of(product) for _ in range(repeats)))
     return 2 * size**3 / best / 1e9
 
 
@@ -160,13 +87,11 @@ def prepare(model: torch.nn.Module, precision: str) -> torch.nn.Module:
 def inference_run(model: torch.nn.Module, pixel_values: torch.Tensor, fast: bool) -> Callable[[], float]:
     """One timed forward pass under `torch.inference_mode()` (and bf16 autocast on the fast path)."""
 
-    def run() -> float:
-        start = time.perf_counter()
+    def forward() -> None:
         with torch.inference_mode(), autocast_context(enabled=fast):
             logits_of(model(pixel_values))
-        return time.perf_counter() - start
 
-    return run
+    return timed_run(forward)
 
 
 def benchmark_inference(args, peaks: dict[str, float]) -> tuple[list[dict], dict]:
@@ -187,21 +112,23 @@ def benchmark_inference(args, peaks: dict[str, float]) -> tuple[list[dict], dict
                 runs = {name: inference_run(model, pixel_values, fast) for name, model in compiled.items()}
                 desc = f"inference {image_size}px {precision} batch {batch_size}"
                 times = interleaved_times(runs, args.warmup, args.repeats, desc)
-                for name, model in compiled.items():
+                for name in compiled:
                     seconds = statistics.median(times[name])
                     gflops = flops[image_size][name] * batch_size / seconds
-                    rows.append({
-                        "model": name,
-                        "image_size": image_size,
-                        "precision": precision,
-                        "batch_size": batch_size,
-                        "seconds": seconds,
-                        "times": times[name],
-                        "images_per_second": batch_size / seconds,
-                        "gflops_per_second": gflops,
-                        "fraction_of_matmul_peak": gflops / peaks[MATMUL_DTYPE_OF[precision]],
-                        **peak_memory(runs[name], models[name]),
-                    })
+                    rows.append(
+                        {
+                            "model": name,
+                            "image_size": image_size,
+                            "precision": precision,
+                            "batch_size": batch_size,
+                            "seconds": seconds,
+                            "times": times[name],
+                            "images_per_second": batch_size / seconds,
+                            "gflops_per_second": gflops,
+                            "fraction_of_matmul_peak": gflops / peaks[MATMUL_DTYPE_OF[precision]],
+                            **peak_memory(runs[name], models[name]),
+                        }
+                    )
                     tqdm.write(format_inference_row(rows[-1]))
         del models, compiled
     return rows, flops
@@ -211,7 +138,9 @@ def benchmark_inference(args, peaks: dict[str, float]) -> tuple[list[dict], dict
 # Training steps
 
 
-def training_step(model, forward, loss_of, optimizer, pixel_values, labels, fast: bool, before=None) -> Callable[[], float]:
+def training_step(
+    model, forward, loss_of, optimizer, pixel_values, labels, fast: bool, before=None
+) -> Callable[[], float]:
     """One timed training step: forward and loss (under bf16 autocast on the fast path), backward, SGD step.
 
     `before()` (untimed) puts the model in the step's stage: the stages share one SRN, run interleaved.
@@ -246,7 +175,11 @@ def training_runs(args, precision: str) -> tuple[dict[str, Callable[[], float]],
     srn = prepare(build_model("srn", args.backbone, args.num_labels, image_size), precision)
 
     plain_optimizer = sgd(plain.parameters())
-    runs = {"timm fine-tune": training_step(plain, plain, sigmoid_cross_entropy, plain_optimizer, pixel_values, labels, fast)}
+    runs = {
+        "timm fine-tune": training_step(
+            plain, plain, sigmoid_cross_entropy, plain_optimizer, pixel_values, labels, fast
+        )
+    }
     tracked = {"timm fine-tune": (plain, plain_optimizer)}
     for stage in (1, 2, 3, 4):
         trainable = apply_stage(srn, stage)
@@ -274,17 +207,19 @@ def benchmark_training(args) -> list[dict]:
         stage_1 = statistics.median(times["SRN stage 1"])
         for name, run in runs.items():
             seconds = statistics.median(times[name])
-            rows.append({
-                "step": name,
-                "precision": precision,
-                "image_size": args.sizes[0],
-                "batch_size": args.train_batch_size,
-                "seconds": seconds,
-                "times": times[name],
-                "images_per_second": args.train_batch_size / seconds,
-                "ratio_to_stage_1": seconds / stage_1,
-                **peak_memory(run, *tracked[name]),
-            })
+            rows.append(
+                {
+                    "step": name,
+                    "precision": precision,
+                    "image_size": args.sizes[0],
+                    "batch_size": args.train_batch_size,
+                    "seconds": seconds,
+                    "times": times[name],
+                    "images_per_second": args.train_batch_size / seconds,
+                    "ratio_to_stage_1": seconds / stage_1,
+                    **peak_memory(run, *tracked[name]),
+                }
+            )
             tqdm.write(format_training_row(rows[-1]))
         del runs, tracked
     return rows
@@ -377,20 +312,13 @@ def benchmark_loader(args, training_rows: list[dict]) -> dict:
         batches = iter(loader)
         first = next(batches)
         step(first)
-        fed, in_memory = [], []  # seconds per step: waiting for the loader's next batch included
+        fed = []  # seconds per step: waiting for the loader's next batch included
         for _ in tqdm(range(len(loader) - 1), desc="stage 3 fed by the loader", leave=False):
-            start = time.perf_counter()
-            step(next(batches))
-            fed.append(time.perf_counter() - start)
-        for _ in range(len(fed)):
-            start = time.perf_counter()
-            step(first)
-            in_memory.append(time.perf_counter() - start)
+            fed.append(seconds_of(lambda: step(next(batches))))
+        in_memory = [seconds_of(step, first) for _ in fed]
         fed_seconds, in_memory_seconds = statistics.median(fed), statistics.median(in_memory)
 
-    training = {
-        f"{row['step']} ({row['precision']})": row["images_per_second"] for row in training_rows
-    }
+    training = {f"{row['step']} ({row['precision']})": row["images_per_second"] for row in training_rows}
     fastest = max(training, key=training.get)
     return {
         "workers": args.loader_workers,
@@ -436,19 +364,31 @@ def evaluate_targets(inference: list[dict], training: list[dict], loader: dict, 
         for precision in PRECISIONS:
             srn = find(inference, model="srn", image_size=size, precision=precision, batch_size=batch_size)
             plain = find(inference, model="timm", image_size=size, precision=precision, batch_size=batch_size)
-            add(f"SRN / timm inference time, {size}px, {precision}, batch {batch_size}",
-                paired_ratio(srn, plain), 1.10, at_most=True)
+            add(
+                f"SRN / timm inference time, {size}px, {precision}, batch {batch_size}",
+                paired_ratio(srn, plain),
+                1.10,
+                at_most=True,
+            )
         fp32 = find(inference, model="srn", image_size=size, precision="float32", batch_size=batch_size)
         fast = find(inference, model="srn", image_size=size, precision="bf16_channels_last", batch_size=batch_size)
-        add(f"SRN fast path speed-up over float32, {size}px, batch {batch_size}",
-            fp32["seconds"] / fast["seconds"], 2.0, at_most=False)
+        add(
+            f"SRN fast path speed-up over float32, {size}px, batch {batch_size}",
+            fp32["seconds"] / fast["seconds"],
+            2.0,
+            at_most=False,
+        )
     for precision in PRECISIONS:
         stage_1 = find(training, step="SRN stage 1", precision=precision)
         for stage in (2, 3):
             row = find(training, step=f"SRN stage {stage}", precision=precision)
             add(f"SRN stage {stage} / stage 1 step time, {precision}", paired_ratio(row, stage_1), 0.45, at_most=True)
-    add(f"loader ({args.loader_workers} workers) / fastest training step, images/s",
-        loader["loader_over_fastest_training"], 1.0, at_most=False)
+    add(
+        f"loader ({args.loader_workers} workers) / fastest training step, images/s",
+        loader["loader_over_fastest_training"],
+        1.0,
+        at_most=False,
+    )
     return targets
 
 
@@ -456,23 +396,28 @@ PRECISION_LABELS = {"float32": "float32", "bf16_channels_last": "bf16 + channels
 
 
 def format_inference_row(row: dict) -> str:
-    return (f"{row['model']:>12} {row['image_size']}px {PRECISION_LABELS[row['precision']]:>20} batch "
-            f"{row['batch_size']:>2}: {row['seconds'] * 1000:8.1f} ms  {row['images_per_second']:6.1f} img/s  "
-            f"{row['gflops_per_second']:6.0f} GFLOP/s ({100 * row['fraction_of_matmul_peak']:.0f} % of peak)  "
-            f"{row['peak_memory_mib']:6.0f} MiB")
+    return (
+        f"{row['model']:>12} {row['image_size']}px {PRECISION_LABELS[row['precision']]:>20} batch "
+        f"{row['batch_size']:>2}: {row['seconds'] * 1000:8.1f} ms  {row['images_per_second']:6.1f} img/s  "
+        f"{row['gflops_per_second']:6.0f} GFLOP/s ({100 * row['fraction_of_matmul_peak']:.0f} % of peak)  "
+        f"{row['peak_memory_mib']:6.0f} MiB"
+    )
 
 
 def format_training_row(row: dict) -> str:
-    return (f"{row['step']:>15} {PRECISION_LABELS[row['precision']]:>20}: {row['seconds']:7.2f} s/step  "
-            f"{row['images_per_second']:6.1f} img/s  x{row['ratio_to_stage_1']:.2f} of stage 1  "
-            f"{row['peak_memory_mib']:6.0f} MiB")
+    return (
+        f"{row['step']:>15} {PRECISION_LABELS[row['precision']]:>20}: {row['seconds']:7.2f} s/step  "
+        f"{row['images_per_second']:6.1f} img/s  x{row['ratio_to_stage_1']:.2f} of stage 1  "
+        f"{row['peak_memory_mib']:6.0f} MiB"
+    )
 
 
 def markdown_tables(results: dict) -> str:
     """The results as Markdown tables (machine, inference, training, loader, targets), for the README."""
     machine, peaks = results["machine"], results["matmul_peak_gflops"]
     lines = [
-        f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs ({machine['torch_threads']} torch threads), "
+        f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs "
+        f"({machine['torch_threads']} torch threads), "
         f"{machine['memory_gib']} GiB, {machine['cpu_capability']}, AVX-512 bf16: {machine['avx512_bf16']}, "
         f"AMX: {machine['amx']}; torch {machine['torch']}, timm {machine['timm']}, transformers "
         f"{machine['transformers']}. Load average at start {machine['load_average'][0]:.2f}, at end "
@@ -486,8 +431,13 @@ def markdown_tables(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["inference"]:
-        plain = find(results["inference"], model="timm", image_size=row["image_size"], precision=row["precision"],
-                     batch_size=row["batch_size"])
+        plain = find(
+            results["inference"],
+            model="timm",
+            image_size=row["image_size"],
+            precision=row["precision"],
+            batch_size=row["batch_size"],
+        )
         lines.append(
             f"| {row['image_size']} | {PRECISION_LABELS[row['precision']]} | {row['batch_size']} | {row['model']} | "
             f"{row['seconds'] * 1000:.0f} | {row['images_per_second']:.1f} | {row['gflops_per_second']:.0f} "
@@ -503,8 +453,10 @@ def markdown_tables(results: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in results["training"]:
-        lines.append(f"| {row['step']} | {PRECISION_LABELS[row['precision']]} | {row['seconds']:.2f} | "
-                     f"{row['images_per_second']:.1f} | {row['ratio_to_stage_1']:.2f} | {row['peak_memory_mib']:.0f} |")
+        lines.append(
+            f"| {row['step']} | {PRECISION_LABELS[row['precision']]} | {row['seconds']:.2f} | "
+            f"{row['images_per_second']:.1f} | {row['ratio_to_stage_1']:.2f} | {row['peak_memory_mib']:.0f} |"
+        )
     loader = results["loader"]
     lines += [
         "",
@@ -520,8 +472,10 @@ def markdown_tables(results: dict) -> str:
     ]
     for target in results["targets"]:
         sign = "<=" if target["at_most"] else ">="
-        lines.append(f"| {target['target']} | {target['value']:.3f} | {sign} {target['limit']} | "
-                     f"{'yes' if target['met'] else 'NO'} |")
+        lines.append(
+            f"| {target['target']} | {target['value']:.3f} | {sign} {target['limit']} | "
+            f"{'yes' if target['met'] else 'NO'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -539,12 +493,17 @@ def plot(results: dict, path: Path) -> None:
     groups = [(size, precision) for size in settings["sizes"] for precision in PRECISIONS]
     width = 0.8 / len(MODEL_NAMES)
     for index, name in enumerate(MODEL_NAMES):
-        values = [find(inference, model=name, image_size=size, precision=precision, batch_size=batch_size)
-                  ["images_per_second"] for size, precision in groups]
+        values = [
+            find(inference, model=name, image_size=size, precision=precision, batch_size=batch_size)[
+                "images_per_second"
+            ]
+            for size, precision in groups
+        ]
         bars = ax_inference.bar(np.arange(len(groups)) + (index - 1) * width, values, width, label=name)
         ax_inference.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax_inference.set_xticks(np.arange(len(groups)),
-                            [f"{size}px\n{PRECISION_LABELS[precision]}" for size, precision in groups], fontsize=8)
+    ax_inference.set_xticks(
+        np.arange(len(groups)), [f"{size}px\n{PRECISION_LABELS[precision]}" for size, precision in groups], fontsize=8
+    )
     ax_inference.set_ylabel("images / s")
     ax_inference.set_title(f"Inference, batch {batch_size} ({settings['backbone']})")
     ax_inference.legend()
@@ -553,8 +512,9 @@ def plot(results: dict, path: Path) -> None:
     width = 0.8 / len(PRECISIONS)
     for index, precision in enumerate(PRECISIONS):
         values = [find(training, step=step, precision=precision)["seconds"] for step in steps]
-        bars = ax_training.bar(np.arange(len(steps)) + (index - 0.5) * width, values, width,
-                               label=PRECISION_LABELS[precision])
+        bars = ax_training.bar(
+            np.arange(len(steps)) + (index - 0.5) * width, values, width, label=PRECISION_LABELS[precision]
+        )
         ax_training.bar_label(bars, fmt="%.2f", fontsize=7)
     ax_training.set_xticks(np.arange(len(steps)), [step.replace("SRN ", "SRN\n") for step in steps], fontsize=8)
     ax_training.set_ylabel("seconds / step")
@@ -562,7 +522,8 @@ def plot(results: dict, path: Path) -> None:
     ax_training.legend()
 
     names = [f"loader\n{results['loader']['workers']} workers"] + [
-        f"{row['step'].replace('SRN ', '').replace(' fine-tune', '')}\n{'fast' if row['precision'] != 'float32' else 'fp32'}"
+        f"{row['step'].replace('SRN ', '').replace(' fine-tune', '')}\n"
+        f"{'fast' if row['precision'] != 'float32' else 'fp32'}"
         for row in training
     ]
     values = [results["loader"]["images_per_second"]] + [row["images_per_second"] for row in training]
@@ -572,8 +533,16 @@ def plot(results: dict, path: Path) -> None:
     ax_loader.set_xticks(np.arange(len(values)), names, fontsize=6.5)
     ax_loader.set_ylabel("images / s")
     ax_loader.set_title("Data loader against training steps")
-    ax_loader.legend(handles=[matplotlib.patches.Patch(color=color, label=label) for color, label in (
-        ("tab:green", "data loader"), ("tab:blue", "training, float32"), ("tab:orange", "training, bf16 + channels-last"))])
+    ax_loader.legend(
+        handles=[
+            matplotlib.patches.Patch(color=color, label=label)
+            for color, label in (
+                ("tab:green", "data loader"),
+                ("tab:blue", "training, float32"),
+                ("tab:orange", "training, bf16 + channels-last"),
+            )
+        ]
+    )
     figure.suptitle(f"{results['machine']['cpu']}, {results['machine']['torch_threads']} threads", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -585,8 +554,11 @@ def plot(results: dict, path: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 224 only, batches 1 and 4, 2 repeats, 48 loader images (unless given)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 224 only, batches 1 and 4, 2 repeats, 48 loader images (unless given)",
+    )
     parser.add_argument("--backbone", default="resnet101", help="timm model name (default resnet101)")
     parser.add_argument("--num-labels", type=int, default=80, help="number of labels C (default 80, MS-COCO)")
     parser.add_argument("--sizes", type=int, nargs="+", help="input sizes; the first is the training size (224 448)")
@@ -600,8 +572,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models on the fast path")
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--report-from", type=Path, metavar="JSON",
-                        help="measure nothing: rewrite the targets, tables and chart of an earlier results file")
+    parser.add_argument(
+        "--report-from",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: rewrite the targets, tables and chart of an earlier results file",
+    )
     args = parser.parse_args(argv)
     quick = {"sizes": [224], "batch_sizes": [1, 4], "train_batch_size": 4, "repeats": 2, "loader_images": 48}
     full = {"sizes": [224, 448], "batch_sizes": [1, 16], "train_batch_size": 16, "repeats": 5, "loader_images": 320}
@@ -611,8 +587,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.matmul_size = min(args.matmul_size, 2048)
     if args.loader_images < 2 * args.train_batch_size:
-        raise SystemExit(f"--loader-images={args.loader_images} must be at least 2 batches "
-                         f"(--train-batch-size={args.train_batch_size})")
+        raise SystemExit(
+            f"--loader-images={args.loader_images} must be at least 2 batches "
+            f"(--train-batch-size={args.train_batch_size})"
+        )
     return args
 
 
@@ -638,9 +616,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     started = time.perf_counter()
-    results = {"machine": {**machine_description(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}, "settings": {
-        key: value for key, value in vars(args).items() if key not in ("output_dir", "report_from")
-    }}
+    results = {
+        "machine": {**machine_description(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]},
+        "settings": {key: value for key, value in vars(args).items() if key not in ("output_dir", "report_from")},
+    }
     results["matmul_peak_gflops"] = {
         name: matmul_peak_gflops(dtype, args.matmul_size, args.repeats + 2) for name, dtype in MATMUL_DTYPES.items()
     }
@@ -653,8 +632,9 @@ def main(argv: list[str] | None = None) -> int:
         end = matmul_peak_gflops(dtype, args.matmul_size, args.repeats + 2)
         results["matmul_peak_gflops"][name] = max(results["matmul_peak_gflops"][name], end)
     for row in results["inference"]:
-        row["fraction_of_matmul_peak"] = row["gflops_per_second"] / results["matmul_peak_gflops"][
-            MATMUL_DTYPE_OF[row["precision"]]]
+        row["fraction_of_matmul_peak"] = (
+            row["gflops_per_second"] / results["matmul_peak_gflops"][MATMUL_DTYPE_OF[row["precision"]]]
+        )
     results["load_average_end"] = os.getloadavg()
     results["wall_seconds"] = time.perf_counter() - started
 

@@ -16,16 +16,13 @@ The scores are synthetic but shaped like a real model's: 80 labels with COCO-lik
 0.2 %), sigmoid scores of a noisy logit that is higher for positives, stored as float32 as a model returns them.
 Each baseline's result is checked against `calibrate_thresholds`' (the same best F1 per label; for the grid, how
 much F1 it loses). Results: `benchmarks/results/thresholds.json` and `thresholds.md`.
-"""
+"""  # noqa: E501 - Markdown table rows cannot be wrapped
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +30,7 @@ from sklearn.metrics import precision_recall_curve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_utils import machine_description  # noqa: E402
+from probes import interleaved_results, tracemalloc_peak_mib  # noqa: E402
 
 from srn_hf.thresholds import calibrate_thresholds  # noqa: E402
 
@@ -48,6 +46,7 @@ def synthetic_scores(images: int, labels: int, seed: int = 0) -> tuple[np.ndarra
 
 def pr_curve_loop(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Per label: sklearn's precision_recall_curve, F1 at each threshold, its argmax; then the pooled global one."""
+
     def best(column_scores, column_labels):
         precision, recall, thresholds = precision_recall_curve(column_labels, column_scores)
         f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
@@ -84,32 +83,13 @@ def exhaustive_search(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return best_f1
 
 
-def timed(methods: dict, repeats: int) -> dict[str, dict]:
-    """Each method run `repeats` times, interleaved; its median seconds, every time, and its last result."""
-    times = {name: [] for name in methods}
-    results = {}
-    for _ in range(repeats):
-        for name, method in methods.items():
-            start = time.perf_counter()
-            results[name] = method()
-            times[name].append(time.perf_counter() - start)
-    return {name: {"seconds": statistics.median(values), "times": values, "result": results[name]} for name, values in times.items()}
-
-
-def peak_mib(method) -> float:
-    """Peak of the memory numpy and Python allocate during one run (tracemalloc), in MiB."""
-    tracemalloc.start()
-    method()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak / 2**20
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=40_000, help="validation images (default: 40000, COCO val2014)")
     parser.add_argument("--labels", type=int, default=80, help="labels (default: 80, COCO)")
-    parser.add_argument("--exhaustive-images", type=int, default=2_000, help="images of the exhaustive-search comparison")
+    parser.add_argument(
+        "--exhaustive-images", type=int, default=2_000, help="images of the exhaustive-search comparison"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported")
     parser.add_argument("--quick", action="store_true", help="small arrays and 2 rounds: a smoke run")
     parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
@@ -123,7 +103,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     scores, labels = synthetic_scores(args.images, args.labels)
     print(f"calibrating {args.images} x {args.labels} scores, {args.repeats} rounds")
-    full = timed(
+    full = interleaved_results(
         {
             "calibrate_thresholds": lambda: calibrate_thresholds(scores, labels, min_positives=1),
             "precision_recall_curve loop": lambda: pr_curve_loop(scores, labels),
@@ -136,7 +116,7 @@ def main(argv=None) -> dict:
     _, grid_f1 = full["0.01 grid"]["result"]
 
     subset_scores, subset_labels = scores[: args.exhaustive_images], labels[: args.exhaustive_images]
-    subset = timed(
+    subset = interleaved_results(
         {
             "calibrate_thresholds": lambda: calibrate_thresholds(subset_scores, subset_labels, min_positives=1),
             "exhaustive search": lambda: exhaustive_search(subset_scores, subset_labels),
@@ -155,9 +135,15 @@ def main(argv=None) -> dict:
         "repeats": args.repeats,
         "seconds": seconds,
         "times": {name: entry["times"] for name, entry in full.items()},
-        "speedup_over": {name: value / seconds["calibrate_thresholds"] for name, value in seconds.items() if name != "calibrate_thresholds"},
-        "peak_mib": {"calibrate_thresholds": peak_mib(lambda: calibrate_thresholds(scores, labels, min_positives=1)),
-                     "precision_recall_curve loop": peak_mib(lambda: pr_curve_loop(scores, labels))},  # fmt: skip
+        "speedup_over": {
+            name: value / seconds["calibrate_thresholds"]
+            for name, value in seconds.items()
+            if name != "calibrate_thresholds"
+        },
+        "peak_mib": {
+            "calibrate_thresholds": tracemalloc_peak_mib(lambda: calibrate_thresholds(scores, labels, min_positives=1)),
+            "precision_recall_curve loop": tracemalloc_peak_mib(lambda: pr_curve_loop(scores, labels)),
+        },
         "checks": {
             "max |F1 - precision_recall_curve F1| over labels": float(np.max(np.abs(ours.f1 - pr_f1))),
             "global threshold, calibrate_thresholds / precision_recall_curve": [ours.threshold, pr_global],
@@ -187,16 +173,21 @@ def write_results(report: dict, output_dir: Path) -> None:
         "",
         "| method | seconds | calibrate_thresholds is faster by |",
         "|---|---|---|",
-        *(f"| {name} | {value:.3f} | {report['speedup_over'].get(name, 1.0):.1f} x |" for name, value in report["seconds"].items()),
-        f"| exhaustive search, first {exhaustive['images']:,} images | {exhaustive['seconds']['exhaustive search']:.3f} "
+        *(
+            f"| {name} | {value:.3f} | {report['speedup_over'].get(name, 1.0):.1f} x |"
+            for name, value in report["seconds"].items()
+        ),
+        f"| exhaustive search, first {exhaustive['images']:,} images "
+        f"| {exhaustive['seconds']['exhaustive search']:.3f} "
         f"(calibrate_thresholds {exhaustive['seconds']['calibrate_thresholds']:.4f}) | {exhaustive['speedup']:.0f} x |",
         "",
         f"Peak memory (tracemalloc): calibrate_thresholds {report['peak_mib']['calibrate_thresholds']:.0f} MiB, "
         f"precision_recall_curve loop {report['peak_mib']['precision_recall_curve loop']:.0f} MiB.",
         "",
-        "Checks: " + "; ".join(f"{name}: {value}" for name, value in report["checks"].items())
+        "Checks: "
+        + "; ".join(f"{name}: {value}" for name, value in report["checks"].items())
         + f"; max |F1 - exhaustive F1| over labels: {exhaustive['max |F1 - exhaustive F1| over labels']}.",
-    ]  # fmt: skip
+    ]
     (output_dir / "thresholds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

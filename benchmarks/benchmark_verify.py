@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from PIL import Image
@@ -32,6 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_srn import write_photos  # noqa: E402
 from benchmark_utils import machine_description  # noqa: E402
+from probes import seconds_of  # noqa: E402
 
 
 def read_file(path: str) -> int:
@@ -47,12 +47,6 @@ def decode_full(path: str) -> tuple[int, int]:
     with Image.open(path) as picture:
         picture.load()
         return picture.size
-
-
-def timed(function, *args) -> float:
-    start = time.perf_counter()
-    function(*args)
-    return time.perf_counter() - start
 
 
 def pool_pass(function, paths: list[str], workers: int) -> None:
@@ -98,13 +92,13 @@ def main(argv=None) -> dict:
         megabytes = sum(Path(path).stat().st_size for path in paths) / 1e6
         dataset = dataset_of(paths)
         seconds = {
-            "read": timed(pool_pass, read_file, paths, args.workers),
-            "headers": timed(pool_pass, read_header, paths, args.workers),
-            "check_images": timed(check_images, dataset, "stop", args.workers),
-            "full_decode": timed(pool_pass, decode_full, paths, args.workers),
+            "read": seconds_of(pool_pass, read_file, paths, args.workers),
+            "headers": seconds_of(pool_pass, read_header, paths, args.workers),
+            "check_images": seconds_of(check_images, dataset, "stop", args.workers),
+            "full_decode": seconds_of(pool_pass, decode_full, paths, args.workers),
         }
         epoch_paths = paths[: args.epoch_images]
-        epoch_seconds = timed(training_epoch, epoch_paths, args.workers)
+        epoch_seconds = seconds_of(training_epoch, epoch_paths, args.workers)
     per_image_ms = {name: 1000 * value / len(paths) for name, value in seconds.items()}
     per_image_ms["training_epoch"] = 1000 * epoch_seconds / len(epoch_paths)
     results = {
@@ -135,10 +129,13 @@ def markdown(results: dict) -> str:
     ]
     for name, value in results["seconds"].items():
         rows.append(f"| {name} | {value:.1f} | {results['ms_per_image'][name]:.2f} |")
-    rows.append(f"| training epoch ({results['epoch_images']:,} images) | | {results['ms_per_image']['training_epoch']:.2f} |")
+    rows.append(
+        f"| training epoch ({results['epoch_images']:,} images) | | {results['ms_per_image']['training_epoch']:.2f} |"
+    )
     rows += [
         "",
-        f"check_images / read: {results['check_over_read']:.1f}; / full-size decode: {results['check_over_full_decode']:.2f}; "
+        f"check_images / read: {results['check_over_read']:.1f}; "
+        f"/ full-size decode: {results['check_over_full_decode']:.2f}; "
         f"/ one training epoch of the same images: {results['check_over_training_epoch']:.2f}",
     ]
     return "\n".join(rows)

@@ -6,7 +6,7 @@
 1. Gradient checkpointing: peak tensor memory and time of one stage-4 training step (forward, joint loss L(y) +
    L(y_att), backward, SGD step) of SRN-ResNet-101 at 448 x 448 (80 labels), with and without
    `model.gradient_checkpointing_enable()` (timm's block-wise checkpointing of the backbone, two segments in the
-   SRN branch). Runs interleaved; memory by the live-tensor counter of `benchmark_srn.py`.
+   SRN branch). Runs interleaved; memory by the live-tensor counter of `probes.py`.
 2. `torch.compile(model, fullgraph=True)` (the default inductor backend) against eager inference: largest absolute
    difference of the logits and of the attention maps, compile time, and the speed-up.
 3. `import srn_hf` in fresh interpreters that have already imported torch, timm and transformers: the seconds it
@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 
 import torch
+from benchmark_utils import label_set, machine_description
+from probes import interleaved_times, peak_memory, timed_run
 from tqdm.auto import tqdm
 
 import srn_hf
-from benchmark_srn import interleaved_times, peak_memory
-from benchmark_utils import label_set, machine_description
 from srn_hf import SRNConfig, SRNForImageClassification
 from srn_hf.stages import StageForward, apply_stage, stage_loss
 
@@ -48,7 +48,9 @@ import torch, timm, transformers, transformers.pipelines
 dependencies = time.perf_counter() - started
 built = []
 post_init = transformers.PreTrainedConfig.__post_init__
-transformers.PreTrainedConfig.__post_init__ = lambda self, **kwargs: built.append(type(self).__name__) or post_init(self, **kwargs)
+transformers.PreTrainedConfig.__post_init__ = (
+    lambda self, **kwargs: built.append(type(self).__name__) or post_init(self, **kwargs)
+)
 started = time.perf_counter()
 import srn_hf
 print(dependencies, time.perf_counter() - started, len(built))
@@ -57,7 +59,9 @@ print(dependencies, time.perf_counter() - started, len(built))
 
 def build_srn(backbone: str, image_size: int, num_labels: int) -> SRNForImageClassification:
     torch.manual_seed(0)
-    return SRNForImageClassification(SRNConfig(backbone=backbone, id2label=label_set(num_labels), image_size=image_size))
+    return SRNForImageClassification(
+        SRNConfig(backbone=backbone, id2label=label_set(num_labels), image_size=image_size)
+    )
 
 
 def stage4_step(model, pixel_values, labels, optimizer):
@@ -91,10 +95,14 @@ def benchmark_checkpointing(args) -> dict:
     times = interleaved_times(steps, args.warmup, args.repeats, desc="stage-4 steps")
     seconds = {name: statistics.median(values) for name, values in times.items()}
     return {
-        "backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
-        "num_labels": args.num_labels, "peak_memory_mib": {name: m["peak_memory_mib"] for name, m in memory.items()},
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "num_labels": args.num_labels,
+        "peak_memory_mib": {name: m["peak_memory_mib"] for name, m in memory.items()},
         "peak_allocated_mib": {name: m["peak_allocated_mib"] for name, m in memory.items()},
-        "seconds": seconds, "times": times,
+        "seconds": seconds,
+        "times": times,
         "memory_ratio": memory["checkpointed"]["peak_memory_mib"] / memory["plain"]["peak_memory_mib"],
         "activation_memory_ratio": memory["checkpointed"]["peak_allocated_mib"] / memory["plain"]["peak_allocated_mib"],
         "time_ratio": seconds["checkpointed"] / seconds["plain"],
@@ -113,22 +121,26 @@ def benchmark_compile(args) -> dict:
         eager = model(pixel_values)
 
     def timed(run):
-        def call() -> float:
-            started = time.perf_counter()
+        def forward() -> None:
             with torch.inference_mode():
                 run(pixel_values)
-            return time.perf_counter() - started
 
-        return call
+        return timed_run(forward)
 
-    times = interleaved_times({"eager": timed(model), "compiled": timed(compiled)}, args.warmup, args.repeats, "compile")
+    times = interleaved_times(
+        {"eager": timed(model), "compiled": timed(compiled)}, args.warmup, args.repeats, "compile"
+    )
     seconds = {name: statistics.median(values) for name, values in times.items()}
     return {
-        "backbone": args.compile_backbone, "image_size": args.compile_image_size, "batch_size": args.compile_batch_size,
+        "backbone": args.compile_backbone,
+        "image_size": args.compile_image_size,
+        "batch_size": args.compile_batch_size,
         "max_abs_diff_logits": (fast.logits - eager.logits).abs().max().item(),
         "max_abs_diff_attention_maps": (fast.attention_maps - eager.attention_maps).abs().max().item(),
         "max_abs_logit": eager.logits.abs().max().item(),
-        "compile_seconds": compile_seconds, "seconds": seconds, "times": times,
+        "compile_seconds": compile_seconds,
+        "seconds": seconds,
+        "times": times,
         "speedup": seconds["eager"] / seconds["compiled"],
     }
 
@@ -137,7 +149,12 @@ def import_run(package_root: Path) -> tuple[float, float, int]:
     """One fresh interpreter importing the srn_hf of `package_root`: (dependencies' seconds, srn_hf's, configs)."""
     environment = {**os.environ, "PYTHONPATH": str(package_root)}
     output = subprocess.run(
-        [sys.executable, "-c", IMPORT_SCRIPT], capture_output=True, text=True, check=True, cwd=package_root, env=environment
+        [sys.executable, "-c", IMPORT_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=package_root,
+        env=environment,
     )
     dependencies, srn_hf_seconds, configs_built = output.stdout.split()
     return float(dependencies), float(srn_hf_seconds), int(configs_built)
@@ -158,8 +175,11 @@ def benchmark_import(args) -> dict:
         seconds = statistics.median(run[1] for run in measured)
         dependencies = statistics.median(run[0] for run in measured)
         results[name] = {
-            "srn_hf_seconds": seconds, "dependencies_seconds": dependencies, "configs_built": measured[0][2],
-            "ratio_to_dependencies": seconds / dependencies, "runs": measured,
+            "srn_hf_seconds": seconds,
+            "dependencies_seconds": dependencies,
+            "configs_built": measured[0][2],
+            "ratio_to_dependencies": seconds / dependencies,
+            "runs": measured,
         }
     results.update(results.pop("current"))
     if "baseline" in results:
@@ -174,28 +194,42 @@ def write_results(results: dict, output_dir: Path) -> None:
     if "checkpointing" in results:
         c = results["checkpointing"]
         setting = f"{c['backbone']} at {c['image_size']}, batch {c['batch_size']}"
-        lines.append(f"| stage-4 step peak memory, {setting} (MiB) | {c['peak_memory_mib']['plain']:.0f} | "
-                     f"{c['peak_memory_mib']['checkpointed']:.0f} (checkpointed) | {c['memory_ratio']:.2f} |")
-        lines.append(f"| stage-4 step activation memory (MiB) | {c['peak_allocated_mib']['plain']:.0f} | "
-                     f"{c['peak_allocated_mib']['checkpointed']:.0f} | {c['activation_memory_ratio']:.2f} |")
-        lines.append(f"| stage-4 step time (s) | {c['seconds']['plain']:.2f} | {c['seconds']['checkpointed']:.2f} | "
-                     f"{c['time_ratio']:.2f} |")
+        lines.append(
+            f"| stage-4 step peak memory, {setting} (MiB) | {c['peak_memory_mib']['plain']:.0f} | "
+            f"{c['peak_memory_mib']['checkpointed']:.0f} (checkpointed) | {c['memory_ratio']:.2f} |"
+        )
+        lines.append(
+            f"| stage-4 step activation memory (MiB) | {c['peak_allocated_mib']['plain']:.0f} | "
+            f"{c['peak_allocated_mib']['checkpointed']:.0f} | {c['activation_memory_ratio']:.2f} |"
+        )
+        lines.append(
+            f"| stage-4 step time (s) | {c['seconds']['plain']:.2f} | {c['seconds']['checkpointed']:.2f} | "
+            f"{c['time_ratio']:.2f} |"
+        )
     if "compile" in results:
         c = results["compile"]
-        lines.append(f"| inference, {c['backbone']} at {c['image_size']}, batch {c['batch_size']} (s) | "
-                     f"{c['seconds']['eager']:.3f} (eager) | {c['seconds']['compiled']:.3f} (compiled) | "
-                     f"{c['speedup']:.2f}x speed-up |")
-        lines.append(f"| compiled - eager, max abs diff | logits {c['max_abs_diff_logits']:.2e} | attention maps "
-                     f"{c['max_abs_diff_attention_maps']:.2e} | compile {c['compile_seconds']:.0f} s |")
+        lines.append(
+            f"| inference, {c['backbone']} at {c['image_size']}, batch {c['batch_size']} (s) | "
+            f"{c['seconds']['eager']:.3f} (eager) | {c['seconds']['compiled']:.3f} (compiled) | "
+            f"{c['speedup']:.2f}x speed-up |"
+        )
+        lines.append(
+            f"| compiled - eager, max abs diff | logits {c['max_abs_diff_logits']:.2e} | attention maps "
+            f"{c['max_abs_diff_attention_maps']:.2e} | compile {c['compile_seconds']:.0f} s |"
+        )
     if "import" in results:
         i = results["import"]
-        lines.append(f"| `import srn_hf` after its dependencies (s) | {i['dependencies_seconds']:.2f} (torch, timm, "
-                     f"transformers) | {i['srn_hf_seconds']:.3f} ({i['configs_built']} configs built) | "
-                     f"{i['ratio_to_dependencies']:.3f} |")
+        lines.append(
+            f"| `import srn_hf` after its dependencies (s) | {i['dependencies_seconds']:.2f} (torch, timm, "
+            f"transformers) | {i['srn_hf_seconds']:.3f} ({i['configs_built']} configs built) | "
+            f"{i['ratio_to_dependencies']:.3f} |"
+        )
         if "baseline" in i:
             b = i["baseline"]
-            lines.append(f"| `import srn_hf`, baseline package (s) | {b['srn_hf_seconds']:.3f} ({b['configs_built']} "
-                         f"configs built) | {i['srn_hf_seconds']:.3f} (this one) | {i['ratio_to_baseline']:.2f} |")
+            lines.append(
+                f"| `import srn_hf`, baseline package (s) | {b['srn_hf_seconds']:.3f} ({b['configs_built']} "
+                f"configs built) | {i['srn_hf_seconds']:.3f} (this one) | {i['ratio_to_baseline']:.2f} |"
+            )
     (output_dir / "zoo_results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(results, output_dir / "zoo_results.png")

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from benchmark_utils import build_model, count_flops, count_parameters, machine_description
 
 from srn_hf.stages import SRN_BRANCH, SRN_MODULES
@@ -59,15 +58,21 @@ def format_table(rows: list[dict]) -> str:
     ]
     for row in rows:
         size = f"{row['image_size']}x{row['image_size']}"
-        lines.append(f"| timm {row['backbone']} ({row['num_labels']} classes) | {size} | "
-                     f"{row['timm_params'] / 1e6:.2f} | {row['timm_gflops']:.2f} | 1.00 |")
-        lines.append(f"| SRN-{row['backbone']} ({row['num_labels']} labels) | {size} | {row['srn_params'] / 1e6:.2f} | "
-                     f"{row['srn_gflops']:.2f} | {row['srn_over_timm_flops']:.3f} x FLOPs, "
-                     f"{row['srn_over_timm_params']:.3f} x params |")
-        lines.append(f"| of which SRN branch (f_att, S, f_sr) | {size} | "
-                     f"{sum(row['srn_head_params'][name] for name in SRN_BRANCH) / 1e6:.2f} | "
-                     f"{row['srn_branch_gflops']:.2f} | {100 * row['srn_branch_share_of_backbone']:.1f} % of the "
-                     "backbone's FLOPs |")
+        lines.append(
+            f"| timm {row['backbone']} ({row['num_labels']} classes) | {size} | "
+            f"{row['timm_params'] / 1e6:.2f} | {row['timm_gflops']:.2f} | 1.00 |"
+        )
+        lines.append(
+            f"| SRN-{row['backbone']} ({row['num_labels']} labels) | {size} | {row['srn_params'] / 1e6:.2f} | "
+            f"{row['srn_gflops']:.2f} | {row['srn_over_timm_flops']:.3f} x FLOPs, "
+            f"{row['srn_over_timm_params']:.3f} x params |"
+        )
+        lines.append(
+            f"| of which SRN branch (f_att, S, f_sr) | {size} | "
+            f"{sum(row['srn_head_params'][name] for name in SRN_BRANCH) / 1e6:.2f} | "
+            f"{row['srn_branch_gflops']:.2f} | {100 * row['srn_branch_share_of_backbone']:.1f} % of the "
+            "backbone's FLOPs |"
+        )
     return "\n".join(lines)
 
 

@@ -49,7 +49,11 @@ resampling at the fixed tuned thresholds, [`f1_difference`]). Wall and CPU time 
 validation and the final scoring; for SRN the whole train_stages.py process).
 
 Finished runs are kept (OUTPUT_DIR/seed-N/RUN/result.json, written last): an interrupted benchmark resumes where
-it stopped. Writes peers.json and peers.md to `--results-dir`, with the library versions and the machine.
+it stopped. The default OUTPUT_DIR is benchmarks/results/peers-runs, where the repository keeps each run's
+result.json and test scores (its .gitignore leaves out weights and logs): a new machine resumes from the runs another
+trained, and redraws the report with `--report-only`. (SRN on the best peer needs that peer's weights of the same
+seed, which stay on the machine that trained them: on another machine that peer run is trained again first.)
+Writes peers.json and peers.md to `--results-dir`, with the library versions and the machine.
 Refused in one line, exit status 2, before anything trains: an unknown peer, a backbone without ImageNet weights
 available offline.
 """
@@ -78,8 +82,10 @@ from torch.utils.data import DataLoader
 from srn_hf import SRNConfig
 from srn_hf.metrics import map_difference, multilabel_metrics, overall_figures, per_class_figures
 from srn_hf.processing import create_image_processor
+from srn_hf.recipe import RecipeError, load_recipe
+from srn_hf.report import write_json
 from srn_hf.thresholds import ThresholdCalibration, calibrate_thresholds
-from srn_hf.training import EpochSeededDataset, RecipeError, load_recipe, write_json
+from srn_hf.training import EpochSeededDataset
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TRAIN_STAGES = REPOSITORY / "examples" / "train_stages.py"
@@ -114,12 +120,16 @@ def resolve_weights(recipe, output_dir: Path) -> Path:
     """
     backbone, source = recipe.model.backbone, recipe.model.pretrained_weights
     if source is None:
-        raise BenchmarkError(f"model.pretrained_weights is null: the peers compare ImageNet-initialised {backbone} backbones")
+        raise BenchmarkError(
+            f"model.pretrained_weights is null: the peers compare ImageNet-initialised {backbone} backbones"
+        )
     if source == "packaged-lite0":
         from srn_hf.pretrained import LITE0_ARCHITECTURE, packaged_efficientnet_lite0_weights
 
         if backbone != LITE0_ARCHITECTURE:
-            raise BenchmarkError(f"model.pretrained_weights=packaged-lite0 holds {LITE0_ARCHITECTURE}'s weights, not {backbone}'s")
+            raise BenchmarkError(
+                f"model.pretrained_weights=packaged-lite0 holds {LITE0_ARCHITECTURE}'s weights, not {backbone}'s"
+            )
         return packaged_efficientnet_lite0_weights()
     if source != "timm":
         if not Path(source).is_file():
@@ -131,8 +141,10 @@ def resolve_weights(recipe, output_dir: Path) -> Path:
             with offline():
                 model = timm.create_model(backbone, pretrained=True)
         except Exception as error:  # timm raises whatever its download or look-up raises
-            raise BenchmarkError(f"model.backbone={backbone!r}: no ImageNet weights available offline "
-                                 f"({type(error).__name__}: {str(error).split('. ')[0][:200]})") from None  # fmt: skip
+            raise BenchmarkError(
+                f"model.backbone={backbone!r}: no ImageNet weights available offline "
+                f"({type(error).__name__}: {str(error).split('. ')[0][:200]})"
+            ) from None
         target.parent.mkdir(parents=True, exist_ok=True)
         save_file({key: value.contiguous() for key, value in model.state_dict().items()}, target)
     return target
@@ -215,8 +227,12 @@ def predict(model, dataset, recipe) -> tuple[np.ndarray, np.ndarray]:
     from srn_hf.data.transforms import collate_multilabel
 
     model.eval()
-    loader = DataLoader(dataset, batch_size=recipe.training.eval_batch_size, collate_fn=collate_multilabel,
-                        num_workers=recipe.data.num_workers)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=recipe.training.eval_batch_size,
+        collate_fn=collate_multilabel,
+        num_workers=recipe.data.num_workers,
+    )
     scores, labels = [], []
     for batch in loader:
         pixels = batch["pixel_values"]
@@ -230,8 +246,9 @@ def predict(model, dataset, recipe) -> tuple[np.ndarray, np.ndarray]:
 
 def timm_model(recipe, weights: Path, num_labels: int) -> torch.nn.Module:
     """`timm.create_model(backbone, num_classes=C)` with the ImageNet weights (timm drops their classifier)."""
-    model = timm.create_model(recipe.model.backbone, num_classes=num_labels, pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(weights)))  # fmt: skip
+    model = timm.create_model(
+        recipe.model.backbone, num_classes=num_labels, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}
+    )
     return model.to(memory_format=torch.channels_last) if recipe.training.channels_last else model
 
 
@@ -249,10 +266,22 @@ def train_timm(setting: Setting, recipe, data: Data, weights: Path) -> dict:
     task = MultiLabelClassificationTask(model, criterion_kwargs={"loss_type": TIMM_LOSSES[setting.peer]}, verbose=False)
     optimizer = create_optimizer_v2(model, "adamw", lr=setting.lr, weight_decay=stage.weight_decay)
     train_data = EpochSeededDataset(data.train, setting.seed)
-    loader = DataLoader(train_data, batch_size=stage.batch_size, shuffle=True, collate_fn=collate_multilabel,
-                        generator=torch.Generator().manual_seed(setting.seed), num_workers=recipe.data.num_workers)  # fmt: skip
-    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=setting.epochs, step_on_epochs=False,
-                                       warmup_epochs=stage.warmup_ratio * setting.epochs, updates_per_epoch=len(loader))  # fmt: skip
+    loader = DataLoader(
+        train_data,
+        batch_size=stage.batch_size,
+        shuffle=True,
+        collate_fn=collate_multilabel,
+        generator=torch.Generator().manual_seed(setting.seed),
+        num_workers=recipe.data.num_workers,
+    )
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        "cosine",
+        num_epochs=setting.epochs,
+        step_on_epochs=False,
+        warmup_epochs=stage.warmup_ratio * setting.epochs,
+        updates_per_epoch=len(loader),
+    )
     ema = task.setup_ema(decay=EMA_DECAY, use_warmup=True)
     best, updates, history = None, 0, []
     for epoch in range(setting.epochs):
@@ -287,8 +316,13 @@ def trainer_start_folder(recipe, weights: Path, names: list[str], folder: Path) 
 
     if (folder / "config.json").exists():
         return folder
-    config = TimmWrapperConfig(architecture=recipe.model.backbone, num_labels=len(names), id2label=dict(enumerate(names)),
-                               label2id={name: i for i, name in enumerate(names)}, problem_type="multi_label_classification")  # fmt: skip
+    config = TimmWrapperConfig(
+        architecture=recipe.model.backbone,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+        problem_type="multi_label_classification",
+    )
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(timm_model(recipe, weights, len(names)).state_dict())
     model.save_pretrained(folder)
@@ -307,17 +341,38 @@ def train_trainer(setting: Setting, recipe, data: Data, start: Path) -> dict:
     if recipe.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
     arguments = TrainingArguments(
-        output_dir=str(setting.folder / "trainer"), per_device_train_batch_size=stage.batch_size,
-        per_device_eval_batch_size=recipe.training.eval_batch_size, learning_rate=setting.lr,
-        num_train_epochs=setting.epochs, lr_scheduler_type="cosine", warmup_steps=stage.warmup_ratio,
-        weight_decay=stage.weight_decay, bf16=recipe.training.mixed_precision == "bf16", use_cpu=True,
-        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, save_only_model=True,
-        load_best_model_at_end=True, metric_for_best_model="mAP", seed=setting.seed, data_seed=setting.seed,
-        report_to="none", dataloader_num_workers=recipe.data.num_workers, remove_unused_columns=False,
-        disable_tqdm=True, logging_strategy="epoch",
-    )  # fmt: skip
-    trainer = Trainer(model=model, args=arguments, train_dataset=data.train, eval_dataset=data.validation,
-                      data_collator=collate_multilabel, compute_metrics=trainer_map)  # fmt: skip
+        output_dir=str(setting.folder / "trainer"),
+        per_device_train_batch_size=stage.batch_size,
+        per_device_eval_batch_size=recipe.training.eval_batch_size,
+        learning_rate=setting.lr,
+        num_train_epochs=setting.epochs,
+        lr_scheduler_type="cosine",
+        warmup_steps=stage.warmup_ratio,
+        weight_decay=stage.weight_decay,
+        bf16=recipe.training.mixed_precision == "bf16",
+        use_cpu=True,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=True,
+        metric_for_best_model="mAP",
+        seed=setting.seed,
+        data_seed=setting.seed,
+        report_to="none",
+        dataloader_num_workers=recipe.data.num_workers,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        logging_strategy="epoch",
+    )
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        data_collator=collate_multilabel,
+        compute_metrics=trainer_map,
+    )
     output = trainer.train()
     history = [entry for entry in trainer.state.log_history if "eval_mAP" in entry]
     best = max(history, key=lambda entry: entry["eval_mAP"])
@@ -343,26 +398,51 @@ def run_peer(setting: Setting, recipe, data: Data, weights: Path, output_dir: Pa
     else:
         trained = train_timm(setting, recipe, data, weights)
     model = trained["model"]
-    (validation_scores, validation_labels), (test_scores, test_labels) = (predict(model, split, recipe)
-                                                                          for split in (data.validation, data.test))  # fmt: skip
+    (validation_scores, validation_labels), (test_scores, test_labels) = (
+        predict(model, split, recipe) for split in (data.validation, data.test)
+    )
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, setting.folder / "model.safetensors")
-    return finish_run(setting.folder, validation_scores, validation_labels, test_scores, test_labels, data.names, {
-        "peer": setting.peer, "lr": setting.lr, "epochs": setting.epochs, "seed": setting.seed, "kept": trained["kept"],
-        "optimizer_steps": trained["steps"], "history": trained["history"], "wall_seconds": wall,
-        "cpu_seconds": cpu,
-    })  # fmt: skip
+    save_file(
+        {key: value.contiguous() for key, value in model.state_dict().items()}, setting.folder / "model.safetensors"
+    )
+    return finish_run(
+        setting.folder,
+        validation_scores,
+        validation_labels,
+        test_scores,
+        test_labels,
+        data.names,
+        {
+            "peer": setting.peer,
+            "lr": setting.lr,
+            "epochs": setting.epochs,
+            "seed": setting.seed,
+            "kept": trained["kept"],
+            "optimizer_steps": trained["steps"],
+            "history": trained["history"],
+            "wall_seconds": wall,
+            "cpu_seconds": cpu,
+        },
+    )
 
 
-def finish_run(folder: Path, validation_scores, validation_labels, test_scores, test_labels, names, record: dict) -> dict:
+def finish_run(
+    folder: Path, validation_scores, validation_labels, test_scores, test_labels, names, record: dict
+) -> dict:
     """Tunes the thresholds on validation, scores the test split, writes test scores and result.json (last)."""
     calibration = calibrate_thresholds(validation_scores, validation_labels, names, split="validation")
     record.update(figures(test_scores, test_labels, calibration.thresholds))
-    record.update(validation_mAP=multilabel_metrics(validation_scores, validation_labels)["mAP"],
-                  thresholds=np.asarray(calibration.thresholds).tolist())  # fmt: skip
-    save_file({"scores": torch.from_numpy(np.ascontiguousarray(test_scores, dtype=np.float32)),
-               "labels": torch.from_numpy(np.ascontiguousarray(test_labels, dtype=np.float32))},
-              folder / "test-scores.safetensors")  # fmt: skip
+    record.update(
+        validation_mAP=multilabel_metrics(validation_scores, validation_labels)["mAP"],
+        thresholds=np.asarray(calibration.thresholds).tolist(),
+    )
+    save_file(
+        {
+            "scores": torch.from_numpy(np.ascontiguousarray(test_scores, dtype=np.float32)),
+            "labels": torch.from_numpy(np.ascontiguousarray(test_labels, dtype=np.float32)),
+        },
+        folder / "test-scores.safetensors",
+    )
     write_json(folder / "result.json", record)
     return record
 
@@ -380,11 +460,23 @@ def figures(scores, labels, thresholds) -> dict:
 
 def run_srn(args, folder: Path, seed: int, extra_sets: list[str]) -> dict:
     """examples/train_stages.py (all four stages) into `folder`; its stage-4 test scores and tuned figures."""
-    command = [sys.executable, str(TRAIN_STAGES), "--config", str(args.config), "--overwrite", "--output-dir", str(folder)]
+    command = [
+        sys.executable,
+        str(TRAIN_STAGES),
+        "--config",
+        str(args.config),
+        "--overwrite",
+        "--output-dir",
+        str(folder),
+    ]
     for override in [*args.set, f"seed={seed}", "training.log_with=none", *extra_sets]:
         command += ["--set", override]
-    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
-                   "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
+    }
     started, cpu_started = time.perf_counter(), children_cpu_seconds()
     with open(folder / "train.log", "w") as log:
         # In this process's working directory, like the peers: the recipe's relative paths name the same data.
@@ -394,9 +486,18 @@ def run_srn(args, folder: Path, seed: int, extra_sets: list[str]) -> dict:
     last = report["stages"][-1]
     predictions = load_file(folder / "predictions" / f"stage-{last['stage']}-test.safetensors")
     thresholds = ThresholdCalibration.from_dict(last["thresholds"]).thresholds
-    record = {"peer": "srn", "seed": seed, "set": extra_sets, "validation_mAP": last["validation"]["mAP"],
-              "thresholds": np.asarray(thresholds).tolist(), "wall_seconds": wall, "cpu_seconds": cpu,
-              "optimizer_steps": srn_optimizer_steps(load_recipe(args.config, args.set), report["dataset"]["splits"]["train"])}  # fmt: skip
+    record = {
+        "peer": "srn",
+        "seed": seed,
+        "set": extra_sets,
+        "validation_mAP": last["validation"]["mAP"],
+        "thresholds": np.asarray(thresholds).tolist(),
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "optimizer_steps": srn_optimizer_steps(
+            load_recipe(args.config, args.set), report["dataset"]["splits"]["train"]
+        ),
+    }
     record.update(figures(predictions["scores"].double().numpy(), predictions["labels"].numpy(), thresholds))
     save_file({"scores": predictions["scores"], "labels": predictions["labels"]}, folder / "test-scores.safetensors")
     write_json(folder / "result.json", record)
@@ -453,8 +554,12 @@ class Benchmark:
     def peer(self, peer: str, seed: int, lr: float, epochs: int) -> dict | None:
         """The finished run of `peer` at (seed, lr, epochs), trained now unless it is kept or `--report-only`."""
         folder = self.folder(peer, seed, lr, epochs)
-        return self.kept_or_run(folder, lambda: run_peer(Setting(peer, lr, epochs, seed, folder), self.recipe, self.data,
-                                                         self.weights, self.args.output_dir))  # fmt: skip
+        return self.kept_or_run(
+            folder,
+            lambda: run_peer(
+                Setting(peer, lr, epochs, seed, folder), self.recipe, self.data, self.weights, self.args.output_dir
+            ),
+        )
 
     def srn(self, name: str, seed: int, extra_sets: list[str]) -> dict | None:
         folder = self.folder(name, seed)
@@ -469,8 +574,11 @@ class Benchmark:
         folder.mkdir(parents=True, exist_ok=True)
         print(f"{folder.relative_to(self.args.output_dir)}: training", flush=True)
         result = train()
-        print(f"{folder.relative_to(self.args.output_dir)}: validation mAP {result['validation_mAP']:.2f}, test mAP "
-              f"{result['mAP']:.2f}, {result['wall_seconds'] / 60:.1f} min", flush=True)  # fmt: skip
+        print(
+            f"{folder.relative_to(self.args.output_dir)}: validation mAP {result['validation_mAP']:.2f}, test mAP "
+            f"{result['mAP']:.2f}, {result['wall_seconds'] / 60:.1f} min",
+            flush=True,
+        )
         return result
 
     def budget(self, peer: str, seed: int, chosen: dict) -> int | None:
@@ -484,18 +592,28 @@ class Benchmark:
 
     def search(self, peer: str) -> dict | None:
         """The grid of `--lrs` x `--epochs` at the search seed; the setting with the best validation mAP."""
-        grid = [(lr, epochs, self.peer(peer, self.args.search_seed, lr, epochs)) for lr in self.args.lrs for epochs in self.args.epochs]
-        rows = [{"lr": lr, "epochs": epochs, "validation_mAP": result["validation_mAP"] if result else None}
-                for lr, epochs, result in grid]  # fmt: skip
+        grid = [
+            (lr, epochs, self.peer(peer, self.args.search_seed, lr, epochs))
+            for lr in self.args.lrs
+            for epochs in self.args.epochs
+        ]
+        rows = [
+            {"lr": lr, "epochs": epochs, "validation_mAP": result["validation_mAP"] if result else None}
+            for lr, epochs, result in grid
+        ]
         done = [row for row in rows if row["validation_mAP"] is not None]
         if not done:
             return None
-        return {"grid": rows, "complete": len(done) == len(rows), "chosen": max(done, key=lambda row: row["validation_mAP"])}
+        return {
+            "grid": rows,
+            "complete": len(done) == len(rows),
+            "chosen": max(done, key=lambda row: row["validation_mAP"]),
+        }
 
     def run(self, peers: list[str]) -> dict:
         """The search of every peer, then for each seed: the peers, SRN, SRN on the best peer, the peers at SRN's
-        steps (as `--runs` asks). Returns the searches and the best peer."""
-        # The grid point by point for all peers (so that an interrupted search leaves comparable runs), then the choices.
+        compute (as `--runs` asks). Returns the searches and the best peer."""
+        # The grid point by point for all peers (an interrupted search leaves comparable runs), then the choices.
         for epochs in self.args.epochs:
             for lr in self.args.lrs:
                 for peer in peers:
@@ -511,7 +629,12 @@ class Benchmark:
             if "srn-on-best-peer" in self.args.runs and best:
                 chosen = searched[best]["chosen"]
                 weights = self.folder(best, seed, chosen["lr"], chosen["epochs"]) / "model.safetensors"
-                if weights.exists():
+                on_best_kept = (self.folder(f"srn-on-{best}", seed) / "result.json").exists()
+                if not (on_best_kept or weights.exists() or self.args.report_only):
+                    # the peer's run was kept without its weights (trained on another machine): trained again
+                    (weights.parent / "result.json").unlink(missing_ok=True)
+                    self.peer(best, seed, chosen["lr"], chosen["epochs"])
+                if weights.exists() or on_best_kept:
                     self.srn(f"srn-on-{best}", seed, [f"model.pretrained_weights={weights}", "stage1.backbone_lr=0.0"])
             if "budget" in self.args.runs:
                 for peer, search in searched.items():
@@ -526,8 +649,16 @@ class Benchmark:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def f1_difference(scores_a, thresholds_a, scores_b, thresholds_b, labels, n_resamples: int = 1000, seed: int = 0,
-                  confidence_level: float = 0.95) -> dict:  # fmt: skip
+def f1_difference(
+    scores_a,
+    thresholds_a,
+    scores_b,
+    thresholds_b,
+    labels,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+) -> dict:
     """CF1 and OF1 of `scores_b` minus those of `scores_a`, each at its own thresholds, in points, with a paired
     bootstrap interval over the images (percentile method): both predictions resampled together, image by image."""
     from srn_hf.metrics import image_counts_of, predicted_labels
@@ -539,8 +670,12 @@ def f1_difference(scores_a, thresholds_a, scores_b, thresholds_b, labels, n_resa
     for scores, thresholds in ((scores_a, thresholds_a), (scores_b, thresholds_b)):
         predicted = predicted_labels(np.asarray(scores), np.asarray(thresholds), strict=False, top_k=None)
         sums = [counts @ values for values in (predicted & positives, predicted, positives)]
-        resampled.append([{**per_class_figures(tp, pred, pos, False), **overall_figures(tp, pred, pos, False)}
-                          for tp, pred, pos in zip(*sums)])  # fmt: skip
+        resampled.append(
+            [
+                {**per_class_figures(tp, pred, pos, False), **overall_figures(tp, pred, pos, False)}
+                for tp, pred, pos in zip(*sums)
+            ]
+        )
     tail = 100 * (1 - confidence_level) / 2
     result = {}
     for metric in ("CF1", "OF1"):
@@ -556,7 +691,9 @@ def variant_runs(benchmark: Benchmark, plan: dict) -> dict[str, dict[int, dict]]
     searched = {peer: search["chosen"] for peer, search in plan["searches"].items() if search}
     variants = {}
     for seed in benchmark.args.seeds:
-        folders = {peer: benchmark.folder(peer, seed, chosen["lr"], chosen["epochs"]) for peer, chosen in searched.items()}
+        folders = {
+            peer: benchmark.folder(peer, seed, chosen["lr"], chosen["epochs"]) for peer, chosen in searched.items()
+        }
         folders["SRN"] = benchmark.folder("srn", seed)
         if plan["best_peer"]:
             folders[f"SRN on {plan['best_peer']}"] = benchmark.folder(f"srn-on-{plan['best_peer']}", seed)
@@ -567,7 +704,12 @@ def variant_runs(benchmark: Benchmark, plan: dict) -> dict[str, dict[int, dict]]
         for name, folder in folders.items():
             if (folder / "result.json").exists():
                 result = json.loads((folder / "result.json").read_text())
-                result.update({key: value.double().numpy() for key, value in load_file(folder / "test-scores.safetensors").items()})
+                result.update(
+                    {
+                        key: value.double().numpy()
+                        for key, value in load_file(folder / "test-scores.safetensors").items()
+                    }
+                )
                 variants.setdefault(name, {})[seed] = result
     return variants
 
@@ -584,8 +726,13 @@ def differences(variants: dict, best_peer: str | None) -> list[dict]:
         runs = []
         for seed in seeds:
             a, b = variants[reference][seed], variants[variant][seed]
-            runs.append({"seed": seed, "mAP": map_difference(a["scores"], b["scores"], b["labels"]),
-                         **f1_difference(a["scores"], a["thresholds"], b["scores"], b["thresholds"], b["labels"])})  # fmt: skip
+            runs.append(
+                {
+                    "seed": seed,
+                    "mAP": map_difference(a["scores"], b["scores"], b["labels"]),
+                    **f1_difference(a["scores"], a["thresholds"], b["scores"], b["thresholds"], b["labels"]),
+                }
+            )
         if runs:
             rows.append({"variant": variant, "minus": reference, "runs": runs})
     return rows
@@ -595,11 +742,18 @@ def summarise(benchmark: Benchmark, plan: dict) -> dict:
     variants = variant_runs(benchmark, plan)
     table = {}
     for name, seeds in variants.items():
-        values = {metric: [run.get(metric, math.nan) for run in seeds.values()] for metric in (*METRICS, "wall_seconds", "cpu_seconds")}
+        values = {
+            metric: [run.get(metric, math.nan) for run in seeds.values()]
+            for metric in (*METRICS, "wall_seconds", "cpu_seconds")
+        }
         first = next(iter(seeds.values()))
-        table[name] = {"seeds": sorted(seeds), "lr": first.get("lr"), "epochs": first.get("epochs"),
-                       "optimizer_steps": first.get("optimizer_steps"),
-                       **{key: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v} for key, v in values.items()}}  # fmt: skip
+        table[name] = {
+            "seeds": sorted(seeds),
+            "lr": first.get("lr"),
+            "epochs": first.get("epochs"),
+            "optimizer_steps": first.get("optimizer_steps"),
+            **{key: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v} for key, v in values.items()},
+        }
     return {"variants": table, "differences": differences(variants, plan["best_peer"]), **plan}
 
 
@@ -609,24 +763,41 @@ def interval_text(entry: dict) -> str:
 
 def markdown(results: dict) -> str:
     """The tables: every variant over the seeds; every difference per seed; the search."""
-    lines = ["| variant | seeds | lr | epochs | optimizer steps | test mAP | test CF1 | test OF1 | wall time per run (min) | CPU time per run (min) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| variant | seeds | lr | epochs | optimizer steps | test mAP | test CF1 | test OF1 | wall time per run (min) "
+        "| CPU time per run (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, row in results["variants"].items():
         spread = len(row["seeds"]) > 1  # one seed has no spread to show
         cells = [f"{row[m]['mean']:.2f}" + (f" ± {row[m]['std']:.2f}" if spread else "") for m in METRICS]
         lr = "recipe" if row["lr"] is None else f"{row['lr']:g}"
-        lines.append(f"| {name} | {', '.join(map(str, row['seeds']))} | {lr} | {row['epochs'] or 'recipe'} | "
-                     f"{row['optimizer_steps']} | " + " | ".join(cells) + f" | {row['wall_seconds']['mean'] / 60:.1f} | "
-                     f"{row['cpu_seconds']['mean'] / 60:.1f} |")  # fmt: skip
-    lines += ["", "mean ± standard deviation over the seeds (one seed: its figure); CF1 and OF1 at per-label thresholds tuned "
-              "on the validation split", ""]  # fmt: skip
-    lines += ["| difference (points) | seed | test mAP [95 % paired bootstrap interval] | test CF1 | test OF1 |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {', '.join(map(str, row['seeds']))} | {lr} | {row['epochs'] or 'recipe'} | "
+            f"{row['optimizer_steps']} | " + " | ".join(cells) + f" | {row['wall_seconds']['mean'] / 60:.1f} | "
+            f"{row['cpu_seconds']['mean'] / 60:.1f} |"
+        )
+    lines += [
+        "",
+        "mean ± standard deviation over the seeds (one seed: its figure); CF1 and OF1 at per-label thresholds tuned "
+        "on the validation split",
+        "",
+    ]
+    lines += [
+        "| difference (points) | seed | test mAP [95 % paired bootstrap interval] | test CF1 | test OF1 |",
+        "|---|---|---|---|---|",
+    ]
     for row in results["differences"]:
         for run in row["runs"]:
-            lines.append(f"| {row['variant']} minus {row['minus']} | {run['seed']} | {interval_text(run['mAP'])} | "
-                         f"{interval_text(run['CF1'])} | {interval_text(run['OF1'])} |")  # fmt: skip
-    lines += ["", "| search (validation mAP, search seed) | " + " | ".join(f"lr {lr:g}" for lr in results["lrs"]) + " |",
-              "|---|" + "---|" * len(results["lrs"])]  # fmt: skip
+            lines.append(
+                f"| {row['variant']} minus {row['minus']} | {run['seed']} | {interval_text(run['mAP'])} | "
+                f"{interval_text(run['CF1'])} | {interval_text(run['OF1'])} |"
+            )
+    lines += [
+        "",
+        "| search (validation mAP, search seed) | " + " | ".join(f"lr {lr:g}" for lr in results["lrs"]) + " |",
+        "|---|" + "---|" * len(results["lrs"]),
+    ]
     for peer, search in results["searches"].items():
         for epochs in results["epochs"]:
             cells = []
@@ -646,22 +817,39 @@ def versions() -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from benchmark_utils import machine_description
 
-    return {**machine_description(), "accelerate": accelerate.__version__, "timm": timm.__version__,
-            "transformers": transformers.__version__}  # fmt: skip
+    return {
+        **machine_description(),
+        "accelerate": accelerate.__version__,
+        "timm": timm.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="recipe of train_stages.py (default: the demo)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, as train_stages.py's")
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="recipe of train_stages.py (default: the demo)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, as train_stages.py's"
+    )
     parser.add_argument("--peers", nargs="*", default=list(PEERS), help=f"among {', '.join(PEERS)} (default: all)")
-    parser.add_argument("--runs", nargs="*", default=["srn", "srn-on-best-peer", "budget"],
-                        help="besides the peers: srn, srn-on-best-peer, budget (default: all)")  # fmt: skip
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        default=["srn", "srn-on-best-peer", "budget"],
+        help="besides the peers: srn, srn-on-best-peer, budget (default: all)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--search-seed", type=int, default=0, help="the seed of the search (default 0)")
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="learning rates searched")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3], help="epoch counts searched")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/peers"), help="the runs, OUTPUT_DIR/seed-N/RUN")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path(__file__).parent / "results" / "peers-runs",
+        help="the runs, OUTPUT_DIR/seed-N/RUN (default: benchmarks/results/peers-runs, whose result files git keeps)",
+    )
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of each training")
     parser.add_argument("--report-only", action="store_true", help="no training: the tables of the finished runs")
@@ -682,9 +870,16 @@ def main(argv=None) -> dict:
     if not results["variants"]:
         raise BenchmarkError(f"no finished run under {args.output_dir}")
     config = args.config.resolve()
-    results.update(lrs=args.lrs, epochs=args.epochs, search_seed=args.search_seed, versions=versions(),
-                   recipe={"config": str(config.relative_to(REPOSITORY) if config.is_relative_to(REPOSITORY) else config),
-                           "set": args.set})  # fmt: skip
+    results.update(
+        lrs=args.lrs,
+        epochs=args.epochs,
+        search_seed=args.search_seed,
+        versions=versions(),
+        recipe={
+            "config": str(config.relative_to(REPOSITORY) if config.is_relative_to(REPOSITORY) else config),
+            "set": args.set,
+        },
+    )
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "peers.json").write_text(json.dumps(results, indent=2, default=float))
     table = markdown(results)

@@ -37,7 +37,7 @@ from transformers import pipeline
 
 import srn_hf  # noqa: F401
 from srn_hf.data import label_names
-from srn_hf.training import metric_table
+from srn_hf.report import metric_table
 from srn_hf.visualize import save_scenes_figure
 
 model_folder, data_dir, figure_path, metrics_path = sys.argv[1:]

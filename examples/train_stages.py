@@ -45,60 +45,71 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from srn_hf import SRNConfig, SRNForImageClassification, checkpoints
+from srn_hf.cli import flag_worded
 from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.data.holdout import split_summary
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
 from srn_hf.data.verify import check_images
-from srn_hf.hub import one_line
 from srn_hf.localization import label_boxes, pointing_game, pointing_game_table
+from srn_hf.metrics import THRESHOLDED_FIGURES as FIGURES
 from srn_hf.metrics import map_difference, multilabel_metrics
+from srn_hf.model_folder import one_line
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
-from srn_hf.showcase import keep_examples
 from srn_hf.processing import create_image_processor
-from srn_hf.stages import STAGES, BackboneMapCache, Stage, StageForward, apply_stage, make_loss, set_train_mode, srn_of, stage_loss
-from srn_hf.storage import StorageError, atomic_folder
-from srn_hf.thresholds import (
-    FIGURES,
-    calibrate_stage,
-    calibrate_thresholds,
-    calibrated_gain,
-    describe_gain,
-    threshold_table,
-    write_thresholds,
-)
-from srn_hf.training import (
-    EpochSeededDataset,
+from srn_hf.recipe import (
     Recipe,
     RecipeError,
     StageRecipe,
-    TrainingDiverged,
     derive_model_choices,
-    enable_activation_checkpointing,
     flat_dict,
     load_recipe,
-    metric_table,
     network_fields,
-    plot_training_curves,
-    predict_scores,
     resume_changes,
-    write_json,
 )
+from srn_hf.report import calibrated_gain, describe_gain, metric_table, threshold_table, write_json
+from srn_hf.scoring import predict_scores
+from srn_hf.showcase import keep_examples
+from srn_hf.stages import (
+    STAGES,
+    BackboneMapCache,
+    Stage,
+    StageForward,
+    apply_stage,
+    make_loss,
+    set_train_mode,
+    srn_of,
+    stage_loss,
+)
+from srn_hf.storage import StorageError, atomic_folder
+from srn_hf.thresholds import calibrate_stage, calibrate_thresholds, write_thresholds
+from srn_hf.training import EpochSeededDataset, TrainingDiverged, enable_activation_checkpointing
+from srn_hf.training_plots import plot_training_curves
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+# The Python parameters that srn_hf's errors name, as this script's flags (`srn_hf.cli.flag_worded`).
+FLAGS = {"overrides": "--set", "output_dir": "--output-dir", "resume": "--resume", "overwrite": "--overwrite"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: the offline demo)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a recipe key, value parsed as YAML (repeatable): --set stage4.lr=1e-5 --set data.num_workers=2",
     )
     parser.add_argument("--output-dir", help="shorthand for --set output_dir=...")
     parser.add_argument("--stages", default="1,2,3,4", help="stages to run, in order (e.g. 2,3,4 starts from stage-1)")
-    parser.add_argument("--init-from", help="model folder the first stage starts from (default OUTPUT_DIR/stage-<first-1>)")
     parser.add_argument(
-        "--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+        "--init-from", help="model folder the first stage starts from (default OUTPUT_DIR/stage-<first-1>)"
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="CHECKPOINT",
         help="continue from the latest checkpoint in OUTPUT_DIR/checkpoints (or from CHECKPOINT)",
     )
     parser.add_argument("--overwrite", action="store_true", help="start afresh in an OUTPUT_DIR that holds a run")
@@ -128,7 +139,7 @@ class Progress:
 
     Attributes:
         signature: the run's label names and recipe, which a run resuming it must share, but for the fields
-            `srn_hf.training.resume_changes` lets change ([`run_signature`]).
+            `srn_hf.recipe.resume_changes` lets change ([`run_signature`]).
         stage, epoch, step: the stage, the epoch (0-based) and the batch of that epoch to continue from.
         records: `{"<stage>": record}`, each stage's history, best epoch and figures (metrics.json's `stages`).
         epoch_loss: the current epoch's loss summed over all processes' batches, and how many were summed, at a
@@ -240,21 +251,38 @@ def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -
     image_processor = create_image_processor(model.config)
     dataset = with_multilabel_transforms(dataset, image_processor=image_processor, augment=recipe.data.augment)
     eval_loaders = {
-        split: DataLoader(dataset[split], batch_size=recipe.training.eval_batch_size, collate_fn=collate_multilabel,
-                          num_workers=recipe.data.num_workers)  # fmt: skip
-        for split in ("validation", "test") if split in dataset
+        split: DataLoader(
+            dataset[split],
+            batch_size=recipe.training.eval_batch_size,
+            collate_fn=collate_multilabel,
+            num_workers=recipe.data.num_workers,
+        )
+        for split in ("validation", "test")
+        if split in dataset
     }
     # The trackers (TensorBoard) get the whole recipe as hyper-parameters; they log on the main process only.
     accelerator.init_trackers("srn", config=flat_dict(recipe.to_dict()))
-    accelerator.print(f"SRN on {recipe.data.kind}: {len(names)} labels, splits {dict(dataset.num_rows)}, stages {stages}")
+    accelerator.print(
+        f"SRN on {recipe.data.kind}: {len(names)} labels, splits {dict(dataset.num_rows)}, stages {stages}"
+    )
     accelerator.print(split_summary(dataset))
     return Run(
-        args=args, recipe=recipe, stages=stages, output_dir=output_dir, accelerator=accelerator, dataset=dataset,
-        names=names, image_check=image_check, model=model, loss_fn=make_loss(**vars(recipe.loss)),
-        train_data=EpochSeededDataset(dataset["train"], recipe.seed), eval_loaders=eval_loaders,
+        args=args,
+        recipe=recipe,
+        stages=stages,
+        output_dir=output_dir,
+        accelerator=accelerator,
+        dataset=dataset,
+        names=names,
+        image_check=image_check,
+        model=model,
+        loss_fn=make_loss(**vars(recipe.loss)),
+        train_data=EpochSeededDataset(dataset["train"], recipe.seed),
+        eval_loaders=eval_loaders,
         map_cache=BackboneMapCache(recipe.training.eval_map_cache_mb),
-        progress=progress or Progress(signature=signature, stage=stages[0]), checkpoint=checkpoint,
-    )  # fmt: skip
+        progress=progress or Progress(signature=signature, stage=stages[0]),
+        checkpoint=checkpoint,
+    )
 
 
 def create_accelerator(recipe, output_dir: Path) -> Accelerator:
@@ -279,7 +307,8 @@ def create_accelerator(recipe, output_dir: Path) -> Accelerator:
 
 
 def load_data(recipe, accelerator: Accelerator):
-    """The DatasetDict of the recipe (stamp scenes with `generate: true` are generated on first use, by the main process)."""
+    """The DatasetDict of the recipe (stamp scenes with `generate: true` are generated on first use, by the main
+    process)."""
     data = recipe.data
     # The main process loads (and for the demo, generates) the dataset first; the others then read its cache.
     with accelerator.main_process_first():
@@ -289,8 +318,10 @@ def load_data(recipe, accelerator: Accelerator):
             hold_out = f"; hold one out of train with data.options.{option} (docs/data.md)" if option else ""
             raise ValueError(f"dataset {data.kind!r} has no {split!r} split (splits: {list(dataset)}){hold_out}")
     if "test" not in dataset:
-        accelerator.print(f"dataset {data.kind!r} has no test split: {NOT_MEASURED_WITHOUT_TEST} will not be measured "
-                          "(data.options.test_fraction holds one out of train)")  # fmt: skip
+        accelerator.print(
+            f"dataset {data.kind!r} has no test split: {NOT_MEASURED_WITHOUT_TEST} will not be measured "
+            "(data.options.test_fraction holds one out of train)"
+        )
     limits = {"train": data.max_train_samples, "validation": data.max_eval_samples, "test": data.max_eval_samples}
     for split, limit in limits.items():
         if split in dataset and limit is not None and limit < len(dataset[split]):
@@ -299,7 +330,9 @@ def load_data(recipe, accelerator: Accelerator):
 
 
 # What a run without a test split cannot report (said in the log and in metrics.json).
-NOT_MEASURED_WITHOUT_TEST = "the test metrics, the test figures at the tuned thresholds, the gain over stage 1 and the pointing game"
+NOT_MEASURED_WITHOUT_TEST = (
+    "the test metrics, the test figures at the tuned thresholds, the gain over stage 1 and the pointing game"
+)
 
 
 def check_dataset_images(recipe, dataset: DatasetDict, accelerator: Accelerator, output_dir: Path):
@@ -308,12 +341,17 @@ def check_dataset_images(recipe, dataset: DatasetDict, accelerator: Accelerator,
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     dataset, report = check_images(
-        dataset, policy=recipe.data.bad_images, num_workers=recipe.data.num_workers or os.cpu_count(),
-        report_file=output_dir / "bad_images.tsv", accelerator=accelerator,
-    )  # fmt: skip
+        dataset,
+        policy=recipe.data.bad_images,
+        num_workers=recipe.data.num_workers or os.cpu_count(),
+        report_file=output_dir / "bad_images.tsv",
+        accelerator=accelerator,
+    )
     if report["skipped"]:
-        accelerator.print(f"skipped {report['skipped']} image(s) that cannot be decoded ({report['bad']}), listed in "
-                          f"{output_dir / 'bad_images.tsv'}")  # fmt: skip
+        accelerator.print(
+            f"skipped {report['skipped']} image(s) that cannot be decoded ({report['bad']}), listed in "
+            f"{output_dir / 'bad_images.tsv'}"
+        )
     return dataset, report
 
 
@@ -355,7 +393,9 @@ def initial_model(recipe, names: list[str], first_stage: int, init_from: str | N
         model.load_backbone_weights()
     elif weights is not None:
         if not Path(weights).is_file():
-            raise ValueError(f"model.pretrained_weights={weights!r}: no such file (or use 'timm', 'packaged-lite0', null)")
+            raise ValueError(
+                f"model.pretrained_weights={weights!r}: no such file (or use 'timm', 'packaged-lite0', null)"
+            )
         model.load_backbone_weights(weights)
     return model
 
@@ -364,14 +404,15 @@ def previous_stage_model(recipe, id2label: dict, source: Path, first_stage: int)
     """The model exported by an earlier stage, refused if its network is not the recipe's `model` section."""
     if not (source / "config.json").exists():
         raise ValueError(
-            f"stage {first_stage} starts from {source}, which holds no model (config.json); run stage {first_stage - 1} "
-            "first or pass --init-from"
+            f"stage {first_stage} starts from {source}, which holds no model (config.json); "
+            f"run stage {first_stage - 1} first or pass --init-from"
         )
     model = SRNForImageClassification.from_pretrained(source, id2label=id2label)  # raises on another label set
     for key in network_fields():
         if getattr(model.config, key) != getattr(recipe.model, key):
             raise ValueError(
-                f"{source} has {key}={getattr(model.config, key)!r}, the recipe model.{key}={getattr(recipe.model, key)!r}"
+                f"{source} has {key}={getattr(model.config, key)!r}, "
+                f"the recipe model.{key}={getattr(recipe.model, key)!r}"
             )
     return model
 
@@ -387,11 +428,14 @@ def read_progress(checkpoint: Path, saved: dict, signature: dict, recipe: Recipe
     progress = Progress(**saved)
     if progress.signature.get("label_names") != signature["label_names"]:
         raise ValueError(
-            f"checkpoint {checkpoint} belongs to another run: its label_names are {progress.signature.get('label_names')!r}, "
-            f"this run's are {signature['label_names']!r}. Resume with the data it was trained on, or use another --output-dir"
+            f"checkpoint {checkpoint} belongs to another run: its label_names are "
+            f"{progress.signature.get('label_names')!r}, this run's are {signature['label_names']!r}. "
+            "Resume with the data it was trained on, or use another --output-dir"
         )
     if "recipe" not in progress.signature:
-        raise ValueError(f"checkpoint {checkpoint} holds no recipe (written by an older srn_hf): start afresh with --overwrite")
+        raise ValueError(
+            f"checkpoint {checkpoint} holds no recipe (written by an older srn_hf): start afresh with --overwrite"
+        )
     changes = resume_changes(progress.signature["recipe"], signature["recipe"], progress.stage, checkpoint)
     epochs = recipe.stage(progress.stage).epochs
     if epochs < progress.epoch + (progress.step > 0):
@@ -401,7 +445,13 @@ def read_progress(checkpoint: Path, saved: dict, signature: dict, recipe: Recipe
         )
     if changes:
         progress.recipe_changes.append(
-            {"checkpoint": checkpoint.name, "stage": progress.stage, "epoch": progress.epoch, "step": progress.step, "changes": changes}
+            {
+                "checkpoint": checkpoint.name,
+                "stage": progress.stage,
+                "epoch": progress.epoch,
+                "step": progress.step,
+                "changes": changes,
+            }
         )
     progress.signature = signature  # the checkpoints this run writes carry the recipe it now trains with
     return progress
@@ -414,7 +464,9 @@ def find_resume_point(
     output_dir = Path(recipe.output_dir)
     if not args.resume:
         if (output_dir / "checkpoints").exists() and not args.overwrite:
-            raise ValueError(f"{output_dir} already holds a run: pass --resume to continue it or --overwrite to start afresh")
+            raise ValueError(
+                f"{output_dir} already holds a run: pass --resume to continue it or --overwrite to start afresh"
+            )
         return None, None
     # The newest checkpoint that loads; the message names the newer ones skipped (a killed save, a truncated file).
     checkpoint, saved, message = checkpoints.choose_checkpoint(output_dir / "checkpoints", args.resume)
@@ -433,9 +485,11 @@ def save_checkpoint(run: Run, stage_number: int, epoch: int, step: int) -> None:
     # Model, optimizer, scheduler, sampler and RNG states of every process, and progress.json, into the next
     # checkpoint_<i> folder, renamed into place when complete; then the oldest beyond the limit are deleted.
     checkpoints.save_checkpoint(
-        run.accelerator, run.output_dir / "checkpoints", dataclasses.asdict(run.progress),
+        run.accelerator,
+        run.output_dir / "checkpoints",
+        dataclasses.asdict(run.progress),
         total_limit=run.recipe.training.checkpoints_total_limit,
-    )  # fmt: skip
+    )
 
 
 def resume_stage(run: Run, stage_run: StageRun) -> tuple[int, int]:
@@ -444,18 +498,24 @@ def resume_stage(run: Run, stage_run: StageRun) -> tuple[int, int]:
         return 0, 0
     accelerator, checkpoint = run.accelerator, run.checkpoint
     # The recipe's optimizer settings (learning rates, weight decay, momentum), before the checkpoint's replace them.
-    settings = [{key: value for key, value in group.items() if key not in ("params", "lr")}
-                for group in stage_run.optimizer.param_groups]  # fmt: skip
+    settings = [
+        {key: value for key, value in group.items() if key not in ("params", "lr")}
+        for group in stage_run.optimizer.param_groups
+    ]
     # Restores what `prepare` returned (weights, optimizer, scheduler, sampler) and every process's RNG state.
     accelerator.load_state(str(checkpoint))
     apply_recipe_rates(stage_run, settings)
     run.checkpoint = None
     progress = run.progress
-    accelerator.print(f"resumed {checkpoint}: stage {progress.stage}, epoch {progress.epoch + 1}, batch {progress.step}")
+    accelerator.print(
+        f"resumed {checkpoint}: stage {progress.stage}, epoch {progress.epoch + 1}, batch {progress.step}"
+    )
     for change in progress.recipe_changes[-1:]:
         if change["checkpoint"] == checkpoint.name:
-            accelerator.print("changed on --resume, applied from here: " + ", ".join(
-                f"{key} {old} -> {new}" for key, (old, new) in change["changes"].items()))  # fmt: skip
+            accelerator.print(
+                "changed on --resume, applied from here: "
+                + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in change["changes"].items())
+            )
     return progress.epoch, progress.step
 
 
@@ -485,7 +545,8 @@ def prepare_stage(run: Run, number: int) -> StageRun:
     """Freezes what stage `number` does not train, and prepares its model, optimizer, scheduler and data loaders."""
     accelerator, stage, stage_recipe = run.accelerator, STAGES[number], run.recipe.stage(number)
     record = run.progress.records.setdefault(
-        str(number), {"stage": number, "prediction": stage.prediction, "history": [], "best_epoch": None, "best_mAP": None}
+        str(number),
+        {"stage": number, "prediction": stage.prediction, "history": [], "best_epoch": None, "best_mAP": None},
     )
     # Drops the previous stage's prepared objects (and DDP wrapper): `requires_grad` must be set before `prepare`.
     accelerator.free_memory()
@@ -495,32 +556,55 @@ def prepare_stage(run: Run, number: int) -> StageRun:
     # processes, Accelerate fills every process's last batch with images from the start of the epoch.)
     drop_last = accelerator.num_processes == 1 and len(run.train_data) % stage_recipe.batch_size == 1
     if drop_last:
-        accelerator.print(f"stage {number}: the last batch of each epoch ({len(run.train_data)} images, batch "
-                          f"{stage_recipe.batch_size}) would hold one image: it is left out")  # fmt: skip
-    train_loader = DataLoader(run.train_data, batch_size=stage_recipe.batch_size, shuffle=True, drop_last=drop_last,
-                              collate_fn=collate_multilabel, num_workers=run.recipe.data.num_workers)  # fmt: skip
+        accelerator.print(
+            f"stage {number}: the last batch of each epoch ({len(run.train_data)} images, batch "
+            f"{stage_recipe.batch_size}) would hold one image: it is left out"
+        )
+    train_loader = DataLoader(
+        run.train_data,
+        batch_size=stage_recipe.batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        collate_fn=collate_multilabel,
+        num_workers=run.recipe.data.num_workers,
+    )
     # `accumulate()` below then steps the optimizer every this many batches only.
     accelerator.gradient_accumulation_steps = stage_recipe.gradient_accumulation_steps
     optimizer_steps = stage_recipe.epochs * math.ceil(len(train_loader) / stage_recipe.gradient_accumulation_steps)
     scheduler = make_scheduler(stage_recipe, optimizer, optimizer_steps)
     # Wraps the model (DDP across processes, autocast), shards the loaders per process, moves all to the device.
     stage_model, optimizer, train_loader, scheduler, validation_loader, *test_loader = accelerator.prepare(
-        StageForward(run.model, stage, run.map_cache), optimizer, train_loader, scheduler, *run.eval_loaders.values(),
-    )  # fmt: skip
+        StageForward(run.model, stage, run.map_cache),
+        optimizer,
+        train_loader,
+        scheduler,
+        *run.eval_loaders.values(),
+    )
     test_loader = test_loader[0] if test_loader else None  # a dataset without a test split has none
     return StageRun(
-        stage=stage, recipe=stage_recipe, record=record, folder=run.output_dir / f"stage-{number}", trained=list(trainable),
-        model=stage_model, optimizer=optimizer, scheduler=scheduler, optimizer_steps=optimizer_steps,
-        train_loader=train_loader, validation_loader=validation_loader, test_loader=test_loader,
-    )  # fmt: skip
+        stage=stage,
+        recipe=stage_recipe,
+        record=record,
+        folder=run.output_dir / f"stage-{number}",
+        trained=list(trainable),
+        model=stage_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        optimizer_steps=optimizer_steps,
+        train_loader=train_loader,
+        validation_loader=validation_loader,
+        test_loader=test_loader,
+    )
 
 
 def make_scheduler(stage_recipe, optimizer: torch.optim.Optimizer, optimizer_steps: int):
     """The stage's learning-rate schedule over its `optimizer_steps`, from each group's `initial_lr` (else `lr`)."""
     return get_scheduler(
-        stage_recipe.schedule, optimizer,
-        num_warmup_steps=round(stage_recipe.warmup_ratio * optimizer_steps), num_training_steps=max(optimizer_steps, 1),
-    )  # fmt: skip
+        stage_recipe.schedule,
+        optimizer,
+        num_warmup_steps=round(stage_recipe.warmup_ratio * optimizer_steps),
+        num_training_steps=max(optimizer_steps, 1),
+    )
 
 
 # The recipe's optimizer names by timm's: `sgd` is classical momentum (timm's own `sgd` is Nesterov's).
@@ -532,10 +616,13 @@ def build_optimizer(trainable: dict[str, torch.nn.Module], stage_recipe) -> torc
     on biases and other 1-d weights, `param_groups_weight_decay`), the backbone's at `backbone_lr`."""
     groups = []
     for name, module in trainable.items():
-        lr = stage_recipe.backbone_lr if name == "backbone" and stage_recipe.backbone_lr is not None else stage_recipe.lr
+        lr = (
+            stage_recipe.backbone_lr if name == "backbone" and stage_recipe.backbone_lr is not None else stage_recipe.lr
+        )
         groups += [{**group, "lr": lr} for group in param_groups_weight_decay(module, stage_recipe.weight_decay)]
-    return create_optimizer_v2(groups, TIMM_OPTIMIZERS[stage_recipe.optimizer], lr=stage_recipe.lr,
-                               momentum=stage_recipe.momentum)  # fmt: skip
+    return create_optimizer_v2(
+        groups, TIMM_OPTIMIZERS[stage_recipe.optimizer], lr=stage_recipe.lr, momentum=stage_recipe.momentum
+    )
 
 
 def train_stage(run: Run, stage_run: StageRun) -> None:
@@ -562,8 +649,13 @@ def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) 
     batches = skip_first_batches(stage_run.train_loader, start_step) if start_step else stage_run.train_loader
     # The epoch's loss summed over all processes' batches (kept in checkpoints, so resumed epochs report it whole).
     total_loss, seen = run.progress.epoch_loss or (0.0, 0) if start_step else (0.0, 0)
-    bar = tqdm(batches, desc=f"stage {number} epoch {epoch + 1}/{epochs}", initial=start_step,
-               total=len(stage_run.train_loader), disable=not accelerator.is_local_main_process)  # fmt: skip
+    bar = tqdm(
+        batches,
+        desc=f"stage {number} epoch {epoch + 1}/{epochs}",
+        initial=start_step,
+        total=len(stage_run.train_loader),
+        disable=not accelerator.is_local_main_process,
+    )
     every = run.recipe.training.checkpoint_every_steps
     for step, batch in enumerate(bar, start=start_step):
         pixel_values = batch["pixel_values"]
@@ -595,7 +687,8 @@ def check_finite(run: Run, stage_run: StageRun, summed_loss: float, loss: torch.
     raise TrainingDiverged(
         f"stage {number}, epoch {epoch + 1}, batch {step}: the loss is {loss.item()} (lr "
         f"{stage_run.scheduler.get_last_lr()[0]:.3g}). Training stopped; last good checkpoint: "
-        f"{checkpoints.find_resumable_checkpoint(run.output_dir / 'checkpoints')[0]}. Lower stage{number}.lr or use mixed_precision=no, then --resume"
+        f"{checkpoints.find_resumable_checkpoint(run.output_dir / 'checkpoints')[0]}. "
+        f"Lower stage{number}.lr or use mixed_precision=no, then --resume"
     )
 
 
@@ -603,13 +696,20 @@ def validate_epoch(run: Run, stage_run: StageRun, epoch: int, train_loss: float)
     """Validation mAP of the stage's own prediction after `epoch`; the best epoch is exported to OUTPUT_DIR/stage-N."""
     accelerator, number, record = run.accelerator, stage_run.stage.number, stage_run.record
     metrics = score_split(run, stage_run, stage_run.validation_loader)[0]
-    entry = {"epoch": epoch + 1, "train_loss": train_loss, "validation_mAP": metrics["mAP"],
-             "validation_OF1": metrics["OF1"], "validation_CF1": metrics["CF1"]}  # fmt: skip
+    entry = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "validation_mAP": metrics["mAP"],
+        "validation_OF1": metrics["OF1"],
+        "validation_CF1": metrics["CF1"],
+    }
     record["history"].append(entry)
     accelerator.print(f"stage {number} epoch {epoch + 1}: loss {train_loss:.4f}, validation mAP {metrics['mAP']:.2f}")
     # To the trackers, on one step axis across all stages.
-    accelerator.log({f"stage{number}/{key}": value for key, value in entry.items() if key != "epoch"},
-                    step=sum(len(r["history"]) for r in run.progress.records.values()))  # fmt: skip
+    accelerator.log(
+        {f"stage{number}/{key}": value for key, value in entry.items() if key != "epoch"},
+        step=sum(len(r["history"]) for r in run.progress.records.values()),
+    )
     if record["best_mAP"] is None or metrics["mAP"] > record["best_mAP"]:
         record.update(best_epoch=epoch + 1, best_mAP=metrics["mAP"])
         export(accelerator, run.model, stage_run.folder)
@@ -642,14 +742,18 @@ def evaluate_stage(run: Run, stage_run: StageRun) -> dict:
     if record["best_epoch"] is None:  # epochs: 0, the stage is only evaluated and exported
         export(run.accelerator, run.model, stage_run.folder)
     run.model.load_state_dict(load_file(stage_run.folder / "model.safetensors"))
-    record["validation"], validation_scores, validation_labels = score_split(run, stage_run, stage_run.validation_loader)
+    record["validation"], validation_scores, validation_labels = score_split(
+        run, stage_run, stage_run.validation_loader
+    )
     if stage_run.test_loader is not None:  # a dataset without a test split: the validation figures only
         evaluate_test_split(run, stage_run, validation_scores[stage_run.stage.prediction], validation_labels)
     calibrate_export(run, stage_run, validation_scores, validation_labels)
     return record
 
 
-def evaluate_test_split(run: Run, stage_run: StageRun, validation_scores: torch.Tensor, validation_labels: torch.Tensor) -> None:
+def evaluate_test_split(
+    run: Run, stage_run: StageRun, validation_scores: torch.Tensor, validation_labels: torch.Tensor
+) -> None:
     """The stage's test figures into its record: metrics at 0.5 and at thresholds tuned on validation, the pointing
     game where the dataset has boxes; the test scores to OUTPUT_DIR/predictions; the figures to the trackers."""
     accelerator, number, record = run.accelerator, stage_run.stage.number, stage_run.record
@@ -663,16 +767,21 @@ def evaluate_test_split(run: Run, stage_run: StageRun, validation_scores: torch.
         accelerator.print(f"\nstage {number}, test split: {pointing_game_table(record['test_pointing_game'])}")
     if accelerator.is_main_process:
         (run.output_dir / "predictions").mkdir(exist_ok=True)
-        save_file({"scores": scores.contiguous(), "labels": labels.float().contiguous()},
-                  run.output_dir / "predictions" / f"stage-{number}-test.safetensors")  # fmt: skip
+        save_file(
+            {"scores": scores.contiguous(), "labels": labels.float().contiguous()},
+            run.output_dir / "predictions" / f"stage-{number}-test.safetensors",
+        )
     # Thresholds of the stage's prediction tuned on validation, never on test; test CP .. OF1 at 0.5 and at them.
-    _, calibrated = calibrate_stage(validation_scores, validation_labels, scores, labels, run.names,
-                                    dataset=run.recipe.data.kind)  # fmt: skip
+    _, calibrated = calibrate_stage(
+        validation_scores, validation_labels, scores, labels, run.names, dataset=run.recipe.data.kind
+    )
     record.update(calibrated)
     # To the trackers, from the main process: test mAP, and CP .. OF1 at 0.5 and at the tuned thresholds.
     figures = {"test_mAP": record["test"]["mAP"]}
     for name in FIGURES:
-        figures.update({f"test_{name}_at_0.5": record["test"][name], f"test_{name}_calibrated": record["test_calibrated"][name]})
+        figures.update(
+            {f"test_{name}_at_0.5": record["test"][name], f"test_{name}_calibrated": record["test_calibrated"][name]}
+        )
     accelerator.log({f"stage{number}/{key}": value for key, value in figures.items() if value is not None})
 
 
@@ -686,14 +795,18 @@ def calibrate_export(run: Run, stage_run: StageRun, validation_scores: dict, val
     if scores is None:
         with run.accelerator.autocast():  # the precision of the prepared forward
             full_forward = StageForward(run.model, STAGES[4], run.map_cache)
-            scores = predict_scores(run.accelerator, full_forward, stage_run.validation_loader, ("logits",))[0]["logits"]
-    calibration = calibrate_thresholds(scores, validation_labels, run.names, split="validation", dataset=run.recipe.data.kind)
+            scores = predict_scores(run.accelerator, full_forward, stage_run.validation_loader, ("logits",))[0][
+                "logits"
+            ]
+    calibration = calibrate_thresholds(
+        scores, validation_labels, run.names, split="validation", dataset=run.recipe.data.kind
+    )
     if calibration.fallback_labels:
         run.accelerator.print(
-            f"stage {stage_run.stage.number}: {len(calibration.fallback_labels)} of {len(run.names)} labels keep the global "
-            f"threshold {calibration.threshold:.2f}, not tuned on their own: "
+            f"stage {stage_run.stage.number}: {len(calibration.fallback_labels)} of {len(run.names)} labels keep the "
+            f"global threshold {calibration.threshold:.2f}, not tuned on their own: "
             + "; ".join(f"{name} ({reason})" for name, reason in calibration.fallback_labels.items())
-        )  # fmt: skip
+        )
     calibration.apply_to(run.model.config)
     if run.accelerator.is_main_process:
         write_thresholds(stage_run.folder, calibration)  # config.json only: the weights are the stage's best epoch
@@ -721,8 +834,12 @@ def write_report(run: Run) -> dict:
     records = [run.progress.records[key] for key in sorted(run.progress.records, key=int)]
     report = {
         "recipe": recipe.to_dict(),
-        "dataset": {"name": recipe.data.kind, "label_names": run.names, "splits": dict(run.dataset.num_rows),
-                    "image_check": run.image_check},  # fmt: skip
+        "dataset": {
+            "name": recipe.data.kind,
+            "label_names": run.names,
+            "splits": dict(run.dataset.num_rows),
+            "image_check": run.image_check,
+        },
         "stages": records,
         # Each --resume that changed the recipe: from which checkpoint (stage, epoch, batch), which fields, old and new;
         # `recipe` above holds the values the run ended with.
@@ -738,8 +855,10 @@ def write_report(run: Run) -> dict:
         report["examples"] = keep_run_examples(run)
     accelerator.print("\n" + metric_table(records, "validation") + "\n\n" + metric_table(records, "test"))
     if "not_measured" in report:
-        accelerator.print(f"\n{report['not_measured']}: the figures above are the validation split's, which chose the "
-                          "best epochs and the thresholds (optimistic)")  # fmt: skip
+        accelerator.print(
+            f"\n{report['not_measured']}: the figures above are the validation split's, which chose the "
+            "best epochs and the thresholds (optimistic)"
+        )
     accelerator.print("\n" + threshold_table(records))
     if report["test_calibrated_gain_over_stage1"]:
         accelerator.print("\n" + describe_gain(report["test_calibrated_gain_over_stage1"]))
@@ -754,7 +873,9 @@ def write_report(run: Run) -> dict:
     if accelerator.is_main_process:
         write_json(output_dir / "metrics.json", report)
         plot_training_curves(records, output_dir / "training_curves.png")
-        accelerator.print(f"\nmodels: {output_dir}/stage-N, {output_dir}/final; metrics.json and training_curves.png in {output_dir}")
+        accelerator.print(
+            f"\nmodels: {output_dir}/stage-N, {output_dir}/final; metrics.json and training_curves.png in {output_dir}"
+        )
     # Closes the trackers (flushes TensorBoard's files).
     accelerator.end_training()
     return report
@@ -787,7 +908,8 @@ def publish_final(run: Run) -> None:
         return
     from srn_hf.hub import publish
 
-    # The card's picture and the page's examples: the run's first test images with their true labels (`keep_run_examples`).
+    # The card's picture and the page's examples: the run's first test images with their true labels
+    # (`keep_run_examples`).
     result = publish(run.output_dir / "final", run.args.push_to_hub)
     run.accelerator.print(f"published: {result}")
 
@@ -797,5 +919,5 @@ if __name__ == "__main__":
         main()
     # Bad input (a recipe value, a missing data folder, a busy output folder), a full disk: one line.
     except (RecipeError, TrainingDiverged, ValueError, StorageError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {flag_worded(one_line(error), FLAGS)}", file=sys.stderr)
         sys.exit(2)

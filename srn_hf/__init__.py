@@ -33,7 +33,10 @@ def register() -> None:
     SRNForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
     PIPELINE_REGISTRY.register_pipeline(
-        TASK, pipeline_class=MultiLabelImageClassificationPipeline, pt_model=AutoModelForImageClassification, type="image"
+        TASK,
+        pipeline_class=MultiLabelImageClassificationPipeline,
+        pt_model=AutoModelForImageClassification,
+        type="image",
     )
 
 
@@ -48,7 +51,7 @@ if Path((getattr(sys, "argv", None) or [""])[0]).stem != "srn-hf":
         SRNOutput,
         SRNPreTrainedModel,
     )
-    from .pipeline_srn import TASK as PIPELINE_TASK
+    from .pipeline_srn import TASK as PIPELINE_TASK  # noqa: F401 (srn_hf.PIPELINE_TASK: the pipeline task's name)
     from .pipeline_srn import MultiLabelImageClassificationPipeline
     from .timm_srn import SRNTimm, create_timm_srn
 

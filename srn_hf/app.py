@@ -38,7 +38,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .configuration_srn import config_label_names
 from .images import ImageError, open_image
+from .pipeline_srn import labels_above_thresholds
 from .visualize import DISPLAY_SIDE, heatmap_rgba
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry, no version check
@@ -59,7 +61,9 @@ def example_images(model, examples: list[str | os.PathLike] | None = None) -> li
 
     if examples is not None:
         for path in examples:
-            open_image(path)  # an ImageError naming a missing file or one that is not an image, before the page is built
+            open_image(
+                path
+            )  # an ImageError naming a missing file or one that is not an image, before the page is built
         return [(Path(path), Path(path).name) for path in examples]
     return [(example.path, example.caption()) for example in model_examples(model)]
 
@@ -96,12 +100,11 @@ def labels_above(prediction: dict | None, model_thresholds: dict[str, float], sh
     label whose score the list would show as 0 % (below `MIN_SHOWN_SCORE`), however low the slider goes."""
     if prediction is None:
         return {}
-    shown = {
-        label: score
-        for label, score in prediction["scores"].items()
-        if score > min(max(model_thresholds[label] + shift, 0.0), 1.0) and score >= MIN_SHOWN_SCORE
-    }
-    return dict(sorted(shown.items(), key=lambda item: -item[1]))
+    names = list(prediction["scores"])
+    scores = np.array([prediction["scores"][name] for name in names], dtype=np.float64)
+    thresholds = np.clip([model_thresholds[name] + shift for name in names], 0.0, 1.0)
+    shown = [names[index] for index in labels_above_thresholds(scores, thresholds) if scores[index] >= MIN_SHOWN_SCORE]
+    return {name: prediction["scores"][name] for name in shown}
 
 
 def attention_overlay(prediction: dict, label: str) -> Image.Image:
@@ -115,8 +118,10 @@ def summary(prediction: dict | None, shown: dict[str, float], device: str) -> st
     """One line under the labels: how many are shown, and how long the prediction took."""
     if prediction is None:
         return "Drop an image, or pick an example below."
-    count = f"{len(shown)} of {len(prediction['scores'])} labels above their thresholds" if shown else (
-        "No label above its threshold: lower the threshold to see the best scores."
+    count = (
+        f"{len(shown)} of {len(prediction['scores'])} labels above their thresholds"
+        if shown
+        else ("No label above its threshold: lower the threshold to see the best scores.")
     )
     return f"{count} · predicted in {prediction['seconds'] * 1000:.0f} ms on {device}"
 
@@ -143,7 +148,7 @@ class DemoModel:
     def __init__(self, tagger):
         self.tagger = tagger
         self.config = tagger.model.config
-        names = [self.config.id2label[index] for index in range(self.config.num_labels)]
+        names = config_label_names(self.config)
         self.model_thresholds = dict(zip(names, tagger.thresholds()))  # the config's threshold / label_thresholds
         self.device_name = str(tagger.device)
 
@@ -164,7 +169,7 @@ class DemoModel:
             prediction = predict(self.tagger, image_file)
         except ImageError as error:
             name = image_data.get("orig_name") or Path(image_file).name
-            message = f"Refused: {name} {error.reason}; upload a photo (JPEG, PNG, WebP, ...)."
+            message = f"Refused: {name}: {error.reason}; upload a photo (JPEG, PNG, WebP, ...)."
             gr.Warning(message)
             return None, {}, message, attention_image(None, None)
         shown, status = self.show(prediction, threshold)
@@ -220,13 +225,20 @@ def build_app(
                 gallery = None
                 if shown_examples:  # the first test images of the model's own data, captioned with their true labels
                     gallery = gr.Examples(
-                        [[os.fspath(path)] for path, _ in shown_examples], inputs=image, label="Examples",
+                        [[os.fspath(path)] for path, _ in shown_examples],
+                        inputs=image,
+                        label="Examples",
                         example_labels=[caption for _, caption in shown_examples],
                     )
             with gr.Column():
                 threshold = gr.Slider(
-                    0.0, 1.0, value=config.threshold, step=SLIDER_STEP, label="Threshold",
-                    info=describe_thresholds(config), elem_id="srn-threshold",
+                    0.0,
+                    1.0,
+                    value=config.threshold,
+                    step=SLIDER_STEP,
+                    label="Threshold",
+                    info=describe_thresholds(config),
+                    elem_id="srn-threshold",
                 )
                 labels = gr.Label(label="Labels above the threshold", show_heading=False, elem_id="srn-labels")
                 status = gr.Markdown(summary(None, {}, demo_model.device_name), elem_id="srn-status")

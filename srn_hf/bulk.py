@@ -36,7 +36,6 @@ order in a single process).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
@@ -49,8 +48,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .configuration_srn import config_label_names
 from .fast import autocast_context, use_channels_last
-from .images import ImageError, list_image_files, open_image
+from .images import ImageError, decode_image, list_image_files, open_image
+from .pipeline_srn import labels_above_thresholds
 from .storage import append_bytes, remove_file, storage_error, write_text_file
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
@@ -93,7 +94,7 @@ def file_sources(images: Iterable[str] = (), file_list: str | None = None) -> So
             with open(file_list, encoding="utf-8") as lines:
                 keys += [line.strip() for line in lines if line.strip()]
         except (OSError, UnicodeDecodeError) as error:
-            raise BulkError(f"--file-list {file_list}: cannot be read ({error})") from error
+            raise BulkError(f"file_list={file_list}: cannot be read ({error})") from error
     return Sources(keys, unreadable=unreadable)
 
 
@@ -106,11 +107,13 @@ def parse_data_options(items: Iterable[str]) -> dict:
     for item in items:
         key, separator, value = item.partition("=")
         if not separator or not key:
-            raise BulkError(f"--data-option {item!r} is not KEY=VALUE")
+            raise BulkError(f"data_options item {item!r} is not KEY=VALUE")
         try:
             options[key] = yaml.safe_load(value)
         except yaml.YAMLError as error:
-            raise BulkError(f"--data-option {item!r}: the value is not YAML ({' '.join(str(error).split())})") from None
+            raise BulkError(
+                f"data_options item {item!r}: the value is not YAML ({' '.join(str(error).split())})"
+            ) from None
     return options
 
 
@@ -126,34 +129,33 @@ def dataset_sources(kind: str, options: dict, split: str | None = None) -> Sourc
     try:
         splits = load_multilabel_dataset(kind, **options)
     except TypeError as error:  # an option the loader does not take
-        raise BulkError(f"--data {kind}: {error}") from error
+        raise BulkError(f"data={kind!r}: {error}") from error
     if split is None:
         split = next(iter(splits)) if len(splits) == 1 else "test"
     if split not in splits:
-        raise BulkError(f"--data {kind} has no split {split!r}; its splits: {', '.join(splits)} (pass --split)")
+        raise BulkError(f"data={kind!r} has no split {split!r}; its splits: {', '.join(splits)} (pass split=...)")
     dataset = splits[split].cast_column("image", datasets.Image(decode=False))
     return Sources([str(key) for key in dataset["image_id"]], dataset)
 
 
-def given_sources(images: list[str], file_list: str | None, data: str | None, data_options: list[str], split: str | None) -> Sources:
+def given_sources(
+    images: list[str], file_list: str | None, data: str | None, data_options: list[str], split: str | None
+) -> Sources:
     """The sources `srn-hf predict` names: IMAGE_OR_DIR and `--file-list`, or `--data` with its options and split."""
     if data is None:
         return file_sources(images, file_list)
     if images or file_list:
-        raise BulkError("--data names the images: pass no IMAGE_OR_DIR and no --file-list with it")
+        raise BulkError("data=... names the images: pass no images=... and no file_list=... with it")
     return dataset_sources(data, parse_data_options(data_options), split)
 
 
 def open_dataset_image(value: dict, key: str) -> Image.Image:
-    """A `datasets.Image(decode=False)` value (`{"bytes", "path"}`) as an RGB image, or an `ImageError` naming `key`."""
+    """A `datasets.Image(decode=False)` value (`{"bytes", "path"}`) as an RGB image, or an `ImageError` naming its file,
+    or `key` for bytes ([`srn_hf.images.decode_image`]). A file is opened by `open_image`, whose decompression-bomb
+    guard refuses it before any pixel is decoded."""
     if value.get("bytes") is None:
         return open_image(value["path"])
-    try:
-        image = Image.open(io.BytesIO(value["bytes"]))
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(key, f"cannot be decoded ({error})") from error
-    return open_image(image)
+    return open_image(decode_image(value, name=key))
 
 
 class ImageRows(torch.utils.data.Dataset):
@@ -204,7 +206,7 @@ def weights_digest(model: torch.nn.Module, model_name: str) -> str:
     chunks; else (a Hub id, a model in memory) of every tensor of its state dict, with its name, shape and dtype. A
     file hash costs about a second per 500 MB, little next to one forward pass per image.
     """
-    from .hub import weights_files
+    from .model_folder import weights_files
 
     digest = hashlib.sha256()
     files = weights_files(Path(model_name)) if os.path.isdir(model_name) else []
@@ -222,7 +224,8 @@ def weights_digest(model: torch.nn.Module, model_name: str) -> str:
 
 def record_text(text: str | None) -> str | None:
     """`text` as valid UTF-8 for a record: a file name that is not UTF-8 (its bytes kept by Python as surrogates,
-    `\\udcff`) gets each such byte written `\\xff`, so that JSONL and parquet can hold it and a resumed run recognises it."""
+    `\\udcff`) gets each such byte written `\\xff`, so that JSONL and parquet can hold it and a resumed run
+    recognises it."""
     if text is None:
         return None
     try:
@@ -235,7 +238,7 @@ def record_text(text: str | None) -> str | None:
 class RecordMaker:
     """Turns a batch's sigmoid scores into records: the labels above their thresholds, best first, at most `top_k`.
 
-    The same rule as the `multi-label-image-classification` pipeline's `postprocess`, over a whole batch.
+    The rule of the `multi-label-image-classification` pipeline ([`srn_hf.pipeline_srn.labels_above_thresholds`]).
     """
 
     labels: list[str]
@@ -246,9 +249,10 @@ class RecordMaker:
     def record(self, key: str, scores: np.ndarray | None, error: str | None) -> dict:
         record = {"image": record_text(key), "labels": [], "error": record_text(error)}
         if scores is not None and error is None:
-            order = np.argsort(-scores, kind="stable")
-            predicted = order[scores[order] > self.thresholds[order]][: self.top_k]
-            record["labels"] = [{"label": self.labels[index], "score": round(float(scores[index]), 6)} for index in predicted]
+            predicted = labels_above_thresholds(scores, self.thresholds, self.top_k)
+            record["labels"] = [
+                {"label": self.labels[index], "score": round(float(scores[index]), 6)} for index in predicted
+            ]
         if self.all_scores:
             record["scores"] = None if error is not None else [round(float(score), 6) for score in scores]
         return record
@@ -281,7 +285,7 @@ class Output:
         self.path = Path(path)
         self.format = OUTPUT_FORMATS.get(self.path.suffix.lower())
         if self.format is None:
-            raise BulkError(f"--output {self.path}: the name must end in {' or '.join(OUTPUT_FORMATS)}")
+            raise BulkError(f"output={self.path}: the name must end in {' or '.join(OUTPUT_FORMATS)}")
         self.meta_path = self.path.with_name(self.path.name + META_SUFFIX)
         self.parts = self.path.with_name(self.path.name + PARTS_SUFFIX)
 
@@ -292,9 +296,9 @@ class Output:
         """Refuses, before any image, an output whose folder is missing or not writable, or that is not a file."""
         folder = self.path.parent
         if not folder.is_dir():
-            raise BulkError(f"--output {self.path}: the folder {folder} does not exist")
+            raise BulkError(f"output={self.path}: the folder {folder} does not exist")
         if self.path.exists() and not self.path.is_file():
-            raise BulkError(f"--output {self.path}: is not a file")
+            raise BulkError(f"output={self.path}: is not a file")
         try:
             with open(folder / f".{self.path.name}.{os.getpid()}.write-test", "w") as probe:
                 probe.write("")
@@ -303,31 +307,35 @@ class Output:
                 with open(self.path, "ab"):
                     pass
         except OSError as error:
-            raise BulkError(f"--output {self.path}: cannot be written ({error.strerror or error})") from error
+            raise BulkError(f"output={self.path}: cannot be written ({error.strerror or error})") from error
 
     def check_meta(self, meta: dict) -> None:
         """Refuses to continue an output written by another model, for other labels, or with other settings."""
         try:
             saved = json.loads(self.meta_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise BulkError(f"--resume {self.path}: {self.meta_path} is missing or unreadable ({error})") from error
+            raise BulkError(
+                f"resume=True with output={self.path}: {self.meta_path} is missing or unreadable ({error})"
+            ) from error
         if saved.get("labels") != meta["labels"]:
             theirs = saved.get("labels") or []
             raise BulkError(
-                f"--resume {self.path}: its records are for another label set ({len(theirs)} labels: "
+                f"resume=True with output={self.path}: its records are for another label set ({len(theirs)} labels: "
                 f"{', '.join(map(str, theirs[:5]))}, ...) than the model's ({len(meta['labels'])} labels: "
                 f"{', '.join(meta['labels'][:5])}, ...)"
             )
         if saved.get("weights_sha256") != meta["weights_sha256"]:
             raise BulkError(
-                f"--resume {self.path}: its records were written by another model ({saved.get('model')}, weights "
-                f"sha256 {saved.get('weights_sha256')}) than {meta['model']} (weights sha256 {meta['weights_sha256']})"
+                f"resume=True with output={self.path}: its records were written by another model "
+                f"({saved.get('model')}, weights sha256 {saved.get('weights_sha256')}) than {meta['model']} "
+                f"(weights sha256 {meta['weights_sha256']})"
             )
         for name in RECORD_SETTINGS:
             if saved.get(name) != meta[name]:
                 raise BulkError(
-                    f"--resume {self.path}: its records were written with {name}={saved.get(name)!r}, this run has "
-                    f"{name}={meta[name]!r}; pass the same options, or write another output"
+                    f"resume=True with output={self.path}: its records were written with {name} {saved.get(name)!r} "
+                    f"({self.meta_path.name}), this run has {meta[name]!r}; "
+                    "pass the same options, or write another output"
                 )
 
     def write_meta(self, meta: dict) -> None:
@@ -564,7 +572,6 @@ class StdoutWriter:
             sys.stdout.flush()
 
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # The run
 
@@ -626,8 +633,9 @@ def attention_png_path(folder: str, image_file: str, used_names: set) -> str:
     return os.path.join(folder, name)
 
 
-def save_attention(record: dict, image_file: str, attention_maps: torch.Tensor, size: tuple, label2id: dict, folder: str,
-                   used: set) -> None:
+def save_attention(
+    record: dict, image_file: str, attention_maps: torch.Tensor, size: tuple, label2id: dict, folder: str, used: set
+) -> None:
     """Draws the image's attention maps A of its predicted labels (`srn_hf.visualize`) and names the PNG in `record`."""
     from .pipeline_srn import upsample_attention_map
     from .visualize import save_attention_overlay
@@ -656,7 +664,9 @@ def predicted_batches(tagger, loader, fast: bool, attention: bool) -> Iterator[t
         yield batch, scores, outputs.attention_maps.float().cpu() if attention else None
 
 
-def predict_share(tagger, sources: Sources, positions: list[int], maker: RecordMaker, writer, settings: dict) -> Summary:
+def predict_share(
+    tagger, sources: Sources, positions: list[int], maker: RecordMaker, writer, settings: dict
+) -> Summary:
     """Predicts images `positions` of `sources` in batches, writing each batch's records; returns the counts."""
     from tqdm.auto import tqdm
 
@@ -670,7 +680,9 @@ def predict_share(tagger, sources: Sources, positions: list[int], maker: RecordM
     )
     label2id = {label: index for index, label in enumerate(maker.labels)}
     summary, used_names = Summary(), set()
-    progress = tqdm(total=len(rows), desc="predict", unit="image", disable=not settings["show_progress"] or len(rows) < 2)
+    progress = tqdm(
+        total=len(rows), desc="predict", unit="image", disable=not settings["show_progress"] or len(rows) < 2
+    )
     attention_folder = settings["save_attention"]
     with progress:  # closed on an error too, so that the error's line is not glued to the bar
         predicted = predicted_batches(tagger, loader, settings["fast"], attention_folder is not None)
@@ -683,8 +695,15 @@ def predict_share(tagger, sources: Sources, positions: list[int], maker: RecordM
                     if settings["report_errors"]:
                         tqdm.write(f"srn-hf predict: error: {record['error']}", file=sys.stderr)
                 elif attention_folder is not None:
-                    save_attention(record, sources.keys[position], attention_maps[row], size, label2id, attention_folder,
-                                   used_names)
+                    save_attention(
+                        record,
+                        sources.keys[position],
+                        attention_maps[row],
+                        size,
+                        label2id,
+                        attention_folder,
+                        used_names,
+                    )
                 records.append(record)
             writer.write(records)
             summary.predicted += len(records)
@@ -698,8 +717,10 @@ def total_over_processes(summary: Summary, state) -> Summary:
         return summary
     from accelerate.utils import reduce
 
-    counts = torch.tensor([summary.predicted, summary.failed, summary.skipped, summary.earlier_errors, summary.retried],
-                          device=state.device)
+    counts = torch.tensor(
+        [summary.predicted, summary.failed, summary.skipped, summary.earlier_errors, summary.retried],
+        device=state.device,
+    )
     return Summary(*(int(value) for value in reduce(counts, reduction="sum")))
 
 
@@ -707,11 +728,11 @@ def check_output(output: str | os.PathLike, resume: bool, retry_errors: bool = F
     """The run's `Output`, refused (`BulkError`) when it cannot be written, or exists and `resume` is not set, or
     `retry_errors` is set without `resume`."""
     if retry_errors and not resume:
-        raise BulkError("--retry-errors predicts again the failed images of a resumed run: pass --resume with it")
+        raise BulkError("retry_errors=True predicts again the failed images of a resumed run: pass resume=True with it")
     destination = Output(output)
     destination.check_writable()
     if destination.exists() and not resume:
-        raise BulkError(f"--output {output} exists: pass --resume to continue it, or choose another file")
+        raise BulkError(f"output={output} exists: pass resume=True to continue it, or choose another file")
     return destination
 
 
@@ -727,24 +748,39 @@ def run_state(device: str | torch.device | None = None):
     return PartialState(cpu=cpu)
 
 
-def check_run(sources: Sources, output, resume: bool, save_attention, num_processes: int, retry_errors: bool = False) -> Output | None:
+def check_run(
+    sources: Sources, output, resume: bool, save_attention, num_processes: int, retry_errors: bool = False
+) -> Output | None:
     """Refuses (`BulkError`) a run that could not give its records: no images, nowhere to write them."""
     if not sources.keys:
         raise BulkError("no images to predict")
     if num_processes > 1 and output is None:
-        raise BulkError(f"{num_processes} processes need --output: each writes its share there")
+        raise BulkError(f"{num_processes} processes need output=...: each writes its share there")
     if save_attention is not None and sources.dataset is not None:
-        raise BulkError("--save-attention draws image files: it does not apply to --data")
+        raise BulkError("save_attention=... draws image files: it does not apply to the rows of data=...")
     if output is None and (resume or retry_errors):
-        raise BulkError("--resume and --retry-errors continue an --output file: pass --output")
+        raise BulkError("resume=True and retry_errors=True continue an output=... file: pass output=...")
     return check_output(output, resume, retry_errors) if output is not None else None
 
 
-def tag_images(tagger, sources: Sources, model: str, output: str | None = None, resume: bool = False,
-               as_json: bool = False, batch_size: int = 8, num_workers: int = 2, fast: bool = False,
-               threshold: float | None = None, label_thresholds: dict | None = None, top_k: int | None = None,
-               all_scores: bool = False, save_attention: str | None = None, part_rows: int = 1024,
-               retry_errors: bool = False) -> Summary:
+def tag_images(
+    tagger,
+    sources: Sources,
+    model: str,
+    output: str | None = None,
+    resume: bool = False,
+    as_json: bool = False,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    fast: bool = False,
+    threshold: float | None = None,
+    label_thresholds: dict | None = None,
+    top_k: int | None = None,
+    all_scores: bool = False,
+    save_attention: str | None = None,
+    part_rows: int = 1024,
+    retry_errors: bool = False,
+) -> Summary:
     """Predicts every image of `sources` with the pipeline `tagger`'s model and writes one record per image.
 
     Args:
@@ -769,7 +805,7 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
     state = run_state(tagger.device)
     destination = check_run(sources, output, resume, save_attention, state.num_processes, retry_errors)
     config = tagger.model.config
-    labels = [config.id2label[index] for index in range(config.num_labels)]
+    labels = config_label_names(config)
     maker = RecordMaker(labels, tagger.thresholds(threshold, label_thresholds), top_k, all_scores)
     done, retried = {}, 0
     if destination is not None:
@@ -781,14 +817,26 @@ def tag_images(tagger, sources: Sources, model: str, output: str | None = None, 
         writer = destination.writer(state.process_index, schema, part_rows)
     else:
         writer = StdoutWriter(as_json)
-    settings = {"batch_size": batch_size, "num_workers": num_workers, "fast": fast, "save_attention": save_attention,
-                "show_progress": state.is_main_process, "report_errors": not as_json}  # fmt: skip
+    settings = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "fast": fast,
+        "save_attention": save_attention,
+        "show_progress": state.is_main_process,
+        "report_errors": not as_json,
+    }
     try:
-        summary = predict_share(tagger, sources, remaining[state.process_index :: state.num_processes], maker, writer, settings)
+        summary = predict_share(
+            tagger, sources, remaining[state.process_index :: state.num_processes], maker, writer, settings
+        )
     finally:
         writer.close()
     if state.is_main_process:  # counted once, over the whole output
-        summary.skipped, summary.earlier_errors, summary.retried = len(sources.keys) - len(remaining), sum(done.values()), retried
+        summary.skipped, summary.earlier_errors, summary.retried = (
+            len(sources.keys) - len(remaining),
+            sum(done.values()),
+            retried,
+        )
     state.wait_for_everyone()
     if destination is not None and state.is_main_process:
         destination.finish(schema)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +39,6 @@ from .storage import (
 CHECKPOINT_PREFIX = "checkpoint_"
 LOCK_FILE = ".run.lock"
 PROGRESS_FILE = "progress.json"
-# Fault injection for the tests: "checkpoint_1:written:30" waits 30 s in the save of checkpoint_1 once it is written
-# but not yet renamed ("renamed": once renamed, the old checkpoints not yet deleted), so that a test can SIGKILL there.
-PAUSE_ENV = "SRN_HF_CHECKPOINT_PAUSE"
 
 
 class CheckpointError(ValueError):
@@ -78,7 +74,7 @@ def hold_output_dir(output_dir: str | os.PathLike, holder: bool = True) -> Itera
     except Timeout:
         raise OutputDirInUse(
             f"{output_dir} is in use by another training run (it holds {output_dir / LOCK_FILE}): wait for it to end, "
-            "or use another --output-dir"
+            "or use another output_dir=..."
         ) from None
     try:
         yield
@@ -88,7 +84,7 @@ def hold_output_dir(output_dir: str | os.PathLike, holder: bool = True) -> Itera
 
 def checkpoint_number(folder: Path) -> int | None:
     """`7` for `checkpoint_7`, None for anything else (a partial save, another file)."""
-    suffix = folder.name[len(CHECKPOINT_PREFIX):]
+    suffix = folder.name[len(CHECKPOINT_PREFIX) :]
     return int(suffix) if folder.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
 
 
@@ -132,20 +128,12 @@ def save_checkpoint(
         raise_storage_error(folder, error)
         raise
     accelerator.wait_for_everyone()
-    pause_for_tests(folder, "written")
     if accelerator.is_main_process:
         commit_folder(partial, folder)
-        pause_for_tests(folder, "renamed")
         for old in list_checkpoints(checkpoints_dir)[: -total_limit if total_limit else 0]:
             remove_folder(old)
     accelerator.wait_for_everyone()
     return folder
-
-
-def pause_for_tests(folder: Path, moment: str) -> None:
-    name, at, seconds = (os.environ.get(PAUSE_ENV, "").split(":") + ["", "", ""])[:3]
-    if (name, at) == (folder.name, moment):
-        time.sleep(float(seconds))
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -207,14 +195,14 @@ def choose_checkpoint(
         folder = Path(resume)
         problem = checkpoint_problem(folder) if folder.is_dir() else f"{folder} is not a folder"
         if problem:
-            raise CheckpointError(f"--resume {folder}: cannot resume from it: {problem}")
+            raise CheckpointError(f"resume={folder}: cannot resume from it: {problem}")
         return folder, json.loads((folder / PROGRESS_FILE).read_text(encoding="utf-8")), f"resuming from {folder}"
     checkpoint, skipped = find_resumable_checkpoint(checkpoints_dir)
     if checkpoint is None and skipped:
         raise CheckpointError(
             f"no checkpoint under {checkpoints_dir} can be resumed from: "
             + "; ".join(f"{folder.name}: {reason}" for folder, reason in skipped)
-            + ". Pass --overwrite to start afresh"
+            + ". Pass overwrite=True to start afresh"
         )
     if checkpoint is None:
         return None, None, f"no checkpoint under {checkpoints_dir}: starting afresh"

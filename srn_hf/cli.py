@@ -4,6 +4,7 @@
 import argparse
 import ast
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -21,14 +22,68 @@ EXAMPLES = """examples:
 `srn-hf COMMAND --help` gives each command's options."""
 
 
+# The Python parameters that library errors name (`output=...`, `resume=True`, `split='test'`), as each command's
+# flags: [`flag_worded`] writes a message for the command line.
+FLAGS = {
+    "predict": {
+        "images": "IMAGE_OR_DIR",
+        "file_list": "--file-list",
+        "data": "--data",
+        "data_options": "--data-option",
+        "split": "--split",
+        "output": "--output",
+        "resume": "--resume",
+        "retry_errors": "--retry-errors",
+        "save_attention": "--save-attention",
+    },
+    "export": {"format": "--format", "image_size": "--image-size", "fast": "--fast"},
+    "calibrate": {
+        "data": "--data",
+        "data_options": "--data-option",
+        "split": "--split",
+        "criterion": "--criterion",
+        "min_positives": "--min-positives",
+    },
+}
+
+
+def flag_worded(message: str, flags: dict[str, str]) -> str:
+    """`message` with the Python parameters it names written as the command-line flags `flags` maps them to:
+    `name=True` and `name=...` become the flag alone, `name='value'` and `name=value` the flag and the value, and
+    `name item` (one item of a list parameter) the flag. `resume=True with output=a.jsonl` -> `--resume with
+    --output a.jsonl`."""
+    for name, flag in flags.items():
+        parameter = rf"(?<![\w.]){re.escape(name)}"
+        message = re.sub(rf"{parameter}=(True\b|\.\.\.)", flag, message)  # flags hold no backslash
+        message = re.sub(rf"{parameter}='([^']*)'", rf"{flag} \1", message)
+        message = re.sub(rf"{parameter}=", f"{flag} ", message)
+        message = re.sub(rf"{parameter} item\b", flag, message)
+    return message
+
+
+def command_line_message(command: str, error: BaseException, message: str) -> str:
+    """`message`, the one line of `error`, as `srn-hf COMMAND` prints it: the parameters it names written as the
+    command's flags ([`flag_worded`]), but for a model folder's problem, which names the fields of its config.json
+    (some share a name with a parameter: `image_size`)."""
+    from .model_folder import ModelFolderError
+
+    return message if isinstance(error, ModelFolderError) else flag_worded(message, FLAGS.get(command, {}))
+
+
 def data_kinds_help() -> str:
     """The dataset kinds of `--data` with their loader's options, read from srn_hf/data's source (not imported, so
     that `--help` stays quick): `LOADERS` in data/__init__.py and the signature of each loader."""
     data_dir = Path(__file__).with_name("data")
     package = ast.parse((data_dir / "__init__.py").read_text(encoding="utf-8"))
-    modules = {alias.asname or alias.name: node.module for node in package.body if isinstance(node, ast.ImportFrom)
-               for alias in node.names}  # fmt: skip
-    loaders = next(node.value for node in package.body if isinstance(node, ast.Assign) and node.targets[0].id == "LOADERS")
+    modules = {
+        alias.asname or alias.name: node.module
+        for node in package.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    loaders = next(
+        node.value for node in package.body if isinstance(node, ast.Assign) and node.targets[0].id == "LOADERS"
+    )
     lines = ["dataset kinds of --data and their --data-option keys (values parsed as YAML):"]
     for kind, loader in zip(loaders.keys, loaders.values):
         module = ast.parse((data_dir / f"{modules[loader.id]}.py").read_text(encoding="utf-8"))
@@ -43,91 +98,210 @@ def data_kinds_help() -> str:
 def add_predict_command(commands) -> None:
     """`srn-hf predict MODEL IMAGE_OR_DIR...`: the options of `run_predict`."""
     predict = commands.add_parser(
-        "predict", help="label images with an SRN model; optionally save attention maps",
-        epilog=data_kinds_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    predict.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
-    predict.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (their images, recursively)")
+        "predict",
+        help="label images with an SRN model; optionally save attention maps",
+        epilog=data_kinds_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument(
+        "model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id"
+    )
+    predict.add_argument(
+        "images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (their images, recursively)"
+    )
     predict.add_argument("--file-list", metavar="FILE", help="a text file of image paths, one a line")
-    predict.add_argument("--data", metavar="KIND", help="a dataset of srn_hf.data (coco2014, voc2007, imagefolder, csv, hub, ...)")
-    predict.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the --data loader, value parsed as YAML (repeatable)")
+    predict.add_argument(
+        "--data", metavar="KIND", help="a dataset of srn_hf.data (coco2014, voc2007, imagefolder, csv, hub, ...)"
+    )
+    predict.add_argument(
+        "--data-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the --data loader, value parsed as YAML (repeatable)",
+    )
     predict.add_argument("--split", help="the --data split to predict (default: the only split, else test)")
-    predict.add_argument("--threshold", type=float, help="one score threshold for every label (default: the model config's)")
-    predict.add_argument("--label-threshold", action="append", default=[], metavar="LABEL=T", help="threshold of one label (repeatable)")
+    predict.add_argument(
+        "--threshold", type=float, help="one score threshold for every label (default: the model config's)"
+    )
+    predict.add_argument(
+        "--label-threshold", action="append", default=[], metavar="LABEL=T", help="threshold of one label (repeatable)"
+    )
     predict.add_argument("--top-k", type=int, help="keep at most the K best labels above the thresholds")
     written = predict.add_mutually_exclusive_group()
     written.add_argument("--json", action="store_true", help="print a JSON list of {image, labels, error[, attention]}")
-    written.add_argument("--output", metavar="FILE", help="write one record per image to FILE.jsonl or FILE.parquet as the run goes")
-    predict.add_argument("--resume", action="store_true", help="continue --output: skip the images it holds (same model and options)")
-    predict.add_argument("--retry-errors", action="store_true", help="with --resume: predict again the images whose records hold an error")
-    predict.add_argument("--all-scores", action="store_true", help="add every label's score (in id2label order) to each record")
-    predict.add_argument("--save-attention", metavar="DIR", help="write a PNG per image: the image and each label's attention map")
+    written.add_argument(
+        "--output", metavar="FILE", help="write one record per image to FILE.jsonl or FILE.parquet as the run goes"
+    )
+    predict.add_argument(
+        "--resume", action="store_true", help="continue --output: skip the images it holds (same model and options)"
+    )
+    predict.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="with --resume: predict again the images whose records hold an error",
+    )
+    predict.add_argument(
+        "--all-scores", action="store_true", help="add every label's score (in id2label order) to each record"
+    )
+    predict.add_argument(
+        "--save-attention", metavar="DIR", help="write a PNG per image: the image and each label's attention map"
+    )
     predict.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    predict.add_argument("--num-workers", type=int, default=2, help="DataLoader processes that open and preprocess images (default: 2)")
-    predict.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: transformers' choice)")
-    predict.add_argument("--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs")
+    predict.add_argument(
+        "--num-workers", type=int, default=2, help="DataLoader processes that open and preprocess images (default: 2)"
+    )
+    predict.add_argument(
+        "--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: transformers' choice)"
+    )
+    predict.add_argument(
+        "--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs"
+    )
     predict.set_defaults(run=run_predict)
 
 
 def add_export_command(commands) -> None:
     """`srn-hf export MODEL_DIR OUT_DIR`: the options of `run_export`."""
-    export = commands.add_parser("export", help="export a model to ONNX or torch.export, with its processor and thresholds")
+    export = commands.add_parser(
+        "export", help="export a model to ONNX or torch.export, with its processor and thresholds"
+    )
     export.add_argument("model_dir", help="folder written by save_pretrained")
     export.add_argument("out_dir", help="the folder to write (empty or absent)")
-    export.add_argument("--format", choices=["onnx", "torch-export"], default="onnx", help="onnx (model.onnx) or torch-export (model.pt2); default: onnx")
+    export.add_argument(
+        "--format",
+        choices=["onnx", "torch-export"],
+        default="onnx",
+        help="onnx (model.onnx) or torch-export (model.pt2); default: onnx",
+    )
     export.add_argument("--image-size", type=int, help="input side of the graph (default: the model's image_size)")
     export.add_argument("--attention-maps", action="store_true", help="add the output attention_maps (B x C x h x w)")
-    export.add_argument("--fast", action="store_true", help="export the bf16 channels-last fast path (torch-export only)")
+    export.add_argument(
+        "--fast", action="store_true", help="export the bf16 channels-last fast path (torch-export only)"
+    )
     export.set_defaults(run=run_export)
 
 
 def add_calibrate_command(commands) -> None:
     """`srn-hf calibrate MODEL_DIR --data KIND`: the options of `run_calibrate`."""
     calibrate = commands.add_parser(
-        "calibrate", help="tune a model's thresholds on a validation split; optionally store them",
-        epilog=data_kinds_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    calibrate.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
-    calibrate.add_argument("--data", required=True, metavar="KIND", help="dataset kind of srn_hf.data (imagefolder, csv, hub, coco2014, voc2007, ...)")
-    calibrate.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="loader option, value parsed as YAML (repeatable)")
+        "calibrate",
+        help="tune a model's thresholds on a validation split; optionally store them",
+        epilog=data_kinds_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    calibrate.add_argument(
+        "model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)"
+    )
+    calibrate.add_argument(
+        "--data",
+        required=True,
+        metavar="KIND",
+        help="dataset kind of srn_hf.data (imagefolder, csv, hub, coco2014, voc2007, ...)",
+    )
+    calibrate.add_argument(
+        "--data-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="loader option, value parsed as YAML (repeatable)",
+    )
     calibrate.add_argument("--split", default="validation", help="split to tune on (default: validation; never test)")
-    calibrate.add_argument("--criterion", default="f1", help="f1 (each label's F1, OF1 globally) or precision:P (highest recall at precision >= P)")
-    calibrate.add_argument("--min-positives", type=int, default=5, help="labels with fewer positive images get the global threshold (default: 5)")
+    calibrate.add_argument(
+        "--criterion",
+        default="f1",
+        help="f1 (each label's F1, OF1 globally) or precision:P (highest recall at precision >= P)",
+    )
+    calibrate.add_argument(
+        "--min-positives",
+        type=int,
+        default=5,
+        help="labels with fewer positive images get the global threshold (default: 5)",
+    )
     calibrate.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    calibrate.add_argument("--write", action="store_true", help="store the thresholds in MODEL_DIR/config.json (nothing else changes)")
+    calibrate.add_argument(
+        "--write", action="store_true", help="store the thresholds in MODEL_DIR/config.json (nothing else changes)"
+    )
     calibrate.set_defaults(run=run_calibrate)
 
 
 def add_publish_command(commands) -> None:
     """`srn-hf publish MODEL_DIR --repo-id ORG/NAME`: the options of `run_publish`."""
     publish = commands.add_parser("publish", help="write a Hub-ready folder of a trained model and push it")
-    publish.add_argument("model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)")
+    publish.add_argument(
+        "model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)"
+    )
     publish.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Hub repository to create or update")
-    publish.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps its visibility)")
-    publish.add_argument("--dry-run", metavar="OUT_DIR", help="write exactly what would be uploaded to OUT_DIR (an empty folder); push nothing")
-    publish.add_argument("--metrics", metavar="METRICS_JSON", help="the training run's metrics.json (default: MODEL_DIR's or its parent's)")
-    publish.add_argument("--example-image", metavar="IMAGE", help="image of the attention-map picture (default: the training run's first test image, kept beside metrics.json, with its true labels)")
+    publish.add_argument(
+        "--private", action="store_true", help="create the repository private (an existing one keeps its visibility)"
+    )
+    publish.add_argument(
+        "--dry-run",
+        metavar="OUT_DIR",
+        help="write exactly what would be uploaded to OUT_DIR (an empty folder); push nothing",
+    )
+    publish.add_argument(
+        "--metrics",
+        metavar="METRICS_JSON",
+        help="the training run's metrics.json (default: MODEL_DIR's or its parent's)",
+    )
+    publish.add_argument(
+        "--example-image",
+        metavar="IMAGE",
+        help=(
+            "image of the attention-map picture (default: the training run's first test image, kept beside "
+            "metrics.json, with its true labels)"
+        ),
+    )
     publish.add_argument("--license", help="license of the weights, a Hub license id (default: apache-2.0)")
-    publish.add_argument("--dataset-id", action="append", dest="datasets", metavar="DATASET", help="Hub id of a training dataset (repeatable)")
+    publish.add_argument(
+        "--dataset-id",
+        action="append",
+        dest="datasets",
+        metavar="DATASET",
+        help="Hub id of a training dataset (repeatable)",
+    )
     publish.add_argument("--base-model", metavar="REPO_ID", help="Hub id of the backbone weights training started from")
-    publish.add_argument("--tag", action="append", dest="tags", metavar="TAG", help="extra tag of the card (repeatable)")
+    publish.add_argument(
+        "--tag", action="append", dest="tags", metavar="TAG", help="extra tag of the card (repeatable)"
+    )
     publish.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the token of `hf auth login`)")
     publish.add_argument("--commit-message", help="message of the upload commit")
-    publish.add_argument("--space", metavar="ORG/NAME", help="also publish a Gradio Space that demos the model (srn_hf.app), loading it by --repo-id")
-    publish.add_argument("--space-requirement", metavar="SPEC", help="pip requirement of srn_hf in the Space's requirements.txt (default: srn_hf[app]==VERSION)")
+    publish.add_argument(
+        "--space",
+        metavar="ORG/NAME",
+        help="also publish a Gradio Space that demos the model (srn_hf.app), loading it by --repo-id",
+    )
+    publish.add_argument(
+        "--space-requirement",
+        metavar="SPEC",
+        help="pip requirement of srn_hf in the Space's requirements.txt (default: srn_hf[app]==VERSION)",
+    )
     publish.set_defaults(run=run_publish)
 
 
 def add_demo_command(commands) -> None:
     """`srn-hf demo MODEL`: the options of `run_demo`."""
     demo = commands.add_parser("demo", help="serve the demo page of an SRN model in the browser (needs srn_hf[app])")
-    demo.add_argument("model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id")
+    demo.add_argument(
+        "model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id"
+    )
     demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
     demo.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
     demo.add_argument("--share", action="store_true", help="also open a public link through Gradio's share servers")
     demo.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: transformers' choice)")
-    demo.add_argument("--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs")
-    demo.add_argument("--example", action="append", metavar="IMAGE", dest="examples", help="an example image of the page (repeatable; default: the model's own test images that its training run kept, with their true labels)")
+    demo.add_argument(
+        "--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs"
+    )
+    demo.add_argument(
+        "--example",
+        action="append",
+        metavar="IMAGE",
+        dest="examples",
+        help=(
+            "an example image of the page (repeatable; default: the model's own test images that its training run "
+            "kept, with their true labels)"
+        ),
+    )
     demo.set_defaults(run=run_demo)
 
 
@@ -137,11 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="srn-hf", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for add_command in (add_predict_command, add_export_command, add_calibrate_command, add_publish_command, add_demo_command):
+    for add_command in (
+        add_predict_command,
+        add_export_command,
+        add_calibrate_command,
+        add_publish_command,
+        add_demo_command,
+    ):
         add_command(commands)
     for command in [parser, *commands.choices.values()]:  # every command, those added above it included
         command.add_argument(
-            "--debug", action="store_true", default=False if command is parser else argparse.SUPPRESS,
+            "--debug",
+            action="store_true",
+            default=False if command is parser else argparse.SUPPRESS,
             help="show the full traceback of an error instead of its one-line message",
         )
     return parser
@@ -199,7 +381,7 @@ def predict_pipeline(args: argparse.Namespace, label_thresholds: dict[str, float
     from transformers import pipeline
 
     from .bulk import run_state
-    from .hub import ModelFolderError, check_model_folder, is_local_model, one_line
+    from .model_folder import ModelFolderError, check_model_folder, is_local_model, one_line
     from .pipeline_srn import TASK
 
     try:
@@ -228,29 +410,46 @@ def run_predict(args: argparse.Namespace) -> int:
         check_predict_options(args)
         sources = predict_sources(args)
     except (BulkError, OSError, ValueError) as error:  # also the --data loaders' AnnotationError, a ValueError
-        print(f"srn-hf predict: error: {error}", file=sys.stderr)
+        print(f"srn-hf predict: error: {command_line_message('predict', error, str(error))}", file=sys.stderr)
         return 2
     tagger = predict_pipeline(args, label_thresholds)
     pipeline_logger.setLevel(logging.ERROR)
     try:
         summary = tag_images(
-            tagger, sources, args.model, output=args.output, resume=args.resume, as_json=args.json,
-            batch_size=args.batch_size, num_workers=args.num_workers, fast=args.fast, threshold=args.threshold,
-            label_thresholds=label_thresholds or None, top_k=args.top_k, all_scores=args.all_scores,
-            save_attention=args.save_attention, retry_errors=args.retry_errors,
-        )  # fmt: skip
+            tagger,
+            sources,
+            args.model,
+            output=args.output,
+            resume=args.resume,
+            as_json=args.json,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            fast=args.fast,
+            threshold=args.threshold,
+            label_thresholds=label_thresholds or None,
+            top_k=args.top_k,
+            all_scores=args.all_scores,
+            save_attention=args.save_attention,
+            retry_errors=args.retry_errors,
+        )
     except BulkError as error:
-        print(f"srn-hf predict: error: {error}", file=sys.stderr)
+        print(f"srn-hf predict: error: {command_line_message('predict', error, str(error))}", file=sys.stderr)
         return 2
     if summary.skipped:
         print(f"srn-hf predict: {summary.skipped} images already in {args.output}, skipped", file=sys.stderr)
     if summary.retried:
-        print(f"srn-hf predict: {summary.retried} records with an error dropped from {args.output}, predicted again", file=sys.stderr)
+        print(
+            f"srn-hf predict: {summary.retried} records with an error dropped from {args.output}, predicted again",
+            file=sys.stderr,
+        )
     if summary.failed:
         print(f"srn-hf predict: {summary.failed} of {summary.predicted} images could not be predicted", file=sys.stderr)
     if summary.earlier_errors:
-        print(f"srn-hf predict: {summary.earlier_errors} records kept in {args.output} from an earlier run hold an error "
-              "(--resume --retry-errors predicts them again)", file=sys.stderr)  # fmt: skip
+        print(
+            f"srn-hf predict: {summary.earlier_errors} records kept in {args.output} from an earlier run hold an error "
+            "(--resume --retry-errors predicts them again)",
+            file=sys.stderr,
+        )
     return 1 if summary.output_errors else 0
 
 
@@ -261,7 +460,7 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         graph = export_model(args.model_dir, args.out_dir, args.format, args.image_size, args.attention_maps, args.fast)
     except (OSError, ValueError) as error:
-        print(f"srn-hf export: error: {error}", file=sys.stderr)
+        print(f"srn-hf export: error: {command_line_message('export', error, str(error))}", file=sys.stderr)
         return 2
     print(f"exported {args.model_dir} to {graph} (with config.json, preprocessor_config.json, thresholds.json)")
     return 0
@@ -275,8 +474,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from transformers.utils import logging
 
     from .bulk import parse_data_options
+    from .metrics import THRESHOLDED_FIGURES as FIGURES
+    from .scoring import calibrate_model_folder
     from .storage import check_folder_writable
-    from .thresholds import FIGURES, calibrate_model_folder, write_thresholds
+    from .thresholds import write_thresholds
 
     logging.disable_progress_bar()  # the weights load in a moment; scoring the split has its own progress bar
 
@@ -296,7 +497,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     for name, label in (("default", f"{figures['default_threshold']}"), ("calibrated", "calibrated")):
         cells = ("-" if figures[name][key] is None else f"{figures[name][key]:.2f}" for key in FIGURES)
         print(f"{label:<12}" + "".join(f"{cell:>8}" for cell in cells))
-    print(f"\nthresholds written to {written}" if written else "\nnothing written (pass --write to store them in config.json)")
+    print(
+        f"\nthresholds written to {written}"
+        if written
+        else "\nnothing written (pass --write to store them in config.json)"
+    )
     return 0
 
 
@@ -369,13 +574,16 @@ def run_demo(args: argparse.Namespace) -> int:
     """Serves the demo page of MODEL until interrupted; exit status 2 if the model, the port or Gradio is missing."""
     import os
 
-    from .hub import check_model_folder, is_local_model
     from .images import ImageError
+    from .model_folder import check_model_folder, is_local_model
 
     try:
         from .app import build_app
     except ImportError as error:
-        print(f"srn-hf demo: error: {error.name or error}: the demo needs the app extra: pip install 'srn_hf[app]'", file=sys.stderr)
+        print(
+            f"srn-hf demo: error: {error.name or error}: the demo needs the app extra: pip install 'srn_hf[app]'",
+            file=sys.stderr,
+        )
         return 2
     if args.model.startswith((".", "/", "~")) or args.model.count("/") > 1:  # a folder, not a Hub id
         if not os.path.isdir(os.path.expanduser(args.model)):
@@ -392,11 +600,13 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"srn-hf demo: error: {args.model}: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         return 2
     try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
+        demo.launch(
+            server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True
+        )
     except OSError:  # Gradio's message names its own launch() arguments
         print(
-            f"srn-hf demo: error: {args.host}:{args.port}: cannot serve there (the port is taken, or the address is not "
-            "this machine's); choose another --port or --host",
+            f"srn-hf demo: error: {args.host}:{args.port}: cannot serve there (the port is taken, or the address "
+            "is not this machine's); choose another --port or --host",
             file=sys.stderr,
         )
         return 2
@@ -411,9 +621,10 @@ REFUSALS = (ValueError, OSError, LookupError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one command. An error it raises is printed as one line on stderr, `srn-hf COMMAND: error: ...`, with exit
-    status 2 for bad input (`REFUSALS`, and the strict config checks of transformers) and 1 for anything else;
-    `--debug` shows the traceback instead."""
+    """Runs one command. An error it raises is printed as one line on stderr, `srn-hf COMMAND: error: ...` (the Python
+    parameters it names written as the command's flags, [`flag_worded`]), with exit status 2 for bad input
+    (`REFUSALS`, and the strict config checks of transformers) and 1 for anything else; `--debug` shows the
+    traceback instead."""
     args = build_parser().parse_args(argv)
     try:
         from . import register
@@ -426,11 +637,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if getattr(args, "debug", False):
             raise
-        from .hub import one_line
+        from .model_folder import one_line
 
         refused = isinstance(error, REFUSALS) or type(error).__name__.startswith("StrictDataclass")
         hint = "" if refused else f" ({type(error).__name__}; run with --debug for the traceback)"
-        print(f"srn-hf {args.command}: error: {one_line(error)}{hint}", file=sys.stderr)
+        message = command_line_message(args.command, error, one_line(error))  # the library names its parameters
+        print(f"srn-hf {args.command}: error: {message}{hint}", file=sys.stderr)
         return 2 if refused else 1
 
 

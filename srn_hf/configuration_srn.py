@@ -94,6 +94,16 @@ def label_names(id2label: dict) -> list[str]:
     return [id2label[key] for key in sorted(id2label, key=int)]
 
 
+def config_label_names(config) -> list[str]:
+    """A model config's label names, in label-id order."""
+    return [config.id2label[index] for index in range(config.num_labels)]
+
+
+def placeholder_label_names(num_labels: int) -> list[str]:
+    """The names transformers gives labels that have none: `LABEL_0`, `LABEL_1`, ... `LABEL_{num_labels - 1}`."""
+    return [f"LABEL_{index}" for index in range(num_labels)]
+
+
 def thresholds_reset(old_labels: list[str], new_labels: list[str]) -> dict[str, Any]:
     """The threshold fields of a config whose label set changed: the default `threshold`, no `label_thresholds`, and a
     `threshold_calibration` that says the tuned thresholds of the old labels were dropped."""
@@ -256,9 +266,11 @@ class SRNConfig(PreTrainedConfig):
         num_labels, saved = kwargs.get("num_labels"), config_dict.get("id2label")
         new_id2label = kwargs.get("id2label")
         if num_labels is not None and saved is not None and num_labels != len(saved) and new_id2label is None:
-            new_id2label = {index: f"LABEL_{index}" for index in range(num_labels)}
+            new_id2label = dict(enumerate(placeholder_label_names(num_labels)))
         if saved is not None and new_id2label is not None and label_names(new_id2label) != label_names(saved):
-            config_dict = {key: value for key, value in config_dict.items() if key not in ("label2id", "label_thresholds")}
+            config_dict = {
+                key: value for key, value in config_dict.items() if key not in ("label2id", "label_thresholds")
+            }
             config_dict.update(id2label=new_id2label, **thresholds_reset(label_names(saved), label_names(new_id2label)))
         return super().from_dict(config_dict, **kwargs)
 

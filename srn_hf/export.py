@@ -32,8 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .configuration_srn import config_label_names
 from .fast import autocast_context, fast_inference
 from .images import ImageError, open_images
+from .pipeline_srn import labels_above_thresholds
 from .storage import format_bytes
 
 EXPORT_FORMATS = {"onnx": "model.onnx", "torch-export": "model.pt2"}
@@ -116,7 +118,7 @@ def thresholds_record(model: nn.Module, image_processor, image_size: int, output
     config = model.config
     tagger = pipeline(TASK, model=model, image_processor=image_processor)
     return {
-        "labels": [config.id2label[index] for index in range(config.num_labels)],
+        "labels": config_label_names(config),
         "thresholds": [float(value) for value in tagger.thresholds()],
         "score": "sigmoid",
         "input": {"name": INPUT_NAME, "shape": ["batch", config.num_channels, image_size, image_size]},
@@ -130,12 +132,15 @@ def check_image_size(image_size: int | None) -> None:
     if image_size is None:
         return
     if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise ValueError(f"--image-size {image_size!r} must be an integer")
+        raise ValueError(f"image_size={image_size!r} must be an integer")
     if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"--image-size {image_size} is too small: the backbone's stride-32 map would be empty (at least {MIN_IMAGE_SIZE})")
+        raise ValueError(
+            f"image_size={image_size} is too small: the backbone's stride-32 map would be empty "
+            f"(at least {MIN_IMAGE_SIZE})"
+        )
     if image_size > MAX_IMAGE_SIZE:
         raise ValueError(
-            f"--image-size {image_size} is too large: at most {MAX_IMAGE_SIZE} (the export traces a batch of 2 images "
+            f"image_size={image_size} is too large: at most {MAX_IMAGE_SIZE} (the export traces a batch of 2 images "
             f"of that side; {image_size} would need {format_bytes(2 * 3 * 4 * image_size**2)} for the input alone)"
         )
 
@@ -164,15 +169,15 @@ def export_model(
     Returns:
         The path of the graph.
     """
-    from .hub import load_image_processor, load_model
+    from .model_folder import load_image_processor, load_model
     from .storage import atomic_folder
 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format {format!r} is not one of {', '.join(EXPORT_FORMATS)}")
     if fast and format == "onnx":
         raise ValueError(
-            "--fast exports bf16 convolutions, which ONNX Runtime's CPU provider cannot run: use --format "
-            "torch-export for the fast path, or leave --fast out (ONNX Runtime runs the float32 graph)"
+            "fast=True exports bf16 convolutions, which ONNX Runtime's CPU provider cannot run: use "
+            "format='torch-export' for the fast path, or leave fast=True out (ONNX Runtime runs the float32 graph)"
         )
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -259,15 +264,16 @@ class ExportedTagger:
             return results
         pixel_values = self.image_processor(images=opened, return_tensors="np")["pixel_values"]
         scores = iter(1.0 / (1.0 + np.exp(-self.logits(pixel_values).astype(np.float64))))
-        return [result if isinstance(result, ImageError) else self.labels_above_thresholds(next(scores)) for result in results]
+        return [
+            result if isinstance(result, ImageError) else self.labels_above_thresholds(next(scores))
+            for result in results
+        ]
 
     def labels_above_thresholds(self, row: np.ndarray) -> list[dict]:
-        """`{"label", "score"}` of the labels whose sigmoid score exceeds their threshold, best first."""
-        return [
-            {"label": self.labels[index], "score": float(row[index])}
-            for index in np.argsort(-row, kind="stable")
-            if row[index] > self.thresholds[index]
-        ]
+        """`{"label", "score"}` of the labels whose sigmoid score exceeds their threshold, best first (the pipeline's
+        rule, [`srn_hf.pipeline_srn.labels_above_thresholds`])."""
+        predicted = labels_above_thresholds(row, self.thresholds)
+        return [{"label": self.labels[index], "score": float(row[index])} for index in predicted]
 
 
 __all__ = ["EXPORT_FORMATS", "ExportableSRN", "ExportedTagger", "export_model", "export_onnx", "export_program"]

@@ -9,8 +9,8 @@
     configuration_srn.py         the remote code, run by `trust_remote_code=True` where srn_hf is not installed
     modeling_srn.py
     preprocessor_config.json     the image processor (the model folder's own, else `processing.create_image_processor`)
-    attention_maps.png           the label attention maps A of one image of the model's own data (the training run's first
-                                 test image, with its true labels), or of `example_image`; absent without either
+    attention_maps.png           the label attention maps A of one image of the model's own data (the training run's
+                                 first test image, with its true labels), or of `example_image`; absent without either
     examples.json, examples/     the training run's example images of its own data with their true labels
                                  ([`srn_hf.showcase`]), which the demo page of the published model shows
     training_curves.png          the run's loss and validation mAP per epoch, when the run drew them
@@ -18,25 +18,16 @@
 
 The card's YAML metadata (library, pipeline tag, tags, license, datasets, and a `model-index` holding the final
 stage's figures) is written through huggingface_hub's `ModelCardData`, so that the Hub parses it as its own
-code does. Its figures come only from the training run's `metrics.json` (format below); without one the card
+code does. Its figures come only from the training run's `metrics.json` (see below); without one the card
 says that no evaluation was published, and holds no number.
 
 [`publish`] writes that folder to a temporary directory and pushes all of it in one commit with
 `HfApi.create_repo` and `HfApi.create_commit` (the token from `token=`, `HF_TOKEN` or `hf auth login`);
 `dry_run_dir=` writes the same folder to disk and pushes nothing.
 
-`metrics.json`, written by `examples/train_stages.py` next to the model or in its parent folder:
-
-    {"recipe": {...the resolved training configuration...},
-     "dataset": {"name": str, "label_names": [...], "splits": {"train": n, "validation": n, "test": n}},
-     "stages": [{"stage": 1, "prediction": "cls_logits", "best_epoch": int,
-                 "validation": {"mAP": .., "CP": .., ...}, "test": {"mAP": .., ..., "per_class_AP": [...]},
-                 "test_calibrated": {"CP": .., ..., "OF1": ..}}, ...]}
-
-with figures in percent (`srn_hf.metrics.multilabel_metrics`; `per_class_AP` in label order, None for a label
-without positives). `test` is at threshold 0.5; the optional `test_calibrated` at the stage's thresholds tuned on
-the validation split (`srn_hf.thresholds`). How the model's own thresholds were chosen comes from its config
-(`threshold_calibration`).
+`metrics.json` is the training run's, beside the model or in its parent folder; its format is in
+[`srn_hf.model_folder`], which loads and checks model folders. How the model's own thresholds were chosen comes from
+its config (`threshold_calibration`).
 """
 
 from __future__ import annotations
@@ -53,38 +44,39 @@ from pathlib import Path
 import torch
 from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
-from transformers import AutoImageProcessor
 
 from . import __version__
-from .configuration_srn import AUTO_MAP, SRNConfig
-from .metrics import multilabel_metrics
+from .configuration_srn import AUTO_MAP, SRNConfig, config_label_names
+from .metrics import METRIC_NAMES, THRESHOLDED_FIGURES, multilabel_metrics
+
+# Moved to srn_hf.model_folder (loading and checking model folders); still importable from here for one release.
+from .model_folder import (  # noqa: F401
+    METRICS_FILE,
+    PREPROCESSOR_FILE,
+    WEIGHTS_FILES,
+    MissingModelFileError,
+    ModelFolderError,
+    check_label_count,
+    check_model_folder,
+    check_weight_shapes,
+    is_local_model,
+    load_image_processor,
+    load_model,
+    load_training_metrics,
+    one_line,
+    weights_files,
+)
 from .modeling_srn import SRNForImageClassification
-from .processing import create_image_processor
 from .stages import PAPER_NAMES, STAGES
-from .thresholds import FIGURES as THRESHOLDED_FIGURES
 
 # The template of the model card (Jinja, rendered by `ModelCard.from_template`): model_card.md at the repository's
 # root, reached through the link srn_hf/model_card.md, which wheels carry as a file.
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
-METRICS_FILE = "metrics.json"
 TRAINING_CURVES = "training_curves.png"  # drawn by examples/train_stages.py beside metrics.json
 ATTENTION_IMAGE = "attention_maps.png"
-PREPROCESSOR_FILE = "preprocessor_config.json"
-WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # The remote code that `save_pretrained` copies beside the weights: the modules named in config.json's auto_map.
 REMOTE_CODE_FILES = tuple(sorted({f"{reference.split('.')[0]}.py" for reference in AUTO_MAP.values()}))
 
-# The figures of the card's tables and `model-index`, in this order, with their names on the Hub.
-METRIC_NAMES = {
-    "mAP": "mean average precision over labels",
-    "CP": "precision averaged over labels",
-    "CR": "recall averaged over labels",
-    "CF1": "per-label F1",
-    "OP": "overall precision",
-    "OR": "overall recall",
-    "OF1": "overall F1",
-}
-# The paper's names of the SRNOutput predictions.
 # Keys of a training configuration whose values are places on the training machine: never published.
 LOCAL_SETTING_SUFFIXES = ("_dir", "_path", "_file", "_root", "_files")
 
@@ -106,204 +98,6 @@ class CardOptions:
     base_model: str | None = None
     tags: list[str] | None = None
     template_path: str | os.PathLike | None = None
-
-
-class ModelFolderError(ValueError):
-    """A model folder that cannot be loaded: missing, without config.json or weights, a truncated weights file, or a
-    config value of the wrong type or out of range; the message names the folder or the file and the field."""
-
-
-class MissingModelFileError(ModelFolderError, FileNotFoundError):
-    """A model folder, or its config.json or weights, that does not exist."""
-
-
-def one_line(error: BaseException) -> str:
-    """The message of `error` on one line (strict-dataclass errors span several)."""
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-
-
-def is_local_model(name: str | os.PathLike) -> bool:
-    """True when `name` is meant as a folder on this machine (it exists, or cannot be a Hub id `org/name`)."""
-    text = os.fspath(name)
-    if os.path.exists(text) or text.startswith((".", "~", os.sep)) or (os.altsep and os.altsep in text):
-        return True
-    try:
-        validate_repo_id(text)
-    except ValueError:  # huggingface_hub's HFValidationError
-        return True
-    return False
-
-
-def weights_files(model_dir: Path) -> list[Path]:
-    """The weights files of a `save_pretrained` folder: `model.safetensors`, the shards of its index, or `.bin`."""
-    index_file = model_dir / "model.safetensors.index.json"
-    if index_file.is_file():
-        try:
-            weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ModelFolderError(f"{index_file}: not a safetensors index ({one_line(error)})") from None
-        return [model_dir / name for name in sorted(set(weight_map.values()))]
-    files = [model_dir / name for name in WEIGHTS_FILES if name.endswith((".safetensors", ".bin"))]
-    return [file for file in files if file.is_file()]
-
-
-def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = None):
-    """Checks, before anything loads it, that `model_dir` holds a complete model (of `model_type`, if given);
-    returns its config.
-
-    Refuses with [`ModelFolderError`], naming the folder or the file: a missing folder, a missing or malformed
-    config.json, a config value of the wrong type or out of range (`SRNConfig`'s own checks), no weights, a
-    truncated or corrupt weights file. No tensor is read (`srn_hf.storage.check_weights_file`).
-    """
-    from transformers import AutoConfig
-
-    from .storage import IncompleteFileError, check_weights_file
-
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        missing = f"model folder {model_dir} does not exist"
-        raise MissingModelFileError(missing if not model_dir.exists() else f"{model_dir} is not a folder")
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        raise MissingModelFileError(
-            f"{model_dir} holds no config.json: pass the folder written by save_pretrained (for instance the final "
-            "model folder of examples/train_stages.py)"
-        )
-    try:
-        raw_config = json.loads(config_file.read_text(encoding="utf-8"))
-    except Exception as error:  # malformed JSON
-        raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
-    check_label_count(raw_config, config_file, weights_files(model_dir))
-    try:
-        config = AutoConfig.from_pretrained(model_dir)
-    except Exception as error:  # a strict-dataclass type error, a value SRNConfig refuses
-        raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
-    if model_type is not None and config.model_type != model_type:
-        raise ModelFolderError(f"{config_file}: model_type is {config.model_type!r}, not {model_type!r}")
-    files = weights_files(model_dir)
-    if not files:
-        raise MissingModelFileError(f"{model_dir} holds no weights (none of {', '.join(WEIGHTS_FILES)})")
-    for file in files:
-        try:
-            check_weights_file(file)
-        except IncompleteFileError as error:
-            raise ModelFolderError(str(error)) from None
-    if config.model_type == SRNConfig.model_type:
-        check_weight_shapes(config, config_file, files)
-    return config
-
-
-def check_label_count(raw_config: dict, config_file: Path, files: list[Path]) -> None:
-    """Refuses ([`ModelFolderError`], one line) an SRN config.json whose `id2label` counts other labels than the rows
-    of f_cls's weight in a safetensors header, from the file's text alone: transformers takes about a minute and
-    gigabytes to read a config of 1,000,000 labels before [`check_weight_shapes`] could compare. A header that
-    cannot be read is left to the checks that follow, which name it."""
-    from safetensors import SafetensorError, safe_open
-
-    if not isinstance(raw_config, dict) or raw_config.get("model_type") != SRNConfig.model_type:
-        return
-    labels = raw_config.get("id2label")
-    if not isinstance(labels, dict):
-        return
-    for file in (file for file in files if file.suffix == ".safetensors"):
-        try:
-            with safe_open(file, framework="pt") as weights:
-                classifier = [name for name in weights.keys() if name.split(".")[-2:] == ["classifier", "weight"]]
-                rows = {name: weights.get_slice(name).get_shape()[0] for name in classifier}
-        except (OSError, SafetensorError):
-            continue
-        for name, count in rows.items():
-            if count != len(labels):
-                raise ModelFolderError(
-                    f"{file}: {name} has {count} rows, but {config_file} has {len(labels)} labels (id2label): the "
-                    "config and the weights are of different models"
-                )
-
-
-def check_weight_shapes(config: SRNConfig, config_file: Path, files: list[Path]) -> None:
-    """Refuses ([`ModelFolderError`], one line) weights whose shapes are not those the config's network has (a
-    config.json of 1,000,000 labels over 3-label weights), before the model is built: the network is built on the meta
-    device (no memory) and compared with the safetensors headers (no tensor read)."""
-    from safetensors import safe_open
-
-    with torch.device("meta"):
-        expected = {name: tuple(tensor.shape) for name, tensor in SRNForImageClassification(config).state_dict().items()}
-    for file in (file for file in files if file.suffix == ".safetensors"):
-        with safe_open(file, framework="pt") as weights:
-            for name in weights.keys():
-                shape = tuple(weights.get_slice(name).get_shape())
-                if name in expected and shape != expected[name]:
-                    raise ModelFolderError(
-                        f"{file}: {name} has shape {shape}, but {config_file} ({config.num_labels} labels) needs "
-                        f"{expected[name]}: the config and the weights are of different models"
-                    )
-
-
-def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
-    """The `SRNForImageClassification` saved in `model_dir`, refusing a folder that is not a complete SRN checkpoint
-    ([`check_model_folder`], then the weights must fit the config)."""
-    check_model_folder(model_dir, model_type=SRNConfig.model_type)
-    model, loading_info = SRNForImageClassification.from_pretrained(model_dir, output_loading_info=True)
-    problems = {key: sorted(values) for key, values in loading_info.items() if key != "error_msgs" and values}
-    if problems:
-        raise ModelFolderError(f"the weights in {model_dir} do not fit its config.json: {problems}")
-    return model.eval()
-
-
-def load_image_processor(model_dir: str | os.PathLike, config: SRNConfig):
-    """The model folder's own image processor, or the standard one of `processing.create_image_processor`."""
-    if (Path(model_dir) / PREPROCESSOR_FILE).is_file():
-        return AutoImageProcessor.from_pretrained(model_dir)
-    return create_image_processor(config)
-
-
-def load_training_metrics(
-    model_dir: str | os.PathLike, metrics: str | os.PathLike | None = None
-) -> tuple[dict | None, Path | None]:
-    """The training run's metrics and the path of their file; `(None, None)` when there is none.
-
-    The file is `metrics` when given (it must exist), else `metrics.json` in `model_dir` or in its parent (where
-    `examples/train_stages.py` writes it, beside OUTPUT_DIR/final). Raises a `ValueError` naming the file and the
-    field when the file does not have the agreed format (see the module docstring).
-    """
-    model_dir = Path(model_dir)
-    if metrics is not None:
-        candidate = Path(metrics)
-        if not candidate.is_file():
-            raise FileNotFoundError(f"metrics file {candidate} does not exist")
-    else:
-        candidate = next((path for path in (model_dir / METRICS_FILE, model_dir.parent / METRICS_FILE) if path.is_file()), None)
-        if candidate is None:
-            return None, None
-    try:
-        metrics = json.loads(candidate.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{candidate} is not valid JSON: {error}") from error
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{candidate}: expected a JSON object with 'recipe', 'dataset' and 'stages'")
-    if not isinstance(metrics.get("dataset"), dict) or "name" not in metrics["dataset"]:
-        raise ValueError(f"{candidate}: field 'dataset' must be an object with a 'name'")
-    stages = metrics.get("stages")
-    if not isinstance(stages, list) or not stages:
-        raise ValueError(f"{candidate}: field 'stages' must be a non-empty list of evaluated stages")
-    for index, stage in enumerate(stages):
-        where = f"{candidate}: stages[{index}]"
-        if not isinstance(stage, dict) or "stage" not in stage:
-            raise ValueError(f"{where} must be an object with a 'stage' number")
-        for split in ("validation", "test"):
-            if split in stage and not isinstance(stage[split], dict):
-                raise ValueError(f"{where}.{split} must be an object of metrics")
-            missing = [name for name in METRIC_NAMES if split in stage and name not in stage[split]]
-            if missing:
-                raise ValueError(f"{where}.{split} lacks the metrics {missing}")
-        if "test_calibrated" in stage and not isinstance(stage["test_calibrated"], dict):
-            raise ValueError(f"{where}.test_calibrated must be an object of metrics")
-        missing = [name for name in THRESHOLDED_FIGURES if "test_calibrated" in stage and name not in stage["test_calibrated"]]
-        if missing:
-            raise ValueError(f"{where}.test_calibrated lacks the metrics {missing}")
-        if "validation" not in stage and "test" not in stage:
-            raise ValueError(f"{where} has neither 'validation' nor 'test' metrics")
-    return metrics, candidate
 
 
 def published_settings(recipe: dict, prefix: str = "") -> list[tuple[str, str]]:
@@ -350,7 +144,9 @@ def evaluation_of(metrics: dict | None) -> tuple[dict | None, str | None]:
     return final, split
 
 
-def card_data(model: SRNForImageClassification, repo_id: str, metrics: dict | None, options: CardOptions) -> ModelCardData:
+def card_data(
+    model: SRNForImageClassification, repo_id: str, metrics: dict | None, options: CardOptions
+) -> ModelCardData:
     """The card's YAML metadata; `model-index` holds the final stage's figures when `metrics` is given."""
     config = model.config
     eval_results = None
@@ -378,7 +174,10 @@ def card_data(model: SRNForImageClassification, repo_id: str, metrics: dict | No
         datasets=options.datasets or None,
         base_model=options.base_model,
         tags=[
-            *model.model_tags, "image-classification", "multi-label-image-classification", config.backbone,
+            *model.model_tags,
+            "image-classification",
+            "multi-label-image-classification",
+            config.backbone,
             *(options.tags or []),
         ],
         model_name=repo_id.split("/")[-1] if eval_results else None,  # the name of the model-index only
@@ -404,10 +203,11 @@ def thresholds_description(config: SRNConfig) -> str:
     source = f" of {calibration['dataset']}" if calibration.get("dataset") else ""
     fallback = calibration.get("fallback_labels") or []
     fallback_text = (
-        f"{len(fallback)} label(s) with too few positive images there (fewer than {calibration['min_positives']}) use the "
-        f"global threshold: {', '.join(fallback)}." if fallback
+        f"{len(fallback)} label(s) with too few positive images there (fewer than {calibration['min_positives']}) "
+        f"use the global threshold: {', '.join(fallback)}."
+        if fallback
         else f"Every label had at least {calibration['min_positives']} positive images there."
-    )  # fmt: skip
+    )
     return (
         f"The decision thresholds in `config.json` were tuned with `srn_hf.thresholds` on the {calibration['split']} "
         f"split{source} ({calibration['images']} images), never on the test split: {rule}. {fallback_text}"
@@ -495,7 +295,12 @@ def recipe_context(metrics: dict | None) -> dict:
     ]
     setting_names = list(dict.fromkeys(name for row in rows for name in row["settings"]))
     changes = [
-        {**change, "changes": {key: values for key, values in change["changes"].items() if not looks_like_local_path(str(values[1]))}}
+        {
+            **change,
+            "changes": {
+                key: values for key, values in change["changes"].items() if not looks_like_local_path(str(values[1]))
+            },
+        }
         for change in (metrics or {}).get("recipe_changes") or []
     ]  # each --resume that changed the recipe (not a moved folder: places on the training machine stay out)
     return {
@@ -531,7 +336,7 @@ def render_model_card(
     options = options or CardOptions()
     template_path = card_template(options)
     config = model.config
-    labels = [config.id2label[index] for index in range(config.num_labels)]
+    labels = config_label_names(config)
     return ModelCard.from_template(
         card_data(model, repo_id, metrics, options),
         template_path=str(template_path),
@@ -569,19 +374,20 @@ def render_model_card(
 def check_labels(model: SRNForImageClassification, metrics: dict | None, metrics_file: Path | None) -> None:
     """Refuses a `metrics.json` whose label names are not the model's: its figures would belong to another model."""
     names = (metrics or {}).get("dataset", {}).get("label_names")
-    labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
+    labels = config_label_names(model.config)
     if names is not None and list(names) != labels:
         raise ValueError(
-            f"{metrics_file}: dataset.label_names ({len(names)} labels: {', '.join(map(str, names[:5]))}, ...) are not "
-            f"the model's id2label ({len(labels)} labels: {', '.join(labels[:5])}, ...): the figures are not this model's"
+            f"{metrics_file}: dataset.label_names ({len(names)} labels: {', '.join(map(str, names[:5]))}, ...) "
+            f"are not the model's id2label ({len(labels)} labels: {', '.join(labels[:5])}, ...): "
+            "the figures are not this model's"
         )
 
 
 def example_image_source(example_image=None, examples: list | None = None) -> tuple | None:
     """`(RGB image, words for the card, its true labels or None)` of the attention-map picture: `example_image` (a
     path or a PIL image) when given; else the first of `examples`, the model's own that its training run kept
-    ([`srn_hf.showcase.local_examples`]: the first image of its test split, or of validation without one, with its true labels);
-    else None, and the card has no picture. A bad file raises `ImageError` naming it."""
+    ([`srn_hf.showcase.local_examples`]: the first image of its test split, or of validation without one, with its
+    true labels); else None, and the card has no picture. A bad file raises `ImageError` naming it."""
     from .images import open_image
 
     if isinstance(example_image, (str, os.PathLike)):
@@ -591,11 +397,20 @@ def example_image_source(example_image=None, examples: list | None = None) -> tu
     if not examples:
         return None
     first = examples[0]
-    return open_image(first.path), f"image {first.image_id} of the training run's {first.split} split", list(first.labels)
+    return (
+        open_image(first.path),
+        f"image {first.image_id} of the training run's {first.split} split",
+        list(first.labels),
+    )
 
 
 def write_attention_image(
-    model: SRNForImageClassification, image_processor, path: Path, image, source: str, true_labels: list[str] | None,
+    model: SRNForImageClassification,
+    image_processor,
+    path: Path,
+    image,
+    source: str,
+    true_labels: list[str] | None,
     num_labels: int = 4,
 ) -> str:
     """Draws the attention maps A of the `num_labels` labels the model scores highest on `image` (an RGB image,
@@ -614,7 +429,11 @@ def write_attention_image(
     save_attention_overlay(image, predictions, path, title=truth or "example image")
     return (
         f"Attention maps A of the {top_k} labels this model scores highest on {source}"
-        + (f" (its true labels: {', '.join(true_labels) or 'none'}, above the image)" if true_labels is not None else "")
+        + (
+            f" (its true labels: {', '.join(true_labels) or 'none'}, above the image)"
+            if true_labels is not None
+            else ""
+        )
         + ", each scaled to its own maximum; the sigmoid score is beside each label."
     )
 
@@ -729,11 +548,14 @@ def push_folder(
     folder = Path(folder)
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in hub_folder_files(folder)]
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in hub_folder_files(folder)
+    ]
     return api.create_commit(
         repo_id,
         operations=operations,
-        commit_message=commit_message or f"Upload SRN {'demo Space' if repo_type == 'space' else 'model'} with srn_hf {__version__}",
+        commit_message=commit_message
+        or f"Upload SRN {'demo Space' if repo_type == 'space' else 'model'} with srn_hf {__version__}",
         repo_type=repo_type,
     )
 

@@ -16,17 +16,21 @@ not an image, a truncated or corrupt file (unless the caller set Pillow's
 pixels never decoded).
 
 `list_image_files(folder)` lists the images of a folder, and `open_images(sources)` opens many, yielding the
-`ImageError` in place of a bad file so that one bad file never stops a batch.
+`ImageError` in place of a bad file so that one bad file never stops a batch. `decode_image(cell)` decodes a cell
+of a `datasets.Image(decode=False)` column (a file or bytes), with the same words for a bad image.
 """
 
+import io
 import os
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+# What Pillow raises for an image it cannot open or decode (see `pillow_failure`).
+PILLOW_ERRORS = (Image.DecompressionBombError, OSError, SyntaxError, ValueError)
 # File name endings Pillow can open (".jpg", ".png", ".webp", ...), the files `list_image_files` picks in a folder.
 IMAGE_EXTENSIONS = frozenset(extension.lower() for extension in Image.registered_extensions())
 
@@ -101,12 +105,50 @@ def open_image(source: str | os.PathLike | Image.Image | np.ndarray, max_pixels:
         return to_rgb(ImageOps.exif_transpose(image))
     except ImageError:
         raise
-    except Image.DecompressionBombError as error:
-        raise ImageError(source, f"too large for the decompression-bomb guard ({error})") from error
-    except UnidentifiedImageError as error:
-        raise ImageError(source, "is not an image file Pillow can read") from error
-    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data; Pillow raises all three
-        raise ImageError(source, f"cannot be decoded, the file is truncated or corrupt ({error})") from error
+    except PILLOW_ERRORS as error:
+        raise pillow_failure(source, error) from error
+
+
+def pillow_failure(source, error: Exception) -> ImageError:
+    """The `ImageError` naming `source` for what Pillow raised (one of `PILLOW_ERRORS`): the one wording of a bad
+    image, whether a file or a dataset's cell ([`decode_image`])."""
+    if isinstance(error, Image.DecompressionBombError):
+        return ImageError(source, f"too large for Pillow's decompression-bomb guard ({error})")
+    if isinstance(error, UnidentifiedImageError):
+        return ImageError(source, "not an image file Pillow can read")
+    return ImageError(source, f"truncated or corrupt ({error})")  # Pillow raises OSError, SyntaxError or ValueError
+
+
+def decode_image(image: dict, draft: bool = False, name: str | None = None) -> Image.Image:
+    """The PIL image of a `datasets.Image(decode=False)` cell (`{"path", "bytes"}`), decoded as `datasets.Image` does
+    (fully, EXIF orientation applied): the one decoder of dataset cells (training, `srn-hf predict --data`, the
+    model's example images).
+
+    `draft` decodes a JPEG at 1/8 scale (every byte of it is still read). Raises [`ImageError`] naming the image
+    (`name`, else the file, else "image bytes") for a missing, empty, truncated or corrupt file, or one that is not
+    an image, in the words of [`pillow_failure`].
+    """
+    path, data = image.get("path"), image.get("bytes")
+    name = name or path or "image bytes"
+    if not data:
+        if path is None:
+            raise ImageError(name, "the row holds neither a file nor image bytes")
+        if not os.path.isfile(path):
+            raise ImageError(name, "no such file")
+        if os.path.getsize(path) == 0:
+            raise ImageError(name, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(data) if data else path)
+            if draft and picture.format == "JPEG":
+                picture.draft(picture.mode, (max(1, picture.width // 8), max(1, picture.height // 8)))
+            picture.load()
+            if not draft and picture.getexif().get(ExifTags.Base.Orientation) is not None:
+                picture = ImageOps.exif_transpose(picture)  # as `datasets.Image` decodes it
+        return picture
+    except PILLOW_ERRORS as error:
+        raise pillow_failure(name, error) from None
 
 
 def check_size(source, size: tuple[int, int], max_pixels: int | None) -> None:
@@ -166,4 +208,4 @@ def open_images(
             yield source, error
 
 
-__all__ = ["ImageError", "IMAGE_EXTENSIONS", "list_image_files", "open_image", "open_images"]
+__all__ = ["ImageError", "IMAGE_EXTENSIONS", "decode_image", "list_image_files", "open_image", "open_images"]

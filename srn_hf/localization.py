@@ -35,12 +35,13 @@ BASELINES = ("centre", "mean_box_centre")
 
 
 def attention_peaks(attention_maps) -> np.ndarray:
-    """Where each upsampled attention map is largest: (N, C, 2) points (x, y) as fractions of the image's width and height.
+    """Where each upsampled attention map is largest: (N, C, 2) points (x, y) as fractions of the image's width and
+    height.
 
     Bilinear upsampling (the pipeline's `upsample_attention_map`) blends neighbouring cells, so the upsampled map
     is largest at the centre of the map's largest cell; cell (i, j) of an h x w map covers rows i / h ... (i + 1) / h
     and columns j / w ... (j + 1) / w of the image (the image processor warps the whole image to the input). That
-    centre is returned. `attention_maps`: (N, C, h, w), numpy or torch (e.g. `SRNOutput.attention_maps`).
+    centre is returned. `attention_maps`: (N, C, h, w), numpy or torch (e.g. `SRNModelOutput.attention_maps`).
     """
     maps = as_numpy(attention_maps)
     if maps.ndim != 4:
@@ -101,8 +102,10 @@ def pointing_hits(points: np.ndarray, labels, boxes: list[list[np.ndarray]]) -> 
     """
     points, present = np.asarray(points, dtype=np.float64), as_numpy(labels) > 0.5
     if points.shape != (*present.shape, 2) or len(boxes) != len(present):
-        raise ValueError(f"points must be (N, C, 2) for labels (N, C) and boxes of N images; got points "
-                         f"{points.shape}, labels {present.shape}, boxes of {len(boxes)} images")  # fmt: skip
+        raise ValueError(
+            f"points must be (N, C, 2) for labels (N, C) and boxes of N images; got points "
+            f"{points.shape}, labels {present.shape}, boxes of {len(boxes)} images"
+        )
     hits, counted = np.zeros_like(present), np.zeros_like(present)
     for n, c in zip(*np.nonzero(present)):
         label_boxes_nc = boxes[n][c]
@@ -110,7 +113,12 @@ def pointing_hits(points: np.ndarray, labels, boxes: list[list[np.ndarray]]) -> 
             continue
         x, y = points[n, c]
         counted[n, c] = True
-        inside = (label_boxes_nc[:, 0] <= x) & (x <= label_boxes_nc[:, 2]) & (label_boxes_nc[:, 1] <= y) & (y <= label_boxes_nc[:, 3])
+        inside = (
+            (label_boxes_nc[:, 0] <= x)
+            & (x <= label_boxes_nc[:, 2])
+            & (label_boxes_nc[:, 1] <= y)
+            & (y <= label_boxes_nc[:, 3])
+        )
         hits[n, c] = inside.any()
     return hits, counted
 
@@ -166,8 +174,11 @@ def pointing_game_table(report: dict) -> str:
     """A text table of [`pointing_game`]: one row per label, then the overall figures, attention and baselines."""
     columns = ("attention", *BASELINES)
     header = f"{'label':<16}" + "".join(f"{column:>17}" for column in columns)
-    rows = [f"pointing game (% of {report['pairs']} present (image, label) pairs whose point is in a box)", header,
-            "-" * len(header)]  # fmt: skip
+    rows = [
+        f"pointing game (% of {report['pairs']} present (image, label) pairs whose point is in a box)",
+        header,
+        "-" * len(header),
+    ]
     names = list(report["attention"]["per_label"])
     for name in [*names, "overall", "mean_over_labels"]:
         values = [report[column]["per_label"][name] if name in names else report[column][name] for column in columns]

@@ -19,7 +19,7 @@ false positives still count in OP), listed in `classes_without_positives`, and a
 No figure is ever NaN; a figure that cannot be computed at all is None.
 
 The same computation is available as an `evaluate` module: `evaluate.load(EVALUATE_MODULE_PATH)`.
-"""
+"""  # noqa: E501 - Markdown table rows cannot be wrapped
 
 from __future__ import annotations
 
@@ -34,6 +34,18 @@ from scipy.stats import bootstrap
 from sklearn.metrics import average_precision_score
 
 CONVENTIONS = ("standard", "paper")
+# The figures of `multilabel_metrics`, in this order, with their names on the Hub (the model card's tables and
+# `model-index`, `srn_hf.hub`).
+METRIC_NAMES = {
+    "mAP": "mean average precision over labels",
+    "CP": "precision averaged over labels",
+    "CR": "recall averaged over labels",
+    "CF1": "per-label F1",
+    "OP": "overall precision",
+    "OR": "overall recall",
+    "OF1": "overall F1",
+}
+THRESHOLDED_FIGURES = ("CP", "CR", "CF1", "OP", "OR", "OF1")  # the figures that depend on thresholds (not mAP)
 EVALUATE_MODULE_PATH = str(Path(__file__).parent / "multilabel_metric")
 
 
@@ -67,7 +79,13 @@ def average_precision(scores: np.ndarray, positives: np.ndarray, convention: str
 
 
 def predicted_labels(scores: np.ndarray, threshold: float | np.ndarray, strict: bool, top_k: int | None) -> np.ndarray:
-    """Boolean (N, C) predictions: above the threshold and, with `top_k`, among the image's k best scores."""
+    """Boolean (N, C) predictions: above the threshold and, with `top_k`, among the image's k best scores.
+
+    The definition of the figures, kept apart from the decision rule of a deployed model
+    ([`srn_hf.pipeline_srn.labels_above_thresholds`]: `score > threshold`, then the k best): `"standard"` predicts at
+    `score >= threshold` (`strict=False`), and `top_k` keeps the labels among the k best scores that also pass their
+    threshold, which differs from the k best labels above the thresholds when the thresholds differ per label.
+    """
     predicted = scores > threshold if strict else scores >= threshold
     if top_k is not None:
         best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
@@ -342,8 +360,10 @@ def map_difference(
         raise ValueError(f"convention must be one of {CONVENTIONS}, not {convention!r}")
     first, second, positives = as_numpy(scores_a), as_numpy(scores_b), as_numpy(labels) > 0.5
     if not first.shape == second.shape == positives.shape or first.ndim != 2:
-        raise ValueError(f"scores_a, scores_b and labels must be (N, C) arrays of one shape, got "
-                         f"{first.shape}, {second.shape} and {positives.shape}")  # fmt: skip
+        raise ValueError(
+            f"scores_a, scores_b and labels must be (N, C) arrays of one shape, got "
+            f"{first.shape}, {second.shape} and {positives.shape}"
+        )
     for name, scores in (("scores_a", first), ("scores_b", second)):
         if not np.isfinite(scores).all():
             raise ValueError(f"{name} holds {np.sum(~np.isfinite(scores))} NaN or infinite score(s)")
@@ -356,9 +376,15 @@ def map_difference(
         statistic = tie_grouped_map_difference(first, second, positives)
         difference, batch = float(statistic(images[None])[0]), max(1, BOOTSTRAP_BATCH_ELEMENTS // len(images))
     interval = bootstrap(
-        (images,), statistic, vectorized=convention != "paper", batch=batch, n_resamples=n_resamples,
-        confidence_level=confidence_level, method="percentile", rng=np.random.default_rng(seed),
-    ).confidence_interval  # fmt: skip
+        (images,),
+        statistic,
+        vectorized=convention != "paper",
+        batch=batch,
+        n_resamples=n_resamples,
+        confidence_level=confidence_level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
     return {
         "difference": difference,
         "low": float(interval.low),

@@ -49,7 +49,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, auto_docstring, can_return_tuple
 
-from .configuration_srn import PROBLEM_TYPE, SRNConfig, label_names
+from .configuration_srn import PROBLEM_TYPE, SRNConfig, label_names, placeholder_label_names
 
 
 @auto_docstring
@@ -86,7 +86,7 @@ class SRNModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-# The former name of SRNModelOutput, what `SRNModel.forward_heads` returns.
+# The former name of SRNModelOutput, kept for one release (the package itself uses SRNModelOutput).
 SRNOutput = SRNModelOutput
 
 
@@ -129,14 +129,18 @@ class SRNImageClassifierOutput(ModelOutput):
 LOSS_REDUCTIONS, DEFAULT_LOSS_REDUCTION = ("mean", "sum_over_classes"), "mean"
 
 
-def sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = DEFAULT_LOSS_REDUCTION) -> torch.Tensor:
+def sigmoid_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: str = DEFAULT_LOSS_REDUCTION
+) -> torch.Tensor:
     """Sigmoid cross-entropy L of the paper.
 
     `reduction="mean"` averages over batch and classes (PyTorch's and transformers' convention);
     `reduction="sum_over_classes"` sums over classes and divides by the batch size, as the authors' Caffe
     loss does (C times larger gradients than the mean, so the same learning rate trains C times faster).
     """
-    return reduce_loss(nnf.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none"), reduction)
+    return reduce_loss(
+        nnf.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none"), reduction
+    )
 
 
 def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -156,7 +160,13 @@ class ConvNormAct(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, use_batch_norm: bool, conv_class=nn.Conv2d, **conv_kwargs
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        use_batch_norm: bool,
+        conv_class=nn.Conv2d,
+        **conv_kwargs,
     ):
         super().__init__()
         self.add_module("0", conv_class(in_channels, out_channels, kernel_size, bias=not use_batch_norm, **conv_kwargs))
@@ -424,7 +434,8 @@ class SRNPreTrainedModel(PreTrainedModel):
     # transformers' properties and annotated attributes, and the config, stay out of TorchScript.
     __jit_unused_properties__ = [name for name, _ in inspect.getmembers(PreTrainedModel, inspect.isdatadescriptor)]
     __jit_ignored_attributes__ = [
-        "config", *{name for cls in PreTrainedModel.__mro__ for name in vars(cls).get("__annotations__", {})}
+        "config",
+        *{name for cls in PreTrainedModel.__mro__ for name in vars(cls).get("__annotations__", {})},
     ]
 
     @classmethod
@@ -450,18 +461,19 @@ class SRNPreTrainedModel(PreTrainedModel):
         if new_labels is not None:
             new_names = label_names(new_labels)
         elif num_labels != len(saved_names):  # SRNConfig.from_dict names them LABEL_0, ...
-            new_names = [f"LABEL_{index}" for index in range(num_labels)]
+            new_names = placeholder_label_names(num_labels)
         else:
             new_names = saved_names
         if saved_names == new_names:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if not kwargs.get("ignore_mismatched_sizes", False):
-            numbered = new_names == [f"LABEL_{index}" for index in range(len(new_names))]  # num_labels=N gives these
+            numbered = new_names == placeholder_label_names(len(new_names))  # num_labels=N gives these
             argument = "num_labels" if numbered else "id2label"
             value = len(new_names) if numbered else f"{{{len(new_names)} labels: {', '.join(new_names[:3])}, ...}}"
             raise LabelSetMismatchError(
                 f"{argument}={value}: {pretrained_model_name_or_path} was trained on another label set "
-                f"({len(saved_names)} labels: {', '.join(saved_names[:5])}, ...), and ignore_mismatched_sizes is False: "
+                f"({len(saved_names)} labels: {', '.join(saved_names[:5])}, ...), "
+                "and ignore_mismatched_sizes is False: "
                 "pass ignore_mismatched_sizes=True to re-initialise the label layers for the new labels, or leave "
                 f"{argument} out to keep the checkpoint's labels"
             )
@@ -595,7 +607,8 @@ class SRNModel(SRNPreTrainedModel):
         self.init_label_layers()
 
     # timm's model API names this switch (`model.set_grad_checkpointing()`, called by timm's training scripts on the
-    # timm entry); it sets no hyperparameter, only the checkpointing flags that `activation_checkpointing_enable()` sets.
+    # timm entry); it sets no hyperparameter, only the checkpointing flags that `activation_checkpointing_enable()`
+    # sets.
     # trf-ignore: TRF033
     def set_grad_checkpointing(self, enable: bool = True, checkpoint_function=None) -> None:
         """Gradient checkpointing of the backbone and of the SRN branch (timm's name for the switch).
@@ -693,7 +706,9 @@ class SRNModel(SRNPreTrainedModel):
         # outputs of one layer class that `@capture_outputs` could record (`_can_record_outputs`), since the stage
         # classes differ per timm backbone. So the flag is read here, from the keyword arguments.
         output_hidden_states = kwargs.get("output_hidden_states")
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         maps = self.forward_feature_maps(pixel_values, kept=None if output_hidden_states else self.feature_positions)
         outputs = self.forward_heads(maps[self.feature_positions[0]], maps[self.feature_positions[1]])
         if output_hidden_states:
@@ -725,14 +740,19 @@ class SRNForImageClassification(SRNPreTrainedModel):
             meaning = f"{num_labels} target value(s) per image"
         else:
             names = ", ".join(list(self.config.id2label.values())[:5])
-            shapes, meaning = [(batch_size, num_labels)], f"one multi-hot row of {num_labels} labels ({names}, ...) per image"
+            shapes, meaning = (
+                [(batch_size, num_labels)],
+                f"one multi-hot row of {num_labels} labels ({names}, ...) per image",
+            )
         if tuple(labels.shape) not in shapes:
             raise ValueError(
                 f"labels has shape {tuple(labels.shape)}, expected {' or '.join(map(str, shapes))} for "
                 f"problem_type={problem_type!r}: {meaning}"
             )
         if problem_type == "single_label_classification" and (labels.is_floating_point() or labels.is_complex()):
-            raise ValueError(f"labels has dtype {labels.dtype}, expected integer class indices for problem_type={problem_type!r}")
+            raise ValueError(
+                f"labels has dtype {labels.dtype}, expected integer class indices for problem_type={problem_type!r}"
+            )
 
     def compute_loss(self, outputs: SRNModelOutput, labels: torch.Tensor) -> torch.Tensor:
         """transformers' classification loss (`self.loss_function`) on the fused logits y, by `config.problem_type`.

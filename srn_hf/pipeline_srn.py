@@ -31,7 +31,7 @@ from transformers.image_utils import get_image_size, load_image, to_numpy_array
 from transformers.pipelines import ImageClassificationPipeline
 from transformers.utils import logging
 
-from .configuration_srn import PIPELINE_TASK
+from .configuration_srn import PIPELINE_TASK, config_label_names
 from .fast import autocast_context, use_channels_last
 from .images import ImageError, list_image_files, open_image
 
@@ -103,14 +103,16 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
             postprocess_params["top_k"] = top_k
         return preprocess_params, forward_params, postprocess_params
 
-    def thresholds(self, threshold: float | None = None, label_thresholds: dict[str, float] | None = None) -> np.ndarray:
+    def thresholds(
+        self, threshold: float | None = None, label_thresholds: dict[str, float] | None = None
+    ) -> np.ndarray:
         """The threshold of each label (array of `num_labels`, in label id order) for these call arguments.
 
         Raises a `ValueError` naming the value and where it comes from (the call, or the model config's `threshold`
         / `label_thresholds`) when a threshold is not a number in [0, 1] or names a label the model does not have.
         """
         config = self.model.config
-        names = [config.id2label[index] for index in range(config.num_labels)]
+        names = config_label_names(config)
         if label_thresholds is not None and not isinstance(label_thresholds, dict):
             raise ValueError(f"label_thresholds must be a dict of label name to threshold, got {label_thresholds!r}")
         unknown = sorted(set(label_thresholds or {}) - set(names))
@@ -119,7 +121,10 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
         sources = {name: (f"label_thresholds[{name!r}]", value) for name, value in (label_thresholds or {}).items()}
         if threshold is None:
             config_thresholds = getattr(config, "label_thresholds", None) or {}
-            sources = {**{name: (f"config.label_thresholds[{name!r}]", v) for name, v in config_thresholds.items()}, **sources}
+            sources = {
+                **{name: (f"config.label_thresholds[{name!r}]", v) for name, v in config_thresholds.items()},
+                **sources,
+            }
             default = ("config.threshold", getattr(config, "threshold", 0.5))
         else:
             default = ("threshold", threshold)
@@ -212,15 +217,30 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
             return error
         scores = torch.sigmoid(model_outputs["logits"][0]).numpy()
         thresholds = self.thresholds(threshold, label_thresholds)
-        predicted = [index for index in np.argsort(-scores, kind="stable") if scores[index] > thresholds[index]]
+        predicted = labels_above_thresholds(scores, thresholds, top_k)
         id2label = self.model.config.id2label
-        predictions = [{"label": id2label[int(index)], "score": float(scores[index])} for index in predicted[:top_k]]
+        predictions = [{"label": id2label[int(index)], "score": float(scores[index])} for index in predicted]
         if return_attention_maps:
             height, width = (int(side) for side in model_outputs["image_size"].reshape(-1))
             for prediction, index in zip(predictions, predicted):
                 attention_map = model_outputs["attention_maps"][0, int(index)]
                 prediction["attention_map"] = upsample_attention_map(attention_map, height, width)
         return predictions
+
+
+def labels_above_thresholds(scores: np.ndarray, thresholds: np.ndarray, top_k: int | None = None) -> np.ndarray:
+    """The decision rule of a multi-label model: the indices of the labels whose score exceeds their threshold
+    (`score > threshold`), best first (equal scores in label order), at most `top_k`; for one image's C scores.
+
+    The one rule of the pipeline, of `srn-hf predict` ([`srn_hf.bulk`]), of an exported model
+    ([`srn_hf.export.ExportedTagger`]) and of the demo page ([`srn_hf.app`]). It lives here, in the pipeline's module,
+    because pipeline_srn.py and the files it imports are what a saved model folder carries as remote code. The
+    figures of [`srn_hf.metrics`] keep their own rule, the definitions of the papers they reproduce: `score >=
+    threshold` in its `"standard"` convention, and with `top_k` the labels among the image's k best scores that also
+    pass their threshold (the same labels as here under one threshold for all, not under per-label ones).
+    """
+    order = np.argsort(-scores, kind="stable")
+    return order[scores[order] > np.asarray(thresholds)[order]][:top_k]
 
 
 def check_threshold(value, where: str) -> None:
@@ -242,4 +262,4 @@ def upsample_attention_map(attention_map: torch.Tensor, height: int, width: int)
     return (upsampled / upsampled.sum().clamp_min(torch.finfo(upsampled.dtype).tiny)).numpy()
 
 
-__all__ = ["MultiLabelImageClassificationPipeline", "TASK", "upsample_attention_map"]
+__all__ = ["MultiLabelImageClassificationPipeline", "TASK", "labels_above_thresholds", "upsample_attention_map"]

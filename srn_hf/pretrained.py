@@ -43,7 +43,8 @@ def packaged_efficientnet_lite0_weights(cache_dir: str | os.PathLike | None = No
     for (source_name, tensor), (name, expected) in zip(packaged.items(), timm_names.items()):
         if tensor.shape != expected.shape:
             raise ValueError(
-                f"{source}: tensor {source_name} {tuple(tensor.shape)} does not fit timm's {name} {tuple(expected.shape)}"
+                f"{source}: tensor {source_name} {tuple(tensor.shape)} does not fit timm's "
+                f"{name} {tuple(expected.shape)}"
             )
         converted[name] = tensor.contiguous()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.verify import decode_image
+from .images import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ def image_cell_bytes(cell: dict) -> tuple[bytes, str]:
     return data, suffix
 
 
-def keep_examples(split, split_name: str, label_names: list[str], out_dir: str | os.PathLike,
-                  count: int = EXAMPLE_COUNT) -> list[dict]:
+def keep_examples(
+    split, split_name: str, label_names: list[str], out_dir: str | os.PathLike, count: int = EXAMPLE_COUNT
+) -> list[dict]:
     """Writes the first `count` images of `split` (a `datasets.Dataset` with `image`, `image_id` and `labels`
     columns) to `out_dir/examples/`, each the bytes the data holds, and their records to `out_dir/examples.json`.
 
@@ -144,7 +145,9 @@ def copy_examples(examples: list[Example], folder: Path) -> None:
     for example in examples:
         file = f"{EXAMPLES_FOLDER}/{example.path.name}"
         shutil.copyfile(example.path, folder / file)
-        records.append({"file": file, "split": example.split, "image_id": example.image_id, "labels": list(example.labels)})
+        records.append(
+            {"file": file, "split": example.split, "image_id": example.image_id, "labels": list(example.labels)}
+        )
     (folder / EXAMPLES_FILE).write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
 
 

@@ -1,4 +1,5 @@
-"""A Hugging Face Space beside a published SRN model: its demo page ([`srn_hf.app`]), loading the model by repository id.
+"""A Hugging Face Space beside a published SRN model: its demo page ([`srn_hf.app`]), loading the model by
+repository id.
 
 [`write_space_folder`] writes the folder a Gradio Space should hold (its page's examples are the model repository's
 own images with their true labels, `examples.json`, downloaded with the model):
@@ -27,15 +28,17 @@ from .hub import CardOptions, push_folder, require_empty_folder
 from .storage import atomic_folder
 
 SPACE_SDK = "gradio"
-SPACE_APP = '''"""The demo page of the SRN model {model_repo_id}, written by `srn-hf publish --space` (srn_hf {version})."""
-
+SPACE_APP = (
+    '"""The demo page of the SRN model {model_repo_id}, written by `srn-hf publish --space` (srn_hf {version})."""\n'
+    """
 from srn_hf.app import build_app
 
 demo = build_app({model_repo_id!r})
 
 if __name__ == "__main__":
     demo.launch()
-'''
+"""
+)
 SPACE_CARD = """
 # {title}
 
@@ -107,7 +110,9 @@ def write_space_folder(
     )
     body = SPACE_CARD.format(title=title, model_repo_id=model_repo_id, requirement=requirement)
     with atomic_folder(out_dir) as folder:  # renamed once complete: a failure leaves no half Space folder
-        (folder / "app.py").write_text(SPACE_APP.format(model_repo_id=model_repo_id, version=__version__), encoding="utf-8")
+        (folder / "app.py").write_text(
+            SPACE_APP.format(model_repo_id=model_repo_id, version=__version__), encoding="utf-8"
+        )
         (folder / "requirements.txt").write_text(requirement + "\n", encoding="utf-8")
         SpaceCard(f"---\n{card_data.to_yaml()}\n---\n{body}").save(folder / "README.md")
     return out_dir
@@ -129,7 +134,12 @@ def publish_space(
     with tempfile.TemporaryDirectory(prefix="srn-space-") as staging:
         folder = write_space_folder(Path(staging) / "space", space_id, model_repo_id, **space_options)
         return push_folder(
-            folder, space_id, private=private, token=token, commit_message=commit_message, repo_type="space",
+            folder,
+            space_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            repo_type="space",
             space_sdk=SPACE_SDK,
         )
 

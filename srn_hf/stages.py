@@ -15,7 +15,8 @@ is frozen (stages 2 and 3) it runs under `torch.no_grad()` ([`StageForward`]). U
 set before the model is wrapped (`accelerator.prepare`), so the model is unwrapped and prepared again at each stage.
 
 The loss L is the sigmoid cross-entropy of `modeling_srn.sigmoid_cross_entropy`, or the asymmetric loss (ASL,
-Ridnik et al., ICCV 2021; timm's `timm.loss.AsymmetricLossMultiLabel`, [`make_loss`]), with one of two reductions (`modeling_srn.LOSS_REDUCTIONS`, defined there once):
+Ridnik et al., ICCV 2021; timm's `timm.loss.AsymmetricLossMultiLabel`, [`make_loss`]), with one of two reductions
+(`modeling_srn.LOSS_REDUCTIONS`, defined there once):
 `"mean"` over batch and classes, the default (`DEFAULT_LOSS_REDUCTION`: the model's own loss when called with
 `labels`, [`make_loss`] and a recipe without `loss.reduction`), or the authors' Caffe `"sum_over_classes"` (sum
 over classes, divided by the batch size: C times the mean, so a learning rate tuned for it is C times smaller).
@@ -39,11 +40,11 @@ from .modeling_srn import (
     LOSS_REDUCTIONS,
     SRNForImageClassification,
     SRNModel,
-    SRNOutput,
+    SRNModelOutput,
     sigmoid_cross_entropy,
 )
 
-# The paper's name of each SRNOutput prediction.
+# The paper's name of each SRNModelOutput prediction.
 PAPER_NAMES = {"cls_logits": "y_cls", "att_logits": "y_att", "sr_logits": "y_sr", "logits": "y"}
 
 # The sub-modules of SRNModel, in the order the paper introduces them.
@@ -57,8 +58,8 @@ class Stage:
     Attributes:
         number: 1 to 4, the paper's order.
         trained: names of the `SRNModel` sub-modules the optimizer updates.
-        loss_terms: `SRNOutput` fields whose losses are summed (`"logits"` is the fused y).
-        prediction: the `SRNOutput` field evaluated after the stage.
+        loss_terms: `SRNModelOutput` fields whose losses are summed (`"logits"` is the fused y).
+        prediction: the `SRNModelOutput` field evaluated after the stage.
     """
 
     number: int
@@ -79,7 +80,9 @@ class Stage:
 
 STAGES: dict[int, Stage] = {
     1: Stage(1, trained=("backbone", "classifier"), loss_terms=("cls_logits",), prediction="cls_logits"),
-    2: Stage(2, trained=("attention_trunk", "attention", "confidence"), loss_terms=("att_logits",), prediction="att_logits"),
+    2: Stage(
+        2, trained=("attention_trunk", "attention", "confidence"), loss_terms=("att_logits",), prediction="att_logits"
+    ),
     3: Stage(3, trained=("spatial_regularization",), loss_terms=("sr_logits",), prediction="sr_logits"),
     4: Stage(4, trained=SRN_MODULES, loss_terms=("logits", "att_logits"), prediction="logits"),
 }
@@ -196,7 +199,9 @@ class BackboneMapCache:
         return features, classifier_features
 
 
-def copied_maps(features: torch.Tensor, classifier_features: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def copied_maps(
+    features: torch.Tensor, classifier_features: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Copies of X and F on `device` (their memory format kept), one copy when X and F are the same map."""
     copy = features.detach().to(device, copy=True)
     return copy, copy if classifier_features is features else classifier_features.detach().to(device, copy=True)
@@ -224,7 +229,7 @@ class StageForward(nn.Module):
             self.map_cache.bind(self.model.srn.backbone)  # the weights may have changed since the last eval pass
         return self
 
-    def forward(self, pixel_values: torch.Tensor) -> SRNOutput:
+    def forward(self, pixel_values: torch.Tensor) -> SRNModelOutput:
         srn = self.model.srn
         if self.map_cache is not None and not self.training and not torch.is_grad_enabled():
             features, classifier_features = self.map_cache.forward_backbone(srn, pixel_values)
@@ -232,7 +237,7 @@ class StageForward(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.stage.backbone_frozen):
                 features, classifier_features = srn.forward_backbone(pixel_values)
         if self.stage.trained == STAGES[1].trained:
-            return SRNOutput(cls_logits=srn.classifier(classifier_features.mean(dim=(2, 3))))
+            return SRNModelOutput(cls_logits=srn.classifier(classifier_features.mean(dim=(2, 3))))
         return srn.forward_heads(features, classifier_features)
 
 
@@ -263,7 +268,9 @@ def make_loss(
     raise ValueError(f"loss={name!r} is not one of {LOSSES}")
 
 
-def stage_loss(outputs: SRNOutput, labels: torch.Tensor, stage: int | Stage, loss: Callable = sigmoid_cross_entropy) -> torch.Tensor:
+def stage_loss(
+    outputs: SRNModelOutput, labels: torch.Tensor, stage: int | Stage, loss: Callable = sigmoid_cross_entropy
+) -> torch.Tensor:
     """The stage's training loss: the sum of `loss(prediction, labels)` over the stage's `loss_terms`."""
     stage = get_stage(stage)
     return sum(loss(getattr(outputs, term), labels) for term in stage.loss_terms)

@@ -252,7 +252,9 @@ def check_weights_file(path: str | os.PathLike) -> None:
             with safe_open(path, framework="pt") as weights:
                 weights.keys()
         except (SafetensorError, OSError) as error:
-            raise IncompleteFileError(f"{path}: truncated or corrupt safetensors file ({size} bytes; {error})") from None
+            raise IncompleteFileError(
+                f"{path}: truncated or corrupt safetensors file ({size} bytes; {error})"
+            ) from None
     elif path.suffix in (".bin", ".pt", ".pth", ".pkl"):
         try:
             with zipfile.ZipFile(path) as archive:

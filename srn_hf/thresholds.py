@@ -27,7 +27,8 @@ deterministic and does not depend on the order of the images.
 
 Thresholds are tuned on one split and reported on another: `split="test"` is refused. The command
 `srn-hf calibrate MODEL_DIR --data KIND ...` scores a dataset split with an exported model
-([`calibrate_model_folder`]) and, with `--write`, changes only the folder's `config.json` ([`write_thresholds`]).
+(`srn_hf.scoring.calibrate_model_folder`) and, with `--write`, changes only the folder's `config.json`
+([`write_thresholds`]). The report tables of a training run are `srn_hf.report`'s.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .configuration_srn import config_label_names
+from .metrics import THRESHOLDED_FIGURES as FIGURES
 from .metrics import as_numpy, harmonic_mean, multilabel_metrics
 
 DEFAULT_MIN_POSITIVES = 5
-FIGURES = ("CP", "CR", "CF1", "OP", "OR", "OF1")  # the thresholded figures (mAP does not depend on thresholds)
 
 
 def parse_criterion(criterion: str) -> float | None:
@@ -65,19 +67,25 @@ def check_scores_and_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) float64 scores in [0, 1] and (N, C) boolean labels; a `ValueError` names what is wrong otherwise."""
     scores, labels = as_numpy(scores), as_numpy(labels)
     if scores.ndim != 2 or scores.shape != labels.shape:
-        raise ValueError(f"scores and labels must both be (N, C) arrays of one shape, got {scores.shape} and {labels.shape}")
+        raise ValueError(
+            f"scores and labels must both be (N, C) arrays of one shape, got {scores.shape} and {labels.shape}"
+        )
     if scores.shape[0] == 0:
         raise ValueError("scores and labels hold no image (shape (0, C)): nothing to tune thresholds on")
     bad = np.argwhere((labels != 0) & (labels != 1))
     if len(bad):
         row, column = bad[0]
-        raise ValueError(f"labels must be 0 or 1, found {float(labels[row, column])!r} at image {row}, label {column} "
-                         f"({len(bad)} such values)")  # fmt: skip
+        raise ValueError(
+            f"labels must be 0 or 1, found {float(labels[row, column])!r} at image {row}, label {column} "
+            f"({len(bad)} such values)"
+        )
     bad = np.argwhere(~((scores >= 0) & (scores <= 1)))  # NaN fails both comparisons
     if len(bad):
         row, column = bad[0]
-        raise ValueError(f"scores must be sigmoid probabilities in [0, 1], found {float(scores[row, column])!r} at image {row}, "
-                         f"label {column}: pass torch.sigmoid(logits), not the logits")  # fmt: skip
+        raise ValueError(
+            f"scores must be sigmoid probabilities in [0, 1], found {float(scores[row, column])!r} at image {row}, "
+            f"label {column}: pass torch.sigmoid(logits), not the logits"
+        )
     return scores, labels.astype(bool)
 
 
@@ -87,7 +95,9 @@ def rank_by_label(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray
     sort: only cuts between distinct scores are ever used, so it cannot change a result."""
     by_label = np.ascontiguousarray(scores.T)
     order = np.argsort(-by_label, axis=1)
-    return np.take_along_axis(by_label, order, axis=1), np.take_along_axis(np.ascontiguousarray(positives.T), order, axis=1)
+    return np.take_along_axis(by_label, order, axis=1), np.take_along_axis(
+        np.ascontiguousarray(positives.T), order, axis=1
+    )
 
 
 def pool_ranked(ranked: np.ndarray, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +177,11 @@ class ThresholdCalibration:
     @property
     def label_thresholds(self) -> dict[str, float]:
         """The tuned labels' thresholds, by name (fallback labels are left out: they use `threshold`)."""
-        return {name: float(value) for name, value in zip(self.label_names, self.thresholds) if name not in self.fallback_labels}
+        return {
+            name: float(value)
+            for name, value in zip(self.label_names, self.thresholds)
+            if name not in self.fallback_labels
+        }
 
     def provenance(self) -> dict:
         """How the thresholds were chosen: the `threshold_calibration` field of `SRNConfig`."""
@@ -181,7 +195,8 @@ class ThresholdCalibration:
         }
 
     def config_fields(self) -> dict:
-        """The `SRNConfig` fields that carry the thresholds: `threshold`, `label_thresholds`, `threshold_calibration`."""
+        """The `SRNConfig` fields that carry the thresholds: `threshold`, `label_thresholds`,
+        `threshold_calibration`."""
         return {
             "threshold": float(self.threshold),
             "label_thresholds": self.label_thresholds or None,
@@ -201,10 +216,16 @@ class ThresholdCalibration:
             **self.config_fields(),
             "fallback_labels": dict(self.fallback_labels),
             "per_label": [
-                {"label": name, "threshold": float(self.thresholds[index]), "precision": 100 * float(self.precision[index]),
-                 "recall": 100 * float(self.recall[index]), "f1": 100 * float(self.f1[index]), "support": int(self.support[index])}
+                {
+                    "label": name,
+                    "threshold": float(self.thresholds[index]),
+                    "precision": 100 * float(self.precision[index]),
+                    "recall": 100 * float(self.recall[index]),
+                    "f1": 100 * float(self.f1[index]),
+                    "support": int(self.support[index]),
+                }
                 for index, name in enumerate(self.label_names)
-            ],  # fmt: skip
+            ],
         }
 
     @classmethod
@@ -216,12 +237,20 @@ class ThresholdCalibration:
             return np.array([row[key] / scale for row in rows])
 
         return cls(
-            label_names=[row["label"] for row in rows], thresholds=column("threshold"), threshold=values["threshold"],
-            fallback_labels=dict(values["fallback_labels"]), criterion=provenance["criterion"],
-            min_positives=provenance["min_positives"], precision=column("precision", 100), recall=column("recall", 100),
-            f1=column("f1", 100), support=column("support").astype(int), images=provenance["images"],
-            split=provenance["split"], dataset=provenance["dataset"],
-        )  # fmt: skip
+            label_names=[row["label"] for row in rows],
+            thresholds=column("threshold"),
+            threshold=values["threshold"],
+            fallback_labels=dict(values["fallback_labels"]),
+            criterion=provenance["criterion"],
+            min_positives=provenance["min_positives"],
+            precision=column("precision", 100),
+            recall=column("recall", 100),
+            f1=column("f1", 100),
+            support=column("support").astype(int),
+            images=provenance["images"],
+            split=provenance["split"],
+            dataset=provenance["dataset"],
+        )
 
     def table(self) -> str:
         """The per-label table: threshold, P / R / F1 (percent) on the calibration data, support."""
@@ -248,8 +277,14 @@ def check_same_labels(names: list[str], expected: list[str], source: str, target
         return
     only_source, only_target = sorted(set(names) - set(expected)), sorted(set(expected) - set(names))
     if not only_source and not only_target:
-        raise ValueError(f"the labels of {source} are those of {target} in another order: {list(names)[:8]} against {list(expected)[:8]}")
-    raise ValueError(f"the labels of {source} are not those of {target}: only in {source}: {only_source}; only in {target}: {only_target}")
+        raise ValueError(
+            f"the labels of {source} are those of {target} in another order: "
+            f"{list(names)[:8]} against {list(expected)[:8]}"
+        )
+    raise ValueError(
+        f"the labels of {source} are not those of {target}: "
+        f"only in {source}: {only_source}; only in {target}: {only_target}"
+    )
 
 
 def calibrate_thresholds(
@@ -281,7 +316,9 @@ def calibrate_thresholds(
         raise ValueError("thresholds are tuned on a validation split, never on the test split they are reported on")
     target_precision = parse_criterion(criterion)
     scores, positives = check_scores_and_labels(scores, labels)
-    names = [str(index) for index in range(scores.shape[1])] if label_names is None else [str(name) for name in label_names]
+    names = (
+        [str(index) for index in range(scores.shape[1])] if label_names is None else [str(name) for name in label_names]
+    )
     if len(names) != scores.shape[1]:
         raise ValueError(f"{len(names)} label names for {scores.shape[1]} score columns")
     if min_positives < 1:
@@ -291,23 +328,37 @@ def calibrate_thresholds(
     (global_threshold,), (global_met,) = best_cuts(*pool_ranked(ranked, hits), target_precision)
     if not global_met:
         if not positives.any():
-            raise ValueError(f"the labels of these {len(scores)} images hold no positive: nothing to tune thresholds on")
-        raise ValueError(f"criterion {criterion!r}: no threshold reaches that overall precision on these {len(scores)} images")
+            raise ValueError(
+                f"the labels of these {len(scores)} images hold no positive: nothing to tune thresholds on"
+            )
+        raise ValueError(
+            f"criterion {criterion!r}: no threshold reaches that overall precision on these {len(scores)} images"
+        )
     thresholds, met = best_cuts(ranked, hits, target_precision)
     support = positives.sum(axis=0)
     fallback = {}
     for index, name in enumerate(names):
         if support[index] < min_positives:
-            fallback[name] = f"{support[index]} positive image(s) in {split or 'the calibration data'}, fewer than {min_positives}"
+            fallback[name] = (
+                f"{support[index]} positive image(s) in {split or 'the calibration data'}, fewer than {min_positives}"
+            )
         elif not met[index]:
             fallback[name] = f"precision {target_precision} is never reached"
     is_fallback = np.array([name in fallback for name in names])
     thresholds = np.where(is_fallback, global_threshold, thresholds)
     figures = label_figures(scores, positives, thresholds)
     return ThresholdCalibration(
-        label_names=names, thresholds=thresholds, threshold=float(global_threshold), fallback_labels=fallback,
-        criterion=criterion, min_positives=min_positives, images=len(scores), split=split, dataset=dataset, **figures,
-    )  # fmt: skip
+        label_names=names,
+        thresholds=thresholds,
+        threshold=float(global_threshold),
+        fallback_labels=fallback,
+        criterion=criterion,
+        min_positives=min_positives,
+        images=len(scores),
+        split=split,
+        dataset=dataset,
+        **figures,
+    )
 
 
 def thresholded_metrics(scores, labels, calibration: ThresholdCalibration, default_threshold: float = 0.5) -> dict:
@@ -321,72 +372,6 @@ def thresholded_metrics(scores, labels, calibration: ThresholdCalibration, defau
         metrics = multilabel_metrics(scores, labels, threshold=threshold)
         figures[name] = {key: metrics[key] for key in FIGURES}
     return {**figures, "default_threshold": default_threshold}
-
-
-def config_label_names(config) -> list[str]:
-    """A model config's label names, in label-id order."""
-    return [config.id2label[index] for index in range(config.num_labels)]
-
-
-def score_split(model, image_processor, split_dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid scores of the model's prediction (`logits`: the fused y of an SRN) and the multi-hot labels of one
-    split of a `srn_hf.data` dataset, with the evaluation transform (whole image warped, no augmentation)."""
-    from accelerate import Accelerator
-    from datasets import DatasetDict
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from .data.transforms import collate_multilabel, with_multilabel_transforms
-    from .training import predict_scores
-
-    data = with_multilabel_transforms(DatasetDict({"split": split_dataset}), image_processor=image_processor, train_splits=())
-    accelerator = Accelerator()
-    model, loader = accelerator.prepare(model, DataLoader(data["split"], batch_size=batch_size, collate_fn=collate_multilabel))
-    batches = tqdm(loader, desc="score", unit="batch", disable=not accelerator.is_local_main_process)
-    scores, labels = predict_scores(accelerator, model, batches, ("logits",))
-    return scores["logits"].numpy(), labels.numpy()
-
-
-def calibrate_model_folder(
-    model_dir: str | os.PathLike,
-    kind: str,
-    options: dict | None = None,
-    split: str = "validation",
-    criterion: str = "f1",
-    min_positives: int = DEFAULT_MIN_POSITIVES,
-    batch_size: int = 32,
-) -> tuple[ThresholdCalibration, dict]:
-    """Thresholds of an exported SRN (a `save_pretrained` folder), tuned on a split of any `srn_hf.data` dataset.
-
-    Args:
-        model_dir: the model folder (config.json, weights, and preferably preprocessor_config.json).
-        kind, options: the dataset, as `srn_hf.data.load_multilabel_dataset(kind, **options)` reads it. Its label
-            set must be the model's (in any order).
-        split: the split to tune on (never `"test"`).
-        criterion, min_positives: see [`calibrate_thresholds`].
-
-    Returns:
-        the [`ThresholdCalibration`] and [`thresholded_metrics`] on the same split (the calibrated figures are then
-        optimistic: they were tuned there).
-    """
-    from .data import label_names, load_multilabel_dataset
-    from .hub import load_image_processor, load_model
-
-    if split == "test":
-        raise ValueError("--split test: thresholds are tuned on a validation split, never on the test split they are reported on")
-    parse_criterion(criterion)  # a bad criterion fails before the dataset is read
-    dataset = load_multilabel_dataset(kind, **(options or {}))
-    if split not in dataset:
-        raise ValueError(f"the {kind} dataset has no {split!r} split (its splits: {list(dataset)})")
-    model = load_model(model_dir)
-    names = config_label_names(model.config)
-    dataset_names = label_names(dataset)
-    if set(dataset_names) != set(names):
-        check_same_labels(dataset_names, names, f"the {kind} dataset", f"the model in {model_dir}")
-    scores, labels = score_split(model, load_image_processor(model_dir, model.config), dataset[split], batch_size)
-    labels = labels[:, [dataset_names.index(name) for name in names]]  # the dataset's label order -> the model's
-    calibration = calibrate_thresholds(scores, labels, names, criterion, min_positives, split=split, dataset=kind)
-    return calibration, thresholded_metrics(scores, labels, calibration, default_threshold=0.5)
 
 
 def write_thresholds(model_dir: str | os.PathLike, calibration: ThresholdCalibration) -> Path:
@@ -417,44 +402,8 @@ def calibrate_stage(validation_scores, validation_labels, test_scores, test_labe
         the [`ThresholdCalibration`] and the record's new entries: `{"thresholds": calibration.to_dict(),
         "test_calibrated": {...}}`.
     """
-    calibration = calibrate_thresholds(validation_scores, validation_labels, label_names, split="validation", dataset=dataset)
+    calibration = calibrate_thresholds(
+        validation_scores, validation_labels, label_names, split="validation", dataset=dataset
+    )
     figures = thresholded_metrics(test_scores, test_labels, calibration)
     return calibration, {"thresholds": calibration.to_dict(), "test_calibrated": figures["calibrated"]}
-
-
-def threshold_table(records: list[dict]) -> str:
-    """The stages' test figures at 0.5 and at their calibrated thresholds, one row per stage (from metrics.json)."""
-    from .stages import PAPER_NAMES
-
-    header = f"{'stage':<6}{'prediction':<12}{'mAP':>8}" + "".join(f"{name:>8}" for name in FIGURES) + "  thresholds"
-    rows = ["test split at 0.5 and at thresholds tuned on the validation split", header, "-" * len(header)]
-    for record in records:
-        if "test" not in record or "test_calibrated" not in record:
-            continue
-        for name, figures in (("0.5", record["test"]), ("tuned", record["test_calibrated"])):
-            cells = "".join(f"{'-' if figures.get(key) is None else f'{figures[key]:.2f}':>8}" for key in FIGURES)
-            rows.append(f"{record['stage']:<6}{PAPER_NAMES[record['prediction']]:<12}{record['test']['mAP']:>8.2f}{cells}  {name}")
-    return "\n".join(rows)
-
-
-def calibrated_gain(records: list[dict]) -> dict | None:
-    """The last stage's test figures over stage 1's, both at their calibrated thresholds (and at 0.5), in points."""
-    first, last = records[0], records[-1]
-    if first["stage"] != 1 or last["stage"] == 1 or any("test_calibrated" not in record for record in (first, last)):
-        return None
-
-    def difference(key: str) -> dict:
-        pairs = {name: (last[key].get(name), first[key].get(name)) for name in FIGURES}
-        return {name: None if None in pair else pair[0] - pair[1] for name, pair in pairs.items()}
-
-    return {"stage": last["stage"], "calibrated": difference("test_calibrated"), "at_0.5": difference("test")}
-
-
-def describe_gain(gain: dict) -> str:
-    """One line for [`calibrated_gain`]'s result: CF1 / OF1 over stage 1 at tuned thresholds, and at 0.5."""
-
-    def pair(figures: dict) -> str:
-        return " / ".join("-" if figures[name] is None else f"{figures[name]:+.2f}" for name in ("CF1", "OF1"))
-
-    return (f"test CF1 / OF1 of stage {gain['stage']} over stage 1, each at its thresholds tuned on validation: "
-            f"{pair(gain['calibrated'])} (at 0.5: {pair(gain['at_0.5'])})")  # fmt: skip

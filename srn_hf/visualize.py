@@ -76,8 +76,15 @@ def check_attention_maps(predictions: list[dict]) -> None:
         )
 
 
-def draw_attention_panel(axis, picture: Image.Image, prediction: dict, colormap: str, opacity: float, scale: float = 1.0,
-                         title_colour: str = "black") -> None:  # fmt: skip
+def draw_attention_panel(
+    axis,
+    picture: Image.Image,
+    prediction: dict,
+    colormap: str,
+    opacity: float,
+    scale: float = 1.0,
+    title_colour: str = "black",
+) -> None:
     """One panel: `picture` with the prediction's attention map over it, titled with its label and score.
 
     `scale` is the picture's size over the size the prediction's `"boxes"` (optional, (x0, y0, x1, y1) in pixels)
@@ -87,8 +94,16 @@ def draw_attention_panel(axis, picture: Image.Image, prediction: dict, colormap:
     axis.imshow(picture)
     axis.imshow(heatmap_rgba(prediction["attention_map"], colormap, opacity), extent=extent, interpolation="bilinear")
     for x0, y0, x1, y1 in prediction.get("boxes", ()):
-        axis.add_patch(Rectangle((x0 * scale, y0 * scale), (x1 - x0) * scale, (y1 - y0) * scale, fill=False,
-                                 edgecolor="cyan", linewidth=1.2))  # fmt: skip
+        axis.add_patch(
+            Rectangle(
+                (x0 * scale, y0 * scale),
+                (x1 - x0) * scale,
+                (y1 - y0) * scale,
+                fill=False,
+                edgecolor="cyan",
+                linewidth=1.2,
+            )
+        )
     axis.set_title(f"{prediction['label']}  {prediction['score']:.2f}", fontsize=10, color=title_colour)
 
 
@@ -127,9 +142,15 @@ def scenes_figure(
         row[0].set_title("\n".join(line for line in lines if line), fontsize=9)
         for axis, prediction in zip(row[1:], scene["predictions"][:max_labels]):
             boxes = (scene.get("boxes") or {}).get(prediction["label"], ())
-            draw_attention_panel(axis, picture, {**prediction, "boxes": boxes}, colormap, opacity,
-                                 scale=picture.width / width,
-                                 title_colour="tab:green" if prediction["label"] in true_labels else "tab:red")  # fmt: skip
+            draw_attention_panel(
+                axis,
+                picture,
+                {**prediction, "boxes": boxes},
+                colormap,
+                opacity,
+                scale=picture.width / width,
+                title_colour="tab:green" if prediction["label"] in true_labels else "tab:red",
+            )
         for axis in row:
             axis.set_axis_off()
     return figure

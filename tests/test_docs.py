@@ -52,7 +52,14 @@ def relative_links(page: Path) -> list[str]:
 
 def test_pages_are_found():
     names = {page.relative_to(REPO).as_posix() for page in PAGES}
-    expected = {"README.md", "docs/training.md", "docs/inference.md", "docs/hub.md", "docs/benchmarks.md", "docs/data.md"}
+    expected = {
+        "README.md",
+        "docs/training.md",
+        "docs/inference.md",
+        "docs/hub.md",
+        "docs/benchmarks.md",
+        "docs/data.md",
+    }
     assert expected <= names
 
 

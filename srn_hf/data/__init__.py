@@ -47,7 +47,9 @@ def load_multilabel_dataset(kind: str, **options):
     if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
         unknown = sorted(set(options) - set(parameters))
         if unknown:
-            raise ValueError(f"dataset kind {kind!r} has no option {unknown[0]!r} (its options: {', '.join(parameters)})")
+            raise ValueError(
+                f"dataset kind {kind!r} has no option {unknown[0]!r} (its options: {', '.join(parameters)})"
+            )
     return LOADERS[kind](**options)
 
 

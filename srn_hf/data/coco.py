@@ -10,7 +10,7 @@ Expected layout (the official download, unzipped):
 An image's labels are the categories of all its instance annotations (crowd annotations included: they
 mark the class as present). The 80 classes are COCO's categories sorted by category id, with COCO's names.
 SRN and the papers after it train on train2014 and report on val2014, so val2014 is the `test` split here;
-`validation` is a seeded hold-out of train2014 (see `finish_splits`).
+`validation` is a seeded hold-out of train2014 (see `srn_hf.data.holdout.finish_splits`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from .common import AnnotationError, build_split, field, finish_splits, read_json
+from .common import AnnotationError, build_split, field, read_json
+from .holdout import finish_splits
 
 
 def read_coco_instances(annotation_file: str | os.PathLike) -> tuple[list[str], list[dict], dict[int, set[int]]]:

@@ -83,7 +83,9 @@ def field(record: dict, key: str, where: str) -> object:
     return record[key]
 
 
-def encode_labels(raw_labels: Iterable, names: Sequence[str], where: str, label_set: str = "the label set") -> list[int]:
+def encode_labels(
+    raw_labels: Iterable, names: Sequence[str], where: str, label_set: str = "the label set"
+) -> list[int]:
     """Map label names (or integer indices) to sorted unique indices into `names`.
 
     A name not in `names`, an empty name or one with spaces around it (`""`, `"bird "`: never a class of its own),
@@ -146,8 +148,7 @@ def build_split(
         )
     if missing:
         warnings.warn(
-            f"{source}: skipped {len(missing)} of {len(image_paths)} images whose file is missing, "
-            f"e.g. {missing[:3]}",
+            f"{source}: skipped {len(missing)} of {len(image_paths)} images whose file is missing, e.g. {missing[:3]}",
             DataWarning,
             stacklevel=3,
         )
@@ -164,27 +165,3 @@ def build_split(
             stacklevel=3,
         )
     return Dataset.from_dict(columns, features=multilabel_features(names))
-
-
-def finish_splits(
-    splits: dict[str, Dataset], validation_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.0
-) -> DatasetDict:
-    """Order the splits as train, validation, test; hold out the validation and test splits the source lacks.
-
-    A source with a train split but no validation split (COCO 2014, NUS-WIDE, a single CSV...) gets one of
-    `validation_fraction` of `train`, and one without a test split (a single folder or CSV, a Hub dataset with only a
-    train split) a test split of `test_fraction` of it: seeded and stratified per label (`srn_hf.data.holdout`); the
-    rest stays `train`. A fraction of 0 holds nothing out (then there is no such split).
-    """
-    from .holdout import hold_out
-
-    fractions = {}
-    if "train" in splits and "validation" not in splits and validation_fraction > 0:
-        fractions["validation"] = validation_fraction
-    if "train" in splits and "test" not in splits and test_fraction > 0:
-        fractions["test"] = test_fraction
-    if fractions:
-        splits = {**splits, **hold_out(splits["train"], fractions, seed)}
-    ordered = {name: splits[name] for name in SPLITS if name in splits}
-    ordered.update({name: split for name, split in splits.items() if name not in ordered})
-    return DatasetDict(ordered)

@@ -33,13 +33,19 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Image, List, Value, load_dataset, load_from_disk
 
-from .common import AnnotationError, build_split, encode_labels, field, finish_splits
+from .common import AnnotationError, build_split, encode_labels, field
+from .holdout import finish_splits
 
 SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "validation": "validation", "val": "validation", "valid": "validation", "dev": "validation",
-    "test": "test", "testing": "test",
-}  # fmt: skip
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
 
 Row = tuple[str, list, str]  # (image path, raw labels, where: "file, line n")
 
@@ -137,7 +143,9 @@ def rows_to_splits(
         if any(not isinstance(label, str) for label in found):
             raise AnnotationError("integer labels need label_names (the class name of each index)")
         label_names = sorted(set(found))
-        label_set = f"the labels of the train split ({rows_by_split['train'][0]})" if "train" in rows_by_split else label_set
+        label_set = (
+            f"the labels of the train split ({rows_by_split['train'][0]})" if "train" in rows_by_split else label_set
+        )
     splits = {
         split: build_split(
             image_paths=[path for path, _, _ in rows],
@@ -166,7 +174,9 @@ def load_imagefolder(
     if (data_dir / "metadata.jsonl").is_file():
         folders = {"train": data_dir}
     else:
-        folders = {split_name(sub.name): sub for sub in sorted(data_dir.iterdir()) if (sub / "metadata.jsonl").is_file()}
+        folders = {
+            split_name(sub.name): sub for sub in sorted(data_dir.iterdir()) if (sub / "metadata.jsonl").is_file()
+        }
     if not folders:
         raise AnnotationError(f"{data_dir}: no metadata.jsonl, neither at the top nor in a split sub-folder")
     rows = {
@@ -192,13 +202,18 @@ def load_csv(
     if not isinstance(data_files, dict):
         data_files = {"train": data_files}
     rows = {
-        split_name(split): (str(path), read_labels_csv(Path(path), image_column, labels_column, label_separator, images_dir))
+        split_name(split): (
+            str(path),
+            read_labels_csv(Path(path), image_column, labels_column, label_separator, images_dir),
+        )
         for split, path in data_files.items()
     }
     return rows_to_splits(rows, label_names, missing_images, validation_fraction, test_fraction, seed)
 
 
-def labels_to_indices(values, labels_format: str, names: list[str], where: str, label_set: str = "the label set") -> list[int]:
+def labels_to_indices(
+    values, labels_format: str, names: list[str], where: str, label_set: str = "the label set"
+) -> list[int]:
     """One row's label cell as sorted class indices (`labels_format`: names, indices or multi_hot)."""
     if labels_format == "multi_hot":
         if len(values) != len(names):
@@ -220,7 +235,9 @@ def read_dataset_splits(path: str | os.PathLike, name: str | None, **load_datase
     return {split_name(split): dataset for split, dataset in loaded.items()}
 
 
-def labels_feature_format(path, feature, label_names: list[str] | None, labels_format: str) -> tuple[list[str] | None, str]:
+def labels_feature_format(
+    path, feature, label_names: list[str] | None, labels_format: str
+) -> tuple[list[str] | None, str]:
     """The class names and the labels format that a labels column's feature implies.
 
     A ClassLabel feature gives the names (a different `label_names` is an error) and, for `"auto"`, `"indices"`;
@@ -242,7 +259,9 @@ def cell_values(cell, feature) -> list:
     return cell if isinstance(feature, List) else [cell]
 
 
-def label_names_from_cells(path, splits: dict[str, Dataset], labels_column: str, feature, labels_format: str) -> list[str]:
+def label_names_from_cells(
+    path, splits: dict[str, Dataset], labels_column: str, feature, labels_format: str
+) -> list[str]:
     """The sorted label names found in the train split (or, without one, in every split), as `rows_to_splits`."""
     if labels_format != "names":
         raise AnnotationError(f"{path}: {labels_format} labels need label_names (the class name of each index)")
@@ -250,7 +269,9 @@ def label_names_from_cells(path, splits: dict[str, Dataset], labels_column: str,
     return sorted({v for d in defining.values() for cell in d[labels_column] for v in cell_values(cell, feature)})
 
 
-def as_multilabel_split(dataset: Dataset, split: str, image_column: str, labels_column: str, label_names: list[str], convert) -> Dataset:
+def as_multilabel_split(
+    dataset: Dataset, split: str, image_column: str, labels_column: str, label_names: list[str], convert
+) -> Dataset:
     """One split with an `image` column (paths cast to images) and a `labels` column of class indices.
 
     `convert(batch, indices, split)` maps a batch of the labels column's cells to `{"labels": [indices per row]}`.
@@ -314,7 +335,9 @@ def load_hub(
     def convert(batch, indices, split):
         return {
             "labels": [
-                labels_to_indices(cell_values(cell, feature), labels_format, label_names, f"{path} [{split}] row {i}", label_set)
+                labels_to_indices(
+                    cell_values(cell, feature), labels_format, label_names, f"{path} [{split}] row {i}", label_set
+                )
                 for cell, i in zip(batch[labels_column], indices)
             ]
         }

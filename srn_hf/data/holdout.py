@@ -8,6 +8,7 @@ keeps its positives in each split as far as its count allows (a label with 10 im
 one in validation and one in test). The images are dealt in an order drawn by a generator seeded with `seed`: the
 same source and options give the same splits on every machine.
 
+`finish_splits(splits, ...)` orders a source's splits and holds out the ones it lacks (every loader calls it);
 `split_summary(dataset)` is the table printed before training: each split's size and each label's positives.
 """
 
@@ -17,12 +18,14 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 
-from .common import label_names
+from .common import SPLITS, label_names
 
 
-def stratified_holdout(labels: Sequence[Sequence[int]], num_labels: int, fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+def stratified_holdout(
+    labels: Sequence[Sequence[int]], num_labels: int, fractions: dict[str, float], seed: int
+) -> dict[str, list[int]]:
     """The row indices of each held-out split (`fractions`: {split: fraction of the rows}); the rest are `"train"`.
 
     Each held-out split gets `ceil(fraction * rows)` rows (as `Dataset.train_test_split`), dealt by iterative
@@ -76,7 +79,9 @@ def split_summary(dataset) -> str:
     names = label_names(dataset)
     splits = list(dataset)
     counts = {
-        split: np.bincount(np.array([index for row in dataset[split]["labels"] for index in row], dtype=np.int64), minlength=len(names))
+        split: np.bincount(
+            np.array([index for row in dataset[split]["labels"] for index in row], dtype=np.int64), minlength=len(names)
+        )
         for split in splits
     }
     width = max([len("images"), *map(len, names)])
@@ -85,3 +90,25 @@ def split_summary(dataset) -> str:
     for index, name in enumerate(names):
         lines.append(f"{name:<{width}}" + "".join(f"{int(counts[split][index]):>12}" for split in splits))
     return "positive images per label and split:\n" + "\n".join(lines)
+
+
+def finish_splits(
+    splits: dict[str, Dataset], validation_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.0
+) -> DatasetDict:
+    """Order the splits as train, validation, test; hold out the validation and test splits the source lacks.
+
+    A source with a train split but no validation split (COCO 2014, NUS-WIDE, a single CSV...) gets one of
+    `validation_fraction` of `train`, and one without a test split (a single folder or CSV, a Hub dataset with only a
+    train split) a test split of `test_fraction` of it: seeded and stratified per label (`srn_hf.data.holdout`); the
+    rest stays `train`. A fraction of 0 holds nothing out (then there is no such split).
+    """
+    fractions = {}
+    if "train" in splits and "validation" not in splits and validation_fraction > 0:
+        fractions["validation"] = validation_fraction
+    if "train" in splits and "test" not in splits and test_fraction > 0:
+        fractions["test"] = test_fraction
+    if fractions:
+        splits = {**splits, **hold_out(splits["train"], fractions, seed)}
+    ordered = {name: splits[name] for name in SPLITS if name in splits}
+    ordered.update({name: split for name, split in splits.items() if name not in ordered})
+    return DatasetDict(ordered)

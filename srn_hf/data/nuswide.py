@@ -22,7 +22,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from .common import AnnotationError, build_split, finish_splits, read_lines
+from .common import AnnotationError, build_split, read_lines
+from .holdout import finish_splits
 
 
 def image_list_path(line: str) -> str:

@@ -79,11 +79,24 @@ TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
     "bird": tuple(
         f"animals/birds/{name}.png"
         for name in (
-            "adelaide-rosella", "blackbird", "crow", "cuckoo", "heron_greatblue_flying", "lark", "magpie",
-            "owl", "pelican", "pigeon", "quetzal", "rainbow-lorikeet", "seagull", "silver-gull", "tucan",
+            "adelaide-rosella",
+            "blackbird",
+            "crow",
+            "cuckoo",
+            "heron_greatblue_flying",
+            "lark",
+            "magpie",
+            "owl",
+            "pelican",
+            "pigeon",
+            "quetzal",
+            "rainbow-lorikeet",
+            "seagull",
+            "silver-gull",
+            "tucan",
             "vulture",
         )
-    ),  # fmt: skip
+    ),
     "boat": (
         "vehicles/ship/chineseJunk.png",
         "vehicles/ship/walnutBoat.png",
@@ -101,27 +114,67 @@ TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
         "vehicles/auto/sportscar3.svg",
         "vehicles/race/f1_car.svg",
     ),
-    "cattle": tuple(
-        f"animals/mammals/bovines/{name}.png" for name in ("bull", "cow", "cow_white", "yak", "zebu")
-    ),
+    "cattle": tuple(f"animals/mammals/bovines/{name}.png" for name in ("bull", "cow", "cow_white", "yak", "zebu")),
     "flower": tuple(
         f"plants/flowers/{name}.png"
         for name in (
-            "adeenia", "anemone_red", "anthoorium", "appooppanthady", "bolsom", "chemparathi", "daffodil",
-            "flower1", "flower10", "flower2", "flower3", "flower4", "flower5", "flower6", "flower7", "flower8",
-            "flower9", "iris", "marigold", "pigface", "red-gazania", "rose", "whitestar-petunia",
+            "adeenia",
+            "anemone_red",
+            "anthoorium",
+            "appooppanthady",
+            "bolsom",
+            "chemparathi",
+            "daffodil",
+            "flower1",
+            "flower10",
+            "flower2",
+            "flower3",
+            "flower4",
+            "flower5",
+            "flower6",
+            "flower7",
+            "flower8",
+            "flower9",
+            "iris",
+            "marigold",
+            "pigface",
+            "red-gazania",
+            "rose",
+            "whitestar-petunia",
             "yellow-flower",
         )
-    ),  # fmt: skip
+    ),
     "fruit": tuple(
         f"food/fruit/{name}.png"
         for name in (
-            "Apricot_whole", "Cherry_Stella", "Strawberry2", "apple_fuji", "apple_granny_smith", "apple_green",
-            "apple_red", "apple_sierra_beauty", "apricot", "avocado", "banana", "cherimoya", "grapes", "kiwi",
-            "lemon", "mandarine", "mango", "orange", "orange_seville", "pear", "pineapple", "pomegranate",
-            "raspberry", "sliced_lime", "sliced_orange", "strawberry",
+            "Apricot_whole",
+            "Cherry_Stella",
+            "Strawberry2",
+            "apple_fuji",
+            "apple_granny_smith",
+            "apple_green",
+            "apple_red",
+            "apple_sierra_beauty",
+            "apricot",
+            "avocado",
+            "banana",
+            "cherimoya",
+            "grapes",
+            "kiwi",
+            "lemon",
+            "mandarine",
+            "mango",
+            "orange",
+            "orange_seville",
+            "pear",
+            "pineapple",
+            "pomegranate",
+            "raspberry",
+            "sliced_lime",
+            "sliced_orange",
+            "strawberry",
         )
-    ),  # fmt: skip
+    ),
     "insect": (
         "animals/insects/bee.png",
         "animals/insects/fly.png",
@@ -148,10 +201,17 @@ TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
     "poultry": tuple(
         f"animals/birds/{name}.png"
         for name in (
-            "chicken_profile", "duck", "drake", "gander", "guineafowl", "helmeted_guineafowl", "hen", "rooster",
+            "chicken_profile",
+            "duck",
+            "drake",
+            "gander",
+            "guineafowl",
+            "helmeted_guineafowl",
+            "hen",
+            "rooster",
             "turkey",
         )
-    ),  # fmt: skip
+    ),
     "sheep/goat": tuple(
         f"animals/mammals/bovines/{name}.png" for name in ("goat", "mountaingoat", "ram", "sheep", "sheep_lamb")
     ),
@@ -174,11 +234,26 @@ TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
     "vegetable": tuple(  # culinary vegetables, as tuxpaint files them (tomato included)
         f"food/vegetables/{name}.png"
         for name in (
-            "broccoli", "carrot", "chilepepper", "corn", "eggplant", "garlic", "garlics", "lettuce", "mushroom",
-            "onion", "pattypan_squash", "pepper", "potato", "pumpkin_small", "redlettuce", "tomato", "yam",
+            "broccoli",
+            "carrot",
+            "chilepepper",
+            "corn",
+            "eggplant",
+            "garlic",
+            "garlics",
+            "lettuce",
+            "mushroom",
+            "onion",
+            "pattypan_squash",
+            "pepper",
+            "potato",
+            "pumpkin_small",
+            "redlettuce",
+            "tomato",
+            "yam",
             "yellowpepper",
         )
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -242,19 +317,45 @@ class SceneType:
 
 
 SCENE_TYPES: tuple[SceneType, ...] = (
-    SceneType("farm", "grass", True, (0.3, 0.5), 1.0,
-              {"cattle": 0.55, "sheep/goat": 0.55, "poultry": 0.5, "bird": 0.4, "truck": 0.1},
-              ("cattle", "sheep/goat", "poultry")),
-    SceneType("road", "road", True, (0.3, 0.5), 1.0,
-              {"car": 0.85, "truck": 0.5, "bird": 0.3, "aircraft": 0.15}, ("car", "truck")),
+    SceneType(
+        "farm",
+        "grass",
+        True,
+        (0.3, 0.5),
+        1.0,
+        {"cattle": 0.55, "sheep/goat": 0.55, "poultry": 0.5, "bird": 0.4, "truck": 0.1},
+        ("cattle", "sheep/goat", "poultry"),
+    ),
+    SceneType(
+        "road",
+        "road",
+        True,
+        (0.3, 0.5),
+        1.0,
+        {"car": 0.85, "truck": 0.5, "bird": 0.3, "aircraft": 0.15},
+        ("car", "truck"),
+    ),
     SceneType("harbour", "water", True, (0.3, 0.55), 0.9, {"boat": 0.9, "bird": 0.6, "aircraft": 0.2}, ("boat",)),
-    SceneType("airfield", "road", True, (0.62, 0.85), 0.5,
-              {"aircraft": 0.9, "bird": 0.4, "car": 0.25, "truck": 0.25}, ("aircraft",)),
+    SceneType(
+        "airfield",
+        "road",
+        True,
+        (0.62, 0.85),
+        0.5,
+        {"aircraft": 0.9, "bird": 0.4, "car": 0.25, "truck": 0.25},
+        ("aircraft",),
+    ),
     SceneType("garden", "grass", False, (0.0, 0.25), 0.8, {"flower": 0.95, "insect": 0.6}, ("flower",)),
-    SceneType("kitchen", "table", False, (0.0, 0.3), 1.0,
-              {"fruit": 0.7, "vegetable": 0.6, "kitchenware": 0.65, "insect": 0.1},
-              ("fruit", "vegetable", "kitchenware")),
-)  # fmt: skip
+    SceneType(
+        "kitchen",
+        "table",
+        False,
+        (0.0, 0.3),
+        1.0,
+        {"fruit": 0.7, "vegetable": 0.6, "kitchenware": 0.65, "insect": 0.1},
+        ("fruit", "vegetable", "kitchenware"),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -413,7 +514,7 @@ def scene_types_for(class_names: list[str]) -> tuple[SceneType, ...]:
     shown = {name for scene in scenes for name in scene.classes}
     left_out = tuple(name for name in class_names if name not in shown)
     if left_out:
-        probabilities = {name: 0.35 for name in left_out}
+        probabilities = dict.fromkeys(left_out, 0.35)
         scenes += (SceneType("mixed", "any", False, (0.0, 0.3), 1.0, probabilities, left_out, free_placement=True),)
     return scenes
 
@@ -475,15 +576,17 @@ def load_background(background: Background, tuxpaint_dir: str) -> PILImage.Image
             image = PILImage.fromarray((dark + (light - dark) * gray).astype(np.uint8))
         image = image.convert("RGB")
         x0, y0, x1, y1 = background.box
-        image = image.crop((round(x0 * image.width), round(y0 * image.height),
-                            round(x1 * image.width), round(y1 * image.height)))  # fmt: skip
+        image = image.crop(
+            (round(x0 * image.width), round(y0 * image.height), round(x1 * image.width), round(y1 * image.height))
+        )
         image.thumbnail((BACKGROUND_MAX_SIDE, BACKGROUND_MAX_SIDE), PILImage.Resampling.LANCZOS)
         _IMAGE_CACHE[key] = image
     return _IMAGE_CACHE[key]
 
 
 def crop_fill(rng: np.random.Generator, image: PILImage.Image, size: tuple[int, int]) -> PILImage.Image:
-    """A random crop of `image` with the aspect of `size` (55-100% of the largest such crop), resized, maybe mirrored."""
+    """A random crop of `image` with the aspect of `size` (55-100% of the largest such crop), resized, maybe
+    mirrored."""
     width, height = size
     scale = rng.uniform(0.55, 1.0)
     if image.width / image.height > width / height:
@@ -559,9 +662,7 @@ class PlacedObject:
     shadow: bool
 
 
-def draw_present_classes(
-    rng: np.random.Generator, library: SplitLibrary, scene: SceneType, surface: str
-) -> list[str]:
+def draw_present_classes(rng: np.random.Generator, library: SplitLibrary, scene: SceneType, surface: str) -> list[str]:
     """The classes of one scene, sky things first and things sitting near others last.
 
     Each of the scene type's classes appears with its probability; one anchor is added if none was drawn; with

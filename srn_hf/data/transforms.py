@@ -31,15 +31,15 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from ..images import to_rgb
+from ..images import decode_image, to_rgb
 from ..processing import pil_resampling, warp_image_processor
 from .common import label_names
-from .verify import decode_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALE_RATIOS = (1.0, 0.875, 0.75, 0.66)
 AUGMENTATIONS = ("multiscale", "randaugment", "trivialaugment", "flip", "none")
+
 
 def interpolation_mode(interpolation: str | int | InterpolationMode) -> InterpolationMode:
     """A torchvision `InterpolationMode` from a name (`"bicubic"`), a PIL resampling number or a mode."""
@@ -189,7 +189,7 @@ def with_multilabel_transforms(
 
     Evaluation runs `image_processor` itself. `preprocessing` (`image_size`, `mean`, `std`, `interpolation`)
     overrides what `image_processor` gives (evaluation then uses an image processor with these settings).
-    The transforms decode the images themselves (`srn_hf.data.verify.decode_image`), so that an image that cannot be
+    The transforms decode the images themselves (`srn_hf.images.decode_image`), so that an image that cannot be
     decoded raises `srn_hf.images.ImageError` naming its file, not Pillow's bare "image file is truncated".
     """
     num_labels = len(label_names(dataset))
@@ -197,7 +197,10 @@ def with_multilabel_transforms(
         {
             split: data.cast_column("image", ImageFeature(decode=False)).with_transform(
                 MultiLabelTransform(
-                    num_labels, train=split in train_splits, image_processor=image_processor, augment=augment,
+                    num_labels,
+                    train=split in train_splits,
+                    image_processor=image_processor,
+                    augment=augment,
                     **preprocessing,
                 )
             )

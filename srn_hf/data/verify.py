@@ -15,7 +15,6 @@ entropy-decoded, at a fraction of the cost of a full-size decode (see `benchmark
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 import warnings
@@ -24,10 +23,12 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..images import ImageError
+from ..images import (
+    ImageError,
+    decode_image,
+)  # decode_image moved to srn_hf.images; importable from here for one release
 from .common import DataWarning
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
@@ -43,40 +44,6 @@ class BadImagesError(ValueError):
         self.bad_images = bad_images
 
 
-def decode_image(image: dict, draft: bool = False) -> Image.Image:
-    """The PIL image of a `datasets.Image(decode=False)` cell (`{"path", "bytes"}`), decoded as `datasets.Image` does
-    (fully, EXIF orientation applied).
-
-    `draft` decodes a JPEG at 1/8 scale (every byte of it is still read). Raises `srn_hf.images.ImageError` naming
-    the file (or the row's bytes) for a missing, empty, truncated or corrupt file, or one that is not an image.
-    """
-    path, data = image.get("path"), image.get("bytes")
-    name = path if path else "image bytes"
-    if not data:
-        if path is None:
-            raise ImageError(name, "the row holds neither a file nor image bytes")
-        if not os.path.isfile(path):
-            raise ImageError(name, "no such file")
-        if os.path.getsize(path) == 0:
-            raise ImageError(name, "empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            picture = Image.open(io.BytesIO(data) if data else path)
-            if draft and picture.format == "JPEG":
-                picture.draft(picture.mode, (max(1, picture.width // 8), max(1, picture.height // 8)))
-            picture.load()
-            if not draft and picture.getexif().get(ExifTags.Base.Orientation) is not None:
-                picture = ImageOps.exif_transpose(picture)  # as `datasets.Image` decodes it
-        return picture
-    except UnidentifiedImageError:
-        raise ImageError(name, "not an image file Pillow can read") from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(name, f"too large for Pillow's decompression-bomb guard ({error})") from None
-    except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for truncated or corrupt data
-        raise ImageError(name, f"truncated or corrupt ({error})") from None
-
-
 def image_problem(image: dict) -> str | None:
     """Why an image (a `datasets.Image(decode=False)` cell) cannot be decoded, or None (runs in the workers)."""
     try:
@@ -90,8 +57,10 @@ def describe_row(image: dict, split: str, index: int, image_id: str | None) -> s
     """The file of a row, or `train[12] (image_id 42)` for an image held as bytes."""
     if image.get("path") and not image.get("bytes"):
         return image["path"]
-    return f"{split}[{index}]" + (f" (image_id {image_id})" if image_id is not None else "") + (
-        f" from {image['path']}" if image.get("path") else ""
+    return (
+        f"{split}[{index}]"
+        + (f" (image_id {image_id})" if image_id is not None else "")
+        + (f" from {image['path']}" if image.get("path") else "")
     )
 
 

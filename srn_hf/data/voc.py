@@ -26,12 +26,31 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from .common import AnnotationError, build_split, finish_splits, read_lines
+from .common import AnnotationError, build_split, read_lines
+from .holdout import finish_splits
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 def read_voc_labels(annotation_file: str | os.PathLike, difficult: str = "ignore") -> list[int]:

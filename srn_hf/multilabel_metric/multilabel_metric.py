@@ -65,6 +65,10 @@ class MultilabelMetric(evaluate.Metric):
 
     def _compute(self, predictions, references, threshold=0.5, convention="standard", top_k=None, label_names=None):
         return multilabel_metrics(
-            np.asarray(predictions), np.asarray(references), threshold=threshold, convention=convention, top_k=top_k,
+            np.asarray(predictions),
+            np.asarray(references),
+            threshold=threshold,
+            convention=convention,
+            top_k=top_k,
             label_names=label_names,
         )

@@ -1,0 +1,120 @@
+"""Scoring a model on a dataset split: sigmoid scores and labels over every process (Accelerate), and the
+thresholds of an exported model tuned on one split of any `srn_hf.data` dataset (`srn-hf calibrate`).
+
+The threshold search itself, on numpy arrays, is `srn_hf.thresholds`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from . import localization
+from .configuration_srn import config_label_names
+from .thresholds import (
+    DEFAULT_MIN_POSITIVES,
+    ThresholdCalibration,
+    calibrate_thresholds,
+    check_same_labels,
+    parse_criterion,
+    thresholded_metrics,
+)
+
+
+@torch.no_grad()
+def predict_scores(
+    accelerator, model, dataloader, predictions: tuple[str, ...], attention_peaks: bool = False
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Sigmoid scores of each of `predictions` (SRNOutput fields) and the labels, over the whole split.
+
+    Each process scores its shard; `gather_for_metrics` collects them and drops the samples that the last batch
+    repeats to fill every process, so each image counts exactly once. With `attention_peaks=True`, the scores also
+    hold `"attention_peaks"`: where each label's attention map is largest, (N, C, 2) points (x, y) as fractions of
+    the image ([`srn_hf.localization.attention_peaks`]), from the same forward passes.
+    """
+    model.eval()
+    names = predictions + (("attention_peaks",) if attention_peaks else ())
+    scores = {name: [] for name in names}
+    labels = []
+    for batch in dataloader:
+        outputs = model(batch["pixel_values"])
+        values = {name: torch.sigmoid(getattr(outputs, name).float()) for name in predictions}
+        if attention_peaks:
+            peaks = localization.attention_peaks(outputs.attention_maps)  # numpy; gathered as a tensor on the device
+            values["attention_peaks"] = torch.from_numpy(peaks).to(outputs.attention_maps.device, torch.float32)
+        gathered = accelerator.gather_for_metrics((values, batch["labels"]))
+        for name in names:
+            scores[name].append(gathered[0][name].cpu())
+        labels.append(gathered[1].cpu())
+    return {name: torch.cat(values) for name, values in scores.items()}, torch.cat(labels)
+
+
+def score_split(model, image_processor, split_dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores of the model's prediction (`logits`: the fused y of an SRN) and the multi-hot labels of one
+    split of a `srn_hf.data` dataset, with the evaluation transform (whole image warped, no augmentation)."""
+    from accelerate import Accelerator
+    from datasets import DatasetDict
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from .data.transforms import collate_multilabel, with_multilabel_transforms
+
+    data = with_multilabel_transforms(
+        DatasetDict({"split": split_dataset}), image_processor=image_processor, train_splits=()
+    )
+    accelerator = Accelerator()
+    model, loader = accelerator.prepare(
+        model, DataLoader(data["split"], batch_size=batch_size, collate_fn=collate_multilabel)
+    )
+    batches = tqdm(loader, desc="score", unit="batch", disable=not accelerator.is_local_main_process)
+    scores, labels = predict_scores(accelerator, model, batches, ("logits",))
+    return scores["logits"].numpy(), labels.numpy()
+
+
+def calibrate_model_folder(
+    model_dir: str | os.PathLike,
+    kind: str,
+    options: dict | None = None,
+    split: str = "validation",
+    criterion: str = "f1",
+    min_positives: int = DEFAULT_MIN_POSITIVES,
+    batch_size: int = 32,
+) -> tuple[ThresholdCalibration, dict]:
+    """Thresholds of an exported SRN (a `save_pretrained` folder), tuned on a split of any `srn_hf.data` dataset.
+
+    Args:
+        model_dir: the model folder (config.json, weights, and preferably preprocessor_config.json).
+        kind, options: the dataset, as `srn_hf.data.load_multilabel_dataset(kind, **options)` reads it. Its label
+            set must be the model's (in any order).
+        split: the split to tune on (never `"test"`).
+        criterion, min_positives: see [`calibrate_thresholds`].
+
+    Returns:
+        the [`ThresholdCalibration`] and [`thresholded_metrics`] on the same split (the calibrated figures are then
+        optimistic: they were tuned there).
+    """
+    from .data import label_names, load_multilabel_dataset
+    from .model_folder import load_image_processor, load_model
+
+    if split == "test":
+        raise ValueError(
+            "split='test': thresholds are tuned on a validation split, never on the test split they are reported on"
+        )
+    parse_criterion(criterion)  # a bad criterion fails before the dataset is read
+    dataset = load_multilabel_dataset(kind, **(options or {}))
+    if split not in dataset:
+        raise ValueError(f"the {kind} dataset has no {split!r} split (its splits: {list(dataset)})")
+    model = load_model(model_dir)
+    names = config_label_names(model.config)
+    dataset_names = label_names(dataset)
+    if set(dataset_names) != set(names):
+        check_same_labels(dataset_names, names, f"the {kind} dataset", f"the model in {model_dir}")
+    scores, labels = score_split(model, load_image_processor(model_dir, model.config), dataset[split], batch_size)
+    labels = labels[:, [dataset_names.index(name) for name in names]]  # the dataset's label order -> the model's
+    calibration = calibrate_thresholds(scores, labels, names, criterion, min_positives, split=split, dataset=kind)
+    return calibration, thresholded_metrics(scores, labels, calibration, default_threshold=0.5)
+
+
+__all__ = ["calibrate_model_folder", "predict_scores", "score_split"]

@@ -1,0 +1,100 @@
+"""The demo page's parts outside the browser: Gradio stays out of `import srn_hf`, the threshold slider's rule, the
+examples, and `srn-hf demo` refusing what it cannot serve (the page itself: test_app_browser.py)."""
+
+import socket
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+from helpers import save_with_processor, small_srn
+from PIL import Image
+
+import srn_hf.app
+from srn_hf.app import example_images, labels_above
+from srn_hf.cli import main as cli_main
+from srn_hf.data.stamp_scenes import generate_stamp_scenes
+from srn_hf.showcase import EXAMPLE_COUNT, keep_examples
+
+
+def test_import_srn_hf_never_imports_gradio():
+    code = (
+        "import sys, srn_hf, srn_hf.cli, srn_hf.hub, srn_hf.space, srn_hf.visualize\n"
+        "srn_hf.cli.build_parser().parse_args(['demo', 'org/model'])\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'gradio'))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_slider_moves_every_label_threshold_from_the_model_ones():
+    prediction = {"scores": {"bird": 0.95, "boat": 0.82, "car": 0.60, "cattle": 0.27}}
+    model_thresholds = {"bird": 0.5, "boat": 0.8, "car": 0.5, "cattle": 0.5}  # boat's is calibrated
+    assert list(labels_above(prediction, model_thresholds, 0.0)) == ["bird", "boat", "car"]  # the model's own
+    assert list(labels_above(prediction, model_thresholds, 0.05)) == ["bird", "car"]  # boat's threshold is now 0.85
+    assert list(labels_above(prediction, model_thresholds, -0.3)) == ["bird", "boat", "car", "cattle"]
+    assert list(labels_above(prediction, model_thresholds, -1.0)) == ["bird", "boat", "car", "cattle"]  # clipped at 0
+    assert labels_above(prediction, model_thresholds, 0.6) == {}  # every threshold clipped at 1
+    assert labels_above(None, model_thresholds, 0.0) == {}
+    # a score the list would show as 0 % is never "above the threshold", however low the slider goes
+    prediction["scores"]["dog"], model_thresholds["dog"] = 0.004, 0.5
+    assert "dog" not in labels_above(prediction, model_thresholds, -1.0)
+    prediction["scores"]["dog"] = 0.006
+    assert "dog" in labels_above(prediction, model_thresholds, -1.0)
+
+
+def test_examples_are_the_runs_own_test_images_with_their_true_labels(tmp_path):
+    """A training run keeps its first test images (srn_hf.showcase.keep_examples, as train_stages.py calls it); the
+    page of its final model shows them, captioned with their true labels, each the file the data holds byte for byte."""
+    test_split = generate_stamp_scenes(None, sizes=(0, 0, 6), num_workers=1, progress=False)["test"]
+    names = test_split.features["labels"].feature.names
+    output_dir = tmp_path / "run"
+    model_dir = save_with_processor(small_srn(dict(enumerate(names)), image_size=64), output_dir / "final")
+    records = keep_examples(test_split, "test", names, output_dir)
+    assert len(records) == EXAMPLE_COUNT
+
+    shown = example_images(model_dir)
+    assert [caption for _, caption in shown] == [
+        f"true: {', '.join(record['labels']) or 'no label'}" for record in records
+    ]
+    for (path, _), row in zip(shown, test_split.cast_column("image", datasets.Image(decode=False))):
+        assert path.suffix == ".jpg" and path.read_bytes() == row["image"]["bytes"]  # not a re-encoding
+    for (_, caption), row in zip(shown, test_split):
+        assert caption == "true: " + (", ".join(names[label] for label in row["labels"]) or "no label")
+
+    bare = save_with_processor(small_srn({0: "bird", 1: "boat"}, image_size=64), tmp_path / "bare" / "model")
+    assert example_images(bare) == []  # no stock photo in place of the model's own images
+    photo = tmp_path / "street.png"
+    Image.fromarray(np.full((32, 48, 3), 200, np.uint8)).save(photo)
+    assert example_images(bare, [photo]) == [(photo, "street.png")]  # the user's own, when passed
+
+
+def test_the_page_is_titled_with_the_model_not_its_folder_name(tmp_path):
+    model_dir = save_with_processor(small_srn({0: "bird", 1: "boat"}, image_size=64), tmp_path / "final")
+    page = srn_hf.app.build_app(model_dir)
+    assert page.title == "SRN demo: SRN resnet10t, 2 labels"  # the model: its backbone and labels
+
+
+def test_demo_refuses_a_bad_model_a_taken_port_and_a_missing_gradio(tmp_path, monkeypatch, capsys):
+    assert cli_main(["demo", str(tmp_path / "missing")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"srn-hf demo: error: {tmp_path / 'missing'}") and len(error.splitlines()) == 1
+
+    model_dir = save_with_processor(small_srn({0: "bird", 1: "boat"}, image_size=64), tmp_path / "model")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli_main(["demo", model_dir, "--port", str(port)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the loading bars
+    assert len(errors) == 1 and errors[0].startswith(f"srn-hf demo: error: 127.0.0.1:{port}: ")
+    assert cli_main(["demo", model_dir, "--example", str(tmp_path / "missing.png")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [f"srn-hf demo: error: --example {tmp_path / 'missing.png'}: no such file"]
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as where the app extra is not installed
+    monkeypatch.delitem(sys.modules, "srn_hf.app")
+    assert cli_main(["demo", model_dir]) == 2
+    assert "pip install 'srn_hf[app]'" in capsys.readouterr().err
