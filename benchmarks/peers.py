@@ -598,7 +598,12 @@ class Benchmark:
             for epochs in self.args.epochs
         ]
         rows = [
-            {"lr": lr, "epochs": epochs, "validation_mAP": result["validation_mAP"] if result else None}
+            {
+                "lr": lr,
+                "epochs": epochs,
+                "validation_mAP": result["validation_mAP"] if result else None,
+                "test_mAP": result["mAP"] if result else None,  # shown, never used for the choice
+            }
             for lr, epochs, result in grid
         ]
         done = [row for row in rows if row["validation_mAP"] is not None]
@@ -795,7 +800,9 @@ def markdown(results: dict) -> str:
             )
     lines += [
         "",
-        "| search (validation mAP, search seed) | " + " | ".join(f"lr {lr:g}" for lr in results["lrs"]) + " |",
+        "| search at the search seed: validation mAP (test mAP, not used for the choice) | "
+        + " | ".join(f"lr {lr:g}" for lr in results["lrs"])
+        + " |",
         "|---|" + "---|" * len(results["lrs"]),
     ]
     for peer, search in results["searches"].items():
@@ -803,7 +810,8 @@ def markdown(results: dict) -> str:
             cells = []
             for lr in results["lrs"]:
                 row = next((r for r in (search or {}).get("grid", []) if r["lr"] == lr and r["epochs"] == epochs), None)
-                cells.append("-" if row is None or row["validation_mAP"] is None else f"{row['validation_mAP']:.2f}")
+                done = row is not None and row["validation_mAP"] is not None
+                cells.append(f"{row['validation_mAP']:.2f} ({row['test_mAP']:.2f})" if done else "-")
             lines.append(f"| {peer}, {epochs} epoch(s) | " + " | ".join(cells) + " |")
     lines += ["", f"best peer (validation mAP at the search seed): {results['best_peer']}"]
     return "\n".join(lines)
