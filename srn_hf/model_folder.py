@@ -39,6 +39,7 @@ from .configuration_srn import SRNConfig
 from .metrics import METRIC_NAMES, THRESHOLDED_FIGURES
 from .modeling_srn import SRNForImageClassification
 from .processing import create_image_processor
+from .storage import read_json_file
 
 METRICS_FILE = "metrics.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -216,10 +217,7 @@ def load_training_metrics(
         )
         if candidate is None:
             return None, None
-    try:
-        metrics = json.loads(candidate.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{candidate} is not valid JSON: {error}") from error
+    metrics = read_json_file(candidate)
     if not isinstance(metrics, dict):
         raise ValueError(f"{candidate}: expected a JSON object with 'recipe', 'dataset' and 'stages'")
     if not isinstance(metrics.get("dataset"), dict) or "name" not in metrics["dataset"]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .images import decode_image
+from .storage import read_json_file, write_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -75,23 +76,29 @@ def keep_examples(
         (out_dir / file).write_bytes(data)
         labels = [label_names[label] for label in row["labels"]]
         records.append({"file": file, "split": split_name, "image_id": image_id, "labels": labels})
-    (out_dir / EXAMPLES_FILE).write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    write_example_records(out_dir, records)
     return records
 
 
-def read_examples(examples_file: Path) -> list[Example]:
-    """The examples listed in `examples_file` (an examples.json), their files relative to it; a `ValueError` naming
-    the file and the entry when an entry is malformed or its image is missing."""
-    try:
-        records = json.loads(examples_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{examples_file} is not valid JSON: {error}") from error
+def read_example_records(examples_file: Path) -> list[dict]:
+    """The entries of `examples_file` (an examples.json); a `ValueError` naming the file and the entry when it is not
+    a list of entries with 'file', 'split', 'image_id' and 'labels'."""
+    records = read_json_file(examples_file)
     if not isinstance(records, list):
         raise ValueError(f"{examples_file}: expected a list of examples")
-    examples = []
     for index, record in enumerate(records):
         if not isinstance(record, dict) or not {"file", "split", "image_id", "labels"} <= set(record):
             raise ValueError(f"{examples_file}: entry {index} lacks one of 'file', 'split', 'image_id', 'labels'")
+    return records
+
+
+def read_examples(examples_file: Path, records: list[dict] | None = None) -> list[Example]:
+    """The examples listed in `examples_file` (an examples.json; its `records` when already read), their files
+    relative to it; a `ValueError` naming the file and the entry when an entry is malformed or its image is missing."""
+    if records is None:
+        records = read_example_records(examples_file)
+    examples = []
+    for index, record in enumerate(records):
         path = examples_file.parent / record["file"]
         if not path.is_file():
             raise ValueError(f"{examples_file}: entry {index}: no such file {path}")
@@ -117,7 +124,7 @@ def hub_examples(repo_id: str, revision: str | None = None, token: str | None = 
 
     try:
         examples_file = Path(hf_hub_download(repo_id, EXAMPLES_FILE, revision=revision, token=token))
-        records = json.loads(examples_file.read_text(encoding="utf-8"))
+        records = read_example_records(examples_file)
         for record in records:
             hf_hub_download(repo_id, record["file"], revision=revision, token=token)
     except EntryNotFoundError:
@@ -125,7 +132,7 @@ def hub_examples(repo_id: str, revision: str | None = None, token: str | None = 
     except Exception as error:  # noqa: BLE001 - offline, no such repository, a malformed file: the page goes on
         logger.warning(f"{repo_id}: no example images ({type(error).__name__}: {str(error).strip().splitlines()[0]})")
         return []
-    return read_examples(examples_file)  # the cache snapshot holds examples.json and the files beside it
+    return read_examples(examples_file, records)  # the cache snapshot holds examples.json and the files beside it
 
 
 def model_examples(model) -> list[Example]:
@@ -148,7 +155,12 @@ def copy_examples(examples: list[Example], folder: Path) -> None:
         records.append(
             {"file": file, "split": example.split, "image_id": example.image_id, "labels": list(example.labels)}
         )
-    (folder / EXAMPLES_FILE).write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    write_example_records(folder, records)
+
+
+def write_example_records(folder: Path, records: list[dict]) -> None:
+    """`folder/examples.json`, written whole or not at all."""
+    write_text_file(folder / EXAMPLES_FILE, json.dumps(records, indent=2) + "\n")
 
 
 __all__ = ["EXAMPLE_COUNT", "Example", "keep_examples", "model_examples"]

@@ -8,6 +8,8 @@ stage, `--resume` or the pipeline would load, only a hidden `.NAME.partial` fold
 [`write_text_file`] does the same for one file (a JSON record, a config), and [`append_bytes`] appends to a file
 whole or not at all (the records of a bulk run).
 
+[`read_json_file`] reads a JSON file, naming the file when it is not valid JSON.
+
 [`check_weights_file`] tells whether a safetensors or `torch.save` file is complete (its header and index are read,
 never its tensors), naming the file when it is not.
 
@@ -20,6 +22,7 @@ what went wrong and the space left on its file system, instead of torch's `unexp
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import zipfile
@@ -185,6 +188,14 @@ def write_text_file(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def read_json_file(path: str | os.PathLike):
+    """The JSON value in `path` (UTF-8); a `ValueError` naming the file when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
 def remove_file(path: Path) -> None:
     """Deletes `path` if it exists; a file system that refuses (read-only: even a missing file's unlink fails) is
     left as it is, so that the caller reports its own write error."""
@@ -274,6 +285,7 @@ __all__ = [
     "check_weights_file",
     "free_space",
     "partial_path",
+    "read_json_file",
     "storage_error",
     "write_text_file",
 ]

@@ -7,6 +7,7 @@ import sys
 
 import datasets
 import numpy as np
+import pytest
 from helpers import save_with_processor, small_srn
 from PIL import Image
 
@@ -68,6 +69,17 @@ def test_examples_are_the_runs_own_test_images_with_their_true_labels(tmp_path):
     photo = tmp_path / "street.png"
     Image.fromarray(np.full((32, 48, 3), 200, np.uint8)).save(photo)
     assert example_images(bare, [photo]) == [(photo, "street.png")]  # the user's own, when passed
+
+    # A broken examples.json is refused naming the file and the entry, never shown as no examples.
+    examples_file = output_dir / "examples.json"
+    text = examples_file.read_text(encoding="utf-8")
+    examples_file.write_text(text[: len(text) // 2], encoding="utf-8")  # truncated
+    with pytest.raises(ValueError, match=rf"{examples_file} is not valid JSON"):
+        example_images(model_dir)
+    examples_file.write_text(text, encoding="utf-8")
+    (output_dir / records[1]["file"]).unlink()
+    with pytest.raises(ValueError, match=rf"{examples_file}: entry 1: no such file"):
+        example_images(model_dir)
 
 
 def test_the_page_is_titled_with_the_model_not_its_folder_name(tmp_path):
