@@ -27,6 +27,9 @@ and, from `examples/train_stages.py` as it is (a subprocess per run):
     SRN                   the recipe's four stages
     SRN on <best peer>    stage 1 trains f_cls alone (`stage1.backbone_lr=0`) on the backbone of the best peer's model
                           (its trained timm weights as `model.pretrained_weights`), then stages 2, 3, 4 as the recipe
+    SRN on <setting>      the same on any peer setting named with `--srn-on PEER:LR:EPOCHS` (with that setting's
+                          run beside it): SRN's head over a backbone chosen some other way, e.g. the setting that
+                          scored best on test, as a diagnostic of the choice rather than a result
 
 Search (validation split only): each peer trains once per learning rate of `--lrs` and epoch count of `--epochs`,
 the same grid for each, at `--search-seed`; within a run the epoch (and for timm, the EMA or the raw weights) with
@@ -105,10 +108,10 @@ class BenchmarkError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def check_peers(names: list[str]) -> list[str]:
+def check_peers(names: list[str], flag: str = "--peers") -> list[str]:
     unknown = [name for name in names if name not in PEERS]
     if unknown:
-        raise BenchmarkError(f"--peers: unknown peer {unknown[0]!r} (known: {', '.join(PEERS)})")
+        raise BenchmarkError(f"{flag}: unknown peer {unknown[0]!r} (known: {', '.join(PEERS)})")
     return names
 
 
@@ -489,7 +492,7 @@ def run_srn(args, folder: Path, seed: int, extra_sets: list[str]) -> dict:
     record = {
         "peer": "srn",
         "seed": seed,
-        "set": extra_sets,
+        "set": [override.replace(f"{REPOSITORY}{os.sep}", "") for override in extra_sets],  # no machine's path
         "validation_mAP": last["validation"]["mAP"],
         "thresholds": np.asarray(thresholds).tolist(),
         "wall_seconds": wall,
@@ -565,6 +568,19 @@ class Benchmark:
         folder = self.folder(name, seed)
         return self.kept_or_run(folder, lambda: run_srn(self.args, folder, seed, extra_sets))
 
+    def srn_on(self, peer: str, seed: int, lr: float, epochs: int, name: str) -> dict | None:
+        """SRN whose stage 1 trains f_cls alone on the backbone of `peer`'s run at (seed, lr, epochs), kept as
+        OUTPUT_DIR/seed-N/NAME. Where that peer run was kept without its weights (trained on another machine), it is
+        trained again first."""
+        weights = self.folder(peer, seed, lr, epochs) / "model.safetensors"
+        kept = (self.folder(name, seed) / "result.json").exists()
+        if not (kept or weights.exists() or self.args.report_only):
+            (weights.parent / "result.json").unlink(missing_ok=True)
+            self.peer(peer, seed, lr, epochs)
+        if not (kept or weights.exists()):
+            return None
+        return self.srn(name, seed, [f"model.pretrained_weights={weights}", "stage1.backbone_lr=0.0"])
+
     def kept_or_run(self, folder: Path, train) -> dict | None:
         result_file = folder / "result.json"
         if result_file.exists():
@@ -633,14 +649,10 @@ class Benchmark:
                 self.srn("srn", seed, [])
             if "srn-on-best-peer" in self.args.runs and best:
                 chosen = searched[best]["chosen"]
-                weights = self.folder(best, seed, chosen["lr"], chosen["epochs"]) / "model.safetensors"
-                on_best_kept = (self.folder(f"srn-on-{best}", seed) / "result.json").exists()
-                if not (on_best_kept or weights.exists() or self.args.report_only):
-                    # the peer's run was kept without its weights (trained on another machine): trained again
-                    (weights.parent / "result.json").unlink(missing_ok=True)
-                    self.peer(best, seed, chosen["lr"], chosen["epochs"])
-                if weights.exists() or on_best_kept:
-                    self.srn(f"srn-on-{best}", seed, [f"model.pretrained_weights={weights}", "stage1.backbone_lr=0.0"])
+                self.srn_on(best, seed, chosen["lr"], chosen["epochs"], f"srn-on-{best}")
+            for peer, lr, epochs in self.args.srn_on:
+                self.peer(peer, seed, lr, epochs)
+                self.srn_on(peer, seed, lr, epochs, srn_on_folder_name(peer, lr, epochs))
             if "budget" in self.args.runs:
                 for peer, search in searched.items():
                     epochs = self.budget(peer, seed, search["chosen"])
@@ -702,6 +714,11 @@ def variant_runs(benchmark: Benchmark, plan: dict) -> dict[str, dict[int, dict]]
         folders["SRN"] = benchmark.folder("srn", seed)
         if plan["best_peer"]:
             folders[f"SRN on {plan['best_peer']}"] = benchmark.folder(f"srn-on-{plan['best_peer']}", seed)
+        for peer, lr, epochs in benchmark.args.srn_on:
+            folders[setting_name(peer, lr, epochs)] = benchmark.folder(peer, seed, lr, epochs)
+            folders[f"SRN on {setting_name(peer, lr, epochs)}"] = benchmark.folder(
+                srn_on_folder_name(peer, lr, epochs), seed
+            )
         for peer, chosen in searched.items():
             epochs = benchmark.budget(peer, seed, chosen)
             if epochs is not None and epochs != chosen["epochs"]:  # else the chosen run is the budget run
@@ -719,12 +736,20 @@ def variant_runs(benchmark: Benchmark, plan: dict) -> dict[str, dict[int, dict]]
     return variants
 
 
+def setting_name(peer: str, lr: float, epochs: int) -> str:
+    """The report's name of a peer's run at a setting named by `--srn-on`."""
+    return f"{peer} (lr {lr:g}, {epochs} epochs)"
+
+
+def srn_on_folder_name(peer: str, lr: float, epochs: int) -> str:
+    return f"srn-on-{peer}-lr-{lr:g}-epochs-{epochs}"
+
+
 def differences(variants: dict, best_peer: str | None) -> list[dict]:
-    """Per seed, with intervals: SRN minus every peer (and budget) variant; SRN on the best peer minus the best peer
-    and minus SRN."""
-    on_best = f"SRN on {best_peer}"
-    pairs = [("SRN", name) for name in variants if name not in ("SRN", on_best)]
-    pairs += [(on_best, reference) for reference in (best_peer, "SRN") if on_best in variants]
+    """Per seed, with intervals: SRN minus every peer (and budget) variant; each "SRN on X" minus X and minus SRN."""
+    bases = {f"SRN on {name}": name for name in variants if f"SRN on {name}" in variants}
+    pairs = [("SRN", name) for name in variants if name != "SRN" and name not in bases]
+    pairs += [(on, reference) for on, base in bases.items() for reference in (base, "SRN")]
     rows = []
     for variant, reference in pairs:
         seeds = sorted(set(variants.get(variant, {})) & set(variants.get(reference, {})))
@@ -859,14 +884,35 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the runs, OUTPUT_DIR/seed-N/RUN (default: benchmarks/results/peers-runs, whose result files git keeps)",
     )
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--srn-on",
+        nargs="+",
+        default=[],
+        metavar="PEER:LR:EPOCHS",
+        help="also SRN on the backbone of these peer settings (each seed), besides the best peer's",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of each training")
     parser.add_argument("--report-only", action="store_true", help="no training: the tables of the finished runs")
     args = parser.parse_args(argv)
     check_peers(args.peers)
+    args.srn_on = [parse_setting(text) for text in args.srn_on]
     unknown = sorted(set(args.runs) - {"srn", "srn-on-best-peer", "budget"})
     if unknown:
         raise BenchmarkError(f"--runs: unknown run {unknown[0]!r} (known: srn, srn-on-best-peer, budget)")
     return args
+
+
+def parse_setting(text: str) -> tuple[str, float, int]:
+    """`PEER:LR:EPOCHS` of `--srn-on`, e.g. `trainer:1e-3:3`."""
+    parts = text.split(":")
+    try:
+        peer, lr, epochs = parts[0], float(parts[1]), int(parts[2])
+        if len(parts) != 3 or lr <= 0 or epochs < 1:
+            raise ValueError
+    except (IndexError, ValueError):
+        raise BenchmarkError(f"--srn-on {text!r}: expected PEER:LR:EPOCHS, e.g. trainer:1e-3:3") from None
+    check_peers([peer], "--srn-on")
+    return peer, lr, epochs
 
 
 def main(argv=None) -> dict:

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,26 @@ def make_image_folder(root: Path, sizes=(48, 16, 16), names=tuple(COLOURS), seed
             lines.append(json.dumps({"file_name": f"{index}.png", "labels": labels}))
         (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return root
+
+
+def accelerate_launch(num_processes: int, *program: str) -> list[str]:
+    """The command of `accelerate launch` on the CPU with `num_processes` processes (more than one: DDP over gloo),
+    then `program`: a script and its arguments, or `-m MODULE ...`."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *(["--multi_gpu"] if num_processes > 1 else []),
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *program,
+    ]
 
 
 def tiny_args(data_dir: Path, output_dir: Path, *extra: str, epochs: int = 1) -> list[str]:

@@ -79,6 +79,8 @@ def test_bad_input_is_refused_in_one_line_before_training(tmp_path):
             {},
         ),
         (["--set", f"model.pretrained_weights={tmp_path / 'missing.safetensors'}"], "no such file", {}),
+        (["--srn-on", "trainer:fast:3"], "error: --srn-on 'trainer:fast:3': expected PEER:LR:EPOCHS", {}),
+        (["--srn-on", "keras:1e-3:3"], "error: --srn-on: unknown peer 'keras'", {}),
     ]
     for argv, message, env in cases:
         result = run_script(*argv, "--output-dir", str(output), env_extra=env)
@@ -189,6 +191,13 @@ def test_tiny_benchmark_runs_every_peer_and_resumes(tmp_path):
     times = {path: path.stat().st_mtime_ns for path in result_files}
     again = tmp_path / "runs" / "seed-0" / "timm-bce" / "lr-0.001-epochs-1" / "result.json"
     again.unlink()
-    assert peers.main(argv)["variants"].keys() == results["variants"].keys()
+    # ... and --srn-on adds SRN on another setting's backbone, with that setting's run, beside the kept runs.
+    resumed = peers.main([*argv, "--srn-on", "timm-asl:1e-3:2"])
+    setting = "timm-asl (lr 0.001, 2 epochs)"
+    assert set(resumed["variants"]) == {*results["variants"], setting, f"SRN on {setting}"}
     assert again.exists()
     assert all(path.stat().st_mtime_ns == time for path, time in times.items() if path != again)
+    rows = {(row["variant"], row["minus"]) for row in resumed["differences"]}
+    assert {(f"SRN on {setting}", setting), (f"SRN on {setting}", "SRN"), ("SRN", setting)} <= rows
+    on_setting = json.loads((runs / "srn-on-timm-asl-lr-0.001-epochs-2" / "result.json").read_text())
+    assert on_setting["set"][0].endswith("timm-asl/lr-0.001-epochs-2/model.safetensors")

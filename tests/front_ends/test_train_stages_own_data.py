@@ -7,13 +7,13 @@ validation and test splits are held out of the folder; a run without a test spli
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
+from helpers import accelerate_launch
 from PIL import Image
 
 from srn_hf.recipe import MIN_ATTENTION_CHANNELS, RecipeError, derive_model_choices, load_recipe
@@ -92,17 +92,8 @@ def train_own_data(data_dir: Path, output_dir: Path, *settings: str) -> subproce
         *(f"stage{n}.{key}" for n in (1, 2, 3, 4) for key in ("epochs=1", "batch_size=8")),
         *settings,
     ]
-    command = [
-        str(Path(sys.executable).with_name("accelerate")),
-        "launch",
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+    command = accelerate_launch(
+        1,
         str(REPO / "examples" / "train_stages.py"),
         "--config",
         str(RECIPE),
@@ -111,7 +102,7 @@ def train_own_data(data_dir: Path, output_dir: Path, *settings: str) -> subproce
         "--output-dir",
         str(output_dir),
         *(argument for setting in small for argument in ("--set", setting)),
-    ]
+    )
     return subprocess.run(
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )

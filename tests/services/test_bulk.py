@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import load_dataset
-from helpers import save_with_processor, small_srn
+from helpers import accelerate_launch, save_with_processor, small_srn
 from PIL import Image
 
 from srn_hf.bulk import file_sources, tag_images
@@ -310,30 +310,11 @@ def test_two_processes_give_the_same_records_as_one(model_folder, tmp_path):
     images = write_images(tmp_path / "photos", 45)
     bad = write_bad_files(tmp_path / "photos")
     for name in ("two.jsonl", "two.parquet"):
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "srn_hf.cli",
-            "predict",
-            model_folder,
-            str(tmp_path / "photos"),
-            "--output",
-            str(tmp_path / name),
-            "--all-scores",
-            "--batch-size",
-            "4",
-        ]
+        command = accelerate_launch(
+            2,
+            *("-m", "srn_hf.cli", "predict", model_folder, str(tmp_path / "photos"), "--output", str(tmp_path / name)),
+            *("--all-scores", "--batch-size", "4"),
+        )
         completed = subprocess.run(command, env=ENVIRONMENT, capture_output=True, text=True, timeout=600)
         assert completed.returncode == 1, completed.stderr[-3000:]  # the bad files, counted over both processes
         assert "3 of 48 images could not be predicted" in completed.stderr
