@@ -40,7 +40,10 @@ Budget (compute): each peer is trained once more per seed at its chosen learning
 SRN's compute at that seed (`PEER (SRN's time)`: SRN's whole train_stages.py run over the peer's seconds per epoch
 at its chosen setting, training and per-epoch validation, rounded, at least 1), so that "SRN trained longer" is
 ruled out. The seconds are CPU seconds (user and system, every thread; for SRN, of its subprocess): on a machine
-shared with other work, wall time measures the load more than the run. Where the budget is the chosen epoch
+shared with other work, wall time measures the load more than the run. Run with `--threads 1` for the budget: at one
+thread the CPU seconds are the work done, while at two, OpenMP's waiting threads add CPU seconds that grow with the
+machine's load (on the demo, SRN's run counted 22 CPU minutes at two threads on a shared machine, 8 at one; budgets
+from two-thread figures give the peers more than SRN's compute). Where the budget is the chosen epoch
 count, the chosen run is that budget run already. (SRN's optimizer steps, the epochs of all four stages, are in the
 table too; its stages 2 and 3 run the backbone without gradients, so a peer given as many steps would train far
 longer than SRN.)
