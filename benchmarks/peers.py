@@ -748,7 +748,7 @@ def srn_on_folder_name(peer: str, lr: float, epochs: int) -> str:
     return f"srn-on-{peer}-lr-{lr:g}-epochs-{epochs}"
 
 
-def differences(variants: dict, best_peer: str | None) -> list[dict]:
+def differences(variants: dict) -> list[dict]:
     """Per seed, with intervals: SRN minus every peer (and budget) variant; each "SRN on X" minus X and minus SRN."""
     bases = {f"SRN on {name}": name for name in variants if f"SRN on {name}" in variants}
     pairs = [("SRN", name) for name in variants if name != "SRN" and name not in bases]
@@ -787,7 +787,7 @@ def summarise(benchmark: Benchmark, plan: dict) -> dict:
             "optimizer_steps": first.get("optimizer_steps"),
             **{key: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v} for key, v in values.items()},
         }
-    return {"variants": table, "differences": differences(variants, plan["best_peer"]), **plan}
+    return {"variants": table, "differences": differences(variants), **plan}
 
 
 def interval_text(entry: dict) -> str:
@@ -907,13 +907,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def parse_setting(text: str) -> tuple[str, float, int]:
     """`PEER:LR:EPOCHS` of `--srn-on`, e.g. `trainer:1e-3:3`."""
-    parts = text.split(":")
     try:
-        peer, lr, epochs = parts[0], float(parts[1]), int(parts[2])
-        if len(parts) != 3 or lr <= 0 or epochs < 1:
-            raise ValueError
-    except (IndexError, ValueError):
-        raise BenchmarkError(f"--srn-on {text!r}: expected PEER:LR:EPOCHS, e.g. trainer:1e-3:3") from None
+        peer, lr, epochs = text.split(":")
+        lr, epochs = float(lr), int(epochs)
+    except ValueError:
+        lr = epochs = 0
+    if lr <= 0 or epochs < 1:
+        raise BenchmarkError(f"--srn-on {text!r}: expected PEER:LR:EPOCHS, e.g. trainer:1e-3:3")
     check_peers([peer], "--srn-on")
     return peer, lr, epochs
 
