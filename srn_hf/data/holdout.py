@@ -15,6 +15,7 @@ same source and options give the same splits on every machine.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,6 +93,13 @@ def split_summary(dataset) -> str:
     return "positive images per label and split:\n" + "\n".join(lines)
 
 
+def check_fraction(option: str, value) -> None:
+    """Refuses (`ValueError` naming the option and the value) a held-out fraction that is not a number in [0, 1): a
+    negative or NaN fraction would hold nothing out without a word, a string would fail deep in the comparison."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{option}={value!r} must be a fraction of the train images in [0, 1), e.g. 0.1")
+
+
 def finish_splits(
     splits: dict[str, Dataset], validation_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.0
 ) -> DatasetDict:
@@ -102,6 +110,8 @@ def finish_splits(
     train split) a test split of `test_fraction` of it: seeded and stratified per label (`srn_hf.data.holdout`); the
     rest stays `train`. A fraction of 0 holds nothing out (then there is no such split).
     """
+    check_fraction("validation_fraction", validation_fraction)
+    check_fraction("test_fraction", test_fraction)
     fractions = {}
     if "train" in splits and "validation" not in splits and validation_fraction > 0:
         fractions["validation"] = validation_fraction
