@@ -1,9 +1,11 @@
 """Bad data found before training: real truncated and empty image files, labels outside the train split's."""
 
+import inspect
 import io
 import json
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -285,3 +287,23 @@ def test_a_held_out_fraction_that_is_no_fraction_is_refused_naming_option_and_va
     write_split(tmp_path / "train", [(f"{index}.jpg", ["cat"], data) for index in range(10)])
     with pytest.raises(ValueError, match=rf"^{option}={re.escape(repr(value))} must be a fraction .* in \[0, 1\)"):
         load_multilabel_dataset("imagefolder", data_dir=tmp_path, **{option: value})
+
+
+def test_data_warnings_point_at_the_line_that_loaded_the_data_not_inside_the_loaders(tmp_path):
+    data = jpeg_bytes(0)
+    write_split(tmp_path / "train", [("a.jpg", ["cat"], data), ("b.jpg", [], data), ("c.jpg", ["dog"], data)])
+    with open(tmp_path / "train" / "metadata.jsonl", "a") as metadata:
+        metadata.write(json.dumps({"file_name": "missing.jpg", "labels": ["cat"]}) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        load_multilabel_dataset("imagefolder", data_dir=tmp_path, validation_fraction=0, missing_images="skip")
+    data_warnings = [warning for warning in caught if warning.category is DataWarning]
+    assert [str(warning.message).split(": ", 1)[1][:20] for warning in data_warnings] == [
+        "skipped 1 of 4 image",
+        "1 of 3 images have n",
+    ]
+    for warning in data_warnings:
+        assert (warning.filename, warning.lineno) == (__file__, line)
+        printed = warnings.formatwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        assert printed.splitlines()[1].strip().startswith("load_multilabel_dataset(")  # not `splits = {`
