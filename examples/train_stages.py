@@ -239,6 +239,7 @@ def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -
     dataset = load_data(recipe, accelerator)
     dataset, image_check = check_dataset_images(recipe, dataset, accelerator, output_dir)
     names = label_names(dataset)
+    summary = split_summary(dataset)  # positives per label and split, from the labels (before the transforms)
     check_batch_sizes(recipe, stages, len(dataset["train"]))
     signature = run_signature(recipe, names)
     checkpoint, progress = find_resume_point(args, recipe, signature, stages, accelerator)
@@ -265,7 +266,7 @@ def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -
     accelerator.print(
         f"SRN on {recipe.data.kind}: {len(names)} labels, splits {dict(dataset.num_rows)}, stages {stages}"
     )
-    accelerator.print(split_summary(dataset))
+    accelerator.print(summary)
     return Run(
         args=args,
         recipe=recipe,

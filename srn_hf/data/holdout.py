@@ -75,16 +75,21 @@ def hold_out(train: Dataset, fractions: dict[str, float], seed: int) -> dict[str
     return splits
 
 
+def split_labels(split) -> list[list[int]]:
+    """The class indices of each image of one split, read from its `labels` column alone: no image is decoded, and
+    the transforms of `with_multilabel_transforms` (which turn them into multi-hot vectors) are not applied."""
+    return split.with_format(None).select_columns(["labels"])["labels"]
+
+
 def split_summary(dataset) -> str:
-    """Each split's size and each label's positive images per split, as a table (printed before training)."""
+    """Each split's size and each label's positive images per split, as a table (printed before training); from the
+    labels columns only ([`split_labels`])."""
     names = label_names(dataset)
     splits = list(dataset)
-    counts = {
-        split: np.bincount(
-            np.array([index for row in dataset[split]["labels"] for index in row], dtype=np.int64), minlength=len(names)
-        )
-        for split in splits
-    }
+    counts = {}
+    for split in splits:
+        indices = [index for row in split_labels(dataset[split]) for index in row]
+        counts[split] = np.bincount(np.array(indices, dtype=np.int64), minlength=len(names))
     width = max([len("images"), *map(len, names)])
     lines = [f"{'':<{width}}" + "".join(f"{split:>12}" for split in splits)]
     lines.append(f"{'images':<{width}}" + "".join(f"{dataset[split].num_rows:>12}" for split in splits))
