@@ -82,7 +82,7 @@ def hold_out(train: Dataset, fractions: dict[str, float], seed: int) -> dict[str
 def split_labels(split) -> list[list[int]]:
     """The class indices of each image of one split, read from its `labels` column alone: no image is decoded, and
     the transforms of `with_multilabel_transforms` (which turn them into multi-hot vectors) are not applied."""
-    return split.with_format(None).select_columns(["labels"])["labels"]
+    return list(split.with_format(None).select_columns(["labels"])["labels"])
 
 
 def split_summary(dataset) -> str:
