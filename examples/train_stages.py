@@ -47,13 +47,13 @@ from transformers import get_scheduler
 from srn_hf import SRNConfig, SRNForImageClassification, checkpoints
 from srn_hf.cli import flag_worded
 from srn_hf.data import label_names, load_multilabel_dataset
-from srn_hf.data.holdout import split_summary
+from srn_hf.data.holdout import split_record, split_summary
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
 from srn_hf.data.verify import check_images
 from srn_hf.localization import label_boxes, pointing_game, pointing_game_table
 from srn_hf.metrics import THRESHOLDED_FIGURES as FIGURES
 from srn_hf.metrics import map_difference, multilabel_metrics
-from srn_hf.model_folder import one_line
+from srn_hf.model_folder import one_line, write_splits_file
 from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 from srn_hf.processing import create_image_processor
 from srn_hf.recipe import (
@@ -81,7 +81,7 @@ from srn_hf.stages import (
     stage_loss,
 )
 from srn_hf.storage import StorageError, atomic_folder
-from srn_hf.thresholds import calibrate_stage, calibrate_thresholds, write_thresholds
+from srn_hf.thresholds import RUN_VALIDATION, calibrate_stage, calibrate_thresholds, write_thresholds
 from srn_hf.training import EpochSeededDataset, TrainingDiverged, enable_activation_checkpointing
 from srn_hf.training_plots import plot_training_curves
 
@@ -173,6 +173,7 @@ class Run:
     dataset: DatasetDict  # with its transforms (torchvision augmentation on train, the image processor elsewhere)
     names: list[str]
     image_check: dict  # what `check_images` found before training: checked, bad and skipped images per split
+    splits: dict  # which images are in each split (`split_record`): OUTPUT_DIR/splits.json and every exported folder's
     model: SRNForImageClassification
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # L(logits, labels) of the recipe's `loss`
     train_data: EpochSeededDataset
@@ -239,6 +240,8 @@ def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -
     dataset = load_data(recipe, accelerator)
     dataset, image_check = check_dataset_images(recipe, dataset, accelerator, output_dir)
     names = label_names(dataset)
+    summary = split_summary(dataset)  # positives per label and split, from the labels (before the transforms)
+    splits = record_splits(recipe, dataset, accelerator, output_dir)
     check_batch_sizes(recipe, stages, len(dataset["train"]))
     signature = run_signature(recipe, names)
     checkpoint, progress = find_resume_point(args, recipe, signature, stages, accelerator)
@@ -265,7 +268,7 @@ def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -
     accelerator.print(
         f"SRN on {recipe.data.kind}: {len(names)} labels, splits {dict(dataset.num_rows)}, stages {stages}"
     )
-    accelerator.print(split_summary(dataset))
+    accelerator.print(summary)
     return Run(
         args=args,
         recipe=recipe,
@@ -275,6 +278,7 @@ def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -
         dataset=dataset,
         names=names,
         image_check=image_check,
+        splits=splits,
         model=model,
         loss_fn=make_loss(**vars(recipe.loss)),
         train_data=EpochSeededDataset(dataset["train"], recipe.seed),
@@ -353,6 +357,15 @@ def check_dataset_images(recipe, dataset: DatasetDict, accelerator: Accelerator,
             f"{output_dir / 'bad_images.tsv'}"
         )
     return dataset, report
+
+
+def record_splits(recipe, dataset: DatasetDict, accelerator: Accelerator, output_dir: Path) -> dict:
+    """Which images the run trains, validates and tests on, in OUTPUT_DIR/splits.json (and in every exported folder,
+    [`export`]): `srn-hf calibrate` then tunes thresholds on the run's validation images and refuses the others."""
+    splits = split_record(dataset, recipe.data.kind, recipe.data.options)
+    if accelerator.is_main_process:
+        write_splits_file(output_dir, splits)
+    return splits
 
 
 def run_signature(recipe, names: list[str]) -> dict:
@@ -712,7 +725,7 @@ def validate_epoch(run: Run, stage_run: StageRun, epoch: int, train_loss: float)
     )
     if record["best_mAP"] is None or metrics["mAP"] > record["best_mAP"]:
         record.update(best_epoch=epoch + 1, best_mAP=metrics["mAP"])
-        export(accelerator, run.model, stage_run.folder)
+        export(accelerator, run.model, stage_run.folder, run.splits)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -740,7 +753,7 @@ def evaluate_stage(run: Run, stage_run: StageRun) -> dict:
     test split gets the validation figures only."""
     record = stage_run.record
     if record["best_epoch"] is None:  # epochs: 0, the stage is only evaluated and exported
-        export(run.accelerator, run.model, stage_run.folder)
+        export(run.accelerator, run.model, stage_run.folder, run.splits)
     run.model.load_state_dict(load_file(stage_run.folder / "model.safetensors"))
     record["validation"], validation_scores, validation_labels = score_split(
         run, stage_run, stage_run.validation_loader
@@ -799,7 +812,12 @@ def calibrate_export(run: Run, stage_run: StageRun, validation_scores: dict, val
                 "logits"
             ]
     calibration = calibrate_thresholds(
-        scores, validation_labels, run.names, split="validation", dataset=run.recipe.data.kind
+        scores,
+        validation_labels,
+        run.names,
+        split="validation",
+        dataset=run.recipe.data.kind,
+        run_overlap=RUN_VALIDATION,
     )
     if calibration.fallback_labels:
         run.accelerator.print(
@@ -813,13 +831,15 @@ def calibrate_export(run: Run, stage_run: StageRun, validation_scores: dict, val
     run.accelerator.wait_for_everyone()
 
 
-def export(accelerator: Accelerator, model: SRNForImageClassification, folder: Path) -> None:
-    """`save_pretrained` of the model and its image processor: a folder `pipeline(...)` loads directly. It is written
-    under a temporary name and renamed when complete: a failed or killed export leaves the previous folder whole."""
+def export(accelerator: Accelerator, model: SRNForImageClassification, folder: Path, splits: dict) -> None:
+    """`save_pretrained` of the model and its image processor, with the run's `splits.json`: a folder `pipeline(...)`
+    loads directly. It is written under a temporary name and renamed when complete: a failed or killed export leaves
+    the previous folder whole."""
     if accelerator.is_main_process:  # one writer; `model` is the unwrapped model, its weights are every process's
         with atomic_folder(folder) as partial:
             model.save_pretrained(partial)
             create_image_processor(model.config).save_pretrained(partial)
+            write_splits_file(partial, splits)
     accelerator.wait_for_everyone()  # no process reads the folder before it is written
 
 
@@ -869,7 +889,7 @@ def write_report(run: Run) -> dict:
             f"({100 * gain['confidence_level']:.0f}% interval {gain['low']:+.2f} .. {gain['high']:+.2f}, "
             f"paired bootstrap over the {gain['images']} test images)"
         )
-    export(accelerator, run.model, output_dir / "final")
+    export(accelerator, run.model, output_dir / "final", run.splits)
     if accelerator.is_main_process:
         write_json(output_dir / "metrics.json", report)
         plot_training_curves(records, output_dir / "training_curves.png")

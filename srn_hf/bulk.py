@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -222,16 +223,34 @@ def weights_digest(model: torch.nn.Module, model_name: str) -> str:
     return digest.hexdigest()
 
 
+# What an escaped record name may contain: a doubled backslash, `\xNN` (a byte) or `\uNNNN` (a lone surrogate).
+ESCAPE_LIKE = re.compile(r"\\(?:\\|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
+
+
 def record_text(text: str | None) -> str | None:
-    """`text` as valid UTF-8 for a record: a file name that is not UTF-8 (its bytes kept by Python as surrogates,
-    `\\udcff`) gets each such byte written `\\xff`, so that JSONL and parquet can hold it and a resumed run
-    recognises it."""
+    """`text` as valid UTF-8 for a record, one record name per file name: a file name that is not UTF-8 (its bytes
+    kept by Python as surrogates, `\\udcff`) gets each such byte written `\\xff` and each backslash doubled, so that
+    JSONL and parquet can hold it, a resumed run recognises it, and a file literally named `caf\\xe9.png` (written
+    `caf\\\\xe9.png`, as is every UTF-8 name that looks escaped) is not taken for the byte name `caf\\xe9.png`. Every
+    other name is itself."""
     if text is None:
         return None
+    if is_utf8(text) and not ESCAPE_LIKE.search(text):
+        return text
+    doubled = text.replace("\\", "\\\\")
     try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return doubled.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate that stands for no byte (from a dataset's text): written \udXXX
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return doubled.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_utf8(text: str) -> bool:
+    """True when `text` holds no surrogate (it encodes as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass

@@ -43,6 +43,7 @@ FLAGS = {
         "split": "--split",
         "criterion": "--criterion",
         "min_positives": "--min-positives",
+        "allow_overlap": "--allow-overlap",
     },
 }
 
@@ -218,6 +219,11 @@ def add_calibrate_command(commands) -> None:
         help="labels with fewer positive images get the global threshold (default: 5)",
     )
     calibrate.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    calibrate.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="tune on images the model's training run trained or tested on (its splits.json); refused otherwise",
+    )
     calibrate.add_argument(
         "--write", action="store_true", help="store the thresholds in MODEL_DIR/config.json (nothing else changes)"
     )
@@ -477,7 +483,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from .metrics import THRESHOLDED_FIGURES as FIGURES
     from .scoring import calibrate_model_folder
     from .storage import check_folder_writable
-    from .thresholds import write_thresholds
+    from .thresholds import tuned_on, write_thresholds
 
     logging.disable_progress_bar()  # the weights load in a moment; scoring the split has its own progress bar
 
@@ -488,10 +494,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # labels without validation positives: the table names them
         warnings.filterwarnings("ignore", message=r".*without any positive image", category=UserWarning)
         calibration, figures = calibrate_model_folder(
-            args.model_dir, args.data, options, args.split, args.criterion, args.min_positives, args.batch_size
+            args.model_dir,
+            args.data,
+            options,
+            args.split,
+            args.criterion,
+            args.min_positives,
+            args.batch_size,
+            args.allow_overlap,
         )
     written = write_thresholds(args.model_dir, calibration) if args.write else None
     print(calibration.table())
+    print(f"tuned on {tuned_on(calibration.provenance())}")
     print(f"\n{args.split} split (calibrated thresholds tuned on it, hence optimistic):")
     print(f"{'thresholds':<12}" + "".join(f"{name:>8}" for name in FIGURES))
     for name, label in (("default", f"{figures['default_threshold']}"), ("calibrated", "calibrated")):

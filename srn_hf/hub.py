@@ -68,6 +68,7 @@ from .model_folder import (  # noqa: F401
 )
 from .modeling_srn import SRNForImageClassification
 from .stages import PAPER_NAMES, STAGES
+from .thresholds import tuned_on
 
 # The template of the model card (Jinja, rendered by `ModelCard.from_template`): model_card.md at the repository's
 # root, reached through the link srn_hf/model_card.md, which wheels carry as a file.
@@ -200,7 +201,6 @@ def thresholds_description(config: SRNConfig) -> str:
         else f"each label's threshold is the lowest whose precision reaches {target} there (the highest recall), and "
         f"the global `threshold` the lowest whose OP reaches it"
     )
-    source = f" of {calibration['dataset']}" if calibration.get("dataset") else ""
     fallback = calibration.get("fallback_labels") or []
     fallback_text = (
         f"{len(fallback)} label(s) with too few positive images there (fewer than {calibration['min_positives']}) "
@@ -209,8 +209,8 @@ def thresholds_description(config: SRNConfig) -> str:
         else f"Every label had at least {calibration['min_positives']} positive images there."
     )
     return (
-        f"The decision thresholds in `config.json` were tuned with `srn_hf.thresholds` on the {calibration['split']} "
-        f"split{source} ({calibration['images']} images), never on the test split: {rule}. {fallback_text}"
+        f"The decision thresholds in `config.json` were tuned with `srn_hf.thresholds` on {tuned_on(calibration)}: "
+        f"{rule}. {fallback_text}"
     )
 
 

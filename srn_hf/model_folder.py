@@ -6,6 +6,7 @@ A model folder, as `save_pretrained` writes it (for instance OUTPUT_DIR/final of
     model.safetensors            the weights (or the shards of model.safetensors.index.json, or pytorch_model.bin)
     preprocessor_config.json     the image processor, optional (`processing.create_image_processor` otherwise)
     metrics.json                 the training run's figures, beside the model or in its parent folder, optional
+    splits.json                  which images the training run put in each split, optional ([`read_splits_file`])
 
 [`check_model_folder`] refuses, with a [`ModelFolderError`] naming the folder or the file, a folder that cannot be
 loaded (before any tensor is read); [`load_model`] and [`load_image_processor`] load it; [`load_training_metrics`]
@@ -42,6 +43,7 @@ from .processing import create_image_processor
 from .storage import read_json_file
 
 METRICS_FILE = "metrics.json"
+SPLITS_FILE = "splits.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -247,11 +249,35 @@ def load_training_metrics(
     return metrics, candidate
 
 
+def write_splits_file(folder: str | os.PathLike, record: dict) -> Path:
+    """Writes a training run's split record (`srn_hf.data.holdout.split_record`) to `folder/splits.json`, atomically
+    (`srn_hf.storage.write_text_file`)."""
+    from .storage import write_text_file
+
+    return write_text_file(Path(folder) / SPLITS_FILE, json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def read_splits_file(model_dir: str | os.PathLike) -> dict | None:
+    """The split record of the run that trained the model in `model_dir` (its `splits.json`: `{"kind": ..., "splits":
+    {split: [image keys]}}`), None when the folder has none; a `ValueError` names the file when it is malformed."""
+    path = Path(model_dir) / SPLITS_FILE
+    if not path.is_file():
+        return None
+    record = read_json_file(path)
+    splits = record.get("splits") if isinstance(record, dict) else None
+    if not isinstance(splits, dict) or not all(
+        isinstance(keys, list) and all(isinstance(key, str) for key in keys) for keys in splits.values()
+    ):
+        raise ValueError(f"{path}: expected {{'kind': ..., 'splits': {{split: [image ids]}}}}")
+    return record
+
+
 __all__ = [
     "METRICS_FILE",
     "MissingModelFileError",
     "ModelFolderError",
     "PREPROCESSOR_FILE",
+    "SPLITS_FILE",
     "WEIGHTS_FILES",
     "check_model_folder",
     "is_local_model",
@@ -259,5 +285,7 @@ __all__ = [
     "load_model",
     "load_training_metrics",
     "one_line",
+    "read_splits_file",
     "weights_files",
+    "write_splits_file",
 ]

@@ -81,8 +81,15 @@ def calibrate_model_folder(
     criterion: str = "f1",
     min_positives: int = DEFAULT_MIN_POSITIVES,
     batch_size: int = 32,
+    allow_overlap: bool = False,
 ) -> tuple[ThresholdCalibration, dict]:
     """Thresholds of an exported SRN (a `save_pretrained` folder), tuned on a split of any `srn_hf.data` dataset.
+
+    A folder of `examples/train_stages.py` records which images its run trained, validated and tested on
+    (`splits.json`, [`srn_hf.model_folder.read_splits_file`]): on data that holds the run's validation images (the
+    run's own folder, whatever it would hold out by itself), the thresholds are tuned on those; another `split`
+    with images the run trained or tested on is refused unless `allow_overlap=True`. Either way the thresholds'
+    provenance (`run_overlap`) says how many such images they were tuned on; None without a `splits.json`.
 
     Args:
         model_dir: the model folder (config.json, weights, and preferably preprocessor_config.json).
@@ -90,31 +97,70 @@ def calibrate_model_folder(
             set must be the model's (in any order).
         split: the split to tune on (never `"test"`).
         criterion, min_positives: see [`calibrate_thresholds`].
+        allow_overlap: tune on images the training run trained or tested on (optimistic thresholds), when asked.
 
     Returns:
-        the [`ThresholdCalibration`] and [`thresholded_metrics`] on the same split (the calibrated figures are then
+        the [`ThresholdCalibration`] and [`thresholded_metrics`] on the same images (the calibrated figures are then
         optimistic: they were tuned there).
     """
     from .data import label_names, load_multilabel_dataset
-    from .model_folder import load_image_processor, load_model
+    from .model_folder import load_image_processor, load_model, read_splits_file
 
     if split == "test":
         raise ValueError(
             "split='test': thresholds are tuned on a validation split, never on the test split they are reported on"
         )
     parse_criterion(criterion)  # a bad criterion fails before the dataset is read
-    dataset = load_multilabel_dataset(kind, **(options or {}))
+    run_splits = read_splits_file(model_dir)
+    options = options or {}
+    dataset = load_multilabel_dataset(kind, **options)
     if split not in dataset:
         raise ValueError(f"the {kind} dataset has no {split!r} split (its splits: {list(dataset)})")
+    images, run_overlap = images_to_tune_on(dataset, split, run_splits, options, allow_overlap)
     model = load_model(model_dir)
     names = config_label_names(model.config)
     dataset_names = label_names(dataset)
     if set(dataset_names) != set(names):
         check_same_labels(dataset_names, names, f"the {kind} dataset", f"the model in {model_dir}")
-    scores, labels = score_split(model, load_image_processor(model_dir, model.config), dataset[split], batch_size)
+    scores, labels = score_split(model, load_image_processor(model_dir, model.config), images, batch_size)
     labels = labels[:, [dataset_names.index(name) for name in names]]  # the dataset's label order -> the model's
-    calibration = calibrate_thresholds(scores, labels, names, criterion, min_positives, split=split, dataset=kind)
+    calibration = calibrate_thresholds(
+        scores, labels, names, criterion, min_positives, split=split, dataset=kind, run_overlap=run_overlap
+    )
     return calibration, thresholded_metrics(scores, labels, calibration, default_threshold=0.5)
+
+
+def images_to_tune_on(dataset, split: str, run_splits: dict | None, options: dict, allow_overlap: bool):
+    """The images to tune thresholds on and how many of them the training run trained and tested on (None without its
+    split record `run_splits`): the run's validation images when the dataset holds them all and `split` is
+    `"validation"`, else the dataset's `split` (which it has), refused (`ValueError`, one line) when the run trained
+    or tested on some of its images, unless `allow_overlap`."""
+    from datasets import concatenate_datasets
+
+    from .data.holdout import data_folder, image_keys
+
+    if run_splits is None:
+        return dataset[split], None
+    run = {name: set(keys) for name, keys in run_splits["splits"].items()}
+    folder = data_folder(options)
+    keys = {name: image_keys(dataset[name], folder) for name in dataset}
+    validation = run.get("validation", set())
+    if split == "validation" and validation:
+        rows = {name: [row for row, key in enumerate(keys[name]) if key in validation] for name in dataset}
+        if sum(map(len, rows.values())) == len(validation):  # the run's data: tune on the run's validation images
+            return concatenate_datasets([dataset[name].select(rows[name]) for name in dataset if rows[name]]), {
+                "train": 0,
+                "test": 0,
+            }
+    overlap = {name: sum(key in run.get(name, ()) for key in keys[split]) for name in ("train", "test")}
+    if any(overlap.values()) and not allow_overlap:
+        counts = " and ".join(f"{count} in its {name} split" for name, count in overlap.items() if count)
+        raise ValueError(
+            f"{sum(overlap.values())} of the {len(keys[split])} images of the {split!r} split were used by the model's "
+            f"training run (splits.json): {counts}; thresholds tuned on them would be optimistic: calibrate on images "
+            "the run did not use, or pass allow_overlap=True"
+        )
+    return dataset[split], overlap
 
 
 __all__ = ["calibrate_model_folder", "predict_scores", "score_split"]

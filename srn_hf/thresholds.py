@@ -45,6 +45,9 @@ from .metrics import THRESHOLDED_FIGURES as FIGURES
 from .metrics import as_numpy, harmonic_mean, multilabel_metrics
 
 DEFAULT_MIN_POSITIVES = 5
+# The `run_overlap` of thresholds tuned on the training run's own validation split: none of its images trained or
+# tested the model.
+RUN_VALIDATION = {"train": 0, "test": 0}
 
 
 def parse_criterion(criterion: str) -> float | None:
@@ -158,6 +161,8 @@ class ThresholdCalibration:
         support (`np.ndarray` of shape `(C,)`): each label's positive images in the calibration data.
         images (`int`): the number of calibration images.
         split, dataset (`str`, *optional*): where the calibration data came from, as the caller named it.
+        run_overlap (`dict[str, int]`, *optional*): how many calibration images the model's training run trained
+            (`"train"`) and tested (`"test"`) on, from its split record (`splits.json`); None when not known.
     """
 
     label_names: list[str]
@@ -173,6 +178,7 @@ class ThresholdCalibration:
     images: int
     split: str | None = None
     dataset: str | None = None
+    run_overlap: dict[str, int] | None = None
 
     @property
     def label_thresholds(self) -> dict[str, float]:
@@ -190,6 +196,7 @@ class ThresholdCalibration:
             "split": self.split,
             "dataset": self.dataset,
             "images": self.images,
+            "run_overlap": self.run_overlap,
             "min_positives": self.min_positives,
             "fallback_labels": sorted(self.fallback_labels),
         }
@@ -250,6 +257,7 @@ class ThresholdCalibration:
             images=provenance["images"],
             split=provenance["split"],
             dataset=provenance["dataset"],
+            run_overlap=provenance.get("run_overlap"),
         )
 
     def table(self) -> str:
@@ -269,6 +277,27 @@ class ThresholdCalibration:
         for name, reason in self.fallback_labels.items():
             rows.append(f"* {name}: global threshold ({reason})")
         return "\n".join(rows)
+
+
+def tuned_on(provenance: dict) -> str:
+    """Which images thresholds were tuned on, in words, from their provenance (`threshold_calibration`): the split,
+    its size, and whether the model's training run trained or tested on them (`run_overlap`)."""
+    source = f" of {provenance['dataset']}" if provenance.get("dataset") else ""
+    split = f"the {provenance['split']} split{source} ({provenance['images']} images)"
+    overlap = provenance.get("run_overlap")
+    if overlap is None:
+        return (
+            f"{split}; the model folder records no split of its training run (splits.json), so whether the run "
+            "trained or tested on these images is not known"
+        )
+    if not any(overlap.values()):
+        return f"{split}, none of which the model's training run trained or tested on"
+    verbs = {"train": "trained", "test": "tested"}
+    used = " and ".join(f"{overlap[name]} of which it {verb} on" for name, verb in verbs.items() if overlap.get(name))
+    return (
+        f"{split}, which the model's training run used ({used}; allowed with --allow-overlap): these thresholds, and "
+        "the figures at them, are optimistic"
+    )
 
 
 def check_same_labels(names: list[str], expected: list[str], source: str, target: str) -> None:
@@ -295,6 +324,7 @@ def calibrate_thresholds(
     min_positives: int = DEFAULT_MIN_POSITIVES,
     split: str | None = "validation",
     dataset: str | None = None,
+    run_overlap: dict[str, int] | None = None,
 ) -> ThresholdCalibration:
     """Per-label and global thresholds from validation scores and labels.
 
@@ -308,6 +338,9 @@ def calibrate_thresholds(
         split: the split the data comes from; `"test"` is refused (thresholds tuned on test would make the test
             figures optimistic).
         dataset: the dataset's name, kept in the result's provenance.
+        run_overlap: how many of these images the model's training run trained and tested on (`{"train": n,
+            "test": n}`, [`RUN_VALIDATION`] for the run's own validation split), kept in the provenance; None when not
+            known.
 
     Returns:
         a [`ThresholdCalibration`].
@@ -357,6 +390,7 @@ def calibrate_thresholds(
         images=len(scores),
         split=split,
         dataset=dataset,
+        run_overlap=run_overlap,
         **figures,
     )
 
@@ -403,7 +437,12 @@ def calibrate_stage(validation_scores, validation_labels, test_scores, test_labe
         "test_calibrated": {...}}`.
     """
     calibration = calibrate_thresholds(
-        validation_scores, validation_labels, label_names, split="validation", dataset=dataset
+        validation_scores,
+        validation_labels,
+        label_names,
+        split="validation",
+        dataset=dataset,
+        run_overlap=RUN_VALIDATION,
     )
     figures = thresholded_metrics(test_scores, test_labels, calibration)
     return calibration, {"thresholds": calibration.to_dict(), "test_calibrated": figures["calibrated"]}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 
@@ -31,6 +32,18 @@ class AnnotationError(ValueError):
 
 class DataWarning(UserWarning):
     """A counted problem in the data that the loader handled (skipped missing images, images without labels)."""
+
+
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # srn_hf/
+
+
+def warn_data(message: str) -> None:
+    """A `DataWarning` attributed to the first caller outside srn_hf (the user's line that loaded the data, as
+    Python 3.12's `skip_file_prefixes` does), not to a line inside the loaders."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DataWarning, stacklevel=level)
 
 
 def multilabel_features(label_names: Sequence[str]) -> Features:
@@ -147,10 +160,8 @@ def build_split(
             "(pass missing_images='skip' to leave them out)"
         )
     if missing:
-        warnings.warn(
-            f"{source}: skipped {len(missing)} of {len(image_paths)} images whose file is missing, e.g. {missing[:3]}",
-            DataWarning,
-            stacklevel=3,
+        warn_data(
+            f"{source}: skipped {len(missing)} of {len(image_paths)} images whose file is missing, e.g. {missing[:3]}"
         )
     columns = {
         "image": [path for path, ok in zip(image_paths, keep) if ok],
@@ -159,9 +170,5 @@ def build_split(
     }
     unlabeled = sum(1 for label in columns["labels"] if not label)
     if unlabeled:
-        warnings.warn(
-            f"{source}: {unlabeled} of {len(columns['labels'])} images have no label (kept)",
-            DataWarning,
-            stacklevel=3,
-        )
+        warn_data(f"{source}: {unlabeled} of {len(columns['labels'])} images have no label (kept)")
     return Dataset.from_dict(columns, features=multilabel_features(names))

@@ -57,15 +57,26 @@ def split_name(name: str) -> str:
 
 def image_path_inside(data_dir: Path, folder: Path, file_name, where: str) -> str:
     """`folder / file_name`, refused (`AnnotationError` naming `where` and the value) unless `file_name` is a relative
-    path that stays inside `data_dir` (no absolute path, no `..` out of it): an annotation file never makes the loader
-    read files elsewhere."""
+    path that stays inside `data_dir` (no absolute path, no `..` out of it, no symbolic link inside the folder that
+    leads out of it: the check is on the resolved path): an annotation file never makes the loader read files
+    elsewhere. The data folder itself may be a link."""
     if not isinstance(file_name, str) or not file_name.strip():
         raise AnnotationError(f"{where}: file_name {file_name!r} must be a non-empty relative path")
     path = os.path.normpath(folder / file_name)
-    root = os.path.normpath(data_dir)
-    if os.path.isabs(file_name) or os.path.commonpath([root, path]) != root:
+    if os.path.isabs(file_name) or not is_inside(path, data_dir):
         raise AnnotationError(f"{where}: file_name {file_name!r} is outside the data folder {data_dir}")
+    if not is_inside(os.path.realpath(path), os.path.realpath(data_dir)):
+        raise AnnotationError(
+            f"{where}: file_name {file_name!r} leads out of the data folder {data_dir} through a symbolic link "
+            f"(it resolves to {os.path.realpath(path)})"
+        )
     return path
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """True when the normalised `path` is `folder` or under it (the text of the paths: resolve them first)."""
+    root = os.path.normpath(folder)
+    return os.path.commonpath([root, os.path.normpath(path)]) == root
 
 
 def read_metadata_jsonl(path: Path, labels_column: str = "labels", data_dir: Path | None = None) -> list[Row]:
@@ -89,6 +100,10 @@ def read_metadata_jsonl(path: Path, labels_column: str = "labels", data_dir: Pat
             raise AnnotationError(f"{where}: {labels_column!r} must be a list, not {labels!r}")
         image = image_path_inside(data_dir or path.parent, path.parent, field(record, "file_name", where), where)
         rows.append((image, labels, where))
+    if not rows:
+        raise AnnotationError(
+            f"{path} is empty: it lists no image (one JSON line per image, with file_name and labels)"
+        )
     return rows
 
 
@@ -114,6 +129,8 @@ def read_labels_csv(
                 cell = (record[labels_column] or "").strip()
                 labels = [label.strip() for label in cell.split(label_separator)] if cell else []
                 rows.append((str(images_dir / record[image_column]), labels, f"{path}, line {line_number}"))
+            if not rows:
+                raise AnnotationError(f"{path} is empty: it lists no image (a header line, then one line per image)")
     except FileNotFoundError:
         raise AnnotationError(f"annotation file not found: {path}") from None
     except (csv.Error, UnicodeDecodeError) as error:

@@ -9,16 +9,21 @@ one in validation and one in test). The images are dealt in an order drawn by a 
 same source and options give the same splits on every machine.
 
 `finish_splits(splits, ...)` orders a source's splits and holds out the ones it lacks (every loader calls it);
-`split_summary(dataset)` is the table printed before training: each split's size and each label's positives.
+`split_summary(dataset)` is the table printed before training: each split's size and each label's positives;
+`split_record(dataset, kind, options)` is which images a training run put in each split (its `splits.json`), so
+that thresholds tuned later are tuned on the run's validation images, not on images it trained or tested on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import numbers
+import os
 from collections.abc import Sequence
 
 import numpy as np
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, Image
 
 from .common import SPLITS, label_names
 
@@ -74,22 +79,70 @@ def hold_out(train: Dataset, fractions: dict[str, float], seed: int) -> dict[str
     return splits
 
 
+def split_labels(split) -> list[list[int]]:
+    """The class indices of each image of one split, read from its `labels` column alone: no image is decoded, and
+    the transforms of `with_multilabel_transforms` (which turn them into multi-hot vectors) are not applied."""
+    return list(split.with_format(None).select_columns(["labels"])["labels"])
+
+
 def split_summary(dataset) -> str:
-    """Each split's size and each label's positive images per split, as a table (printed before training)."""
+    """Each split's size and each label's positive images per split, as a table (printed before training); from the
+    labels columns only ([`split_labels`])."""
     names = label_names(dataset)
     splits = list(dataset)
-    counts = {
-        split: np.bincount(
-            np.array([index for row in dataset[split]["labels"] for index in row], dtype=np.int64), minlength=len(names)
-        )
-        for split in splits
-    }
+    counts = {}
+    for split in splits:
+        indices = [index for row in split_labels(dataset[split]) for index in row]
+        counts[split] = np.bincount(np.array(indices, dtype=np.int64), minlength=len(names))
     width = max([len("images"), *map(len, names)])
     lines = [f"{'':<{width}}" + "".join(f"{split:>12}" for split in splits)]
     lines.append(f"{'images':<{width}}" + "".join(f"{dataset[split].num_rows:>12}" for split in splits))
     for index, name in enumerate(names):
         lines.append(f"{name:<{width}}" + "".join(f"{int(counts[split][index]):>12}" for split in splits))
     return "positive images per label and split:\n" + "\n".join(lines)
+
+
+def data_folder(options: dict) -> str | None:
+    """The folder a dataset's image paths are recorded relative to: the loader's `data_dir`, `root`, `path` or
+    `images_dir` option, else the folder of its (first) CSV file; None when the options name none."""
+    for key in ("data_dir", "root", "path", "images_dir"):
+        if options.get(key):
+            return os.fspath(options[key])
+    files = options.get("data_files")
+    if isinstance(files, dict):
+        files = next(iter(files.values()), None)
+    return os.path.dirname(os.path.abspath(files)) if files else None
+
+
+def image_keys(split: Dataset, folder: str | os.PathLike | None = None) -> list[str]:
+    """How a run's split record names each image of one split: its `image_id`, made relative to `folder` when it is
+    the path of a file inside it (so that the record still holds when the folder moves); without an `image_id`
+    column, the image's file path, else the SHA-256 of its bytes. No image is decoded."""
+    plain = split.with_format(None)
+    if "image_id" in plain.column_names:
+        keys = [str(key) for key in plain.select_columns(["image_id"])["image_id"]]
+    else:
+        images = plain.select_columns(["image"]).cast_column("image", Image(decode=False))["image"]
+        keys = [image["path"] or hashlib.sha256(image["bytes"]).hexdigest() for image in images]
+    if folder is None:
+        return keys
+    root = os.path.abspath(folder)
+    inside = [os.path.isfile(key) and os.path.abspath(key).startswith(root + os.sep) for key in keys]
+    return [os.path.relpath(os.path.abspath(key), root) if ok else key for key, ok in zip(keys, inside)]
+
+
+def split_record(dataset: DatasetDict, kind: str, options: dict) -> dict:
+    """Which images a training run put in each split, as its `splits.json` holds it ([`image_keys`] of each split,
+    relative to the data folder): `{"kind": kind, "splits": {"train": [...], "validation": [...], ...}}`."""
+    folder = data_folder(options)
+    return {"kind": kind, "splits": {name: image_keys(split, folder) for name, split in dataset.items()}}
+
+
+def check_fraction(option: str, value) -> None:
+    """Refuses (`ValueError` naming the option and the value) a held-out fraction that is not a number in [0, 1): a
+    negative or NaN fraction would hold nothing out without a word, a string would fail deep in the comparison."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{option}={value!r} must be a fraction of the train images in [0, 1), e.g. 0.1")
 
 
 def finish_splits(
@@ -102,6 +155,8 @@ def finish_splits(
     train split) a test split of `test_fraction` of it: seeded and stratified per label (`srn_hf.data.holdout`); the
     rest stays `train`. A fraction of 0 holds nothing out (then there is no such split).
     """
+    check_fraction("validation_fraction", validation_fraction)
+    check_fraction("test_fraction", test_fraction)
     fractions = {}
     if "train" in splits and "validation" not in splits and validation_fraction > 0:
         fractions["validation"] = validation_fraction

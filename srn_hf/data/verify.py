@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from ..images import (
     ImageError,
     decode_image,
 )  # decode_image moved to srn_hf.images; importable from here for one release
-from .common import DataWarning
+from .common import warn_data
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
 BATCH = 1024  # rows handed to the worker processes at a time (the images of a Hub dataset may be held as bytes)
@@ -168,7 +167,7 @@ def check_images(
             listed,
         )
     message = f"skipped {len(listed)} image(s) that cannot be decoded{files}"
-    warnings.warn(message, DataWarning, stacklevel=2)
+    warn_data(message)
     return drop_bad_images(dataset, bad), report
 
 

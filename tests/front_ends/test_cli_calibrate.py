@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import save_with_processor, small_srn, write_imagefolder
+from PIL import Image
 from transformers import pipeline
 
 import srn_hf
@@ -73,6 +74,7 @@ def test_write_changes_only_config_json_and_round_trips_through_the_pipeline(cap
         "images": 24,
         "min_positives": 5,
         "fallback_labels": ["car"],
+        "run_overlap": None,  # the folder records no training run's splits (splits.json)
     }
     assert float(rows["cat"][1]) == pytest.approx(expected.label_thresholds["cat"], abs=5e-5)
 
@@ -189,8 +191,9 @@ def test_the_model_card_says_how_the_thresholds_were_chosen_and_shows_both_rows(
     assert main(["publish", model_dir, "--repo-id", "org/srn", "--dry-run", str(hub / "run")]) == 0
     card = (hub / "run" / "README.md").read_text()
     assert (
-        "were tuned with `srn_hf.thresholds` on the validation split of imagefolder (24 images), never on the test "
-        "split: each label's threshold maximises the label's F1 there"
+        "were tuned with `srn_hf.thresholds` on the validation split of imagefolder (24 images); the model folder "
+        "records no split of its training run (splits.json), so whether the run trained or tested on these images is "
+        "not known: each label's threshold maximises the label's F1 there"
     ) in card
     assert "use the global threshold: car." in card
     final = stages[-1]
@@ -205,3 +208,84 @@ def test_the_model_card_says_how_the_thresholds_were_chosen_and_shows_both_rows(
         f"| {first['test_calibrated']['CF1']:.1f} |"
     )
     assert row in card
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training run's splits (splits.json): calibrate tunes on its validation images, refuses its train and test ones
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """One folder of 20 images and a model folder whose training run held 5 validation and 5 test images out of it
+    (the splits.json that examples/train_stages.py writes into every model folder)."""
+    from srn_hf.data import load_multilabel_dataset
+    from srn_hf.data.holdout import split_record
+    from srn_hf.model_folder import write_splits_file
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = list(LABELS.values())
+    rows = [[names[i % 3]] + ([names[(i + 1) % 3]] if i % 4 == 0 else []) for i in range(20)]
+    for index in range(20):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    (folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "labels": row}) + "\n" for i, row in enumerate(rows))
+    )
+    options = {"data_dir": str(folder), "validation_fraction": 0.25, "test_fraction": 0.25}
+    trained_on = load_multilabel_dataset("imagefolder", **options)
+    model_dir = save_with_processor(small_srn(LABELS, image_size=64), tmp_path / "model")
+    write_splits_file(model_dir, split_record(trained_on, "imagefolder", options))
+    return folder, model_dir, trained_on, rows
+
+
+def test_calibrate_on_the_runs_folder_tunes_on_the_runs_validation_images(run_folder):
+    from srn_hf.data import label_names
+    from srn_hf.model_folder import load_image_processor, load_model
+    from srn_hf.scoring import score_split
+    from srn_hf.thresholds import calibrate_thresholds
+
+    folder, model_dir, trained_on, _ = run_folder
+    # Left to itself, calibrate would hold out 2 images (its own default 0.1), 1 of them from the run's train split.
+    calibration, _ = calibrate_model_folder(model_dir, "imagefolder", {"data_dir": str(folder)}, min_positives=1)
+    assert calibration.images == 5 and calibration.run_overlap == {"train": 0, "test": 0}
+    model = load_model(model_dir)
+    scores, labels = score_split(model, load_image_processor(model_dir, model.config), trained_on["validation"])
+    order = [label_names(trained_on).index(name) for name in LABELS.values()]  # the dataset's label order: sorted
+    expected = calibrate_thresholds(scores, labels[:, order], list(LABELS.values()), min_positives=1)
+    assert np.allclose(calibration.thresholds, expected.thresholds) and calibration.threshold == expected.threshold
+
+
+def test_images_the_run_trained_or_tested_on_are_refused_unless_allowed_and_the_card_says_so(
+    capsys, run_folder, tmp_path
+):
+    from srn_hf.hub import thresholds_description
+
+    folder, model_dir, trained_on, rows = run_folder
+    # Another labelled set: 3 of the run's train images, 2 of its test images and 4 it never saw.
+    train_ids, test_ids = (trained_on[split]["image_id"] for split in ("train", "test"))
+    reused = [Path(path).name for path in train_ids[:3] + test_ids[:2]]
+    for index in range(4):
+        Image.new("RGB", (48, 48), (60 * index, 0, 0)).save(folder / f"new{index}.png")
+    listed = [(name, rows[int(name[:-4])]) for name in reused] + [(f"new{i}.png", ["cat", "dog"]) for i in range(4)]
+    (folder / "more.csv").write_text("image,labels\n" + "".join(f"{name},{'|'.join(row)}\n" for name, row in listed))
+    data = ["--data", "csv", "--data-option", f"data_files={{validation: {folder / 'more.csv'}}}"]
+
+    status, out, err = run(capsys, model_dir, *data, "--write")
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert (
+        "5 of the 9 images of the 'validation' split were used by the model's training run (splits.json): 3 in its "
+        "train split and 2 in its test split"
+        in err
+        and err.rstrip().endswith("or pass --allow-overlap")
+    )
+    status, out, err = run(capsys, model_dir, *data, "--min-positives", "1", "--allow-overlap", "--write")
+    assert status == 0, err
+    assert "tuned on the validation split of csv (9 images), which the model's training run used (3 of which it " in out
+    config = srn_hf.SRNConfig.from_pretrained(model_dir)
+    assert config.threshold_calibration["run_overlap"] == {"train": 3, "test": 2}
+    assert (
+        "tuned with `srn_hf.thresholds` on the validation split of csv (9 images), which the model's training run used "
+        "(3 of which it trained on and 2 of which it tested on; allowed with --allow-overlap): these thresholds, and "
+        "the figures at them, are optimistic"
+    ) in thresholds_description(config)

@@ -112,6 +112,26 @@ def test_each_stage_is_calibrated_on_validation_and_the_exports_carry_the_thresh
     assert tagger.thresholds() == pytest.approx(tuned.thresholds, abs=1e-5)
 
 
+def test_the_run_records_its_splits_in_the_output_dir_and_every_model_folder(full_run):
+    """splits.json: which images the run trained, validated and tested on, relative to the data folder, so that
+    `srn-hf calibrate` tunes thresholds on the run's validation images; the card says the thresholds are those."""
+    from srn_hf.hub import thresholds_description
+
+    output_dir, _ = full_run
+    record = json.loads((output_dir / "splits.json").read_text())
+    sizes = {"train": 48, "validation": 16, "test": 16}  # make_image_folder's sub-folders
+    assert record == {
+        "kind": "imagefolder",
+        "splits": {split: [f"{split}/{index}.png" for index in range(size)] for split, size in sizes.items()},
+    }
+    for folder in ("stage-1", "stage-2", "stage-3", "stage-4", "final"):
+        assert json.loads((output_dir / folder / "splits.json").read_text()) == record
+    description = thresholds_description(srn_hf.SRNConfig.from_pretrained(output_dir / "final"))
+    assert "on the validation split of imagefolder (16 images), none of which the model's training run trained" in (
+        description
+    )
+
+
 def test_reused_backbone_maps_give_the_scores_of_a_plain_forward(full_run, data_dir):
     """The evaluation passes of stages 2 and 3 take X and F from earlier passes (same images, frozen backbone): the
     test scores they saved are those of the exported stage model scored from scratch."""

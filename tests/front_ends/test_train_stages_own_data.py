@@ -121,6 +121,16 @@ def test_own_folder_trains_end_to_end(tmp_path):
     table = log.split("positive images per label and split:\n", 1)[1].splitlines()
     assert table[1].split() == ["images", "42", "9", "9"]
     assert sorted(line.split()[0] for line in table[2:5]) == sorted(COLOURS)
+    # each label's positive images per split: the folder's labels of the images the run's splits.json lists
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())["splits"]
+    rows = [json.loads(line) for line in (data_dir / "metadata.jsonl").read_text().splitlines()]
+    labels_of = {row["file_name"]: row["labels"] for row in rows}
+    for line in table[2:5]:
+        name, *counts = line.split()
+        expected = [
+            sum(name in labels_of[image] for image in splits[split]) for split in ("train", "validation", "test")
+        ]
+        assert [int(count) for count in counts] == expected, name
     # X and F from the backbone, printed at start, and in the exported model
     config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
     assert (config["attention_feature_index"], config["layout"]) == (paper_x_position("resnet10t"), "paper")

@@ -1,9 +1,11 @@
 """Bad data found before training: real truncated and empty image files, labels outside the train split's."""
 
+import inspect
 import io
 import json
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -219,3 +221,89 @@ def test_a_stamp_scenes_path_with_a_typo_generates_nothing(tmp_path, capsys):
     with pytest.raises(FileExistsError, match=r"taken is not an empty folder and holds no stamp scenes"):
         load_stamp_scenes(tmp_path / "taken", generate=True)
     assert [path.name for path in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Third sweep: symbolic links out of the data folder, empty metadata, bad hold-out fractions
+
+
+def test_a_symbolic_link_out_of_the_data_folder_is_refused_naming_the_entry_and_the_file(tmp_path):
+    data = jpeg_bytes(0)
+    outside = tmp_path / "elsewhere.jpg"  # a real image, outside the data folder
+    outside.write_bytes(data)
+    root = tmp_path / "data"
+    write_split(root / "train", [("a.jpg", ["cat"], data)])
+    (root / "train" / "root").symlink_to("/")  # a folder link to the whole file system
+    (root / "train" / "linked.jpg").symlink_to(outside)  # a file link to an image outside
+    for file_name in ("root/etc/hostname", "linked.jpg"):
+        (root / "train" / "metadata.jsonl").write_text(
+            json.dumps({"file_name": "a.jpg", "labels": ["cat"]})
+            + "\n"
+            + json.dumps({"file_name": file_name, "labels": ["dog"]})
+            + "\n"
+        )
+        with pytest.raises(
+            AnnotationError,
+            match=rf"train.metadata.jsonl, line 2: file_name '{re.escape(file_name)}' leads out of the data folder "
+            r".* through a symbolic link",
+        ):
+            load_multilabel_dataset("imagefolder", data_dir=root, validation_fraction=0)
+    # A link that stays inside the data folder is followed, and the data folder may itself be a link.
+    (root / "train" / "inside.jpg").symlink_to(root / "train" / "a.jpg")
+    (tmp_path / "data_link").symlink_to(root)
+    (root / "train" / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "a.jpg", "labels": ["cat"]})
+        + "\n"
+        + json.dumps({"file_name": "inside.jpg", "labels": ["dog"]})
+        + "\n"
+    )
+    dataset = load_multilabel_dataset("imagefolder", data_dir=tmp_path / "data_link", validation_fraction=0)
+    assert dataset["train"]["image_id"] == [
+        str(tmp_path / "data_link" / "train" / name) for name in ("a.jpg", "inside.jpg")
+    ]
+
+
+def test_an_empty_annotation_file_is_named_and_said_empty(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text("\n")
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(str(tmp_path / 'metadata.jsonl'))} is empty: it lists no"):
+        load_multilabel_dataset("imagefolder", data_dir=tmp_path)
+    (tmp_path / "all.csv").write_text("image,labels\n")
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(str(tmp_path / 'all.csv'))} is empty: it lists no"):
+        load_multilabel_dataset("csv", data_files=tmp_path / "all.csv")
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("validation_fraction", -0.1),
+        ("validation_fraction", float("nan")),
+        ("test_fraction", "0.2"),
+        ("validation_fraction", 1.0),
+        ("test_fraction", True),
+    ],
+)
+def test_a_held_out_fraction_that_is_no_fraction_is_refused_naming_option_and_value(tmp_path, option, value):
+    data = jpeg_bytes(0)
+    write_split(tmp_path / "train", [(f"{index}.jpg", ["cat"], data) for index in range(10)])
+    with pytest.raises(ValueError, match=rf"^{option}={re.escape(repr(value))} must be a fraction .* in \[0, 1\)"):
+        load_multilabel_dataset("imagefolder", data_dir=tmp_path, **{option: value})
+
+
+def test_data_warnings_point_at_the_line_that_loaded_the_data_not_inside_the_loaders(tmp_path):
+    data = jpeg_bytes(0)
+    write_split(tmp_path / "train", [("a.jpg", ["cat"], data), ("b.jpg", [], data), ("c.jpg", ["dog"], data)])
+    with open(tmp_path / "train" / "metadata.jsonl", "a") as metadata:
+        metadata.write(json.dumps({"file_name": "missing.jpg", "labels": ["cat"]}) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        load_multilabel_dataset("imagefolder", data_dir=tmp_path, validation_fraction=0, missing_images="skip")
+    data_warnings = [warning for warning in caught if warning.category is DataWarning]
+    assert [str(warning.message).split(": ", 1)[1][:20] for warning in data_warnings] == [
+        "skipped 1 of 4 image",
+        "1 of 3 images have n",
+    ]
+    for warning in data_warnings:
+        assert (warning.filename, warning.lineno) == (__file__, line)
+        printed = warnings.formatwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        assert printed.splitlines()[1].strip().startswith("load_multilabel_dataset(")  # not `splits = {`

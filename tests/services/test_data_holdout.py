@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from srn_hf.data import label_names, load_multilabel_dataset
+from srn_hf import SRNConfig
+from srn_hf.data import label_names, load_multilabel_dataset, with_multilabel_transforms
 from srn_hf.data.holdout import split_summary, stratified_holdout
+from srn_hf.processing import create_image_processor
 
 NAMES = ["common", "uncommon", "rare", "single"]
 
@@ -100,3 +102,35 @@ def test_a_single_folder_gets_validation_and_test_splits(tmp_path):
         assert [int(count) for count in counts] == [
             sum(label in row for row in dataset[split]["labels"]) for split in dataset
         ]
+
+
+def test_the_summary_counts_positive_images_from_the_labels_without_decoding_any_image(tmp_path):
+    """The table training prints, on a dataset whose counts are known, after the training transforms (which turn the
+    labels into multi-hot vectors) and with every image file gone: it reads the labels column only."""
+    splits = {
+        "train": [["cat"], ["cat", "dog"], ["cat"], ["dog"], ["bird"], ["cat"]],
+        "validation": [["dog"], ["cat"], ["dog"]],
+        "test": [["bird"], ["bird", "cat"]],
+    }
+    for split, rows in splits.items():
+        (tmp_path / split).mkdir()
+        for index in range(len(rows)):
+            Image.new("RGB", (8, 8)).save(tmp_path / split / f"{index}.png")
+        (tmp_path / split / "metadata.jsonl").write_text(
+            "".join(json.dumps({"file_name": f"{index}.png", "labels": row}) + "\n" for index, row in enumerate(rows))
+        )
+    dataset = load_multilabel_dataset("imagefolder", data_dir=tmp_path)
+    transformed = with_multilabel_transforms(dataset, image_processor=create_image_processor(SRNConfig(image_size=32)))
+    for path in tmp_path.glob("*/*.png"):
+        path.unlink()
+    expected = [
+        "positive images per label and split:",
+        ["train", "validation", "test"],
+        ["images", "6", "3", "2"],
+        ["bird", "1", "0", "2"],
+        ["cat", "4", "1", "1"],
+        ["dog", "2", "2", "0"],
+    ]
+    for table in (split_summary(dataset), split_summary(transformed)):
+        lines = table.splitlines()
+        assert [lines[0]] + [line.split() for line in lines[1:]] == expected

@@ -1,13 +1,17 @@
 """The multi-label loaders on small fixtures written in each source's real file format, bad data included."""
 
+import inspect
 import json
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
 from PIL import Image as PILImage
 
 from srn_hf.data import (
+    LOADERS,
     VOC_CLASSES,
     AnnotationError,
     DataWarning,
@@ -473,3 +477,22 @@ def test_no_warning_when_every_image_has_a_label(coco_root):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
         load_multilabel_dataset("coco2014", root=coco_root)
+
+
+def test_the_kinds_table_of_docs_data_md_holds():
+    """docs/data.md's table of kinds: each loader, its options and the default fraction of each split it holds out
+    are the code's (a loader without `test_fraction` holds no test split out, so its row names none)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith('| `"')]
+    assert sorted(row[0].strip('| `"') for row in rows) == sorted(LOADERS)
+    for kind, loader, options, _, held_out in rows:
+        kind = kind.strip('| `"')
+        assert loader.strip("`") == LOADERS[kind].__name__, kind
+        parameters = inspect.signature(LOADERS[kind]).parameters
+        for option in re.findall(r"`(\w+)`", options):
+            assert option in parameters, (kind, option)
+        documented = {option: float(default) for option, default in re.findall(r"`(\w+_fraction)`: ([\d.]+)", held_out)}
+        actual = {name: float(p.default) for name, p in parameters.items() if name.endswith("_fraction")}
+        assert documented == actual, kind
+        for split, option in (("validation", "validation_fraction"), ("test", "test_fraction")):
+            assert (f"`{split}` (`{option}`" in held_out) == (option in actual), (kind, split)
