@@ -288,7 +288,6 @@ __all__ = [
     "MissingModelFileError",
     "ModelFolderError",
     "PREPROCESSOR_FILE",
-    "RemoteCodeError",
     "WEIGHTS_FILES",
     "check_model_folder",
     "is_local_model",
