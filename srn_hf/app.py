@@ -23,7 +23,9 @@ The page holds:
 The model runs once per image, through the `multi-label-image-classification` pipeline with every label's score
 and attention map; the slider and the label clicks only redraw. Everything runs on CPU and offline: the page's
 scripts, styles and fonts are served by the app itself (Gradio's default theme bundles its fonts), and Gradio's
-telemetry and version check are off. A file that is not an image is refused with a message naming it.
+telemetry and version check are off. A file that is not an image is refused with a message naming it. The page
+opens only the files uploaded to it and its own examples, whatever path a client sends (`DemoModel.page_file`), and
+runs no code a model folder brings unless `trust_remote_code=True` (docs/app.md).
 
 Needs the `app` extra: `pip install srn_hf[app]`. `import srn_hf` never imports Gradio; this module does.
 """

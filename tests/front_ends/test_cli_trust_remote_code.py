@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPOSITORY, make_image_folder, save_with_processor, small_srn
+from helpers import REPOSITORY, install_in_hub_cache, make_image_folder, save_with_processor, small_srn
 from PIL import Image
 
 import srn_hf.app
@@ -92,3 +92,24 @@ def test_calibrate_export_publish_demo_and_the_page_never_run_it(sneaky_folder, 
     with pytest.raises(ValueError, match="trust_remote_code"):
         srn_hf.app.build_app(folder)  # the page of the folder, built from Python
     assert not marker.exists()
+
+
+def test_a_hub_repository_bringing_its_own_code_is_refused_by_id(sneaky_folder, tmp_path, monkeypatch, capsys):
+    """The same folder as a Hub repository (an offline Hub cache): `srn-hf predict org/sneaky` refuses it by its id."""
+    from huggingface_hub import constants
+
+    folder, marker = sneaky_folder
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))  # read at each download
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    install_in_hub_cache(folder, "org/sneaky", tmp_path / "hub-cache")
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(image)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))
+    assert cli_main(["predict", "org/sneaky", str(image)]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert errors == [
+        "srn-hf predict: error: org/sneaky asks to run the Python code it brings (its auto_map): refused, it runs "
+        "only with --trust-remote-code"
+    ]
+    assert "[y/N]" not in captured.out + captured.err and not marker.exists()
