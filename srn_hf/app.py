@@ -23,7 +23,9 @@ The page holds:
 The model runs once per image, through the `multi-label-image-classification` pipeline with every label's score
 and attention map; the slider and the label clicks only redraw. Everything runs on CPU and offline: the page's
 scripts, styles and fonts are served by the app itself (Gradio's default theme bundles its fonts), and Gradio's
-telemetry and version check are off. A file that is not an image is refused with a message naming it.
+telemetry and version check are off. A file that is not an image is refused with a message naming it. The page
+opens only the files uploaded to it and its own examples, whatever path a client sends (`DemoModel.page_file`), and
+runs no code a model folder brings unless `trust_remote_code=True` (docs/app.md).
 
 Needs the `app` extra: `pip install srn_hf[app]`. `import srn_hf` never imports Gradio; this module does.
 """
@@ -51,6 +53,9 @@ logger = logging.getLogger(__name__)
 SLIDER_STEP = 0.01
 OVERLAY_OPACITY = 0.8  # of the heatmap where the map peaks, as in srn_hf.visualize.attention_figure
 MIN_SHOWN_SCORE = 0.005  # the label list shows whole percents: a lower score would be listed as 0 %
+# The one answer to an image value whose file is not an upload of this page nor one of its examples: the same words
+# whether the file exists, is not an image or is missing, so that the page tells nothing about the server's files.
+REFUSED_FILE = "Refused: the page opens only images uploaded to it and its own examples."
 
 
 def example_images(model, examples: list[str | os.PathLike] | None = None) -> list[tuple[Path, str]]:
@@ -138,14 +143,23 @@ def describe_thresholds(config) -> str:
     )
 
 
+def upload_folder() -> Path:
+    """Gradio's folder of the files uploaded to its pages (and of the examples it serves), resolved."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()).resolve()
+
+
 class DemoModel:
     """The model behind the page: its pipeline and thresholds, and the page's event handlers.
 
     Args:
         tagger: a `multi-label-image-classification` pipeline of an SRN model.
+        example_files: the page's example images, the only files outside Gradio's upload folder it opens.
     """
 
-    def __init__(self, tagger):
+    def __init__(self, tagger, example_files: list[str | os.PathLike] = ()):
+        self.example_files = {Path(path).resolve() for path in example_files}
         self.tagger = tagger
         self.config = tagger.model.config
         names = config_label_names(self.config)
@@ -157,17 +171,32 @@ class DemoModel:
         shown = labels_above(prediction, self.model_thresholds, threshold - self.config.threshold)
         return shown, summary(prediction, shown, self.device_name)
 
+    def page_file(self, image_data) -> str | None:
+        """The file of an image value when the page may open it, else None: an existing file in Gradio's upload
+        folder, or one of the page's examples, once `..` and symlinks are resolved."""
+        path = image_data.get("path") if isinstance(image_data, dict) else None
+        if not isinstance(path, str) or not path:
+            return None
+        resolved = Path(path).resolve()
+        allowed = resolved.is_relative_to(upload_folder()) or resolved in self.example_files
+        return str(resolved) if allowed and resolved.is_file() else None
+
     def on_image(self, image_data: dict | None, threshold: float) -> tuple:
         """A new image (or none): predicts it; shows its labels and the best one's attention map, or refuses it.
 
         `image_data` is the image box's value as the page sends it (`{"path": ..., "orig_name": ...}`, Gradio's
         preprocessing off): the upload is opened here, so that a file Pillow cannot open is refused by its name, not
-        with Gradio's generic error. Gradio still checks that the path is an upload of this page or an example.
+        with Gradio's generic error. Gradio checks only a value marked as its FileData (`meta`), and a client may
+        send any path: only an upload of this page or one of its examples is opened ([`page_file`]), anything else
+        gets one answer, `REFUSED_FILE`, whether the file exists or not.
         """
-        image_file = image_data["path"] if image_data else None
+        image_file = self.page_file(image_data) if image_data else None
+        if image_data and image_file is None:
+            gr.Warning(REFUSED_FILE)
+            return None, {}, REFUSED_FILE, attention_image(None, None)
         try:
             prediction = predict(self.tagger, image_file)
-        except ImageError as error:
+        except ImageError as error:  # an upload of this page: its own name, and what is wrong with it
             name = image_data.get("orig_name") or Path(image_file).name
             message = f"Refused: {name}: {error.reason}; upload a photo (JPEG, PNG, WebP, ...)."
             gr.Warning(message)
@@ -186,6 +215,7 @@ def build_app(
     examples: list[str | os.PathLike] | None = None,
     fast: bool = False,
     title: str | None = None,
+    trust_remote_code: bool = False,
 ) -> gr.Blocks:
     """The demo page of an SRN model (see the module docstring).
 
@@ -196,20 +226,24 @@ def build_app(
         fast: bf16 autocast and channels-last ([`srn_hf.fast`]), faster on CPUs with bf16 units.
         title: the page's heading (default: the Hub id, or for a folder the model's name: SRN, its backbone and
             its number of labels; a folder's own name, often `final`, says nothing).
+        trust_remote_code: run the Python code a model folder or repository brings (its config.json's `auto_map`)
+            when transformers does not know its `model_type`; never by default (SRN's own code is srn_hf's).
 
     Returns:
-        a `gradio.Blocks`; `.launch()` serves it.
+        a `gradio.Blocks`; `.launch()` serves it. Its examples are copied into Gradio's upload folder, which it
+        serves: launch it without `allowed_paths`, which would serve more of the server's files.
     """
     from transformers import pipeline
 
     from .pipeline_srn import TASK
 
-    demo_model = DemoModel(pipeline(TASK, model=model, device=device, fast=fast))
+    tagger = pipeline(TASK, model=model, device=device, fast=fast, trust_remote_code=trust_remote_code)
+    shown_examples = example_images(model, examples)
+    demo_model = DemoModel(tagger, [path for path, _ in shown_examples])
     config = demo_model.config
     if title is None:
         local = not isinstance(model, (str, os.PathLike)) or os.path.isdir(model)
         title = f"SRN {config.backbone}, {config.num_labels} labels" if local else os.fspath(model)
-    shown_examples = example_images(model, examples)
 
     with gr.Blocks(title=f"SRN demo: {title}", analytics_enabled=False) as demo:
         gr.Markdown(

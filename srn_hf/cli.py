@@ -35,7 +35,9 @@ FLAGS = {
         "resume": "--resume",
         "retry_errors": "--retry-errors",
         "save_attention": "--save-attention",
+        "trust_remote_code": "--trust-remote-code",
     },
+    "demo": {"trust_remote_code": "--trust-remote-code"},
     "export": {"format": "--format", "image_size": "--image-size", "fast": "--fast"},
     "calibrate": {
         "data": "--data",
@@ -66,8 +68,10 @@ def command_line_message(command: str, error: BaseException, message: str) -> st
     """`message`, the one line of `error`, as `srn-hf COMMAND` prints it: the parameters it names written as the
     command's flags ([`flag_worded`]), but for a model folder's problem, which names the fields of its config.json
     (some share a name with a parameter: `image_size`)."""
-    from .model_folder import ModelFolderError
+    from .model_folder import ModelFolderError, RemoteCodeError
 
+    if isinstance(error, RemoteCodeError):  # the flag that lets the code run, where the command has one
+        return error.worded(FLAGS.get(command, {}).get("trust_remote_code"))
     return message if isinstance(error, ModelFolderError) else flag_worded(message, FLAGS.get(command, {}))
 
 
@@ -94,6 +98,16 @@ def data_kinds_help() -> str:
             options.append(f"**{function.args.kwarg.arg}")
         lines.append(f"  {kind.value:<13} {', '.join(options)}")
     return "\n".join(lines)
+
+
+def add_trust_remote_code_option(command) -> None:
+    """`--trust-remote-code`, of the commands that load any model through a pipeline (predict, demo)."""
+    command.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code a model folder or repository brings (its config.json's auto_map), for a model "
+        "type srn_hf and transformers do not know; never without this flag",
+    )
 
 
 def add_predict_command(commands) -> None:
@@ -158,6 +172,7 @@ def add_predict_command(commands) -> None:
     predict.add_argument(
         "--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs"
     )
+    add_trust_remote_code_option(predict)
     predict.set_defaults(run=run_predict)
 
 
@@ -308,6 +323,7 @@ def add_demo_command(commands) -> None:
             "kept, with their true labels)"
         ),
     )
+    add_trust_remote_code_option(demo)
     demo.set_defaults(run=run_demo)
 
 
@@ -390,17 +406,27 @@ def predict_pipeline(args: argparse.Namespace, label_thresholds: dict[str, float
     from .model_folder import ModelFolderError, check_model_folder, is_local_model, one_line
     from .pipeline_srn import TASK
 
+    trust = args.trust_remote_code
     try:
-        if is_local_model(args.model):
-            check_model_folder(args.model)  # a missing folder, truncated weights, a bad config value: named, now
+        if is_local_model(args.model):  # a missing folder, truncated weights, a bad config value, its own code: now
+            check_model_folder(args.model, trust_remote_code=trust)
         state = run_state(args.device)  # under accelerate launch, each process on its own device
-        tagger = pipeline(TASK, model=args.model, device=state.device if state.num_processes > 1 else args.device)
+        device = state.device if state.num_processes > 1 else args.device
+        tagger = pipeline(TASK, model=args.model, device=device, trust_remote_code=trust)
         tagger.thresholds(args.threshold, label_thresholds or None)  # a bad label or value fails before any image
     except ModelFolderError:  # its message names the folder or the file; `main` prints it
         raise
     except (OSError, ValueError) as error:
-        raise ModelFolderError(f"{args.model}: {one_line(error)}") from error
+        raise remote_code_refusal(args.model, error) or ModelFolderError(f"{args.model}: {one_line(error)}") from error
     return tagger
+
+
+def remote_code_refusal(model: str, error: BaseException):
+    """transformers' refusal to run a Hub repository's own code (`trust_remote_code=False`) as a `RemoteCodeError`
+    naming `model`; None for another error."""
+    from .model_folder import RemoteCodeError
+
+    return RemoteCodeError(model, "its auto_map") if "trust_remote_code" in str(error) else None
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -603,14 +629,17 @@ def run_demo(args: argparse.Namespace) -> int:
         if not os.path.isdir(os.path.expanduser(args.model)):
             print(f"srn-hf demo: error: {args.model}: no such model folder", file=sys.stderr)
             return 2
-    if is_local_model(os.path.expanduser(args.model)):
-        check_model_folder(os.path.expanduser(args.model))  # truncated weights, a bad config value: `main` names them
+    model, trust = os.path.expanduser(args.model), args.trust_remote_code
+    if is_local_model(model):  # truncated weights, a bad config value, the folder's own code: `main` names them
+        check_model_folder(model, trust_remote_code=trust)
     try:
-        demo = build_app(os.path.expanduser(args.model), device=args.device, fast=args.fast, examples=args.examples)
+        demo = build_app(model, device=args.device, fast=args.fast, examples=args.examples, trust_remote_code=trust)
     except ImageError as error:
         print(f"srn-hf demo: error: --example {error}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as error:
+        if remote_code_refusal(args.model, error):
+            raise remote_code_refusal(args.model, error) from None
         print(f"srn-hf demo: error: {args.model}: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         return 2
     try:

@@ -422,7 +422,7 @@ def write_attention_image(
     from .pipeline_srn import TASK
     from .visualize import save_attention_overlay
 
-    tagger = pipeline(TASK, model=model, image_processor=image_processor)
+    tagger = pipeline(TASK, model=model, image_processor=image_processor, trust_remote_code=False)
     top_k = min(num_labels, model.config.num_labels)
     predictions = tagger(image, threshold=0.0, top_k=top_k, return_attention_maps=True)
     truth = None if true_labels is None else f"true: {', '.join(true_labels) or 'no label'}"
@@ -473,6 +473,7 @@ def write_hub_folder(
     validate_repo_id(repo_id)
     out_dir = require_empty_folder(out_dir)
     model = load_model(model_dir)
+    check_auto_map(model_dir)
     image_processor = load_image_processor(model_dir, model.config)
     metrics, metrics_file = load_training_metrics(model_dir, metrics)
     check_labels(model, metrics, metrics_file)
@@ -485,6 +486,25 @@ def write_hub_folder(
         if examples:  # the run's own example images, for the demo page of the published model (srn_hf.app)
             copy_examples(examples, folder)
     return out_dir
+
+
+def check_auto_map(model_dir: str | os.PathLike) -> None:
+    """Refuses (a `ValueError` naming the file and the entries) a model folder's config.json whose `auto_map` names
+    other classes than srn_hf's own (`AUTO_MAP`: configuration_srn.SRNConfig, modeling_srn.SRNModel and
+    modeling_srn.SRNForImageClassification): a module not in the folder, or other code, which the published
+    repository would ask its users to run. A config.json without `auto_map` gets srn_hf's."""
+    from .storage import read_json_file
+
+    config_file = Path(model_dir) / "config.json"
+    auto_map = read_json_file(config_file).get("auto_map") or {}
+    if not isinstance(auto_map, dict):
+        raise ValueError(f"{config_file}: auto_map must map Auto classes to srn_hf's own ({AUTO_MAP})")
+    foreign = {name: reference for name, reference in auto_map.items() if AUTO_MAP.get(name) != reference}
+    if foreign:
+        raise ValueError(
+            f"{config_file}: auto_map entries {foreign} are not srn_hf's own classes ({AUTO_MAP}): the published "
+            "repository would ask its users to run other code; restore them or remove auto_map"
+        )
 
 
 def write_hub_files(

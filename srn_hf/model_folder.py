@@ -57,6 +57,36 @@ class MissingModelFileError(ModelFolderError, FileNotFoundError):
     """A model folder, or its config.json or weights, that does not exist."""
 
 
+class RemoteCodeError(ModelFolderError):
+    """A model folder or repository that asks to run the Python code it brings (its config.json's `auto_map`, for a
+    `model_type` that neither transformers nor srn_hf knows), loaded without `trust_remote_code=True`: refused before
+    any of that code runs (transformers would otherwise ask on the terminal, and a piped `y` would run it)."""
+
+    def __init__(self, source: str | os.PathLike, code: str):
+        self.source, self.code = os.fspath(source), code
+        super().__init__(self.worded("trust_remote_code=True"))
+
+    def worded(self, permission: str | None) -> str:
+        """The message, naming what would let the code run (`permission`), or none where nothing may."""
+        allowed = f"it runs only with {permission}" if permission else "SRN models need no code of their own"
+        return f"{self.source} asks to run the Python code it brings ({self.code}): refused, {allowed}"
+
+
+def remote_code(raw_config) -> str | None:
+    """The folder's own Python files that a config.json's `auto_map` would import, when transformers would run them:
+    its `model_type` is not one transformers or srn_hf registered. None otherwise."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    auto_map = raw_config.get("auto_map") if isinstance(raw_config, dict) else None
+    if not auto_map or raw_config.get("model_type") in CONFIG_MAPPING:
+        return None
+    references = [item for value in dict(auto_map).values() for item in (value if isinstance(value, list) else [value])]
+    modules = sorted(
+        {f"{str(reference).split('--')[-1].rpartition('.')[0]}.py" for reference in references if reference}
+    )
+    return f"{', '.join(modules)} of its auto_map, for model_type {raw_config.get('model_type')!r}"
+
+
 def one_line(error: BaseException) -> str:
     """The message of `error` on one line (strict-dataclass errors span several)."""
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
@@ -87,13 +117,14 @@ def weights_files(model_dir: Path) -> list[Path]:
     return [file for file in files if file.is_file()]
 
 
-def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = None):
+def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = None, trust_remote_code: bool = False):
     """Checks, before anything loads it, that `model_dir` holds a complete model (of `model_type`, if given);
     returns its config.
 
     Refuses with [`ModelFolderError`], naming the folder or the file: a missing folder, a missing or malformed
     config.json, a config value of the wrong type or out of range (`SRNConfig`'s own checks), no weights, a
-    truncated or corrupt weights file. No tensor is read (`srn_hf.storage.check_weights_file`).
+    truncated or corrupt weights file. No tensor is read (`srn_hf.storage.check_weights_file`). A config whose
+    `auto_map` would run the folder's own Python code is refused ([`RemoteCodeError`]) unless `trust_remote_code`.
     """
     from transformers import AutoConfig
 
@@ -113,9 +144,12 @@ def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = No
         raw_config = json.loads(config_file.read_text(encoding="utf-8"))
     except Exception as error:  # malformed JSON
         raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
+    code = remote_code(raw_config)
+    if code and not trust_remote_code:
+        raise RemoteCodeError(model_dir, code)
     check_label_count(raw_config, config_file, weights_files(model_dir))
     try:
-        config = AutoConfig.from_pretrained(model_dir)
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as error:  # a strict-dataclass type error, a value SRNConfig refuses
         raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
     if model_type is not None and config.model_type != model_type:
@@ -185,7 +219,9 @@ def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
     """The `SRNForImageClassification` saved in `model_dir`, refusing a folder that is not a complete SRN checkpoint
     ([`check_model_folder`], then the weights must fit the config)."""
     check_model_folder(model_dir, model_type=SRNConfig.model_type)
-    model, loading_info = SRNForImageClassification.from_pretrained(model_dir, output_loading_info=True)
+    model, loading_info = SRNForImageClassification.from_pretrained(
+        model_dir, output_loading_info=True, trust_remote_code=False
+    )
     problems = {key: sorted(values) for key, values in loading_info.items() if key != "error_msgs" and values}
     if problems:
         raise ModelFolderError(f"the weights in {model_dir} do not fit its config.json: {problems}")
@@ -195,7 +231,7 @@ def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
 def load_image_processor(model_dir: str | os.PathLike, config: SRNConfig):
     """The model folder's own image processor, or the standard one of `processing.create_image_processor`."""
     if (Path(model_dir) / PREPROCESSOR_FILE).is_file():
-        return AutoImageProcessor.from_pretrained(model_dir)
+        return AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=False)  # never the folder's own code
     return create_image_processor(config)
 
 

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import decode_image
+from .images import IMAGE_EXTENSIONS, decode_image
 from .storage import read_json_file, write_text_file
 
 logger = logging.getLogger(__name__)
@@ -71,13 +71,28 @@ def keep_examples(
     for index, row in enumerate(rows.with_format(None)):
         data, suffix = image_cell_bytes(row["image"])
         image_id = str(row["image_id"])
-        safe_id = "".join(character if character.isalnum() or character in "-_." else "_" for character in image_id)
-        file = f"{EXAMPLES_FOLDER}/{index}-{safe_id}{suffix}"
+        file = f"{EXAMPLES_FOLDER}/{index}-{example_stem(image_id)}{suffix}"
         (out_dir / file).write_bytes(data)
         labels = [label_names[label] for label in row["labels"]]
         records.append({"file": file, "split": split_name, "image_id": image_id, "labels": labels})
     write_example_records(out_dir, records)
     return records
+
+
+def example_stem(image_id: str) -> str:
+    """`image_id` as the stem of a file name: characters other than letters, digits, `-`, `_` and `.` replaced by `_`,
+    and an image file ending dropped (the file gets its own ending once: `photos/img_5.jpg` -> `photos_img_5`)."""
+    safe_id = "".join(character if character.isalnum() or character in "-_." else "_" for character in image_id)
+    stem, dot, ending = safe_id.rpartition(".")
+    return stem if dot and stem and f".{ending.lower()}" in IMAGE_EXTENSIONS else safe_id
+
+
+def check_entry_file(examples_file: Path, index: int, file) -> None:
+    """Refuses (a `ValueError` naming `examples_file` and the entry) an entry's `file` that is not a relative path
+    inside the folder of `examples_file`: an absolute path or one that climbs out with `..`."""
+    inside = isinstance(file, str) and file and not os.path.isabs(file)
+    if not inside or os.path.normpath(file).split(os.sep)[0] == os.pardir:
+        raise ValueError(f"{examples_file}: entry {index}: file {file!r} is not inside {examples_file.parent}")
 
 
 def read_example_records(examples_file: Path) -> list[dict]:
@@ -89,17 +104,23 @@ def read_example_records(examples_file: Path) -> list[dict]:
     for index, record in enumerate(records):
         if not isinstance(record, dict) or not {"file", "split", "image_id", "labels"} <= set(record):
             raise ValueError(f"{examples_file}: entry {index} lacks one of 'file', 'split', 'image_id', 'labels'")
+        check_entry_file(examples_file, index, record["file"])
     return records
 
 
-def read_examples(examples_file: Path, records: list[dict] | None = None) -> list[Example]:
+def read_examples(examples_file: Path, records: list[dict] | None = None, root: Path | None = None) -> list[Example]:
     """The examples listed in `examples_file` (an examples.json; its `records` when already read), their files
-    relative to it; a `ValueError` naming the file and the entry when an entry is malformed or its image is missing."""
+    relative to it; a `ValueError` naming the file and the entry when an entry is malformed, its image is missing, or
+    it lies outside the folder of `examples_file` once symlinks are followed (outside `root`, when given: a Hub
+    cache snapshot's files are links into the repository's cache folder)."""
     if records is None:
         records = read_example_records(examples_file)
+    root = (root or examples_file.parent).resolve()
     examples = []
     for index, record in enumerate(records):
         path = examples_file.parent / record["file"]
+        if not path.resolve().is_relative_to(root):  # a symlink that points out: never show a file outside
+            raise ValueError(f"{examples_file}: entry {index}: file {record['file']!r} leads outside {root}")
         if not path.is_file():
             raise ValueError(f"{examples_file}: entry {index}: no such file {path}")
         examples.append(Example(path, record["split"], str(record["image_id"]), tuple(record["labels"])))
@@ -118,21 +139,31 @@ def local_examples(model_dir: str | os.PathLike) -> list[Example]:
 
 def hub_examples(repo_id: str, revision: str | None = None, token: str | None = None) -> list[Example]:
     """The examples of a Hub model repository (its examples.json and the files it lists, downloaded into the Hub
-    cache); none when the repository has no examples.json or cannot be reached (logged)."""
+    cache); none when the repository has no examples.json or cannot be reached (logged). A malformed examples.json, or
+    an entry whose file is not inside the repository, is refused ([`read_example_records`], [`read_examples`])."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
         examples_file = Path(hf_hub_download(repo_id, EXAMPLES_FILE, revision=revision, token=token))
-        records = read_example_records(examples_file)
-        for record in records:
-            hf_hub_download(repo_id, record["file"], revision=revision, token=token)
     except EntryNotFoundError:
         return []
-    except Exception as error:  # noqa: BLE001 - offline, no such repository, a malformed file: the page goes on
-        logger.warning(f"{repo_id}: no example images ({type(error).__name__}: {str(error).strip().splitlines()[0]})")
-        return []
-    return read_examples(examples_file, records)  # the cache snapshot holds examples.json and the files beside it
+    except Exception as error:  # noqa: BLE001 - offline, no such repository: the page goes on without examples
+        return unreachable_examples(repo_id, error)
+    records = read_example_records(examples_file)  # a malformed entry, or a file outside the repository: refused
+    try:
+        for record in records:
+            hf_hub_download(repo_id, record["file"], revision=revision, token=token)
+    except Exception as error:  # noqa: BLE001
+        return unreachable_examples(repo_id, error)
+    # The cache snapshot holds examples.json and the files beside it, links to the blobs of the repository's folder.
+    return read_examples(examples_file, records, root=examples_file.parents[2])
+
+
+def unreachable_examples(repo_id: str, error: Exception) -> list[Example]:
+    """No examples, and a warning saying why (the Hub cannot be reached, the repository or a file is missing)."""
+    logger.warning(f"{repo_id}: no example images ({type(error).__name__}: {str(error).strip().splitlines()[0]})")
+    return []
 
 
 def model_examples(model) -> list[Example]:

@@ -7,6 +7,7 @@ calls (conftest's `hub_calls`) or refuse them (`hub_unreachable`).
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -355,6 +356,49 @@ def test_bad_input_is_refused_with_a_message_naming_it(plain_model_dir, training
 
     assert cli_main(["publish", str(tmp_path / "empty"), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "x")]) == 2
     assert "holds no config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "tampered",
+    [
+        {"AutoModel": "modeling_elsewhere.SRNModel"},  # a module the folder does not hold
+        {"AutoModelForImageClassification": "modeling_srn.SRNModel"},  # srn_hf's file, another class
+        {"AutoImageProcessor": "processing_sneaky.Processor"},  # code of its own beside srn_hf's
+    ],
+)
+def test_publish_refuses_an_auto_map_that_is_not_srn_hfs(plain_model_dir, tmp_path, tampered, capsys):
+    """The published config.json's auto_map is what `trust_remote_code=True` runs on its users' machines."""
+    folder = tmp_path / "model"
+    shutil.copytree(plain_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {**config["auto_map"], **tampered}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert cli_main(["publish", str(folder), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "hub")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the loading bars
+    assert len(errors) == 1 and errors[0].startswith(f"srn-hf publish: error: {folder / 'config.json'}: auto_map ")
+    assert str(tampered) in errors[0] and "Traceback" not in errors[0]
+    assert not (tmp_path / "hub").exists()
+
+
+@pytest.mark.parametrize("entry", ["/etc/passwd", "../../../../etc/passwd", "link"])
+def test_publish_refuses_an_example_outside_the_run(training_run, tmp_path, entry, capsys):
+    """An examples.json entry outside its folder (absolute, `..`, or a symlink in the folder pointing out) is never
+    copied into the Hub folder: refused in one line naming the entry."""
+    run = tmp_path / "run"
+    shutil.copytree(training_run, run, symlinks=True)
+    if entry == "link":
+        (run / "examples" / "link.png").symlink_to(training_run / "metrics.json")
+        entry = "examples/link.png"
+    records = json.loads((run / "examples.json").read_text())
+    records[1]["file"] = entry
+    (run / "examples.json").write_text(json.dumps(records))
+    out_dir = tmp_path / "hub"
+    assert cli_main(["publish", str(run / "final"), "--repo-id", REPO_ID, "--dry-run", str(out_dir)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the loading bars
+    assert len(errors) == 1 and errors[0].startswith(
+        f"srn-hf publish: error: {run / 'examples.json'}: entry 1: file {entry!r} "
+    )
+    assert not out_dir.exists()
 
 
 def test_a_failed_hub_folder_leaves_no_half_folder(plain_model_dir, tmp_path, small_disk):

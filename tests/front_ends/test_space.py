@@ -6,6 +6,7 @@ calls: conftest's `hub_calls`). The Space's app.py runs in a fresh interpreter a
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,31 @@ def test_space_app_loads_the_model_by_repository_id(dry_run, tmp_path):
     assert page["heading"].startswith(f"# {MODEL_ID}\n") and "5 labels, backbone `resnet18`" in page["heading"]
     # the examples are the model repository's own test images with their true labels, downloaded from the Hub cache
     assert page["examples"] == [f"true: {LABELS[0]}, {LABELS[2]}", "true: no label"]
+
+
+def test_the_examples_of_a_repository_stay_inside_it(dry_run, tmp_path, monkeypatch):
+    """The page of a Hub id shows the files its examples.json lists, downloaded from the repository: an entry that
+    leads outside it is refused naming the entry, never read from this machine."""
+    from huggingface_hub import constants
+
+    from srn_hf.showcase import hub_examples
+
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read at each download
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    snapshot = install_in_hub_cache(dry_run / "model", MODEL_ID, cache)
+    assert [example.path for example in hub_examples(MODEL_ID)] == [
+        snapshot / "examples" / "0-a.png",
+        snapshot / "examples" / "1-b.png",
+    ]
+    tampered = tmp_path / "tampered"
+    shutil.copytree(dry_run / "model", tampered)
+    records = json.loads((tampered / "examples.json").read_text())
+    records[1]["file"] = "../../../../../../etc/passwd"
+    (tampered / "examples.json").write_text(json.dumps(records))
+    snapshot = install_in_hub_cache(tampered, "org/tampered", cache)
+    with pytest.raises(ValueError, match=rf"^{snapshot / 'examples.json'}: entry 1: file '\.\./\.\./.*' is not inside"):
+        hub_examples("org/tampered")
 
 
 def test_publish_with_space_pushes_the_model_then_the_space(model_dir, dry_run, hub_calls, capsys):
