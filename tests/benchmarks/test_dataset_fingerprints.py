@@ -26,6 +26,14 @@ def test_committed_records_cover_every_variant_for_this_generator():
         assert record["labels"] == sorted(VARIANTS[name].classes)
         for split, size in zip(("train", "validation", "test"), record["sizes"]):
             assert record["splits"][split]["images"] == size and min(record["splits"][split]["positives"].values()) > 0
+    # Their placement differs from the demo's in every split: street-sky's boxes overlap less, tabletop's piles hide
+    # more of each object.
+    for split in ("train", "validation", "test"):
+        demo, street, tabletop = (
+            records[name]["splits"][split]["placement"] for name in ("demo", "street-sky", "tabletop")
+        )
+        assert street["occluded_share"] < demo["occluded_share"] - 0.05
+        assert tabletop["mean_visible_fraction"] < demo["mean_visible_fraction"] - 0.02
 
 
 @pytest.mark.skipif(not (TUXPAINT_DIR / "stamps").is_dir(), reason="tuxpaint-stamps-default is not installed")
