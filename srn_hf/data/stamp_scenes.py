@@ -1163,6 +1163,8 @@ def plan_objects(
         rule = scene.rule(name)
         files = library.stamps[name]
         group: list[PlacedObject] = []  # this class's instances so far: a row or a cluster goes by them
+        if rule.place == "near" and not any(obj.name in rule.near for obj in placed):
+            continue  # every host was left out (`max_overlap`)
         for _ in range(1 + rng.binomial(rule.max_count - 1, 0.35)):
             path = files[rng.integers(len(files))]
             stamp = load_stamp(path, 2 * size)

@@ -15,7 +15,10 @@ from srn_hf.data.stamp_scenes import (
     TUXPAINT_CLASSES,
     TUXPAINT_DIR,
     VARIANTS,
+    ClassRule,
     PlacedObject,
+    SceneType,
+    SplitLibrary,
     box_overlap,
     curated_tuxpaint_stamps,
     fingerprint,
@@ -349,3 +352,28 @@ def test_a_variant_is_generated_into_its_own_folder_and_checked_on_loading(tmp_p
         load_stamp_scenes(folder, seed=1)
     with pytest.raises(ValueError, match=r"variant='kitchen' is not a stamp-scene variant; choose one of"):
         load_stamp_scenes(tmp_path / "other", generate=True, variant="kitchen")
+
+
+def test_things_sitting_on_a_host_left_out_by_the_overlap_rule_are_left_out_too(tmp_path):
+    colors = {"rock": (90, 90, 90), "flower": (200, 0, 0), "insect": (0, 0, 0)}
+    library = SplitLibrary(
+        {
+            name: [str(write_stamp(tmp_path / name / f"{k}.png", color, size=(40, 40))) for k in range(3)]
+            for name, color in colors.items()
+        },
+        {},
+    )
+    rules = {
+        "rock": ClassRule("surface", size=(3.0, 3.0), max_count=1),  # as large as the frame: little room left
+        "flower": ClassRule("surface", size=(0.2, 0.3), max_count=1),
+        "insect": ClassRule("near", size=(0.1, 0.15), near=("flower",)),
+    }
+    scene = SceneType("garden", "grass", False, (0.0, 0.25), 1.0, dict.fromkeys(colors, 1.0), ("rock",), rules=rules)
+    names = [
+        [obj.name for obj in plan_objects(np.random.default_rng(seed), library, scene, "grass", 0.1, 64, 0.05)]
+        for seed in range(40)
+    ]
+    assert all("rock" in plan for plan in names)
+    assert any("flower" in plan for plan in names)
+    without_host = [plan for plan in names if "flower" not in plan]
+    assert without_host and all("insect" not in plan for plan in without_host)
