@@ -86,6 +86,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from srn_hf import SRNConfig
+from srn_hf.data.stamp_scenes import VARIANTS
 from srn_hf.metrics import map_difference, multilabel_metrics, overall_figures, per_class_figures
 from srn_hf.processing import create_image_processor
 from srn_hf.recipe import RecipeError, load_recipe
@@ -869,6 +870,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, as train_stages.py's"
     )
+    parser.add_argument(
+        "--dataset",
+        default="demo",
+        help="the stamp-scene variant trained on (benchmarks/datasets.json), with runs and tables of its own (default: "
+        "demo, the recipe's data as it is)",
+    )
     parser.add_argument("--peers", nargs="*", default=list(PEERS), help=f"among {', '.join(PEERS)} (default: all)")
     parser.add_argument(
         "--runs",
@@ -883,10 +890,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--output-dir",
         type=Path,
-        default=Path(__file__).parent / "results" / "peers-runs",
-        help="the runs, OUTPUT_DIR/seed-N/RUN (default: benchmarks/results/peers-runs, whose result files git keeps)",
+        default=None,
+        help="the runs, OUTPUT_DIR/seed-N/RUN (default: benchmarks/results/peers-runs, whose result files git keeps; "
+        "for --dataset NAME, peers-runs-NAME)",
     )
-    parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="peers.json and peers.md (default: benchmarks/results; for --dataset NAME, benchmarks/results/peers-NAME)",
+    )
     parser.add_argument(
         "--srn-on",
         nargs="+",
@@ -897,12 +910,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of each training")
     parser.add_argument("--report-only", action="store_true", help="no training: the tables of the finished runs")
     args = parser.parse_args(argv)
+    select_dataset(args)
     check_peers(args.peers)
     args.srn_on = [parse_setting(text) for text in args.srn_on]
     unknown = sorted(set(args.runs) - {"srn", "srn-on-best-peer", "budget"})
     if unknown:
         raise BenchmarkError(f"--runs: unknown run {unknown[0]!r} (known: srn, srn-on-best-peer, budget)")
     return args
+
+
+def select_dataset(args: argparse.Namespace) -> None:
+    """`--dataset NAME`: the recipe's data become that stamp-scene variant, generated on first use into a folder of
+    its own (data/stamp_scenes-NAME, which holds no other variant: `load_stamp_scenes` refuses one), its `--set`
+    first so that the command's own `--set` still wins; its runs and tables go to folders of their own, so that no
+    run of another dataset is resumed or overwritten. The demo (the default) leaves the recipe's data as they are."""
+    if args.dataset not in VARIANTS:
+        raise BenchmarkError(f"--dataset: unknown dataset {args.dataset!r} (known: {', '.join(VARIANTS)})")
+    results = Path(__file__).parent / "results"
+    if args.dataset != "demo":
+        options = f"{{variant: {args.dataset}, path: data/stamp_scenes-{args.dataset}, generate: true}}"
+        args.set = ["data.kind=stamp_scenes", f"data.options={options}", *args.set]
+    suffix = "" if args.dataset == "demo" else f"-{args.dataset}"
+    args.output_dir = args.output_dir or results / f"peers-runs{suffix}"
+    args.results_dir = args.results_dir or (results / f"peers{suffix}" if suffix else results)
 
 
 def parse_setting(text: str) -> tuple[str, float, int]:
@@ -932,6 +962,7 @@ def main(argv=None) -> dict:
         epochs=args.epochs,
         search_seed=args.search_seed,
         versions=versions(),
+        dataset=args.dataset,
         recipe={
             "config": str(config.relative_to(REPOSITORY) if config.is_relative_to(REPOSITORY) else config),
             "set": args.set,

@@ -14,7 +14,7 @@ image before training and stops on (or skips) the bad ones (`srn_hf.data.verify`
 | `"imagefolder"` | `load_imagefolder` | `data_dir` (with `metadata.jsonl`) |
 | `"csv"` | `load_csv` | `data_files`, `image_column`, `labels_column`, `label_separator` |
 | `"hub"` | `load_hub` | `path` (Hub id or local folder), `labels_column`, `image_column` |
-| `"stamp_scenes"` | `load_stamp_scenes` | `path`, `generate` (generate them there if absent), generator options |
+| `"stamp_scenes"` | `load_stamp_scenes` | `path`, `generate` (generate there if absent), `variant`, generator options |
 """
 
 import inspect

@@ -30,13 +30,21 @@ Sources:
   (`backgrounds`), or by default the curated `TUXPAINT_BACKGROUNDS`: photos from Debian's `tuxpaint-data`
   templates and textures bundled with scikit-image. Water can also be a sky photo's rippled reflection.
 
-    python -m srn_hf.data.stamp_scenes OUTPUT_DIR [--sizes 1600 400 2000] [--image-size 224] [--seed 0]
+Variants (`VARIANTS`): the demo's tables above are one dataset; `street-sky` and `tabletop` are others for
+comparisons, fixed before any recipe is tuned on them (other labels drawn from the stamps, scene types, placement
+and occlusion rules, image size, 2000 / 500 / 3000 images): tables read by the same generator. Their seeded
+generations' fingerprints (`fingerprint`) are recorded in benchmarks/datasets.json.
+
+    python -m srn_hf.data.stamp_scenes OUTPUT_DIR [--variant demo] [--sizes 1600 400 2000] [--image-size 224] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import io
+import json
 import math
 import multiprocessing
 import os
@@ -47,10 +55,13 @@ from pathlib import Path
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
+from datasets import Image as DatasetImage
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter, ImageFont
 from tqdm.auto import tqdm
 
+from ..report import write_json
+from ..storage import read_json_file
 from .common import SPLITS, label_names, multilabel_features
 
 TUXPAINT_DIR = Path("/usr/share/tuxpaint")  # Debian's tuxpaint-stamps-default and tuxpaint-data
@@ -58,6 +69,11 @@ VALIDATION_SHARE = TEST_SHARE = 0.2  # of each class's cut-out files
 ROLES = ("sky", "grass", "road", "water", "table")
 VISITOR_PROBABILITY = 0.15
 BACKGROUND_MAX_SIDE = 640
+SETTINGS_FILE = "stamp_scenes.json"  # beside the saved scenes: variant, settings, fingerprints
+# The version of what the generator draws: bump it with every change that alters the images or labels of a seed (the
+# fingerprints in benchmarks/datasets.json then change with it).
+GENERATOR_VERSION = 1
+PLACEMENT_ATTEMPTS = 20  # places drawn for an object before it is left out (`max_overlap`)
 JPEG_QUALITY = 90
 STAMP_SUFFIXES = (".png", ".svg")
 # train / validation / test images. A test split of a few thousand: below about half a point of mAP, a difference
@@ -261,8 +277,13 @@ TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
 class ClassRule:
     """Where a class goes in a scene and how large it is.
 
-    place: `"sky"` (above the horizon), `"surface"` (standing on the scene's surface, perspective-scaled), or
-        `"near"` (sitting on an object of one of the `near` classes).
+    place: `"sky"` (above the horizon), `"surface"` (standing on the scene's surface, perspective-scaled),
+        `"horizon"` (standing far away, on the horizon line, behind everything that stands nearer), `"row"` (the
+        first instance stands like a surface thing, the others side by side with it at the same depth, like the
+        cars of a train), `"cluster"` (the others stand around the first, overlapping, like a group of people or a
+        pile of coins) or `"near"` (sitting on an object of one of the `near` classes). In a scene seen from above
+        (`SceneType.view == "top"`) there is no horizon: surface and horizon things lie anywhere, rows run along
+        the first instance, clusters pile on it.
     surfaces: the surface roles it can stand on; empty means any.
     size: range of its longest side as a fraction of the image side (for standing things: at the front).
     max_count: the most instances in one image.
@@ -299,7 +320,10 @@ class SceneType:
     classes: the probability that each class appears; if none of the `anchors` was drawn, one is added.
     horizon: range of the horizon's height as a fraction of the image height (for scenes without sky, a
         virtual horizon for the perspective of the surface).
-    free_placement: place every class by the default rule (standing on any surface), ignoring CLASS_RULES.
+    free_placement: place every class by the default rule (standing on any surface), ignoring the rules.
+    view: `"side"` (a photo taken standing: perspective, shadows) or `"top"` (seen from above: things lie anywhere
+        on the surface at their size, turned any way, without shadow).
+    rules: how each class is placed (`ClassRule`), the variant's; set by `scene_types_for`.
     """
 
     name: str
@@ -310,10 +334,12 @@ class SceneType:
     classes: dict[str, float] = field(default_factory=dict)
     anchors: tuple[str, ...] = ()
     free_placement: bool = False
+    view: str = "side"
+    rules: dict[str, ClassRule] = field(default_factory=dict)
 
     def rule(self, name: str) -> ClassRule:
         """How class `name` is placed in this scene."""
-        return ClassRule() if self.free_placement else CLASS_RULES.get(name, ClassRule())
+        return ClassRule() if self.free_placement else self.rules.get(name, ClassRule())
 
 
 SCENE_TYPES: tuple[SceneType, ...] = (
@@ -412,6 +438,419 @@ TUXPAINT_BACKGROUNDS: tuple[Background, ...] = (
 )
 
 
+# ---------------------------------------------------------------------------------------------- variants
+# Other datasets for comparisons, fixed before any recipe is tuned on them (docs/data.md, "Datasets for
+# comparisons"): other labels drawn from the tuxpaint stamps, other scene types and co-occurrence, other placement
+# and occlusion rules, another image size. Each is a table read by the one generator below.
+
+STREET_CLASSES: dict[str, tuple[str, ...]] = {
+    "bin": (
+        "household/garbagecan.png",
+        "household/home_compost_bin.png",
+        "household/recyclingbox.svg",
+        "household/recyclingbox2.svg",
+        "household/trash_can.svg",
+        "household/wheelie_bin.png",
+    ),
+    "building": tuple(
+        f"town/houses/cartoon/{name}.png"
+        for name in (
+            "blacksmith",
+            "cathedral",
+            "cityhouse",
+            "fishery",
+            "fort",
+            "fortress",
+            "inn",
+            "jailhouse",
+            "monastery",
+            "pinkhome",
+            "stables",
+            "swisshome",
+            "tavern",
+            "tower_round",
+            "tower_square",
+            "townhall",
+            "university",
+            "warehouse",
+            "windmill",
+            "wooden_cottage",
+        )
+    ),
+    "bus": (
+        "vehicles/iso_bus.svg",
+        "vehicles/masstransit/green_korean_bus.png",
+        "vehicles/masstransit/cartoon/double_decker_bus.png",
+        "vehicles/masstransit/cartoon/schoolbus.svg",
+    ),
+    "car": (
+        *TUXPAINT_CLASSES["car"],
+        "vehicles/emergency/sedan_police.png",
+        "vehicles/emergency/sedan_police_mirror.png",
+    ),
+    "cycle": ("vehicles/cycle/bluebike.svg", "vehicles/cycle/motorbike.svg", "vehicles/cycle/pink_tricycle.png"),
+    "dog/cat": (
+        "animals/mammals/dogs/dog.png",
+        "animals/mammals/dogs/dingo.png",
+        "animals/mammals/cats/kitten.svg",
+        "seasonal/halloween/blackcat.png",
+    ),
+    "flag": tuple(
+        f"town/flags/{name}.png"
+        for name in ("blue-and-yellowflag", "checkeredflag", "greenflag", "redflag", "whiteflag", "yellowflag")
+    ),
+    "moon/sun": (
+        "space/moon/moon_3qt.png",
+        "space/moon/moon_crescent.png",
+        "space/moon/moon_full.png",
+        "space/planets/0_sun.png",
+    ),
+    "person": (
+        "people/fireman240a.png",
+        *(
+            f"people/cartoon/{name}.svg"
+            for name in (
+                "girl_in_wheelchair",
+                "man_in_suit",
+                "woman_chemist",
+                "woman_dancing",
+                "woman_doctor",
+                "woman_nurse",
+                "woman_police_officer_1",
+                "woman_police_officer_2",
+            )
+        ),
+    ),
+    "rail car": (
+        "vehicles/locomotive/white_train.svg",
+        *(
+            f"vehicles/locomotive/cartoon/{name}.png"
+            for name in ("boxcar", "caboose", "carriage", "tanker", "tender", "tender_mirror", "toy_train")
+        ),
+    ),
+    "road sign": tuple(
+        f"town/roadsigns/{name}"
+        for name in (
+            "arrow.png",
+            "blankroadsign.svg",
+            "crossroads.png",
+            "dead_end_sign.png",
+            "give_way_sign.png",
+            "hospital.png",
+            "no_entry_sign.png",
+            "no_uturn.png",
+            "railroad_crossing.png",
+            "roundabout.png",
+            "school_sign.png",
+            "stop.png",
+            "t-junction.png",
+            "toilets.png",
+            "xing_ped.png",
+            "xing_school.png",
+            "xing_school_mirror.png",
+            "yield.png",
+        )
+    ),
+    "tree": (
+        "plants/trees/birch.png",
+        "plants/trees/holm_oak.png",
+        "plants/trees/liberia-palm.png",
+        "plants/trees/tree336.png",
+        "seasonal/christmas/tree.png",
+    ),
+}
+
+# Buildings stand far off on the horizon, rail cars and flags in rows, people in groups; the moon or sun high in
+# a sky band.
+STREET_RULES: dict[str, ClassRule] = {
+    "bin": ClassRule("surface", ("road", "grass"), (0.14, 0.22), 2),
+    "building": ClassRule("horizon", (), (0.45, 0.7), 3),
+    "bus": ClassRule("surface", ("road",), (0.5, 0.7), 1),
+    "car": ClassRule("surface", ("road",), (0.32, 0.45), 3),
+    "cycle": ClassRule("surface", ("road", "grass"), (0.2, 0.3), 2),
+    "dog/cat": ClassRule("surface", ("road", "grass"), (0.14, 0.22), 2),
+    "flag": ClassRule("row", ("road", "grass"), (0.2, 0.3), 5),
+    "moon/sun": ClassRule("sky", size=(0.1, 0.16), max_count=1),
+    "person": ClassRule("cluster", (), (0.3, 0.42), 5),
+    "rail car": ClassRule("row", ("road", "grass"), (0.35, 0.5), 5),
+    "road sign": ClassRule("surface", ("road", "grass"), (0.14, 0.22), 2),
+    "tree": ClassRule("surface", ("grass", "road"), (0.4, 0.65), 3),
+}
+
+STREET_SCENE_TYPES: tuple[SceneType, ...] = (
+    SceneType(
+        "street",
+        "road",
+        True,
+        (0.35, 0.55),
+        1.0,
+        {
+            "building": 0.75,
+            "car": 0.7,
+            "person": 0.55,
+            "bus": 0.3,
+            "cycle": 0.3,
+            "road sign": 0.45,
+            "bin": 0.35,
+            "tree": 0.25,
+            "dog/cat": 0.15,
+            "moon/sun": 0.15,
+        },
+        ("car", "bus", "person"),
+    ),
+    SceneType(
+        "railway",
+        "road",
+        True,
+        (0.4, 0.6),
+        0.7,
+        {"rail car": 0.95, "road sign": 0.35, "tree": 0.4, "building": 0.35, "moon/sun": 0.2},
+        ("rail car",),
+    ),
+    SceneType(
+        "park",
+        "grass",
+        True,
+        (0.25, 0.45),
+        0.9,
+        {"tree": 0.85, "person": 0.6, "dog/cat": 0.55, "cycle": 0.3, "bin": 0.3, "flag": 0.15, "moon/sun": 0.2},
+        ("tree", "dog/cat"),
+    ),
+    SceneType(
+        "parade",
+        "road",
+        True,
+        (0.3, 0.5),
+        0.5,
+        {"flag": 0.9, "person": 0.85, "building": 0.6, "bus": 0.2, "moon/sun": 0.1},
+        ("flag",),
+    ),
+)
+
+TABLETOP_CLASSES: dict[str, tuple[str, ...]] = {
+    "baked goods": (
+        "food/bread.svg",
+        "food/pizza.png",
+        "food/dessert/cartoon/birthday_cake.png",
+        "food/dessert/cartoon/pink_cake.png",
+        "seasonal/christmas/Christmas_pudding.png",
+        "seasonal/christmas/Mince_Pie.png",
+    ),
+    "ball": tuple(
+        f"sports/{name}.png"
+        for name in ("australian_rules_football", "basketball", "cricketball", "football", "soccer", "tennis_ball")
+    )
+    + ("sports/cartoon/volleyball.png",),
+    "camera": (
+        "household/electronics/DSLR_Camera.svg",
+        "household/electronics/camera.svg",
+        "household/electronics/digitalcamera.svg",
+        "hobbies/camera_35mm.png",
+    ),
+    "candy": (
+        "seasonal/christmas/Candy_cane_photo_1.png",
+        "seasonal/christmas/Candy_cane_photo_2.png",
+        "seasonal/christmas/candy_cane.png",
+        "seasonal/christmas/hard_candy.png",
+        "seasonal/easter/wrapped_chocolate_easter_egg.png",
+        "seasonal/easter/wrapped_chocolate_easter_egg_2.png",
+    ),
+    # One colour of each piece: a white and a black king are one design, kept in one split.
+    "chess piece": tuple(
+        f"symbols/chess/{name}.png"
+        for name in ("b_1_king", "w_2_queen", "b_3_bishop", "w_4_knight", "b_5_rook", "w_6_pawn")
+    ),
+    "coin": (
+        *(
+            f"symbols/money/canadian/coins/{name}.png"
+            for name in ("001penny", "005nickel", "010dime", "025quarter", "100loonie", "200toonie")
+        ),
+        *(f"symbols/money/euro/coins/{name}.png" for name in ("001", "002", "005", "010", "020", "050", "100", "200")),
+        *(
+            f"symbols/money/japanese/{name}.png"
+            for name in ("yen001", "yen005", "yen010", "yen050", "yen100", "yen500")
+        ),
+    ),
+    "electronics": tuple(
+        f"household/electronics/{name}.svg"
+        for name in ("calculator", "compact_disc", "laptop", "mobile", "mouse", "phone")
+    ),
+    "glasses": (
+        "clothes/glasses1.svg",
+        "clothes/glasses2.svg",
+        "clothes/sunglasses_01.svg",
+        "clothes/sunglasses_02.svg",
+    ),
+    "hat": tuple(
+        f"clothes/hats/{name}"
+        for name in (
+            "blue_fedora.png",
+            "brownhat.svg",
+            "cowboy_hat.svg",
+            "crown1.svg",
+            "elfhat.svg",
+            "feathered_hat.png",
+            "green_fedora.png",
+            "greenhat.svg",
+            "hardhat.svg",
+            "mortarboard.svg",
+            "propeller_hat.png",
+            "purplehat.svg",
+            "sombrero.png",
+            "tophat.png",
+            "wizardhat.svg",
+        )
+    ),
+    "nut": tuple(f"food/nuts/{name}.png" for name in ("almond", "pecan", "walnut", "walnut_shelled")),
+    "pen": (
+        "household/arttools/Pencil.svg",
+        "household/arttools/ballpointpen.svg",
+        "household/arttools/biro.svg",
+        "household/arttools/highlighter.png",
+        "household/arttools/painttube.svg",
+        "household/arttools/pen_dryerase.png",
+        "household/arttools/pencil2.svg",
+    ),
+    "tool": (
+        "household/tools/hammer.png",
+        "household/tools/hammer2.svg",
+        "household/tools/mallet_metal.png",
+        "household/tools/measuring_tape.png",
+        "household/tools/measuring_tape_mirror.png",
+        "household/tools/paintbrush_large.png",
+        "household/tools/plyers.png",
+        "household/tools/saw.png",
+        "household/tools/screwdriver.svg",
+        "household/tools/wrench.png",
+        "household/tools/wrench_adjustable.png",
+        "household/tools/wrench_plumbers.png",
+    ),
+}
+
+# Seen from above: everything lies anywhere on the table, turned any way; coins, nuts and candy in piles, chess
+# pieces in rows. Piles hide much of what lies under them, so a label needs only a quarter of the object visible.
+TABLETOP_RULES: dict[str, ClassRule] = {
+    "baked goods": ClassRule("surface", (), (0.3, 0.45), 2),
+    "ball": ClassRule("surface", (), (0.18, 0.28), 2),
+    "camera": ClassRule("surface", (), (0.25, 0.35), 1),
+    "candy": ClassRule("cluster", (), (0.15, 0.25), 4),
+    "chess piece": ClassRule("row", (), (0.14, 0.2), 6),
+    "coin": ClassRule("cluster", (), (0.1, 0.16), 8),
+    "electronics": ClassRule("surface", (), (0.3, 0.45), 2),
+    "glasses": ClassRule("surface", (), (0.25, 0.35), 1),
+    "hat": ClassRule("surface", (), (0.3, 0.42), 2),
+    "nut": ClassRule("cluster", (), (0.1, 0.15), 6),
+    "pen": ClassRule("surface", (), (0.3, 0.45), 3),
+    "tool": ClassRule("surface", (), (0.35, 0.55), 3),
+}
+
+TABLETOP_SCENE_TYPES: tuple[SceneType, ...] = (
+    SceneType(
+        "workbench",
+        "table",
+        False,
+        (0.0, 0.0),
+        1.0,
+        {"tool": 0.95, "pen": 0.4, "glasses": 0.2, "electronics": 0.15, "coin": 0.15},
+        ("tool",),
+        view="top",
+    ),
+    SceneType(
+        "desk",
+        "table",
+        False,
+        (0.0, 0.0),
+        1.0,
+        {"electronics": 0.7, "pen": 0.65, "glasses": 0.4, "camera": 0.35, "coin": 0.25, "candy": 0.1},
+        ("electronics", "pen"),
+        view="top",
+    ),
+    SceneType(
+        "game table",
+        "table",
+        False,
+        (0.0, 0.0),
+        0.8,
+        {"chess piece": 0.9, "coin": 0.5, "candy": 0.35, "nut": 0.25, "ball": 0.1},
+        ("chess piece",),
+        view="top",
+    ),
+    SceneType(
+        "party table",
+        "table",
+        False,
+        (0.0, 0.0),
+        1.0,
+        {"baked goods": 0.85, "candy": 0.6, "hat": 0.5, "nut": 0.4, "ball": 0.25, "camera": 0.15},
+        ("baked goods",),
+        view="top",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named stamp-scene dataset: its labels, scene types and rules, and the defaults it is generated with.
+
+    classes: {label: stamp files under tuxpaint's stamps/}; rules: how each label is placed (`ClassRule`);
+    scene_types: which labels appear together and on what; image_size, sizes (train / validation / test):
+    the defaults of `generate_stamp_scenes`; min_visible: the visible fraction of an object's opaque pixels its
+    label needs; max_overlap: the most of an object's box (or of the earlier object's) that a later object's box may
+    cover, its place redrawn until it fits (None: any overlap).
+    """
+
+    name: str
+    description: str
+    classes: dict[str, tuple[str, ...]]
+    rules: dict[str, ClassRule]
+    scene_types: tuple[SceneType, ...]
+    image_size: int
+    sizes: tuple[int, int, int]
+    min_visible: float
+    max_overlap: float | None = None
+
+
+COMPARISON_SIZES = (2000, 500, 3000)
+VARIANTS: dict[str, Variant] = {
+    variant.name: variant
+    for variant in (
+        Variant(
+            "demo",
+            "farms, roads, harbours, airfields, gardens, kitchens seen standing; 13 labels",
+            TUXPAINT_CLASSES,
+            CLASS_RULES,
+            SCENE_TYPES,
+            224,
+            DEFAULT_SIZES,
+            0.4,
+        ),
+        Variant(
+            "street-sky",
+            "streets, railways, parks, parades under a sky band: buildings on the horizon, rows of rail cars and "
+            "flags, groups of people, little overlap; 12 labels",
+            STREET_CLASSES,
+            STREET_RULES,
+            STREET_SCENE_TYPES,
+            256,
+            COMPARISON_SIZES,
+            0.6,
+            max_overlap=0.3,
+        ),
+        Variant(
+            "tabletop",
+            "workbenches, desks, game and party tables seen from above: things turned any way, piles and rows, "
+            "heavy occlusion; 12 labels",
+            TABLETOP_CLASSES,
+            TABLETOP_RULES,
+            TABLETOP_SCENE_TYPES,
+            160,
+            COMPARISON_SIZES,
+            0.25,
+        ),
+    )
+}
+
+
 @dataclass
 class SplitLibrary:
     """What one split may use: cut-out files per class, backgrounds per role."""
@@ -423,10 +862,13 @@ class SplitLibrary:
 # ---------------------------------------------------------------------------------------------- sources
 
 
-def curated_tuxpaint_stamps(tuxpaint_dir: str | os.PathLike = TUXPAINT_DIR) -> dict[str, list[str]]:
-    """The curated tuxpaint classes as {class: [absolute file paths]}; a missing file raises."""
+def curated_tuxpaint_stamps(
+    tuxpaint_dir: str | os.PathLike = TUXPAINT_DIR, classes: dict[str, tuple[str, ...]] = TUXPAINT_CLASSES
+) -> dict[str, list[str]]:
+    """Curated tuxpaint classes (`classes`, a variant's: paths under stamps/) as {class: [absolute file paths]}; a
+    missing file raises."""
     root = Path(tuxpaint_dir) / "stamps"
-    stamps = {name: [str(root / path) for path in paths] for name, paths in TUXPAINT_CLASSES.items()}
+    stamps = {name: [str(root / path) for path in paths] for name, paths in classes.items()}
     missing = [path for paths in stamps.values() for path in paths if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(
@@ -503,14 +945,19 @@ def split_stamps(stamps: dict[str, list[str]], seed: int) -> dict[str, dict[str,
     return library
 
 
-def scene_types_for(class_names: list[str]) -> tuple[SceneType, ...]:
-    """The scene types that can be made with these classes, plus a "mixed" one for the classes they leave out.
+def scene_types_for(class_names: list[str], variant: Variant) -> tuple[SceneType, ...]:
+    """The variant's scene types that can be made with these classes (with the variant's rules), plus a "mixed" one
+    for the classes they leave out.
 
     A scene type is made when one of its anchors is among the classes. Classes that no such scene type
     shows (your own classes, or known ones without their anchors) appear in "mixed" scenes, standing on
     any surface.
     """
-    scenes = tuple(scene for scene in SCENE_TYPES if any(anchor in class_names for anchor in scene.anchors))
+    scenes = tuple(
+        dataclasses.replace(scene, rules=variant.rules)
+        for scene in variant.scene_types
+        if any(anchor in class_names for anchor in scene.anchors)
+    )
     shown = {name for scene in scenes for name in scene.classes}
     left_out = tuple(name for name in class_names if name not in shown)
     if left_out:
@@ -652,7 +1099,8 @@ def compose_background(
 
 @dataclass
 class PlacedObject:
-    """One cut-out to paste: class, file, box (left, top, width, height in pixels), mirrored, paint order."""
+    """One cut-out to paste: class, file, box (left, top, width, height in pixels, before turning), mirrored, paint
+    order, shadow, and the angle it is turned by about its centre (degrees counter-clockwise)."""
 
     name: str
     path: str
@@ -660,6 +1108,7 @@ class PlacedObject:
     mirrored: bool
     order: float
     shadow: bool
+    angle: float = 0.0
 
 
 def draw_present_classes(rng: np.random.Generator, library: SplitLibrary, scene: SceneType, surface: str) -> list[str]:
@@ -689,7 +1138,7 @@ def draw_present_classes(rng: np.random.Generator, library: SplitLibrary, scene:
         if visitors:
             present.append(visitors[rng.integers(len(visitors))])
     present = [name for name in present if fits(name)]
-    rank = {"sky": 0, "surface": 1, "near": 2}
+    rank = {"sky": 0, "horizon": 1, "surface": 1, "row": 1, "cluster": 1, "near": 2}
     present.sort(key=lambda name: rank[scene.rule(name).place])
     return present
 
@@ -701,41 +1150,148 @@ def plan_objects(
     surface: str,
     horizon: float,
     size: int,
+    max_overlap: float | None = None,
 ) -> list[PlacedObject]:
-    """Draw which classes appear (`draw_present_classes`) and where each instance stands."""
+    """Draw which classes appear (`draw_present_classes`) and where each instance goes (`place_object`).
+
+    With `max_overlap`, an instance whose box overlaps an earlier one's by more than that (`box_overlap`) is placed
+    again, up to `PLACEMENT_ATTEMPTS` times, and left out if it never fits.
+    """
     present = draw_present_classes(rng, library, scene, surface)
     placed: list[PlacedObject] = []
     for name in present:
         rule = scene.rule(name)
         files = library.stamps[name]
+        group: list[PlacedObject] = []  # this class's instances so far: a row or a cluster goes by them
+        if rule.place == "near" and not any(obj.name in rule.near for obj in placed):
+            continue  # every host was left out (`max_overlap`)
         for _ in range(1 + rng.binomial(rule.max_count - 1, 0.35)):
             path = files[rng.integers(len(files))]
             stamp = load_stamp(path, 2 * size)
             longest = rng.uniform(*rule.size) * size
-            if rule.place == "sky":
-                center_x, center_y = rng.uniform(0, size), rng.uniform(0.05, max(0.06, horizon - 0.1)) * size
-                order, shadow = 0.0, False
-            elif rule.place == "surface":
-                bottom = rng.uniform(horizon + 0.12 * (1 - horizon), 1.08)
-                depth = 0.4 + 0.6 * (bottom - horizon) / (1 - horizon)
-                longest *= depth
-                order, shadow = 1.0 + bottom, True
-            else:
-                hosts = [obj for obj in placed if obj.name in rule.near]
-                host = hosts[rng.integers(len(hosts))]
-                left, top, width, height = host.box
-                longest *= max(width, height) / (0.35 * size)
-                center_x = left + width * rng.uniform(0.2, 0.8)
-                center_y = top + height * rng.uniform(0.0, 0.5)
-                order, shadow = 10.0, False
-            longest = min(longest, 1.2 * size)
-            scale = longest / max(stamp.width, stamp.height)
-            width, height = max(2.0, stamp.width * scale), max(2.0, stamp.height * scale)
-            if rule.place == "surface":
-                center_x, center_y = rng.uniform(0, size), bottom * size - height / 2
-            box = (center_x - width / 2, center_y - height / 2, width, height)
-            placed.append(PlacedObject(name, path, box, bool(rng.random() < 0.5), order, shadow))
+            for _attempt in range(1 if max_overlap is None else PLACEMENT_ATTEMPTS):
+                obj = place_object(rng, scene, name, path, stamp.size, longest, placed, group, horizon, size)
+                if max_overlap is None or all(box_overlap(obj.box, other.box) <= max_overlap for other in placed):
+                    placed.append(obj)
+                    group.append(obj)
+                    break
     return placed
+
+
+def place_object(
+    rng: np.random.Generator,
+    scene: SceneType,
+    name: str,
+    path: str,
+    stamp_size: tuple[int, int],
+    longest: float,
+    placed: list[PlacedObject],
+    group: list[PlacedObject],
+    horizon: float,
+    size: int,
+) -> PlacedObject:
+    """Where one instance of `name` goes in a scene seen standing, by its rule's `place` (`ClassRule`); in a scene
+    seen from above, `place_from_above`. `longest` is its longest side at the front of the scene."""
+    rule = scene.rule(name)
+    if scene.view == "top" and rule.place not in ("sky", "near"):
+        return place_from_above(rng, rule, name, path, stamp_size, longest, group, size)
+    standing = rule.place not in ("sky", "near")
+    if rule.place == "sky":
+        center_x, center_y = rng.uniform(0, size), rng.uniform(0.05, max(0.06, horizon - 0.1)) * size
+        order, shadow = 0.0, False
+    elif rule.place == "near":
+        hosts = [obj for obj in placed if obj.name in rule.near]
+        host = hosts[rng.integers(len(hosts))]
+        left, top, width, height = host.box
+        longest *= max(width, height) / (0.35 * size)
+        center_x = left + width * rng.uniform(0.2, 0.8)
+        center_y = top + height * rng.uniform(0.0, 0.5)
+        order, shadow = 10.0, False
+    else:
+        bottom = standing_bottom(rng, rule.place, group, horizon, size)
+        longest *= 0.4 + 0.6 * (bottom - horizon) / (1 - horizon)  # perspective: smaller farther off
+        order, shadow = 1.0 + bottom, True
+    longest = min(longest, 1.2 * size)
+    scale = longest / max(stamp_size)
+    width, height = max(2.0, stamp_size[0] * scale), max(2.0, stamp_size[1] * scale)
+    if standing:
+        center_x, center_y = standing_x(rng, rule.place, group, width, size), bottom * size - height / 2
+    box = (center_x - width / 2, center_y - height / 2, width, height)
+    return PlacedObject(name, path, box, bool(rng.random() < 0.5), order, shadow)
+
+
+def standing_bottom(
+    rng: np.random.Generator, place: str, group: list[PlacedObject], horizon: float, size: int
+) -> float:
+    """Where a standing thing's foot is, as a fraction of the image height: on the ground in front of the horizon
+    (`surface`, and the first of a row or cluster), just below it (`horizon`), at the row's depth (`row`) or near the
+    cluster's first (`cluster`)."""
+    ground = 1 - horizon
+    if place == "horizon":
+        return rng.uniform(horizon + 0.02 * ground, horizon + 0.1 * ground)
+    if place in ("row", "cluster") and group:
+        first = group[0].box
+        bottom = (first[1] + first[3]) / size
+        return bottom if place == "row" else float(np.clip(bottom + rng.uniform(-0.08, 0.08) * ground, horizon, 1.08))
+    return rng.uniform(horizon + 0.12 * ground, 1.08)
+
+
+def standing_x(rng: np.random.Generator, place: str, group: list[PlacedObject], width: float, size: int) -> float:
+    """The centre's x of a standing thing: anywhere, or beside the row's last (towards the wider side of the frame),
+    or around the cluster's first."""
+    if place == "row" and group:
+        last, first = group[-1].box, group[0].box
+        gap = rng.uniform(0.0, 0.08) * last[2]
+        if first[0] + first[2] / 2 < size / 2:
+            return last[0] + last[2] + gap + width / 2
+        return last[0] - gap - width / 2
+    if place == "cluster" and group:
+        first = group[0].box
+        return first[0] + first[2] / 2 + rng.uniform(-0.7, 0.7) * first[2]
+    return rng.uniform(0, size)
+
+
+def place_from_above(
+    rng: np.random.Generator,
+    rule: ClassRule,
+    name: str,
+    path: str,
+    stamp_size: tuple[int, int],
+    longest: float,
+    group: list[PlacedObject],
+    size: int,
+) -> PlacedObject:
+    """Where one instance lies in a scene seen from above: anywhere, turned any way; a row's next beside its last,
+    unturned (pieces on a board); a cluster's next on and around its first (a pile)."""
+    scale = min(longest, 1.2 * size) / max(stamp_size)
+    width, height = max(2.0, stamp_size[0] * scale), max(2.0, stamp_size[1] * scale)
+    angle = 0.0
+    if rule.place == "row" and group:
+        last = group[-1].box
+        center_x = last[0] + last[2] + rng.uniform(0.05, 0.3) * width + width / 2
+        center_y = last[1] + last[3] / 2
+    elif rule.place == "row":
+        center_x, center_y = rng.uniform(0.05, 0.5) * size, rng.uniform(0.15, 0.85) * size
+    elif rule.place == "cluster" and group:
+        first = group[0].box
+        reach = max(first[2], first[3])
+        center_x = first[0] + first[2] / 2 + rng.uniform(-0.6, 0.6) * reach
+        center_y = first[1] + first[3] / 2 + rng.uniform(-0.6, 0.6) * reach
+        angle = rng.uniform(-180, 180)
+    else:
+        center_x, center_y = rng.uniform(0.1, 0.9) * size, rng.uniform(0.1, 0.9) * size
+        angle = rng.uniform(-180, 180)
+    box = (center_x - width / 2, center_y - height / 2, width, height)
+    return PlacedObject(name, path, box, bool(rng.random() < 0.5), rng.uniform(1.0, 2.0), False, angle)
+
+
+def box_overlap(first: tuple[float, float, float, float], second: tuple[float, float, float, float]) -> float:
+    """The area two (left, top, width, height) boxes share, as a fraction of the smaller one's area."""
+    width = min(first[0] + first[2], second[0] + second[2]) - max(first[0], second[0])
+    height = min(first[1] + first[3], second[1] + second[3]) - max(first[1], second[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    return width * height / min(first[2] * first[3], second[2] * second[3])
 
 
 def paste_shadow(canvas: PILImage.Image, ellipse: tuple[float, float, float, float], height: float) -> None:
@@ -772,6 +1328,9 @@ def paste_objects(
         pixels[..., :3] *= rng.uniform(0.85, 1.15)  # lighting
         stamp = PILImage.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGBA")
         x, y = round(left), round(top)
+        if obj.angle:  # turned about the box's centre
+            stamp = stamp.rotate(obj.angle, PILImage.Resampling.BILINEAR, expand=True)
+            x, y = round(left + (width - stamp.width) / 2), round(top + (height - stamp.height) / 2)
         if obj.shadow:
             paste_shadow(canvas, (x + 0.1 * width, y + 0.93 * height, x + 0.9 * width, y + 1.04 * height), height)
         canvas.paste(stamp, (x, y), stamp)
@@ -802,13 +1361,14 @@ def render_scene(
     min_visible: float,
     tuxpaint_dir: str,
     stamps_root: str,
+    max_overlap: float | None = None,
 ) -> dict:
     """One scene as a dataset row: JPEG image, labels, boxes, scene type, background sources."""
     weights = np.array([scene.weight for scene in scene_types])
     scene = scene_types[rng.choice(len(scene_types), p=weights / weights.sum())]
     horizon = rng.uniform(*scene.horizon)
     canvas, surface, backgrounds = compose_background(rng, library, scene, horizon, image_size, tuxpaint_dir)
-    placed = plan_objects(rng, library, scene, surface, horizon, image_size)
+    placed = plan_objects(rng, library, scene, surface, horizon, image_size, max_overlap)
     results = paste_objects(rng, canvas, placed, image_size)
     labels = sorted({class_names.index(obj.name) for obj, visible, _ in results if visible >= min_visible})
     boxes = [
@@ -856,6 +1416,7 @@ def render_task(task: tuple[int, int]) -> dict:
         state["min_visible"],
         state["tuxpaint_dir"],
         state["stamps_root"],
+        state["max_overlap"],
     )
     row["image_id"] = f"{SPLITS[split_number]}-{index:05d}"
     return row
@@ -941,32 +1502,48 @@ def generate_stamp_scenes(
     output_dir: str | os.PathLike | None,
     stamps_dir: str | os.PathLike | None = None,
     backgrounds: str | os.PathLike | None = None,
-    sizes: tuple[int, int, int] = DEFAULT_SIZES,
-    image_size: int = 224,
+    sizes: tuple[int, int, int] | None = None,
+    image_size: int | None = None,
     seed: int = 0,
-    min_visible: float = 0.4,
+    min_visible: float | None = None,
     num_workers: int | None = None,
     tuxpaint_dir: str | os.PathLike = TUXPAINT_DIR,
     progress: bool = True,
+    variant: str = "demo",
 ) -> DatasetDict:
     """Generate the stamp-scene DatasetDict (train / validation / test) and save it to `output_dir`.
 
     Args:
-        output_dir: where `save_to_disk` writes (plus `contact_sheet.png`); None to only return it.
-        stamps_dir: a folder `root/<class>/*.{png,svg}` of cut-outs; None for the curated tuxpaint classes.
+        output_dir: where `save_to_disk` writes (plus `contact_sheet.png` and `stamp_scenes.json`, what was
+            generated: variant, settings, fingerprints); None to only return it.
+        stamps_dir: a folder `root/<class>/*.{png,svg}` of cut-outs; None for the variant's curated tuxpaint classes.
         backgrounds: a folder `root/<role>/*` (roles sky, grass, road, water, table); None for the curated
             tuxpaint and scikit-image photos.
-        sizes: number of train, validation and test images.
-        image_size: side of the square images.
+        sizes: number of train, validation and test images (default: the variant's).
+        image_size: side of the square images (default: the variant's).
         seed: seeds the instance split and every image.
-        min_visible: the visible fraction of an object's opaque pixels needed for its label.
+        min_visible: the visible fraction of an object's opaque pixels needed for its label (default: the
+            variant's).
         num_workers: processes (default: all CPUs); the result does not depend on it.
         tuxpaint_dir: where tuxpaint's `stamps/` and `templates/` are.
         progress: show a tqdm bar.
+        variant: a name of `VARIANTS`: labels, scene types, placement and occlusion rules, default sizes.
     """
+    chosen = get_variant(variant)
+    sizes = tuple(chosen.sizes if sizes is None else sizes)
+    settings = {
+        "variant": variant,
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "sizes": list(sizes),
+        "image_size": chosen.image_size if image_size is None else image_size,
+        "min_visible": chosen.min_visible if min_visible is None else min_visible,
+        "stamps": "tuxpaint" if stamps_dir is None else "folder",
+        "backgrounds": "tuxpaint" if backgrounds is None else "folder",
+    }
     tuxpaint_dir = str(tuxpaint_dir)
     if stamps_dir is None:
-        stamps, stamps_root = curated_tuxpaint_stamps(tuxpaint_dir), str(Path(tuxpaint_dir) / "stamps")
+        stamps, stamps_root = curated_tuxpaint_stamps(tuxpaint_dir, chosen.classes), str(Path(tuxpaint_dir) / "stamps")
     else:
         stamps, stamps_root = folder_stamps(stamps_dir), str(stamps_dir)
     if backgrounds is None:
@@ -975,7 +1552,7 @@ def generate_stamp_scenes(
         background_list = folder_backgrounds(backgrounds, seed)
     libraries = split_libraries(stamps, background_list, seed)
     class_names = sorted(stamps)
-    scene_types = scene_types_for(class_names)
+    scene_types = scene_types_for(class_names, chosen)
     check_scene_backgrounds(scene_types, libraries)
 
     state = {
@@ -983,29 +1560,45 @@ def generate_stamp_scenes(
         "libraries": libraries,
         "scene_types": scene_types,
         "class_names": class_names,
-        "image_size": image_size,
-        "min_visible": min_visible,
+        "image_size": settings["image_size"],
+        "min_visible": settings["min_visible"],
         "tuxpaint_dir": tuxpaint_dir,
         "stamps_root": stamps_root,
+        "max_overlap": chosen.max_overlap,
     }
     rows = render_all(state, sizes, num_workers, progress)
     dataset = rows_to_dataset(rows, sizes, class_names)
     if output_dir is not None:
         dataset.save_to_disk(str(output_dir))
         contact_sheet(dataset["train"], Path(output_dir) / "contact_sheet.png")
+        fingerprints = {split: fingerprint(data) for split, data in dataset.items()}
+        write_json(Path(output_dir) / SETTINGS_FILE, {**settings, "labels": class_names, "fingerprints": fingerprints})
     return dataset
 
 
-def load_stamp_scenes(path: str | os.PathLike, generate: bool = False, **generator_options) -> DatasetDict:
+def get_variant(name: str) -> Variant:
+    """The variant called `name`; a `ValueError` naming the known ones for another name."""
+    if name not in VARIANTS:
+        raise ValueError(f"variant={name!r} is not a stamp-scene variant; choose one of {sorted(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def load_stamp_scenes(
+    path: str | os.PathLike, generate: bool = False, variant: str | None = None, **generator_options
+) -> DatasetDict:
     """The stamp scenes saved at `path`.
 
     With `generate=True` they are generated there first when `path` does not hold them yet (options of
-    `generate_stamp_scenes`), into an absent or empty folder only. Without it, a `path` that holds no scenes (a typo)
-    raises `FileNotFoundError` naming it: generating a dataset is asked for, never the side effect of a wrong path.
+    `generate_stamp_scenes`; `variant` default "demo"), into an absent or empty folder only. Without it, a `path`
+    that holds no scenes (a typo) raises `FileNotFoundError` naming it: generating a dataset is asked for, never the
+    side effect of a wrong path. Scenes already at `path` that were generated as another `variant` (or with another
+    `seed`, `sizes`, `image_size`, `min_visible` than asked) raise a `ValueError` naming both: one folder per variant.
     """
     path = Path(path)
     if (path / "dataset_dict.json").is_file():
-        return load_from_disk(str(path))
+        dataset = load_from_disk(str(path))
+        check_saved_settings(path, dataset, {"variant": variant, **generator_options})
+        return dataset
     if not generate:
         raise FileNotFoundError(
             f"{path} holds no stamp scenes (no dataset_dict.json): pass the folder they were generated into, or "
@@ -1013,7 +1606,77 @@ def load_stamp_scenes(path: str | os.PathLike, generate: bool = False, **generat
         )
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path} is not an empty folder and holds no stamp scenes: generate them elsewhere")
-    return generate_stamp_scenes(path, **generator_options)
+    return generate_stamp_scenes(path, variant=variant or "demo", **generator_options)
+
+
+def check_saved_settings(path: Path, dataset: DatasetDict, asked: dict) -> None:
+    """Raise a `ValueError` if the scenes saved at `path` were generated with other settings than `asked` (the
+    ones given, not None). Scenes saved before `stamp_scenes.json` was written are the demo's if their labels are."""
+    settings_file = path / SETTINGS_FILE
+    if settings_file.is_file():
+        saved = read_json_file(settings_file)
+    else:
+        saved = {"variant": "demo"} if label_names(dataset) == sorted(TUXPAINT_CLASSES) else {}
+    for key in ("variant", "seed", "sizes", "image_size", "min_visible"):
+        wanted = asked.get(key)
+        wanted = list(wanted) if isinstance(wanted, tuple) else wanted
+        if wanted is not None and key in saved and saved[key] != wanted:
+            raise ValueError(
+                f"{path} holds stamp scenes generated with {key}={saved[key]!r}, not {key}={wanted!r}: generate "
+                f"those into another folder (path)"
+            )
+
+
+# ---------------------------------------------------------------------------------------------- fingerprints
+
+
+def fingerprint(split: Dataset) -> str:
+    """SHA-256 over a generated split's rows in order: each image's encoded bytes and its labels. The same seed and
+    settings give the same fingerprint on every machine with the same packages (tuxpaint, Pillow, CairoSVG)."""
+    digest = hashlib.sha256()
+    raw = split.cast_column("image", DatasetImage(decode=False)).select_columns(["image", "labels"])
+    for row in raw:
+        digest.update(row["image"]["bytes"])
+        digest.update(json.dumps(row["labels"]).encode())
+    return digest.hexdigest()
+
+
+def positives(split: Dataset) -> dict[str, int]:
+    """{label: number of images where it is present}."""
+    names = label_names(split)
+    counts = np.bincount([label for labels in split["labels"] for label in labels], minlength=len(names))
+    return {name: int(count) for name, count in zip(names, counts)}
+
+
+def placement_statistics(split: Dataset) -> dict[str, float]:
+    """How a split's objects are placed and occluded, from the pasted objects' boxes: objects and labels per image,
+    the mean visible fraction, the share of objects less than 90 % visible, the mean height of a box's centre (0 top,
+    1 bottom) and the mean box area, as fractions of the image."""
+    boxes = [box for row in split["boxes"] for box in row]
+    size = split[0]["image"].height if len(split) else 1
+    centres = [(box["bbox"][1] + box["bbox"][3]) / 2 / size for box in boxes]
+    areas = [(box["bbox"][2] - box["bbox"][0]) * (box["bbox"][3] - box["bbox"][1]) / size**2 for box in boxes]
+    visible = [box["visible_fraction"] for box in boxes]
+    images = max(len(split), 1)
+    return {
+        "objects_per_image": round(len(boxes) / images, 4),
+        "labels_per_image": round(sum(len(labels) for labels in split["labels"]) / images, 4),
+        "mean_visible_fraction": round(float(np.mean(visible)), 4) if boxes else 0.0,
+        "occluded_share": round(float(np.mean(np.asarray(visible) < 0.9)), 4) if boxes else 0.0,
+        "mean_centre_height": round(float(np.mean(centres)), 4) if boxes else 0.0,
+        "mean_box_area": round(float(np.mean(areas)), 4) if boxes else 0.0,
+    }
+
+
+def describe_split(split: Dataset) -> dict:
+    """A split's images, fingerprint, positives per label and placement statistics (what benchmarks/datasets.json
+    records)."""
+    return {
+        "images": len(split),
+        "fingerprint": fingerprint(split),
+        "positives": positives(split),
+        "placement": placement_statistics(split),
+    }
 
 
 def contact_sheet(dataset: Dataset, path: str | os.PathLike, count: int = 24, columns: int = 6) -> Path:
@@ -1052,10 +1715,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output_dir")
     parser.add_argument("--stamps-dir", default=None, help="root/<class>/*.png cut-outs (default: tuxpaint)")
     parser.add_argument("--backgrounds", default=None, help="root/<role>/* photos (default: tuxpaint, skimage)")
-    parser.add_argument("--sizes", type=int, nargs=3, default=DEFAULT_SIZES, metavar=("TRAIN", "VAL", "TEST"))
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--variant", default="demo", choices=sorted(VARIANTS), help="labels, scenes, rules (default: demo)"
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"), help="default: the variant's"
+    )
+    parser.add_argument("--image-size", type=int, default=None, help="default: the variant's")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-visible", type=float, default=0.4)
+    parser.add_argument("--min-visible", type=float, default=None, help="default: the variant's")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--tuxpaint-dir", default=str(TUXPAINT_DIR))
     args = parser.parse_args(argv)
@@ -1064,12 +1732,13 @@ def main(argv: list[str] | None = None) -> None:
         args.output_dir,
         stamps_dir=args.stamps_dir,
         backgrounds=args.backgrounds,
-        sizes=tuple(args.sizes),
+        sizes=args.sizes,
         image_size=args.image_size,
         seed=args.seed,
         min_visible=args.min_visible,
         num_workers=args.workers,
         tuxpaint_dir=args.tuxpaint_dir,
+        variant=args.variant,
     )
     seconds = time.perf_counter() - start
     print(dataset)

@@ -201,3 +201,26 @@ def test_tiny_benchmark_runs_every_peer_and_resumes(tmp_path):
     assert {(f"SRN on {setting}", setting), (f"SRN on {setting}", "SRN"), ("SRN", setting)} <= rows
     on_setting = json.loads((runs / "srn-on-timm-asl-lr-0.001-epochs-2" / "result.json").read_text())
     assert on_setting["set"][0].endswith("timm-asl/lr-0.001-epochs-2/model.safetensors")
+
+
+@pytest.mark.skipif(not Path("/usr/share/tuxpaint/stamps").is_dir(), reason="tuxpaint-stamps-default is not installed")
+def test_dataset_selects_a_stamp_scene_variant_with_runs_of_its_own(tmp_path):
+    from srn_hf.data.stamp_scenes import VARIANTS
+
+    small = ["data.options.sizes=[4, 2, 2]", "data.options.num_workers=1", "data.options.progress=false"]
+    args = peers.parse_args(
+        ["--dataset", "tabletop", "--set", f"data.options.path={tmp_path / 'scenes'}", *(f"--set={s}" for s in small)]
+    )
+    assert args.output_dir == REPO / "benchmarks" / "results" / "peers-runs-tabletop"
+    assert args.results_dir == REPO / "benchmarks" / "results" / "peers-tabletop"
+    recipe = peers.load_recipe(args.config, args.set)  # the demo recipe, its data replaced, the command's --set last
+    assert recipe.data.kind == "stamp_scenes" and recipe.data.options["variant"] == "tabletop"
+    data = peers.load_data(recipe)
+    assert data.names == sorted(VARIANTS["tabletop"].classes) and len(data.test) == 2
+    assert json.loads((tmp_path / "scenes" / "stamp_scenes.json").read_text())["variant"] == "tabletop"
+
+    demo = peers.parse_args([])
+    assert demo.output_dir == REPO / "benchmarks" / "results" / "peers-runs" and demo.set == []
+    result = run_script("--dataset", "kitchen", "--output-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "error: --dataset: unknown dataset 'kitchen' (known: demo, street-sky, tabletop)" in result.stderr

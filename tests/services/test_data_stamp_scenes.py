@@ -1,5 +1,6 @@
 """The stamp-scene generator: layout rules, visibility labels, disjoint splits, reproducibility, saving, CLI."""
 
+import json
 import os
 
 import numpy as np
@@ -13,13 +14,24 @@ from srn_hf.data.stamp_scenes import (
     TUXPAINT_BACKGROUNDS,
     TUXPAINT_CLASSES,
     TUXPAINT_DIR,
+    VARIANTS,
+    ClassRule,
     PlacedObject,
+    SceneType,
+    SplitLibrary,
+    box_overlap,
+    curated_tuxpaint_stamps,
+    fingerprint,
     folder_stamps,
     generate_stamp_scenes,
     load_stamp,
+    load_stamp_scenes,
     main,
     paste_objects,
     paste_shadow,
+    plan_objects,
+    scene_types_for,
+    split_libraries,
     split_stamps,
 )
 
@@ -232,3 +244,136 @@ def test_shadow_drawn_on_its_region_equals_the_whole_canvas_one(seed):
         ImageDraw.Draw(shadow).ellipse(ellipse, fill=110)
         whole.paste((0, 0, 0), (0, 0), shadow.filter(ImageFilter.GaussianBlur(max(1.0, height / 30))))
         assert region.tobytes() == whole.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------- variants
+
+needs_tuxpaint = pytest.mark.skipif(
+    not (TUXPAINT_DIR / "stamps").is_dir(), reason="Debian's tuxpaint-stamps-default is not installed"
+)
+COMPARISON_VARIANTS = [name for name in VARIANTS if name != "demo"]
+
+
+def small_variant(variant, seed=0):
+    return generate_stamp_scenes(None, sizes=(6, 3, 3), seed=seed, num_workers=1, progress=False, variant=variant)
+
+
+@needs_tuxpaint
+@pytest.mark.parametrize("variant", COMPARISON_VARIANTS)
+def test_comparison_variant_is_seeded_and_differs_from_the_demo(variant):
+    chosen = VARIANTS[variant]
+    dataset = small_variant(variant)
+    fingerprints = {split: fingerprint(data) for split, data in dataset.items()}
+    assert fingerprints == {split: fingerprint(data) for split, data in small_variant(variant).items()}
+    assert fingerprint(small_variant(variant, seed=1)["train"]) != fingerprints["train"]
+    assert len(set(fingerprints.values())) == 3
+
+    names = label_names(dataset)
+    assert names == sorted(chosen.classes) and 8 <= len(names) <= 12
+    assert len(set(names) & set(TUXPAINT_CLASSES)) <= 1  # mostly other labels than the demo's
+    assert dataset["test"][0]["image"].size == (chosen.image_size, chosen.image_size) != (224, 224)
+    stamps = {split: {box["stamp"] for row in data["boxes"] for box in row} for split, data in dataset.items()}
+    assert not stamps["train"] & stamps["test"] and not stamps["validation"] & stamps["test"]
+    assert set(dataset["train"]["scene"]) <= {scene.name for scene in chosen.scene_types}
+    for split in dataset.values():  # the variant's occlusion rule decides the labels
+        for row in split:
+            visible = {box["label"] for box in row["boxes"] if box["visible_fraction"] >= chosen.min_visible}
+            assert row["labels"] == sorted(visible)
+
+
+def plans(variant, count=150, size=128):
+    """`count` scene plans of the variant's training split: (scene, horizon, placed objects)."""
+    chosen = VARIANTS[variant]
+    stamps = curated_tuxpaint_stamps(TUXPAINT_DIR, chosen.classes)
+    library = split_libraries(stamps, list(TUXPAINT_BACKGROUNDS), 0)["train"]
+    scenes = scene_types_for(sorted(stamps), chosen)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        scene = scenes[index % len(scenes)]
+        horizon = rng.uniform(*scene.horizon)
+        yield scene, horizon, plan_objects(rng, library, scene, scene.surface, horizon, size, chosen.max_overlap)
+
+
+def worst_overlap(placed):
+    return max([box_overlap(a.box, b.box) for i, a in enumerate(placed) for b in placed[i + 1 :]], default=0.0)
+
+
+@needs_tuxpaint
+def test_placement_rules_differ_between_the_variants():
+    size = 128
+    demo = [placed for _, _, placed in plans("demo")]
+    street = list(plans("street-sky"))
+    tabletop = [placed for _, _, placed in plans("tabletop")]
+
+    # Occlusion: the demo lets boxes cover each other; street-sky never more than 30 % of a box.
+    assert max(worst_overlap(placed) for placed in demo) > 0.5
+    assert max(worst_overlap(placed) for _, _, placed in street) <= 0.3
+
+    # Street-sky: buildings stand on the horizon, rail cars in a row at one depth, the moon or sun in the sky.
+    bottoms = {"building": [], "rail car": []}
+    for _, horizon, placed in street:
+        for obj in placed:
+            left, top, width, height = obj.box
+            if obj.name == "building":
+                bottoms["building"].append((top + height) / size - horizon)
+            if obj.name == "moon/sun":
+                assert top + height / 2 < horizon * size
+        cars = {round(obj.box[1] + obj.box[3], 6) for obj in placed if obj.name == "rail car"}
+        assert len(cars) <= 1
+        bottoms["rail car"] += [len(cars)]
+    assert bottoms["building"] and 0 < min(bottoms["building"]) and max(bottoms["building"]) < 0.1
+    assert any(bottoms["rail car"])
+
+    # Tabletop: seen from above, things turned any way without shadow (the demo's stand upright with one), chess
+    # pieces in rows.
+    assert all(obj.angle == 0 for placed in demo for obj in placed)
+    turned = [obj for placed in tabletop for obj in placed if obj.name != "chess piece"]
+    assert all(not obj.shadow for obj in turned) and np.mean([obj.angle != 0 for obj in turned]) == 1.0
+    rows = [[obj for obj in placed if obj.name == "chess piece"] for placed in tabletop]
+    rows = [row for row in rows if len(row) > 1]
+    assert rows and all(len({round(o.box[1] + o.box[3] / 2, 6) for o in row}) == 1 for row in rows)
+
+
+@needs_tuxpaint
+def test_a_variant_is_generated_into_its_own_folder_and_checked_on_loading(tmp_path):
+    folder = tmp_path / "tabletop"
+    options = {"sizes": [4, 3, 3], "num_workers": 1, "progress": False}
+    dataset = load_multilabel_dataset("stamp_scenes", path=folder, generate=True, variant="tabletop", **options)
+    saved = json.loads((folder / "stamp_scenes.json").read_text())
+    assert saved["variant"] == "tabletop" and saved["image_size"] == 160 and saved["sizes"] == [4, 3, 3]
+    assert saved["fingerprints"] == {split: fingerprint(data) for split, data in dataset.items()}
+    assert label_names(load_stamp_scenes(folder, variant="tabletop")) == label_names(dataset)
+    assert label_names(load_stamp_scenes(folder)) == label_names(dataset)  # no variant asked: what is there
+    with pytest.raises(
+        ValueError, match=r"tabletop holds stamp scenes generated with variant='tabletop', not .*'street-sky'"
+    ):
+        load_stamp_scenes(folder, variant="street-sky", generate=True)
+    with pytest.raises(ValueError, match=r"seed=0, not seed=1"):
+        load_stamp_scenes(folder, seed=1)
+    with pytest.raises(ValueError, match=r"variant='kitchen' is not a stamp-scene variant; choose one of"):
+        load_stamp_scenes(tmp_path / "other", generate=True, variant="kitchen")
+
+
+def test_things_sitting_on_a_host_left_out_by_the_overlap_rule_are_left_out_too(tmp_path):
+    colors = {"rock": (90, 90, 90), "flower": (200, 0, 0), "insect": (0, 0, 0)}
+    library = SplitLibrary(
+        {
+            name: [str(write_stamp(tmp_path / name / f"{k}.png", color, size=(40, 40))) for k in range(3)]
+            for name, color in colors.items()
+        },
+        {},
+    )
+    rules = {
+        "rock": ClassRule("surface", size=(3.0, 3.0), max_count=1),  # as large as the frame: little room left
+        "flower": ClassRule("surface", size=(0.2, 0.3), max_count=1),
+        "insect": ClassRule("near", size=(0.1, 0.15), near=("flower",)),
+    }
+    scene = SceneType("garden", "grass", False, (0.0, 0.25), 1.0, dict.fromkeys(colors, 1.0), ("rock",), rules=rules)
+    names = [
+        [obj.name for obj in plan_objects(np.random.default_rng(seed), library, scene, "grass", 0.1, 64, 0.05)]
+        for seed in range(40)
+    ]
+    assert all("rock" in plan for plan in names)
+    assert any("flower" in plan for plan in names)
+    without_host = [plan for plan in names if "flower" not in plan]
+    assert without_host and all("insect" not in plan for plan in without_host)
