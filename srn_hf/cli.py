@@ -379,11 +379,13 @@ def predict_pipeline(args: argparse.Namespace, label_thresholds: dict[str, float
         ModelFolderError: naming the model folder (or Hub id) and what is wrong with it, or a bad threshold.
     """
     from transformers import pipeline
+    from transformers.utils.logging import disable_progress_bar
 
     from .bulk import run_state
     from .model_folder import ModelFolderError, check_model_folder, is_local_model, one_line
     from .pipeline_srn import TASK
 
+    disable_progress_bar()  # the weights load in a moment; a refusal after loading stays one line
     try:
         if is_local_model(args.model):
             check_model_folder(args.model)  # a missing folder, truncated weights, a bad config value: named, now
@@ -393,7 +395,8 @@ def predict_pipeline(args: argparse.Namespace, label_thresholds: dict[str, float
     except ModelFolderError:  # its message names the folder or the file; `main` prints it
         raise
     except (OSError, ValueError) as error:
-        raise ModelFolderError(f"{args.model}: {one_line(error)}") from error
+        message = one_line(error)  # named after the model, if it does not name it already
+        raise ModelFolderError(message if args.model in message else f"{args.model}: {message}") from error
     return tagger
 
 

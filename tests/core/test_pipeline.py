@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
-from helpers import save_with_processor, small_srn
+from helpers import save_with_processor, save_with_weight_value, small_srn
 from PIL import Image
 from transformers import AutoImageProcessor, pipeline
 from transformers.pipelines.pt_utils import KeyDataset
@@ -162,3 +162,31 @@ def test_dataset_is_streamed_in_order(tagger, images):
     for image, labels in zip(images, streamed, strict=True):
         expected, _ = reference_scores(tagger, image)
         assert max(item["score"] for item in labels) == pytest.approx(float(expected.max()), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Non-finite weights or scores: an error naming the model, never NaN scores and no labels
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_construction_naming_the_model(tmp_path, value):
+    folder = save_with_weight_value(small_srn(LABELS), tmp_path, "srn.confidence.conv.weight", value)
+    with pytest.raises(ValueError) as refused:
+        pipeline("multi-label-image-classification", model=folder)
+    assert str(refused.value) == (
+        f"model {folder} has non-finite weights (NaN or inf) in srn.confidence.conv.weight: its scores would be NaN "
+        "(a training run that diverged?)"
+    )
+
+
+def test_non_finite_scores_are_refused_naming_the_model(tmp_path, tagger, images):
+    nan_pixels = np.full((32, 32, 3), np.nan, np.float32)  # decoded pixels holding NaN, with finite weights
+    with pytest.raises(ValueError, match=rf"^model {tagger.model.name_or_path} gave non-finite scores \(4 of 4 logits"):
+        tagger(nan_pixels)
+    assert len(tagger(images[0], threshold=0.0)) == len(LABELS)  # the same pipeline still predicts a good image
+    # Finite weights whose logits overflow to inf (f_cls's weights near float32's largest value).
+    folder = save_with_weight_value(small_srn(LABELS), tmp_path, "srn.classifier.weight", 3e38)
+    overflowing = pipeline("multi-label-image-classification", model=folder)
+    with pytest.raises(ValueError, match=rf"^model {folder} gave non-finite scores \(4 of 4 logits are NaN or inf\)"):
+        overflowing(images[0])
+
