@@ -190,3 +190,25 @@ def test_non_finite_scores_are_refused_naming_the_model(tmp_path, tagger, images
     with pytest.raises(ValueError, match=rf"^model {folder} gave non-finite scores \(4 of 4 logits are NaN or inf\)"):
         overflowing(images[0])
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# The base model in the zoo's image-feature-extraction pipeline: the backbone's features, as any vision model's
+
+
+def test_image_feature_extraction_gives_the_backbone_features_pooled_or_not(model_folder, images):
+    extractor = pipeline("image-feature-extraction", model=str(model_folder))
+    srn = extractor.model
+    assert type(srn) is srn_hf.SRNModel  # AutoModel: the base model
+    features = extractor(images[0], return_tensors=True)
+    pooled = extractor(images[0], pool=True, return_tensors=True)
+    pixel_values = extractor.image_processor(images=images[0], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        _, classifier_features = srn.forward_backbone(pixel_values)  # F, the map f_cls pools
+        outputs = srn(pixel_values)
+    channels = srn.backbone.feature_info.channels()[-1]
+    assert features.shape == (1, channels, 7, 7) and pooled.shape == (1, channels)  # resnet10t's last stage at 224
+    torch.testing.assert_close(features, classifier_features)
+    torch.testing.assert_close(pooled, classifier_features.mean(dim=(2, 3)))
+    torch.testing.assert_close(srn.classifier(pooled), outputs.cls_logits)  # the embedding f_cls reads
+    as_lists = extractor(images, pool=True)  # the pipeline's default output: lists, one per image
+    assert len(as_lists) == len(images) and [len(row[0]) for row in as_lists] == [channels] * len(images)
