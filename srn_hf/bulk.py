@@ -52,7 +52,7 @@ from PIL import Image
 from .configuration_srn import config_label_names
 from .fast import autocast_context, use_channels_last
 from .images import ImageError, decode_image, list_image_files, open_image
-from .pipeline_srn import labels_above_thresholds
+from .pipeline_srn import check_finite_logits, labels_above_thresholds
 from .storage import append_bytes, remove_file, storage_error, write_text_file
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
@@ -527,7 +527,7 @@ class JsonlWriter:
         self.file = open(path, "ab", buffering=0)
 
     def write(self, records: list[dict]) -> None:
-        lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        lines = "".join(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records)
         append_bytes(self.file, lines.encode("utf-8"), self.path)
 
     def close(self) -> None:
@@ -578,7 +578,7 @@ class StdoutWriter:
 
         for record in records:
             if self.as_json:
-                sys.stdout.write(("[\n" if self.count == 0 else ",\n") + json.dumps(record))
+                sys.stdout.write(("[\n" if self.count == 0 else ",\n") + json.dumps(record, allow_nan=False))
             elif record["error"] is None:
                 labels = ", ".join(f"{item['label']} ({item['score']:.3f})" for item in record["labels"])
                 tqdm.write(f"{record['image']}\t{labels or '-'}", file=sys.stdout)
@@ -679,6 +679,7 @@ def predicted_batches(tagger, loader, fast: bool, attention: bool) -> Iterator[t
     for batch in loader:
         with torch.inference_mode(), autocast_context(enabled=fast, device_type=device.type):
             outputs = model(pixel_values=batch["pixel_values"].to(device, tagger.dtype))
+        check_finite_logits(outputs.logits, model)  # NaN is above no threshold: refused, not written as no labels
         scores = torch.sigmoid(outputs.logits.float()).cpu().numpy()
         yield batch, scores, outputs.attention_maps.float().cpu() if attention else None
 

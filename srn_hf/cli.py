@@ -401,12 +401,14 @@ def predict_pipeline(args: argparse.Namespace, label_thresholds: dict[str, float
         ModelFolderError: naming the model folder (or Hub id) and what is wrong with it, or a bad threshold.
     """
     from transformers import pipeline
+    from transformers.utils.logging import disable_progress_bar
 
     from .bulk import run_state
     from .model_folder import ModelFolderError, check_model_folder, is_local_model, one_line
     from .pipeline_srn import TASK
 
     trust = args.trust_remote_code
+    disable_progress_bar()  # the weights load in a moment; a refusal after loading stays one line
     try:
         if is_local_model(args.model):  # a missing folder, truncated weights, a bad config value, its own code: now
             check_model_folder(args.model, trust_remote_code=trust)
@@ -417,7 +419,9 @@ def predict_pipeline(args: argparse.Namespace, label_thresholds: dict[str, float
     except ModelFolderError:  # its message names the folder or the file; `main` prints it
         raise
     except (OSError, ValueError) as error:
-        raise remote_code_refusal(args.model, error) or ModelFolderError(f"{args.model}: {one_line(error)}") from error
+        message = one_line(error)  # named after the model, if it does not name it already
+        named = message if args.model in message else f"{args.model}: {message}"
+        raise remote_code_refusal(args.model, error) or ModelFolderError(named) from error
     return tagger
 
 

@@ -39,6 +39,7 @@ from transformers import AutoImageProcessor
 from .configuration_srn import SRNConfig
 from .metrics import METRIC_NAMES, THRESHOLDED_FIGURES
 from .modeling_srn import SRNForImageClassification
+from .pipeline_srn import check_finite_weights
 from .processing import create_image_processor
 from .storage import read_json_file
 
@@ -217,7 +218,8 @@ def check_weight_shapes(config: SRNConfig, config_file: Path, files: list[Path])
 
 def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
     """The `SRNForImageClassification` saved in `model_dir`, refusing a folder that is not a complete SRN checkpoint
-    ([`check_model_folder`], then the weights must fit the config)."""
+    ([`check_model_folder`], then the weights must fit the config and hold no NaN or inf:
+    `srn_hf.pipeline_srn.check_finite_weights`)."""
     check_model_folder(model_dir, model_type=SRNConfig.model_type)
     model, loading_info = SRNForImageClassification.from_pretrained(
         model_dir, output_loading_info=True, trust_remote_code=False
@@ -225,6 +227,10 @@ def load_model(model_dir: str | os.PathLike) -> SRNForImageClassification:
     problems = {key: sorted(values) for key, values in loading_info.items() if key != "error_msgs" and values}
     if problems:
         raise ModelFolderError(f"the weights in {model_dir} do not fit its config.json: {problems}")
+    try:
+        check_finite_weights(model)  # the pipeline's check: NaN or inf weights, named
+    except ValueError as error:
+        raise ModelFolderError(str(error)) from None
     return model.eval()
 
 

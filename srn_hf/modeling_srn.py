@@ -56,9 +56,16 @@ from .configuration_srn import PROBLEM_TYPE, SRNConfig, label_names, placeholder
 @dataclass
 class SRNModelOutput(ModelOutput):
     r"""
-    Outputs of [`SRNModel`]: SRN's maps and the logits of each branch, no loss. B is the batch, C the number of labels,
-    h x w the side of the map X at the input's size (14 x 14 for a stride-16 X at 224).
+    Outputs of [`SRNModel`]: the backbone's features first, as transformers' `BaseModelOutputWithPooling` (what the
+    `image-feature-extraction` pipeline reads: `outputs[0]`, and `pooler_output` with `pool=True`), then SRN's maps and
+    the logits of each branch; no loss. B is the batch, C the number of labels, h x w the side of the map X at the
+    input's size (14 x 14 for a stride-16 X at 224), D x H' x W' the map F (2048 x 7 x 7 for ResNet-101 at 224).
 
+    last_hidden_state (`torch.FloatTensor` of shape `(B, D, H', W')`):
+        F, the backbone's map that f_cls pools (stride 32 in the paper): what timm's `forward_features` returns.
+    pooler_output (`torch.FloatTensor` of shape `(B, D)`):
+        F averaged over its positions: the image embedding that f_cls reads (timm's `pre_logits`), for retrieval or
+        deduplication as with any backbone.
     logits (`torch.FloatTensor` of shape `(B, C)`):
         Fused logits y = alpha * y_cls + (1 - alpha) * y_sr. Apply a sigmoid for per-label probabilities.
     cls_logits (`torch.FloatTensor` of shape `(B, C)`):
@@ -77,6 +84,8 @@ class SRNModelOutput(ModelOutput):
         of shape `(B, channels, H / reduction, W / reduction)`.
     """
 
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     cls_logits: torch.FloatTensor | None = None
     att_logits: torch.FloatTensor | None = None
@@ -95,7 +104,8 @@ SRNOutput = SRNModelOutput
 class SRNImageClassifierOutput(ModelOutput):
     r"""
     Outputs of [`SRNForImageClassification`]: the loss first (as in transformers' `ImageClassifierOutput`), then the
-    fields of [`SRNModelOutput`].
+    predictions and maps of [`SRNModelOutput`] (its backbone features, `last_hidden_state` and `pooler_output`, are
+    the base model's: `model.srn(pixel_values)`).
 
     loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
         Joint loss of stage 4, sigmoid cross-entropy L(y) + L(y_att), averaged over batch and classes.
@@ -660,11 +670,13 @@ class SRNModel(SRNPreTrainedModel):
         return self.attention(features), self.confidence(features)
 
     def forward_heads(self, features: torch.Tensor, classifier_features: torch.Tensor) -> SRNModelOutput:
-        """f_cls, f_att, confidence maps and f_sr on the backbone maps X and F."""
+        """f_cls, f_att, confidence maps and f_sr on the backbone maps X and F; F and its average pool first."""
         logits, cls_logits, att_logits, sr_logits, attention_maps, confidence_maps = self.forward_branches(
             features, classifier_features
         )
         return SRNModelOutput(
+            last_hidden_state=classifier_features,
+            pooler_output=classifier_features.mean(dim=(2, 3)),
             logits=logits,
             cls_logits=cls_logits,
             att_logits=att_logits,
@@ -786,7 +798,10 @@ class SRNForImageClassification(SRNPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.compute_loss(outputs, labels)
-        return SRNImageClassifierOutput(loss=loss, **outputs)
+        predictions = {
+            name: value for name, value in outputs.items() if name in SRNImageClassifierOutput.__dataclass_fields__
+        }
+        return SRNImageClassifierOutput(loss=loss, **predictions)
 
 
 __all__ = [

@@ -21,6 +21,7 @@ rotation, decompression-bomb guard). It works for any multi-label `AutoModelForI
 maps need an SRN.
 """
 
+import itertools
 import os
 
 import numpy as np
@@ -72,6 +73,7 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.thresholds()  # a config threshold of 1.5 or "0.3" fails here, before any image, naming the field
+        check_finite_weights(self.model)  # NaN or inf weights fail here too, before any image
 
     def _sanitize_parameters(
         self,
@@ -215,6 +217,7 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
         if error is not None:
             logger.warning(f"not predicted: {error}")
             return error
+        check_finite_logits(model_outputs["logits"], self.model)
         scores = torch.sigmoid(model_outputs["logits"][0]).numpy()
         thresholds = self.thresholds(threshold, label_thresholds)
         predicted = labels_above_thresholds(scores, thresholds, top_k)
@@ -243,6 +246,39 @@ def labels_above_thresholds(scores: np.ndarray, thresholds: np.ndarray, top_k: i
     return order[scores[order] > np.asarray(thresholds)[order]][:top_k]
 
 
+def model_name(model) -> str:
+    """How an error names a model: its `name_or_path` (the folder or Hub id it was loaded from), else its class."""
+    return getattr(model, "name_or_path", "") or type(model).__name__
+
+
+def check_finite_weights(model) -> None:
+    """Refuses, with a `ValueError` naming the model and a tensor, weights that hold NaN or inf (a training run that
+    diverged saves such weights). Their scores would be NaN, which is above no threshold: every image would get no
+    label, without a word. Tensors on the meta device (offloaded by `device_map`) are not read."""
+    broken = [
+        name
+        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers())
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
+    ]
+    if broken:
+        others = f" and {len(broken) - 1} other tensors" if len(broken) > 1 else ""
+        raise ValueError(
+            f"model {model_name(model)} has non-finite weights (NaN or inf) in {broken[0]}{others}: its scores would "
+            "be NaN (a training run that diverged?)"
+        )
+
+
+def check_finite_logits(logits: torch.Tensor, model) -> None:
+    """Refuses, with a `ValueError` naming the model, logits that hold NaN or inf (finite weights can still overflow,
+    or an input array hold NaN): no label can be read from them. The check of the pipeline and of `srn-hf predict`."""
+    finite = torch.isfinite(logits)
+    if not finite.all():
+        raise ValueError(
+            f"model {model_name(model)} gave non-finite scores ({int((~finite).sum())} of {finite.numel()} logits are "
+            "NaN or inf): its weights overflow, or the input holds NaN or inf"
+        )
+
+
 def check_threshold(value, where: str) -> None:
     """Refuses a threshold that is not a number in [0, 1] (a string, a bool, 1.5), naming `where` it comes from."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
@@ -262,4 +298,11 @@ def upsample_attention_map(attention_map: torch.Tensor, height: int, width: int)
     return (upsampled / upsampled.sum().clamp_min(torch.finfo(upsampled.dtype).tiny)).numpy()
 
 
-__all__ = ["MultiLabelImageClassificationPipeline", "TASK", "labels_above_thresholds", "upsample_attention_map"]
+__all__ = [
+    "MultiLabelImageClassificationPipeline",
+    "TASK",
+    "check_finite_logits",
+    "check_finite_weights",
+    "labels_above_thresholds",
+    "upsample_attention_map",
+]

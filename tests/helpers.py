@@ -68,6 +68,14 @@ def save_with_processor(model: srn_hf.SRNForImageClassification, folder) -> str:
     return str(folder)
 
 
+def save_with_weight_value(model: srn_hf.SRNForImageClassification, folder, tensor: str, value: float) -> str:
+    """[`save_with_processor`] of `model` with every value of its weight `tensor` set to `value` (NaN, inf, or a
+    finite value large enough to overflow the logits), as a diverged training run saves it."""
+    with torch.no_grad():
+        model.get_parameter(tensor).fill_(value)
+    return save_with_processor(model, folder)
+
+
 SCRIPT = REPOSITORY / "examples" / "train_stages.py"
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
-from helpers import save_with_processor, small_srn
+from helpers import save_with_processor, save_with_weight_value, small_srn
 from PIL import Image
 from transformers import AutoImageProcessor, pipeline
 from transformers.pipelines.pt_utils import KeyDataset
@@ -162,3 +162,53 @@ def test_dataset_is_streamed_in_order(tagger, images):
     for image, labels in zip(images, streamed, strict=True):
         expected, _ = reference_scores(tagger, image)
         assert max(item["score"] for item in labels) == pytest.approx(float(expected.max()), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Non-finite weights or scores: an error naming the model, never NaN scores and no labels
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_construction_naming_the_model(tmp_path, value):
+    folder = save_with_weight_value(small_srn(LABELS), tmp_path, "srn.confidence.conv.weight", value)
+    with pytest.raises(ValueError) as refused:
+        pipeline("multi-label-image-classification", model=folder)
+    assert str(refused.value) == (
+        f"model {folder} has non-finite weights (NaN or inf) in srn.confidence.conv.weight: its scores would be NaN "
+        "(a training run that diverged?)"
+    )
+
+
+def test_non_finite_scores_are_refused_naming_the_model(tmp_path, tagger, images):
+    nan_pixels = np.full((32, 32, 3), np.nan, np.float32)  # decoded pixels holding NaN, with finite weights
+    with pytest.raises(ValueError, match=rf"^model {tagger.model.name_or_path} gave non-finite scores \(4 of 4 logits"):
+        tagger(nan_pixels)
+    assert len(tagger(images[0], threshold=0.0)) == len(LABELS)  # the same pipeline still predicts a good image
+    # Finite weights whose logits overflow to inf (f_cls's weights near float32's largest value).
+    folder = save_with_weight_value(small_srn(LABELS), tmp_path, "srn.classifier.weight", 3e38)
+    overflowing = pipeline("multi-label-image-classification", model=folder)
+    with pytest.raises(ValueError, match=rf"^model {folder} gave non-finite scores \(4 of 4 logits are NaN or inf\)"):
+        overflowing(images[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The base model in the zoo's image-feature-extraction pipeline: the backbone's features, as any vision model's
+
+
+def test_image_feature_extraction_gives_the_backbone_features_pooled_or_not(model_folder, images):
+    extractor = pipeline("image-feature-extraction", model=str(model_folder))
+    srn = extractor.model
+    assert type(srn) is srn_hf.SRNModel  # AutoModel: the base model
+    features = extractor(images[0], return_tensors=True)
+    pooled = extractor(images[0], pool=True, return_tensors=True)
+    pixel_values = extractor.image_processor(images=images[0], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        _, classifier_features = srn.forward_backbone(pixel_values)  # F, the map f_cls pools
+        outputs = srn(pixel_values)
+    channels = srn.backbone.feature_info.channels()[-1]
+    assert features.shape == (1, channels, 7, 7) and pooled.shape == (1, channels)  # resnet10t's last stage at 224
+    torch.testing.assert_close(features, classifier_features)
+    torch.testing.assert_close(pooled, classifier_features.mean(dim=(2, 3)))
+    torch.testing.assert_close(srn.classifier(pooled), outputs.cls_logits)  # the embedding f_cls reads
+    as_lists = extractor(images, pool=True)  # the pipeline's default output: lists, one per image
+    assert len(as_lists) == len(images) and [len(row[0]) for row in as_lists] == [channels] * len(images)

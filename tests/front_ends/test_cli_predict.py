@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import save_with_processor, small_srn
+from helpers import save_with_processor, save_with_weight_value, small_srn
 from PIL import Image
 
 from srn_hf.bulk import BulkError, check_output
@@ -123,3 +123,33 @@ def test_console_script(model_folder, photos):
     assert completed.returncode == 1, completed.stderr
     assert len(completed.stdout.strip().splitlines()) == 3
     assert "broken.jpg" in completed.stderr and "predict: 100%" in completed.stderr  # the progress bar
+
+
+def test_scores_that_overflow_are_refused_at_the_first_batch_never_written(capsys, photos, tmp_path):
+    """Finite weights whose logits overflow to inf (f_cls's weights near float32's largest value): refused in one line
+    naming the model, before any record is written; NaN never reaches the JSON output."""
+    folder = save_with_weight_value(small_srn(LABELS), tmp_path / "model", "srn.classifier.weight", 3e38)
+    output = tmp_path / "tags.jsonl"
+    status, out, err = run(capsys, folder, photos[1], "--all-scores", "--output", output)
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith(
+        f"srn-hf predict: error: model {folder} gave non-finite scores (3 of 3 logits are NaN or inf)"
+    )
+    assert not output.exists() or "inf" not in output.read_text().lower()
+    status, out, err = run(capsys, folder, photos[1], "--json", "--all-scores")
+    assert status == 2 and json.loads(out) == []  # a valid JSON list, with no record
+
+
+def test_record_writers_refuse_nan_rather_than_write_invalid_json(tmp_path, capsys):
+    """The guard behind the checks of the scores: JSON has no NaN, so a record holding one is never written."""
+    from srn_hf.bulk import JsonlWriter, StdoutWriter
+
+    record = {"image": "a.png", "labels": [], "error": None, "scores": [float("nan")]}
+    writer = JsonlWriter(tmp_path / "tags.jsonl")
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        writer.write([record])
+    writer.close()
+    assert (tmp_path / "tags.jsonl").read_text() == ""
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        StdoutWriter(as_json=True).write([record])
+    assert "NaN" not in capsys.readouterr().out

@@ -8,7 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import save_with_processor, small_srn
+from helpers import save_with_processor, save_with_weight_value, small_srn, write_imagefolder
 from PIL import Image
 from transformers import pipeline
 
@@ -211,3 +211,31 @@ def test_exported_tagger_gives_an_error_for_the_bad_image_only(model_folder, ima
         np.testing.assert_allclose([item["score"] for item in result], [item["score"] for item in alone], atol=1e-5)
     only_bad = tagger([str(bad)])
     assert len(only_bad) == 1 and isinstance(only_bad[0], ImageError)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Third sweep: weights holding NaN or inf are refused at loading, naming the model, by every command that loads one
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_by_every_command_naming_the_model(capsys, image, tmp_path, value):
+    folder = save_with_weight_value(small_srn(LABELS), tmp_path / "model", "srn.classifier.weight", value)
+    expected = (
+        f"model {folder} has non-finite weights (NaN or inf) in srn.classifier.weight: its scores would be NaN (a "
+        "training run that diverged?)"
+    )
+    with pytest.raises(ModelFolderError) as refused:
+        load_model(folder)
+    assert str(refused.value) == expected
+    data_dir = write_imagefolder(tmp_path / "data", {"train": [["cat"], ["dog"]], "validation": [["cat"], ["dog"]]})
+    commands = [
+        ("predict", folder, image, "--all-scores", "--output", tmp_path / "tags.jsonl"),
+        ("export", folder, tmp_path / "exported"),
+        ("calibrate", folder, "--data", "imagefolder", "--data-option", f"data_dir={data_dir}", "--write"),
+    ]
+    before = (tmp_path / "model" / "config.json").read_bytes()
+    capsys.readouterr()
+    for argv in commands:
+        assert refusal(capsys, *argv) == f"srn-hf {argv[0]}: error: {expected}"
+    assert not (tmp_path / "tags.jsonl").exists() and not (tmp_path / "exported").exists()
+    assert (tmp_path / "model" / "config.json").read_bytes() == before  # calibrate --write wrote no thresholds
