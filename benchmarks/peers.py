@@ -88,7 +88,7 @@ from torch.utils.data import DataLoader
 from srn_hf import SRNConfig
 from srn_hf.metrics import map_difference, multilabel_metrics, overall_figures, per_class_figures
 from srn_hf.processing import create_image_processor
-from srn_hf.recipe import RecipeError, load_recipe
+from srn_hf.recipe import Range, RecipeError, load_recipe
 from srn_hf.report import write_json
 from srn_hf.thresholds import ThresholdCalibration, calibrate_thresholds
 from srn_hf.training import EpochSeededDataset
@@ -129,13 +129,9 @@ def resolve_weights(recipe, output_dir: Path) -> Path:
         raise BenchmarkError(
             f"model.pretrained_weights is null: the peers compare ImageNet-initialised {backbone} backbones"
         )
-    if source == "packaged-lite0":
-        from srn_hf.pretrained import LITE0_ARCHITECTURE, packaged_efficientnet_lite0_weights
+    if source == "packaged-lite0":  # for tf_efficientnet_lite0 only: `load_recipe` refuses another backbone
+        from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 
-        if backbone != LITE0_ARCHITECTURE:
-            raise BenchmarkError(
-                f"model.pretrained_weights=packaged-lite0 holds {LITE0_ARCHITECTURE}'s weights, not {backbone}'s"
-            )
         return packaged_efficientnet_lite0_weights()
     if source != "timm":
         if not Path(source).is_file():
@@ -861,6 +857,17 @@ def versions() -> dict:
     }
 
 
+# The numbers of the command line, checked as the recipe's are (`srn_hf.recipe.Range`): refused in one line naming the
+# flag and the value.
+FLAG_RANGES = {
+    "seeds": Range(0, 2**32),
+    "search_seed": Range(0, 2**32),
+    "lrs": Range(0, low_open=True),
+    "epochs": Range(1),
+    "threads": Range(1),
+}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -898,6 +905,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="no training: the tables of the finished runs")
     args = parser.parse_args(argv)
     check_peers(args.peers)
+    for name, allowed in FLAG_RANGES.items():
+        values = getattr(args, name)
+        for value in values if isinstance(values, list) else [values]:
+            allowed.check(value, f"--{name.replace('_', '-')}")
     args.srn_on = [parse_setting(text) for text in args.srn_on]
     unknown = sorted(set(args.runs) - {"srn", "srn-on-best-peer", "budget"})
     if unknown:
@@ -906,14 +917,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def parse_setting(text: str) -> tuple[str, float, int]:
-    """`PEER:LR:EPOCHS` of `--srn-on`, e.g. `trainer:1e-3:3`."""
+    """`PEER:LR:EPOCHS` of `--srn-on`, e.g. `trainer:1e-3:3`, its numbers in the ranges of `--lrs` and `--epochs`."""
     try:
         peer, lr, epochs = text.split(":")
         lr, epochs = float(lr), int(epochs)
     except ValueError:
-        lr = epochs = 0
-    if lr <= 0 or epochs < 1:
-        raise BenchmarkError(f"--srn-on {text!r}: expected PEER:LR:EPOCHS, e.g. trainer:1e-3:3")
+        raise BenchmarkError(f"--srn-on {text!r}: expected PEER:LR:EPOCHS, e.g. trainer:1e-3:3") from None
+    FLAG_RANGES["lrs"].check(lr, f"--srn-on {text!r}: LR")
+    FLAG_RANGES["epochs"].check(epochs, f"--srn-on {text!r}: EPOCHS")
     check_peers([peer], "--srn-on")
     return peer, lr, epochs
 
