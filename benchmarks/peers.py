@@ -60,8 +60,9 @@ result.json and test scores (its .gitignore leaves out weights and logs): a new 
 trained, and redraws the report with `--report-only`. (SRN on the best peer needs that peer's weights of the same
 seed, which stay on the machine that trained them: on another machine that peer run is trained again first.)
 Writes peers.json and peers.md to `--results-dir`, with the library versions and the machine.
-Refused in one line, exit status 2, before anything trains: an unknown peer, a backbone without ImageNet weights
-available offline.
+Refused in one line, exit status 2, before anything trains: an unknown peer, a number of the command line out of its
+range (`--threads 0`, `--lrs -1`, `--srn-on trainer:nan:3`), a recipe the training script refuses, a backbone without
+ImageNet weights available offline.
 """
 
 from __future__ import annotations

@@ -86,8 +86,9 @@ def load_imagenet_backbone(model, pretrained_weights: str | None) -> None:
 
 
 def first_sentence(error: BaseException) -> str:
-    """`Type: the first sentence of the message` of `error`, on one line and at most 200 characters."""
-    return f"{type(error).__name__}: {' '.join(str(error).split('. ')[0].split())[:200]}"
+    """`Type: the first sentence of the message` of `error`, on one line, cut after 200 characters."""
+    sentence = " ".join(str(error).split(". ")[0].split())
+    return f"{type(error).__name__}: {sentence[:200]}{' ...' * (len(sentence) > 200)}"
 
 
 def default_cache_dir() -> Path:

@@ -1,10 +1,12 @@
 """The training recipe of `examples/train_stages.py`: one YAML file ([`Recipe`]), checked before anything trains.
 
 Every key can be overridden (`load_recipe(path, overrides=["section.key=value"])`, the value parsed as YAML:
-`stage4.lr=1e-5`, `model.backbone=resnet50`; the script's `--set`). An unknown key, or a value of the wrong type,
-raises [`RecipeError`] naming the key. The `model` section holds every field of `SRNConfig`, read from its
-declaration ([`srn_config_fields`]); [`derive_model_choices`] fills in what a recipe leaves to the backbone, and
-[`resume_changes`] says which fields a resumed run may change.
+`stage4.lr=1e-5`, `model.backbone=resnet50`; the script's `--set`). An unknown key, a value of the wrong type or
+outside the [`Range`] its field declares (in the field's metadata: `field(default=32, metadata=at_least(1))`), or
+YAML that is not plain (`!!python/object`), raises [`RecipeError`] naming the key. The `model` section holds every
+field of `SRNConfig`, read from its declaration ([`srn_config_fields`]), and is checked by `SRNConfig` itself
+([`check_model`]); [`derive_model_choices`] fills in what a recipe leaves to the backbone, and [`resume_changes`]
+says which fields a resumed run may change.
 """
 
 from __future__ import annotations
