@@ -60,8 +60,9 @@ result.json and test scores (its .gitignore leaves out weights and logs): a new 
 trained, and redraws the report with `--report-only`. (SRN on the best peer needs that peer's weights of the same
 seed, which stay on the machine that trained them: on another machine that peer run is trained again first.)
 Writes peers.json and peers.md to `--results-dir`, with the library versions and the machine.
-Refused in one line, exit status 2, before anything trains: an unknown peer, a backbone without ImageNet weights
-available offline.
+Refused in one line, exit status 2, before anything trains: an unknown peer, a number of the command line out of its
+range (`--threads 0`, `--lrs -1`, `--srn-on trainer:nan:3`), a recipe the training script refuses, a backbone without
+ImageNet weights available offline.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ from srn_hf import SRNConfig
 from srn_hf.data.stamp_scenes import VARIANTS
 from srn_hf.metrics import map_difference, multilabel_metrics, overall_figures, per_class_figures
 from srn_hf.processing import create_image_processor
-from srn_hf.recipe import RecipeError, load_recipe
+from srn_hf.recipe import Range, RecipeError, load_recipe
 from srn_hf.report import write_json
 from srn_hf.thresholds import ThresholdCalibration, calibrate_thresholds
 from srn_hf.training import EpochSeededDataset
@@ -130,13 +131,9 @@ def resolve_weights(recipe, output_dir: Path) -> Path:
         raise BenchmarkError(
             f"model.pretrained_weights is null: the peers compare ImageNet-initialised {backbone} backbones"
         )
-    if source == "packaged-lite0":
-        from srn_hf.pretrained import LITE0_ARCHITECTURE, packaged_efficientnet_lite0_weights
+    if source == "packaged-lite0":  # for tf_efficientnet_lite0 only: `load_recipe` refuses another backbone
+        from srn_hf.pretrained import packaged_efficientnet_lite0_weights
 
-        if backbone != LITE0_ARCHITECTURE:
-            raise BenchmarkError(
-                f"model.pretrained_weights=packaged-lite0 holds {LITE0_ARCHITECTURE}'s weights, not {backbone}'s"
-            )
         return packaged_efficientnet_lite0_weights()
     if source != "timm":
         if not Path(source).is_file():
@@ -862,6 +859,17 @@ def versions() -> dict:
     }
 
 
+# The numbers of the command line, checked as the recipe's are (`srn_hf.recipe.Range`): refused in one line naming the
+# flag and the value.
+FLAG_RANGES = {
+    "seeds": Range(0, 2**32),
+    "search_seed": Range(0, 2**32),
+    "lrs": Range(0, low_open=True),
+    "epochs": Range(1),
+    "threads": Range(1),
+}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -912,6 +920,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     select_dataset(args)
     check_peers(args.peers)
+    for name, allowed in FLAG_RANGES.items():
+        values = getattr(args, name)
+        for value in values if isinstance(values, list) else [values]:
+            allowed.check(value, f"--{name.replace('_', '-')}")
     args.srn_on = [parse_setting(text) for text in args.srn_on]
     unknown = sorted(set(args.runs) - {"srn", "srn-on-best-peer", "budget"})
     if unknown:
@@ -936,14 +948,14 @@ def select_dataset(args: argparse.Namespace) -> None:
 
 
 def parse_setting(text: str) -> tuple[str, float, int]:
-    """`PEER:LR:EPOCHS` of `--srn-on`, e.g. `trainer:1e-3:3`."""
+    """`PEER:LR:EPOCHS` of `--srn-on`, e.g. `trainer:1e-3:3`, its numbers in the ranges of `--lrs` and `--epochs`."""
     try:
         peer, lr, epochs = text.split(":")
         lr, epochs = float(lr), int(epochs)
     except ValueError:
-        lr = epochs = 0
-    if lr <= 0 or epochs < 1:
-        raise BenchmarkError(f"--srn-on {text!r}: expected PEER:LR:EPOCHS, e.g. trainer:1e-3:3")
+        raise BenchmarkError(f"--srn-on {text!r}: expected PEER:LR:EPOCHS, e.g. trainer:1e-3:3") from None
+    FLAG_RANGES["lrs"].check(lr, f"--srn-on {text!r}: LR")
+    FLAG_RANGES["epochs"].check(epochs, f"--srn-on {text!r}: EPOCHS")
     check_peers([peer], "--srn-on")
     return peer, lr, epochs
 

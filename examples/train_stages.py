@@ -54,7 +54,7 @@ from srn_hf.localization import label_boxes, pointing_game, pointing_game_table
 from srn_hf.metrics import THRESHOLDED_FIGURES as FIGURES
 from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.model_folder import one_line, write_splits_file
-from srn_hf.pretrained import packaged_efficientnet_lite0_weights
+from srn_hf.pretrained import load_imagenet_backbone
 from srn_hf.processing import create_image_processor
 from srn_hf.recipe import (
     Recipe,
@@ -400,16 +400,7 @@ def initial_model(recipe, names: list[str], first_stage: int, init_from: str | N
     config_fields = dataclasses.asdict(recipe.model)
     weights = config_fields.pop("pretrained_weights")  # every other key of the model section is an SRNConfig field
     model = SRNForImageClassification(SRNConfig(**config_fields, id2label=id2label))
-    if weights == "packaged-lite0":
-        model.load_backbone_weights(packaged_efficientnet_lite0_weights())
-    elif weights == "timm":
-        model.load_backbone_weights()
-    elif weights is not None:
-        if not Path(weights).is_file():
-            raise ValueError(
-                f"model.pretrained_weights={weights!r}: no such file (or use 'timm', 'packaged-lite0', null)"
-            )
-        model.load_backbone_weights(weights)
+    load_imagenet_backbone(model, weights)  # refused in one line naming model.pretrained_weights if it cannot be had
     return model
 
 
@@ -694,15 +685,28 @@ def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) 
 
 def check_finite(run: Run, stage_run: StageRun, summed_loss: float, loss: torch.Tensor, epoch: int, step: int) -> None:
     """Stops the run with [`TrainingDiverged`] when the loss of any process is NaN or infinite."""
-    if math.isfinite(summed_loss):
-        return
-    number = stage_run.stage.number
-    raise TrainingDiverged(
-        f"stage {number}, epoch {epoch + 1}, batch {step}: the loss is {loss.item()} (lr "
-        f"{stage_run.scheduler.get_last_lr()[0]:.3g}). Training stopped; last good checkpoint: "
-        f"{checkpoints.find_resumable_checkpoint(run.output_dir / 'checkpoints')[0]}. "
-        f"Lower stage{number}.lr or use mixed_precision=no, then --resume"
+    if not math.isfinite(summed_loss):
+        raise diverged(run, stage_run, f"epoch {epoch + 1}, batch {step}: the loss is {loss.item()}")
+
+
+def diverged(run: Run, stage_run: StageRun, what: str) -> TrainingDiverged:
+    """The error of a stage whose loss or scores went NaN or infinite (`what`), naming its learning rates and what to
+    do: change them and resume from the last good checkpoint, or, with none, run again."""
+    number, recipe, precision = stage_run.stage.number, stage_run.recipe, run.recipe.training.mixed_precision
+    rates = {f"stage{number}.lr": recipe.lr}
+    if "backbone" in stage_run.trained and recipe.backbone_lr is not None:
+        rates[f"stage{number}.backbone_lr"] = recipe.backbone_lr
+    change = (
+        "lower " + " or ".join(rates) + f" (or set training.mixed_precision=no, now {precision})" * (precision != "no")
     )
+    checkpoints_dir = run.output_dir / "checkpoints"
+    checkpoint = checkpoints.find_resumable_checkpoint(checkpoints_dir)[0]
+    if checkpoint is None:  # --resume would start afresh at the same rates: say what to change instead
+        then = f"no checkpoint to resume from: {change} and run again" + " with --overwrite" * checkpoints_dir.exists()
+    else:
+        then = f"last good checkpoint: {checkpoint}: {change}, then --resume"
+    at = ", ".join(f"{name}={value:g}" for name, value in rates.items())
+    return TrainingDiverged(f"stage {number}, {what} at {at}. Training stopped; {then}")
 
 
 def validate_epoch(run: Run, stage_run: StageRun, epoch: int, train_loss: float) -> None:
@@ -742,6 +746,8 @@ def score_split(
     prediction = stage_run.stage.prediction
     names = (prediction,) if prediction == "logits" or stage_run.stage.number == 1 else (prediction, "logits")
     scores, labels = predict_scores(run.accelerator, stage_run.model, loader, names, attention_peaks)
+    if not torch.isfinite(scores[prediction]).all():  # a loss still finite, weights already past float's range
+        raise diverged(run, stage_run, "the model's scores are NaN")
     return multilabel_metrics(scores[prediction].numpy(), labels.numpy(), label_names=run.names), scores, labels
 
 

@@ -15,6 +15,7 @@ together with these functions.)
 
 [`hold_output_dir`] keeps a second run out of an output folder while one runs in it: an exclusive lock on
 `OUTPUT_DIR/.run.lock` (`flock`, through `filelock`), which the kernel releases when its process ends, killed or not.
+A run that ends (finished, refused or failed) deletes the file; a killed one leaves it, unlocked.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .storage import (
@@ -55,7 +56,10 @@ def hold_output_dir(output_dir: str | os.PathLike, holder: bool = True) -> Itera
     one of a multi-process run), creating the folder; raises [`OutputDirInUse`] at once if another process holds it.
 
     The lock is a `flock` of an open file, so the kernel releases it when the process ends in any way (a SIGKILL
-    too): a killed run never leaves a folder locked, and the file itself is left in place.
+    too): a killed run never leaves a folder locked (its file stays, unlocked). When the block ends, in any way
+    but a kill, the file is deleted while still locked (a run that opened it meanwhile finds it deleted and does not
+    take it: filelock checks), then unlocked; and the folder, if this call created it and nothing was written in it
+    (a run refused before writing anything), is removed too.
     """
     from filelock import FileLock, Timeout
 
@@ -63,23 +67,30 @@ def hold_output_dir(output_dir: str | os.PathLike, holder: bool = True) -> Itera
         yield
         return
     output_dir = Path(output_dir)
+    created = not output_dir.exists()
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise_storage_error(output_dir, error)
         raise
-    lock = FileLock(output_dir / LOCK_FILE)
+    lock_file = output_dir / LOCK_FILE
+    lock = FileLock(lock_file)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         raise OutputDirInUse(
-            f"{output_dir} is in use by another training run (it holds {output_dir / LOCK_FILE}): wait for it to end, "
+            f"{output_dir} is in use by another training run (it holds {lock_file}): wait for it to end, "
             "or use another output_dir=..."
         ) from None
     try:
         yield
     finally:
+        with suppress(FileNotFoundError):
+            lock_file.unlink()
         lock.release()
+        if created:
+            with suppress(OSError):  # not empty (the run wrote something), or already gone
+                output_dir.rmdir()
 
 
 def checkpoint_number(folder: Path) -> int | None:

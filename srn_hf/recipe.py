@@ -1,15 +1,19 @@
 """The training recipe of `examples/train_stages.py`: one YAML file ([`Recipe`]), checked before anything trains.
 
 Every key can be overridden (`load_recipe(path, overrides=["section.key=value"])`, the value parsed as YAML:
-`stage4.lr=1e-5`, `model.backbone=resnet50`; the script's `--set`). An unknown key, or a value of the wrong type,
-raises [`RecipeError`] naming the key. The `model` section holds every field of `SRNConfig`, read from its
-declaration ([`srn_config_fields`]); [`derive_model_choices`] fills in what a recipe leaves to the backbone, and
-[`resume_changes`] says which fields a resumed run may change.
+`stage4.lr=1e-5`, `model.backbone=resnet50`; the script's `--set`). An unknown key, a value of the wrong type or
+outside the [`Range`] its field declares (in the field's metadata: `field(default=32, metadata=at_least(1))`), or
+YAML that is not plain (`!!python/object`), raises [`RecipeError`] naming the key. The `model` section holds every
+field of `SRNConfig`, read from its declaration ([`srn_config_fields`]), and is checked by `SRNConfig` itself
+([`check_model`]); [`derive_model_choices`] fills in what a recipe leaves to the backbone, and [`resume_changes`]
+says which fields a resumed run may change.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,7 +31,47 @@ from .stages import LOSSES, get_stage
 
 
 class RecipeError(ValueError):
-    """A recipe (YAML file or override) with an unknown key or a value of the wrong type."""
+    """A recipe (YAML file or override) with an unknown key, a value of the wrong type or out of its range."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number of the recipe may take, kept in its field's metadata (`field(metadata=at_least(1))`) and
+    checked by [`load_recipe`] with its type: from `low` (excluded when `low_open`) up to `high` (excluded), and
+    finite. None, where the field allows it, is not a number and passes."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+
+    def __str__(self) -> str:
+        if self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low}, {self.high})"
+        return f"{'>' if self.low_open else '>='} {self.low}"
+
+    def check(self, value: Any, key: str) -> None:
+        """Raises [`RecipeError`] naming `key` when the number `value` lies outside the range (or is NaN, infinite)."""
+        if value is None:
+            return
+        above_low = value > self.low if self.low_open else value >= self.low
+        if not (math.isfinite(value) and above_low and (self.high is None or value < self.high)):
+            kind = "a finite number " if isinstance(value, float) else ""
+            raise RecipeError(f"{key}: {value!r} is out of range: must be {kind}{self}")
+
+
+def at_least(low: float) -> dict:
+    """A field's metadata: the number is `low` or more."""
+    return {"range": Range(low)}
+
+
+def above(low: float) -> dict:
+    """A field's metadata: the number is more than `low`."""
+    return {"range": Range(low, low_open=True)}
+
+
+def fraction() -> dict:
+    """A field's metadata: the number lies in [0, 1)."""
+    return {"range": Range(0, 1)}
 
 
 # SRNConfig fields that do not shape the network: decision thresholds (and how they were tuned), and the
@@ -111,9 +155,9 @@ class DataRecipe:
     options: dict = field(default_factory=dict)
     augment: Literal[AUGMENTATIONS] = "multiscale"
     bad_images: Literal[BAD_IMAGE_POLICIES] = "stop"
-    num_workers: int = 0
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    num_workers: int = field(default=0, metadata=at_least(0))
+    max_train_samples: int | None = field(default=None, metadata=at_least(1))
+    max_eval_samples: int | None = field(default=None, metadata=at_least(1))
 
 
 @dataclass
@@ -129,10 +173,10 @@ class LossRecipe:
 
     name: Literal[LOSSES] = "sigmoid_cross_entropy"
     reduction: Literal[LOSS_REDUCTIONS] = DEFAULT_LOSS_REDUCTION
-    gamma_neg: float = 4.0
-    gamma_pos: float = 0.0
-    clip: float | None = 0.05
-    eps: float = 1e-8
+    gamma_neg: float = field(default=4.0, metadata=at_least(0))
+    gamma_pos: float = field(default=0.0, metadata=at_least(0))
+    clip: float | None = field(default=0.05, metadata=fraction())
+    eps: float = field(default=1e-8, metadata=above(0))
 
 
 # Recipe keys that were renamed: {old key: new key}. A recipe with an old key is refused, naming the new one.
@@ -152,10 +196,10 @@ class TrainingRecipe:
 
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False
-    eval_batch_size: int = 64
-    eval_map_cache_mb: float = 2048
-    checkpoint_every_steps: int = 0
-    checkpoints_total_limit: int | None = 3
+    eval_batch_size: int = field(default=64, metadata=at_least(1))
+    eval_map_cache_mb: float = field(default=2048, metadata=at_least(0))
+    checkpoint_every_steps: int = field(default=0, metadata=at_least(0))
+    checkpoints_total_limit: int | None = field(default=3, metadata=at_least(1))
     log_with: Literal["auto", "tensorboard", "none"] = "auto"
     gradient_checkpointing: bool = False
 
@@ -169,23 +213,23 @@ class StageRecipe:
     evaluation and export still run).
     """
 
-    epochs: int = 1
-    lr: float = 1e-3
-    backbone_lr: float | None = None
+    epochs: int = field(default=1, metadata=at_least(0))
+    lr: float = field(default=1e-3, metadata=above(0))
+    backbone_lr: float | None = field(default=None, metadata=at_least(0))
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    momentum: float = field(default=0.9, metadata=fraction())
+    weight_decay: float = field(default=1e-4, metadata=at_least(0))
     schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"
-    warmup_ratio: float = 0.0
-    batch_size: int = 32
-    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = field(default=0.0, metadata=fraction())
+    batch_size: int = field(default=32, metadata=at_least(1))
+    gradient_accumulation_steps: int = field(default=1, metadata=at_least(1))
 
 
 @dataclass
 class Recipe:
     """A whole training run: the four stages' optimisation and everything they share."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata={"range": Range(0, 2**32)})  # the seeds numpy takes
     output_dir: str = "outputs/srn"
     model: ModelRecipe = field(default_factory=ModelRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
@@ -297,7 +341,8 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
             f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {type(values).__name__} {values!r}"
         )
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     unknown = sorted(set(values) - names)
     renamed = [f"{prefix}{key}" for key in unknown if f"{prefix}{key}" in RENAMED_KEYS]
     if renamed:
@@ -312,6 +357,8 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
             kwargs[name] = _build(hints[name], value, f"{prefix}{name}.")
         else:
             kwargs[name] = _check_value(value, hints[name], f"{prefix}{name}")
+            if "range" in fields[name].metadata:
+                fields[name].metadata["range"].check(kwargs[name], f"{prefix}{name}")
     return cls(**kwargs)
 
 
@@ -325,26 +372,67 @@ def _set_nested(values: dict, dotted_key: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _read_yaml(source: Any, where: str) -> Any:
+    """`yaml.safe_load(source)`; invalid YAML, or a tag that would build a Python object (`!!python/object:...`,
+    which `safe_load` refuses), raises [`RecipeError`] naming `where` and, in a file, the line."""
+    try:
+        return yaml.safe_load(source)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        place = where if mark is None or isinstance(source, str) else f"{where}, line {mark.line + 1}"
+        tag = re.search(r"tag '([^']+)'", str(getattr(error, "problem", "")))
+        if isinstance(error, yaml.constructor.ConstructorError) and tag:
+            name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            raise RecipeError(
+                f"{place}: the YAML tag {name} is refused: a recipe holds plain values (mappings, lists, text, "
+                "numbers, true/false, null)"
+            ) from None
+        raise RecipeError(f"{place}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
+
+
+def check_model(model: ModelRecipe) -> None:
+    """The model section checked by `SRNConfig` itself, the one place of its fields' rules (a timm backbone name,
+    with the close names when it is not one; `alpha` in [0, 1]; ...), its `auto` fields left to the config's
+    defaults; and its `pretrained_weights` against the backbone ([`srn_hf.pretrained.check_weights_source`]).
+    Raises [`RecipeError`] naming the field (`model.backbone='resnet1O1' is not a timm model name; close names:
+    resnet101, ...`)."""
+    from .pretrained import check_weights_source
+
+    fields = {key: value for key, value in dataclasses.asdict(model).items() if value != "auto"}
+    weights = fields.pop("pretrained_weights")
+    try:
+        SRNConfig(**fields)
+    except ValueError as error:  # its messages start with `field=value`
+        raise RecipeError(f"model.{error}") from None
+    try:
+        check_weights_source(model.backbone, weights)
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """The [`Recipe`] of a YAML file, with `overrides` (`"section.key=value"`, value parsed as YAML) applied.
 
-    Raises [`RecipeError`] for an unknown key or a value of the wrong type, naming it.
+    Raises [`RecipeError`] for a file that is not plain YAML, an unknown key, a value of the wrong type or outside its
+    field's [`Range`], or a model section `SRNConfig` refuses ([`check_model`]), naming the file and the key.
     """
     values = {}
     if path is not None:
         with open(path, encoding="utf-8") as file:
-            values = yaml.safe_load(file) or {}
+            values = _read_yaml(file, str(path)) or {}
         if not isinstance(values, dict):
             raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(values).__name__}")
     for override in overrides or []:
         if "=" not in override:
             raise RecipeError(f"overrides item {override!r}: expected section.key=value, e.g. stage4.lr=1e-5")
         key, raw = override.split("=", 1)
-        _set_nested(values, key.strip(), yaml.safe_load(raw))
+        _set_nested(values, key.strip(), _read_yaml(raw, f"overrides item {override!r}"))
     try:
-        return _build(Recipe, values)
+        recipe = _build(Recipe, values)
+        check_model(recipe.model)
     except RecipeError as error:
         raise RecipeError(f"{path or 'recipe'}: {error}") from None
+    return recipe
 
 
 def derive_model_choices(model: ModelRecipe) -> str:
@@ -358,8 +446,7 @@ def derive_model_choices(model: ModelRecipe) -> str:
     """
     import timm
 
-    if not timm.is_model(model.backbone):
-        raise RecipeError(f"model.backbone: {model.backbone!r} is not a timm model name")
+    check_model(model)
     with torch.device("meta"):
         backbone = timm.create_model(model.backbone, features_only=True, **(model.backbone_kwargs or {}))
     maps = backbone.feature_info.get_dicts()
@@ -415,6 +502,8 @@ __all__ = [
     "RecipeError",
     "StageRecipe",
     "TrainingRecipe",
+    "Range",
+    "check_model",
     "derive_model_choices",
     "flat_dict",
     "load_recipe",

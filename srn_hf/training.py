@@ -39,7 +39,8 @@ from .training_plots import plot_training_curves  # noqa: F401
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss (or the scores) became NaN or infinite; the message names the stage's learning rates and
+    the last good checkpoint, which is kept, or says that there is none to resume from."""
 
 
 class EpochSeededDataset(torch.utils.data.Dataset):

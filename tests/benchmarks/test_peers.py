@@ -4,6 +4,7 @@ Trainer; train_stages.py), the budget and SRN on the best peer, the paired inter
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,18 +76,40 @@ def test_bad_input_is_refused_in_one_line_before_training(tmp_path):
         ),
         (
             ["--set", "model.backbone=resnet10t"],
-            "error: model.pretrained_weights=packaged-lite0 holds tf_efficientnet_lite0's",
+            ": model.pretrained_weights=packaged-lite0 holds tf_efficientnet_lite0's ImageNet weights, not resnet10t's",
             {},
         ),
         (["--set", f"model.pretrained_weights={tmp_path / 'missing.safetensors'}"], "no such file", {}),
         (["--srn-on", "trainer:fast:3"], "error: --srn-on 'trainer:fast:3': expected PEER:LR:EPOCHS", {}),
         (["--srn-on", "keras:1e-3:3"], "error: --srn-on: unknown peer 'keras'", {}),
+        (["--threads", "0"], "error: --threads: 0 is out of range: must be >= 1", {}),
     ]
     for argv, message, env in cases:
         result = run_script(*argv, "--output-dir", str(output), env_extra=env)
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
         assert not output.exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--srn-on", "trainer:nan:3"],
+            "--srn-on 'trainer:nan:3': LR: nan is out of range: must be a finite number > 0",
+        ),
+        (["--srn-on", "trainer:1e-3:0"], "--srn-on 'trainer:1e-3:0': EPOCHS: 0 is out of range: must be >= 1"),
+        (["--lrs", "1e-3", "-1"], "--lrs: -1.0 is out of range: must be a finite number > 0"),
+        (["--lrs", "inf"], "--lrs: inf is out of range: must be a finite number > 0"),
+        (["--epochs", "0"], "--epochs: 0 is out of range: must be >= 1"),
+        (["--seeds", "0", "-1"], "--seeds: -1 is out of range: must be in [0, 4294967296)"),
+        (["--threads", "-2"], "--threads: -2 is out of range: must be >= 1"),
+    ],
+)
+def test_numbers_of_the_command_line_are_checked_naming_the_flag_and_value(argv, message):
+    """Before anything is loaded (the one-line printing of these errors: the test above)."""
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        peers.parse_args(argv)
 
 
 def test_f1_difference_is_paired_and_matches_the_metrics():

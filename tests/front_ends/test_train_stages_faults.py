@@ -1,8 +1,10 @@
 """examples/train_stages.py under faults: bad images before and during training, a SIGKILL inside a checkpoint save
-with `checkpoints_total_limit: 1`, truncated and broken checkpoints on --resume. Stage 1 only, tiny data."""
+with `checkpoints_total_limit: 1`, truncated and broken checkpoints on --resume, bad recipes refused before anything
+runs, no lock left by a refused run, a diverged stage. Stage 1 only, tiny data."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +20,9 @@ from srn_hf.data import load_multilabel_dataset
 from srn_hf.data.transforms import collate_multilabel, with_multilabel_transforms
 from srn_hf.data.verify import BadImagesError
 from srn_hf.images import ImageError
+from srn_hf.recipe import RecipeError
 from srn_hf.storage import partial_path
+from srn_hf.training import TrainingDiverged
 
 TWO_EPOCHS = ("--stages", "1")
 
@@ -152,3 +156,93 @@ def test_resume_refuses_when_no_checkpoint_loads(reference, data_dir, tmp_path):
     )
     assert f"checkpoint_0: {optimizer}: truncated or corrupt torch.save file (1000 bytes" in last
     assert last.endswith("Pass --overwrite to start afresh")
+
+
+def run_script(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_bad_recipes_are_refused_in_one_line_before_anything_runs(data_dir, tmp_path, script):
+    """Checked when the recipe is read: nothing is loaded, trained or written, and the user reads one line."""
+    command_lines = {
+        "stage1.batch_size: 0 is out of range: must be >= 1": "stage1.batch_size=0",
+        "model.backbone='resnet1O1' is not a timm model name; close names: resnet101": "model.backbone=resnet1O1",
+    }
+    processes = {  # side by side: each is mostly imports
+        message: run_script(*tiny_args(data_dir, tmp_path / "run", "--set", setting))
+        for message, setting in command_lines.items()
+    }
+    for message, process in processes.items():
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 2, stderr[-2000:]
+        assert stderr.count("\n") == 1 and stderr.startswith("error: ") and message in stderr, stderr[-2000:]
+
+    python_object = tmp_path / "python_object.yaml"
+    python_object.write_text(f"output_dir: {tmp_path / 'run'}\nstage1:\n  lr: !!python/object/apply:os.getcwd []\n")
+    in_process = {
+        "stage2.epochs: -1 is out of range: must be >= 0": tiny_args(
+            data_dir, tmp_path / "run", "--set", "stage2.epochs=-1"
+        ),
+        "model.pretrained_weights=packaged-lite0 holds tf_efficientnet_lite0's ImageNet weights, not resnet18's": [
+            *tiny_args(data_dir, tmp_path / "run", "--set", "model.backbone=resnet18"),
+            *("--set", "model.pretrained_weights=packaged-lite0"),
+        ],
+        f"{python_object}, line 3: the YAML tag !!python/object/apply:os.getcwd is refused": [
+            "--config",
+            str(python_object),
+        ],
+    }
+    for message, args in in_process.items():
+        with pytest.raises(RecipeError, match=re.escape(message)):
+            script.main(args)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_run_leaves_no_lock_behind(data_dir, tmp_path, script):
+    """A run refused once it holds OUTPUT_DIR: the lock file goes, and a folder it made for nothing goes too."""
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RecipeError, match="--stages '0'"):
+        script.main(tiny_args(data_dir, fresh, "--stages", "0"))
+    assert not fresh.exists()
+
+    busy = tmp_path / "busy"
+    (busy / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ValueError, match="already holds a run: pass --resume to continue it or --overwrite"):
+        script.main(tiny_args(data_dir, busy, "--stages", "1"))
+    assert not (busy / ".run.lock").exists() and (busy / "checkpoints").is_dir()
+
+
+DIVERGED = (
+    r"^stage 1, (epoch \d, batch \d+: the loss is (nan|inf)|the model's scores are NaN) at stage1.lr=1e\+30, "
+    r"stage1.backbone_lr=0.0005\. Training stopped; "
+)
+
+
+def test_a_diverged_stage_names_its_learning_rates_and_what_to_change(data_dir, reference, tmp_path, script):
+    """No checkpoint yet: the message says which rate to lower and to run again, not to resume (which would start
+    afresh at the same rates); with one, to resume from it with a lower rate."""
+    output_dir = tmp_path / "first-epoch"
+    with pytest.raises(TrainingDiverged) as diverged:
+        script.main(stage1_args(data_dir, output_dir, "--set", "stage1.lr=1e30"))
+    assert re.match(
+        DIVERGED + "no checkpoint to resume from: lower stage1.lr or stage1.backbone_lr and run again$",
+        str(diverged.value),
+    )
+    assert "--resume" not in str(diverged.value)
+
+    output_dir = tmp_path / "second-epoch"
+    shutil.copytree(reference, output_dir)
+    shutil.rmtree(output_dir / "checkpoints" / "checkpoint_1")
+    with pytest.raises(TrainingDiverged) as diverged:
+        script.main(stage1_args(data_dir, output_dir, "--resume", "--set", "stage1.lr=1e30"))
+    checkpoint = re.escape(str(output_dir / "checkpoints" / "checkpoint_0"))
+    assert re.match(
+        DIVERGED + f"last good checkpoint: {checkpoint}: lower stage1.lr or stage1.backbone_lr, then --resume$",
+        str(diverged.value),
+    )
