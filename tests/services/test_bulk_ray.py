@@ -1,0 +1,137 @@
+"""`srn-hf predict --engine ray` (srn_hf.bulk.ray) on a local Ray started in the process: the same rows as the
+one-process engine (an SRN folder and an `srn-hf export` ONNX folder), the refusals of a missing ray extra and of a
+cluster that is not there, and `import srn_hf` without Ray. The faults on a two-node cluster:
+test_bulk_ray_cluster.py."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import save_with_processor, small_srn
+from PIL import Image
+
+from srn_hf.cli import main
+
+LABELS = {0: "cat", 1: "dog", 2: "car", 3: "tree"}
+ROOT = Path(__file__).resolve().parents[2]
+ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    return save_with_processor(small_srn(LABELS, image_size=64), tmp_path_factory.mktemp("srn"))
+
+
+def write_images(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        pixels = np.kron(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), np.ones((12, 12, 1), dtype=np.uint8))
+        Image.fromarray(pixels).save(folder / f"image{index:03d}.{'png' if index % 3 else 'jpg'}")
+    (folder / "truncated.jpg").write_bytes((folder / "image000.jpg").read_bytes()[:200])
+
+
+def rows_by_image(output: Path) -> dict:
+    rows = pq.read_table(output).to_pylist()
+    assert len(rows) == len({row["image"] for row in rows}), "an image written twice"
+    return {row["image"]: row for row in rows}
+
+
+def assert_same_rows(first: dict, second: dict, atol: float) -> None:
+    """The same images, labels in the same order, errors, and scores within `atol`."""
+    assert first.keys() == second.keys()
+    for image, row in first.items():
+        other = second[image]
+        assert [item["label"] for item in row["labels"]] == [item["label"] for item in other["labels"]], image
+        assert row["error"] == other["error"]
+        if row["error"] is None:
+            np.testing.assert_allclose(row["scores"], other["scores"], rtol=0, atol=atol, err_msg=image)
+            label_scores = ([item["score"] for item in record["labels"]] for record in (row, other))
+            np.testing.assert_allclose(*label_scores, rtol=0, atol=atol, err_msg=image)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_ray_rows_equal_the_one_process_rows_for_srn_and_onnx_folders(model_folder, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    write_images(photos, 30)
+    exported = tmp_path / "exported"
+    assert main(["export", model_folder, str(exported)]) == 0
+    common = ["--all-scores", "--batch-size", "4", "--threshold", "0.5"]
+    outputs = {}
+    for model, name in ((model_folder, "srn"), (exported, "onnx")):
+        for engine in ("local", "ray"):
+            outputs[name, engine] = tmp_path / f"{name}-{engine}.parquet"
+            status = main(
+                ["predict", str(model), str(photos), "--engine", engine, "--output", str(outputs[name, engine])]
+                + common
+                + (["--num-actors", "2"] if engine == "ray" else [])
+            )
+            err = capsys.readouterr().err
+            assert status == 1 and "1 of 31 images could not be predicted" in err, err  # the truncated JPEG
+    assert outputs["srn", "ray"].is_dir()  # the folder of parquet files Ray writes
+    rows = {key: rows_by_image(path) for key, path in outputs.items()}
+    assert len(rows["srn", "local"]) == 31
+    assert "truncated.jpg" in rows["srn", "ray"][str(photos / "truncated.jpg")]["error"]
+    # float32 scores rounded to 6 decimals: within one unit of the last decimal (a batch of other rows)
+    assert_same_rows(rows["srn", "local"], rows["srn", "ray"], atol=1e-6 + 1e-9)
+    assert_same_rows(rows["onnx", "local"], rows["onnx", "ray"], atol=1e-6 + 1e-9)
+    assert_same_rows(rows["srn", "local"], rows["onnx", "ray"], atol=1e-4)  # ONNX Runtime's kernels against torch's
+
+
+def predict_subprocess(*argv, prelude: str = "") -> subprocess.CompletedProcess:
+    program = f"import sys\n{prelude}\nfrom srn_hf.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", program, "predict", *map(str, argv)],
+        env=ENVIRONMENT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_missing_ray_extra_and_a_cluster_not_there_are_one_line_refusals(model_folder, tmp_path):
+    write_images(tmp_path / "photos", 2)
+    output = tmp_path / "tags.parquet"
+    common = (model_folder, tmp_path / "photos", "--engine", "ray", "--output", output)
+    missing = predict_subprocess(*common, prelude="sys.modules['ray'] = None  # as if the ray extra were not installed")
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.count("\n") == 1 and "pip install 'srn_hf[ray]'" in missing.stderr
+    port = free_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        refused = predict_subprocess(*common, "--ray-address", address)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr == f"srn-hf predict: error: --ray-address {address}: no Ray cluster answers there " + (
+            "(Connection refused)\n"
+        )
+    assert not output.exists()
+
+
+def test_ray_is_not_imported_with_srn_hf_or_its_command():
+    program = "import sys, srn_hf, srn_hf.bulk, srn_hf.cli; srn_hf.register(); print('ray' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", program], env=ENVIRONMENT, capture_output=True, text=True)
+    assert completed.stdout.strip() == "False", completed.stderr
+
+
+def test_ray_options_need_the_ray_engine_and_an_output(model_folder, tmp_path, capsys):
+    write_images(tmp_path / "photos", 1)
+    for extra in (["--ray-address", "auto"], ["--num-actors", "2"]):
+        assert main(["predict", model_folder, str(tmp_path / "photos"), *extra]) == 2
+        assert capsys.readouterr().err == (
+            "srn-hf predict: error: --ray-address and --num-actors are options of --engine ray\n"
+        )
+    assert main(["predict", model_folder, str(tmp_path / "photos"), "--engine", "ray"]) == 2
+    assert "--engine ray writes its records to --output FILE.parquet" in capsys.readouterr().err
+    assert main(["predict", model_folder, str(tmp_path / "photos"), "--engine", "ray", "--output", "t.jsonl"]) == 2
+    assert "the ray engine writes a folder of parquet files: name it *.parquet" in capsys.readouterr().err
