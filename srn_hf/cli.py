@@ -174,7 +174,17 @@ def add_predict_command(commands) -> None:
         "this machine's cores",
     )
     predict.add_argument(
-        "--num-actors", type=int, help="with --engine ray: model copies tagging at once (default: the cluster's CPUs)"
+        "--num-actors",
+        type=int,
+        help="with --engine ray: model copies tagging at once (default: the cluster's CPUs / --cpus-per-actor)",
+    )
+    predict.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        help="with --engine ray: CPUs each actor reserves, its torch threads (default: 1)",
+    )
+    predict.add_argument(
+        "--gpus-per-actor", type=float, help="with --engine ray: GPUs each actor reserves (default: 0)"
     )
     predict.set_defaults(run=run_predict)
 
@@ -368,8 +378,13 @@ def check_predict_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--top-k {args.top_k} must be at least 1")
     if args.batch_size < 1 or args.num_workers < 0:
         raise ValueError("--batch-size must be at least 1 and --num-workers at least 0")
-    if args.engine != "ray" and (args.ray_address is not None or args.num_actors is not None):
-        raise ValueError("--ray-address and --num-actors are options of --engine ray")
+    ray_options = (args.ray_address, args.num_actors, args.cpus_per_actor, args.gpus_per_actor)
+    if args.engine != "ray" and any(option is not None for option in ray_options):
+        raise ValueError(
+            "--ray-address, --num-actors, --cpus-per-actor and --gpus-per-actor are options of --engine ray"
+        )
+    if (args.cpus_per_actor is not None and args.cpus_per_actor <= 0) or (args.gpus_per_actor or 0) < 0:
+        raise ValueError("--cpus-per-actor must be above 0 and --gpus-per-actor at least 0")
     if args.num_actors is not None and args.num_actors < 1:
         raise ValueError(f"--num-actors {args.num_actors} must be at least 1")
     if args.engine == "ray" and (args.output is None or args.save_attention is not None):
@@ -439,6 +454,8 @@ def run_ray_engine(args: argparse.Namespace, sources, label_thresholds: dict[str
         all_scores=args.all_scores,
         fast=args.fast,
         device=args.device,
+        cpus_per_actor=args.cpus_per_actor or 1.0,
+        gpus_per_actor=args.gpus_per_actor or 0.0,
     )
 
 

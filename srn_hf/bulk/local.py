@@ -54,6 +54,24 @@ def predicted_batches(bulk_model, loader, attention: bool) -> Iterator[tuple[dic
         yield batch, *bulk_model.predict(batch["pixel_values"], attention)
 
 
+def loader_errors_named(batches: Iterator) -> Iterator:
+    """`batches`, a `DataLoader` worker's failure (an error in it, or its death) raised as a `BulkError` of one line
+    naming the cause: the run stops, and the records written so far stay valid for `resume=True`."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as error:
+            if "DataLoader worker" not in str(error):
+                raise
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise BulkError(
+                f"a DataLoader worker failed ({lines[-1]}); the records written so far stay, resume=True continues"
+            ) from error
+        yield batch
+
+
 def predict_share(
     tagger, sources: Sources, positions: list[int], maker: RecordMaker, writer, settings: dict
 ) -> Summary:
@@ -75,7 +93,7 @@ def predict_share(
     )
     attention_folder = settings["save_attention"]
     with progress:  # closed on an error too, so that the error's line is not glued to the bar
-        predicted = predicted_batches(tagger, loader, attention_folder is not None)
+        predicted = loader_errors_named(predicted_batches(tagger, loader, attention_folder is not None))
         for batch, scores, attention_maps in predicted:
             records = []
             for row, (position, size, error) in enumerate(zip(batch["position"], batch["size"], batch["error"])):

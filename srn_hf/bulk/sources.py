@@ -144,8 +144,13 @@ class ImageRows(torch.utils.data.Dataset):
 
 
 def collate_rows(items: list[dict]) -> dict:
-    """A batch of `ImageRows` items: the pixel values stacked, the rest as lists."""
+    """A batch of `ImageRows` items: the pixel values stacked, the rest as lists.
+
+    The pixel values are stacked by `default_collate`, which in a `DataLoader` worker writes them to shared memory
+    here, in the worker's own thread: a failure (a file size limit, `ulimit -f`; a full /dev/shm) is then an error the
+    loader passes on to the main process, where sending the batch later would fail unseen and leave it waiting.
+    """
     return {
-        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        "pixel_values": torch.utils.data.default_collate([item["pixel_values"] for item in items]),
         **{name: [item[name] for item in items] for name in ("position", "size", "error")},
     }
