@@ -155,16 +155,16 @@ def test_a_file_size_limit_in_a_dataloader_worker_ends_the_run_in_one_line_and_r
         write_image(photos / f"image{index:02d}.png", index)
     output = tmp_path / "tags.jsonl"
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    command = [sys.executable, "-m", "srn_hf.cli", "predict", model_folder, "--output", str(output)]
-    command += ["--batch-size", "2", "--num-workers", "1"]
+    options = ["--output", str(output), "--batch-size", "2", "--num-workers", "1"]
+    command = [sys.executable, "-m", "srn_hf.cli", "predict", model_folder]
     first = sorted(str(path) for path in photos.iterdir())[:4]
-    assert subprocess.run([*command, *first], env=environment, capture_output=True, timeout=600).returncode == 0
+    assert subprocess.run([*command, *first, *options], env=environment, capture_output=True).returncode == 0
 
     def limit_file_size():  # a batch of 2 x 3 x 64 x 64 float32 is 98 kB; the records are far smaller
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
     limited = subprocess.run(
-        [*command, str(photos), "--resume"],
+        [*command, str(photos), *options, "--resume"],
         env=environment,
         capture_output=True,
         text=True,
@@ -177,6 +177,8 @@ def test_a_file_size_limit_in_a_dataloader_worker_ends_the_run_in_one_line_and_r
     assert "File too large" in errors[0] and errors[0].endswith("the records written so far stay, --resume continues")
     assert sorted(record["image"] for record in records(output)) == first  # what was written stays valid
 
-    resumed = subprocess.run([*command, str(photos), "--resume"], env=environment, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [*command, str(photos), *options, "--resume"], env=environment, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(record["image"] for record in records(output)) == sorted(str(path) for path in photos.iterdir())

@@ -55,33 +55,39 @@ def assert_same_rows(first: dict, second: dict, atol: float) -> None:
             np.testing.assert_allclose(*label_scores, rtol=0, atol=atol, err_msg=image)
 
 
+def engine_rows(model, photos: Path, output: Path, engine: str, capsys) -> dict:
+    """The rows of `srn-hf predict MODEL PHOTOS --engine ENGINE --output OUTPUT --all-scores`, by image."""
+    command = ["predict", str(model), str(photos), "--engine", engine, "--output", str(output), "--all-scores"]
+    status = main([*command, "--batch-size", "4", "--threshold", "0.5"])
+    err = capsys.readouterr().err
+    assert status == 1 and "1 of 13 images could not be predicted" in err, err  # the truncated JPEG
+    rows = rows_by_image(output)
+    assert len(rows) == 13 and "truncated.jpg" in rows[str(photos / "truncated.jpg")]["error"]
+    return rows
+
+
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_ray_rows_equal_the_one_process_rows_for_srn_and_onnx_folders(model_folder, tmp_path, capsys):
-    photos = tmp_path / "photos"
-    write_images(photos, 30)
+def test_ray_rows_equal_the_one_process_rows(model_folder, tmp_path, capsys):
+    write_images(tmp_path / "photos", 12)
+    local = engine_rows(model_folder, tmp_path / "photos", tmp_path / "local.parquet", "local", capsys)
+    ray = engine_rows(model_folder, tmp_path / "photos", tmp_path / "ray.parquet", "ray", capsys)
+    assert (tmp_path / "ray.parquet").is_dir()  # the folder of parquet files Ray writes
+    # float32 scores rounded to 6 decimals: within one unit of the last decimal (batches of other rows)
+    assert_same_rows(local, ray, atol=1e-6 + 1e-9)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_an_exported_onnx_folder_tags_alike_in_both_engines(model_folder, tmp_path, capsys):
+    write_images(tmp_path / "photos", 12)
     exported = tmp_path / "exported"
     assert main(["export", model_folder, str(exported)]) == 0
-    common = ["--all-scores", "--batch-size", "4", "--threshold", "0.5"]
-    outputs = {}
-    for model, name in ((model_folder, "srn"), (exported, "onnx")):
-        for engine in ("local", "ray"):
-            outputs[name, engine] = tmp_path / f"{name}-{engine}.parquet"
-            status = main(
-                ["predict", str(model), str(photos), "--engine", engine, "--output", str(outputs[name, engine])]
-                + common
-                + (["--num-actors", "2"] if engine == "ray" else [])
-            )
-            err = capsys.readouterr().err
-            assert status == 1 and "1 of 31 images could not be predicted" in err, err  # the truncated JPEG
-    assert outputs["srn", "ray"].is_dir()  # the folder of parquet files Ray writes
-    rows = {key: rows_by_image(path) for key, path in outputs.items()}
-    assert len(rows["srn", "local"]) == 31
-    assert "truncated.jpg" in rows["srn", "ray"][str(photos / "truncated.jpg")]["error"]
-    # float32 scores rounded to 6 decimals: within one unit of the last decimal (a batch of other rows)
-    assert_same_rows(rows["srn", "local"], rows["srn", "ray"], atol=1e-6 + 1e-9)
-    assert_same_rows(rows["onnx", "local"], rows["onnx", "ray"], atol=1e-6 + 1e-9)
-    assert_same_rows(rows["srn", "local"], rows["onnx", "ray"], atol=1e-4)  # ONNX Runtime's kernels against torch's
+    local = engine_rows(exported, tmp_path / "photos", tmp_path / "local.parquet", "local", capsys)
+    ray = engine_rows(exported, tmp_path / "photos", tmp_path / "ray.parquet", "ray", capsys)
+    assert_same_rows(local, ray, atol=1e-6 + 1e-9)
+    srn = engine_rows(model_folder, tmp_path / "photos", tmp_path / "srn.parquet", "local", capsys)
+    assert_same_rows(srn, local, atol=1e-4)  # ONNX Runtime's kernels against torch's
 
 
 def predict_subprocess(*argv, prelude: str = "") -> subprocess.CompletedProcess:
@@ -143,3 +149,19 @@ def test_ray_options_need_the_ray_engine_and_an_output(model_folder, tmp_path, c
     assert "--engine ray writes its records to --output FILE.parquet" in capsys.readouterr().err
     assert main(["predict", model_folder, str(tmp_path / "photos"), "--engine", "ray", "--output", "t.jsonl"]) == 2
     assert "the ray engine writes a folder of parquet files: name it *.parquet" in capsys.readouterr().err
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_datasets_split_through_ray_has_the_rows_of_the_one_process_engine(model_folder, tmp_path, capsys):
+    from helpers import write_imagefolder
+
+    data = write_imagefolder(tmp_path / "data", {"test": [["cat"], ["dog"], ["cat", "car"], ["tree"], ["dog"]]})
+    outputs = {engine: tmp_path / f"{engine}.parquet" for engine in ("local", "ray")}
+    for engine, output in outputs.items():
+        command = ["predict", model_folder, "--data", "imagefolder", "--data-option", f"data_dir={data}"]
+        command += ["--engine", engine, "--output", str(output), "--all-scores", "--batch-size", "2"]
+        assert main(command) == 0, capsys.readouterr().err
+    local, ray = rows_by_image(outputs["local"]), rows_by_image(outputs["ray"])
+    assert len(local) == 5  # one row per image_id of the split
+    assert_same_rows(local, ray, atol=1e-6 + 1e-9)
