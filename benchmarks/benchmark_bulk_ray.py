@@ -82,10 +82,10 @@ def tagging_processes(root) -> list:
     """The processes that tag: Ray's actors, else the predict processes (not their DataLoader workers)."""
     tree = [root, *root.children(recursive=True)]
     names = {process.pid: " ".join(process.cmdline()) for process in tree if process.is_running()}
-    actors = [process for process in tree if "MapWorker" in names.get(process.pid, "")]
-    if actors:
-        return actors
-    return [process for process in tree if "srn_hf.cli predict" in names.get(process.pid, "")]
+    marker = "MapWorker" if any("MapWorker" in name for name in names.values()) else "srn_hf.cli predict"
+    taggers = {pid for pid, name in names.items() if marker in name}
+    # a DataLoader worker is forked with its process's command line: counted with it, not as a tagger
+    return [process for process in tree if process.pid in taggers and process.ppid() not in taggers]
 
 
 def watch(process: subprocess.Popen, output: Path, found: dict, stop: threading.Event) -> None:
@@ -150,14 +150,14 @@ def markdown(results: dict) -> str:
         f"{results['images']} JPEGs (320 x 240), {results['model']}, batch size {results['batch_size']}, "
         f"{results['cpus']} CPUs; ratios to the one-process engine of this run.",
         "",
-        "| engine | images/s | ratio | images/s after the first row | ratio | first row (s) | RSS per tagger (MiB) |",
+        "| engine | images/s | ratio | images/s after the first row | ratio | first row (s) | peak RSS of a tagger (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row['engine']} | {row['images_per_s']} | {row['images_per_s'] / local['images_per_s']:.2f} | "
             f"{row['steady_images_per_s']} | {row['steady_images_per_s'] / local['steady_images_per_s']:.2f} | "
-            f"{row['first_row_s']} | {row['rss_mib_per_tagger']} (x{row['taggers']}) |"
+            f"{row['first_row_s']} | {row['rss_mib_per_tagger']} |"
         )
     return "\n".join(lines) + "\n"
 
