@@ -150,7 +150,8 @@ def markdown(results: dict) -> str:
         f"{results['images']} JPEGs (320 x 240), {results['model']}, batch size {results['batch_size']}, "
         f"{results['cpus']} CPUs; ratios to the one-process engine of this run.",
         "",
-        "| engine | images/s | ratio | images/s after the first row | ratio | first row (s) | peak RSS of a tagger (MiB) |",
+        "| engine | images/s | ratio | images/s after the first row | ratio | first row (s) "
+        "| peak RSS of a tagger (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
