@@ -3,7 +3,7 @@
 #   VENV            where to build it (default: .venv in the repository)
 #   FRESH=1         delete VENV first (the test command does, so that a fresh machine is what is tested)
 #   EXTRAS          the package's extras to install (default: demo, what examples/run_demo.sh needs; the test
-#                   command asks for test,demo,app,export)
+#                   command asks for test,demo,app,export,ray)
 # Installs torch and torchvision (pinned together: timm needs torchvision, and PyPI's torchvision only works
 # beside the matching torch), then this package with the EXTRAS; at the same time, in the background, the Debian
 # packages that are absent (without their recommended packages): tuxpaint's stamps and background photos (real

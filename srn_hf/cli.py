@@ -36,6 +36,7 @@ FLAGS = {
         "retry_errors": "--retry-errors",
         "save_attention": "--save-attention",
         "trust_remote_code": "--trust-remote-code",
+        "ray_address": "--ray-address",
     },
     "demo": {"trust_remote_code": "--trust-remote-code"},
     "export": {"format": "--format", "image_size": "--image-size", "fast": "--fast"},
@@ -119,7 +120,9 @@ def add_predict_command(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     predict.add_argument(
-        "model", help="model folder written by save_pretrained (with preprocessor_config.json), or a Hub id"
+        "model",
+        help="model folder written by save_pretrained (with preprocessor_config.json), a Hub id, or a folder written "
+        "by srn-hf export (ONNX Runtime)",
     )
     predict.add_argument(
         "images", nargs="*", metavar="IMAGE_OR_DIR", help="image files and folders (their images, recursively)"
@@ -173,6 +176,32 @@ def add_predict_command(commands) -> None:
         "--fast", action="store_true", help="bf16 autocast and channels-last: faster on CPUs with bf16 units and GPUs"
     )
     add_trust_remote_code_option(predict)
+    predict.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (N under accelerate launch); ray: Ray Data, here or on a cluster, --output a "
+        "*.parquet folder (needs srn_hf[ray]); default: local",
+    )
+    predict.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="with --engine ray: a running cluster (auto, HOST:PORT, ray://HOST:10001); default: a local Ray with "
+        "this machine's cores",
+    )
+    predict.add_argument(
+        "--num-actors",
+        type=int,
+        help="with --engine ray: model copies tagging at once (default: the cluster's CPUs / --cpus-per-actor)",
+    )
+    predict.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        help="with --engine ray: CPUs each actor reserves, its torch threads (default: 1)",
+    )
+    predict.add_argument(
+        "--gpus-per-actor", type=float, help="with --engine ray: GPUs each actor reserves (default: 0)"
+    )
     predict.set_defaults(run=run_predict)
 
 
@@ -371,6 +400,17 @@ def check_predict_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--top-k {args.top_k} must be at least 1")
     if args.batch_size < 1 or args.num_workers < 0:
         raise ValueError("--batch-size must be at least 1 and --num-workers at least 0")
+    ray_options = (args.ray_address, args.num_actors, args.cpus_per_actor, args.gpus_per_actor)
+    if args.engine != "ray" and any(option is not None for option in ray_options):
+        raise ValueError(
+            "--ray-address, --num-actors, --cpus-per-actor and --gpus-per-actor are options of --engine ray"
+        )
+    if (args.cpus_per_actor is not None and args.cpus_per_actor <= 0) or (args.gpus_per_actor or 0) < 0:
+        raise ValueError("--cpus-per-actor must be above 0 and --gpus-per-actor at least 0")
+    if args.num_actors is not None and args.num_actors < 1:
+        raise ValueError(f"--num-actors {args.num_actors} must be at least 1")
+    if args.engine == "ray" and (args.output is None or args.save_attention is not None):
+        raise ValueError("--engine ray writes its records to --output FILE.parquet (no stdout, no --save-attention)")
 
 
 def predict_sources(args: argparse.Namespace):
@@ -381,56 +421,69 @@ def predict_sources(args: argparse.Namespace):
             before the model is loaded. The --data loaders raise ValueError or OSError.
     """
     from .bulk import BulkError, check_output, given_sources
+    from .bulk.writers import check_folder_output
 
+    if not args.images and args.file_list is None and args.data is None:
+        raise BulkError("no image source given: pass IMAGE_OR_DIR, --file-list FILE or --data KIND")
     sources = given_sources(args.images, args.file_list, args.data, args.data_option, args.split)
     for problem in sources.unreadable:
         print(f"srn-hf predict: error: {problem}", file=sys.stderr)
     if not sources.keys:
         raise BulkError(f"no image files in {' '.join(args.images + [args.file_list or args.data or ''])}".rstrip())
-    if args.output is not None:
-        check_output(args.output, args.resume, args.retry_errors)  # before the model is loaded; again by tag_images
+    if args.output is not None:  # before the model is loaded; again by the engine
+        check = check_folder_output if args.engine == "ray" else check_output
+        check(args.output, args.resume, args.retry_errors)
     elif args.resume or args.retry_errors:
         raise BulkError("--resume and --retry-errors continue an --output file: pass --output")
     return sources
 
 
-def predict_pipeline(args: argparse.Namespace, label_thresholds: dict[str, float]):
-    """The SRN pipeline of MODEL with its thresholds set, on this process's device.
+def predict_model(args: argparse.Namespace, label_thresholds: dict[str, float]):
+    """The bulk model of MODEL (`srn_hf.bulk.load_bulk_model`: an SRN folder or Hub id through its pipeline, or an
+    exported folder), on this process's device, its thresholds checked.
 
     Raises:
         ModelFolderError: naming the model folder (or Hub id) and what is wrong with it, or a bad threshold.
     """
-    from transformers import pipeline
     from transformers.utils.logging import disable_progress_bar
 
-    from .bulk import run_state
-    from .model_folder import ModelFolderError, check_model_folder, is_local_model, one_line
-    from .pipeline_srn import TASK
+    from .bulk import load_bulk_model, run_state
+    from .model_folder import ModelFolderError, one_line
 
-    trust = args.trust_remote_code
     disable_progress_bar()  # the weights load in a moment; a refusal after loading stays one line
+    state = run_state(args.device)  # under accelerate launch, each process on its own device
+    device = state.device if state.num_processes > 1 else args.device
+    model = load_bulk_model(args.model, device, args.fast, trust_remote_code=args.trust_remote_code)
     try:
-        if is_local_model(args.model):  # a missing folder, truncated weights, a bad config value, its own code: now
-            check_model_folder(args.model, trust_remote_code=trust)
-        state = run_state(args.device)  # under accelerate launch, each process on its own device
-        device = state.device if state.num_processes > 1 else args.device
-        tagger = pipeline(TASK, model=args.model, device=device, trust_remote_code=trust)
-        tagger.thresholds(args.threshold, label_thresholds or None)  # a bad label or value fails before any image
-    except ModelFolderError:  # its message names the folder or the file; `main` prints it
-        raise
-    except (OSError, ValueError) as error:
-        message = one_line(error)  # named after the model, if it does not name it already
-        named = message if args.model in message else f"{args.model}: {message}"
-        raise remote_code_refusal(args.model, error) or ModelFolderError(named) from error
-    return tagger
+        model.thresholds(args.threshold, label_thresholds or None)  # a bad label or value fails before any image
+    except ValueError as error:
+        raise ModelFolderError(f"{args.model}: {one_line(error)}") from error
+    return model
 
 
-def remote_code_refusal(model: str, error: BaseException):
-    """transformers' refusal to run a Hub repository's own code (`trust_remote_code=False`) as a `RemoteCodeError`
-    naming `model`; None for another error."""
-    from .model_folder import RemoteCodeError
+def run_ray_engine(args: argparse.Namespace, sources, label_thresholds: dict[str, float]):
+    """`srn_hf.bulk.ray.tag_with_ray` with the command's options."""
+    from .bulk.ray import tag_with_ray
 
-    return RemoteCodeError(model, "its auto_map") if "trust_remote_code" in str(error) else None
+    return tag_with_ray(
+        args.model,
+        sources,
+        args.output,
+        resume=args.resume,
+        retry_errors=args.retry_errors,
+        address=args.ray_address,
+        num_actors=args.num_actors,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        label_thresholds=label_thresholds or None,
+        top_k=args.top_k,
+        all_scores=args.all_scores,
+        fast=args.fast,
+        device=args.device,
+        cpus_per_actor=args.cpus_per_actor or 1.0,
+        gpus_per_actor=args.gpus_per_actor or 0.0,
+        trust_remote_code=args.trust_remote_code,
+    )
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -448,26 +501,27 @@ def run_predict(args: argparse.Namespace) -> int:
     except (BulkError, OSError, ValueError) as error:  # also the --data loaders' AnnotationError, a ValueError
         print(f"srn-hf predict: error: {command_line_message('predict', error, str(error))}", file=sys.stderr)
         return 2
-    tagger = predict_pipeline(args, label_thresholds)
     pipeline_logger.setLevel(logging.ERROR)
     try:
-        summary = tag_images(
-            tagger,
-            sources,
-            args.model,
-            output=args.output,
-            resume=args.resume,
-            as_json=args.json,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            fast=args.fast,
-            threshold=args.threshold,
-            label_thresholds=label_thresholds or None,
-            top_k=args.top_k,
-            all_scores=args.all_scores,
-            save_attention=args.save_attention,
-            retry_errors=args.retry_errors,
-        )
+        if args.engine == "ray":
+            summary = run_ray_engine(args, sources, label_thresholds)
+        else:
+            summary = tag_images(
+                predict_model(args, label_thresholds),
+                sources,
+                args.model,
+                output=args.output,
+                resume=args.resume,
+                as_json=args.json,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                threshold=args.threshold,
+                label_thresholds=label_thresholds or None,
+                top_k=args.top_k,
+                all_scores=args.all_scores,
+                save_attention=args.save_attention,
+                retry_errors=args.retry_errors,
+            )
     except BulkError as error:
         print(f"srn-hf predict: error: {command_line_message('predict', error, str(error))}", file=sys.stderr)
         return 2
@@ -619,7 +673,7 @@ def run_demo(args: argparse.Namespace) -> int:
     import os
 
     from .images import ImageError
-    from .model_folder import check_model_folder, is_local_model
+    from .model_folder import check_model_folder, is_local_model, remote_code_refusal
 
     try:
         from .app import build_app
@@ -642,8 +696,9 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"srn-hf demo: error: --example {error}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as error:
-        if remote_code_refusal(args.model, error):
-            raise remote_code_refusal(args.model, error) from None
+        refusal = remote_code_refusal(args.model, error)
+        if refusal:
+            raise refusal from None
         print(f"srn-hf demo: error: {args.model}: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         return 2
     try:
@@ -661,6 +716,17 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"srn-hf demo: serving {args.model} at {demo.local_url}{public} (Ctrl+C stops it)", flush=True)
     demo.block_thread()
     return 0
+
+
+def quiet_broken_pipe() -> int:
+    """After the reader of stdout has gone: stdout pointed at /dev/null, so that Python's last flush at exit does
+    not fail again; returns 141, the status of a process ended by SIGPIPE (128 + 13), as a shell reports it."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 # Errors that mean bad input (a file, a folder, a value, the Hub refusing): a one-line refusal with exit status 2.
@@ -681,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"srn-hf {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed by its reader (`| head`): stop quietly, as Unix tools do
+        return quiet_broken_pipe()
     except Exception as error:
         if getattr(args, "debug", False):
             raise

@@ -73,6 +73,12 @@ class RemoteCodeError(ModelFolderError):
         return f"{self.source} asks to run the Python code it brings ({self.code}): refused, {allowed}"
 
 
+def remote_code_refusal(model: str, error: BaseException) -> RemoteCodeError | None:
+    """transformers' refusal to run a Hub repository's own code (`trust_remote_code=False`) as a `RemoteCodeError`
+    naming `model`; None for another error."""
+    return RemoteCodeError(model, "its auto_map") if "trust_remote_code" in str(error) else None
+
+
 def remote_code(raw_config) -> str | None:
     """The folder's own Python files that a config.json's `auto_map` would import, when transformers would run them:
     its `model_type` is not one transformers or srn_hf registered. None otherwise."""

@@ -113,26 +113,7 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
         Raises a `ValueError` naming the value and where it comes from (the call, or the model config's `threshold`
         / `label_thresholds`) when a threshold is not a number in [0, 1] or names a label the model does not have.
         """
-        config = self.model.config
-        names = config_label_names(config)
-        if label_thresholds is not None and not isinstance(label_thresholds, dict):
-            raise ValueError(f"label_thresholds must be a dict of label name to threshold, got {label_thresholds!r}")
-        unknown = sorted(set(label_thresholds or {}) - set(names))
-        if unknown:
-            raise ValueError(f"label_thresholds names labels the model does not have: {unknown}; its labels: {names}")
-        sources = {name: (f"label_thresholds[{name!r}]", value) for name, value in (label_thresholds or {}).items()}
-        if threshold is None:
-            config_thresholds = getattr(config, "label_thresholds", None) or {}
-            sources = {
-                **{name: (f"config.label_thresholds[{name!r}]", v) for name, v in config_thresholds.items()},
-                **sources,
-            }
-            default = ("config.threshold", getattr(config, "threshold", 0.5))
-        else:
-            default = ("threshold", threshold)
-        for where, value in [default, *sources.values()]:
-            check_threshold(value, where)
-        return np.array([sources.get(name, default)[1] for name in names], dtype=np.float64)
+        return config_thresholds(self.model.config, threshold, label_thresholds)
 
     def __call__(self, inputs=None, **kwargs):
         """Labels for one image, a list of images, a folder or a dataset; see the class docstring."""
@@ -277,6 +258,33 @@ def check_finite_logits(logits: torch.Tensor, model) -> None:
             f"model {model_name(model)} gave non-finite scores ({int((~finite).sum())} of {finite.numel()} logits are "
             "NaN or inf): its weights overflow, or the input holds NaN or inf"
         )
+
+
+def config_thresholds(
+    config, threshold: float | None = None, label_thresholds: dict[str, float] | None = None
+) -> np.ndarray:
+    """The threshold of each label of `config` (in label id order): `label_thresholds`, else `threshold`, else the
+    config's own `label_thresholds` and `threshold` (the rule of [`MultiLabelImageClassificationPipeline.thresholds`],
+    also of a folder written by `srn-hf export`, whose config.json it reads). Raises a `ValueError` as that method."""
+    names = config_label_names(config)
+    if label_thresholds is not None and not isinstance(label_thresholds, dict):
+        raise ValueError(f"label_thresholds must be a dict of label name to threshold, got {label_thresholds!r}")
+    unknown = sorted(set(label_thresholds or {}) - set(names))
+    if unknown:
+        raise ValueError(f"label_thresholds names labels the model does not have: {unknown}; its labels: {names}")
+    sources = {name: (f"label_thresholds[{name!r}]", value) for name, value in (label_thresholds or {}).items()}
+    if threshold is None:
+        saved = getattr(config, "label_thresholds", None) or {}
+        sources = {
+            **{name: (f"config.label_thresholds[{name!r}]", v) for name, v in saved.items()},
+            **sources,
+        }
+        default = ("config.threshold", getattr(config, "threshold", 0.5))
+    else:
+        default = ("threshold", threshold)
+    for where, value in [default, *sources.values()]:
+        check_threshold(value, where)
+    return np.array([sources.get(name, default)[1] for name in names], dtype=np.float64)
 
 
 def check_threshold(value, where: str) -> None:

@@ -3,7 +3,7 @@
 # multi-process tests included, after ruff's format and lint checks. Extra arguments go to pytest (e.g. -m "not slow" for the quick part).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-export VENV=${VENV:-$repo/.venv-test} FRESH=${FRESH:-1} EXTRAS=${EXTRAS:-test,demo,app,export}
+export VENV=${VENV:-$repo/.venv-test} FRESH=${FRESH:-1} EXTRAS=${EXTRAS:-test,demo,app,export,ray}
 bash "$repo/examples/setup_env.sh"
 cd "$repo"
 # The formatter and the linter first (rules in pyproject.toml, [tool.ruff]): a change that breaks either fails here.

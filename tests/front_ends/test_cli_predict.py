@@ -111,7 +111,33 @@ def test_library_errors_name_parameters_and_the_command_line_its_flags(tmp_path,
 
 def test_no_images_exit_2(capsys, model_folder, tmp_path):
     status, _, err = run(capsys, model_folder, tmp_path)
-    assert status == 2 and "no image files" in err
+    assert status == 2 and err == f"srn-hf predict: error: no image files in {tmp_path}\n"
+    status, _, err = run(capsys, model_folder)  # nothing given at all: said so, not "no image files in"
+    assert (status, err) == (
+        2,
+        "srn-hf predict: error: no image source given: pass IMAGE_OR_DIR, --file-list FILE or --data KIND\n",
+    )
+
+
+def test_a_pipe_closed_by_head_ends_the_command_quietly(model_folder, tmp_path):
+    """`srn-hf predict MODEL photos/ | head -n 1`: a real pipe; once head has gone, the command stops like other
+    Unix tools, without a traceback or a "Broken pipe" message, exit status 141 (SIGPIPE's) or 0."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(12):
+        Image.new("RGB", (32, 32), (index * 20, 0, 0)).save(photos / f"image{index:02d}.png")
+    command = [sys.executable, "-m", "srn_hf.cli", "predict", model_folder, str(photos), "--threshold", "0"]
+    command += ["--batch-size", "1", "--num-workers", "0"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    predict = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    head = subprocess.Popen(["head", "-n", "1"], stdin=predict.stdout, stdout=subprocess.PIPE, text=True)
+    predict.stdout.close()  # head alone reads the pipe
+    first_line, _ = head.communicate(timeout=300)
+    stderr = predict.stderr.read()
+    status = predict.wait(timeout=300)
+    assert first_line.startswith(str(photos / "image00.png"))
+    assert status in (0, 141), stderr
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr and "error" not in stderr, stderr
 
 
 def test_console_script(model_folder, photos):

@@ -140,3 +140,45 @@ def test_the_records_of_a_retried_run_match_a_fresh_run(model_folder, tmp_path, 
     for image, record in fresh.items():
         assert [item["label"] for item in retried[image]["labels"]] == [item["label"] for item in record["labels"]]
         np.testing.assert_allclose(retried[image]["scores"], record["scores"], atol=1e-5)
+
+
+def test_a_file_size_limit_in_a_dataloader_worker_ends_the_run_in_one_line_and_resume_completes(model_folder, tmp_path):
+    """`ulimit -f`: a worker cannot put its batch in shared memory. The run ends (no hang) with one line naming the
+    cause and exit status 2; the records written before stay, and --resume without the limit completes them."""
+    import resource
+    import subprocess
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(8):
+        write_image(photos / f"image{index:02d}.png", index)
+    output = tmp_path / "tags.jsonl"
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    options = ["--output", str(output), "--batch-size", "2", "--num-workers", "1"]
+    command = [sys.executable, "-m", "srn_hf.cli", "predict", model_folder]
+    first = sorted(str(path) for path in photos.iterdir())[:4]
+    assert subprocess.run([*command, *first, *options], env=environment, capture_output=True).returncode == 0
+
+    def limit_file_size():  # a batch of 2 x 3 x 64 x 64 float32 is 98 kB; the records are far smaller
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    limited = subprocess.run(
+        [*command, str(photos), *options, "--resume"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,  # a hang fails here
+        preexec_fn=limit_file_size,
+    )
+    assert limited.returncode == 2, limited.stderr[-3000:]
+    errors = [line for line in limited.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("srn-hf predict: error: a DataLoader worker failed ("), errors
+    assert "File too large" in errors[0] and errors[0].endswith("the records written so far stay, --resume continues")
+    assert sorted(record["image"] for record in records(output)) == first  # what was written stays valid
+
+    resumed = subprocess.run(
+        [*command, str(photos), *options, "--resume"], env=environment, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(record["image"] for record in records(output)) == sorted(str(path) for path in photos.iterdir())

@@ -1,0 +1,167 @@
+"""`srn-hf predict --engine ray` (srn_hf.bulk.ray) on a local Ray started in the process: the same rows as the
+one-process engine (an SRN folder and an `srn-hf export` ONNX folder), the refusals of a missing ray extra and of a
+cluster that is not there, and `import srn_hf` without Ray. The faults on a two-node cluster:
+test_bulk_ray_cluster.py."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import save_with_processor, small_srn
+from PIL import Image
+
+from srn_hf.cli import main
+
+LABELS = {0: "cat", 1: "dog", 2: "car", 3: "tree"}
+ROOT = Path(__file__).resolve().parents[2]
+ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    return save_with_processor(small_srn(LABELS, image_size=64), tmp_path_factory.mktemp("srn"))
+
+
+def write_images(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        pixels = np.kron(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), np.ones((12, 12, 1), dtype=np.uint8))
+        Image.fromarray(pixels).save(folder / f"image{index:03d}.{'png' if index % 3 else 'jpg'}")
+    (folder / "truncated.jpg").write_bytes((folder / "image000.jpg").read_bytes()[:200])
+
+
+def rows_by_image(output: Path) -> dict:
+    rows = pq.read_table(output).to_pylist()
+    assert len(rows) == len({row["image"] for row in rows}), "an image written twice"
+    return {row["image"]: row for row in rows}
+
+
+def assert_same_rows(first: dict, second: dict, atol: float) -> None:
+    """The same images, labels in the same order, errors, and scores within `atol`."""
+    assert first.keys() == second.keys()
+    for image, row in first.items():
+        other = second[image]
+        assert [item["label"] for item in row["labels"]] == [item["label"] for item in other["labels"]], image
+        assert row["error"] == other["error"]
+        if row["error"] is None:
+            np.testing.assert_allclose(row["scores"], other["scores"], rtol=0, atol=atol, err_msg=image)
+            label_scores = ([item["score"] for item in record["labels"]] for record in (row, other))
+            np.testing.assert_allclose(*label_scores, rtol=0, atol=atol, err_msg=image)
+
+
+def engine_rows(model, photos: Path, output: Path, engine: str, capsys) -> dict:
+    """The rows of `srn-hf predict MODEL PHOTOS --engine ENGINE --output OUTPUT --all-scores`, by image."""
+    command = ["predict", str(model), str(photos), "--engine", engine, "--output", str(output), "--all-scores"]
+    status = main([*command, "--batch-size", "4", "--threshold", "0.5"])
+    err = capsys.readouterr().err
+    assert status == 1 and "1 of 13 images could not be predicted" in err, err  # the truncated JPEG
+    rows = rows_by_image(output)
+    assert len(rows) == 13 and "truncated.jpg" in rows[str(photos / "truncated.jpg")]["error"]
+    return rows
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_ray_rows_equal_the_one_process_rows(model_folder, tmp_path, capsys):
+    write_images(tmp_path / "photos", 12)
+    local = engine_rows(model_folder, tmp_path / "photos", tmp_path / "local.parquet", "local", capsys)
+    ray = engine_rows(model_folder, tmp_path / "photos", tmp_path / "ray.parquet", "ray", capsys)
+    assert (tmp_path / "ray.parquet").is_dir()  # the folder of parquet files Ray writes
+    # float32 scores rounded to 6 decimals: within one unit of the last decimal (batches of other rows)
+    assert_same_rows(local, ray, atol=1e-6 + 1e-9)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_an_exported_onnx_folder_tags_alike_in_both_engines(model_folder, tmp_path, capsys):
+    write_images(tmp_path / "photos", 12)
+    exported = tmp_path / "exported"
+    assert main(["export", model_folder, str(exported)]) == 0
+    local = engine_rows(exported, tmp_path / "photos", tmp_path / "local.parquet", "local", capsys)
+    ray = engine_rows(exported, tmp_path / "photos", tmp_path / "ray.parquet", "ray", capsys)
+    assert_same_rows(local, ray, atol=1e-6 + 1e-9)
+    srn = engine_rows(model_folder, tmp_path / "photos", tmp_path / "srn.parquet", "local", capsys)
+    assert_same_rows(srn, local, atol=1e-4)  # ONNX Runtime's kernels against torch's
+
+
+def predict_subprocess(*argv, prelude: str = "") -> subprocess.CompletedProcess:
+    program = f"import sys\n{prelude}\nfrom srn_hf.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", program, "predict", *map(str, argv)],
+        env=ENVIRONMENT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def command_lines(stderr: str) -> list[str]:
+    """The lines of stderr but transformers' notice of a registration (`python -c` imports srn_hf twice)."""
+    return [line for line in stderr.splitlines() if not line.startswith("[transformers]")]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_missing_ray_extra_and_a_cluster_not_there_are_one_line_refusals(model_folder, tmp_path):
+    write_images(tmp_path / "photos", 2)
+    output = tmp_path / "tags.parquet"
+    common = (model_folder, tmp_path / "photos", "--engine", "ray", "--output", output)
+    missing = predict_subprocess(*common, prelude="sys.modules['ray'] = None  # as if the ray extra were not installed")
+    assert missing.returncode == 2, missing.stderr
+    assert command_lines(missing.stderr) == [
+        "srn-hf predict: error: ray is not installed: the ray engine needs the ray extra: pip install 'srn_hf[ray]'"
+    ]
+    port = free_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        refused = predict_subprocess(*common, "--ray-address", address)
+        assert refused.returncode == 2, refused.stderr
+        assert command_lines(refused.stderr) == [
+            f"srn-hf predict: error: --ray-address {address}: no Ray cluster answers there (Connection refused)"
+        ]
+    assert not output.exists()
+
+
+def test_ray_is_not_imported_with_srn_hf_or_its_command():
+    program = "import sys, srn_hf, srn_hf.bulk, srn_hf.cli; srn_hf.register(); print('ray' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", program], env=ENVIRONMENT, capture_output=True, text=True)
+    assert completed.stdout.strip() == "False", completed.stderr
+
+
+def test_ray_options_need_the_ray_engine_and_an_output(model_folder, tmp_path, capsys):
+    write_images(tmp_path / "photos", 1)
+    for extra in (["--ray-address", "auto"], ["--num-actors", "2"]):
+        assert main(["predict", model_folder, str(tmp_path / "photos"), *extra]) == 2
+        assert capsys.readouterr().err == (
+            "srn-hf predict: error: --ray-address, --num-actors, --cpus-per-actor and --gpus-per-actor are options of "
+            "--engine ray\n"
+        )
+    assert main(["predict", model_folder, str(tmp_path / "photos"), "--engine", "ray"]) == 2
+    assert "--engine ray writes its records to --output FILE.parquet" in capsys.readouterr().err
+    assert main(["predict", model_folder, str(tmp_path / "photos"), "--engine", "ray", "--output", "t.jsonl"]) == 2
+    assert "the ray engine writes a folder of parquet files: name it *.parquet" in capsys.readouterr().err
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_datasets_split_through_ray_has_the_rows_of_the_one_process_engine(model_folder, tmp_path, capsys):
+    from helpers import write_imagefolder
+
+    data = write_imagefolder(tmp_path / "data", {"test": [["cat"], ["dog"], ["cat", "car"], ["tree"], ["dog"]]})
+    outputs = {engine: tmp_path / f"{engine}.parquet" for engine in ("local", "ray")}
+    for engine, output in outputs.items():
+        command = ["predict", model_folder, "--data", "imagefolder", "--data-option", f"data_dir={data}"]
+        command += ["--engine", engine, "--output", str(output), "--all-scores", "--batch-size", "2"]
+        assert main(command) == 0, capsys.readouterr().err
+    local, ray = rows_by_image(outputs["local"]), rows_by_image(outputs["ray"])
+    assert len(local) == 5  # one row per image_id of the split
+    assert_same_rows(local, ray, atol=1e-6 + 1e-9)
