@@ -512,7 +512,8 @@ def run_export_quantized(args: argparse.Namespace) -> int:
     from .bulk import given_sources, parse_data_options
     from .quantize import check_quantize_options, export_quantized
 
-    check_quantize_options(args.quantize, args.calibration_method, args.calibration_count)  # before any image is read
+    # Before any image is read:
+    check_quantize_options(args.quantize, args.calibration_method, args.calibration_count, args.data and args.split)
     if bool(args.calibration_images) == bool(args.data):
         raise ValueError("--quantize needs calibration images: pass --calibration-images SOURCE or --data KIND")
     if args.fast:

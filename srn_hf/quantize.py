@@ -57,9 +57,11 @@ class CalibrationImages:
     unreadable: list[str]
 
 
-def check_quantize_options(quantize: str, method: str, count: int) -> None:
-    """Refuses (ValueError naming the parameter) an unknown `quantize` type or calibration method, or a `count` of
-    calibration images under [`MIN_CALIBRATION_IMAGES`]."""
+def check_quantize_options(quantize: str, method: str, count: int, split: str | None = None) -> None:
+    """Refuses (ValueError naming the parameter) an unknown `quantize` type or calibration method, a `count` of
+    calibration images under [`MIN_CALIBRATION_IMAGES`], or the test `split` of a dataset to calibrate on."""
+    if split == "test":
+        raise ValueError("split='test': quantization is calibrated and thresholds are tuned on a validation split")
     if quantize not in QUANTIZE_TYPES:
         raise ValueError(f"quantize={quantize!r} is not one of {', '.join(QUANTIZE_TYPES)}")
     if method not in CALIBRATION_METHODS:
@@ -222,14 +224,12 @@ def export_quantized(
     from .scoring import calibrate_model_folder
     from .storage import atomic_folder
 
-    check_quantize_options(quantize, calibration_method, calibration_count)
+    check_quantize_options(quantize, calibration_method, calibration_count, thresholds_data and thresholds_data[2])
     if format != "onnx":
         raise ValueError(
             f"quantize={quantize!r} makes an ONNX Runtime graph: format={format!r} is not quantized "
             "(pass format='onnx')"
         )
-    if thresholds_data is not None and thresholds_data[2] == "test":
-        raise ValueError("split='test': quantization is calibrated and thresholds are tuned on a validation split")
     check_export_target(out_dir, "onnx", image_size)
     images = calibration_images(sources, export_image_processor(model_dir, image_size), calibration_count)
     with tempfile.TemporaryDirectory(prefix="srn-float-") as scratch:
