@@ -48,6 +48,8 @@ from srn_hf.quantize import FLOAT_OPERATORS, calibration_images, export_quantize
 from srn_hf.scoring import evaluation_loader, score_split_exported  # noqa: E402
 
 CANDIDATE_OPERATORS = ("Softmax", "Sigmoid", "Mul", "MatMul", "BatchNormalization", "Gemm", "Add")
+# The attention maps A (Softmax) reach f_sr through U = A x sigmoid(S) (Mul): A stays float only with both.
+CANDIDATE_COMBINATIONS = (("Softmax", "Mul"), ("Softmax", "Sigmoid", "Mul"))
 # SRN's branches, by the prefix of their weights' names in the exported graph.
 BRANCHES = {
     "f_att (attention convolutions)": "model.srn.attention.",
@@ -112,6 +114,7 @@ def run_study(args, float_folder: Path, work: Path) -> dict:
     nodes = branch_nodes(prepared_graph(float_folder / "model.onnx", work / "prepared.onnx"))
     settings = {"every operator quantized": ((), ())}
     settings |= {f"{name} float32": ((name,), ()) for name in CANDIDATE_OPERATORS}
+    settings |= {f"{' + '.join(names)} float32": (names, ()) for names in CANDIDATE_COMBINATIONS}
     settings |= {f"{branch} float32": ((), tuple(found)) for branch, found in nodes.items() if found}
     settings[f"library choice: {', '.join(FLOAT_OPERATORS)} float32"] = (FLOAT_OPERATORS, ())
     cache, rows = work / "calibration_cache.json", []

@@ -141,7 +141,7 @@ def quantize_graph(
             so that every range is in it). ONNX Runtime's `calibration_cache_path`, in 1.32 and later.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.registry import QDQRegistry
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
@@ -155,7 +155,8 @@ def quantize_graph(
             os.fspath(out_graph),
             PixelBatches(pixel_values),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=[name for name in QDQRegistry if name not in float_operators],
+            # quantize_static's own default (every operator it can quantize), less those kept float32
+            op_types_to_quantize=sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - set(float_operators)),
             per_channel=True,
             reduce_range=False,
             activation_type=QuantType.QUInt8,
