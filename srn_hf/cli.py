@@ -520,10 +520,13 @@ def run_export_quantized(args: argparse.Namespace) -> int:
         raise ValueError("--fast exports the bf16 fast path, which is not quantized: leave --fast out")
     if args.data:
         sources = given_sources([], None, args.data, args.data_option, args.split)
+        name = f"--data {args.data} --split {args.split}"
     elif os.path.isdir(args.calibration_images):
         sources = given_sources([args.calibration_images], None, None, [], None)
+        name = args.calibration_images
     else:
         sources = given_sources([], args.calibration_images, None, [], None)
+        name = args.calibration_images
     result = export_quantized(
         args.model_dir,
         args.out_dir,
@@ -535,6 +538,7 @@ def run_export_quantized(args: argparse.Namespace) -> int:
         args.image_size,
         args.attention_maps,
         (args.data, parse_data_options(args.data_option), args.split) if args.data else None,
+        name,
     )
     record, calibration = result["quantization"], result["calibration"]
     if result["unreadable"]:

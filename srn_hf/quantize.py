@@ -70,18 +70,21 @@ def check_quantize_options(quantize: str, method: str, count: int, split: str | 
         raise ValueError(f"calibration_count={count} is below the minimum of {MIN_CALIBRATION_IMAGES} images")
 
 
-def calibration_images(sources, image_processor, count: int = DEFAULT_CALIBRATION_IMAGES) -> CalibrationImages:
+def calibration_images(
+    sources, image_processor, count: int = DEFAULT_CALIBRATION_IMAGES, name: str | None = None
+) -> CalibrationImages:
     """Up to `count` images of `sources` (a `srn_hf.bulk.Sources`: files or a dataset split), evenly spaced over
-    them, opened and preprocessed; unreadable ones are left out (and named).
+    them, opened and preprocessed; unreadable ones are left out (and named). `name` says in errors and in the
+    record where they come from (e.g. `"calibration_images=photos/"`).
 
     Raises:
         QuantizationError: no image can be read, or fewer than [`MIN_CALIBRATION_IMAGES`] can.
     """
     from .bulk import ImageRows
 
-    source = describe_sources(sources)
+    source = describe_sources(sources) if name is None else f"{name} ({describe_sources(sources)})"
     if not sources.keys:
-        raise QuantizationError(f"calibration_images={source}: no image files")
+        raise QuantizationError(f"calibration images {source}: no image files")
     picked = np.unique(np.linspace(0, len(sources.keys) - 1, min(count, len(sources.keys))).round().astype(int))
     rows = ImageRows(sources, picked.tolist(), image_processor)
     items = [rows[index] for index in range(len(rows))]
@@ -89,11 +92,11 @@ def calibration_images(sources, image_processor, count: int = DEFAULT_CALIBRATIO
     readable = [item["pixel_values"].numpy() for item in items if item["error"] is None]
     if not readable:
         raise QuantizationError(
-            f"calibration_images={source}: none of the {len(items)} images can be read (the first: {unreadable[0]})"
+            f"calibration images {source}: none of the {len(items)} images can be read (the first: {unreadable[0]})"
         )
     if len(readable) < MIN_CALIBRATION_IMAGES:
         raise QuantizationError(
-            f"calibration_images={source}: {len(readable)} readable images, fewer than the minimum of "
+            f"calibration images {source}: {len(readable)} readable images, fewer than the minimum of "
             f"{MIN_CALIBRATION_IMAGES} ({len(unreadable)} unreadable)"
         )
     return CalibrationImages(np.stack(readable).astype(np.float32), source, unreadable)
@@ -205,6 +208,7 @@ def export_quantized(
     image_size: int | None = None,
     attention_maps: bool = False,
     thresholds_data: tuple[str, dict, str] | None = None,
+    calibration_name: str | None = None,
 ) -> dict:
     """An INT8 export folder of the SRN model in `model_dir`: the float32 ONNX export, quantized.
 
@@ -217,6 +221,7 @@ def export_quantized(
             (evenly spaced over `sources`), at least [`MIN_CALIBRATION_IMAGES`] must be readable.
         thresholds_data: `(kind, options, split)` of a labelled `srn_hf.data` split to tune the thresholds on again
             with the quantized model's scores (never `"test"`); None copies the float model's.
+        calibration_name: where `sources` come from, in errors and the record (see [`calibration_images`]).
 
     Returns:
         `{"graph": path, "quantization": {...}, "unreadable": [...], "calibration": ThresholdCalibration or None}`.
@@ -232,7 +237,8 @@ def export_quantized(
             "(pass format='onnx')"
         )
     check_export_target(out_dir, "onnx", image_size)
-    images = calibration_images(sources, export_image_processor(model_dir, image_size), calibration_count)
+    processor = export_image_processor(model_dir, image_size)
+    images = calibration_images(sources, processor, calibration_count, calibration_name)
     with tempfile.TemporaryDirectory(prefix="srn-float-") as scratch:
         float_folder = Path(scratch) / "float"
         export_model(model_dir, float_folder, "onnx", image_size, attention_maps)

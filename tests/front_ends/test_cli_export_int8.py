@@ -52,7 +52,7 @@ def run(capsys, argv):
     return status, captured.out, captured.err
 
 
-def test_quantize_with_a_file_list_states_the_calibration_and_copies_the_float_thresholds(capsys, int8_run):
+def test_quantize_with_a_file_list_states_the_calibration_and_copies_the_float_thresholds(capsys, int8_run, file_list):
     out, argv = int8_run
     status, stdout, stderr = run(capsys, argv)
     assert status == 0, stderr
@@ -65,7 +65,7 @@ def test_quantize_with_a_file_list_states_the_calibration_and_copies_the_float_t
     assert (
         config["quantization"]["calibration_images"] == 19 and config["quantization"]["calibration_method"] == "minmax"
     )
-    assert config["quantization"]["calibration_source"] == "20 image files"
+    assert config["quantization"]["calibration_source"] == f"{file_list} (20 image files)"
     assert record["thresholds_from"] == "float32 model" and record["thresholds"] == [0.4, 0.7, 0.4]
     # ExportedTagger (and so everything built on it) runs the INT8 folder as it runs a float32 one.
     tagger = ExportedTagger(out)
@@ -119,7 +119,7 @@ def test_bad_quantize_options_are_one_line_exit_2(capsys, model_dir, too_few, un
     cases = [
         (["--format", "torch-export", "--quantize", "int8", "--calibration-images", too_few], "--format torch-export"),
         (["--quantize", "int4", "--calibration-images", too_few], "--quantize int4 is not one of int8"),
-        (["--quantize", "int8", "--calibration-images", unreadable], "none of the 20 images can be read"),
+        (["--quantize", "int8", "--calibration-images", unreadable], f"{unreadable} (20 image files): none of the 20"),
         (["--quantize", "int8", "--calibration-images", too_few], f"{MIN_CALIBRATION_IMAGES - 1} readable images"),
         (["--quantize", "int8", "--calibration-images", too_few, "--calibration-count", "4"], "below the minimum"),
         (
