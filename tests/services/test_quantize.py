@@ -141,3 +141,17 @@ def test_calibration_images_that_cannot_calibrate_are_refused(model_dir, tmp_pat
     few = write_imagefolder(tmp_path / "few", {"validation": [["cat"]] * (MIN_CALIBRATION_IMAGES - 1)})
     with pytest.raises(QuantizationError, match=f"{MIN_CALIBRATION_IMAGES - 1} readable images, fewer than the min"):
         calibration_images(dataset_sources("imagefolder", {"data_dir": few}, "validation"), processor)
+
+
+def test_every_calibration_image_counts_in_the_ranges(float_folder, calibration, tmp_path):
+    """The input's quantization range covers every calibration image, those of the first batches too (64 images: 4
+    batches; the largest values are in the first)."""
+    pixels = np.concatenate([calibration.pixel_values] * 3)[:64].copy()
+    pixels[0] *= 3.0
+    quantize_graph(float_folder / "model.onnx", tmp_path / "model.onnx", pixels)
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    quantize = next(node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] == "pixel_values")
+    scale, zero_point = float(initializers[quantize.input[1]]), int(initializers[quantize.input[2]])
+    low, high = (0 - zero_point) * scale, (255 - zero_point) * scale
+    assert low <= pixels.min() + scale and high >= pixels.max() - scale
