@@ -109,6 +109,9 @@ def run_study(args, float_folder: Path, work: Path) -> dict:
         dataset_sources(args.data, args.options, "validation"), processor, args.calibration_count
     )
     pixels, labels = split_inputs(args, "validation", processor, ExportedTagger(float_folder).labels)
+    if args.study_images:  # evenly spaced over the split
+        kept = np.unique(np.linspace(0, len(pixels) - 1, min(args.study_images, len(pixels))).round().astype(int))
+        pixels, labels = pixels[kept], labels[kept]
     reference = batched_scores(ExportedTagger(float_folder), pixels)
     reference_map = multilabel_metrics(reference, labels)["mAP"]
     nodes = branch_nodes(prepared_graph(float_folder / "model.onnx", work / "prepared.onnx"))
@@ -321,6 +324,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--sections", nargs="+", default=["study", "measure"], choices=["study", "measure"])
     parser.add_argument("--calibration-count", type=int, default=256)
+    parser.add_argument("--study-images", type=int, help="validation images scored per study setting (all)")
     parser.add_argument("--calibration-method", default="minmax")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds; the median is reported (7)")
