@@ -39,9 +39,9 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 MIN_CALIBRATION_IMAGES = 16
 DEFAULT_CALIBRATION_IMAGES = 256
 # Kept float32: the attention softmax over the h x w positions (probabilities near 1 / (h w), which a per-tensor
-# uint8 scale rounds to a few levels). Measured (benchmarks/benchmark_int8.py, docs/deploy.md "INT8"): on the demo
-# run's stage-1 checkpoint no operator type or SRN branch left float32 changed the largest score error (it comes from
-# the backbone), so this is a precaution that costs nothing measurable, not a measured need.
+# uint8 scale rounds to a few levels). Measured (benchmarks/benchmark_int8.py, docs/deploy.md "INT8") only on the
+# demo run's stage-1 and stage-2 checkpoints, where f_sr's output is still near zero: there no operator type or SRN
+# branch left float32 changed the score error, so this is a precaution that costs nothing measurable.
 FLOAT_OPERATORS = ("Softmax",)
 CALIBRATION_BATCH = 16
 
