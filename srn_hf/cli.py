@@ -39,7 +39,20 @@ FLAGS = {
         "ray_address": "--ray-address",
     },
     "demo": {"trust_remote_code": "--trust-remote-code"},
-    "export": {"format": "--format", "image_size": "--image-size", "fast": "--fast"},
+    "export": {
+        "format": "--format",
+        "image_size": "--image-size",
+        "fast": "--fast",
+        "quantize": "--quantize",
+        "calibration_images": "--calibration-images",
+        "calibration_count": "--calibration-count",
+        "calibration_method": "--calibration-method",
+        "images": "--calibration-images",
+        "file_list": "--calibration-images",
+        "data": "--data",
+        "data_options": "--data-option",
+        "split": "--split",
+    },
     "calibrate": {
         "data": "--data",
         "data_options": "--data-option",
@@ -223,6 +236,22 @@ def add_export_command(commands) -> None:
     export.add_argument(
         "--fast", action="store_true", help="export the bf16 channels-last fast path (torch-export only)"
     )
+    quantized = export.add_argument_group("INT8 (static quantization of the ONNX graph, docs/deploy.md)")
+    quantized.add_argument("--quantize", metavar="TYPE", help="quantize the ONNX graph: int8")
+    quantized.add_argument(
+        "--calibration-images", metavar="SOURCE", help="a folder of images, or a text file of image paths (one a line)"
+    )
+    quantized.add_argument(
+        "--data", metavar="KIND", help="or a dataset of srn_hf.data: calibrates on its --split, tunes thresholds on it"
+    )
+    quantized.add_argument(
+        "--data-option", action="append", default=[], metavar="KEY=VALUE", help="loader option (repeatable)"
+    )
+    quantized.add_argument("--split", default="validation", help="the --data split (default: validation; never test)")
+    quantized.add_argument(
+        "--calibration-count", type=int, default=256, help="calibration images used at most, evenly spaced (256)"
+    )
+    quantized.add_argument("--calibration-method", default="minmax", help="minmax (default), entropy or percentile")
     export.set_defaults(run=run_export)
 
 
@@ -235,7 +264,9 @@ def add_calibrate_command(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     calibrate.add_argument(
-        "model_dir", help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py)"
+        "model_dir",
+        help="folder written by save_pretrained (e.g. OUTPUT_DIR/final of examples/train_stages.py), or by srn-hf "
+        "export (scored by its own graph, e.g. an INT8 one)",
     )
     calibrate.add_argument(
         "--data",
@@ -269,7 +300,9 @@ def add_calibrate_command(commands) -> None:
         help="tune on images the model's training run trained or tested on (its splits.json); refused otherwise",
     )
     calibrate.add_argument(
-        "--write", action="store_true", help="store the thresholds in MODEL_DIR/config.json (nothing else changes)"
+        "--write",
+        action="store_true",
+        help="store the thresholds in MODEL_DIR/config.json (and an export folder's thresholds.json); nothing else",
     )
     calibrate.set_defaults(run=run_calibrate)
 
@@ -544,15 +577,78 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Exports MODEL_DIR to OUT_DIR (see `srn_hf.export`); exit status 2 if the model or the arguments are bad."""
+    """Exports MODEL_DIR to OUT_DIR (see `srn_hf.export`), quantized with --quantize (`srn_hf.quantize`); exit status
+    2 if the model or the arguments are bad."""
     from .export import export_model
 
     try:
+        if args.quantize is not None:
+            return run_export_quantized(args)
+        if args.calibration_images or args.data:
+            raise ValueError("--calibration-images and --data calibrate a quantization: pass --quantize int8")
         graph = export_model(args.model_dir, args.out_dir, args.format, args.image_size, args.attention_maps, args.fast)
     except (OSError, ValueError) as error:
         print(f"srn-hf export: error: {command_line_message('export', error, str(error))}", file=sys.stderr)
         return 2
     print(f"exported {args.model_dir} to {graph} (with config.json, preprocessor_config.json, thresholds.json)")
+    return 0
+
+
+def run_export_quantized(args: argparse.Namespace) -> int:
+    """`srn-hf export --quantize int8`: the INT8 folder, and what it was calibrated on and how its thresholds were
+    chosen."""
+    import os
+
+    from .bulk import given_sources, parse_data_options
+    from .quantize import check_quantize_options, export_quantized
+
+    # Before any image is read:
+    check_quantize_options(args.quantize, args.calibration_method, args.calibration_count, args.data and args.split)
+    if bool(args.calibration_images) == bool(args.data):
+        raise ValueError("--quantize needs calibration images: pass --calibration-images SOURCE or --data KIND")
+    if args.fast:
+        raise ValueError("--fast exports the bf16 fast path, which is not quantized: leave --fast out")
+    if args.data:
+        sources = given_sources([], None, args.data, args.data_option, args.split)
+        name = f"--data {args.data} --split {args.split}"
+    elif os.path.isdir(args.calibration_images):
+        sources = given_sources([args.calibration_images], None, None, [], None)
+        name = args.calibration_images
+    else:
+        sources = given_sources([], args.calibration_images, None, [], None)
+        name = args.calibration_images
+    result = export_quantized(
+        args.model_dir,
+        args.out_dir,
+        sources,
+        args.quantize,
+        args.format,
+        args.calibration_method,
+        args.calibration_count,
+        args.image_size,
+        args.attention_maps,
+        (args.data, parse_data_options(args.data_option), args.split) if args.data else None,
+        name,
+    )
+    record, calibration = result["quantization"], result["calibration"]
+    if result["unreadable"]:
+        print(
+            f"srn-hf export: {len(result['unreadable'])} calibration images could not be read, left out (the first: "
+            f"{result['unreadable'][0]})",
+            file=sys.stderr,
+        )
+    print(
+        f"exported {args.model_dir} to {result['graph']}: {record['type']} ({record['format']}, weights "
+        f"{record['weights']}, activations {record['activations']}), calibrated by {record['calibration_method']} on "
+        f"{record['calibration_images']} images; float32 operators: {', '.join(record['float_operators']) or 'none'}"
+    )
+    if calibration is None:
+        print(
+            "thresholds copied from the float model, not tuned on the int8 scores (tune them: srn-hf calibrate "
+            f"{args.out_dir} --data KIND ... --write)"
+        )
+    else:
+        print(f"thresholds tuned on the int8 scores of the {args.split} split ({calibration.images} images)")
     return 0
 
 
@@ -564,6 +660,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from transformers.utils import logging
 
     from .bulk import parse_data_options
+    from .export import is_export_folder, write_export_thresholds
     from .metrics import THRESHOLDED_FIGURES as FIGURES
     from .scoring import calibrate_model_folder
     from .storage import check_folder_writable
@@ -587,7 +684,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
             args.batch_size,
             args.allow_overlap,
         )
-    written = write_thresholds(args.model_dir, calibration) if args.write else None
+    write = write_export_thresholds if is_export_folder(args.model_dir) else write_thresholds  # an export: its scores
+    written = write(args.model_dir, calibration) if args.write else None
     print(calibration.table())
     print(f"tuned on {tuned_on(calibration.provenance())}")
     print(f"\n{args.split} split (calibrated thresholds tuned on it, hence optimistic):")

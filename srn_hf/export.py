@@ -14,18 +14,22 @@ layer it cannot trace (f_sr's whole-map grouped convolution is a batched matrix 
 
 Beside the graph the folder keeps what a serving stack needs to use it alone, without srn_hf or the weights:
 
-    config.json                the model's config (labels `id2label`, backbone, image size, thresholds)
+    config.json                the model's config (labels `id2label`, backbone, image size, thresholds), with
+                               `export_format` (what the folder is) and no `auto_map`: it holds no torch model
     preprocessor_config.json   the image processor (`AutoImageProcessor.from_pretrained(folder)` loads it)
-    thresholds.json            labels in logit order, each label's threshold on the sigmoid score, the outputs
+    thresholds.json            labels in logit order, each label's threshold on the sigmoid score, the scores
+                               come from (`thresholds_from`), the outputs
 
 [`ExportedTagger`] runs such a folder with ONNX Runtime (or `torch.export.load`) and gives the same labels as the
-`multi-label-image-classification` pipeline.
+`multi-label-image-classification` pipeline. An INT8 folder (`srn_hf.quantize`) is such a folder with a quantized
+`model.onnx`; `srn-hf calibrate` tunes any export folder's thresholds on its own scores ([`write_export_thresholds`]).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,10 @@ from .storage import format_bytes
 
 EXPORT_FORMATS = {"onnx": "model.onnx", "torch-export": "model.pt2"}
 THRESHOLDS_FILE = "thresholds.json"
+# `thresholds_from` of thresholds.json: the float model's config (copied at export), or the scores of the folder's own
+# graph they were tuned on (`srn-hf calibrate` on the folder, or `srn-hf export --quantize int8 --data ...`).
+COPIED_THRESHOLDS = "float32 model"
+TUNED_THRESHOLDS = {"float32": "float32 scores", "int8": "int8 scores"}
 INPUT_NAME = "pixel_values"
 # ONNX protobuf files hold at most 2 GB: above about this many bytes of weights, they go to a file beside the graph.
 ONNX_INLINE_BYTES = 1_800_000_000
@@ -110,7 +118,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int, atte
 
 
 def thresholds_record(model: nn.Module, image_processor, image_size: int, output_names: list[str]) -> dict:
-    """What `thresholds.json` holds: labels in logit order and their thresholds (the pipeline's, see `thresholds`)."""
+    """What `thresholds.json` holds: labels in logit order and their thresholds (the pipeline's, see `thresholds`),
+    and where they come from (`thresholds_from`: the float model's config, [`COPIED_THRESHOLDS`]); the config's
+    `threshold_calibration` says how they were tuned, if they were."""
     from transformers import pipeline
 
     from .pipeline_srn import TASK
@@ -120,10 +130,85 @@ def thresholds_record(model: nn.Module, image_processor, image_size: int, output
     return {
         "labels": config_label_names(config),
         "thresholds": [float(value) for value in tagger.thresholds()],
+        "thresholds_from": COPIED_THRESHOLDS,
+        "threshold_calibration": config.threshold_calibration,
         "score": "sigmoid",
         "input": {"name": INPUT_NAME, "shape": ["batch", config.num_channels, image_size, image_size]},
         "outputs": output_names,
     }
+
+
+def write_export_config(config, folder: Path, export_format: str) -> Path:
+    """The model's config.json for an export folder: what the folder is (`export_format`: `"onnx"` or
+    `"torch-export"`), and no `auto_map` or `custom_pipelines`, which would name code (a torch model, a pipeline)
+    the folder does not hold."""
+    from .storage import write_text_file
+
+    values = json.loads(config.to_json_string(use_diff=True))
+    for key in ("auto_map", "custom_pipelines"):
+        values.pop(key, None)
+    values["export_format"] = export_format
+    return write_text_file(folder / "config.json", json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def update_export_record(folder: str | os.PathLike, **fields) -> Path:
+    """Adds `fields` (e.g. `quantization={...}`) to an export folder's config.json."""
+    from .storage import read_json_file, write_text_file
+
+    config_file = Path(folder) / "config.json"
+    values = {**read_json_file(config_file), **fields}
+    return write_text_file(config_file, json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def is_export_folder(folder: str | os.PathLike) -> bool:
+    """True for a folder written by `srn-hf export` (it holds `thresholds.json` and a graph)."""
+    folder = Path(folder)
+    return (folder / THRESHOLDS_FILE).is_file() and any((folder / name).is_file() for name in EXPORT_FORMATS.values())
+
+
+def write_export_thresholds(folder: str | os.PathLike, calibration) -> Path:
+    """Stores tuned thresholds (a `srn_hf.thresholds.ThresholdCalibration`) in an export folder: its
+    `thresholds.json`, which [`ExportedTagger`] reads, marked as tuned on the graph's own scores (`"int8 scores"`
+    for a quantized folder), and its config.json's threshold fields. Returns the path of thresholds.json."""
+    from .storage import read_json_file, write_text_file
+    from .thresholds import check_same_labels, write_thresholds
+
+    folder = Path(folder)
+    record = read_json_file(folder / THRESHOLDS_FILE)
+    check_same_labels(calibration.label_names, record["labels"], "the calibration", str(folder / THRESHOLDS_FILE))
+    quantization = read_json_file(folder / "config.json").get("quantization")
+    record["thresholds"] = [float(value) for value in calibration.thresholds]
+    record["thresholds_from"] = TUNED_THRESHOLDS[quantization["type"] if quantization else "float32"]
+    record["threshold_calibration"] = calibration.provenance()
+    write_thresholds(folder, calibration)
+    return write_text_file(folder / THRESHOLDS_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def check_export_target(out_dir: str | os.PathLike, format: str, image_size: int | None, fast: bool = False) -> None:
+    """Refuses (ValueError or FileExistsError naming the parameter) an unknown `format`, `fast` with ONNX, an
+    `out_dir` that is not an empty folder or absent, and an `image_size` out of range."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format {format!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    if fast and format == "onnx":
+        raise ValueError(
+            "fast=True exports bf16 convolutions, which ONNX Runtime's CPU provider cannot run: use "
+            "format='torch-export' for the fast path, or leave fast=True out (ONNX Runtime runs the float32 graph)"
+        )
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} is not an empty folder: the export would mix with its files")
+    check_image_size(image_size)
+
+
+def export_image_processor(model_dir: str | os.PathLike, image_size: int | None, config=None):
+    """The model folder's image processor, resizing to the export's `image_size` (by default the model's)."""
+    from .model_folder import check_model_folder, load_image_processor
+
+    config = check_model_folder(model_dir) if config is None else config
+    image_processor = load_image_processor(model_dir, config)
+    image_size = config.image_size if image_size is None else image_size
+    image_processor.size = {"height": image_size, "width": image_size}
+    return image_processor
 
 
 def check_image_size(image_size: int | None) -> None:
@@ -158,7 +243,8 @@ def export_model(
     Args:
         model_dir: a folder written by `save_pretrained` (with its `preprocessor_config.json`, else the standard
             processor of `srn_hf.processing` is saved).
-        out_dir: the folder to write: the graph, `config.json`, `preprocessor_config.json`, `thresholds.json`.
+        out_dir: the folder to write: the graph, `config.json`, `preprocessor_config.json`, `thresholds.json`, and the
+            training run's `splits.json` when `model_dir` has one (`srn-hf calibrate` of the export reads it).
         format: `"onnx"` (`model.onnx`) or `"torch-export"` (`model.pt2`, load with `torch.export.load`).
         image_size: the input side H = W of the graph; by default the model's `image_size`. At another size the
             saved image processor resizes to it, and f_sr sees the attention maps resized as in the model.
@@ -169,24 +255,14 @@ def export_model(
     Returns:
         The path of the graph.
     """
-    from .model_folder import load_image_processor, load_model
+    from .model_folder import SPLITS_FILE, load_model
     from .storage import atomic_folder
 
-    if format not in EXPORT_FORMATS:
-        raise ValueError(f"format {format!r} is not one of {', '.join(EXPORT_FORMATS)}")
-    if fast and format == "onnx":
-        raise ValueError(
-            "fast=True exports bf16 convolutions, which ONNX Runtime's CPU provider cannot run: use "
-            "format='torch-export' for the fast path, or leave fast=True out (ONNX Runtime runs the float32 graph)"
-        )
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} is not an empty folder: the export would mix with its files")
-    check_image_size(image_size)
+    check_export_target(out_dir, format, image_size, fast)
     model = load_model(model_dir).float()
-    image_size = model.config.image_size if image_size is None else image_size
-    image_processor = load_image_processor(model_dir, model.config)
-    image_processor.size = {"height": image_size, "width": image_size}
+    image_processor = export_image_processor(model_dir, image_size, model.config)
+    image_size = image_processor.size["height"]
 
     output_names = ExportableSRN(model, attention_maps).output_names()
     # Written under a temporary name and renamed once complete: a failure (a full disk) leaves no half export.
@@ -195,10 +271,12 @@ def export_model(
             export_onnx(model, folder / EXPORT_FORMATS[format], image_size, attention_maps)
         else:
             torch.export.save(export_program(model, image_size, attention_maps, fast), folder / EXPORT_FORMATS[format])
-        model.config.save_pretrained(folder)
+        write_export_config(model.config, folder, format)
         image_processor.save_pretrained(folder)
         record = thresholds_record(model, image_processor, image_size, output_names)
         (folder / THRESHOLDS_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        if (Path(model_dir) / SPLITS_FILE).is_file():  # which images the run trained, validated and tested on
+            shutil.copyfile(Path(model_dir) / SPLITS_FILE, folder / SPLITS_FILE)
     return out_dir / EXPORT_FORMATS[format]
 
 
@@ -227,7 +305,7 @@ class ExportedTagger:
         self.record = json.loads(record_file.read_text(encoding="utf-8"))
         self.labels = self.record["labels"]
         self.thresholds = np.asarray(self.record["thresholds"], dtype=np.float64)
-        self.image_processor = AutoImageProcessor.from_pretrained(folder)
+        self.image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
         if (folder / EXPORT_FORMATS["onnx"]).is_file():
             import onnxruntime
 

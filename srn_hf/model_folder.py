@@ -151,6 +151,12 @@ def check_model_folder(model_dir: str | os.PathLike, model_type: str | None = No
         raw_config = json.loads(config_file.read_text(encoding="utf-8"))
     except Exception as error:  # malformed JSON
         raise ModelFolderError(f"{config_file}: {one_line(error)}") from error
+    if isinstance(raw_config, dict) and raw_config.get("export_format"):
+        raise ModelFolderError(
+            f"{model_dir} is an export folder (export_format {raw_config['export_format']!r} in its config.json), "
+            "not a model with weights: run it with srn_hf.export.ExportedTagger, or pass the model folder it was "
+            "exported from"
+        )
     code = remote_code(raw_config)
     if code and not trust_remote_code:
         raise RemoteCodeError(model_dir, code)

@@ -55,22 +55,39 @@ def score_split(model, image_processor, split_dataset, batch_size: int = 32) -> 
     """Sigmoid scores of the model's prediction (`logits`: the fused y of an SRN) and the multi-hot labels of one
     split of a `srn_hf.data` dataset, with the evaluation transform (whole image warped, no augmentation)."""
     from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    accelerator = Accelerator()
+    model, loader = accelerator.prepare(model, evaluation_loader(image_processor, split_dataset, batch_size))
+    batches = tqdm(loader, desc="score", unit="batch", disable=not accelerator.is_local_main_process)
+    scores, labels = predict_scores(accelerator, model, batches, ("logits",))
+    return scores["logits"].numpy(), labels.numpy()
+
+
+def evaluation_loader(image_processor, split_dataset, batch_size: int):
+    """A `DataLoader` of `{"pixel_values", "labels"}` batches of one split, with the evaluation transform."""
     from datasets import DatasetDict
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
     from .data.transforms import collate_multilabel, with_multilabel_transforms
 
     data = with_multilabel_transforms(
         DatasetDict({"split": split_dataset}), image_processor=image_processor, train_splits=()
     )
-    accelerator = Accelerator()
-    model, loader = accelerator.prepare(
-        model, DataLoader(data["split"], batch_size=batch_size, collate_fn=collate_multilabel)
-    )
-    batches = tqdm(loader, desc="score", unit="batch", disable=not accelerator.is_local_main_process)
-    scores, labels = predict_scores(accelerator, model, batches, ("logits",))
-    return scores["logits"].numpy(), labels.numpy()
+    return DataLoader(data["split"], batch_size=batch_size, collate_fn=collate_multilabel)
+
+
+def score_split_exported(tagger, split_dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """[`score_split`] for an export folder's graph (a `srn_hf.export.ExportedTagger`: ONNX Runtime, float32 or
+    INT8, or a `torch.export` program), with the folder's own image processor."""
+    from tqdm.auto import tqdm
+
+    scores, labels = [], []
+    for batch in tqdm(evaluation_loader(tagger.image_processor, split_dataset, batch_size), desc="score", unit="batch"):
+        logits = tagger.logits(batch["pixel_values"].numpy()).astype(np.float64)
+        scores.append(1.0 / (1.0 + np.exp(-logits)))
+        labels.append(batch["labels"].numpy())
+    return np.concatenate(scores), np.concatenate(labels)
 
 
 def calibrate_model_folder(
@@ -83,7 +100,8 @@ def calibrate_model_folder(
     batch_size: int = 32,
     allow_overlap: bool = False,
 ) -> tuple[ThresholdCalibration, dict]:
-    """Thresholds of an exported SRN (a `save_pretrained` folder), tuned on a split of any `srn_hf.data` dataset.
+    """Thresholds of a saved SRN (a `save_pretrained` folder, or an `srn-hf export` folder scored by its own graph,
+    float32 or INT8), tuned on a split of any `srn_hf.data` dataset.
 
     A folder of `examples/train_stages.py` records which images its run trained, validated and tested on
     (`splits.json`, [`srn_hf.model_folder.read_splits_file`]): on data that holds the run's validation images (the
@@ -92,7 +110,8 @@ def calibrate_model_folder(
     provenance (`run_overlap`) says how many such images they were tuned on; None without a `splits.json`.
 
     Args:
-        model_dir: the model folder (config.json, weights, and preferably preprocessor_config.json).
+        model_dir: the model folder (config.json, weights, and preferably preprocessor_config.json), or an export
+            folder (`srn_hf.export.ExportedTagger` scores it).
         kind, options: the dataset, as `srn_hf.data.load_multilabel_dataset(kind, **options)` reads it. Its label
             set must be the model's (in any order).
         split: the split to tune on (never `"test"`).
@@ -104,6 +123,7 @@ def calibrate_model_folder(
         optimistic: they were tuned there).
     """
     from .data import label_names, load_multilabel_dataset
+    from .export import ExportedTagger, is_export_folder
     from .model_folder import load_image_processor, load_model, read_splits_file
 
     if split == "test":
@@ -117,12 +137,19 @@ def calibrate_model_folder(
     if split not in dataset:
         raise ValueError(f"the {kind} dataset has no {split!r} split (its splits: {list(dataset)})")
     images, run_overlap = images_to_tune_on(dataset, split, run_splits, options, allow_overlap)
-    model = load_model(model_dir)
-    names = config_label_names(model.config)
+    if is_export_folder(model_dir):  # scored by its own graph (an INT8 one's scores differ from the float model's)
+        model = ExportedTagger(model_dir)
+        names = model.labels
+    else:
+        model = load_model(model_dir)
+        names = config_label_names(model.config)
     dataset_names = label_names(dataset)
     if set(dataset_names) != set(names):
         check_same_labels(dataset_names, names, f"the {kind} dataset", f"the model in {model_dir}")
-    scores, labels = score_split(model, load_image_processor(model_dir, model.config), images, batch_size)
+    if isinstance(model, ExportedTagger):
+        scores, labels = score_split_exported(model, images, batch_size)
+    else:
+        scores, labels = score_split(model, load_image_processor(model_dir, model.config), images, batch_size)
     labels = labels[:, [dataset_names.index(name) for name in names]]  # the dataset's label order -> the model's
     calibration = calibrate_thresholds(
         scores, labels, names, criterion, min_positives, split=split, dataset=kind, run_overlap=run_overlap
@@ -163,4 +190,4 @@ def images_to_tune_on(dataset, split: str, run_splits: dict | None, options: dic
     return dataset[split], overlap
 
 
-__all__ = ["calibrate_model_folder", "predict_scores", "score_split"]
+__all__ = ["calibrate_model_folder", "predict_scores", "score_split", "score_split_exported"]

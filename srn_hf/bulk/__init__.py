@@ -40,7 +40,7 @@ folder, the same for every engine), `records` (a record's fields, naming and lab
 """
 
 from .local import check_output, check_run, run_state, tag_images
-from .models import ExportedModel, PipelineModel, is_exported_folder, load_bulk_model
+from .models import ExportedModel, PipelineModel, load_bulk_model
 from .records import (
     META_SUFFIX,
     OUTPUT_FORMATS,
@@ -90,7 +90,6 @@ __all__ = [
     "dataset_sources",
     "file_sources",
     "given_sources",
-    "is_exported_folder",
     "load_bulk_model",
     "open_dataset_image",
     "parquet_schema",

@@ -26,13 +26,6 @@ from .records import weights_digest
 EXPORTED_FILES = ("model.onnx", "model.onnx.data", "model.pt2")
 
 
-def is_exported_folder(model: str | os.PathLike) -> bool:
-    """Whether `model` is a folder written by `srn-hf export` (it holds `thresholds.json`)."""
-    from ..export import THRESHOLDS_FILE
-
-    return os.path.isfile(os.path.join(model, THRESHOLDS_FILE))
-
-
 class PipelineModel:
     """An SRN model through its pipeline `tagger`; `name` is its folder or Hub id (kept in `OUTPUT.meta.json`)."""
 
@@ -74,7 +67,7 @@ class ExportedModel:
         self.name, self.folder = os.fspath(folder), Path(folder)
         self.name_or_path = self.name  # how errors name it (`srn_hf.pipeline_srn.model_name`)
         self.exported = ExportedTagger(folder, providers)
-        self.config = AutoConfig.from_pretrained(folder)
+        self.config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         self.labels = self.exported.labels
         self.image_processor = self.exported.image_processor
         self.device = torch.device("cpu")
@@ -115,11 +108,12 @@ def load_bulk_model(
     """
     from transformers import pipeline
 
+    from ..export import is_export_folder
     from ..model_folder import ModelFolderError, check_model_folder, is_local_model, one_line, remote_code_refusal
     from ..pipeline_srn import TASK
 
     try:
-        if is_exported_folder(model):
+        if is_export_folder(model):
             return ExportedModel(model)
         if is_local_model(model):
             # a missing folder, truncated weights, a bad config value, its own code: named, now
@@ -139,4 +133,4 @@ def as_bulk_model(tagger, name: str, fast: bool = False):
     return tagger if isinstance(tagger, (PipelineModel, ExportedModel)) else PipelineModel(tagger, name, fast)
 
 
-__all__ = ["ExportedModel", "PipelineModel", "as_bulk_model", "is_exported_folder", "load_bulk_model"]
+__all__ = ["ExportedModel", "PipelineModel", "as_bulk_model", "load_bulk_model"]

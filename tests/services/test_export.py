@@ -79,7 +79,7 @@ def test_onnx_runtime_matches_pytorch(model_folder, onnx_folder, photos, batch):
 
 
 def test_exported_folder_holds_config_processor_and_thresholds(onnx_folder):
-    assert sorted(path.name for path in onnx_folder.iterdir() if path.suffix != ".py") == [
+    assert sorted(path.name for path in onnx_folder.iterdir()) == [
         "config.json",
         "model.onnx",
         "preprocessor_config.json",
@@ -87,8 +87,30 @@ def test_exported_folder_holds_config_processor_and_thresholds(onnx_folder):
     ]
     record = json.loads((onnx_folder / "thresholds.json").read_text())
     assert record["labels"] == list(LABELS.values()) and record["thresholds"] == [0.5] * len(LABELS)
-    assert record["outputs"] == ["logits", "attention_maps"]
+    assert record["outputs"] == ["logits", "attention_maps"] and record["thresholds_from"] == "float32 model"
     assert json.loads((onnx_folder / "config.json").read_text())["id2label"]["3"] == "rocket"
+
+
+def test_an_export_folder_config_says_what_it_is_and_names_no_missing_code(onnx_folder, tmp_path, capsys):
+    """config.json names the export format and no remote code (auto_map, custom_pipelines) the folder lacks;
+    AutoConfig loads it; loading it as a torch model is refused, naming what the folder is."""
+    from transformers import AutoConfig
+
+    from srn_hf.model_folder import ModelFolderError, load_model
+
+    values = json.loads((onnx_folder / "config.json").read_text())
+    assert values["export_format"] == "onnx"
+    assert "auto_map" not in values and "custom_pipelines" not in values
+    named = [value.split(".")[0] + ".py" for value in json.dumps(values).split('"') if value.startswith("modeling_")]
+    assert all((onnx_folder / name).is_file() for name in named)
+    config = AutoConfig.from_pretrained(onnx_folder)
+    assert config.model_type == "srn" and config.export_format == "onnx" and config.id2label[3] == "rocket"
+    with pytest.raises(ModelFolderError, match="is an export folder .export_format 'onnx' in its config.json"):
+        load_model(onnx_folder)
+    capsys.readouterr()
+    assert main(["export", str(onnx_folder), str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is an export folder" in err[0] and "ExportedTagger" in err[0]
 
 
 def test_torch_export_program_and_its_fast_path(model_folder, photos, tmp_path):

@@ -1,0 +1,362 @@
+"""INT8 against float32 for CPU serving: which operators stay float32, and what the INT8 model costs and gains.
+
+    python benchmarks/benchmark_int8.py --model outputs/demo/final --data stamp_scenes \\
+        --data-option path=data/stamp_scenes                         # both sections (about 30 minutes, 2 cores)
+    python benchmarks/benchmark_int8.py ... --sections study         # only the choice of float32 operators
+
+Sections (results: `--output-dir`/int8.{json,md}):
+
+- **study** (on the validation split, never the test split): the float32 ONNX graph quantized with every operator
+  quantized, then with one candidate at a time left float32 (an operator type, or one of SRN's branches by the
+  prefix of its weights: f_att, the confidence maps S, f_sr, f_cls), then with `srn_hf.quantize.FLOAT_OPERATORS`
+  (the library's choice). Each: the largest and the mean absolute sigmoid-score difference from the float32 graph
+  over the validation images, and the mAP change. Calibrated once (ONNX Runtime's calibration cache).
+- **measure** (calibrated and thresholds tuned on the validation split, figures on the test split): the folder that
+  `srn-hf export --quantize int8 --data ...` writes, against the float32 export. mAP, CF1 and OF1 at the thresholds
+  each folder carries (and INT8 at the float model's thresholds), the mAP difference with a paired bootstrap
+  interval, per-image label-set agreement, the five labels whose AP changes most, the model files' sizes; images
+  per second at batch 1 and 16 of eager PyTorch float32, ONNX Runtime float32 and ONNX Runtime INT8, interleaved
+  round by round (ratios from one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_utils import machine_description  # noqa: E402
+from probes import interleaved_times, timed_run  # noqa: E402
+
+import srn_hf  # noqa: E402
+from srn_hf.bulk import dataset_sources, parse_data_options  # noqa: E402
+from srn_hf.data import label_names, load_multilabel_dataset  # noqa: E402
+from srn_hf.export import ExportedTagger, export_image_processor, export_model  # noqa: E402
+from srn_hf.metrics import map_difference, multilabel_metrics  # noqa: E402
+from srn_hf.model_folder import load_model  # noqa: E402
+from srn_hf.quantize import FLOAT_OPERATORS, calibration_images, export_quantized, prepared_graph, quantize_graph  # noqa: E402
+from srn_hf.scoring import evaluation_loader, score_split_exported  # noqa: E402
+
+CANDIDATE_OPERATORS = ("Softmax", "Sigmoid", "Mul", "MatMul", "BatchNormalization", "Gemm", "Add")
+# The attention maps A (Softmax) reach f_sr through U = A x sigmoid(S) (Mul): A stays float only with both.
+CANDIDATE_COMBINATIONS = (("Softmax", "Mul"), ("Softmax", "Sigmoid", "Mul"))
+# SRN's branches, by the prefix of their weights' names in the exported graph.
+BRANCHES = {
+    "f_att (attention convolutions)": "model.srn.attention.",
+    "confidence maps S": "model.srn.confidence.",
+    "f_sr (spatial regularization)": "model.srn.spatial_regularization.",
+    "f_cls (classifier)": "model.srn.classifier.",
+}
+
+
+def branch_nodes(graph_path: Path) -> dict[str, list[str]]:
+    """Each branch's nodes in the prepared graph: those that read one of its weights."""
+    graph = onnx.load(os.fspath(graph_path)).graph
+    return {
+        branch: [node.name for node in graph.node if any(name.startswith(prefix) for name in node.input)]
+        for branch, prefix in BRANCHES.items()
+    }
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def batched_scores(tagger: ExportedTagger, pixel_values: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return np.concatenate(
+        [
+            sigmoid(tagger.logits(pixel_values[start : start + batch_size]))
+            for start in range(0, len(pixel_values), batch_size)
+        ]
+    )
+
+
+def score_errors(scores: np.ndarray, reference: np.ndarray, labels: np.ndarray, reference_map: float) -> dict:
+    figures = multilabel_metrics(scores, labels)
+    return {
+        "max_score_error": float(np.abs(scores - reference).max()),
+        "mean_score_error": float(np.abs(scores - reference).mean()),
+        "mAP": figures["mAP"],
+        "mAP_change": figures["mAP"] - reference_map,
+    }
+
+
+def split_inputs(args, split: str, processor, model_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All of one split's `pixel_values` (evaluation transform) and its labels in the model's label order."""
+    splits = load_multilabel_dataset(args.data, **args.options)
+    pixels, labels = [], []
+    for batch in evaluation_loader(processor, splits[split], 32):
+        pixels.append(batch["pixel_values"].numpy())
+        labels.append(batch["labels"].numpy())
+    names = label_names(splits)
+    return np.concatenate(pixels), np.concatenate(labels)[:, [names.index(name) for name in model_names]]
+
+
+def run_study(args, float_folder: Path, work: Path) -> dict:
+    """Every operator quantized, one candidate at a time float32, and the library's choice, on validation images."""
+    processor = export_image_processor(args.model, None)
+    calibration = calibration_images(
+        dataset_sources(args.data, args.options, "validation"), processor, args.calibration_count
+    )
+    pixels, labels = split_inputs(args, "validation", processor, ExportedTagger(float_folder).labels)
+    if args.study_images:  # evenly spaced over the split
+        kept = np.unique(np.linspace(0, len(pixels) - 1, min(args.study_images, len(pixels))).round().astype(int))
+        pixels, labels = pixels[kept], labels[kept]
+    reference = batched_scores(ExportedTagger(float_folder), pixels)
+    reference_map = multilabel_metrics(reference, labels)["mAP"]
+    nodes = branch_nodes(prepared_graph(float_folder / "model.onnx", work / "prepared.onnx"))
+    settings = {"every operator quantized": ((), ())}
+    settings |= {f"{name} float32": ((name,), ()) for name in CANDIDATE_OPERATORS}
+    settings |= {f"{' + '.join(names)} float32": (names, ()) for names in CANDIDATE_COMBINATIONS}
+    settings |= {f"{branch} float32": ((), tuple(found)) for branch, found in nodes.items() if found}
+    settings[f"library choice: {', '.join(FLOAT_OPERATORS)} float32"] = (FLOAT_OPERATORS, ())
+    cache, rows = work / "calibration_cache.json", []
+    for name, (operators, float_nodes) in settings.items():
+        folder = work / f"study-{len(rows)}"
+        folder.mkdir()
+        for path in float_folder.iterdir():
+            if path.name != "model.onnx":
+                (folder / path.name).write_bytes(path.read_bytes())
+        started = time.perf_counter()
+        quantize_graph(
+            float_folder / "model.onnx",
+            folder / "model.onnx",
+            calibration.pixel_values,
+            args.calibration_method,
+            operators,
+            float_nodes,
+            calibration_cache=cache,
+        )
+        seconds = time.perf_counter() - started
+        errors = score_errors(batched_scores(ExportedTagger(folder), pixels), reference, labels, reference_map)
+        rows.append(
+            {
+                "setting": name,
+                "float_operators": list(operators),
+                "float_nodes": len(float_nodes),
+                "quantize_seconds": seconds,
+                **errors,
+            }
+        )
+        print(f"{name}: {errors}", flush=True)
+    return {
+        "validation_images": len(labels),
+        "calibration_images": len(calibration.pixel_values),
+        "float32_validation_mAP": reference_map,
+        "rows": rows,
+    }
+
+
+def label_set_agreement(scores_a, thresholds_a, scores_b, thresholds_b) -> dict:
+    """Per image: are the label sets above the thresholds the same; their mean Jaccard overlap."""
+    a, b = scores_a > thresholds_a, scores_b > thresholds_b
+    union = (a | b).sum(axis=1)
+    jaccard = np.where(union == 0, 1.0, (a & b).sum(axis=1) / np.maximum(union, 1))
+    return {"identical_label_sets": float((a == b).all(axis=1).mean()), "mean_jaccard": float(jaccard.mean())}
+
+
+def figures_at(scores, labels, thresholds) -> dict:
+    metrics = multilabel_metrics(scores, labels, threshold=np.asarray(thresholds))
+    return {key: metrics[key] for key in ("mAP", "CF1", "OF1", "CP", "CR", "OP", "OR")} | {
+        "per_class_AP": metrics["per_class_AP"]
+    }
+
+
+def run_measure(args, float_folder: Path, work: Path) -> dict:
+    """The INT8 folder of `srn-hf export --quantize int8 --data ... --split validation` against the float32 one."""
+    int8_folder = work / "int8"
+    started = time.perf_counter()
+    result = export_quantized(
+        args.model,
+        int8_folder,
+        dataset_sources(args.data, args.options, "validation"),
+        calibration_method=args.calibration_method,
+        calibration_count=args.calibration_count,
+        thresholds_data=(args.data, args.options, "validation"),
+    )
+    export_seconds = time.perf_counter() - started
+    test = load_multilabel_dataset(args.data, **args.options)["test"]
+    float_tagger, int8_tagger = ExportedTagger(float_folder), ExportedTagger(int8_folder)
+    names = float_tagger.labels
+    order = [label_names(test).index(name) for name in names]  # the dataset's label order -> the model's
+    float_scores, labels = score_split_exported(float_tagger, test)
+    int8_scores, _ = score_split_exported(int8_tagger, test)
+    labels = labels[:, order]
+    float_figures = figures_at(float_scores, labels, float_tagger.thresholds)
+    int8_figures = figures_at(int8_scores, labels, int8_tagger.thresholds)
+    int8_float_thresholds = figures_at(int8_scores, labels, float_tagger.thresholds)
+    ap_change = [
+        (name, b - a)
+        for name, a, b in zip(names, float_figures["per_class_AP"], int8_figures["per_class_AP"])
+        if a is not None and b is not None
+    ]
+    return {
+        "test_images": len(labels),
+        "export_seconds": export_seconds,
+        "quantization": result["quantization"],
+        "float32": float_figures,
+        "int8": int8_figures,
+        "int8_at_float32_thresholds": int8_float_thresholds,
+        "map_difference": map_difference(float_scores, int8_scores, labels),
+        "agreement": label_set_agreement(float_scores, float_tagger.thresholds, int8_scores, int8_tagger.thresholds),
+        "score_error": {
+            "max": float(np.abs(int8_scores - float_scores).max()),
+            "mean": float(np.abs(int8_scores - float_scores).mean()),
+        },
+        "worst_labels": sorted(ap_change, key=lambda item: item[1])[:5],
+        "sizes": {
+            name: (folder / "model.onnx").stat().st_size
+            for name, folder in (("float32", float_folder), ("int8", int8_folder))
+        },
+        "weights_bytes": sum(path.stat().st_size for path in Path(args.model).glob("*.safetensors")),
+        "speed": measure_speed(args, float_tagger, int8_tagger),
+    }
+
+
+def measure_speed(args, float_tagger: ExportedTagger, int8_tagger: ExportedTagger) -> dict:
+    """Images per second at each batch size: eager PyTorch float32, ONNX Runtime float32 and INT8, interleaved."""
+    model = load_model(args.model).float().eval()
+    size = float_tagger.record["input"]["shape"][-1]
+    speed = {}
+    for batch in args.batch_sizes:
+        pixels = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+        tensor = torch.from_numpy(pixels)
+
+        def eager(tensor=tensor):
+            with torch.inference_mode():
+                model(pixel_values=tensor)
+
+        runs = {
+            "eager float32": timed_run(eager),
+            "onnxruntime float32": timed_run(lambda pixels=pixels: float_tagger.logits(pixels)),
+            "onnxruntime int8": timed_run(lambda pixels=pixels: int8_tagger.logits(pixels)),
+        }
+        times = interleaved_times(runs, args.warmup, args.repeats, f"batch {batch}")
+        speed[batch] = {
+            name: {"images_per_second": batch / statistics.median(values), "times": values}
+            for name, values in times.items()
+        }
+        print(
+            f"batch {batch}: "
+            + ", ".join(f"{name} {row['images_per_second']:.2f}/s" for name, row in speed[batch].items()),
+            flush=True,
+        )
+    return speed
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"CPU: {results['machine']['cpu']}, {results['machine']['logical_cpus']} logical CPUs; "
+        f"load average {results['machine']['load_average']} at the start, {results['load_average_end']} at the end",
+        "",
+    ]
+    study = results.get("study")
+    if study:
+        lines += [
+            f"Float32 operators (validation split, {study['validation_images']} images; calibrated on "
+            f"{study['calibration_images']}; float32 graph mAP {study['float32_validation_mAP']:.2f}):",
+            "",
+            "| left float32 | max score error | mean score error | mAP change |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['setting']} | {row['max_score_error']:.4f} | {row['mean_score_error']:.5f} | "
+            f"{row['mAP_change']:+.2f} |"
+            for row in study["rows"]
+        ]
+        lines.append("")
+    measure = results.get("measure")
+    if measure:
+        rows = (
+            ("ONNX Runtime float32", measure["float32"]),
+            ("ONNX Runtime INT8 (its own thresholds)", measure["int8"]),
+            ("INT8 at the float32 thresholds", measure["int8_at_float32_thresholds"]),
+        )
+        difference, sizes = measure["map_difference"], measure["sizes"]
+        lines += [
+            f"Test split ({measure['test_images']} images):",
+            "",
+            "| model | mAP | CF1 | OF1 |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {name} | {row['mAP']:.2f} | {row['CF1']:.2f} | {row['OF1']:.2f} |" for name, row in rows]
+        lines += [
+            "",
+            f"mAP INT8 - float32: {difference['difference']:+.2f} (95% interval {difference['low']:+.2f} to "
+            f"{difference['high']:+.2f}); identical label sets on "
+            f"{100 * measure['agreement']['identical_label_sets']:.1f}% of the images (mean Jaccard "
+            f"{measure['agreement']['mean_jaccard']:.3f}); score error max {measure['score_error']['max']:.4f}, "
+            f"mean {measure['score_error']['mean']:.5f}.",
+            "",
+            "Worst five labels (AP change, points): "
+            + ", ".join(f"{name} {change:+.2f}" for name, change in measure["worst_labels"]),
+            "",
+            f"model.onnx: float32 {sizes['float32'] / 2**20:.1f} MiB, INT8 {sizes['int8'] / 2**20:.1f} MiB "
+            f"({sizes['int8'] / sizes['float32']:.2f}x)",
+            "",
+            "| batch | runtime | images/s | vs ONNX Runtime float32 | vs eager float32 |",
+            "|---|---|---|---|---|",
+        ]
+        for batch, runs in measure["speed"].items():
+            base, eager = runs["onnxruntime float32"]["images_per_second"], runs["eager float32"]["images_per_second"]
+            lines += [
+                f"| {batch} | {name} | {row['images_per_second']:.2f} | {row['images_per_second'] / base:.2f}x | "
+                f"{row['images_per_second'] / eager:.2f}x |"
+                for name, row in runs.items()
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="the trained SRN's folder (save_pretrained)")
+    parser.add_argument("--data", required=True, help="its dataset kind (srn_hf.data), with validation and test")
+    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--sections", nargs="+", default=["study", "measure"], choices=["study", "measure"])
+    parser.add_argument("--calibration-count", type=int, default=256)
+    parser.add_argument("--study-images", type=int, help="validation images scored per study setting (all)")
+    parser.add_argument("--calibration-method", default="minmax")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds; the median is reported (7)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    args.options = parse_data_options(args.data_option)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    srn_hf.register()
+    results = {"machine": machine_description(), "settings": {k: v for k, v in vars(args).items() if k != "output_dir"}}
+    results["settings"]["output_dir"] = str(args.output_dir)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="srn-int8-bench-") as scratch:
+        work = Path(scratch)
+        export_model(args.model, work / "float32", "onnx")
+        if "study" in args.sections:
+            results["study"] = run_study(args, work / "float32", work)
+        if "measure" in args.sections:
+            results["measure"] = run_measure(args, work / "float32", work)
+    results["load_average_end"] = os.getloadavg()
+    results["wall_seconds"] = time.perf_counter() - started
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "int8.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    tables = markdown(results)
+    (args.output_dir / "int8.md").write_text(tables)
+    print(tables)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""`srn_hf.quantize`: static INT8 quantization (QDQ, per-channel weights) of an SRN's ONNX export, calibrated on real
+image files, with its thresholds tuned again on the quantized scores."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from helpers import save_with_processor, small_srn, write_imagefolder
+from onnx import numpy_helper
+
+from srn_hf.bulk import dataset_sources, file_sources
+from srn_hf.data import label_names, load_multilabel_dataset
+from srn_hf.export import ExportedTagger, export_image_processor, export_model
+from srn_hf.quantize import (
+    FLOAT_OPERATORS,
+    MIN_CALIBRATION_IMAGES,
+    QuantizationError,
+    calibration_images,
+    export_quantized,
+    quantize_graph,
+)
+from srn_hf.scoring import score_split_exported
+from srn_hf.thresholds import calibrate_thresholds
+
+LABELS = {0: "cat", 1: "dog", 2: "car"}
+VALIDATION = [["cat"] if i % 3 == 0 else ["dog"] if i % 3 == 1 else ["cat", "car"] for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_with_processor(small_srn(LABELS, image_size=64), tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_imagefolder(
+        tmp_path_factory.mktemp("data"), {"train": [["cat"], ["dog"], ["car"]], "validation": VALIDATION}
+    )
+
+
+@pytest.fixture(scope="module")
+def float_folder(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("float") / "onnx"
+    export_model(model_dir, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibration(model_dir, data_dir):
+    sources = dataset_sources("imagefolder", {"data_dir": data_dir}, "validation")
+    return calibration_images(sources, export_image_processor(model_dir, None))
+
+
+@pytest.fixture(scope="module")
+def int8_graph(float_folder, calibration, tmp_path_factory):
+    path = tmp_path_factory.mktemp("int8") / "model.onnx"
+    record = quantize_graph(float_folder / "model.onnx", path, calibration.pixel_values)
+    return path, record
+
+
+def test_weights_are_int8_per_channel_and_the_float_operators_stay_float(float_folder, int8_graph):
+    path, record = int8_graph
+    graph = onnx.load(str(path)).graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    dequantized = {node.input[0]: node for node in graph.node if node.op_type == "DequantizeLinear"}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    # Every convolution reads its weight from an int8 initializer with one scale per output channel.
+    for node in convolutions:
+        weight = graph_input_of(graph, node.input[1])
+        assert weight.op_type == "DequantizeLinear" and initializers[weight.input[0]].dtype == np.int8
+        assert initializers[weight.input[1]].shape == (initializers[weight.input[0]].shape[0],)
+    assert len(convolutions) > 10 and dequantized
+    # The operators kept float32 read and write float tensors: no quantization right after them.
+    consumers = {name: node.op_type for node in graph.node for name in node.input}
+    for node in (node for node in graph.node if node.op_type in FLOAT_OPERATORS):
+        assert consumers.get(node.output[0]) != "QuantizeLinear", node.name
+    assert path.stat().st_size < 0.4 * (float_folder / "model.onnx").stat().st_size
+    assert record["calibration_images"] == len(VALIDATION) and record["calibration_method"] == "minmax"
+    assert record["float_operators"] == list(FLOAT_OPERATORS) and record["format"] == "QDQ"
+
+
+def graph_input_of(graph, name):
+    return next(node for node in graph.node if name in node.output)
+
+
+def test_int8_scores_stay_near_the_float_scores(float_folder, int8_graph, calibration, tmp_path):
+    folder = tmp_path / "int8"
+    folder.mkdir()
+    for path in float_folder.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "model.onnx").write_bytes(int8_graph[0].read_bytes())
+    pixels = calibration.pixel_values
+    float_scores = 1 / (1 + np.exp(-ExportedTagger(float_folder).logits(pixels)))
+    int8_scores = 1 / (1 + np.exp(-ExportedTagger(folder).logits(pixels)))
+    assert float_scores.shape == int8_scores.shape == (len(VALIDATION), len(LABELS))
+    assert 0 < np.abs(int8_scores - float_scores).max() < 0.02  # quantized (not equal), and close
+
+
+def test_export_quantized_tunes_the_thresholds_on_the_int8_scores(model_dir, data_dir, tmp_path):
+    options = {"data_dir": data_dir}
+    result = export_quantized(
+        model_dir,
+        tmp_path / "int8",
+        dataset_sources("imagefolder", options, "validation"),
+        thresholds_data=("imagefolder", options, "validation"),
+    )
+    folder = tmp_path / "int8"
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "config.json",
+        "model.onnx",
+        "preprocessor_config.json",
+        "thresholds.json",
+    ]
+    record = json.loads((folder / "thresholds.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    assert record["thresholds_from"] == "int8 scores"
+    assert record["threshold_calibration"]["split"] == "validation"
+    assert (
+        config["quantization"]["calibration_images"] == len(VALIDATION) == result["quantization"]["calibration_images"]
+    )
+    assert config["export_format"] == "onnx" and "auto_map" not in config
+    # The thresholds are those the threshold search gives on the INT8 graph's own validation scores.
+    tagger = ExportedTagger(folder)
+    validation = load_multilabel_dataset("imagefolder", **options)["validation"]
+    scores, labels = score_split_exported(tagger, validation)
+    labels = labels[:, [label_names(validation).index(name) for name in tagger.labels]]  # the model's label order
+    expected = calibrate_thresholds(scores, labels, tagger.labels)
+    assert np.allclose(tagger.thresholds, expected.thresholds) and record["thresholds"] != [0.5] * len(LABELS)
+    assert config["label_thresholds"] == pytest.approx(expected.label_thresholds)
+
+
+def test_calibration_images_that_cannot_calibrate_are_refused(model_dir, tmp_path):
+    processor = export_image_processor(model_dir, None)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for index in range(20):
+        (broken / f"{index}.png").write_bytes(b"not a png")
+    with pytest.raises(QuantizationError, match=r"none of the 20 images can be read \(the first: .*0.png"):
+        calibration_images(file_sources([str(broken)]), processor)
+    few = write_imagefolder(tmp_path / "few", {"validation": [["cat"]] * (MIN_CALIBRATION_IMAGES - 1)})
+    with pytest.raises(QuantizationError, match=f"{MIN_CALIBRATION_IMAGES - 1} readable images, fewer than the min"):
+        calibration_images(dataset_sources("imagefolder", {"data_dir": few}, "validation"), processor)
+
+
+def test_every_calibration_image_counts_in_the_ranges(float_folder, calibration, tmp_path):
+    """The input's quantization range covers every calibration image, those of the first batches too (64 images: 4
+    batches; the largest values are in the first)."""
+    pixels = np.concatenate([calibration.pixel_values] * 3)[:64].copy()
+    pixels[0] *= 3.0
+    quantize_graph(float_folder / "model.onnx", tmp_path / "model.onnx", pixels)
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    quantize = next(node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] == "pixel_values")
+    scale, zero_point = float(initializers[quantize.input[1]]), int(initializers[quantize.input[2]])
+    low, high = (0 - zero_point) * scale, (255 - zero_point) * scale
+    assert low <= pixels.min() + scale and high >= pixels.max() - scale
