@@ -156,8 +156,9 @@ class OperationLog(TorchDispatchMode):
         return outputs
 
     def table(self) -> list[dict]:
-        """One row per operation and signature, the slowest first: whether it returns a view of its input, calls and
-        median CPU milliseconds per forward, share of the forward's CPU time."""
+        """One row per operation and signature, the slowest first: whether it may return a view of its input (its
+        schema aliases it: views, and `to`), calls and median CPU milliseconds per forward, share of the forward's
+        CPU time."""
         count = len(self.forwards)
         medians = {key: statistics.median(forward[key] for forward in self.forwards) for key in self.calls}
         total = sum(medians.values()) or 1.0
