@@ -50,14 +50,19 @@ def test_fast_path_attention_maps_are_float32s_within_bf16_rounding(pixel_values
     torch.testing.assert_close(outputs.logits.float(), expected.logits, atol=0.05, rtol=0.05)
 
 
-def test_channels_last_float32_gives_the_default_layouts_values(pixel_values):
+def test_channels_last_float32_gives_the_default_layouts_values_and_gradients(pixel_values):
     exact = small_srn(LABELS, image_size=64)
     channels_last = use_channels_last(copy.deepcopy(exact))
-    with torch.inference_mode():
-        expected, outputs = exact(pixel_values), channels_last(pixel_values)
+    expected, outputs = exact(pixel_values), channels_last(pixel_values)
     assert outputs.attention_maps.is_contiguous(memory_format=torch.channels_last)
     for name in ("logits", "att_logits", "sr_logits", "attention_maps"):
         torch.testing.assert_close(getattr(outputs, name), getattr(expected, name), rtol=1e-4, atol=1e-6)
+    # the softmax over the positions of channels-last Z passes the same gradient back to f_att
+    (expected.logits.sum() + expected.att_logits.sum()).backward()
+    (outputs.logits.sum() + outputs.att_logits.sum()).backward()
+    gradient = channels_last.srn.attention.conv3.weight.grad
+    torch.testing.assert_close(gradient, exact.srn.attention.conv3.weight.grad, rtol=1e-4, atol=1e-6)
+    assert gradient.abs().sum() > 0
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
