@@ -3,7 +3,11 @@
 Timing: every comparison runs its candidates interleaved, one call each per round after a warm-up
 ([`interleaved_times`]), so that a machine busy with other work slows all of them alike and the ratios stay fair.
 A run is a callable that returns its own seconds: [`timed_run`] makes one of any call (the GPU's work included
-on CUDA); [`seconds_of`] times a single call.
+on CUDA), [`wall_and_cpu_run`] one that returns the wall-clock and the process's CPU seconds; [`seconds_of`] times
+a single call.
+
+Operations: [`OperationLog`] records every aten operation a forward runs, with its dtypes, memory layouts and CPU
+time (where a fast path leaves bf16 or channels-last).
 
 Memory: [`peak_memory`] counts the live tensor memory of a run (a `TorchDispatchMode`, [`LiveTensorMemory`]) plus the
 parameters, buffers and optimizer states it holds; [`tracemalloc_peak_mib`] the memory numpy and Python allocate.
@@ -11,6 +15,8 @@ parameters, buffers and optimizer states it holds; [`tracemalloc_peak_mib`] the 
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import gc
 import statistics
 import time
@@ -48,6 +54,21 @@ def timed_run(call: Callable[[], object], device: torch.device | None = None) ->
     return run
 
 
+def wall_and_cpu_run(call: Callable[[], object]) -> Callable[[], tuple[float, float]]:
+    """A run for [`interleaved_times`] on CPU: one call of `call()`, returning (wall-clock seconds, CPU seconds).
+
+    The CPU seconds are the process's (every thread's work): on a machine shared with other work, the time others
+    take slows the wall clock and leaves them nearly unchanged, so ratios of CPU seconds scatter less.
+    """
+
+    def run() -> tuple[float, float]:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        call()
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+    return run
+
+
 def seconds_of(call: Callable, *args) -> float:
     """The seconds of one call `call(*args)`."""
     start = time.perf_counter()
@@ -58,7 +79,8 @@ def seconds_of(call: Callable, *args) -> float:
 def interleaved_times(
     runs: dict[str, Callable[[], float]], warmup: int, repeats: int, desc: str
 ) -> dict[str, list[float]]:
-    """Calls every run `warmup` times, then `repeats` rounds of one call each; each call returns its own seconds."""
+    """Calls every run `warmup` times, then `repeats` rounds of one call each; each call returns its own seconds
+    (or its figures, as [`wall_and_cpu_run`])."""
     for _ in range(warmup):
         for run in runs.values():
             run()
@@ -82,6 +104,76 @@ def interleaved_results(calls: dict[str, Callable[[], object]], repeats: int) ->
         name: {"seconds": statistics.median(values), "times": values, "result": results[name]}
         for name, values in times.items()
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Operations
+
+
+def memory_layout(tensor: torch.Tensor) -> str:
+    """ "channels-last", "contiguous", "both" (a 4-d tensor with 1 x 1 maps or one channel is both) or "strided"."""
+    contiguous = tensor.is_contiguous()
+    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return "both" if contiguous else "channels-last"
+    return "contiguous" if contiguous else "strided"
+
+
+def tensor_signature(tensor: torch.Tensor) -> str:
+    """A tensor's dtype, memory layout and shape, e.g. `bfloat16 channels-last 8x512x14x14`."""
+    return f"{str(tensor.dtype).removeprefix('torch.')} {memory_layout(tensor)} {'x'.join(map(str, tensor.shape))}"
+
+
+class OperationLog(TorchDispatchMode):
+    """Every aten operation run while active, by operation and its tensors' dtypes, layouts and shapes, with its
+    process CPU time.
+
+    The operations are those after autocast (an autocast cast is a `to` of its own, the operation then sees bf16);
+    composite operations (`conv2d`, `linear`, `matmul`) are logged as called, with what they run inside. Each
+    [`forward`] is one sample; [`table`] gives every operation's median per forward and its share.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.forwards: list[collections.Counter] = []
+        self.calls: collections.Counter = collections.Counter()
+
+    @contextlib.contextmanager
+    def forward(self):
+        """Logs the operations run inside as one forward."""
+        self.forwards.append(collections.Counter())
+        with self:
+            yield
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.process_time()
+        outputs = func(*args, **(kwargs or {}))
+        seconds = time.process_time() - start
+        inputs = [tensor_signature(arg) for arg in torch.utils._pytree.tree_leaves(args) if torch.is_tensor(arg)]
+        output = tensor_signature(outputs) if torch.is_tensor(outputs) else "-"
+        key = (str(func), "; ".join(inputs), output, func.is_view)
+        self.forwards[-1][key] += seconds
+        self.calls[key] += 1
+        return outputs
+
+    def table(self) -> list[dict]:
+        """One row per operation and signature, the slowest first: whether it may return a view of its input (its
+        schema aliases it: views, and `to`), calls and median CPU milliseconds per forward, share of the forward's
+        CPU time."""
+        count = len(self.forwards)
+        medians = {key: statistics.median(forward[key] for forward in self.forwards) for key in self.calls}
+        total = sum(medians.values()) or 1.0
+        return [
+            {
+                "operation": key[0],
+                "inputs": key[1],
+                "output": key[2],
+                "view": key[3],
+                "calls_per_forward": self.calls[key] / count,
+                "cpu_ms": 1000 * seconds,
+                "share": seconds / total,
+            }
+            for key, seconds in sorted(medians.items(), key=lambda item: -item[1])
+        ]
 
 
 # ---------------------------------------------------------------------------------------------------------------

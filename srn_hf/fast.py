@@ -2,9 +2,10 @@
 
 On CPUs with AVX-512 bf16 (or AMX) units, and on recent GPUs, convolutions run much faster in bfloat16 with
 the NHWC ("channels-last") memory layout: plain timm ResNet-50 inference about 2.5 times faster, training about
-2.7 times, on a 2-core AVX-512 bf16 machine; SRN-ResNet-101 gains as much (see `benchmarks/`). Every SRN operation
-stays on that path: the convolutions of f_att, the confidence maps S and f_sr run in bf16 channels-last (f_sr's
-whole-map grouped convolution as a batched matrix product), and the losses are computed in float32.
+2.7 times, on a 2-core AVX-512 bf16 machine; SRN-ResNet-101 gains as much (`benchmarks/benchmark_bf16.py`). Every
+SRN operation stays on that path: the convolutions of f_att, the confidence maps S and f_sr run in bf16
+channels-last (f_sr's whole-map grouped convolution as a batched matrix product), the attention maps A, A * S and
+U = A * sigmoid(S) stay bf16 and channels-last, and the losses are computed in float32.
 
 Usage, the same in the pipeline, the training script and the benchmarks:
 

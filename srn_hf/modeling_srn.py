@@ -322,8 +322,9 @@ def whole_map_grouped_conv(
         return nnf.conv2d(maps, weight, bias, groups=groups)
     batch, out_channels = maps.shape[0], weight.shape[0]
     maps = maps.reshape(batch, groups, -1)  # B x g x (in/g * K * K)
-    weight = weight.reshape(groups, out_channels // groups, -1)  # g x out/g x (in/g * K * K)
-    outputs = torch.matmul(maps.transpose(0, 1), weight.transpose(1, 2))  # g x B x out/g (autocast-aware)
+    # the weight in the maps' dtype before it is transposed: autocast would cast the transposed view, a strided copy
+    weight = weight.to(maps.dtype).reshape(groups, out_channels // groups, -1)  # g x out/g x (in/g * K * K)
+    outputs = torch.matmul(maps.transpose(0, 1), weight.transpose(1, 2))  # g x B x out/g
     outputs = outputs.transpose(0, 1).reshape(batch, out_channels, 1, 1)
     return outputs if bias is None else outputs + bias.view(1, -1, 1, 1)
 
@@ -363,6 +364,22 @@ def resize_to_kernel(maps: torch.Tensor, side: int) -> torch.Tensor:
         return maps
     resized = nnf.adaptive_avg_pool2d(maps, side)
     return resized * (maps.sum(dim=(2, 3), keepdim=True) / resized.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12))
+
+
+@torch.fx.wrap  # a leaf of torch.fx graphs: its branch is on the logits' memory layout
+def attention_softmax(attention_logits: torch.Tensor) -> torch.Tensor:
+    """A = softmax of Z over the h x w positions, per sample and label, in Z's memory layout.
+
+    On the fast path Z is channels-last (positions outer, labels inner): the softmax then runs over the positions
+    of each sample's (h * w) x C block, and A stays channels-last like S, so that A * S and A * sigmoid(S) mix no
+    layouts (a softmax over the last dimension would copy Z to the default layout and return A in it). A map of
+    the default layout takes the softmax over its last dimension, as before.
+    """
+    if attention_logits.is_contiguous() or not attention_logits.is_contiguous(memory_format=torch.channels_last):
+        return attention_logits.flatten(2).softmax(dim=-1).view_as(attention_logits)
+    positions_last = attention_logits.permute(0, 2, 3, 1)  # B x h x w x C, contiguous: a view of channels-last Z
+    attention_maps = positions_last.flatten(1, 2).softmax(dim=1)  # over the h * w positions
+    return attention_maps.view_as(positions_last).permute(0, 3, 1, 2)
 
 
 @torch.fx.wrap  # a leaf of torch.fx graphs: its branch is on the maps' dtype
@@ -692,7 +709,7 @@ class SRNModel(SRNPreTrainedModel):
         cls_logits = self.classifier(classifier_features.mean(dim=(2, 3)))
 
         attention_logits, confidence_maps = self.forward_attention(features)  # Z, S
-        attention_maps = attention_logits.flatten(2).softmax(dim=-1).view_as(attention_logits)  # A
+        attention_maps = attention_softmax(attention_logits)  # A
         del attention_logits  # Z is not needed again (softmax's backward uses A): one B x C x h x w map less held
         att_logits = (attention_maps * confidence_maps).sum(dim=(2, 3))  # y_att
 
