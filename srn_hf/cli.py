@@ -453,8 +453,7 @@ def predict_sources(args: argparse.Namespace):
         BulkError: no image at all, or an --output (or --resume without it) that cannot be written or continued;
             before the model is loaded. The --data loaders raise ValueError or OSError.
     """
-    from .bulk import BulkError, check_output, given_sources
-    from .bulk.writers import check_folder_output
+    from .bulk import BulkError, Output, ParquetFolderOutput, check_output, given_sources
 
     if not args.images and args.file_list is None and args.data is None:
         raise BulkError("no image source given: pass IMAGE_OR_DIR, --file-list FILE or --data KIND")
@@ -464,8 +463,8 @@ def predict_sources(args: argparse.Namespace):
     if not sources.keys:
         raise BulkError(f"no image files in {' '.join(args.images + [args.file_list or args.data or ''])}".rstrip())
     if args.output is not None:  # before the model is loaded; again by the engine
-        check = check_folder_output if args.engine == "ray" else check_output
-        check(args.output, args.resume, args.retry_errors)
+        kind = ParquetFolderOutput if args.engine == "ray" else Output
+        check_output(args.output, args.resume, args.retry_errors, kind)
     elif args.resume or args.retry_errors:
         raise BulkError("--resume and --retry-errors continue an --output file: pass --output")
     return sources

@@ -39,7 +39,7 @@ folder, the same for every engine), `records` (a record's fields, naming and lab
 `accelerate launch`) and `ray` (Ray Data, imported only when used; the ray extra).
 """
 
-from .local import check_output, check_run, run_state, tag_images
+from .local import check_run, run_state, tag_images
 from .models import ExportedModel, PipelineModel, load_bulk_model
 from .records import (
     META_SUFFIX,
@@ -65,7 +65,15 @@ from .sources import (
     parse_data_options,
     preprocessed_image,
 )
-from .writers import JsonlWriter, Output, ParquetFolderOutput, ParquetPartWriter, StdoutWriter, prepare_output
+from .writers import (
+    JsonlWriter,
+    Output,
+    ParquetFolderOutput,
+    ParquetPartWriter,
+    StdoutWriter,
+    check_output,
+    prepare_output,
+)
 
 __all__ = [
     "BulkError",

@@ -16,7 +16,7 @@ from ..storage import remove_file, storage_error
 from .models import as_bulk_model
 from .records import BulkError, RecordMaker, Summary, parquet_schema, record_text, run_meta
 from .sources import ImageRows, Sources, collate_rows
-from .writers import Output, StdoutWriter, prepare_output
+from .writers import Output, StdoutWriter, check_output, prepare_output
 
 
 def attention_png_path(folder: str, image_file: str, used_names: set) -> str:
@@ -130,18 +130,6 @@ def total_over_processes(summary: Summary, state) -> Summary:
         device=state.device,
     )
     return Summary(*(int(value) for value in reduce(counts, reduction="sum")))
-
-
-def check_output(output: str | os.PathLike, resume: bool, retry_errors: bool = False) -> Output:
-    """The run's `Output`, refused (`BulkError`) when it cannot be written, or exists and `resume` is not set, or
-    `retry_errors` is set without `resume`."""
-    if retry_errors and not resume:
-        raise BulkError("retry_errors=True predicts again the failed images of a resumed run: pass resume=True with it")
-    destination = Output(output)
-    destination.check_writable()
-    if destination.exists() and not resume:
-        raise BulkError(f"output={output} exists: pass resume=True to continue it, or choose another file")
-    return destination
 
 
 def run_state(device: str | torch.device | None = None):

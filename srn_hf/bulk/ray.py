@@ -43,7 +43,7 @@ from ..images import open_image
 from .models import load_bulk_model
 from .records import BulkError, RecordMaker, Summary, parquet_schema, record_text, run_meta
 from .sources import Sources, file_sources, open_dataset_image, preprocessed_image
-from .writers import check_folder_output, prepare_output, read_records
+from .writers import ParquetFolderOutput, check_output, prepare_output, read_records
 
 RAY_EXTRA = "the ray engine needs the ray extra: pip install 'srn_hf[ray]'"
 CONNECT_SECONDS = 5.0
@@ -229,7 +229,7 @@ def tag_with_ray(
     sources = as_sources(sources)
     if not sources.keys:
         raise BulkError("no images to predict")
-    destination = check_folder_output(output, resume, retry_errors)
+    destination = check_output(output, resume, retry_errors, ParquetFolderOutput)
     bulk_model = load_bulk_model(
         model, device, fast, trust_remote_code
     )  # a bad model or threshold fails here, before Ray starts

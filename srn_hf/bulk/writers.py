@@ -376,11 +376,15 @@ class ParquetFolderOutput(Output):
         return {key: failed for file in self.part_files() for key, failed in read_records(file)}
 
 
-def check_folder_output(output: str | os.PathLike, resume: bool, retry_errors: bool = False) -> ParquetFolderOutput:
-    """The Ray engine's `ParquetFolderOutput`, refused (`BulkError`) as [`srn_hf.bulk.local.check_output`] refuses."""
+def check_output(
+    output: str | os.PathLike, resume: bool, retry_errors: bool = False, kind: type[Output] = Output
+) -> Output:
+    """The run's output (`kind`: an `Output` file of the one-process engine, a `ParquetFolderOutput` of Ray's),
+    refused (`BulkError`) when it cannot be written, or exists and `resume` is not set, or `retry_errors` is set
+    without `resume`."""
     if retry_errors and not resume:
         raise BulkError("retry_errors=True predicts again the failed images of a resumed run: pass resume=True with it")
-    destination = ParquetFolderOutput(output)
+    destination = kind(output)
     destination.check_writable()
     if destination.exists() and not resume:
         raise BulkError(f"output={output} exists: pass resume=True to continue it, or choose another file")
