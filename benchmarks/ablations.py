@@ -463,7 +463,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each training (OMP_NUM_THREADS)")
     parser.add_argument("--report-only", action="store_true", help="no training: tables and figure of the runs found")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.threads < 1:  # (this script is loaded without benchmarks/ on the path: probes.check_threads's words)
+        parser.exit(2, f"{parser.prog}: error: --threads {args.threads}: must be >= 1\n")
+    return args
 
 
 def main(argv=None) -> dict:

@@ -32,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 from benchmark_utils import build_model, count_flops, machine_description  # noqa: E402
-from probes import OperationLog, interleaved_times, wall_and_cpu_run  # noqa: E402
+from probes import OperationLog, check_threads, interleaved_times, wall_and_cpu_run  # noqa: E402
 
 from srn_hf.fast import autocast_context, fast_inference  # noqa: E402
 
@@ -222,6 +222,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--name", default="bf16_branch", help="the results files' name, without extension")
     parser.add_argument("--report-from", type=Path, help="rewrite the .md next to this results JSON, measure nothing")
     args = parser.parse_args(argv)
+    check_threads(parser, args.threads)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 9
     return args

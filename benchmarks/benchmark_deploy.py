@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from benchmark_srn import write_photos  # noqa: E402
 from benchmark_utils import build_model, logits_of, machine_description  # noqa: E402
-from probes import MIB, interleaved_times, peak_memory, synchronize, timed_run  # noqa: E402
+from probes import MIB, check_threads, interleaved_times, peak_memory, synchronize, timed_run  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from srn_hf.fast import autocast_context, fast_inference, use_channels_last  # noqa: E402
@@ -561,6 +561,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
+    check_threads(parser, args.threads)
     defaults = {"repeats": (5, 2), "bulk_images": (160, 48), "bulk_rounds": (2, 1), "memory_images": (10000, 1000)}
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:

@@ -41,7 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from benchmark_utils import MODEL_NAMES, build_model, count_flops, logits_of, machine_description  # noqa: E402
-from probes import interleaved_times, peak_memory, seconds_of, timed_run  # noqa: E402
+from probes import check_threads, interleaved_times, peak_memory, seconds_of, timed_run  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from srn_hf.fast import autocast_context, fast_inference, use_channels_last  # noqa: E402
@@ -579,6 +579,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure nothing: rewrite the targets, tables and chart of an earlier results file",
     )
     args = parser.parse_args(argv)
+    check_threads(parser, args.threads)
     quick = {"sizes": [224], "batch_sizes": [1, 4], "train_batch_size": 4, "repeats": 2, "loader_images": 48}
     full = {"sizes": [224, 448], "batch_sizes": [1, 16], "train_batch_size": 16, "repeats": 5, "loader_images": 320}
     for key, value in (quick if args.quick else full).items():

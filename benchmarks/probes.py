@@ -36,6 +36,12 @@ MIB = 2**20
 # Timing
 
 
+def check_threads(parser, threads: int | None) -> None:
+    """Refuses a `--threads` below 1 in one line, exit status 2 (torch would fail on it later, with a traceback)."""
+    if threads is not None and threads < 1:
+        parser.exit(2, f"{parser.prog}: error: --threads {threads}: must be >= 1\n")
+
+
 def synchronize(device: torch.device | None) -> None:
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)

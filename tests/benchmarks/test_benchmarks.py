@@ -138,3 +138,23 @@ def test_image_check_benchmark_writes_its_ratios(tmp_path):
     assert set(results["seconds"]) == {"read", "headers", "check_images", "full_decode"}
     assert all(results[key] > 0 for key in ("check_over_read", "check_over_full_decode", "check_over_training_epoch"))
     assert "check_images / read" in (tmp_path / "verify_images.md").read_text()
+
+
+def test_threads_below_one_are_refused_in_one_line_by_every_benchmark():
+    """`--threads 0` (or -1): one line naming the flag and the value, exit status 2, before anything is measured."""
+    scripts = ["benchmark_srn.py", "benchmark_deploy.py", "benchmark_bf16.py", "ablations.py"]
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(benchmarks / script), "--threads", str(threads)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for script, threads in zip(scripts, [0, -1, 0, 0])
+    ]
+    for script, threads, run in zip(scripts, [0, -1, 0, 0], runs):
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 2, (script, stderr)
+        assert stderr.strip().splitlines() == [f"{script}: error: --threads {threads}: must be >= 1"], script
+        assert stdout == ""
