@@ -400,6 +400,7 @@ def check_model(model: ModelRecipe) -> None:
 
     fields = {key: value for key, value in dataclasses.asdict(model).items() if value != "auto"}
     weights = fields.pop("pretrained_weights")
+    fields.pop("label_thresholds", None)  # names labels, which come with the data: checked when the model is built
     try:
         SRNConfig(**fields)
     except ValueError as error:  # its messages start with `field=value`
