@@ -29,9 +29,9 @@ def train_two_stages(data_dir, output_dir):
     exported = {}
     original_export = script.export
 
-    def recording_export(accelerator, model, folder):
+    def recording_export(accelerator, model, folder, *rest):
         exported[folder.name] = {key: value.detach().clone() for key, value in model.state_dict().items()}
-        original_export(accelerator, model, folder)
+        original_export(accelerator, model, folder, *rest)
 
     script.export = recording_export
     script.main(tiny_args(data_dir, output_dir, "--stages", "1,2"))
