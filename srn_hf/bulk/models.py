@@ -76,9 +76,9 @@ class ExportedModel:
         return config_thresholds(self.config, threshold, label_thresholds)
 
     def predict(self, pixel_values: torch.Tensor, attention: bool = False) -> tuple[np.ndarray, None]:
-        logits = self.exported.logits(pixel_values.numpy())
-        check_finite_logits(torch.from_numpy(logits), self)
-        return torch.sigmoid(torch.from_numpy(logits).float()).numpy(), None
+        logits = torch.from_numpy(self.exported.logits(pixel_values.numpy()))
+        check_finite_logits(logits, self)
+        return torch.sigmoid(logits.float()).numpy(), None
 
     def digest(self) -> str:
         """The SHA-256 of the graph's files (`model.onnx` and its external data, or `model.pt2`)."""
