@@ -6,12 +6,14 @@ python benchmarks/benchmark_bulk_ray.py --images 2000 --output-dir benchmarks/re
 python benchmarks/benchmark_bulk_ray.py --model outputs/demo/final --images 2000   # a trained model folder
 ```
 
-Each engine runs the real command over the same JPEGs into a fresh output. Per engine: images/s over the whole
-command (start-up included), images/s after its first row (the steady rate), the time to the first row, and the
-peak resident memory (RSS) of each tagging process (one-process and accelerate: each predict process without its
-DataLoader workers; Ray: each actor). Ratios are to the one-process engine of the same run: on a shared machine
-only the ratios of one run compare. Without `--model`, an untrained SRN on tf_efficientnet_lite0 at
-`--image-size` (tagging speed does not depend on training).
+Each engine runs the real command over the same JPEGs into a fresh output, the engines in turn, `--rounds` times
+(so that a change of the machine's load falls on every engine). Per run: images/s over the whole command (start-up
+and shutdown included), the steady rate (the records written from the first seen on disk to the last, over that
+time: tagging alone), the time to the first row, the peak resident memory (RSS) of each tagging process
+(one-process and accelerate: each predict process without its DataLoader workers; Ray: each actor), and the load
+average when it started. The table shows each engine's best round (another job's load only slows a run down);
+the JSON keeps every run. Ratios are to the one-process engine of the same invocation. Without `--model`, an
+untrained SRN on tf_efficientnet_lite0 at `--image-size` (tagging speed does not depend on training).
 """
 
 from __future__ import annotations
@@ -64,18 +66,32 @@ def engine_command(engine: str, model: str, photos: Path, output: Path, batch_si
     if engine == "accelerate2":
         launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
         return [sys.executable, *launch, "--mixed_precision", "no", "--dynamo_backend", "no", *predict]
-    actors = engine.removeprefix("ray")
-    cpus = str(os.cpu_count() // int(actors))  # every core in use, as the other engines' threads use them
-    return [sys.executable, *predict, "--engine", "ray", "--num-actors", actors, "--cpus-per-actor", cpus]
+    # the engine's defaults: on a local Ray, N actors share the machine's cores (each its torch threads on them)
+    return [sys.executable, *predict, "--engine", "ray", "--num-actors", engine.removeprefix("ray")]
 
 
-def rows_written(output: Path) -> bool:
-    """Whether a first record is on disk: a JSONL line (OUTPUT or its parts) or a parquet file of Ray's folder."""
+def rows_written(output: Path) -> int:
+    """The records on disk: the complete lines of OUTPUT (JSONL) or of its parts, or the rows of the parquet files
+    of Ray's folder (a file still being written is not counted)."""
+    import pyarrow.parquet as pq
+
     if output.is_dir():
-        return any(output.glob("*.parquet"))
-    parts = output.with_name(output.name + ".parts")
-    files = [output] + (list(parts.glob("*.jsonl")) if parts.is_dir() else [])
-    return any(file.is_file() and file.stat().st_size > 0 for file in files)
+        rows = 0
+        for file in output.glob("*.parquet"):
+            try:
+                rows += pq.read_metadata(file).num_rows
+            except (OSError, ValueError):
+                continue
+        return rows
+    parts = output.with_name(output.name + ".parts")  # while they exist, the merged OUTPUT is not complete
+    files = list(parts.glob("*.jsonl")) if parts.is_dir() else [output]
+    rows = 0
+    for file in files:
+        try:
+            rows += file.read_bytes().count(b"\n")
+        except OSError:
+            continue
+    return rows
 
 
 def tagging_processes(root) -> list:
@@ -89,13 +105,17 @@ def tagging_processes(root) -> list:
 
 
 def watch(process: subprocess.Popen, output: Path, found: dict, stop: threading.Event) -> None:
-    """Every 0.2 s: the time of the first row, and each tagging process's peak RSS."""
+    """Every 0.2 s: the records on disk (`first_row`: the time and count of the first seen; `last_row`: of the
+    highest count, when first seen), and each tagging process's peak RSS."""
     import psutil
 
     root = psutil.Process(process.pid)
     while not stop.wait(0.2):
-        if "first_row" not in found and rows_written(output):
-            found["first_row"] = time.monotonic()
+        rows = rows_written(output)
+        if rows and "first_row" not in found:
+            found["first_row"] = (time.monotonic(), rows)
+        if rows > found.get("last_row", (0, 0))[1]:
+            found["last_row"] = (time.monotonic(), rows)
         try:
             for tagger in tagging_processes(root):
                 peak = found.setdefault("rss", {})
@@ -114,9 +134,12 @@ def count_rows(output: Path) -> int:
 
 def run_engine(engine: str, model: str, photos: Path, folder: Path, images: int, batch_size: int) -> dict:
     output = folder / f"{engine}.{'parquet' if engine.startswith('ray') else 'jsonl'}"
+    for earlier in folder.glob(f"{engine}.*"):  # an earlier round's output, its meta file and parts
+        shutil.rmtree(earlier) if earlier.is_dir() else earlier.unlink()
     command = engine_command(engine, model, photos, output, batch_size)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     found, stop = {}, threading.Event()
+    load = os.getloadavg()[0]
     start = time.monotonic()
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watcher = threading.Thread(target=watch, args=(process, output, found, stop), daemon=True)
@@ -130,17 +153,38 @@ def run_engine(engine: str, model: str, photos: Path, folder: Path, images: int,
     rows = count_rows(output)
     if rows != images:
         raise SystemExit(f"{engine}: {rows} rows for {images} images")
-    first_row = found.get("first_row", end) - start
+    (first_time, first_rows), (last_time, last_rows) = found.get("first_row", (end, 0)), found.get("last_row", (end, 0))
     rss = sorted(found.get("rss", {}).values())
     return {
         "engine": engine,
+        "load_1min": round(load, 2),
         "seconds": round(end - start, 2),
         "images_per_s": round(images / (end - start), 2),
-        "steady_images_per_s": round(images / max(end - start - first_row, 1e-6), 2),
-        "first_row_s": round(first_row, 2),
+        # the rows written between the first seen and the last: the tagging alone (no start, no shutdown)
+        "steady_images_per_s": round((last_rows - first_rows) / (last_time - first_time), 2)
+        if last_rows > first_rows
+        else None,
+        "first_row_s": round(first_time - start, 2),
         "taggers": len(rss),
         "rss_mib_per_tagger": round(max(rss) / MIB, 1) if rss else None,
     }
+
+
+def best_runs(runs: list[dict]) -> list[dict]:
+    """Each engine's run with the highest steady rate (else whole-command rate), in the order the engines ran."""
+
+    def rank(run: dict) -> tuple:
+        return run["steady_images_per_s"] or 0, run["images_per_s"]
+
+    best = {}
+    for run in runs:
+        if run["engine"] not in best or rank(run) > rank(best[run["engine"]]):
+            best[run["engine"]] = run
+    return list(best.values())
+
+
+def ratio(value: float | None, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if value and reference else "-"
 
 
 def markdown(results: dict) -> str:
@@ -148,19 +192,26 @@ def markdown(results: dict) -> str:
     local = next(row for row in rows if row["engine"] == "local")
     lines = [
         f"{results['images']} JPEGs (320 x 240), {results['model']}, batch size {results['batch_size']}, "
-        f"{results['cpus']} CPUs; ratios to the one-process engine of this run.",
+        f"{results['cpus']} CPUs, best of {results['rounds']} rounds; ratios to the one-process engine.",
         "",
-        "| engine | images/s | ratio | images/s after the first row | ratio | first row (s) "
+        "| engine | images/s | ratio | steady images/s | ratio | steady images/s of each round | first row (s) "
         "| peak RSS of a tagger (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in rows:
+        rounds = ", ".join(str(run["steady_images_per_s"]) for run in results["runs"] if run["engine"] == row["engine"])
         lines.append(
-            f"| {row['engine']} | {row['images_per_s']} | {row['images_per_s'] / local['images_per_s']:.2f} | "
-            f"{row['steady_images_per_s']} | {row['steady_images_per_s'] / local['steady_images_per_s']:.2f} | "
-            f"{row['first_row_s']} | {row['rss_mib_per_tagger']} |"
+            f"| {row['engine']} | {row['images_per_s']} | {ratio(row['images_per_s'], local['images_per_s'])} | "
+            f"{row['steady_images_per_s']} | {ratio(row['steady_images_per_s'], local['steady_images_per_s'])} | "
+            f"{rounds} | {row['first_row_s']} | {row['rss_mib_per_tagger']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def described_model(model: str) -> str:
+    """`SRN BACKBONE at SIZE px, N labels`, from the model folder's config (no path of this machine in the table)."""
+    config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    return f"SRN {config['backbone']} at {config['image_size']} px, {len(config['id2label'])} labels"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -171,11 +222,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=2000, help="JPEGs to tag (default 2000)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"a comma list of {', '.join(ENGINES)}")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each engine, in turn (default 2)")
     parser.add_argument("--output-dir", default="benchmarks/results/bulk_ray", help="where the tables are written")
     args = parser.parse_args(argv)
     unknown = set(args.engines.split(",")) - set(ENGINES)
-    if unknown or args.images < 1 or args.batch_size < 1:
-        parser.error(f"--engines are {', '.join(ENGINES)}; --images and --batch-size at least 1")
+    if unknown or min(args.images, args.batch_size, args.rounds) < 1:
+        parser.error(f"--engines are {', '.join(ENGINES)}; --images, --batch-size and --rounds at least 1")
     return args
 
 
@@ -186,11 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         photos = work / "photos"
         write_photos(photos, args.images)
         model = args.model or os.fspath(untrained_model(work / "model", args.image_size, args.num_labels))
-        described = args.model or f"untrained SRN tf_efficientnet_lite0 at {args.image_size} px"
+        described = f"trained {described_model(model)}" if args.model else f"untrained {described_model(model)}"
         results = {"images": args.images, "batch_size": args.batch_size, "model": described, "cpus": os.cpu_count()}
-        results["engines"] = [
-            run_engine(engine, model, photos, work, args.images, args.batch_size) for engine in args.engines.split(",")
-        ]
+        results["rounds"], results["runs"] = args.rounds, []
+        for round_index in range(args.rounds):
+            for engine in args.engines.split(","):
+                run = run_engine(engine, model, photos, work, args.images, args.batch_size)
+                results["runs"].append({"round": round_index + 1, **run})
+                print(json.dumps(results["runs"][-1]), flush=True)
+        results["engines"] = best_runs(results["runs"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     output_dir = Path(args.output_dir)

@@ -210,7 +210,8 @@ def add_predict_command(commands) -> None:
     predict.add_argument(
         "--cpus-per-actor",
         type=float,
-        help="with --engine ray: CPUs each actor reserves, its torch threads (default: 1)",
+        help="with --engine ray: CPUs each actor reserves, its torch threads (default: 1; on a local Ray with "
+        "--num-actors N, the machine's cores / N)",
     )
     predict.add_argument(
         "--gpus-per-actor", type=float, help="with --engine ray: GPUs each actor reserves (default: 0)"
@@ -512,7 +513,7 @@ def run_ray_engine(args: argparse.Namespace, sources, label_thresholds: dict[str
         all_scores=args.all_scores,
         fast=args.fast,
         device=args.device,
-        cpus_per_actor=args.cpus_per_actor or 1.0,
+        cpus_per_actor=args.cpus_per_actor,
         gpus_per_actor=args.gpus_per_actor or 0.0,
         trust_remote_code=args.trust_remote_code,
     )

@@ -156,6 +156,15 @@ def start_ray(ray, address: str | None) -> bool:
     return True
 
 
+def actor_resources(cluster_cpus: float, num_actors: int | None, cpus_per_actor: float | None, local: bool):
+    """`(actors, CPUs of each)`: `num_actors` taggers (default: the cluster's CPUs / `cpus_per_actor`), each reserving
+    `cpus_per_actor` CPUs (default 1; on a local Ray given `num_actors`, the machine's cores shared among them, so
+    that one actor tags on every core). Ray starts each actor's torch threads at its CPUs (`OMP_NUM_THREADS`)."""
+    if cpus_per_actor is None:
+        cpus_per_actor = cluster_cpus / num_actors if local and num_actors else 1.0
+    return num_actors or max(1, int(cluster_cpus // cpus_per_actor)), cpus_per_actor
+
+
 def quiet_ray_data(ray, show_progress: bool) -> None:
     """Ray Data's progress bars only (`show_progress`), not its log lines about each step of the execution."""
     context = ray.data.DataContext.get_current()
@@ -199,7 +208,7 @@ def tag_with_ray(
     all_scores: bool = False,
     fast: bool = False,
     device: str | None = None,
-    cpus_per_actor: float = 1.0,
+    cpus_per_actor: float | None = None,
     gpus_per_actor: float = 0.0,
     trust_remote_code: bool = False,
     show_progress: bool = True,
@@ -218,7 +227,8 @@ def tag_with_ray(
         batch_size: images per forward pass; `block_rows`: rows per block, the unit Ray schedules, retries and
             writes as one file (default: 4 batches).
         threshold, label_thresholds, top_k, all_scores, fast, device, trust_remote_code: as [`SRNTagger`].
-        cpus_per_actor, gpus_per_actor: the resources each actor reserves (its torch threads follow its CPUs).
+        cpus_per_actor, gpus_per_actor: the resources each actor reserves (its torch threads follow its CPUs);
+            `cpus_per_actor` default: 1, or the machine's cores / `num_actors` on a local Ray given `num_actors`.
 
     Returns the counts (`srn_hf.bulk.records.Summary`). Raises `BulkError` before the first image for unusable
     sources or output, a missing ray extra or a cluster that does not answer; `ModelFolderError` for a bad model.
@@ -244,7 +254,8 @@ def tag_with_ray(
         return summary
     started = start_ray(ray, address)
     try:
-        actors = num_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_actor))
+        cluster_cpus = ray.cluster_resources().get("CPU", 1)
+        actors, cpus_per_actor = actor_resources(cluster_cpus, num_actors, cpus_per_actor, local=address is None)
         quiet_ray_data(ray, show_progress)
         before = set(destination.part_files())
         tagger_options = {
@@ -279,4 +290,4 @@ def tag_with_ray(
     return summary
 
 
-__all__ = ["SRNTagger", "row_openers", "tag_with_ray"]
+__all__ = ["SRNTagger", "actor_resources", "row_openers", "tag_with_ray"]

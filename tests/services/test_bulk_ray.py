@@ -165,3 +165,16 @@ def test_a_datasets_split_through_ray_has_the_rows_of_the_one_process_engine(mod
     local, ray = rows_by_image(outputs["local"]), rows_by_image(outputs["ray"])
     assert len(local) == 5  # one row per image_id of the split
     assert_same_rows(local, ray, atol=1e-6 + 1e-9)
+
+
+def test_one_actor_on_a_local_ray_gets_every_core_and_a_cluster_one_cpu_each():
+    from srn_hf.bulk.ray import actor_resources
+
+    # a local Ray of 2 cores: --num-actors 1 tags on both (its torch threads follow), by default one actor a core
+    assert actor_resources(2.0, 1, None, local=True) == (1, 2.0)
+    assert actor_resources(2.0, None, None, local=True) == (2, 1.0)
+    assert actor_resources(8.0, 3, None, local=True) == (3, 8.0 / 3)
+    # a cluster's CPUs span nodes that an actor cannot: one CPU each unless told; what is given is kept
+    assert actor_resources(64.0, 2, None, local=False) == (2, 1.0)
+    assert actor_resources(2.0, 1, 1.0, local=True) == (1, 1.0)
+    assert actor_resources(8.0, None, 4.0, local=False) == (2, 4.0)
