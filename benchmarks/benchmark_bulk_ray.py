@@ -99,7 +99,8 @@ def tagging_processes(root) -> list:
     tree = [root, *root.children(recursive=True)]
     names = {process.pid: " ".join(process.cmdline()) for process in tree if process.is_running()}
     marker = "MapWorker" if any("MapWorker" in name for name in names.values()) else "srn_hf.cli predict"
-    taggers = {pid for pid, name in names.items() if marker in name}
+    # `accelerate launch ... -m srn_hf.cli predict` starts the predict processes: it does not tag
+    taggers = {pid for pid, name in names.items() if marker in name and "accelerate.commands.launch" not in name}
     # a DataLoader worker is forked with its process's command line: counted with it, not as a tagger
     return [process for process in tree if process.pid in taggers and process.ppid() not in taggers]
 

@@ -23,7 +23,7 @@ def test_an_unknown_engine_is_refused(tmp_path):
 @pytest.mark.multiprocess
 def test_the_one_process_and_ray_engines_on_tiny_input(tmp_path):
     command = [sys.executable, str(SCRIPT), "--images", "6", "--image-size", "64", "--batch-size", "2"]
-    command += ["--engines", "local,ray1", "--output-dir", str(tmp_path)]
+    command += ["--engines", "local,ray1", "--rounds", "1", "--output-dir", str(tmp_path)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=900, env=ENVIRONMENT)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "bulk_ray_results.json").read_text())
