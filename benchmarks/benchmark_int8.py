@@ -19,6 +19,8 @@ Sections (results: `--output-dir`/`--name`.{json,md}, int8.{json,md} by default)
   interval, per-image label-set agreement, the five labels whose AP changes most, the model files' sizes; images
   per second at batch 1 and 16 of eager PyTorch float32, ONNX Runtime float32 and ONNX Runtime INT8, interleaved
   round by round (ratios from one run).
+- **speed**: only the images per second of **measure** (its INT8 folder calibrated, thresholds not tuned), for a
+  run of its own on an idle machine.
 """
 
 from __future__ import annotations
@@ -247,6 +249,18 @@ def run_measure(args, float_folder: Path, work: Path) -> dict:
     }
 
 
+def run_speed(args, float_folder: Path, work: Path) -> dict:
+    """The speed part of **measure** alone: the INT8 folder calibrated on the validation split, against float32."""
+    export_quantized(
+        args.model,
+        work / "int8-speed",
+        dataset_sources(args.data, args.options, "validation"),
+        calibration_method=args.calibration_method,
+        calibration_count=args.calibration_count,
+    )
+    return measure_speed(args, ExportedTagger(float_folder), ExportedTagger(work / "int8-speed"))
+
+
 def measure_speed(args, float_tagger: ExportedTagger, int8_tagger: ExportedTagger) -> dict:
     """Images per second at each batch size: eager PyTorch float32, ONNX Runtime float32 and INT8, interleaved."""
     model = load_model(args.model).float().eval()
@@ -330,17 +344,23 @@ def markdown(results: dict) -> str:
             f"model.onnx: float32 {sizes['float32'] / 2**20:.1f} MiB, INT8 {sizes['int8'] / 2**20:.1f} MiB "
             f"({sizes['int8'] / sizes['float32']:.2f}x)",
             "",
-            "| batch | runtime | images/s | vs ONNX Runtime float32 | vs eager float32 |",
-            "|---|---|---|---|---|",
         ]
-        for batch, runs in measure["speed"].items():
-            base, eager = runs["onnxruntime float32"]["images_per_second"], runs["eager float32"]["images_per_second"]
-            lines += [
-                f"| {batch} | {name} | {row['images_per_second']:.2f} | {row['images_per_second'] / base:.2f}x | "
-                f"{row['images_per_second'] / eager:.2f}x |"
-                for name, row in runs.items()
-            ]
+        lines += speed_table(measure["speed"])
+    if results.get("speed"):
+        lines += ["Speed alone (`--sections speed`):", ""] + speed_table(results["speed"])
     return "\n".join(lines) + "\n"
+
+
+def speed_table(speed: dict) -> list[str]:
+    lines = ["| batch | runtime | images/s | vs ONNX Runtime float32 | vs eager float32 |", "|---|---|---|---|---|"]
+    for batch, runs in speed.items():
+        base, eager = runs["onnxruntime float32"]["images_per_second"], runs["eager float32"]["images_per_second"]
+        lines += [
+            f"| {batch} | {name} | {row['images_per_second']:.2f} | {row['images_per_second'] / base:.2f}x | "
+            f"{row['images_per_second'] / eager:.2f}x |"
+            for name, row in runs.items()
+        ]
+    return lines + [""]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -348,7 +368,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="the trained SRN's folder (save_pretrained)")
     parser.add_argument("--data", required=True, help="its dataset kind (srn_hf.data), with validation and test")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--sections", nargs="+", default=["study", "measure"], choices=["study", "measure"])
+    parser.add_argument("--sections", nargs="+", default=["study", "measure"], choices=["study", "measure", "speed"])
     parser.add_argument("--calibration-count", type=int, default=256)
     parser.add_argument("--study-images", type=int, help="validation images scored per study setting (all)")
     parser.add_argument("--calibration-method", default=DEFAULT_CALIBRATION_METHOD, choices=CALIBRATION_METHODS)
@@ -375,6 +395,8 @@ def main(argv=None) -> int:
             results["study"] = run_study(args, work / "float32", work)
         if "measure" in args.sections:
             results["measure"] = run_measure(args, work / "float32", work)
+        if "speed" in args.sections:
+            results["speed"] = run_speed(args, work / "float32", work)
     results["load_average_end"] = os.getloadavg()
     results["wall_seconds"] = time.perf_counter() - started
     args.output_dir.mkdir(parents=True, exist_ok=True)
