@@ -2,21 +2,25 @@
 
     python benchmarks/benchmark_int8.py --model outputs/demo/final --data stamp_scenes \\
         --data-option path=data/stamp_scenes                         # both sections (about 30 minutes, 2 cores)
-    python benchmarks/benchmark_int8.py ... --sections study         # only the choice of float32 operators
+    python benchmarks/benchmark_int8.py ... --sections study --name int8_study  # the choice of float32 parts only
 
-Sections (results: `--output-dir`/int8.{json,md}):
+Sections (results: `--output-dir`/`--name`.{json,md}, int8.{json,md} by default):
 
 - **study** (on the validation split, never the test split): the float32 ONNX graph quantized with every operator
-  quantized, then with one candidate at a time left float32 (an operator type, or one of SRN's branches by the
-  prefix of its weights: f_att, the confidence maps S, f_sr, f_cls), then with `srn_hf.quantize.FLOAT_OPERATORS`
-  (the library's choice). Each: the largest and the mean absolute sigmoid-score difference from the float32 graph
-  over the validation images, and the mAP change. Calibrated once (ONNX Runtime's calibration cache).
+  quantized, then with one candidate at a time left float32 (an operator type, one of SRN's branches by the prefix
+  of its weights: f_att, the confidence maps S, f_sr, f_cls, or one of the backbone's feature stages), then with the
+  library's choice (`srn_hf.quantize.FLOAT_OPERATORS` and the backbone's first stage); the other calibration
+  methods with nothing and with the library's choice float32. Each: the largest and the mean absolute sigmoid-score
+  difference from the float32 graph over the validation images, and the mAP change with its paired bootstrap
+  interval. Each method calibrates once (ONNX Runtime's calibration cache).
 - **measure** (calibrated and thresholds tuned on the validation split, figures on the test split): the folder that
   `srn-hf export --quantize int8 --data ...` writes, against the float32 export. mAP, CF1 and OF1 at the thresholds
   each folder carries (and INT8 at the float model's thresholds), the mAP difference with a paired bootstrap
   interval, per-image label-set agreement, the five labels whose AP changes most, the model files' sizes; images
   per second at batch 1 and 16 of eager PyTorch float32, ONNX Runtime float32 and ONNX Runtime INT8, interleaved
   round by round (ratios from one run).
+- **speed**: only the images per second of **measure** (its INT8 folder calibrated, thresholds not tuned), for a
+  run of its own on an idle machine.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,8 +46,16 @@ from srn_hf.bulk import dataset_sources, parse_data_options  # noqa: E402
 from srn_hf.data import label_names, load_multilabel_dataset  # noqa: E402
 from srn_hf.export import ExportedTagger, export_image_processor, export_model  # noqa: E402
 from srn_hf.metrics import map_difference, multilabel_metrics  # noqa: E402
-from srn_hf.model_folder import load_model  # noqa: E402
-from srn_hf.quantize import FLOAT_OPERATORS, calibration_images, export_quantized, prepared_graph, quantize_graph  # noqa: E402
+from srn_hf.model_folder import check_model_folder, load_model  # noqa: E402
+from srn_hf.quantize import (  # noqa: E402
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_METHOD,
+    FLOAT_OPERATORS,
+    calibration_images,
+    export_quantized,
+    feature_stage_weights,
+    quantize_graph,
+)
 from srn_hf.scoring import evaluation_loader, score_split_exported  # noqa: E402
 
 CANDIDATE_OPERATORS = ("Softmax", "Sigmoid", "Mul", "MatMul", "BatchNormalization", "Gemm", "Add")
@@ -52,20 +63,30 @@ CANDIDATE_OPERATORS = ("Softmax", "Sigmoid", "Mul", "MatMul", "BatchNormalizatio
 CANDIDATE_COMBINATIONS = (("Softmax", "Mul"), ("Softmax", "Sigmoid", "Mul"))
 # SRN's branches, by the prefix of their weights' names in the exported graph.
 BRANCHES = {
-    "f_att (attention convolutions)": "model.srn.attention.",
-    "confidence maps S": "model.srn.confidence.",
-    "f_sr (spatial regularization)": "model.srn.spatial_regularization.",
-    "f_cls (classifier)": "model.srn.classifier.",
+    "f_att (attention convolutions)": ("model.srn.attention.",),
+    "confidence maps S": ("model.srn.confidence.",),
+    "f_sr (spatial regularization)": ("model.srn.spatial_regularization.",),
+    "f_cls (classifier)": ("model.srn.classifier.",),
 }
 
 
-def branch_nodes(graph_path: Path) -> dict[str, list[str]]:
-    """Each branch's nodes in the prepared graph: those that read one of its weights."""
-    graph = onnx.load(os.fspath(graph_path)).graph
-    return {
-        branch: [node.name for node in graph.node if any(name.startswith(prefix) for name in node.input)]
-        for branch, prefix in BRANCHES.items()
-    }
+def study_settings(args) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """Each setting of the study: its calibration method, the operator types and the weights' prefixes kept float32."""
+    method = args.calibration_method
+    stages = feature_stage_weights(check_model_folder(args.model))
+    library = (FLOAT_OPERATORS, stages[0] if stages else ())
+    settings = {"every operator quantized": (method, (), ())}
+    settings |= {f"{name} float32": (method, (name,), ()) for name in CANDIDATE_OPERATORS}
+    settings |= {f"{' + '.join(names)} float32": (method, names, ()) for names in CANDIDATE_COMBINATIONS}
+    settings |= {f"{branch} float32": (method, (), prefixes) for branch, prefixes in BRANCHES.items()}
+    for index, prefixes in enumerate(stages):
+        first, last = (prefix.removeprefix("model.srn.backbone.").rstrip(".") for prefix in (prefixes[0], prefixes[-1]))
+        settings[f"backbone stage {index} ({first} to {last}) float32"] = (method, (), prefixes)
+    settings[f"library choice: {', '.join(FLOAT_OPERATORS)} and backbone stage 0 float32"] = (method, *library)
+    for other in (name for name in CALIBRATION_METHODS if name != method):
+        settings[f"{other} calibration, every operator quantized"] = (other, (), ())
+        settings[f"{other} calibration, library choice"] = (other, *library)
+    return settings
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -114,44 +135,49 @@ def run_study(args, float_folder: Path, work: Path) -> dict:
         pixels, labels = pixels[kept], labels[kept]
     reference = batched_scores(ExportedTagger(float_folder), pixels)
     reference_map = multilabel_metrics(reference, labels)["mAP"]
-    nodes = branch_nodes(prepared_graph(float_folder / "model.onnx", work / "prepared.onnx"))
-    settings = {"every operator quantized": ((), ())}
-    settings |= {f"{name} float32": ((name,), ()) for name in CANDIDATE_OPERATORS}
-    settings |= {f"{' + '.join(names)} float32": (names, ()) for names in CANDIDATE_COMBINATIONS}
-    settings |= {f"{branch} float32": ((), tuple(found)) for branch, found in nodes.items() if found}
-    settings[f"library choice: {', '.join(FLOAT_OPERATORS)} float32"] = (FLOAT_OPERATORS, ())
-    cache, rows = work / "calibration_cache.json", []
-    for name, (operators, float_nodes) in settings.items():
+    rows = []
+    for name, (method, operators, weights) in study_settings(args).items():
         folder = work / f"study-{len(rows)}"
         folder.mkdir()
         for path in float_folder.iterdir():
             if path.name != "model.onnx":
                 (folder / path.name).write_bytes(path.read_bytes())
+        cache = work / f"calibration_cache_{method}.json"
+        if not cache.exists():  # the first call of each method quantizes every operator, so every range is cached
+            quantize_graph(
+                float_folder / "model.onnx", work / "all.onnx", calibration.pixel_values, method, (), (), cache
+            )
         started = time.perf_counter()
-        quantize_graph(
+        record = quantize_graph(
             float_folder / "model.onnx",
             folder / "model.onnx",
             calibration.pixel_values,
-            args.calibration_method,
+            method,
             operators,
-            float_nodes,
-            calibration_cache=cache,
+            weights,
+            cache,
         )
         seconds = time.perf_counter() - started
-        errors = score_errors(batched_scores(ExportedTagger(folder), pixels), reference, labels, reference_map)
+        scores = batched_scores(ExportedTagger(folder), pixels)
+        errors = score_errors(scores, reference, labels, reference_map)
+        interval = map_difference(reference, scores, labels)
         rows.append(
             {
                 "setting": name,
+                "calibration_method": method,
                 "float_operators": list(operators),
-                "float_nodes": len(float_nodes),
+                "float_nodes": len(record["float_nodes"]),
                 "quantize_seconds": seconds,
                 **errors,
+                "mAP_change_low": interval["low"],
+                "mAP_change_high": interval["high"],
             }
         )
         print(f"{name}: {errors}", flush=True)
     return {
         "validation_images": len(labels),
         "calibration_images": len(calibration.pixel_values),
+        "calibration_method": args.calibration_method,
         "float32_validation_mAP": reference_map,
         "rows": rows,
     }
@@ -223,6 +249,18 @@ def run_measure(args, float_folder: Path, work: Path) -> dict:
     }
 
 
+def run_speed(args, float_folder: Path, work: Path) -> dict:
+    """The speed part of **measure** alone: the INT8 folder calibrated on the validation split, against float32."""
+    export_quantized(
+        args.model,
+        work / "int8-speed",
+        dataset_sources(args.data, args.options, "validation"),
+        calibration_method=args.calibration_method,
+        calibration_count=args.calibration_count,
+    )
+    return measure_speed(args, ExportedTagger(float_folder), ExportedTagger(work / "int8-speed"))
+
+
 def measure_speed(args, float_tagger: ExportedTagger, int8_tagger: ExportedTagger) -> dict:
     """Images per second at each batch size: eager PyTorch float32, ONNX Runtime float32 and INT8, interleaved."""
     model = load_model(args.model).float().eval()
@@ -263,15 +301,17 @@ def markdown(results: dict) -> str:
     study = results.get("study")
     if study:
         lines += [
-            f"Float32 operators (validation split, {study['validation_images']} images; calibrated on "
-            f"{study['calibration_images']}; float32 graph mAP {study['float32_validation_mAP']:.2f}):",
+            f"Float32 parts (validation split, {study['validation_images']} images; calibrated by "
+            f"{study['calibration_method']} unless said on {study['calibration_images']}; float32 graph mAP "
+            f"{study['float32_validation_mAP']:.2f}):",
             "",
-            "| left float32 | max score error | mean score error | mAP change |",
-            "|---|---|---|---|",
+            "| left float32 | float32 nodes | max score error | mean score error | mAP change (95% interval) |",
+            "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {row['setting']} | {row['max_score_error']:.4f} | {row['mean_score_error']:.5f} | "
-            f"{row['mAP_change']:+.2f} |"
+            f"| {row['setting']} | {row['float_nodes']} | {row['max_score_error']:.4f} | "
+            f"{row['mean_score_error']:.5f} | {row['mAP_change']:+.2f} ({row['mAP_change_low']:+.2f} to "
+            f"{row['mAP_change_high']:+.2f}) |"
             for row in study["rows"]
         ]
         lines.append("")
@@ -304,17 +344,23 @@ def markdown(results: dict) -> str:
             f"model.onnx: float32 {sizes['float32'] / 2**20:.1f} MiB, INT8 {sizes['int8'] / 2**20:.1f} MiB "
             f"({sizes['int8'] / sizes['float32']:.2f}x)",
             "",
-            "| batch | runtime | images/s | vs ONNX Runtime float32 | vs eager float32 |",
-            "|---|---|---|---|---|",
         ]
-        for batch, runs in measure["speed"].items():
-            base, eager = runs["onnxruntime float32"]["images_per_second"], runs["eager float32"]["images_per_second"]
-            lines += [
-                f"| {batch} | {name} | {row['images_per_second']:.2f} | {row['images_per_second'] / base:.2f}x | "
-                f"{row['images_per_second'] / eager:.2f}x |"
-                for name, row in runs.items()
-            ]
+        lines += speed_table(measure["speed"])
+    if results.get("speed"):
+        lines += ["Speed alone (`--sections speed`):", ""] + speed_table(results["speed"])
     return "\n".join(lines) + "\n"
+
+
+def speed_table(speed: dict) -> list[str]:
+    lines = ["| batch | runtime | images/s | vs ONNX Runtime float32 | vs eager float32 |", "|---|---|---|---|---|"]
+    for batch, runs in speed.items():
+        base, eager = runs["onnxruntime float32"]["images_per_second"], runs["eager float32"]["images_per_second"]
+        lines += [
+            f"| {batch} | {name} | {row['images_per_second']:.2f} | {row['images_per_second'] / base:.2f}x | "
+            f"{row['images_per_second'] / eager:.2f}x |"
+            for name, row in runs.items()
+        ]
+    return lines + [""]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -322,14 +368,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="the trained SRN's folder (save_pretrained)")
     parser.add_argument("--data", required=True, help="its dataset kind (srn_hf.data), with validation and test")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--sections", nargs="+", default=["study", "measure"], choices=["study", "measure"])
+    parser.add_argument("--sections", nargs="+", default=["study", "measure"], choices=["study", "measure", "speed"])
     parser.add_argument("--calibration-count", type=int, default=256)
     parser.add_argument("--study-images", type=int, help="validation images scored per study setting (all)")
-    parser.add_argument("--calibration-method", default="minmax")
+    parser.add_argument("--calibration-method", default=DEFAULT_CALIBRATION_METHOD, choices=CALIBRATION_METHODS)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds; the median is reported (7)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--name", default="int8", help="the results files' name, without extension (int8)")
     args = parser.parse_args(argv)
     args.options = parse_data_options(args.data_option)
     return args
@@ -348,12 +395,14 @@ def main(argv=None) -> int:
             results["study"] = run_study(args, work / "float32", work)
         if "measure" in args.sections:
             results["measure"] = run_measure(args, work / "float32", work)
+        if "speed" in args.sections:
+            results["speed"] = run_speed(args, work / "float32", work)
     results["load_average_end"] = os.getloadavg()
     results["wall_seconds"] = time.perf_counter() - started
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "int8.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (args.output_dir / f"{args.name}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     tables = markdown(results)
-    (args.output_dir / "int8.md").write_text(tables)
+    (args.output_dir / f"{args.name}.md").write_text(tables)
     print(tables)
     return 0
 

@@ -252,7 +252,9 @@ def add_export_command(commands) -> None:
     quantized.add_argument(
         "--calibration-count", type=int, default=256, help="calibration images used at most, evenly spaced (256)"
     )
-    quantized.add_argument("--calibration-method", default="minmax", help="minmax (default), entropy or percentile")
+    quantized.add_argument(
+        "--calibration-method", help="percentile (the default: 99.999 %% of each activation's values) or minmax"
+    )
     export.set_defaults(run=run_export)
 
 
@@ -600,9 +602,10 @@ def run_export_quantized(args: argparse.Namespace) -> int:
     import os
 
     from .bulk import given_sources, parse_data_options
-    from .quantize import check_quantize_options, export_quantized
+    from .quantize import DEFAULT_CALIBRATION_METHOD, check_quantize_options, export_quantized
 
     # Before any image is read:
+    args.calibration_method = args.calibration_method or DEFAULT_CALIBRATION_METHOD
     check_quantize_options(args.quantize, args.calibration_method, args.calibration_count, args.data and args.split)
     if bool(args.calibration_images) == bool(args.data):
         raise ValueError("--quantize needs calibration images: pass --calibration-images SOURCE or --data KIND")
@@ -640,7 +643,8 @@ def run_export_quantized(args: argparse.Namespace) -> int:
     print(
         f"exported {args.model_dir} to {result['graph']}: {record['type']} ({record['format']}, weights "
         f"{record['weights']}, activations {record['activations']}), calibrated by {record['calibration_method']} on "
-        f"{record['calibration_images']} images; float32 operators: {', '.join(record['float_operators']) or 'none'}"
+        f"{record['calibration_images']} images; float32 operators: {', '.join(record['float_operators']) or 'none'}; "
+        f"float32 layers: {', '.join(record['float_weights']) or 'none'} ({len(record['float_nodes'])} nodes)"
     )
     if calibration is None:
         print(

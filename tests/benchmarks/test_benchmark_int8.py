@@ -42,7 +42,12 @@ def test_study_and_measure_write_their_tables(tmp_path):
     results = json.loads((tmp_path / "results" / "int8.json").read_text())
     settings = [row["setting"] for row in results["study"]["rows"]]
     assert settings[0] == "every operator quantized" and "Softmax float32" in settings
-    assert "f_sr (spatial regularization) float32" in settings and settings[-1].startswith("library choice")
+    assert "f_sr (spatial regularization) float32" in settings
+    assert (
+        "backbone stage 0 (conv1.0 to bn1) float32" in settings and "backbone stage 1 (layer1.0.conv1" in settings[15]
+    )
+    assert settings[-3].startswith("library choice") and settings[-1] == "minmax calibration, library choice"
+    assert results["study"]["rows"][-3]["float_nodes"] == 3  # resnet10t's deep stem: three convolutions
     measure = results["measure"]
     assert measure["test_images"] == 12 and measure["quantization"]["calibration_images"] == 16
     assert measure["sizes"]["int8"] < measure["sizes"]["float32"]

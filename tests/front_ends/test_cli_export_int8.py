@@ -57,13 +57,14 @@ def test_quantize_with_a_file_list_states_the_calibration_and_copies_the_float_t
     status, stdout, stderr = run(capsys, argv)
     assert status == 0, stderr
     assert "int8 (QDQ, weights int8, symmetric, per output channel" in stdout
-    assert "calibrated by minmax on 19 images; float32 operators: Softmax" in stdout
+    assert "calibrated by percentile on 19 images; float32 operators: Softmax; float32 layers: conv1.0." in stdout
     assert "thresholds copied from the float model, not tuned on the int8 scores" in stdout
     assert "1 calibration images could not be read, left out (the first: " in stderr and "broken.png" in stderr
     config = json.loads((out / "config.json").read_text())
     record = json.loads((out / "thresholds.json").read_text())
     assert (
-        config["quantization"]["calibration_images"] == 19 and config["quantization"]["calibration_method"] == "minmax"
+        config["quantization"]["calibration_images"] == 19
+        and config["quantization"]["calibration_method"] == "percentile"
     )
     assert config["quantization"]["calibration_source"] == f"{file_list} (20 image files)"
     assert record["thresholds_from"] == "float32 model" and record["thresholds"] == [0.4, 0.7, 0.4]
@@ -125,6 +126,11 @@ def test_bad_quantize_options_are_one_line_exit_2(capsys, model_dir, too_few, un
         (
             ["--quantize", "int8", "--calibration-images", too_few, "--calibration-method", "mse"],
             "--calibration-method",
+        ),
+        # ONNX Runtime's entropy calibration gives MinMax's ranges: refused, saying so, rather than run as MinMax.
+        (
+            ["--quantize", "int8", "--calibration-images", too_few, "--calibration-method", "entropy"],
+            "--calibration-method entropy is not offered: ONNX Runtime's quantize_static calibrates 'entropy' with",
         ),
         (["--quantize", "int8"], "--quantize needs calibration images"),
         (["--calibration-images", too_few], "pass --quantize int8"),

@@ -9,15 +9,20 @@ import pytest
 from helpers import save_with_processor, small_srn, write_imagefolder
 from onnx import numpy_helper
 
+from srn_hf import SRNConfig
 from srn_hf.bulk import dataset_sources, file_sources
 from srn_hf.data import label_names, load_multilabel_dataset
 from srn_hf.export import ExportedTagger, export_image_processor, export_model
+from srn_hf.model_folder import check_model_folder
 from srn_hf.quantize import (
+    CALIBRATION_METHODS,
     FLOAT_OPERATORS,
     MIN_CALIBRATION_IMAGES,
     QuantizationError,
     calibration_images,
+    check_quantize_options,
     export_quantized,
+    first_stage_weights,
     quantize_graph,
 )
 from srn_hf.scoring import score_split_exported
@@ -76,7 +81,7 @@ def test_weights_are_int8_per_channel_and_the_float_operators_stay_float(float_f
     for node in (node for node in graph.node if node.op_type in FLOAT_OPERATORS):
         assert consumers.get(node.output[0]) != "QuantizeLinear", node.name
     assert path.stat().st_size < 0.4 * (float_folder / "model.onnx").stat().st_size
-    assert record["calibration_images"] == len(VALIDATION) and record["calibration_method"] == "minmax"
+    assert record["calibration_images"] == len(VALIDATION) and record["calibration_method"] == "percentile"
     assert record["float_operators"] == list(FLOAT_OPERATORS) and record["format"] == "QDQ"
 
 
@@ -120,6 +125,19 @@ def test_export_quantized_tunes_the_thresholds_on_the_int8_scores(model_dir, dat
         config["quantization"]["calibration_images"] == len(VALIDATION) == result["quantization"]["calibration_images"]
     )
     assert config["export_format"] == "onnx" and "auto_map" not in config
+    # The backbone's first stage (resnet10t's deep stem, up to act1) stays float32, with what it was measured to fix.
+    quantization = config["quantization"]
+    assert quantization["float_weights"][0] == "conv1.0." and quantization["float_weights"][-1] == "bn1."
+    assert set(quantization["float32_measured"]) == {*FLOAT_OPERATORS, "backbone first stage"}
+    assert "score error" in quantization["float32_measured"]["backbone first stage"]
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    convolutions = {node.name: node for node in graph.node if node.op_type == "Conv"}
+    stem = [node for node in convolutions.values() if node.input[1].startswith("model.srn.backbone.conv1.")]
+    assert len(stem) == 3 and sorted(node.name for node in stem) == sorted(quantization["float_nodes"])
+    assert all(node.input[1] in weights for node in stem)  # a float32 weight, read directly
+    later = [node for node in convolutions.values() if node not in stem]
+    assert later and all(node.input[1] not in weights for node in later)  # through DequantizeLinear
     # The thresholds are those the threshold search gives on the INT8 graph's own validation scores.
     tagger = ExportedTagger(folder)
     validation = load_multilabel_dataset("imagefolder", **options)["validation"]
@@ -128,6 +146,15 @@ def test_export_quantized_tunes_the_thresholds_on_the_int8_scores(model_dir, dat
     expected = calibrate_thresholds(scores, labels, tagger.labels)
     assert np.allclose(tagger.thresholds, expected.thresholds) and record["thresholds"] != [0.5] * len(LABELS)
     assert config["label_thresholds"] == pytest.approx(expected.label_thresholds)
+
+
+def test_the_first_stage_ends_at_the_first_feature_level(model_dir):
+    """timm's feature_info[0]: resnet10t's deep stem up to act1; an EfficientNet's stem and blocks.0."""
+    layers = ("conv1.0", "conv1.1", "conv1.3", "conv1.4", "conv1.6", "bn1")
+    assert first_stage_weights(check_model_folder(model_dir)) == tuple(f"model.srn.backbone.{x}." for x in layers)
+    lite = SRNConfig(backbone="tf_efficientnet_lite0", id2label=LABELS)
+    layers = ("conv_stem", "bn1", "blocks.0.0.conv_dw", "blocks.0.0.bn1", "blocks.0.0.conv_pw", "blocks.0.0.bn2")
+    assert first_stage_weights(lite) == tuple(f"model.srn.backbone.{x}." for x in layers)
 
 
 def test_calibration_images_that_cannot_calibrate_are_refused(model_dir, tmp_path):
@@ -148,10 +175,30 @@ def test_every_calibration_image_counts_in_the_ranges(float_folder, calibration,
     batches; the largest values are in the first)."""
     pixels = np.concatenate([calibration.pixel_values] * 3)[:64].copy()
     pixels[0] *= 3.0
-    quantize_graph(float_folder / "model.onnx", tmp_path / "model.onnx", pixels)
-    graph = onnx.load(str(tmp_path / "model.onnx")).graph
-    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    quantize = next(node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] == "pixel_values")
-    scale, zero_point = float(initializers[quantize.input[1]]), int(initializers[quantize.input[2]])
+    quantize_graph(float_folder / "model.onnx", tmp_path / "model.onnx", pixels, "minmax")
+    scale, zero_point = input_quantization(tmp_path / "model.onnx")
     low, high = (0 - zero_point) * scale, (255 - zero_point) * scale
     assert low <= pixels.min() + scale and high >= pixels.max() - scale
+
+
+def input_quantization(graph_path) -> tuple[float, int]:
+    """The scale and zero point of the graph's input `pixel_values`."""
+    graph = onnx.load(str(graph_path)).graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    quantize = next(node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] == "pixel_values")
+    return float(initializers[quantize.input[1]]), int(initializers[quantize.input[2]])
+
+
+def test_each_calibration_method_reaches_onnx_runtime(float_folder, calibration, tmp_path):
+    """Each offered method gives its own ranges (a few extreme pixels widen MinMax's input range, not the
+    percentile's), and `entropy`, which ONNX Runtime's quantize_static turns into MinMax, is refused."""
+    pixels = np.concatenate([calibration.pixel_values] * 2).copy()
+    pixels[0, 0, 0, :2] = 40.0  # 2 extreme values among 600,000
+    scales = {}
+    for method in CALIBRATION_METHODS:
+        quantize_graph(float_folder / "model.onnx", tmp_path / f"{method}.onnx", pixels, method)
+        scales[method] = input_quantization(tmp_path / f"{method}.onnx")[0]
+    assert scales["minmax"] * 255 > pixels.max() - pixels.min() - scales["minmax"]
+    assert scales["percentile"] < 0.5 * scales["minmax"]
+    with pytest.raises(ValueError, match="calibration_method='entropy' is not offered: .* MinMax's ranges exactly"):
+        check_quantize_options("int8", "entropy", MIN_CALIBRATION_IMAGES)
