@@ -80,7 +80,7 @@ from srn_hf.stages import (
     srn_of,
     stage_loss,
 )
-from srn_hf.storage import StorageError, atomic_folder
+from srn_hf.storage import StorageError, atomic_folder, remove_folder
 from srn_hf.thresholds import RUN_VALIDATION, calibrate_stage, calibrate_thresholds, write_thresholds
 from srn_hf.training import EpochSeededDataset, TrainingDiverged, enable_activation_checkpointing
 from srn_hf.training_plots import plot_training_curves
@@ -140,7 +140,8 @@ class Progress:
     Attributes:
         signature: the run's label names and recipe, which a run resuming it must share, but for the fields
             `srn_hf.recipe.resume_changes` lets change ([`run_signature`]).
-        stage, epoch, step: the stage, the epoch (0-based) and the batch of that epoch to continue from.
+        stage, epoch, step: the stage, the epoch (0-based) and the batch of that epoch to continue from; epoch 0,
+            batch 0 of a stage with `lr_search` is a checkpoint of its search ([`search_learning_rate`]).
         records: `{"<stage>": record}`, each stage's history, best epoch and figures (metrics.json's `stages`).
         epoch_loss: the current epoch's loss summed over all processes' batches, and how many were summed, at a
             mid-epoch checkpoint (so that a resumed epoch reports its loss whole).
@@ -199,6 +200,7 @@ class StageRun:
     train_loader: DataLoader
     validation_loader: DataLoader
     test_loader: DataLoader
+    lr_trial: bool = False  # the first epoch at one rate of the stage's `lr_search`: no mid-epoch checkpoint
 
 
 def main(argv=None) -> dict:
@@ -213,6 +215,7 @@ def main(argv=None) -> dict:
         for number in run.stages:
             if number < run.progress.stage:
                 continue  # finished before the checkpoint we resume from
+            search_learning_rate(run, number)
             stage_run = prepare_stage(run, number)
             train_stage(run, stage_run)
             evaluate_stage(run, stage_run)
@@ -545,13 +548,28 @@ def apply_recipe_rates(stage_run: StageRun, settings: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def prepare_stage(run: Run, number: int) -> StageRun:
-    """Freezes what stage `number` does not train, and prepares its model, optimizer, scheduler and data loaders."""
-    accelerator, stage, stage_recipe = run.accelerator, STAGES[number], run.recipe.stage(number)
-    record = run.progress.records.setdefault(
+def stage_record(run: Run, number: int) -> dict:
+    """Stage `number`'s record in the run's progress (metrics.json's `stages`), new and empty before it trains."""
+    return run.progress.records.setdefault(
         str(number),
-        {"stage": number, "prediction": stage.prediction, "history": [], "best_epoch": None, "best_mAP": None},
+        {"stage": number, "prediction": STAGES[number].prediction, "history": [], "best_epoch": None, "best_mAP": None},
     )
+
+
+def with_lr(stage_recipe: StageRecipe, lr: float) -> StageRecipe:
+    """The stage's recipe at learning rate `lr`, its `backbone_lr` (when set) at the same ratio to `lr`."""
+    backbone_lr = None if stage_recipe.backbone_lr is None else stage_recipe.backbone_lr * lr / stage_recipe.lr
+    return dataclasses.replace(stage_recipe, lr=lr, backbone_lr=backbone_lr)
+
+
+def prepare_stage(run: Run, number: int, lr_trial: float | None = None) -> StageRun:
+    """Freezes what stage `number` does not train, and prepares its model, optimizer, scheduler and data loaders: at
+    the recipe's learning rate, the one its `lr_search` chose, or (`lr_trial`) a rate of that search."""
+    accelerator, stage, stage_recipe = run.accelerator, STAGES[number], run.recipe.stage(number)
+    record = stage_record(run, number)
+    lr = lr_trial or record.get("lr_search", {}).get("chosen_lr")
+    if lr is not None:
+        stage_recipe = with_lr(stage_recipe, lr)
     # Drops the previous stage's prepared objects (and DDP wrapper): `requires_grad` must be set before `prepare`.
     accelerator.free_memory()
     trainable = apply_stage(run.model, stage)
@@ -598,6 +616,7 @@ def prepare_stage(run: Run, number: int) -> StageRun:
         train_loader=train_loader,
         validation_loader=validation_loader,
         test_loader=test_loader,
+        lr_trial=lr_trial is not None,
     )
 
 
@@ -629,6 +648,71 @@ def build_optimizer(trainable: dict[str, torch.nn.Module], stage_recipe) -> torc
     )
 
 
+# The learning-rate search of a stage (`lr_search`): its start weights and each rate's state after one epoch.
+LR_SEARCH_DIR = "lr-search"
+
+
+def search_learning_rate(run: Run, number: int) -> None:
+    """Stage `number`'s `lr_search`: each rate trains the stage's first epoch from the same weights and is scored on
+    the validation split; the best becomes the stage's `lr`, and [`continue_chosen_trial`] goes on from the end of
+    its first epoch. The figures go to the stage's record (`lr_search`) and are printed before the stage goes on.
+
+    OUTPUT_DIR/lr-search keeps the start weights and each rate's state after its epoch; a checkpoint after each rate
+    records its figures, so a resumed run trains only the rates not tried yet. Nothing to do without `lr_search`,
+    at `epochs: 0`, or when the search is done.
+    """
+    accelerator, stage_recipe, record = run.accelerator, run.recipe.stage(number), stage_record(run, number)
+    if not stage_recipe.lr_search or not stage_recipe.epochs or "chosen_lr" in record.get("lr_search", {}):
+        return
+    search = record.setdefault("lr_search", {"trials": []})
+    run.checkpoint = None  # a checkpoint of this search: its figures are in the progress, its states in lr-search
+    start = run.output_dir / LR_SEARCH_DIR / "start"
+    if not search["trials"] and accelerator.is_main_process:  # a new search: the weights every rate starts from
+        with atomic_folder(start) as partial:
+            save_file(run.model.state_dict(), partial / "model.safetensors")
+    accelerator.wait_for_everyone()
+    start_weights = load_file(start / "model.safetensors")
+    tried = [trial["lr"] for trial in search["trials"]]
+    for lr in (lr for lr in stage_recipe.lr_search if lr not in tried):
+        run.model.load_state_dict(start_weights)
+        trial_run = prepare_stage(run, number, lr_trial=lr)
+        train_loss = train_epoch(run, trial_run, 0)
+        metrics = score_split(run, trial_run, trial_run.validation_loader)[0]
+        checkpoints.save_checkpoint(accelerator, trial_folder(run, lr), {"lr": lr}, total_limit=1)
+        search["trials"].append({"lr": lr, "train_loss": train_loss, "validation_mAP": metrics["mAP"]})
+        accelerator.print(
+            f"stage {number} learning-rate search, lr {lr:g}: epoch 1 loss {train_loss:.4f}, "
+            f"validation mAP {metrics['mAP']:.2f}"
+        )
+        save_checkpoint(run, number, 0, 0)
+    best = max(search["trials"], key=lambda trial: trial["validation_mAP"])
+    search["chosen_lr"] = best["lr"]
+    accelerator.print(
+        f"stage {number}: lr {best['lr']:g} chosen on the validation split after one epoch at each rate ("
+        + ", ".join(f"{trial['lr']:g}: mAP {trial['validation_mAP']:.2f}" for trial in search["trials"])
+        + f"); it goes on for the other {stage_recipe.epochs - 1} epoch(s)"
+    )
+
+
+def trial_folder(run: Run, lr: float) -> Path:
+    """Where the learning-rate search keeps the state of rate `lr` after its epoch (a checkpoint folder)."""
+    return run.output_dir / LR_SEARCH_DIR / f"lr-{lr:g}"
+
+
+def continue_chosen_trial(run: Run, stage_run: StageRun) -> int:
+    """The stage from the end of the first epoch at the rate its search chose: that state restored (weights,
+    optimizer, scheduler, sampler), the epoch validated (and exported when best) and checkpointed; the search's
+    folder is then removed. Returns the epoch to continue from (1)."""
+    search = stage_run.record["lr_search"]
+    trial = next(trial for trial in search["trials"] if trial["lr"] == search["chosen_lr"])
+    run.accelerator.load_state(str(checkpoints.list_checkpoints(trial_folder(run, trial["lr"]))[-1]))
+    validate_epoch(run, stage_run, 0, trial["train_loss"])
+    save_checkpoint(run, stage_run.stage.number, 1, 0)
+    if run.accelerator.is_main_process:
+        remove_folder(run.output_dir / LR_SEARCH_DIR)
+    return 1
+
+
 def train_stage(run: Run, stage_run: StageRun) -> None:
     """The stage's epochs (from the checkpoint's epoch and batch when the run resumes in this stage), each one
     validated and checkpointed."""
@@ -636,7 +720,11 @@ def train_stage(run: Run, stage_run: StageRun) -> None:
     run.accelerator.print(
         f"\n== stage {stage_run.stage.number}: trains {', '.join(stage_run.trained)}; "
         f"loss on {', '.join(stage_run.stage.loss_terms)}"
+        + f", at the learning rate its search chose ({stage_run.recipe.lr:g})"
+        * ("lr_search" in stage_run.record)
     )
+    if "lr_search" in stage_run.record and (start_epoch, start_step) == (0, 0) and stage_run.recipe.epochs:
+        start_epoch = continue_chosen_trial(run, stage_run)
     for epoch in range(start_epoch, stage_run.recipe.epochs):
         train_loss = train_epoch(run, stage_run, epoch, start_step if epoch == start_epoch else 0)
         validate_epoch(run, stage_run, epoch, train_loss)
@@ -655,7 +743,7 @@ def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) 
     total_loss, seen = run.progress.epoch_loss or (0.0, 0) if start_step else (0.0, 0)
     bar = tqdm(
         batches,
-        desc=f"stage {number} epoch {epoch + 1}/{epochs}",
+        desc=f"stage {number}{f' lr {stage_run.recipe.lr:g}' * stage_run.lr_trial} epoch {epoch + 1}/{epochs}",
         initial=start_step,
         total=len(stage_run.train_loader),
         disable=not accelerator.is_local_main_process,
@@ -677,7 +765,13 @@ def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) 
         total_loss, seen = total_loss + summed_loss, seen + accelerator.num_processes
         bar.set_postfix(loss=f"{loss.item():.4f}")
         # `sync_gradients`: this batch ended an accumulation window, so the optimizer state is whole.
-        if every and accelerator.sync_gradients and (step + 1) % every == 0 and step + 1 < len(stage_run.train_loader):
+        if (
+            every
+            and not stage_run.lr_trial
+            and accelerator.sync_gradients
+            and (step + 1) % every == 0
+            and step + 1 < len(stage_run.train_loader)
+        ):
             run.progress.epoch_loss = (total_loss, seen)
             save_checkpoint(run, number, epoch, step + 1)
     return total_loss / max(seen, 1)
