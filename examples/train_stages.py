@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch.utils.data import DataLoader
@@ -72,6 +72,7 @@ from srn_hf.showcase import keep_examples
 from srn_hf.stages import (
     STAGES,
     BackboneMapCache,
+    BackboneMaps,
     Stage,
     StageForward,
     apply_stage,
@@ -79,6 +80,7 @@ from srn_hf.stages import (
     set_train_mode,
     srn_of,
     stage_loss,
+    tensor_digest,
 )
 from srn_hf.storage import StorageError, atomic_folder, remove_folder
 from srn_hf.thresholds import RUN_VALIDATION, calibrate_stage, calibrate_thresholds, write_thresholds
@@ -178,6 +180,8 @@ class Run:
     model: SRNForImageClassification
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # L(logits, labels) of the recipe's `loss`
     train_data: EpochSeededDataset
+    train_as_evaluated: Dataset  # the training images with the evaluation transform, for their frozen backbone maps
+    backbone_maps: BackboneMaps | None  # what stages 2 and 3 train on (`training.frozen_maps_mb`), once computed
     eval_loaders: dict[str, DataLoader]
     map_cache: BackboneMapCache  # X and F of the evaluation images while the backbone's weights stay the same
     progress: Progress
@@ -255,6 +259,7 @@ def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -
         enable_activation_checkpointing(model)
     # Training crops and flips with torchvision; validation and test use the image processor saved with the model.
     image_processor = create_image_processor(model.config)
+    train_as_evaluated = with_multilabel_transforms(dataset, image_processor=image_processor, train_splits=())["train"]
     dataset = with_multilabel_transforms(dataset, image_processor=image_processor, augment=recipe.data.augment)
     eval_loaders = {
         split: DataLoader(
@@ -285,6 +290,8 @@ def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -
         model=model,
         loss_fn=make_loss(**vars(recipe.loss)),
         train_data=EpochSeededDataset(dataset["train"], recipe.seed),
+        train_as_evaluated=train_as_evaluated,
+        backbone_maps=None,
         eval_loaders=eval_loaders,
         map_cache=BackboneMapCache(recipe.training.eval_map_cache_mb),
         progress=progress or Progress(signature=signature, stage=stages[0]),
@@ -570,6 +577,8 @@ def prepare_stage(run: Run, number: int, lr_trial: float | None = None) -> Stage
     lr = lr_trial or record.get("lr_search", {}).get("chosen_lr")
     if lr is not None:
         stage_recipe = with_lr(stage_recipe, lr)
+    # The frozen backbone's maps first: their loader is prepared only for this pass, and dropped with the rest here.
+    maps = frozen_backbone_maps(run) if stage.backbone_frozen and stage_recipe.epochs else None
     # Drops the previous stage's prepared objects (and DDP wrapper): `requires_grad` must be set before `prepare`.
     accelerator.free_memory()
     trainable = apply_stage(run.model, stage)
@@ -583,12 +592,12 @@ def prepare_stage(run: Run, number: int, lr_trial: float | None = None) -> Stage
             f"{stage_recipe.batch_size}) would hold one image: it is left out"
         )
     train_loader = DataLoader(
-        run.train_data,
+        run.train_data if maps is None else maps,
         batch_size=stage_recipe.batch_size,
         shuffle=True,
         drop_last=drop_last,
-        collate_fn=collate_multilabel,
-        num_workers=run.recipe.data.num_workers,
+        collate_fn=collate_multilabel if maps is None else None,  # the maps' rows: torch's default collation
+        num_workers=run.recipe.data.num_workers if maps is None else 0,
     )
     # `accumulate()` below then steps the optimizer every this many batches only.
     accelerator.gradient_accumulation_steps = stage_recipe.gradient_accumulation_steps
@@ -618,6 +627,47 @@ def prepare_stage(run: Run, number: int, lr_trial: float | None = None) -> Stage
         test_loader=test_loader,
         lr_trial=lr_trial is not None,
     )
+
+
+def frozen_backbone_maps(run: Run) -> BackboneMaps | None:
+    """X and F of every training image under the run's backbone as it is (frozen in stages 2 and 3), computed once
+    with the evaluation transform and kept while the backbone's weights stay the same; None when the recipe keeps
+    none (`training.frozen_maps_mb: 0`) or they would take more than it allows (said once, with their size)."""
+    limit = run.recipe.training.frozen_maps_mb * 2**20
+    backbone = srn_of(run.model).backbone
+    digest = tensor_digest(backbone.state_dict().values()) if limit else None
+    if not limit or run.backbone_maps is not None and run.backbone_maps.weights_digest == digest:
+        return run.backbone_maps if limit else None
+    accelerator, srn = run.accelerator, srn_of(run.model)
+    loader = accelerator.prepare(
+        DataLoader(
+            run.train_as_evaluated, batch_size=run.recipe.training.eval_batch_size, collate_fn=collate_multilabel
+        )
+    )
+    srn.eval()
+    maps, labels = [], []
+    with torch.no_grad(), accelerator.autocast():
+        for batch in tqdm(
+            loader, desc="backbone maps of the training images", disable=not accelerator.is_local_main_process
+        ):
+            pixel_values = batch["pixel_values"]
+            if run.recipe.training.channels_last:
+                pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+            features, classifier_features = srn.forward_backbone(pixel_values)
+            kept = (features,) if classifier_features is features else (features, classifier_features)
+            size = sum(tensor.nbytes for tensor in kept) * len(run.train_as_evaluated) / len(features)
+            if size > limit:
+                accelerator.print(
+                    f"stages 2 and 3 train on images: the training images' backbone maps would take "
+                    f"{size / 2**20:.0f} MB, more than training.frozen_maps_mb ({limit / 2**20:g})"
+                )
+                return None
+            gathered = accelerator.gather_for_metrics((kept, batch["labels"]))
+            maps.append([tensor.cpu() for tensor in gathered[0]])
+            labels.append(gathered[1].cpu())
+    columns = [torch.cat(column) for column in zip(*maps)]
+    run.backbone_maps = BackboneMaps(columns[0], columns[1] if len(columns) > 1 else None, torch.cat(labels), digest)
+    return run.backbone_maps
 
 
 def make_scheduler(stage_recipe, optimizer: torch.optim.Optimizer, optimizer_steps: int):
@@ -669,7 +719,10 @@ def search_learning_rate(run: Run, number: int) -> None:
     start = run.output_dir / LR_SEARCH_DIR / "start"
     if not search["trials"] and accelerator.is_main_process:  # a new search: the weights every rate starts from
         with atomic_folder(start) as partial:
-            save_file(run.model.state_dict(), partial / "model.safetensors")
+            save_file(
+                {key: value.contiguous() for key, value in run.model.state_dict().items()},
+                partial / "model.safetensors",
+            )
     accelerator.wait_for_everyone()
     start_weights = load_file(start / "model.safetensors")
     tried = [trial["lr"] for trial in search["trials"]]
@@ -750,12 +803,12 @@ def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) 
     )
     every = run.recipe.training.checkpoint_every_steps
     for step, batch in enumerate(bar, start=start_step):
-        pixel_values = batch["pixel_values"]
-        if run.recipe.training.channels_last:
-            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        inputs = {key: value for key, value in batch.items() if key != "labels"}  # images, or their frozen maps
+        if run.recipe.training.channels_last and "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
         # Under `accumulate`, DDP syncs gradients and the optimizer steps only every `gradient_accumulation_steps`.
         with accelerator.accumulate(stage_run.model):
-            loss = stage_loss(stage_run.model(pixel_values), batch["labels"], stage_run.stage, run.loss_fn)
+            loss = stage_loss(stage_run.model(**inputs), batch["labels"], stage_run.stage, run.loss_fn)
             summed_loss = accelerator.reduce(loss.detach(), "sum").item()  # over processes: NaN if any diverged
             check_finite(run, stage_run, summed_loss, loss, epoch, step)
             accelerator.backward(loss)  # scales the loss for fp16 and for gradient accumulation

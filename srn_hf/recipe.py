@@ -189,6 +189,11 @@ class TrainingRecipe:
     maps the evaluation passes may keep per process to skip f_cnn while its weights do not change (stages 2 and
     3, the rescoring of a best epoch; `stages.BackboneMapCache`, 0 turns it off).
 
+    `frozen_maps_mb`: stages 2 and 3 (the backbone frozen) train on the backbone maps of the training images,
+    computed once with the evaluation transform (no augmentation: `stages.BackboneMaps`), when those maps take at
+    most this many megabytes per process; 0 (the default), or maps too large: they run the backbone on augmented
+    images every epoch.
+
     `gradient_checkpointing` recomputes the backbone's blocks and the SRN branch's activations in the backward pass
     instead of keeping them ([`enable_activation_checkpointing`]): less memory for one more forward pass of what is
     trained.
@@ -198,6 +203,7 @@ class TrainingRecipe:
     channels_last: bool = False
     eval_batch_size: int = field(default=64, metadata=at_least(1))
     eval_map_cache_mb: float = field(default=2048, metadata=at_least(0))
+    frozen_maps_mb: float = field(default=0, metadata=at_least(0))
     checkpoint_every_steps: int = field(default=0, metadata=at_least(0))
     checkpoints_total_limit: int | None = field(default=3, metadata=at_least(1))
     log_with: Literal["auto", "tensorboard", "none"] = "auto"
