@@ -21,7 +21,8 @@ Ridnik et al., ICCV 2021; timm's `timm.loss.AsymmetricLossMultiLabel`, [`make_lo
 `labels`, [`make_loss`] and a recipe without `loss.reduction`), or the authors' Caffe `"sum_over_classes"` (sum
 over classes, divided by the batch size: C times the mean, so a learning rate tuned for it is C times smaller).
 The shipped recipes say which they use: `examples/configs/demo.yaml` the mean (AdamW, lr tuned for it); the
-paper's benchmarks `coco_resnet101.yaml`, `voc2007.yaml` and `nuswide.yaml` the Caffe sum (the paper's SGD rates).
+paper's benchmarks `coco_resnet101.yaml`, `voc2007.yaml` and `nuswide.yaml` the Caffe sum (the paper's SGD rates
+in stages 2 to 4; their stage 1 runs AdamW, for which the reduction only scales the loss).
 """
 
 from __future__ import annotations
