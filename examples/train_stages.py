@@ -724,6 +724,11 @@ def search_learning_rate(run: Run, number: int) -> None:
                 partial / "model.safetensors",
             )
     accelerator.wait_for_everyone()
+    if not (start / "model.safetensors").is_file():  # a checkpoint of a search that ended: its states are gone
+        raise ValueError(
+            f"the checkpoint resumed from is one of stage {number}'s learning-rate search, which has ended ({start} "
+            "was removed when the stage went on): resume from a later checkpoint"
+        )
     start_weights = load_file(start / "model.safetensors")
     tried = [trial["lr"] for trial in search["trials"]]
     for lr in (lr for lr in stage_recipe.lr_search if lr not in tried):
