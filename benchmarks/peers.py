@@ -941,7 +941,8 @@ def select_dataset(args: argparse.Namespace) -> None:
     results = Path(__file__).parent / "results"
     if args.dataset != "demo":
         options = f"{{variant: {args.dataset}, path: data/stamp_scenes-{args.dataset}, generate: true}}"
-        args.set = ["data.kind=stamp_scenes", f"data.options={options}", *args.set]
+        # (whole: the demo recipe's limit on its own training images is the demo's, not the variant's)
+        args.set = ["data.kind=stamp_scenes", f"data.options={options}", "data.max_train_samples=null", *args.set]
     suffix = "" if args.dataset == "demo" else f"-{args.dataset}"
     args.output_dir = args.output_dir or results / f"peers-runs{suffix}"
     args.results_dir = args.results_dir or (results / f"peers{suffix}" if suffix else results)

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch.utils.data import DataLoader
@@ -72,6 +72,7 @@ from srn_hf.showcase import keep_examples
 from srn_hf.stages import (
     STAGES,
     BackboneMapCache,
+    BackboneMaps,
     Stage,
     StageForward,
     apply_stage,
@@ -79,8 +80,9 @@ from srn_hf.stages import (
     set_train_mode,
     srn_of,
     stage_loss,
+    tensor_digest,
 )
-from srn_hf.storage import StorageError, atomic_folder
+from srn_hf.storage import StorageError, atomic_folder, remove_folder
 from srn_hf.thresholds import RUN_VALIDATION, calibrate_stage, calibrate_thresholds, write_thresholds
 from srn_hf.training import EpochSeededDataset, TrainingDiverged, enable_activation_checkpointing
 from srn_hf.training_plots import plot_training_curves
@@ -140,7 +142,8 @@ class Progress:
     Attributes:
         signature: the run's label names and recipe, which a run resuming it must share, but for the fields
             `srn_hf.recipe.resume_changes` lets change ([`run_signature`]).
-        stage, epoch, step: the stage, the epoch (0-based) and the batch of that epoch to continue from.
+        stage, epoch, step: the stage, the epoch (0-based) and the batch of that epoch to continue from; epoch 0,
+            batch 0 of a stage with `lr_search` is a checkpoint of its search ([`search_learning_rate`]).
         records: `{"<stage>": record}`, each stage's history, best epoch and figures (metrics.json's `stages`).
         epoch_loss: the current epoch's loss summed over all processes' batches, and how many were summed, at a
             mid-epoch checkpoint (so that a resumed epoch reports its loss whole).
@@ -177,6 +180,8 @@ class Run:
     model: SRNForImageClassification
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # L(logits, labels) of the recipe's `loss`
     train_data: EpochSeededDataset
+    train_as_evaluated: Dataset  # the training images with the evaluation transform, for their frozen backbone maps
+    backbone_maps: BackboneMaps | None  # what stages 2 and 3 train on (`training.frozen_maps_mb`), once computed
     eval_loaders: dict[str, DataLoader]
     map_cache: BackboneMapCache  # X and F of the evaluation images while the backbone's weights stay the same
     progress: Progress
@@ -199,6 +204,7 @@ class StageRun:
     train_loader: DataLoader
     validation_loader: DataLoader
     test_loader: DataLoader
+    lr_trial: bool = False  # the first epoch at one rate of the stage's `lr_search`: no mid-epoch checkpoint
 
 
 def main(argv=None) -> dict:
@@ -213,6 +219,7 @@ def main(argv=None) -> dict:
         for number in run.stages:
             if number < run.progress.stage:
                 continue  # finished before the checkpoint we resume from
+            search_learning_rate(run, number)
             stage_run = prepare_stage(run, number)
             train_stage(run, stage_run)
             evaluate_stage(run, stage_run)
@@ -252,6 +259,7 @@ def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -
         enable_activation_checkpointing(model)
     # Training crops and flips with torchvision; validation and test use the image processor saved with the model.
     image_processor = create_image_processor(model.config)
+    train_as_evaluated = with_multilabel_transforms(dataset, image_processor=image_processor, train_splits=())["train"]
     dataset = with_multilabel_transforms(dataset, image_processor=image_processor, augment=recipe.data.augment)
     eval_loaders = {
         split: DataLoader(
@@ -282,6 +290,8 @@ def set_up(args: argparse.Namespace, recipe: Recipe, accelerator: Accelerator) -
         model=model,
         loss_fn=make_loss(**vars(recipe.loss)),
         train_data=EpochSeededDataset(dataset["train"], recipe.seed),
+        train_as_evaluated=train_as_evaluated,
+        backbone_maps=None,
         eval_loaders=eval_loaders,
         map_cache=BackboneMapCache(recipe.training.eval_map_cache_mb),
         progress=progress or Progress(signature=signature, stage=stages[0]),
@@ -545,13 +555,30 @@ def apply_recipe_rates(stage_run: StageRun, settings: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def prepare_stage(run: Run, number: int) -> StageRun:
-    """Freezes what stage `number` does not train, and prepares its model, optimizer, scheduler and data loaders."""
-    accelerator, stage, stage_recipe = run.accelerator, STAGES[number], run.recipe.stage(number)
-    record = run.progress.records.setdefault(
+def stage_record(run: Run, number: int) -> dict:
+    """Stage `number`'s record in the run's progress (metrics.json's `stages`), new and empty before it trains."""
+    return run.progress.records.setdefault(
         str(number),
-        {"stage": number, "prediction": stage.prediction, "history": [], "best_epoch": None, "best_mAP": None},
+        {"stage": number, "prediction": STAGES[number].prediction, "history": [], "best_epoch": None, "best_mAP": None},
     )
+
+
+def with_lr(stage_recipe: StageRecipe, lr: float) -> StageRecipe:
+    """The stage's recipe at learning rate `lr`, its `backbone_lr` (when set) at the same ratio to `lr`."""
+    backbone_lr = None if stage_recipe.backbone_lr is None else stage_recipe.backbone_lr * lr / stage_recipe.lr
+    return dataclasses.replace(stage_recipe, lr=lr, backbone_lr=backbone_lr)
+
+
+def prepare_stage(run: Run, number: int, lr_trial: float | None = None) -> StageRun:
+    """Freezes what stage `number` does not train, and prepares its model, optimizer, scheduler and data loaders: at
+    the recipe's learning rate, the one its `lr_search` chose, or (`lr_trial`) a rate of that search."""
+    accelerator, stage, stage_recipe = run.accelerator, STAGES[number], run.recipe.stage(number)
+    record = stage_record(run, number)
+    lr = lr_trial or record.get("lr_search", {}).get("chosen_lr")
+    if lr is not None:
+        stage_recipe = with_lr(stage_recipe, lr)
+    # The frozen backbone's maps first: their loader is prepared only for this pass, and dropped with the rest here.
+    maps = frozen_backbone_maps(run) if stage.backbone_frozen and stage_recipe.epochs else None
     # Drops the previous stage's prepared objects (and DDP wrapper): `requires_grad` must be set before `prepare`.
     accelerator.free_memory()
     trainable = apply_stage(run.model, stage)
@@ -565,12 +592,12 @@ def prepare_stage(run: Run, number: int) -> StageRun:
             f"{stage_recipe.batch_size}) would hold one image: it is left out"
         )
     train_loader = DataLoader(
-        run.train_data,
+        run.train_data if maps is None else maps,
         batch_size=stage_recipe.batch_size,
         shuffle=True,
         drop_last=drop_last,
-        collate_fn=collate_multilabel,
-        num_workers=run.recipe.data.num_workers,
+        collate_fn=collate_multilabel if maps is None else None,  # the maps' rows: torch's default collation
+        num_workers=run.recipe.data.num_workers if maps is None else 0,
     )
     # `accumulate()` below then steps the optimizer every this many batches only.
     accelerator.gradient_accumulation_steps = stage_recipe.gradient_accumulation_steps
@@ -598,7 +625,49 @@ def prepare_stage(run: Run, number: int) -> StageRun:
         train_loader=train_loader,
         validation_loader=validation_loader,
         test_loader=test_loader,
+        lr_trial=lr_trial is not None,
     )
+
+
+def frozen_backbone_maps(run: Run) -> BackboneMaps | None:
+    """X and F of every training image under the run's backbone as it is (frozen in stages 2 and 3), computed once
+    with the evaluation transform and kept while the backbone's weights stay the same; None when the recipe keeps
+    none (`training.frozen_maps_mb: 0`) or they would take more than it allows (said once, with their size)."""
+    limit = run.recipe.training.frozen_maps_mb * 2**20
+    backbone = srn_of(run.model).backbone
+    digest = tensor_digest(backbone.state_dict().values()) if limit else None
+    if not limit or run.backbone_maps is not None and run.backbone_maps.weights_digest == digest:
+        return run.backbone_maps if limit else None
+    accelerator, srn = run.accelerator, srn_of(run.model)
+    loader = accelerator.prepare(
+        DataLoader(
+            run.train_as_evaluated, batch_size=run.recipe.training.eval_batch_size, collate_fn=collate_multilabel
+        )
+    )
+    srn.eval()
+    maps, labels = [], []
+    with torch.no_grad(), accelerator.autocast():
+        for batch in tqdm(
+            loader, desc="backbone maps of the training images", disable=not accelerator.is_local_main_process
+        ):
+            pixel_values = batch["pixel_values"]
+            if run.recipe.training.channels_last:
+                pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+            features, classifier_features = srn.forward_backbone(pixel_values)
+            kept = (features,) if classifier_features is features else (features, classifier_features)
+            size = sum(tensor.nbytes for tensor in kept) * len(run.train_as_evaluated) / len(features)
+            if size > limit:
+                accelerator.print(
+                    f"stages 2 and 3 train on images: the training images' backbone maps would take "
+                    f"{size / 2**20:.0f} MB, more than training.frozen_maps_mb ({limit / 2**20:g})"
+                )
+                return None
+            gathered = accelerator.gather_for_metrics((kept, batch["labels"]))
+            maps.append([tensor.cpu() for tensor in gathered[0]])
+            labels.append(gathered[1].cpu())
+    columns = [torch.cat(column) for column in zip(*maps)]
+    run.backbone_maps = BackboneMaps(columns[0], columns[1] if len(columns) > 1 else None, torch.cat(labels), digest)
+    return run.backbone_maps
 
 
 def make_scheduler(stage_recipe, optimizer: torch.optim.Optimizer, optimizer_steps: int):
@@ -629,6 +698,79 @@ def build_optimizer(trainable: dict[str, torch.nn.Module], stage_recipe) -> torc
     )
 
 
+# The learning-rate search of a stage (`lr_search`): its start weights and each rate's state after one epoch.
+LR_SEARCH_DIR = "lr-search"
+
+
+def search_learning_rate(run: Run, number: int) -> None:
+    """Stage `number`'s `lr_search`: each rate trains the stage's first epoch from the same weights and is scored on
+    the validation split; the best becomes the stage's `lr`, and [`continue_chosen_trial`] goes on from the end of
+    its first epoch. The figures go to the stage's record (`lr_search`) and are printed before the stage goes on.
+
+    OUTPUT_DIR/lr-search keeps the start weights and each rate's state after its epoch; a checkpoint after each rate
+    records its figures, so a resumed run trains only the rates not tried yet. Nothing to do without `lr_search`,
+    at `epochs: 0`, or when the search is done.
+    """
+    accelerator, stage_recipe, record = run.accelerator, run.recipe.stage(number), stage_record(run, number)
+    if not stage_recipe.lr_search or not stage_recipe.epochs or "chosen_lr" in record.get("lr_search", {}):
+        return
+    search = record.setdefault("lr_search", {"trials": []})
+    run.checkpoint = None  # a checkpoint of this search: its figures are in the progress, its states in lr-search
+    start = run.output_dir / LR_SEARCH_DIR / "start"
+    if not search["trials"] and accelerator.is_main_process:  # a new search: the weights every rate starts from
+        with atomic_folder(start) as partial:
+            save_file(
+                {key: value.contiguous() for key, value in run.model.state_dict().items()},
+                partial / "model.safetensors",
+            )
+    accelerator.wait_for_everyone()
+    if not (start / "model.safetensors").is_file():  # a checkpoint of a search that ended: its states are gone
+        raise ValueError(
+            f"the checkpoint resumed from is one of stage {number}'s learning-rate search, which has ended ({start} "
+            "was removed when the stage went on): resume from a later checkpoint"
+        )
+    start_weights = load_file(start / "model.safetensors")
+    tried = [trial["lr"] for trial in search["trials"]]
+    for lr in (lr for lr in stage_recipe.lr_search if lr not in tried):
+        run.model.load_state_dict(start_weights)
+        trial_run = prepare_stage(run, number, lr_trial=lr)
+        train_loss = train_epoch(run, trial_run, 0)
+        metrics = score_split(run, trial_run, trial_run.validation_loader)[0]
+        checkpoints.save_checkpoint(accelerator, trial_folder(run, lr), {"lr": lr}, total_limit=1)
+        search["trials"].append({"lr": lr, "train_loss": train_loss, "validation_mAP": metrics["mAP"]})
+        accelerator.print(
+            f"stage {number} learning-rate search, lr {lr:g}: epoch 1 loss {train_loss:.4f}, "
+            f"validation mAP {metrics['mAP']:.2f}"
+        )
+        save_checkpoint(run, number, 0, 0)
+    best = max(search["trials"], key=lambda trial: trial["validation_mAP"])
+    search["chosen_lr"] = best["lr"]
+    accelerator.print(
+        f"stage {number}: lr {best['lr']:g} chosen on the validation split after one epoch at each rate ("
+        + ", ".join(f"{trial['lr']:g}: mAP {trial['validation_mAP']:.2f}" for trial in search["trials"])
+        + f"); it goes on for the other {stage_recipe.epochs - 1} epoch(s)"
+    )
+
+
+def trial_folder(run: Run, lr: float) -> Path:
+    """Where the learning-rate search keeps the state of rate `lr` after its epoch (a checkpoint folder)."""
+    return run.output_dir / LR_SEARCH_DIR / f"lr-{lr:g}"
+
+
+def continue_chosen_trial(run: Run, stage_run: StageRun) -> int:
+    """The stage from the end of the first epoch at the rate its search chose: that state restored (weights,
+    optimizer, scheduler, sampler), the epoch validated (and exported when best) and checkpointed; the search's
+    folder is then removed. Returns the epoch to continue from (1)."""
+    search = stage_run.record["lr_search"]
+    trial = next(trial for trial in search["trials"] if trial["lr"] == search["chosen_lr"])
+    run.accelerator.load_state(str(checkpoints.list_checkpoints(trial_folder(run, trial["lr"]))[-1]))
+    validate_epoch(run, stage_run, 0, trial["train_loss"])
+    save_checkpoint(run, stage_run.stage.number, 1, 0)
+    if run.accelerator.is_main_process:
+        remove_folder(run.output_dir / LR_SEARCH_DIR)
+    return 1
+
+
 def train_stage(run: Run, stage_run: StageRun) -> None:
     """The stage's epochs (from the checkpoint's epoch and batch when the run resumes in this stage), each one
     validated and checkpointed."""
@@ -636,7 +778,11 @@ def train_stage(run: Run, stage_run: StageRun) -> None:
     run.accelerator.print(
         f"\n== stage {stage_run.stage.number}: trains {', '.join(stage_run.trained)}; "
         f"loss on {', '.join(stage_run.stage.loss_terms)}"
+        + f", at the learning rate its search chose ({stage_run.recipe.lr:g})"
+        * ("lr_search" in stage_run.record)
     )
+    if "lr_search" in stage_run.record and (start_epoch, start_step) == (0, 0) and stage_run.recipe.epochs:
+        start_epoch = continue_chosen_trial(run, stage_run)
     for epoch in range(start_epoch, stage_run.recipe.epochs):
         train_loss = train_epoch(run, stage_run, epoch, start_step if epoch == start_epoch else 0)
         validate_epoch(run, stage_run, epoch, train_loss)
@@ -655,19 +801,19 @@ def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) 
     total_loss, seen = run.progress.epoch_loss or (0.0, 0) if start_step else (0.0, 0)
     bar = tqdm(
         batches,
-        desc=f"stage {number} epoch {epoch + 1}/{epochs}",
+        desc=f"stage {number}{f' lr {stage_run.recipe.lr:g}' * stage_run.lr_trial} epoch {epoch + 1}/{epochs}",
         initial=start_step,
         total=len(stage_run.train_loader),
         disable=not accelerator.is_local_main_process,
     )
     every = run.recipe.training.checkpoint_every_steps
     for step, batch in enumerate(bar, start=start_step):
-        pixel_values = batch["pixel_values"]
-        if run.recipe.training.channels_last:
-            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        inputs = {key: value for key, value in batch.items() if key != "labels"}  # images, or their frozen maps
+        if run.recipe.training.channels_last and "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
         # Under `accumulate`, DDP syncs gradients and the optimizer steps only every `gradient_accumulation_steps`.
         with accelerator.accumulate(stage_run.model):
-            loss = stage_loss(stage_run.model(pixel_values), batch["labels"], stage_run.stage, run.loss_fn)
+            loss = stage_loss(stage_run.model(**inputs), batch["labels"], stage_run.stage, run.loss_fn)
             summed_loss = accelerator.reduce(loss.detach(), "sum").item()  # over processes: NaN if any diverged
             check_finite(run, stage_run, summed_loss, loss, epoch, step)
             accelerator.backward(loss)  # scales the loss for fp16 and for gradient accumulation
@@ -677,7 +823,13 @@ def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) 
         total_loss, seen = total_loss + summed_loss, seen + accelerator.num_processes
         bar.set_postfix(loss=f"{loss.item():.4f}")
         # `sync_gradients`: this batch ended an accumulation window, so the optimizer state is whole.
-        if every and accelerator.sync_gradients and (step + 1) % every == 0 and step + 1 < len(stage_run.train_loader):
+        if (
+            every
+            and not stage_run.lr_trial
+            and accelerator.sync_gradients
+            and (step + 1) % every == 0
+            and step + 1 < len(stage_run.train_loader)
+        ):
             run.progress.epoch_loss = (total_loss, seen)
             save_checkpoint(run, number, epoch, step + 1)
     return total_loss / max(seen, 1)

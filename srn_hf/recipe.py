@@ -189,6 +189,11 @@ class TrainingRecipe:
     maps the evaluation passes may keep per process to skip f_cnn while its weights do not change (stages 2 and
     3, the rescoring of a best epoch; `stages.BackboneMapCache`, 0 turns it off).
 
+    `frozen_maps_mb`: stages 2 and 3 (the backbone frozen) train on the backbone maps of the training images,
+    computed once with the evaluation transform (no augmentation: `stages.BackboneMaps`), when those maps take at
+    most this many megabytes per process; 0 (the default), or maps too large: they run the backbone on augmented
+    images every epoch.
+
     `gradient_checkpointing` recomputes the backbone's blocks and the SRN branch's activations in the backward pass
     instead of keeping them ([`enable_activation_checkpointing`]): less memory for one more forward pass of what is
     trained.
@@ -198,6 +203,7 @@ class TrainingRecipe:
     channels_last: bool = False
     eval_batch_size: int = field(default=64, metadata=at_least(1))
     eval_map_cache_mb: float = field(default=2048, metadata=at_least(0))
+    frozen_maps_mb: float = field(default=0, metadata=at_least(0))
     checkpoint_every_steps: int = field(default=0, metadata=at_least(0))
     checkpoints_total_limit: int | None = field(default=3, metadata=at_least(1))
     log_with: Literal["auto", "tensorboard", "none"] = "auto"
@@ -208,6 +214,11 @@ class TrainingRecipe:
 class StageRecipe:
     """One stage's optimisation. `backbone_lr` (when the backbone trains, i.e. stage 1 and 4) defaults to `lr`.
 
+    `lr_search`: learning rates to choose `lr` from on the validation split (two or more; empty: `lr` as it is).
+    Each trains the stage's first epoch from the same start (its schedule planned over `epochs`), and the one with
+    the best validation mAP continues for the remaining epochs from where its first epoch ended: a search costs one
+    epoch per other rate. `backbone_lr`, when set, keeps its ratio to `lr`.
+
     `schedule` is a transformers scheduler name (`constant`, `constant_with_warmup`, `linear`, `cosine`) with
     `warmup_ratio` of the stage's optimizer steps as warm-up. `epochs: 0` skips the stage's training (its
     evaluation and export still run).
@@ -215,6 +226,7 @@ class StageRecipe:
 
     epochs: int = field(default=1, metadata=at_least(0))
     lr: float = field(default=1e-3, metadata=above(0))
+    lr_search: list[float] = field(default_factory=list, metadata=above(0))
     backbone_lr: float | None = field(default=None, metadata=at_least(0))
     optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = field(default=0.9, metadata=fraction())
@@ -319,6 +331,10 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
         if value not in args:
             raise RecipeError(f"{key}: {value!r} is not one of {list(args)}")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_value(item, args[0], key) for item in value]
     expected = origin or annotation
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -358,7 +374,8 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
         else:
             kwargs[name] = _check_value(value, hints[name], f"{prefix}{name}")
             if "range" in fields[name].metadata:
-                fields[name].metadata["range"].check(kwargs[name], f"{prefix}{name}")
+                for item in kwargs[name] if isinstance(kwargs[name], list) else [kwargs[name]]:
+                    fields[name].metadata["range"].check(item, f"{prefix}{name}")
     return cls(**kwargs)
 
 
@@ -431,9 +448,17 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         recipe = _build(Recipe, values)
         check_model(recipe.model)
+        for number in range(1, 5):
+            check_lr_search(recipe.stage(number).lr_search, f"stage{number}.lr_search")
     except RecipeError as error:
         raise RecipeError(f"{path or 'recipe'}: {error}") from None
     return recipe
+
+
+def check_lr_search(rates: list[float], key: str) -> None:
+    """Raises [`RecipeError`] naming `key` unless `rates` is empty or two or more different rates."""
+    if len(rates) == 1 or len(set(rates)) != len(rates):
+        raise RecipeError(f"{key}: {rates!r}: give two or more different rates to choose from (or none, and set lr)")
 
 
 def derive_model_choices(model: ModelRecipe) -> str:

@@ -21,7 +21,8 @@ Ridnik et al., ICCV 2021; timm's `timm.loss.AsymmetricLossMultiLabel`, [`make_lo
 `labels`, [`make_loss`] and a recipe without `loss.reduction`), or the authors' Caffe `"sum_over_classes"` (sum
 over classes, divided by the batch size: C times the mean, so a learning rate tuned for it is C times smaller).
 The shipped recipes say which they use: `examples/configs/demo.yaml` the mean (AdamW, lr tuned for it); the
-paper's benchmarks `coco_resnet101.yaml`, `voc2007.yaml` and `nuswide.yaml` the Caffe sum (the paper's SGD rates).
+paper's benchmarks `coco_resnet101.yaml`, `voc2007.yaml` and `nuswide.yaml` the Caffe sum (the paper's SGD rates
+in stages 2 to 4; their stage 1 runs AdamW, for which the reduction only scales the loss).
 """
 
 from __future__ import annotations
@@ -207,6 +208,29 @@ def copied_maps(
     return copy, copy if classifier_features is features else classifier_features.detach().to(device, copy=True)
 
 
+class BackboneMaps(torch.utils.data.Dataset):
+    """X and F of every training image under a frozen backbone, computed once, with the images' labels: what stages 2
+    and 3 train on when the recipe allows (`training.frozen_maps_mb`). Its rows are `{"features": X, "labels": y}`,
+    plus `"classifier_features": F` when F is another map than X; [`StageForward`] takes them as keywords. The maps
+    come from the evaluation transform (no augmentation), and `weights_digest` ([`tensor_digest`] of the backbone's
+    weights) says which backbone computed them."""
+
+    def __init__(
+        self, features: torch.Tensor, classifier_features: torch.Tensor | None, labels: torch.Tensor, weights_digest
+    ):
+        self.features, self.classifier_features, self.labels = features, classifier_features, labels
+        self.weights_digest = weights_digest
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = {"features": self.features[index], "labels": self.labels[index]}
+        if self.classifier_features is not None:
+            row["classifier_features"] = self.classifier_features[index]
+        return row
+
+
 class StageForward(nn.Module):
     """The forward pass of one stage: the module that `accelerator.prepare` wraps (DDP sees this forward).
 
@@ -214,7 +238,7 @@ class StageForward(nn.Module):
     the SRN branch is unused, and f_att's 3x3 convolution alone costs about as much as a small backbone.
     `model` is the wrapped `SRNForImageClassification`; its state dict keys gain the prefix `model.`.
     With a [`BackboneMapCache`], the eval-mode forward (validation and test) runs f_cnn once per batch of images
-    for as long as the backbone's weights do not change.
+    for as long as the backbone's weights do not change; given the maps themselves, it does not run f_cnn at all.
     """
 
     def __init__(self, model: SRNForImageClassification, stage: int | Stage, map_cache: BackboneMapCache | None = None):
@@ -229,9 +253,18 @@ class StageForward(nn.Module):
             self.map_cache.bind(self.model.srn.backbone)  # the weights may have changed since the last eval pass
         return self
 
-    def forward(self, pixel_values: torch.Tensor) -> SRNModelOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+        classifier_features: torch.Tensor | None = None,
+    ) -> SRNModelOutput:
+        """The stage's outputs for a batch of images, or of their maps X (`features`) and F (`classifier_features`,
+        when it is another map) from a frozen backbone ([`BackboneMaps`])."""
         srn = self.model.srn
-        if self.map_cache is not None and not self.training and not torch.is_grad_enabled():
+        if features is not None:
+            classifier_features = features if classifier_features is None else classifier_features
+        elif self.map_cache is not None and not self.training and not torch.is_grad_enabled():
             features, classifier_features = self.map_cache.forward_backbone(srn, pixel_values)
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.stage.backbone_frozen):
