@@ -6,7 +6,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +84,25 @@ SCRIPT = REPOSITORY / "examples" / "train_stages.py"
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def kill_train_stages_when(args: list[str], ready: Callable[[], bool], moment: str) -> None:
+    """Runs examples/train_stages.py with `args` in a process of its own and SIGKILLs it as soon as `ready()` holds
+    (asked every 50 ms, for at most 5 minutes); fails, naming `moment`, if the run ended before."""
+    command = [sys.executable, str(SCRIPT), *args]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and process.poll() is None:
+            if ready():
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed {moment}"
 
 
 def load_script():

@@ -5,17 +5,12 @@ results as an uninterrupted run), a diverging loss, and the bad inputs that must
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import COLOURS, SCRIPT, load_script, make_image_folder, tiny_args
+from helpers import COLOURS, SCRIPT, kill_train_stages_when, load_script, make_image_folder, tiny_args
 from PIL import Image
 
 import srn_hf  # noqa: F401  (registers SRN with transformers)
@@ -309,21 +304,12 @@ def test_killed_run_resumes_to_the_same_results(data_dir, tmp_path, script):
     reference = script.main(tiny_args(data_dir, tmp_path / "reference", *extra, epochs=2))
 
     output_dir = tmp_path / "killed"
-    command = [sys.executable, str(SCRIPT), *tiny_args(data_dir, output_dir, *extra, epochs=2)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and process.poll() is None:
-            progress = [json.loads(p.read_text()) for p in output_dir.glob("checkpoints/*/progress.json")]
-            if any(p["stage"] == 2 and p["step"] > 0 for p in progress):
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.05)
-    finally:
-        process.kill()
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-stage"
+
+    def in_stage_2():
+        progress = [json.loads(p.read_text()) for p in output_dir.glob("checkpoints/*/progress.json")]
+        return any(p["stage"] == 2 and p["step"] > 0 for p in progress)
+
+    kill_train_stages_when(tiny_args(data_dir, output_dir, *extra, epochs=2), in_stage_2, "mid-stage")
     assert not (output_dir / "metrics.json").exists()
 
     resumed = script.main(tiny_args(data_dir, output_dir, *extra, "--resume", epochs=2))

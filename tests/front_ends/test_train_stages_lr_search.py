@@ -3,15 +3,10 @@ same weights, the best on validation goes on from where its epoch ended, and a r
 the rates already tried. Stage 1 only, tiny data, a random-init resnet10t."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from helpers import SCRIPT, load_script, make_image_folder, tiny_args
+from helpers import kill_train_stages_when, load_script, make_image_folder, tiny_args
 from safetensors.torch import load_file
 
 from srn_hf.recipe import RecipeError, load_recipe
@@ -69,21 +64,8 @@ def test_a_run_killed_mid_search_resumes_with_the_rates_already_tried(searched, 
     """SIGKILL once the first rate's checkpoint is written; --resume trains the second rate only and ends as the
     unbroken search did."""
     output_dir = tmp_path / "killed"
-    command = [sys.executable, str(SCRIPT), *search_args(data_dir, output_dir)]
-    process = subprocess.Popen(
-        command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and process.poll() is None:
-            if list(output_dir.glob("checkpoints/checkpoint_0/progress.json")):
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.05)
-    finally:
-        process.kill()
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-search"
+    first_rate_saved = output_dir / "checkpoints" / "checkpoint_0" / "progress.json"
+    kill_train_stages_when(search_args(data_dir, output_dir), first_rate_saved.exists, "mid-search")
     saved = json.loads((output_dir / "checkpoints" / "checkpoint_0" / "progress.json").read_text())
     assert [trial["lr"] for trial in saved["records"]["1"]["lr_search"]["trials"]] == [float(RATES[0])]
 
