@@ -578,7 +578,7 @@ def prepare_stage(run: Run, number: int, lr_trial: float | None = None) -> Stage
     if lr is not None:
         stage_recipe = with_lr(stage_recipe, lr)
     # The frozen backbone's maps first: their loader is prepared only for this pass, and dropped with the rest here.
-    maps = frozen_backbone_maps(run) if stage.backbone_frozen and stage_recipe.epochs else None
+    maps = frozen_backbone_maps(run, number) if stage.backbone_frozen and stage_recipe.epochs else None
     # Drops the previous stage's prepared objects (and DDP wrapper): `requires_grad` must be set before `prepare`.
     accelerator.free_memory()
     trainable = apply_stage(run.model, stage)
@@ -629,11 +629,15 @@ def prepare_stage(run: Run, number: int, lr_trial: float | None = None) -> Stage
     )
 
 
-def frozen_backbone_maps(run: Run) -> BackboneMaps | None:
-    """X and F of every training image under the run's backbone as it is (frozen in stages 2 and 3), computed once
+def frozen_backbone_maps(run: Run, number: int) -> BackboneMaps | None:
+    """X and F of every training image under the backbone stage `number` freezes (stages 2 and 3), computed once
     with the evaluation transform and kept while the backbone's weights stay the same; None when the recipe keeps
-    none (`training.frozen_maps_mb: 0`) or they would take more than it allows (said once, with their size)."""
+    none (`training.frozen_maps_mb: 0`) or they would take more than it allows (said once, with their size). A run
+    resumed in this stage takes the checkpoint's weights first (`load_state` restores the rest later)."""
     limit = run.recipe.training.frozen_maps_mb * 2**20
+    if limit and run.checkpoint is not None and run.progress.stage == number:
+        saved = load_file(run.checkpoint / "model.safetensors")  # the prepared StageForward's: keys `model.<name>`
+        run.model.load_state_dict({key.removeprefix("model."): value for key, value in saved.items()})
     backbone = srn_of(run.model).backbone
     digest = tensor_digest(backbone.state_dict().values()) if limit else None
     if not limit or run.backbone_maps is not None and run.backbone_maps.weights_digest == digest:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from srn_hf.modeling_srn import SRNModel
 
 TRAIN_IMAGES = 24
-COMMON = ("--stages", "1,2,3", "--set", "data.augment=none", "--set", "stage3.epochs=2")
+COMMON = ("--stages", "1,2,3", "--set", "data.augment=none", "--set", "stage3.epochs=2", "--set", "stage1.lr=3e-2")
 
 
 @pytest.fixture(scope="module")
