@@ -635,14 +635,15 @@ def frozen_backbone_maps(run: Run, number: int) -> BackboneMaps | None:
     none (`training.frozen_maps_mb: 0`) or they would take more than it allows (said once, with their size). A run
     resumed in this stage takes the checkpoint's weights first (`load_state` restores the rest later)."""
     limit = run.recipe.training.frozen_maps_mb * 2**20
-    if limit and run.checkpoint is not None and run.progress.stage == number:
+    if not limit:
+        return None
+    if run.checkpoint is not None and run.progress.stage == number:
         saved = load_file(run.checkpoint / "model.safetensors")  # the prepared StageForward's: keys `model.<name>`
         run.model.load_state_dict({key.removeprefix("model."): value for key, value in saved.items()})
-    backbone = srn_of(run.model).backbone
-    digest = tensor_digest(backbone.state_dict().values()) if limit else None
-    if not limit or run.backbone_maps is not None and run.backbone_maps.weights_digest == digest:
-        return run.backbone_maps if limit else None
     accelerator, srn = run.accelerator, srn_of(run.model)
+    digest = tensor_digest(srn.backbone.state_dict().values())
+    if run.backbone_maps is not None and run.backbone_maps.weights_digest == digest:
+        return run.backbone_maps
     loader = accelerator.prepare(
         DataLoader(
             run.train_as_evaluated, batch_size=run.recipe.training.eval_batch_size, collate_fn=collate_multilabel
