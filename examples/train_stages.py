@@ -30,7 +30,8 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -205,6 +207,7 @@ class StageRun:
     validation_loader: DataLoader
     test_loader: DataLoader
     lr_trial: bool = False  # the first epoch at one rate of the stage's `lr_search`: no mid-epoch checkpoint
+    ema: ModelEmaV3 | None = None  # the moving average of the weights (`ema_decay`), timm's, updated every step
 
 
 def main(argv=None) -> dict:
@@ -493,8 +496,9 @@ def find_resume_point(
     return checkpoint, progress
 
 
-def save_checkpoint(run: Run, stage_number: int, epoch: int, step: int) -> None:
-    """Saves the run at (stage, epoch, batch): Accelerate's state of everything prepared, and progress.json."""
+def save_checkpoint(run: Run, stage_number: int, epoch: int, step: int, ema: ModelEmaV3 | None = None) -> None:
+    """Saves the run at (stage, epoch, batch): Accelerate's state of everything prepared, progress.json, and the
+    stage's moving average of the weights (`ema`) when it keeps one."""
     run.progress.move_to(stage_number, epoch, step)
     # Model, optimizer, scheduler, sampler and RNG states of every process, and progress.json, into the next
     # checkpoint_<i> folder, renamed into place when complete; then the oldest beyond the limit are deleted.
@@ -503,7 +507,34 @@ def save_checkpoint(run: Run, stage_number: int, epoch: int, step: int) -> None:
         run.output_dir / "checkpoints",
         dataclasses.asdict(run.progress),
         total_limit=run.recipe.training.checkpoints_total_limit,
+        weights=ema_weights(ema),
     )
+
+
+# A checkpoint's moving average of the weights (`stageN.ema_decay`), beside Accelerate's state.
+EMA_NAME = "ema"
+
+
+def ema_weights(ema: ModelEmaV3 | None) -> dict[str, dict]:
+    """What [`checkpoints.save_checkpoint`] keeps of a stage's moving average: its weights, or nothing without one."""
+    return {} if ema is None else {EMA_NAME: ema.module.state_dict()}
+
+
+def restore_ema(stage_run: StageRun, checkpoint: Path) -> None:
+    """After `load_state` of `checkpoint`: the stage's moving average as that checkpoint saved it."""
+    if stage_run.ema is not None:
+        stage_run.ema.module.load_state_dict(load_file(checkpoint / f"{EMA_NAME}.safetensors"))
+
+
+@contextmanager
+def averaged_weights(model: torch.nn.Module, ema: ModelEmaV3) -> Iterator[None]:
+    """`model` holds the moving average's weights inside the block, its own again after it."""
+    own = {key: value.clone() for key, value in model.state_dict().items()}
+    model.load_state_dict(ema.module.state_dict())
+    try:
+        yield
+    finally:
+        model.load_state_dict(own)
 
 
 def resume_stage(run: Run, stage_run: StageRun) -> tuple[int, int]:
@@ -518,6 +549,7 @@ def resume_stage(run: Run, stage_run: StageRun) -> tuple[int, int]:
     ]
     # Restores what `prepare` returned (weights, optimizer, scheduler, sampler) and every process's RNG state.
     accelerator.load_state(str(checkpoint))
+    restore_ema(stage_run, checkpoint)
     apply_recipe_rates(stage_run, settings)
     run.checkpoint = None
     progress = run.progress
@@ -612,6 +644,9 @@ def prepare_stage(run: Run, number: int, lr_trial: float | None = None) -> Stage
         *run.eval_loaders.values(),
     )
     test_loader = test_loader[0] if test_loader else None  # a dataset without a test split has none
+    # timm's moving average with its warm-up (the decay grows with the steps up to `ema_decay`), as timm's train
+    # script and its tasks keep it: a copy of the whole model, starting from the stage's starting weights.
+    ema = ModelEmaV3(run.model, decay=stage_recipe.ema_decay, use_warmup=True) if stage_recipe.ema_decay else None
     return StageRun(
         stage=stage,
         recipe=stage_recipe,
@@ -626,6 +661,7 @@ def prepare_stage(run: Run, number: int, lr_trial: float | None = None) -> Stage
         validation_loader=validation_loader,
         test_loader=test_loader,
         lr_trial=lr_trial is not None,
+        ema=ema,
     )
 
 
@@ -741,7 +777,9 @@ def search_learning_rate(run: Run, number: int) -> None:
         trial_run = prepare_stage(run, number, lr_trial=lr)
         train_loss = train_epoch(run, trial_run, 0)
         metrics = score_split(run, trial_run, trial_run.validation_loader)[0]
-        checkpoints.save_checkpoint(accelerator, trial_folder(run, lr), {"lr": lr}, total_limit=1)
+        checkpoints.save_checkpoint(
+            accelerator, trial_folder(run, lr), {"lr": lr}, total_limit=1, weights=ema_weights(trial_run.ema)
+        )
         search["trials"].append({"lr": lr, "train_loss": train_loss, "validation_mAP": metrics["mAP"]})
         accelerator.print(
             f"stage {number} learning-rate search, lr {lr:g}: epoch 1 loss {train_loss:.4f}, "
@@ -768,9 +806,11 @@ def continue_chosen_trial(run: Run, stage_run: StageRun) -> int:
     folder is then removed. Returns the epoch to continue from (1)."""
     search = stage_run.record["lr_search"]
     trial = next(trial for trial in search["trials"] if trial["lr"] == search["chosen_lr"])
-    run.accelerator.load_state(str(checkpoints.list_checkpoints(trial_folder(run, trial["lr"]))[-1]))
+    trial_state = checkpoints.list_checkpoints(trial_folder(run, trial["lr"]))[-1]
+    run.accelerator.load_state(str(trial_state))
+    restore_ema(stage_run, trial_state)
     validate_epoch(run, stage_run, 0, trial["train_loss"])
-    save_checkpoint(run, stage_run.stage.number, 1, 0)
+    save_checkpoint(run, stage_run.stage.number, 1, 0, stage_run.ema)
     if run.accelerator.is_main_process:
         remove_folder(run.output_dir / LR_SEARCH_DIR)
     return 1
@@ -791,7 +831,7 @@ def train_stage(run: Run, stage_run: StageRun) -> None:
     for epoch in range(start_epoch, stage_run.recipe.epochs):
         train_loss = train_epoch(run, stage_run, epoch, start_step if epoch == start_epoch else 0)
         validate_epoch(run, stage_run, epoch, train_loss)
-        save_checkpoint(run, stage_run.stage.number, epoch + 1, 0)
+        save_checkpoint(run, stage_run.stage.number, epoch + 1, 0, stage_run.ema)
 
 
 def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) -> float:
@@ -812,6 +852,7 @@ def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) 
         disable=not accelerator.is_local_main_process,
     )
     every = run.recipe.training.checkpoint_every_steps
+    accumulation, updates_per_epoch = stage_run.recipe.gradient_accumulation_steps, stage_run.optimizer_steps // epochs
     for step, batch in enumerate(bar, start=start_step):
         inputs = {key: value for key, value in batch.items() if key != "labels"}  # images, or their frozen maps
         if run.recipe.training.channels_last and "pixel_values" in inputs:
@@ -825,6 +866,8 @@ def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) 
             stage_run.optimizer.step()
             stage_run.scheduler.step()
             stage_run.optimizer.zero_grad()
+        if stage_run.ema is not None and accelerator.sync_gradients:  # after each optimizer step, numbered from 1
+            stage_run.ema.update(run.model, step=epoch * updates_per_epoch + math.ceil((step + 1) / accumulation))
         total_loss, seen = total_loss + summed_loss, seen + accelerator.num_processes
         bar.set_postfix(loss=f"{loss.item():.4f}")
         # `sync_gradients`: this batch ended an accumulation window, so the optimizer state is whole.
@@ -836,7 +879,7 @@ def train_epoch(run: Run, stage_run: StageRun, epoch: int, start_step: int = 0) 
             and step + 1 < len(stage_run.train_loader)
         ):
             run.progress.epoch_loss = (total_loss, seen)
-            save_checkpoint(run, number, epoch, step + 1)
+            save_checkpoint(run, number, epoch, step + 1, stage_run.ema)
     return total_loss / max(seen, 1)
 
 
@@ -867,9 +910,16 @@ def diverged(run: Run, stage_run: StageRun, what: str) -> TrainingDiverged:
 
 
 def validate_epoch(run: Run, stage_run: StageRun, epoch: int, train_loss: float) -> None:
-    """Validation mAP of the stage's own prediction after `epoch`; the best epoch is exported to OUTPUT_DIR/stage-N."""
+    """Validation mAP of the stage's own prediction after `epoch`; the best epoch is exported to OUTPUT_DIR/stage-N.
+    A stage with a moving average (`ema_decay`) scores its weights too, and the better of the two counts and is kept,
+    as timm's train script keeps the better of its model and its EMA."""
     accelerator, number, record = run.accelerator, stage_run.stage.number, stage_run.record
-    metrics = score_split(run, stage_run, stage_run.validation_loader)[0]
+    scored = {"raw": score_split(run, stage_run, stage_run.validation_loader)[0]}
+    if stage_run.ema is not None:
+        with averaged_weights(run.model, stage_run.ema):
+            scored["EMA"] = score_split(run, stage_run, stage_run.validation_loader)[0]
+    weights = max(scored, key=lambda kind: scored[kind]["mAP"])  # the raw ones on a tie
+    metrics = scored[weights]
     entry = {
         "epoch": epoch + 1,
         "train_loss": train_loss,
@@ -877,16 +927,22 @@ def validate_epoch(run: Run, stage_run: StageRun, epoch: int, train_loss: float)
         "validation_OF1": metrics["OF1"],
         "validation_CF1": metrics["CF1"],
     }
+    if stage_run.ema is not None:
+        entry.update(weights=weights, **{f"validation_mAP_{kind}": figures["mAP"] for kind, figures in scored.items()})
     record["history"].append(entry)
-    accelerator.print(f"stage {number} epoch {epoch + 1}: loss {train_loss:.4f}, validation mAP {metrics['mAP']:.2f}")
+    accelerator.print(
+        f"stage {number} epoch {epoch + 1}: loss {train_loss:.4f}, validation mAP "
+        + ", ".join(f"{figures['mAP']:.2f} ({kind})" for kind, figures in scored.items())
+    )
     # To the trackers, on one step axis across all stages.
     accelerator.log(
         {f"stage{number}/{key}": value for key, value in entry.items() if key != "epoch"},
         step=sum(len(r["history"]) for r in run.progress.records.values()),
     )
     if record["best_mAP"] is None or metrics["mAP"] > record["best_mAP"]:
-        record.update(best_epoch=epoch + 1, best_mAP=metrics["mAP"])
-        export(accelerator, run.model, stage_run.folder, run.splits)
+        record.update(best_epoch=epoch + 1, best_mAP=metrics["mAP"], best_weights=weights)
+        with averaged_weights(run.model, stage_run.ema) if weights == "EMA" else nullcontext():
+            export(accelerator, run.model, stage_run.folder, run.splits)
 
 
 # ---------------------------------------------------------------------------------------------------------------

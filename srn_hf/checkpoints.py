@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from .storage import (
     PARTIAL_SUFFIX,
     IncompleteFileError,
@@ -109,9 +111,15 @@ def list_checkpoints(checkpoints_dir: str | os.PathLike) -> list[Path]:
 
 
 def save_checkpoint(
-    accelerator, checkpoints_dir: str | os.PathLike, progress: dict, total_limit: int | None = None
+    accelerator,
+    checkpoints_dir: str | os.PathLike,
+    progress: dict,
+    total_limit: int | None = None,
+    weights: dict[str, dict] | None = None,
 ) -> Path:
     """`accelerator.save_state` plus `progress.json` into a new checkpoint folder, atomically; call on every process.
+    `weights` (`{name: state dict}`, the main process's) adds weights Accelerate does not hold, each as
+    `<name>.safetensors` (e.g. a model's moving average).
 
     The folder is `checkpoint_<n>` (n one more than the newest) and appears only once complete. Then the oldest
     checkpoints beyond `total_limit` (None: keep all) are deleted. A failed write raises
@@ -134,6 +142,8 @@ def save_checkpoint(
         accelerator.save_state(str(partial))
         if accelerator.is_main_process:
             (partial / PROGRESS_FILE).write_text(json.dumps(progress, indent=2, default=float))
+            for name, state in (weights or {}).items():
+                save_file({key: value.contiguous() for key, value in state.items()}, partial / f"{name}.safetensors")
     except BaseException as error:
         remove_folder(partial)
         raise_storage_error(folder, error)

@@ -219,6 +219,10 @@ class StageRecipe:
     the best validation mAP continues for the remaining epochs from where its first epoch ended: a search costs one
     epoch per other rate. `backbone_lr`, when set, keeps its ratio to `lr`.
 
+    `ema_decay`: keep a moving average of the weights (timm's `ModelEmaV3`, with its warm-up: the decay grows with the
+    optimizer steps up to this value); each epoch scores it beside the weights themselves on validation, and the
+    better of the two counts for the stage's best epoch and is the one kept. None: no average.
+
     `schedule` is a transformers scheduler name (`constant`, `constant_with_warmup`, `linear`, `cosine`) with
     `warmup_ratio` of the stage's optimizer steps as warm-up. `epochs: 0` skips the stage's training (its
     evaluation and export still run).
@@ -228,6 +232,7 @@ class StageRecipe:
     lr: float = field(default=1e-3, metadata=above(0))
     lr_search: list[float] = field(default_factory=list, metadata=above(0))
     backbone_lr: float | None = field(default=None, metadata=at_least(0))
+    ema_decay: float | None = field(default=None, metadata={"range": Range(0, 1, low_open=True)})
     optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = field(default=0.9, metadata=fraction())
     weight_decay: float = field(default=1e-4, metadata=at_least(0))

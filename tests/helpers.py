@@ -171,6 +171,7 @@ def tiny_args(data_dir: Path, output_dir: Path, *extra: str, epochs: int = 1) ->
         "training.checkpoints_total_limit": "null",
         "training.frozen_maps_mb": 0,  # stages 2 and 3 on images, and stage 1 without a search (tested on their own)
         "stage1.lr_search": "[]",
+        "stage1.ema_decay": "null",  # stage 1 without a moving average (tested on its own)
     }
     for stage in (1, 2, 3, 4):
         settings.update({f"stage{stage}.epochs": epochs, f"stage{stage}.batch_size": 8, f"stage{stage}.lr": 1e-3})

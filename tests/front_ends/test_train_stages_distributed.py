@@ -24,7 +24,8 @@ pytestmark = pytest.mark.multiprocess
 
 
 def train_two_stages(data_dir, output_dir):
-    """Each rank runs stages 1 and 2; the models exported after each stage are compared across ranks."""
+    """Each rank runs stages 1 and 2 as the shipped recipes do (stage 1 with a rate search and a model EMA, stage 2
+    on frozen backbone maps); the models exported after each stage are compared across ranks."""
     script = load_script()
     exported = {}
     original_export = script.export
@@ -34,7 +35,8 @@ def train_two_stages(data_dir, output_dir):
         original_export(accelerator, model, folder, *rest)
 
     script.export = recording_export
-    script.main(tiny_args(data_dir, output_dir, "--stages", "1,2"))
+    shipped = {"stage1.lr_search": "[1e-3, 3e-3]", "stage1.ema_decay": 0.9, "training.frozen_maps_mb": 64}
+    script.main(tiny_args(data_dir, output_dir, "--stages", "1,2", *(f"--set={k}={v}" for k, v in shipped.items())))
 
     accelerator = Accelerator()
     assert accelerator.num_processes == 2
