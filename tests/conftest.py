@@ -57,3 +57,11 @@ def hub_unreachable(monkeypatch) -> None:
 
     monkeypatch.setattr(HfApi, "create_repo", refuse)
     monkeypatch.setattr(HfApi, "create_commit", refuse)
+
+
+@pytest.fixture(scope="module")
+def script():
+    """examples/train_stages.py loaded as a module, once per test module (a test module may patch its functions)."""
+    from helpers import load_script
+
+    return load_script()

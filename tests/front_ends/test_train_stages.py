@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import COLOURS, SCRIPT, kill_train_stages_when, load_script, make_image_folder, tiny_args
+from helpers import COLOURS, SCRIPT, kill_train_stages_when, make_image_folder, tiny_args
 from PIL import Image
 
 import srn_hf  # noqa: F401  (registers SRN with transformers)
@@ -24,11 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("squares"))
-
-
-@pytest.fixture(scope="module")
-def script():
-    return load_script()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import kill_train_stages_when, load_script, make_image_folder, tiny_args
+from helpers import kill_train_stages_when, make_image_folder, tiny_args
 from safetensors.torch import load_file
 
 from srn_hf import SRNForImageClassification
@@ -19,11 +19,6 @@ def ema_args(data_dir, output_dir, *extra):
     """Stage 1, three epochs of three batches at lr 3e-3, with a moving average."""
     average = ["--set", f"stage1.ema_decay={DECAY}", "--set", "stage1.lr=3e-3"]
     return tiny_args(data_dir, output_dir, "--stages", "1", *average, *extra, epochs=3)
-
-
-@pytest.fixture(scope="module")
-def script():
-    return load_script()
 
 
 @pytest.fixture(scope="module")

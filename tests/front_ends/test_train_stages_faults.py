@@ -50,13 +50,6 @@ def reference(tmp_path_factory, data_dir, script):
     return output_dir
 
 
-@pytest.fixture(scope="module")
-def script():
-    from helpers import load_script
-
-    return load_script()
-
-
 def test_bad_images_stop_the_run_before_training_or_are_skipped(tmp_path, script, capsys):
     data_dir = make_image_folder(tmp_path / "data", sizes=(16, 8, 8))
     truncated = data_dir / "train" / "3.png"

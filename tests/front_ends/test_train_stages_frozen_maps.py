@@ -6,18 +6,13 @@ import shutil
 
 import pytest
 import torch
-from helpers import load_script, make_image_folder, tiny_args
+from helpers import make_image_folder, tiny_args
 from safetensors.torch import load_file
 
 from srn_hf.modeling_srn import SRNModel
 
 TRAIN_IMAGES = 24
 COMMON = ("--stages", "1,2,3", "--set", "data.augment=none", "--set", "stage3.epochs=2", "--set", "stage1.lr=3e-2")
-
-
-@pytest.fixture(scope="module")
-def script():
-    return load_script()
 
 
 @pytest.fixture(scope="module")

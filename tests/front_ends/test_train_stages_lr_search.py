@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import kill_train_stages_when, load_script, make_image_folder, tiny_args
+from helpers import kill_train_stages_when, make_image_folder, tiny_args
 from safetensors.torch import load_file
 
 from srn_hf.recipe import RecipeError, load_recipe
@@ -18,11 +18,6 @@ def search_args(data_dir, output_dir, *extra):
     """Stage 1 searching `RATES`, its backbone at half the rate (tiny_args's lr 1e-3 and backbone_lr 5e-4)."""
     search = ["--set", f"stage1.lr_search=[{', '.join(RATES)}]", "--set", "stage1.backbone_lr=5e-4"]
     return tiny_args(data_dir, output_dir, "--stages", "1", *search, *extra, epochs=3)
-
-
-@pytest.fixture(scope="module")
-def script():
-    return load_script()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from helpers import SCRIPT, checkpoint_pause_runner, load_script, make_image_folder, tiny_args
+from helpers import SCRIPT, checkpoint_pause_runner, make_image_folder, tiny_args
 
 from srn_hf.hub import recipe_context, render_model_card
 from srn_hf.model_folder import load_image_processor, load_model
@@ -26,11 +26,6 @@ ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1"}
 def stage1_args(data_dir, output_dir, *extra, epochs=2):
     """Stage 1 at lr 1e-3, its backbone at 5e-4 (two optimizer rates to follow through a resume)."""
     return tiny_args(data_dir, output_dir, "--stages", "1", "--set", "stage1.backbone_lr=5e-4", *extra, epochs=epochs)
-
-
-@pytest.fixture(scope="module")
-def script():
-    return load_script()
 
 
 @pytest.fixture(scope="module")
