@@ -245,13 +245,25 @@ def evaluation_context(metrics: dict | None, labels: list[str]) -> dict:
                 "stage": stage["stage"],
                 "prediction": stage.get("prediction", "?"),
                 "paper_name": PAPER_NAMES.get(stage.get("prediction"), "?"),
-                "best_epoch": stage.get("best_epoch", "—"),
+                "best_epoch": f"{stage.get('best_epoch', '—')}{' (EMA)' * (stage.get('best_weights') == 'EMA')}",
                 "validation_map": format_percent((stage.get("validation") or {}).get("mAP")),
                 "metrics": {name: format_percent((stage.get(split) or {}).get(name)) for name in METRIC_NAMES},
             }
             for stage in metrics["stages"]
         ],
         "per_class_rows": per_class_rows,
+        "learning_rate_searches": [
+            {
+                "stage": stage["stage"],
+                "chosen": f"{stage['lr_search']['chosen_lr']:g}",
+                "trials": "; ".join(
+                    f"{trial['lr']:g}: {format_percent(trial['validation_mAP'])}"
+                    for trial in stage["lr_search"]["trials"]
+                ),
+            }
+            for stage in metrics["stages"]
+            if "chosen_lr" in stage.get("lr_search", {})
+        ],
         **calibrated_context(metrics, split),
     }
 

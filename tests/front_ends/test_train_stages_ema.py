@@ -10,6 +10,8 @@ from helpers import kill_train_stages_when, make_image_folder, tiny_args
 from safetensors.torch import load_file
 
 from srn_hf import SRNForImageClassification
+from srn_hf.hub import render_model_card
+from srn_hf.model_folder import load_image_processor, load_model
 from srn_hf.recipe import RecipeError, load_recipe
 
 DECAY = "0.9"  # the warm-up caps it after a few steps; an average far enough from the weights to score otherwise
@@ -87,13 +89,22 @@ def test_the_search_carries_the_chosen_rates_average_on(averaged, data_dir, tmp_
     """With a learning-rate search, the chosen rate goes on with the average its first epoch built: the stage
     ends as the run at that rate without a search, the average's scores included."""
     rates = ["--set", "stage1.lr_search=[1e-5, 3e-3]"]  # far apart: the squares are learnt at 3e-3 only
-    searched = script.main(ema_args(data_dir, tmp_path, *rates))["stages"][0]
+    report = script.main(ema_args(data_dir, tmp_path, *rates))
+    searched = report["stages"][0]
     assert searched["lr_search"]["chosen_lr"] == 3e-3
     plain = averaged[1]["stages"][0]
     for key in ("validation_mAP_raw", "validation_mAP_EMA"):
         assert [epoch[key] for epoch in searched["history"]] == pytest.approx(
             [epoch[key] for epoch in plain["history"]]
         )
+    # The model card says what the run chose: the rate with each rate's figure, and which weights each stage kept.
+    model = load_model(tmp_path / "final")
+    card = render_model_card(model, load_image_processor(tmp_path / "final", model.config), "org/srn", report).content
+    trials = "; ".join(f"{trial['lr']:g}: {trial['validation_mAP']:.1f}" for trial in searched["lr_search"]["trials"])
+    assert f"rate (validation mAP: {trials})" in " ".join(card.split())
+    assert "learning rate, 0.003, was chosen on the validation split" in " ".join(card.split())
+    kept = f"{searched['best_epoch']}{' (EMA)' if searched['best_weights'] == 'EMA' else ''}"
+    assert f"| 1 | y_cls (`cls_logits`) | {kept} |" in card
 
 
 @pytest.mark.parametrize("decay", ["0", "1", "1.5", "-0.1", "nan"])
