@@ -57,10 +57,12 @@ DEFAULT_CALIBRATION_IMAGES = 256
 # (benchmarks/benchmark_int8.py, docs/deploy.md "INT8").
 FLOAT_OPERATORS = ("Softmax",)
 # Kept float32 as well: the backbone's first feature stage (timm's feature_info[0] and every layer before it: the stem
-# and, in EfficientNets, blocks.0), whose quantization error every later layer carries on. On EfficientNet-Lite0 its
-# 3 convolutions on 32 channels cost no measurable speed (a side-by-side screening: 2.06x against 2.04x ONNX Runtime
-# float32 at batch 16).
+# and, in EfficientNets, blocks.0), whose quantization error every later layer carries on, and the first block of
+# each of the next FLOAT_FIRST_BLOCKS stages (EfficientNet-Lite0: blocks.1.0, the stride-2 block at 96 x 96), the
+# block whose float32 lowered the demo model's validation score error most, one block at a time, at no measured cost
+# in speed ([`float_layer_weights`], docs/deploy.md "INT8").
 FLOAT_FIRST_STAGE = True
+FLOAT_FIRST_BLOCKS = 1
 # What each float32 choice fixed, measured on the demo model's validation split (benchmarks/benchmark_int8.py), as
 # written in an INT8 folder's config.json.
 FLOAT32_MEASUREMENTS = {
@@ -69,6 +71,9 @@ FLOAT32_MEASUREMENTS = {
     "backbone first stage": "the stem and first blocks: mean validation score error 0.00887 -> 0.00795 with Softmax "
     "float32 (percentile; with MinMax, from every operator quantized: 0.0104 -> 0.0083, largest 0.50 -> 0.19), demo "
     "model, 400 images",
+    "backbone first block of the next stage": "blocks.1.0 of EfficientNet-Lite0 (the demo model, percentile, 400 "
+    "validation images, from Softmax and the first stage float32): mean score error 0.00795 -> 0.00672, largest "
+    "0.313 -> 0.156; no other block alone below 0.00726 (blocks.2.0)",
 }
 BACKBONE_WEIGHTS = "model.srn.backbone."  # the backbone's weights' names in the exported graph
 CALIBRATION_BATCH = 16
@@ -266,6 +271,26 @@ def first_stage_weights(config) -> tuple[str, ...]:
     return stages[0] if stages else ()
 
 
+def float_layer_weights(config) -> tuple[str, ...]:
+    """The prefixes of the weights' names kept float32 in the backbone: its first feature stage and the first block of
+    each of the next [`FLOAT_FIRST_BLOCKS`] stages ([`feature_stage_weights`]; a stage's first block is the module
+    holding its first layer: EfficientNet `blocks.1.0`, ResNet `layer1.0`). Whole blocks, not single convolutions:
+    ONNX Runtime (1.32) quantizes at load time the float32 weights of a convolution read from a DequantizeLinear and
+    written to a QuantizeLinear (its `WeightBiasQuantization`, per tensor, which costs more than int8 per channel)."""
+    stages = feature_stage_weights(config)
+    if not stages:
+        return ()
+    blocks = [first_block(stage) for stage in stages[1 : 1 + FLOAT_FIRST_BLOCKS]]
+    return stages[0] + tuple(
+        prefix for stage, block in zip(stages[1:], blocks) for prefix in stage if prefix.startswith(block)
+    )
+
+
+def first_block(stage: tuple[str, ...]) -> str:
+    """The prefix of a stage's first block: its first layer's prefix less the layer's own name."""
+    return stage[0].rstrip(".").rsplit(".", 1)[0] + "."
+
+
 def quantization_record(method: str, images: int, float_operators, float_weights, float_nodes) -> dict:
     """The `quantization` field of an INT8 folder's config.json: how it was quantized, and what stayed float32 with
     the error each choice was measured to fix ([`FLOAT32_MEASUREMENTS`])."""
@@ -274,6 +299,8 @@ def quantization_record(method: str, images: int, float_operators, float_weights
     kept = {operator: FLOAT32_MEASUREMENTS.get(operator, "") for operator in float_operators}
     if float_weights:
         kept["backbone first stage"] = FLOAT32_MEASUREMENTS["backbone first stage"]
+    if float_weights and FLOAT_FIRST_BLOCKS:
+        kept["backbone first block of the next stage"] = FLOAT32_MEASUREMENTS["backbone first block of the next stage"]
     return {
         "type": "int8",
         "format": "QDQ",
@@ -345,7 +372,7 @@ def export_quantized(
                 folder / "model.onnx",
                 images.pixel_values,
                 calibration_method,
-                float_weights=first_stage_weights(config) if FLOAT_FIRST_STAGE else (),
+                float_weights=float_layer_weights(config) if FLOAT_FIRST_STAGE else (),
             )
             record["calibration_source"] = images.source
             update_export_record(folder, quantization=record)
@@ -365,6 +392,7 @@ def export_quantized(
 __all__ = [
     "CALIBRATION_METHODS",
     "DEFAULT_CALIBRATION_METHOD",
+    "FLOAT_FIRST_BLOCKS",
     "FLOAT_FIRST_STAGE",
     "FLOAT_OPERATORS",
     "MIN_CALIBRATION_IMAGES",
@@ -374,6 +402,7 @@ __all__ = [
     "export_quantized",
     "feature_stage_weights",
     "first_stage_weights",
+    "float_layer_weights",
     "nodes_reading",
     "quantize_graph",
 ]
