@@ -127,28 +127,23 @@ def test_export_quantized_tunes_the_thresholds_on_the_int8_scores(model_dir, dat
         config["quantization"]["calibration_images"] == len(VALIDATION) == result["quantization"]["calibration_images"]
     )
     assert config["export_format"] == "onnx" and "auto_map" not in config
-    # The backbone's first stage (resnet10t's deep stem, up to act1) and the first block of layer1 stay float32, with
-    # what each was measured to fix.
+    # The backbone's first stage (resnet10t's deep stem, up to act1) stays float32, with what it was measured to fix.
     quantization = config["quantization"]
-    assert quantization["float_weights"][0] == "conv1.0." and quantization["float_weights"][-1] == "layer1.0.bn2."
-    assert set(quantization["float32_measured"]) == {
-        *FLOAT_OPERATORS,
-        "backbone first stage",
-        "backbone first block of the next stage",
-    }
-    assert "score error" in quantization["float32_measured"]["backbone first block of the next stage"]
+    assert quantization["float_weights"][0] == "conv1.0." and quantization["float_weights"][-1] == "bn1."
+    assert set(quantization["float32_measured"]) == {*FLOAT_OPERATORS, "backbone first stage"}
+    assert "score error" in quantization["float32_measured"]["backbone first stage"]
     graph = onnx.load(str(folder / "model.onnx")).graph
     weights = {tensor.name for tensor in graph.initializer}
     convolutions = {node.name: node for node in graph.node if node.op_type == "Conv"}
-    kept = tuple(f"model.srn.backbone.{prefix}" for prefix in ("conv1.", "layer1.0."))
+    kept = tuple(f"model.srn.backbone.{prefix}" for prefix in ("conv1.",))
     float_convolutions = [node for node in convolutions.values() if node.input[1].startswith(kept)]
-    assert len(float_convolutions) == 5  # the stem's 3, layer1.0's 2
+    assert len(float_convolutions) == 3  # the stem's
     assert sorted(node.name for node in float_convolutions) == sorted(quantization["float_nodes"])
     assert all(node.input[1] in weights for node in float_convolutions)  # a float32 weight, read directly
     later = [node for node in convolutions.values() if node not in float_convolutions]
     assert later and all(node.input[1] not in weights for node in later)  # through DequantizeLinear
-    # ONNX Runtime runs them in float32 too: its optimizer quantizes (per tensor) the float32 weights of a single
-    # convolution between a DequantizeLinear and a QuantizeLinear, never those of a whole float32 block.
+    # ONNX Runtime runs them in float32 too: its optimizer quantizes (per tensor) the float32 weights of a convolution
+    # between a DequantizeLinear and a QuantizeLinear, never those of the graph's float32 start.
     optimized = tmp_path / "optimized.onnx"
     session_options = onnxruntime.SessionOptions()
     session_options.optimized_model_filepath = str(optimized)
@@ -158,7 +153,7 @@ def test_export_quantized_tunes_the_thresholds_on_the_int8_scores(model_dir, dat
     float32_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     names = set(quantization["float_nodes"])
     readers = [node for node in graph.node if node.name in names]
-    assert len(readers) == 5 and all(node.input[1] in float32_weights for node in readers)
+    assert len(readers) == 3 and all(node.input[1] in float32_weights for node in readers)
     # The thresholds are those the threshold search gives on the INT8 graph's own validation scores.
     tagger = ExportedTagger(folder)
     validation = load_multilabel_dataset("imagefolder", **options)["validation"]
@@ -178,15 +173,17 @@ def test_the_first_stage_ends_at_the_first_feature_level(model_dir):
     assert first_stage_weights(lite) == tuple(f"model.srn.backbone.{x}." for x in layers)
 
 
-def test_the_float_layers_are_the_first_stage_and_the_first_block_of_the_next(model_dir):
-    """The first stage, then the module holding the first layer of the next stage (a whole block)."""
+def test_the_float_layers_are_the_first_stage_and_the_first_blocks_asked_for(model_dir):
+    """The first stage (the default), then the module holding the first layer of each of the next `blocks` stages."""
     stem = ("conv1.0", "conv1.1", "conv1.3", "conv1.4", "conv1.6", "bn1")
     block = ("layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2", "layer1.0.bn2")
-    expected = tuple(f"model.srn.backbone.{x}." for x in stem + block)
-    assert float_layer_weights(check_model_folder(model_dir)) == expected
+    config = check_model_folder(model_dir)
+    assert float_layer_weights(config) == first_stage_weights(config)
+    assert float_layer_weights(config, blocks=1) == tuple(f"model.srn.backbone.{x}." for x in stem + block)
     lite = SRNConfig(backbone="tf_efficientnet_lite0", id2label=LABELS)
-    block = [f"blocks.1.0.{layer}" for layer in ("conv_pw", "bn1", "conv_dw", "bn2", "conv_pwl", "bn3")]
-    assert float_layer_weights(lite) == first_stage_weights(lite) + tuple(f"model.srn.backbone.{x}." for x in block)
+    blocks = [f"blocks.{b}.0.{x}" for b in (1, 2) for x in ("conv_pw", "bn1", "conv_dw", "bn2", "conv_pwl", "bn3")]
+    expected = first_stage_weights(lite) + tuple(f"model.srn.backbone.{x}." for x in blocks)
+    assert float_layer_weights(lite, blocks=2) == expected
 
 
 def test_calibration_images_that_cannot_calibrate_are_refused(model_dir, tmp_path):
