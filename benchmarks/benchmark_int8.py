@@ -469,7 +469,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     srn_hf.register()
     results = {"machine": machine_description(), "settings": {k: v for k, v in vars(args).items() if k != "output_dir"}}
-    results["settings"]["output_dir"] = str(args.output_dir)
+    # relative to the repository: no machine path in the results
+    results["settings"]["output_dir"] = os.path.relpath(args.output_dir.resolve(), Path(__file__).resolve().parents[1])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="srn-int8-bench-") as scratch:
         work = Path(scratch)
