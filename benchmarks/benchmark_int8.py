@@ -1,7 +1,7 @@
 """INT8 against float32 for CPU serving: which operators stay float32, and what the INT8 model costs and gains.
 
     python benchmarks/benchmark_int8.py --model outputs/demo/final --data stamp_scenes \\
-        --data-option path=data/stamp_scenes                         # both sections (about 30 minutes, 2 cores)
+        --data-option path=data/stamp_scenes          # study, frontier and measure (about 40 minutes, 2 cores)
     python benchmarks/benchmark_int8.py ... --sections study --name int8_study  # the choice of float32 parts only
 
 Sections (results: `--output-dir`/`--name`.{json,md}, int8.{json,md} by default):
@@ -450,7 +450,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="its dataset kind (srn_hf.data), with validation and test")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
-        "--sections", nargs="+", default=["study", "measure"], choices=["study", "frontier", "measure", "speed"]
+        "--sections",
+        nargs="+",
+        default=["study", "frontier", "measure"],
+        choices=["study", "frontier", "measure", "speed"],
     )
     parser.add_argument("--calibration-count", type=int, default=256)
     parser.add_argument("--study-images", type=int, help="validation images scored per study setting (all)")
