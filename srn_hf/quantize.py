@@ -13,8 +13,9 @@ VNNI, no reduced range), their ranges measured by running the float graph on rea
 `CalibrationDataReader` over the image processor's `pixel_values`; by default the 99.999th percentile of each
 activation, [`DEFAULT_CALIBRATION_METHOD`]). The operators of [`FLOAT_OPERATORS`] and the backbone's first feature
 stage ([`first_stage_weights`]) stay float32: each cost a score error when quantized that its float32 version
-removes at no measurable cost in speed (measured by `benchmarks/benchmark_int8.py`, docs/deploy.md "INT8"; the
-config.json of the folder says what each choice fixed).
+removes (measured by `benchmarks/benchmark_int8.py`, docs/deploy.md "INT8", with what the first stage costs in speed:
+1.68x against 2.12x ONNX Runtime float32 at batch 16 in the quietest run; the config.json of the folder says what each
+choice fixed).
 
 The folder is a complete export folder (`model.onnx` is the INT8 graph, so [`srn_hf.export.ExportedTagger`] and
 everything built on it load it as they load a float32 one), and it records what was done: `config.json` has
