@@ -368,7 +368,7 @@ def export_quantized(
                 folder / "model.onnx",
                 images.pixel_values,
                 calibration_method,
-                float_weights=float_layer_weights(config) if FLOAT_FIRST_STAGE else (),
+                float_weights=float_layer_weights(config, FLOAT_FIRST_BLOCKS) if FLOAT_FIRST_STAGE else (),
             )
             record["calibration_source"] = images.source
             update_export_record(folder, quantization=record)
