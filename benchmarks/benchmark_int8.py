@@ -1,7 +1,7 @@
 """INT8 against float32 for CPU serving: which operators stay float32, and what the INT8 model costs and gains.
 
     python benchmarks/benchmark_int8.py --model outputs/demo/final --data stamp_scenes \\
-        --data-option path=data/stamp_scenes                         # both sections (about 30 minutes, 2 cores)
+        --data-option path=data/stamp_scenes          # study, frontier and measure (about 40 minutes, 2 cores)
     python benchmarks/benchmark_int8.py ... --sections study --name int8_study  # the choice of float32 parts only
 
 Sections (results: `--output-dir`/`--name`.{json,md}, int8.{json,md} by default):
@@ -13,6 +13,10 @@ Sections (results: `--output-dir`/`--name`.{json,md}, int8.{json,md} by default)
   methods with nothing and with the library's choice float32. Each: the largest and the mean absolute sigmoid-score
   difference from the float32 graph over the validation images, and the mAP change with its paired bootstrap
   interval. Each method calibrates once (ONNX Runtime's calibration cache).
+- **frontier** (validation split): error against speed, keeping ever more of the backbone's first layers float32
+  (with Softmax): nothing, stage 0 (the library's choice), stage 0 and the first block of stage 1, and so on; each
+  setting's largest and mean score error and mAP change, and its images per second at the largest batch size
+  against ONNX Runtime float32, every graph timed round by round in the same run.
 - **measure** (calibrated and thresholds tuned on the validation split, figures on the test split): the folder that
   `srn-hf export --quantize int8 --data ...` writes, against the float32 export. mAP, CF1 and OF1 at the thresholds
   each folder carries (and INT8 at the float model's thresholds), the mAP difference with a paired bootstrap
@@ -48,12 +52,15 @@ from srn_hf.export import ExportedTagger, export_image_processor, export_model  
 from srn_hf.metrics import map_difference, multilabel_metrics  # noqa: E402
 from srn_hf.model_folder import check_model_folder, load_model  # noqa: E402
 from srn_hf.quantize import (  # noqa: E402
+    BACKBONE_WEIGHTS,
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_METHOD,
     FLOAT_OPERATORS,
     calibration_images,
     export_quantized,
     feature_stage_weights,
+    first_block,
+    float_layer_weights,
     quantize_graph,
 )
 from srn_hf.scoring import evaluation_loader, score_split_exported  # noqa: E402
@@ -73,8 +80,9 @@ BRANCHES = {
 def study_settings(args) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]:
     """Each setting of the study: its calibration method, the operator types and the weights' prefixes kept float32."""
     method = args.calibration_method
-    stages = feature_stage_weights(check_model_folder(args.model))
-    library = (FLOAT_OPERATORS, stages[0] if stages else ())
+    config = check_model_folder(args.model)
+    stages = feature_stage_weights(config)
+    library = (FLOAT_OPERATORS, float_layer_weights(config))
     settings = {"every operator quantized": (method, (), ())}
     settings |= {f"{name} float32": (method, (name,), ()) for name in CANDIDATE_OPERATORS}
     settings |= {f"{' + '.join(names)} float32": (method, names, ()) for names in CANDIDATE_COMBINATIONS}
@@ -82,7 +90,18 @@ def study_settings(args) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...
     for index, prefixes in enumerate(stages):
         first, last = (prefix.removeprefix("model.srn.backbone.").rstrip(".") for prefix in (prefixes[0], prefixes[-1]))
         settings[f"backbone stage {index} ({first} to {last}) float32"] = (method, (), prefixes)
-    settings[f"library choice: {', '.join(FLOAT_OPERATORS)} and backbone stage 0 float32"] = (method, *library)
+    for prefixes in stages[1:]:  # each stage's first block, with Softmax and stage 0 float32
+        block = first_block(prefixes)
+        weights = stages[0] + tuple(prefix for prefix in prefixes if prefix.startswith(block))
+        settings[f"Softmax, stage 0 and {block.removeprefix(BACKBONE_WEIGHTS).rstrip('.')} float32"] = (
+            method,
+            FLOAT_OPERATORS,
+            weights,
+        )
+    settings[f"library choice: {', '.join(FLOAT_OPERATORS)} and backbone stage 0 float32"] = (
+        method,
+        *library,
+    )
     for other in (name for name in CALIBRATION_METHODS if name != method):
         settings[f"{other} calibration, every operator quantized"] = (other, (), ())
         settings[f"{other} calibration, library choice"] = (other, *library)
@@ -123,8 +142,23 @@ def split_inputs(args, split: str, processor, model_names: list[str]) -> tuple[n
     return np.concatenate(pixels), np.concatenate(labels)[:, [names.index(name) for name in model_names]]
 
 
-def run_study(args, float_folder: Path, work: Path) -> dict:
-    """Every operator quantized, one candidate at a time float32, and the library's choice, on validation images."""
+def quantized_folder(float_folder: Path, folder: Path, calibration, method: str, operators, weights, work: Path):
+    """An export folder whose graph is the float32 one quantized with `operators` and the layers of `weights` float32;
+    each method calibrates once (ONNX Runtime's calibration cache in `work`). Returns the quantization record."""
+    folder.mkdir()
+    for path in float_folder.iterdir():
+        if path.name != "model.onnx":
+            (folder / path.name).write_bytes(path.read_bytes())
+    cache = work / f"calibration_cache_{method}.json"
+    if not cache.exists():  # the first call of each method quantizes every operator, so every range is cached
+        quantize_graph(float_folder / "model.onnx", work / "all.onnx", calibration.pixel_values, method, (), (), cache)
+    return quantize_graph(
+        float_folder / "model.onnx", folder / "model.onnx", calibration.pixel_values, method, operators, weights, cache
+    )
+
+
+def validation_reference(args, float_folder: Path) -> tuple:
+    """The calibration images, the validation images and labels, the float32 graph's scores and mAP on them."""
     processor = export_image_processor(args.model, None)
     calibration = calibration_images(
         dataset_sources(args.data, args.options, "validation"), processor, args.calibration_count
@@ -134,29 +168,59 @@ def run_study(args, float_folder: Path, work: Path) -> dict:
         kept = np.unique(np.linspace(0, len(pixels) - 1, min(args.study_images, len(pixels))).round().astype(int))
         pixels, labels = pixels[kept], labels[kept]
     reference = batched_scores(ExportedTagger(float_folder), pixels)
-    reference_map = multilabel_metrics(reference, labels)["mAP"]
+    return calibration, pixels, labels, reference, multilabel_metrics(reference, labels)["mAP"]
+
+
+def frontier_settings(args) -> dict[str, tuple[str, ...]]:
+    """The layers kept float32 (with Softmax) at each point of the error-speed frontier: ever more of the backbone's
+    first layers, from none to the first blocks of three stages after the first."""
+    config = check_model_folder(args.model)
+    stages = feature_stage_weights(config)
+    blocks = [tuple(p for p in stage if p.startswith(first_block(stage))) for stage in stages[1:4]]
+    names = [first_block(stage).removeprefix(BACKBONE_WEIGHTS).rstrip(".") for stage in stages[1:4]]
+    return {
+        "Softmax only": (),
+        "+ stage 0 (the library's choice)": stages[0],
+        f"+ stage 0, {names[0]}": stages[0] + blocks[0],
+        f"+ stage 0, {names[0]}, {names[1]}": stages[0] + blocks[0] + blocks[1],
+        "+ stages 0 and 1": stages[0] + stages[1],
+        f"+ stage 0, {', '.join(names)}": stages[0] + sum(blocks, ()),
+    }
+
+
+def run_frontier(args, float_folder: Path, work: Path) -> dict:
+    """Each setting of [`frontier_settings`]: its validation score error, and its images per second at the largest
+    batch size against ONNX Runtime float32, all graphs timed round by round in one run."""
+    calibration, pixels, labels, reference, reference_map = validation_reference(args, float_folder)
+    method, rows, runs = args.calibration_method, [], {}
+    batch = max(args.batch_sizes)
+    inputs = np.random.default_rng(0).standard_normal((batch, 3, *pixels.shape[2:])).astype(np.float32)
+    float_tagger = ExportedTagger(float_folder)
+    runs["onnxruntime float32"] = timed_run(lambda: float_tagger.logits(inputs))
+    for name, weights in frontier_settings(args).items():
+        folder = work / f"frontier-{len(rows)}"
+        record = quantized_folder(float_folder, folder, calibration, method, FLOAT_OPERATORS, weights, work)
+        tagger = ExportedTagger(folder)
+        errors = score_errors(batched_scores(tagger, pixels), reference, labels, reference_map)
+        rows.append({"setting": name, "float_nodes": len(record["float_nodes"]), **errors})
+        runs[name] = timed_run(lambda tagger=tagger: tagger.logits(inputs))
+        print(f"{name}: {errors}", flush=True)
+    times = interleaved_times(runs, args.warmup, args.repeats, f"frontier, batch {batch}")
+    base = batch / statistics.median(times["onnxruntime float32"])
+    for row in rows:
+        row["images_per_second"] = batch / statistics.median(times[row["setting"]])
+        row["vs_onnxruntime_float32"] = row["images_per_second"] / base
+    return {"validation_images": len(labels), "batch": batch, "onnxruntime_float32": base, "rows": rows}
+
+
+def run_study(args, float_folder: Path, work: Path) -> dict:
+    """Every operator quantized, one candidate at a time float32, and the library's choice, on validation images."""
+    calibration, pixels, labels, reference, reference_map = validation_reference(args, float_folder)
     rows = []
     for name, (method, operators, weights) in study_settings(args).items():
         folder = work / f"study-{len(rows)}"
-        folder.mkdir()
-        for path in float_folder.iterdir():
-            if path.name != "model.onnx":
-                (folder / path.name).write_bytes(path.read_bytes())
-        cache = work / f"calibration_cache_{method}.json"
-        if not cache.exists():  # the first call of each method quantizes every operator, so every range is cached
-            quantize_graph(
-                float_folder / "model.onnx", work / "all.onnx", calibration.pixel_values, method, (), (), cache
-            )
         started = time.perf_counter()
-        record = quantize_graph(
-            float_folder / "model.onnx",
-            folder / "model.onnx",
-            calibration.pixel_values,
-            method,
-            operators,
-            weights,
-            cache,
-        )
+        record = quantized_folder(float_folder, folder, calibration, method, operators, weights, work)
         seconds = time.perf_counter() - started
         scores = batched_scores(ExportedTagger(folder), pixels)
         errors = score_errors(scores, reference, labels, reference_map)
@@ -315,6 +379,23 @@ def markdown(results: dict) -> str:
             for row in study["rows"]
         ]
         lines.append("")
+    frontier = results.get("frontier")
+    if frontier:
+        lines += [
+            f"Error against speed (validation, {frontier['validation_images']} images; batch {frontier['batch']}, "
+            f"ONNX Runtime float32 {frontier['onnxruntime_float32']:.2f} images/s):",
+            "",
+            "| float32 besides Softmax | nodes | max score error | mean score error | mAP change | images/s | "
+            "vs ONNX Runtime float32 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['setting']} | {row['float_nodes']} | {row['max_score_error']:.4f} | "
+            f"{row['mean_score_error']:.5f} | {row['mAP_change']:+.2f} | {row['images_per_second']:.2f} | "
+            f"{row['vs_onnxruntime_float32']:.2f}x |"
+            for row in frontier["rows"]
+        ]
+        lines.append("")
     measure = results.get("measure")
     if measure:
         rows = (
@@ -368,7 +449,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="the trained SRN's folder (save_pretrained)")
     parser.add_argument("--data", required=True, help="its dataset kind (srn_hf.data), with validation and test")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--sections", nargs="+", default=["study", "measure"], choices=["study", "measure", "speed"])
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["study", "frontier", "measure"],
+        choices=["study", "frontier", "measure", "speed"],
+    )
     parser.add_argument("--calibration-count", type=int, default=256)
     parser.add_argument("--study-images", type=int, help="validation images scored per study setting (all)")
     parser.add_argument("--calibration-method", default=DEFAULT_CALIBRATION_METHOD, choices=CALIBRATION_METHODS)
@@ -386,13 +472,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     srn_hf.register()
     results = {"machine": machine_description(), "settings": {k: v for k, v in vars(args).items() if k != "output_dir"}}
-    results["settings"]["output_dir"] = str(args.output_dir)
+    # relative to the repository: no machine path in the results
+    results["settings"]["output_dir"] = os.path.relpath(args.output_dir.resolve(), Path(__file__).resolve().parents[1])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="srn-int8-bench-") as scratch:
         work = Path(scratch)
         export_model(args.model, work / "float32", "onnx")
         if "study" in args.sections:
             results["study"] = run_study(args, work / "float32", work)
+        if "frontier" in args.sections:
+            results["frontier"] = run_frontier(args, work / "float32", work)
         if "measure" in args.sections:
             results["measure"] = run_measure(args, work / "float32", work)
         if "speed" in args.sections:

@@ -13,8 +13,9 @@ VNNI, no reduced range), their ranges measured by running the float graph on rea
 `CalibrationDataReader` over the image processor's `pixel_values`; by default the 99.999th percentile of each
 activation, [`DEFAULT_CALIBRATION_METHOD`]). The operators of [`FLOAT_OPERATORS`] and the backbone's first feature
 stage ([`first_stage_weights`]) stay float32: each cost a score error when quantized that its float32 version
-removes at no measurable cost in speed (measured by `benchmarks/benchmark_int8.py`, docs/deploy.md "INT8"; the
-config.json of the folder says what each choice fixed).
+removes (measured by `benchmarks/benchmark_int8.py`, docs/deploy.md "INT8", with what the first stage costs in speed:
+1.68x against 2.12x ONNX Runtime float32 at batch 16 in the quietest run; the config.json of the folder says what each
+choice fixed).
 
 The folder is a complete export folder (`model.onnx` is the INT8 graph, so [`srn_hf.export.ExportedTagger`] and
 everything built on it load it as they load a float32 one), and it records what was done: `config.json` has
@@ -57,10 +58,12 @@ DEFAULT_CALIBRATION_IMAGES = 256
 # (benchmarks/benchmark_int8.py, docs/deploy.md "INT8").
 FLOAT_OPERATORS = ("Softmax",)
 # Kept float32 as well: the backbone's first feature stage (timm's feature_info[0] and every layer before it: the stem
-# and, in EfficientNets, blocks.0), whose quantization error every later layer carries on. On EfficientNet-Lite0 its
-# 3 convolutions on 32 channels cost no measurable speed (a side-by-side screening: 2.06x against 2.04x ONNX Runtime
-# float32 at batch 16).
+# and, in EfficientNets, blocks.0), whose quantization error every later layer carries on. The first block of each of
+# the next FLOAT_FIRST_BLOCKS stages may stay float32 too ([`float_layer_weights`]): on the demo model blocks.1.0
+# lowered the score error most of any block (validation mean 0.00795 -> 0.00672) but not the mAP lost (validation
+# -0.50 against -0.10, test -0.83 against -0.58), so none is by default (docs/deploy.md "INT8").
 FLOAT_FIRST_STAGE = True
+FLOAT_FIRST_BLOCKS = 0
 # What each float32 choice fixed, measured on the demo model's validation split (benchmarks/benchmark_int8.py), as
 # written in an INT8 folder's config.json.
 FLOAT32_MEASUREMENTS = {
@@ -266,6 +269,26 @@ def first_stage_weights(config) -> tuple[str, ...]:
     return stages[0] if stages else ()
 
 
+def float_layer_weights(config, blocks: int = FLOAT_FIRST_BLOCKS) -> tuple[str, ...]:
+    """The prefixes of the weights' names kept float32 in the backbone: its first feature stage and the first block of
+    each of the next `blocks` stages ([`feature_stage_weights`]; a stage's first block is the module
+    holding its first layer: EfficientNet `blocks.1.0`, ResNet `layer1.0`). Whole blocks, not single convolutions:
+    ONNX Runtime (1.32) quantizes at load time the float32 weights of a convolution read from a DequantizeLinear and
+    written to a QuantizeLinear (its `WeightBiasQuantization`, per tensor, which costs more than int8 per channel)."""
+    stages = feature_stage_weights(config)
+    if not stages:
+        return ()
+    starts = [first_block(stage) for stage in stages[1 : 1 + blocks]]
+    return stages[0] + tuple(
+        prefix for stage, start in zip(stages[1:], starts) for prefix in stage if prefix.startswith(start)
+    )
+
+
+def first_block(stage: tuple[str, ...]) -> str:
+    """The prefix of a stage's first block: its first layer's prefix less the layer's own name."""
+    return stage[0].rstrip(".").rsplit(".", 1)[0] + "."
+
+
 def quantization_record(method: str, images: int, float_operators, float_weights, float_nodes) -> dict:
     """The `quantization` field of an INT8 folder's config.json: how it was quantized, and what stayed float32 with
     the error each choice was measured to fix ([`FLOAT32_MEASUREMENTS`])."""
@@ -345,7 +368,7 @@ def export_quantized(
                 folder / "model.onnx",
                 images.pixel_values,
                 calibration_method,
-                float_weights=first_stage_weights(config) if FLOAT_FIRST_STAGE else (),
+                float_weights=float_layer_weights(config, FLOAT_FIRST_BLOCKS) if FLOAT_FIRST_STAGE else (),
             )
             record["calibration_source"] = images.source
             update_export_record(folder, quantization=record)
@@ -365,6 +388,7 @@ def export_quantized(
 __all__ = [
     "CALIBRATION_METHODS",
     "DEFAULT_CALIBRATION_METHOD",
+    "FLOAT_FIRST_BLOCKS",
     "FLOAT_FIRST_STAGE",
     "FLOAT_OPERATORS",
     "MIN_CALIBRATION_IMAGES",
@@ -374,6 +398,7 @@ __all__ = [
     "export_quantized",
     "feature_stage_weights",
     "first_stage_weights",
+    "float_layer_weights",
     "nodes_reading",
     "quantize_graph",
 ]

@@ -48,10 +48,13 @@ def test_study_and_measure_write_their_tables(tmp_path):
     )
     assert settings[-3].startswith("library choice") and settings[-1] == "minmax calibration, library choice"
     assert results["study"]["rows"][-3]["float_nodes"] == 3  # resnet10t's deep stem: three convolutions
+    frontier = results["frontier"]["rows"]
+    assert [row["float_nodes"] for row in frontier[:3]] == [0, 3, 5] and "library's choice" in frontier[1]["setting"]
+    assert all(row["vs_onnxruntime_float32"] > 0 for row in frontier)
     measure = results["measure"]
     assert measure["test_images"] == 12 and measure["quantization"]["calibration_images"] == 16
     assert measure["sizes"]["int8"] < measure["sizes"]["float32"]
     assert set(measure["speed"]["1"]) == {"eager float32", "onnxruntime float32", "onnxruntime int8"}
     assert len(measure["worst_labels"]) == len(LABELS)
     table = (tmp_path / "results" / "int8.md").read_text()
-    assert "| every operator quantized |" in table and "Worst five labels" in table
+    assert "| every operator quantized |" in table and "Worst five labels" in table and "Error against speed" in table

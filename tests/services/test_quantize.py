@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from helpers import save_with_processor, small_srn, write_imagefolder
 from onnx import numpy_helper
@@ -23,6 +24,7 @@ from srn_hf.quantize import (
     check_quantize_options,
     export_quantized,
     first_stage_weights,
+    float_layer_weights,
     quantize_graph,
 )
 from srn_hf.scoring import score_split_exported
@@ -133,11 +135,25 @@ def test_export_quantized_tunes_the_thresholds_on_the_int8_scores(model_dir, dat
     graph = onnx.load(str(folder / "model.onnx")).graph
     weights = {tensor.name for tensor in graph.initializer}
     convolutions = {node.name: node for node in graph.node if node.op_type == "Conv"}
-    stem = [node for node in convolutions.values() if node.input[1].startswith("model.srn.backbone.conv1.")]
-    assert len(stem) == 3 and sorted(node.name for node in stem) == sorted(quantization["float_nodes"])
-    assert all(node.input[1] in weights for node in stem)  # a float32 weight, read directly
-    later = [node for node in convolutions.values() if node not in stem]
+    kept = tuple(f"model.srn.backbone.{prefix}" for prefix in ("conv1.",))
+    float_convolutions = [node for node in convolutions.values() if node.input[1].startswith(kept)]
+    assert len(float_convolutions) == 3  # the stem's
+    assert sorted(node.name for node in float_convolutions) == sorted(quantization["float_nodes"])
+    assert all(node.input[1] in weights for node in float_convolutions)  # a float32 weight, read directly
+    later = [node for node in convolutions.values() if node not in float_convolutions]
     assert later and all(node.input[1] not in weights for node in later)  # through DequantizeLinear
+    # ONNX Runtime runs them in float32 too: its optimizer quantizes (per tensor) the float32 weights of a convolution
+    # between a DequantizeLinear and a QuantizeLinear, never those of the graph's float32 start.
+    optimized = tmp_path / "optimized.onnx"
+    session_options = onnxruntime.SessionOptions()
+    session_options.optimized_model_filepath = str(optimized)
+    session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC  # where it happens
+    onnxruntime.InferenceSession(str(folder / "model.onnx"), session_options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(optimized)).graph
+    float32_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    names = set(quantization["float_nodes"])
+    readers = [node for node in graph.node if node.name in names]
+    assert len(readers) == 3 and all(node.input[1] in float32_weights for node in readers)
     # The thresholds are those the threshold search gives on the INT8 graph's own validation scores.
     tagger = ExportedTagger(folder)
     validation = load_multilabel_dataset("imagefolder", **options)["validation"]
@@ -155,6 +171,19 @@ def test_the_first_stage_ends_at_the_first_feature_level(model_dir):
     lite = SRNConfig(backbone="tf_efficientnet_lite0", id2label=LABELS)
     layers = ("conv_stem", "bn1", "blocks.0.0.conv_dw", "blocks.0.0.bn1", "blocks.0.0.conv_pw", "blocks.0.0.bn2")
     assert first_stage_weights(lite) == tuple(f"model.srn.backbone.{x}." for x in layers)
+
+
+def test_the_float_layers_are_the_first_stage_and_the_first_blocks_asked_for(model_dir):
+    """The first stage (the default), then the module holding the first layer of each of the next `blocks` stages."""
+    stem = ("conv1.0", "conv1.1", "conv1.3", "conv1.4", "conv1.6", "bn1")
+    block = ("layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2", "layer1.0.bn2")
+    config = check_model_folder(model_dir)
+    assert float_layer_weights(config) == first_stage_weights(config)
+    assert float_layer_weights(config, blocks=1) == tuple(f"model.srn.backbone.{x}." for x in stem + block)
+    lite = SRNConfig(backbone="tf_efficientnet_lite0", id2label=LABELS)
+    blocks = [f"blocks.{b}.0.{x}" for b in (1, 2) for x in ("conv_pw", "bn1", "conv_dw", "bn2", "conv_pwl", "bn3")]
+    expected = first_stage_weights(lite) + tuple(f"model.srn.backbone.{x}." for x in blocks)
+    assert float_layer_weights(lite, blocks=2) == expected
 
 
 def test_calibration_images_that_cannot_calibrate_are_refused(model_dir, tmp_path):
