@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +254,7 @@ def export_model(
     Returns:
         The path of the graph.
     """
-    from .model_folder import SPLITS_FILE, load_model
+    from .model_folder import copy_splits_file, load_model
     from .storage import atomic_folder
 
     out_dir = Path(out_dir)
@@ -275,8 +274,7 @@ def export_model(
         image_processor.save_pretrained(folder)
         record = thresholds_record(model, image_processor, image_size, output_names)
         (folder / THRESHOLDS_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        if (Path(model_dir) / SPLITS_FILE).is_file():  # which images the run trained, validated and tested on
-            shutil.copyfile(Path(model_dir) / SPLITS_FILE, folder / SPLITS_FILE)
+        copy_splits_file(model_dir, folder)  # which images the run trained, validated and tested on
     return out_dir / EXPORT_FORMATS[format]
 
 
