@@ -298,7 +298,10 @@ class SRNConfig(PreTrainedConfig):
         for field in ("alpha", "threshold"):
             if not 0.0 <= getattr(self, field) <= 1.0:
                 raise ValueError(f"{field}={getattr(self, field)!r} must lie in [0, 1]")
-        if self.regularization_out_channels % self.regularization_channels:
+        for field in ("image_size", "num_channels", "attention_channels", "regularization_channels"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field}={getattr(self, field)!r} must be at least 1")
+        if self.regularization_out_channels < 1 or self.regularization_out_channels % self.regularization_channels:
             raise ValueError(
                 f"regularization_out_channels={self.regularization_out_channels} must be a multiple of "
                 f"regularization_channels={self.regularization_channels} (the groups of f_sr's KxK convolution)"

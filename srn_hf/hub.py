@@ -59,6 +59,7 @@ from .model_folder import (  # noqa: F401
     check_label_count,
     check_model_folder,
     check_weight_shapes,
+    copy_splits_file,
     is_local_model,
     load_image_processor,
     load_model,
@@ -476,8 +477,8 @@ def write_hub_folder(
 
     Returns:
         `out_dir`, holding config.json (with `auto_map`), model.safetensors, configuration_srn.py, modeling_srn.py,
-        preprocessor_config.json, README.md, (with an example image) attention_maps.png and (with the run's
-        examples) examples.json and examples/.
+        preprocessor_config.json, README.md, (with an example image) attention_maps.png, (with the run's
+        examples) examples.json and examples/, and (when `model_dir` has it) the run's splits.json.
     """
     from .showcase import copy_examples, local_examples
     from .storage import atomic_folder
@@ -497,6 +498,7 @@ def write_hub_folder(
         write_hub_files(folder, model, image_processor, repo_id, metrics, training_curves, example, card)
         if examples:  # the run's own example images, for the demo page of the published model (srn_hf.app)
             copy_examples(examples, folder)
+        copy_splits_file(model_dir, folder)  # which images the run trained, validated and tested on
     return out_dir
 
 

@@ -311,6 +311,15 @@ def write_splits_file(folder: str | os.PathLike, record: dict) -> Path:
     return write_text_file(Path(folder) / SPLITS_FILE, json.dumps(record, separators=(",", ":")) + "\n")
 
 
+def copy_splits_file(model_dir: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Copies `model_dir`'s `splits.json`, when it has one, into `folder` (an export or a Hub folder of the model), so
+    that tuning on the images its run trained, validated or tested on is refused there too."""
+    import shutil
+
+    if (Path(model_dir) / SPLITS_FILE).is_file():
+        shutil.copyfile(Path(model_dir) / SPLITS_FILE, Path(folder) / SPLITS_FILE)
+
+
 def read_splits_file(model_dir: str | os.PathLike) -> dict | None:
     """The split record of the run that trained the model in `model_dir` (its `splits.json`: `{"kind": ..., "splits":
     {split: [image keys]}}`), None when the folder has none; a `ValueError` names the file when it is malformed."""
@@ -332,6 +341,7 @@ __all__ = [
     "ModelFolderError",
     "PREPROCESSOR_FILE",
     "SPLITS_FILE",
+    "copy_splits_file",
     "WEIGHTS_FILES",
     "check_model_folder",
     "is_local_model",

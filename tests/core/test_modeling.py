@@ -272,6 +272,9 @@ def test_clear_config_errors():
         SRNConfig(id2label=LABELS, num_labels=3)
     with pytest.raises(Exception, match="alpha=1.5"):
         SRNConfig(alpha=1.5)
+    for field in ("image_size", "attention_channels", "regularization_channels", "regularization_out_channels"):
+        with pytest.raises(Exception, match=f"{field}=0"):
+            SRNConfig(**{field: 0})
     with pytest.raises(Exception, match="label_thresholds names labels that are not in id2label: \\['zebra'\\]"):
         SRNConfig(id2label=LABELS, label_thresholds={"zebra": 0.3})
     with pytest.raises(ValueError, match=r"attention_feature_index=7 .* 'resnet18', whose feature_info has 5 stages"):

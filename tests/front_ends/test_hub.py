@@ -28,6 +28,7 @@ from srn_hf import SRNForImageClassification
 from srn_hf.cli import main as cli_main
 from srn_hf.hub import CardOptions, hub_folder_files, publish, write_hub_folder
 from srn_hf.metrics import METRIC_NAMES, multilabel_metrics
+from srn_hf.model_folder import read_splits_file, write_splits_file
 from srn_hf.processing import create_image_processor
 from srn_hf.recipe import Recipe
 from srn_hf.showcase import keep_examples
@@ -115,6 +116,8 @@ def training_run(tmp_path_factory) -> Path:
     )
     keep_examples(test_split, "test", LABELS, output_dir)
     (output_dir / "metrics.json").write_text(json.dumps(metrics))
+    splits_record = {"kind": "imagefolder", "splits": {"train": ["train/0.png"], "test": ["test/0.png"]}}
+    write_splits_file(output_dir / "final", splits_record)
     return output_dir
 
 
@@ -186,6 +189,12 @@ def test_a_given_example_image_is_the_cards_picture(plain_model_dir, tmp_path):
     assert "the image street.png" in ModelCard.load(folder / "README.md").text
 
 
+def test_the_runs_split_record_is_published_with_the_model(published_run, training_run):
+    """So that `srn-hf calibrate` of the published model refuses its training and test images, as it does locally."""
+    assert read_splits_file(published_run) == read_splits_file(training_run / "final")
+    assert read_splits_file(published_run)["splits"]["test"] == ["test/0.png"]
+
+
 def test_card_carries_the_run_figures_in_a_model_index_the_hub_parses(published_run, training_run):
     metrics = json.loads((training_run / "metrics.json").read_text())
     final_test = metrics["stages"][-1]["test"]
@@ -248,7 +257,7 @@ def test_loading_by_repository_id_from_an_offline_hub_cache(published_run, tmp_p
     assert [repo.repo_id for repo in cached.repos] == [REPO_ID]
     files = {file.file_name for revision in next(iter(cached.repos)).revisions for file in revision.files}
     examples = {"examples.json", "0-test-0.png", "1-test-1.png", "2-test-2.png"}  # the run's, for the demo page
-    assert files == EXPECTED_FILES | {"attention_maps.png"} | examples
+    assert files == EXPECTED_FILES | {"attention_maps.png", "splits.json"} | examples
 
     scores = load_in_fresh_process(REPO_ID, tmp_path, {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
     assert_same_scores(scores, snapshot)
