@@ -10,10 +10,13 @@ Each engine runs the real command over the same JPEGs into a fresh output, the e
 (so that a change of the machine's load falls on every engine). Per run: images/s over the whole command (start-up
 and shutdown included), the steady rate (the records written from the first seen on disk to the last, over that
 time: tagging alone), the time to the first row, the peak resident memory (RSS) of each tagging process
-(one-process and accelerate: each predict process without its DataLoader workers; Ray: each actor), and the load
-average when it started. The table shows each engine's best round (another job's load only slows a run down);
-the JSON keeps every run. Ratios are to the one-process engine of the same invocation. Without `--model`, an
-untrained SRN on tf_efficientnet_lite0 at `--image-size` (tagging speed does not depend on training).
+(one-process and accelerate: each predict process without its DataLoader workers; Ray: each actor), the CPU
+milliseconds per image of the taggers (with their DataLoader workers) and of every other process of the command (the
+driver or `accelerate launch`; Ray's daemons, system actors and write workers), over the whole command and over the
+steady window, and the load average when it started. The table shows each engine's best round (another job's load
+only slows a run down); the JSON keeps every run. Ratios are to the one-process engine of the same invocation.
+Without `--model`, an untrained SRN on tf_efficientnet_lite0 at `--image-size` (tagging speed does not depend on
+training).
 """
 
 from __future__ import annotations
@@ -105,24 +108,55 @@ def tagging_processes(root) -> list:
     return [process for process in tree if process.pid in taggers and process.ppid() not in taggers]
 
 
+def add_cpu_seconds(tree: list, taggers: list, cpu: dict) -> None:
+    """Each process's CPU seconds so far into `cpu` ((pid, start time) -> (role, seconds)): `tagging` for the
+    taggers and their DataLoader workers, `other` for the rest (the driver or `accelerate launch`, Ray's daemons,
+    its system actors and the workers of its write tasks)."""
+    import psutil
+
+    tagger_pids = {tagger.pid for tagger in taggers}
+    for process in tree:
+        try:
+            times, started = process.cpu_times(), process.create_time()
+            role = "tagging" if process.pid in tagger_pids or process.ppid() in tagger_pids else "other"
+        except psutil.Error:
+            continue
+        cpu[(process.pid, started)] = (role, times.user + times.system)
+
+
+def cpu_by_role(cpu: dict) -> dict[str, float]:
+    totals = {"tagging": 0.0, "other": 0.0}
+    for role, seconds in cpu.values():
+        totals[role] += seconds
+    return totals
+
+
 def watch(process: subprocess.Popen, output: Path, found: dict, stop: threading.Event) -> None:
-    """Every 0.2 s: the records on disk (`first_row`: the time and count of the first seen; `last_row`: of the
-    highest count, when first seen), and each tagging process's peak RSS."""
+    """Every 0.2 s: the records on disk (`first_row`: the time, count and CPU seconds by role of the first seen;
+    `last_row`: of the highest count, when first seen), each tagging process's peak RSS, the CPU seconds of every
+    process of the command (`cpu`)."""
     import psutil
 
     root = psutil.Process(process.pid)
+    cpu = found.setdefault("cpu", {})
     while not stop.wait(0.2):
-        rows = rows_written(output)
-        if rows and "first_row" not in found:
-            found["first_row"] = (time.monotonic(), rows)
-        if rows > found.get("last_row", (0, 0))[1]:
-            found["last_row"] = (time.monotonic(), rows)
         try:
-            for tagger in tagging_processes(root):
-                peak = found.setdefault("rss", {})
-                peak[tagger.pid] = max(peak.get(tagger.pid, 0), tagger.memory_info().rss)
+            tree = [root, *root.children(recursive=True)]
+            taggers = tagging_processes(root)
         except psutil.Error:
             continue
+        add_cpu_seconds(tree, taggers, cpu)
+        rows = rows_written(output)
+        if rows and "first_row" not in found:
+            found["first_row"] = (time.monotonic(), rows, cpu_by_role(cpu))
+        if rows > found.get("last_row", (0, 0))[1]:
+            found["last_row"] = (time.monotonic(), rows, cpu_by_role(cpu))
+        for tagger in taggers:
+            try:
+                peak = found.setdefault("rss", {})
+                peak[tagger.pid] = max(peak.get(tagger.pid, 0), tagger.memory_info().rss)
+            except psutil.Error:
+                continue
 
 
 def count_rows(output: Path) -> int:
@@ -154,8 +188,14 @@ def run_engine(engine: str, model: str, photos: Path, folder: Path, images: int,
     rows = count_rows(output)
     if rows != images:
         raise SystemExit(f"{engine}: {rows} rows for {images} images")
-    (first_time, first_rows), (last_time, last_rows) = found.get("first_row", (end, 0)), found.get("last_row", (end, 0))
+    nothing = (end, 0, cpu_by_role({}))
+    (first_time, first_rows, first_cpu), (last_time, last_rows, last_cpu) = (
+        found.get("first_row", nothing),
+        found.get("last_row", nothing),
+    )
     rss = sorted(found.get("rss", {}).values())
+    steady_rows = last_rows - first_rows
+    whole_cpu = cpu_by_role(found.get("cpu", {}))
     return {
         "engine": engine,
         "load_1min": round(load, 2),
@@ -168,6 +208,13 @@ def run_engine(engine: str, model: str, photos: Path, folder: Path, images: int,
         "first_row_s": round(first_time - start, 2),
         "taggers": len(rss),
         "rss_mib_per_tagger": round(max(rss) / MIB, 1) if rss else None,
+        # CPU milliseconds per image of the taggers (with their DataLoader workers) and of every other process
+        "cpu_ms_per_image": {role: round(1000 * seconds / images, 1) for role, seconds in whole_cpu.items()},
+        "steady_cpu_ms_per_image": {
+            role: round(1000 * (last_cpu[role] - first_cpu[role]) / steady_rows, 1) for role in last_cpu
+        }
+        if steady_rows
+        else None,
     }
 
 
@@ -188,6 +235,10 @@ def ratio(value: float | None, reference: float | None) -> str:
     return f"{value / reference:.2f}" if value and reference else "-"
 
 
+def cpu_pair(cpu: dict | None) -> str:
+    return f"{cpu['tagging']}, {cpu['other']}" if cpu else "-"
+
+
 def markdown(results: dict) -> str:
     rows = results["engines"]
     local = next(row for row in rows if row["engine"] == "local")
@@ -196,15 +247,16 @@ def markdown(results: dict) -> str:
         f"{results['cpus']} CPUs, best of {results['rounds']} rounds; ratios to the one-process engine.",
         "",
         "| engine | images/s | ratio | steady images/s | ratio | steady images/s of each round | first row (s) "
-        "| peak RSS of a tagger (MiB) |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        "| peak RSS of a tagger (MiB) | CPU ms/image: taggers, other | steady: taggers, other |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         rounds = ", ".join(str(run["steady_images_per_s"]) for run in results["runs"] if run["engine"] == row["engine"])
         lines.append(
             f"| {row['engine']} | {row['images_per_s']} | {ratio(row['images_per_s'], local['images_per_s'])} | "
             f"{row['steady_images_per_s']} | {ratio(row['steady_images_per_s'], local['steady_images_per_s'])} | "
-            f"{rounds} | {row['first_row_s']} | {row['rss_mib_per_tagger']} |"
+            f"{rounds} | {row['first_row_s']} | {row['rss_mib_per_tagger']} | {cpu_pair(row['cpu_ms_per_image'])} | "
+            f"{cpu_pair(row['steady_cpu_ms_per_image'])} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -141,12 +141,17 @@ def check_address(address: str) -> None:
 
 def start_ray(ray, address: str | None) -> bool:
     """Connects to the cluster at `address`, or starts a local Ray in this process with the machine's cores (no
-    dashboard, no usage statistics); returns whether this call started it (and so should shut it down)."""
+    dashboard, no usage statistics, idle workers kept); returns whether this call started it (and so should shut it
+    down)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return False
     options = {"logging_level": "ERROR", "log_to_driver": False, "configure_logging": True}
     if address is None:
+        # Ray keeps idle workers only up to its free CPUs; the taggers hold them all, so the worker that wrote a block
+        # would exit a second later and the next block start another (seconds of the taggers' CPU on its imports):
+        # the raylet started here keeps up to one idle worker a core (Ray's setting; the caller's value wins)
+        os.environ.setdefault("RAY_num_workers_soft_limit", str(os.cpu_count()))
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
         return True
     try:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,36 @@ def test_a_datasets_split_through_ray_has_the_rows_of_the_one_process_engine(mod
     local, ray = rows_by_image(outputs["local"]), rows_by_image(outputs["ray"])
     assert len(local) == 5  # one row per image_id of the split
     assert_same_rows(local, ray, atol=1e-6 + 1e-9)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_local_ray_keeps_the_worker_that_writes_while_the_taggers_hold_every_core(monkeypatch):
+    """Ray writes each block of records in a task of no CPU beside taggers that hold every core: the worker that wrote
+    one block writes the next, seconds later (a new worker would spend seconds of the taggers' CPU on its imports)."""
+    from srn_hf.bulk.ray import import_ray, start_ray
+
+    monkeypatch.delenv("RAY_num_workers_soft_limit", raising=False)  # Ray's default, unless the engine sets it
+    ray = import_ray()
+    assert start_ray(ray, address=None)
+    try:
+
+        class Taggers:  # an actor holding every CPU, as the pool of taggers does
+            def ready(self) -> bool:
+                return True
+
+        taggers = ray.remote(num_cpus=ray.cluster_resources()["CPU"])(Taggers).remote()
+        assert ray.get(taggers.ready.remote())
+
+        def worker_pid() -> int:
+            return os.getpid()
+
+        write = ray.remote(num_cpus=0)(worker_pid)
+        first = ray.get(write.remote())
+        time.sleep(3)  # a block's tagging; Ray ends the idle workers it does not keep after a second
+        assert ray.get(write.remote()) == first
+    finally:
+        ray.shutdown()
 
 
 def test_one_actor_on_a_local_ray_gets_every_core_and_a_cluster_one_cpu_each():
