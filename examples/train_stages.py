@@ -932,7 +932,7 @@ def validate_epoch(run: Run, stage_run: StageRun, epoch: int, train_loss: float)
     record["history"].append(entry)
     accelerator.print(
         f"stage {number} epoch {epoch + 1}: loss {train_loss:.4f}, validation mAP "
-        + ", ".join(f"{figures['mAP']:.2f} ({kind})" for kind, figures in scored.items())
+        + ", ".join(f"{figures['mAP']:.2f}" + f" ({kind})" * (len(scored) > 1) for kind, figures in scored.items())
     )
     # To the trackers, on one step axis across all stages.
     accelerator.log(
