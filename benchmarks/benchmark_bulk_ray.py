@@ -97,11 +97,12 @@ def rows_written(output: Path) -> int:
     return rows
 
 
-def tagging_processes(root) -> list:
-    """The processes that tag: Ray's actors, else the predict processes (not their DataLoader workers)."""
+def tagging_processes(root, engine: str) -> list:
+    """The processes that tag: Ray's actors (not the driver, a tagger only until they start), else the predict
+    processes (not their DataLoader workers)."""
     tree = [root, *root.children(recursive=True)]
     names = {process.pid: " ".join(process.cmdline()) for process in tree if process.is_running()}
-    marker = "MapWorker" if any("MapWorker" in name for name in names.values()) else "srn_hf.cli predict"
+    marker = "MapWorker" if engine.startswith("ray") else "srn_hf.cli predict"
     # `accelerate launch ... -m srn_hf.cli predict` starts the predict processes: it does not tag
     taggers = {pid for pid, name in names.items() if marker in name and "accelerate.commands.launch" not in name}
     # a DataLoader worker is forked with its process's command line: counted with it, not as a tagger
@@ -131,7 +132,7 @@ def cpu_by_role(cpu: dict) -> dict[str, float]:
     return totals
 
 
-def watch(process: subprocess.Popen, output: Path, found: dict, stop: threading.Event) -> None:
+def watch(engine: str, process: subprocess.Popen, output: Path, found: dict, stop: threading.Event) -> None:
     """Every 0.2 s: the records on disk (`first_row`: the time, count and CPU seconds by role of the first seen;
     `last_row`: of the highest count, when first seen), each tagging process's peak RSS, the CPU seconds of every
     process of the command (`cpu`)."""
@@ -142,7 +143,7 @@ def watch(process: subprocess.Popen, output: Path, found: dict, stop: threading.
     while not stop.wait(0.2):
         try:
             tree = [root, *root.children(recursive=True)]
-            taggers = tagging_processes(root)
+            taggers = tagging_processes(root, engine)
         except psutil.Error:
             continue
         add_cpu_seconds(tree, taggers, cpu)
@@ -177,7 +178,7 @@ def run_engine(engine: str, model: str, photos: Path, folder: Path, images: int,
     load = os.getloadavg()[0]
     start = time.monotonic()
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    watcher = threading.Thread(target=watch, args=(process, output, found, stop), daemon=True)
+    watcher = threading.Thread(target=watch, args=(engine, process, output, found, stop), daemon=True)
     watcher.start()
     _, err = process.communicate()
     end = time.monotonic()

@@ -141,8 +141,8 @@ def check_address(address: str) -> None:
 
 def start_ray(ray, address: str | None) -> bool:
     """Connects to the cluster at `address`, or starts a local Ray in this process with the machine's cores (no
-    dashboard, no usage statistics, idle workers kept); returns whether this call started it (and so should shut it
-    down)."""
+    dashboard, no usage statistics, idle workers kept, workers at the command's niceness); returns whether this call
+    started it (and so should shut it down)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return False
@@ -152,6 +152,10 @@ def start_ray(ray, address: str | None) -> bool:
         # would exit a second later and the next block start another (seconds of the taggers' CPU on its imports):
         # the raylet started here keeps up to one idle worker a core (Ray's setting; the caller's value wins)
         os.environ.setdefault("RAY_num_workers_soft_limit", str(os.cpu_count()))
+        # Ray starts its workers at niceness 15 (a cluster's drivers stay responsive); here the taggers are the job:
+        # they run at the command's priority, as the one-process engine does, not below Ray's own processes and every
+        # other program of the machine (the caller's value wins)
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
         return True
     try:

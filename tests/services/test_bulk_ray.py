@@ -168,34 +168,51 @@ def test_a_datasets_split_through_ray_has_the_rows_of_the_one_process_engine(mod
     assert_same_rows(local, ray, atol=1e-6 + 1e-9)
 
 
-@pytest.mark.multiprocess
-@pytest.mark.slow
-def test_a_local_ray_keeps_the_worker_that_writes_while_the_taggers_hold_every_core(monkeypatch):
-    """Ray writes each block of records in a task of no CPU beside taggers that hold every core: the worker that wrote
-    one block writes the next, seconds later (a new worker would spend seconds of the taggers' CPU on its imports)."""
+@pytest.fixture(scope="module")
+def local_ray():
+    """The local Ray the engine starts without --ray-address (Ray's defaults unless the engine sets them), with an
+    actor holding every CPU, as the pool of taggers does; once for the module."""
     from srn_hf.bulk.ray import import_ray, start_ray
 
-    monkeypatch.delenv("RAY_num_workers_soft_limit", raising=False)  # Ray's default, unless the engine sets it
-    ray = import_ray()
-    assert start_ray(ray, address=None)
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in ("RAY_num_workers_soft_limit", "RAY_worker_niceness"):
+            patch.delenv(variable, raising=False)
+        ray = import_ray()
+        assert start_ray(ray, address=None)
     try:
 
-        class Taggers:  # an actor holding every CPU, as the pool of taggers does
-            def ready(self) -> bool:
-                return True
+        class Taggers:
+            def niceness(self) -> int:
+                return os.getpriority(os.PRIO_PROCESS, 0)
 
-        taggers = ray.remote(num_cpus=ray.cluster_resources()["CPU"])(Taggers).remote()
-        assert ray.get(taggers.ready.remote())
-
-        def worker_pid() -> int:
-            return os.getpid()
-
-        write = ray.remote(num_cpus=0)(worker_pid)
-        first = ray.get(write.remote())
-        time.sleep(3)  # a block's tagging; Ray ends the idle workers it does not keep after a second
-        assert ray.get(write.remote()) == first
+        yield ray, ray.remote(num_cpus=ray.cluster_resources()["CPU"])(Taggers).remote()
     finally:
         ray.shutdown()
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_local_ray_keeps_the_worker_that_writes_while_the_taggers_hold_every_core(local_ray):
+    """Ray writes each block of records in a task of no CPU beside taggers that hold every core: the worker that wrote
+    one block writes the next, seconds later (a new worker would spend seconds of the taggers' CPU on its imports)."""
+    ray, taggers = local_ray
+    assert ray.get(taggers.niceness.remote()) is not None  # the taggers hold every CPU
+
+    def worker_pid() -> int:
+        return os.getpid()
+
+    write = ray.remote(num_cpus=0)(worker_pid)
+    first = ray.get(write.remote())
+    time.sleep(3)  # a block's tagging; Ray ends the idle workers it does not keep after a second
+    assert ray.get(write.remote()) == first
+
+
+@pytest.mark.multiprocess
+def test_the_taggers_of_a_local_ray_run_at_the_priority_of_the_command(local_ray):
+    """Ray starts its workers at niceness 15: a tagger would then yield its cores to Ray's own processes and to any
+    other program of the machine, where the one-process engine tags at the command's priority."""
+    ray, taggers = local_ray
+    assert ray.get(taggers.niceness.remote()) == os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def test_one_actor_on_a_local_ray_gets_every_core_and_a_cluster_one_cpu_each():
