@@ -36,6 +36,7 @@ import math
 import os
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -91,6 +92,8 @@ class SRNTagger:
         fast: the bf16 channels-last path of `srn_hf.fast` (SRN models).
         device: a torch device; default: transformers' choice (a GPU if the actor has one).
         trust_remote_code: run the Python code a model folder or repository brings; never by default.
+        batch_size: images per forward pass; a larger batch of rows is tagged in passes of `batch_size`, the images
+            of the next pass opened and preprocessed in a thread while the model runs (default: the whole batch).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class SRNTagger:
         fast: bool = False,
         device: str | None = None,
         trust_remote_code: bool = False,
+        batch_size: int | None = None,
     ):
         from .. import register
 
@@ -111,17 +115,30 @@ class SRNTagger:
         thresholds = self.model.thresholds(threshold, label_thresholds)
         self.maker = RecordMaker(self.model.labels, thresholds, top_k, all_scores)
         self.schema = parquet_schema(all_scores, save_attention=False)
+        self.batch_size = batch_size
+        # opens and preprocesses the images of the next forward pass while the model runs (PIL and numpy release the
+        # GIL): decoding then takes none of the model's time, as the one-process engine's DataLoader workers do
+        self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srn-decode")
+
+    def preprocessed(self, rows: list[tuple[str, Callable]]) -> list[dict]:
+        return [preprocessed_image(opener, self.model.image_processor) for _, opener in rows]
 
     def __call__(self, batch):
         import pyarrow as pa
 
         columns = batch.to_pydict() if isinstance(batch, pa.Table) else {name: list(v) for name, v in batch.items()}
         rows = row_openers(columns)
-        items = [preprocessed_image(opener, self.model.image_processor) for _, opener in rows]
-        records = []
-        if items:
+        size = self.batch_size or max(1, len(rows))
+        passes = [rows[start : start + size] for start in range(0, len(rows), size)]
+        records, pending = [], self.decoder.submit(self.preprocessed, passes[0]) if passes else None
+        for index, pass_rows in enumerate(passes):
+            items = pending.result()
+            if index + 1 < len(passes):
+                pending = self.decoder.submit(self.preprocessed, passes[index + 1])
             scores, _ = self.model.predict(torch.stack([item["pixel_values"] for item in items]))
-            records = [self.maker.record(name, scores[row], items[row]["error"]) for row, (name, _) in enumerate(rows)]
+            records += [
+                self.maker.record(name, scores[row], items[row]["error"]) for row, (name, _) in enumerate(pass_rows)
+            ]
         return pa.Table.from_pylist(records, schema=self.schema)
 
 
@@ -276,12 +293,14 @@ def tag_with_ray(
             "fast": fast,
             "device": device,
             "trust_remote_code": trust_remote_code,
+            "batch_size": batch_size,
         }
-        dataset = ray_dataset(ray, sources, remaining, block_rows or 4 * batch_size)
+        block_rows = block_rows or 4 * batch_size
+        dataset = ray_dataset(ray, sources, remaining, block_rows)
         tagged = dataset.map_batches(
             SRNTagger,
             fn_constructor_kwargs=tagger_options,
-            batch_size=batch_size,
+            batch_size=block_rows,  # a block a call: the tagger decodes each forward pass's images during the last
             batch_format="pyarrow",
             # every actor from the start; a node lost mid-job leaves the others to finish (its blocks are retried)
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),

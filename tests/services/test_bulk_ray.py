@@ -91,6 +91,40 @@ def test_an_exported_onnx_folder_tags_alike_in_both_engines(model_folder, tmp_pa
     assert_same_rows(srn, local, atol=1e-4)  # ONNX Runtime's kernels against torch's
 
 
+def test_the_tagger_opens_the_images_of_its_next_forward_pass_while_the_model_runs(model_folder, tmp_path, monkeypatch):
+    """A batch of rows in forward passes of `batch_size`: the images of the next pass are opened and preprocessed while
+    the model runs the current one (an actor on every core otherwise leaves them idle while it decodes), with the
+    records of one pass over the whole batch."""
+    import pyarrow as pa
+
+    from srn_hf.bulk import ray as ray_engine
+
+    write_images(tmp_path / "photos", 6)
+    paths = sorted(os.fsencode(path) for path in (tmp_path / "photos").iterdir())  # 6 images and truncated.jpg
+    opened, real_open = [], ray_engine.open_image
+    monkeypatch.setattr(ray_engine, "open_image", lambda path: opened.append(path) or real_open(path))
+    tagger = ray_engine.SRNTagger(model_folder, all_scores=True, batch_size=3)
+    passes, real_predict = [], tagger.model.predict
+
+    def predict(pixel_values, attention=False):
+        deadline = time.monotonic() + 10
+        wanted = min(len(paths), 3 * (len(passes) + 2))  # this pass's images and the next pass's
+        while len(opened) < wanted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        passes.append((len(pixel_values), len(opened) >= wanted))
+        return real_predict(pixel_values, attention)
+
+    monkeypatch.setattr(tagger.model, "predict", predict)
+    records = tagger(pa.table({"path": paths})).to_pylist()
+    assert passes == [(3, True), (3, True), (1, True)]
+    assert [record["image"] for record in records] == [os.fsdecode(path) for path in paths]
+    assert "truncated.jpg" in records[-1]["error"] and all(record["error"] is None for record in records[:-1])
+    tagger.batch_size = None  # one pass over the whole batch: the same rows
+    whole = {record["image"]: record for record in tagger(pa.table({"path": paths})).to_pylist()}
+    assert passes[3:] == [(7, True)]
+    assert_same_rows({record["image"]: record for record in records}, whole, atol=1e-6 + 1e-9)
+
+
 def predict_subprocess(*argv, prelude: str = "") -> subprocess.CompletedProcess:
     program = f"import sys\n{prelude}\nfrom srn_hf.cli import main\nsys.exit(main(sys.argv[1:]))"
     return subprocess.run(
