@@ -217,6 +217,16 @@ def as_sources(sources) -> Sources:
     return file_sources([os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else map(os.fspath, sources))
 
 
+def prepared_output(destination, options: dict, retry_errors: bool) -> tuple[dict, int]:
+    """Loads the model of the taggers' `options` (a bad model or threshold fails here) and prepares `destination` for
+    its records: `(records it holds: image -> error or not, error records dropped to be retried)`."""
+    bulk_model = load_bulk_model(options["model"], options["device"], options["fast"], options["trust_remote_code"])
+    thresholds = bulk_model.thresholds(options["threshold"], options["label_thresholds"])
+    maker = RecordMaker(bulk_model.labels, thresholds, options["top_k"], options["all_scores"])
+    meta = run_meta(bulk_model, options["model"], maker, save_attention=False)
+    return prepare_output(destination, meta, None, retry_errors)
+
+
 def tag_with_ray(
     model: str,
     sources,
@@ -266,35 +276,34 @@ def tag_with_ray(
     if not sources.keys:
         raise BulkError("no images to predict")
     destination = check_output(output, resume, retry_errors, ParquetFolderOutput)
-    bulk_model = load_bulk_model(
-        model, device, fast, trust_remote_code
-    )  # a bad model or threshold fails here, before Ray starts
-    maker = RecordMaker(bulk_model.labels, bulk_model.thresholds(threshold, label_thresholds), top_k, all_scores)
-    done, retried = prepare_output(
-        destination, run_meta(bulk_model, model, maker, save_attention=False), None, retry_errors
-    )
-    del bulk_model
-    remaining = [position for position, key in enumerate(sources.keys) if record_text(key) not in done]
-    summary = Summary(skipped=len(sources.keys) - len(remaining), earlier_errors=sum(done.values()), retried=retried)
-    if not remaining:
-        return summary
-    started = start_ray(ray, address)
+    tagger_options = {
+        "model": model,
+        "threshold": threshold,
+        "label_thresholds": label_thresholds,
+        "top_k": top_k,
+        "all_scores": all_scores,
+        "fast": fast,
+        "device": device,
+        "trust_remote_code": trust_remote_code,
+        "batch_size": batch_size,
+    }
+    started = False
     try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="srn-load") as loader:
+            # the model loads and the output is checked against it while Ray starts: neither waits for the other
+            prepared = loader.submit(prepared_output, destination, tagger_options, retry_errors)
+            started = start_ray(ray, address)
+            done, retried = prepared.result()  # a bad model or threshold fails here, before any image
+        remaining = [position for position, key in enumerate(sources.keys) if record_text(key) not in done]
+        summary = Summary(
+            skipped=len(sources.keys) - len(remaining), earlier_errors=sum(done.values()), retried=retried
+        )
+        if not remaining:
+            return summary
         cluster_cpus = ray.cluster_resources().get("CPU", 1)
         actors, cpus_per_actor = actor_resources(cluster_cpus, num_actors, cpus_per_actor, local=address is None)
         quiet_ray_data(ray, show_progress)
         before = set(destination.part_files())
-        tagger_options = {
-            "model": model,
-            "threshold": threshold,
-            "label_thresholds": label_thresholds,
-            "top_k": top_k,
-            "all_scores": all_scores,
-            "fast": fast,
-            "device": device,
-            "trust_remote_code": trust_remote_code,
-            "batch_size": batch_size,
-        }
         block_rows = block_rows or 4 * batch_size
         dataset = ray_dataset(ray, sources, remaining, block_rows)
         tagged = dataset.map_batches(

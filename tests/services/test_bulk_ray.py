@@ -202,6 +202,38 @@ def test_a_datasets_split_through_ray_has_the_rows_of_the_one_process_engine(mod
     assert_same_rows(local, ray, atol=1e-6 + 1e-9)
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_the_driver_loads_the_model_while_ray_starts(model_folder, tmp_path, monkeypatch):
+    """The driver loads the model (and checks the output against it) while the local Ray starts, not before it: a
+    job's start is the longer of the two, not their sum. A bad model is still refused, and the Ray shut down."""
+    import ray
+
+    from srn_hf.bulk import ray as ray_engine
+    from srn_hf.model_folder import ModelFolderError
+
+    assert not ray.is_initialized()  # the Ray of this test, not the module's `local_ray` (later in this file)
+    write_images(tmp_path / "photos", 4)
+    started_first, real_load = [], ray_engine.load_bulk_model
+
+    def load(*args, **kwargs):
+        deadline = time.monotonic() + 60
+        while not ray.is_initialized() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started_first.append(ray.is_initialized())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(ray_engine, "load_bulk_model", load)
+    options = {"num_actors": 1, "batch_size": 4, "show_progress": False}
+    summary = ray_engine.tag_with_ray(model_folder, tmp_path / "photos", tmp_path / "tags.parquet", **options)
+    assert started_first == [True]
+    assert (summary.predicted, summary.failed) == (5, 1)  # the 4 images and truncated.jpg
+    assert not ray.is_initialized()
+    with pytest.raises(ModelFolderError, match="no-model"):
+        ray_engine.tag_with_ray(str(tmp_path / "no-model"), tmp_path / "photos", tmp_path / "bad.parquet", **options)
+    assert not ray.is_initialized() and not (tmp_path / "bad.parquet").exists()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """The local Ray the engine starts without --ray-address (Ray's defaults unless the engine sets them), with an
