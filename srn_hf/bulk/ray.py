@@ -11,7 +11,7 @@ srn-hf predict MODEL photos/ --engine ray --output tags.parquet --resume        
 >>> from srn_hf.bulk.ray import SRNTagger, tag_with_ray
 >>> tag_with_ray("outputs/demo/final", "photos/", "tags.parquet")           # the whole job, as the command does
 >>> images = ray.data.read_binary_files("s3://bucket/photos/", include_paths=True)   # or your own pipeline
->>> images.map_batches(SRNTagger, fn_constructor_kwargs={"model": "org/srn"}, batch_size=16,
+>>> images.map_batches(SRNTagger, fn_constructor_kwargs={"model": "org/srn", "batch_size": 16}, batch_size=64,
 ...                    batch_format="pyarrow", concurrency=4).write_parquet("s3://bucket/tags.parquet")
 ```
 
@@ -21,7 +21,9 @@ that tags it), the rows of a `datasets` split (`image_id` and its `image` cell, 
 reads: local, `s3://`, `gs://`). [`SRNTagger`] loads the model once per actor (an SRN folder or Hub id through the
 pipeline's model, or an `srn-hf export` folder through ONNX Runtime, [`srn_hf.bulk.models`]) and turns each batch
 into records with the columns and meaning of the one-process engine's parquet output ([`srn_hf.bulk.records`]): one
-row per input; an image that cannot be opened is a row whose `error` names the file and the reason.
+row per input; an image that cannot be opened is a row whose `error` names the file and the reason. Given a
+`batch_size`, it runs a larger batch of rows in forward passes of that size, the next pass's images decoded in a
+thread while the model runs.
 
 OUTPUT is a folder of parquet files (one per block of rows, as Ray writes them; pyarrow, pandas, `datasets` and Ray
 read it whole), with `OUTPUT.meta.json` beside it as for the one-process engine. Ray retries the work of a worker
@@ -94,6 +96,8 @@ class SRNTagger:
         trust_remote_code: run the Python code a model folder or repository brings; never by default.
         batch_size: images per forward pass; a larger batch of rows is tagged in passes of `batch_size`, the images
             of the next pass opened and preprocessed in a thread while the model runs (default: the whole batch).
+        threads: torch threads of each forward pass, set in the thread that calls the tagger (an actor that Ray
+            calls from several threads at once runs a pass in each); default: torch's (Ray: the actor's CPUs).
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class SRNTagger:
         device: str | None = None,
         trust_remote_code: bool = False,
         batch_size: int | None = None,
+        threads: int | None = None,
     ):
         from .. import register
 
@@ -115,7 +120,7 @@ class SRNTagger:
         thresholds = self.model.thresholds(threshold, label_thresholds)
         self.maker = RecordMaker(self.model.labels, thresholds, top_k, all_scores)
         self.schema = parquet_schema(all_scores, save_attention=False)
-        self.batch_size = batch_size
+        self.batch_size, self.threads = batch_size, threads
         # opens and preprocesses the images of the next forward pass while the model runs (PIL and numpy release the
         # GIL): decoding then takes none of the model's time, as the one-process engine's DataLoader workers do
         self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srn-decode")
@@ -126,6 +131,8 @@ class SRNTagger:
     def __call__(self, batch):
         import pyarrow as pa
 
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)  # OpenMP's count is the calling thread's own
         columns = batch.to_pydict() if isinstance(batch, pa.Table) else {name: list(v) for name, v in batch.items()}
         rows = row_openers(columns)
         size = self.batch_size or max(1, len(rows))
@@ -185,10 +192,17 @@ def start_ray(ray, address: str | None) -> bool:
 def actor_resources(cluster_cpus: float, num_actors: int | None, cpus_per_actor: float | None, local: bool):
     """`(actors, CPUs of each)`: `num_actors` taggers (default: the cluster's CPUs / `cpus_per_actor`), each reserving
     `cpus_per_actor` CPUs (default 1; on a local Ray given `num_actors`, the machine's cores shared among them, so
-    that one actor tags on every core). Ray starts each actor's torch threads at its CPUs (`OMP_NUM_THREADS`)."""
+    that one actor tags on every core)."""
     if cpus_per_actor is None:
         cpus_per_actor = cluster_cpus / num_actors if local and num_actors else 1.0
     return num_actors or max(1, int(cluster_cpus // cpus_per_actor)), cpus_per_actor
+
+
+def passes_at_once(cpus_per_actor: float, gpus_per_actor: float) -> int:
+    """Forward passes an actor runs at once: one per whole CPU it holds, each on one torch thread (a pass's threads
+    wait for each other at every operator, and for any other process that takes one of their cores; passes side by
+    side do not), or one on a GPU."""
+    return 1 if gpus_per_actor else max(1, int(cpus_per_actor))
 
 
 def quiet_ray_data(ray, show_progress: bool) -> None:
@@ -263,8 +277,9 @@ def tag_with_ray(
         batch_size: images per forward pass; `block_rows`: rows per block, the unit Ray schedules, retries and
             writes as one file (default: 4 batches).
         threshold, label_thresholds, top_k, all_scores, fast, device, trust_remote_code: as [`SRNTagger`].
-        cpus_per_actor, gpus_per_actor: the resources each actor reserves (its torch threads follow its CPUs);
-            `cpus_per_actor` default: 1, or the machine's cores / `num_actors` on a local Ray given `num_actors`.
+        cpus_per_actor, gpus_per_actor: the resources each actor reserves; `cpus_per_actor` default: 1, or the
+            machine's cores / `num_actors` on a local Ray given `num_actors`. An actor of N CPUs (no GPU) tags N
+            blocks at once, each in a thread of its own on one torch thread ([`passes_at_once`]).
 
     Returns the counts (`srn_hf.bulk.records.Summary`). Raises `BulkError` before the first image for unusable
     sources or output, a missing ray extra or a cluster that does not answer; `ModelFolderError` for a bad model.
@@ -302,6 +317,9 @@ def tag_with_ray(
             return summary
         cluster_cpus = ray.cluster_resources().get("CPU", 1)
         actors, cpus_per_actor = actor_resources(cluster_cpus, num_actors, cpus_per_actor, local=address is None)
+        passes = passes_at_once(cpus_per_actor, gpus_per_actor)
+        if passes > 1:
+            tagger_options["threads"] = 1
         quiet_ray_data(ray, show_progress)
         before = set(destination.part_files())
         block_rows = block_rows or 4 * batch_size
@@ -312,7 +330,13 @@ def tag_with_ray(
             batch_size=block_rows,  # a block a call: the tagger decodes each forward pass's images during the last
             batch_format="pyarrow",
             # every actor from the start; a node lost mid-job leaves the others to finish (its blocks are retried)
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1,
+                max_size=actors,
+                initial_size=actors,
+                max_concurrent_calls_per_actor=passes,  # a block in each of `passes` threads of the actor at once
+                enable_true_multi_threading=passes > 1,
+            ),
             num_cpus=cpus_per_actor,
             num_gpus=gpus_per_actor or None,
         )
@@ -327,4 +351,4 @@ def tag_with_ray(
     return summary
 
 
-__all__ = ["SRNTagger", "actor_resources", "row_openers", "tag_with_ray"]
+__all__ = ["SRNTagger", "actor_resources", "passes_at_once", "row_openers", "tag_with_ray"]
