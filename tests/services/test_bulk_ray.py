@@ -292,3 +292,50 @@ def test_one_actor_on_a_local_ray_gets_every_core_and_a_cluster_one_cpu_each():
     assert actor_resources(64.0, 2, None, local=False) == (2, 1.0)
     assert actor_resources(2.0, 1, 1.0, local=True) == (1, 1.0)
     assert actor_resources(8.0, None, 4.0, local=False) == (2, 4.0)
+
+
+def test_an_actor_runs_a_forward_pass_per_cpu_at_once_and_one_on_a_gpu():
+    from srn_hf.bulk.ray import passes_at_once
+
+    assert [passes_at_once(cpus, 0.0) for cpus in (2.0, 1.0, 0.5, 8.0 / 3)] == [2, 1, 1, 2]
+    assert passes_at_once(4.0, 1.0) == passes_at_once(4.0, 0.5) == 1
+
+
+def test_a_tagger_called_from_two_threads_at_once_runs_each_pass_on_its_threads(model_folder, tmp_path, monkeypatch):
+    """Ray calls an actor of 2 CPUs from two threads at once: each thread's forward pass runs on `threads` torch
+    threads (OpenMP's count is per calling thread), both at once, with the rows of one pass over every image."""
+    import threading
+
+    import pyarrow as pa
+    import torch
+
+    from srn_hf.bulk.ray import SRNTagger
+
+    write_images(tmp_path / "photos", 8)
+    paths = sorted(os.fsencode(path) for path in (tmp_path / "photos").iterdir() if path.name != "truncated.jpg")
+    tagger = SRNTagger(model_folder, all_scores=True, batch_size=2, threads=1)
+    both_running, real_predict, passes = threading.Barrier(2, timeout=30), tagger.model.predict, []
+
+    def predict(pixel_values, attention=False):
+        if not passes:
+            both_running.wait()  # the first pass of each thread waits for the other's: both at once
+        passes.append(torch.get_num_threads())
+        return real_predict(pixel_values, attention)
+
+    monkeypatch.setattr(tagger.model, "predict", predict)
+    halves, records, main_threads = [paths[:4], paths[4:]], {}, torch.get_num_threads()
+    callers = [
+        threading.Thread(target=lambda half=half: records.update({id(half): tagger(pa.table({"path": half}))}))
+        for half in halves
+    ]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    torch.set_num_threads(main_threads)  # as it was for the tests after this one, were torch's count global
+    assert passes == [1, 1, 1, 1]  # two passes of 2 images in each thread, each on one torch thread
+    tagged = {row["image"]: row for half in halves for row in records[id(half)].to_pylist()}
+    tagger.threads, tagger.batch_size = None, None
+    monkeypatch.setattr(tagger.model, "predict", real_predict)
+    whole = {row["image"]: row for row in tagger(pa.table({"path": paths})).to_pylist()}
+    assert_same_rows(tagged, whole, atol=1e-6 + 1e-9)
