@@ -122,8 +122,9 @@ class SRNTagger:
         self.schema = parquet_schema(all_scores, save_attention=False)
         self.batch_size, self.threads = batch_size, threads
         # opens and preprocesses the images of the next forward pass while the model runs (PIL and numpy release the
-        # GIL): decoding then takes none of the model's time, as the one-process engine's DataLoader workers do
-        self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srn-decode")
+        # GIL): decoding then takes none of the model's time, as the one-process engine's DataLoader workers do; a
+        # thread for each caller at once (its threads start as the calls need them)
+        self.decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="srn-decode")
 
     def preprocessed(self, rows: list[tuple[str, Callable]]) -> list[dict]:
         return [preprocessed_image(opener, self.model.image_processor) for _, opener in rows]
