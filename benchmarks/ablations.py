@@ -51,6 +51,9 @@ from srn_hf.metrics import map_difference, multilabel_metrics
 from srn_hf.modeling_srn import SRNModel, SRNModelOutput
 from srn_hf.recipe import load_recipe
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_utils import plot_intervals, plot_seed_scores  # noqa: E402
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 TRAIN_STAGES = REPOSITORY / "examples" / "train_stages.py"
 DEFAULT_CONFIG = REPOSITORY / "examples" / "configs" / "demo.yaml"
@@ -384,32 +387,18 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["variants"])
     figure, (scores_axis, gain_axis, steps_axis) = plt.subplots(1, 3, figsize=(19, 5.2))
-    for position, name in enumerate(names):
-        values = [results["seeds"][seed][name]["mAP"] for seed in results["seeds"] if name in results["seeds"][seed]]
-        scores_axis.bar(position, np.mean(values), color="tab:blue" if name != "SRN" else "tab:orange", alpha=0.6)
-        scores_axis.scatter([position] * len(values), values, color="k", s=14, zorder=3)
-    low = min(min(results["seeds"][s][n]["mAP"] for n in results["seeds"][s]) for s in results["seeds"])
-    scores_axis.set(ylim=(low - 3, None), ylabel="test mAP (%)", title="test mAP per variant (bar: mean; dots: seeds)")
-    scores_axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    rows = results["differences"].get("stage 1", {})
-    for position, name in enumerate(rows):
-        for offset, run in enumerate(rows[name]):
-            x = position + 0.12 * (offset - (len(rows[name]) - 1) / 2)
-            gain_axis.errorbar(
-                x,
-                run["difference"],
-                yerr=[[run["difference"] - run["low"]], [run["high"] - run["difference"]]],
-                fmt="o",
-                color=f"C{offset}",
-                capsize=3,
-                label=f"seed {run['seed']}" if position == 0 else None,
-            )
-    gain_axis.axhline(0, color="grey", linewidth=1)
-    gain_axis.set_xticks(range(len(rows)), list(rows), rotation=30, ha="right")
-    gain_axis.set(ylabel="test mAP minus stage 1 (points)", title="gain over stage 1 (95 % paired bootstrap intervals)")
-    gain_axis.legend(fontsize=8)
+    scores = {
+        name: [results["seeds"][seed][name]["mAP"] for seed in results["seeds"] if name in results["seeds"][seed]]
+        for name in results["variants"]
+    }
+    plot_seed_scores(scores_axis, scores)
+    plot_intervals(
+        gain_axis,
+        results["differences"].get("stage 1", {}),
+        ylabel="test mAP minus stage 1 (points)",
+        title="gain over stage 1 (95 % paired bootstrap intervals)",
+    )
     plot_gain_steps(steps_axis, [step for step in results.get("gain_steps", []) if step["kind"] == "chain"])
     for axis in (scores_axis, gain_axis, steps_axis):
         axis.grid(alpha=0.3, axis="y")

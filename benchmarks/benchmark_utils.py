@@ -92,3 +92,37 @@ def machine_description() -> dict:
         "srn_hf": srn_hf.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def plot_seed_scores(axis, scores: dict[str, list[float]], highlight: str = "SRN") -> None:
+    """Each variant's test mAP: the mean over its seeds as a bar (`highlight` in orange), each seed as a dot."""
+    for position, (name, values) in enumerate(scores.items()):
+        axis.bar(
+            position, sum(values) / len(values), color="tab:orange" if name == highlight else "tab:blue", alpha=0.6
+        )
+        axis.scatter([position] * len(values), values, color="k", s=14, zorder=3)
+    low = min(min(values) for values in scores.values())
+    axis.set(ylim=(low - 3, None), ylabel="test mAP (%)", title="test mAP per variant (bar: mean; dots: seeds)")
+    axis.set_xticks(range(len(scores)), list(scores), rotation=30, ha="right")
+
+
+def plot_intervals(axis, rows: dict[str, list[dict]], ylabel: str, title: str) -> None:
+    """Per row name, each seed's difference (`{"seed", "difference", "low", "high"}`) with its interval, side by
+    side, coloured by seed; a line at 0."""
+    for position, runs in enumerate(rows.values()):
+        for offset, run in enumerate(runs):
+            axis.errorbar(
+                position + 0.12 * (offset - (len(runs) - 1) / 2),
+                run["difference"],
+                yerr=[[run["difference"] - run["low"]], [run["high"] - run["difference"]]],
+                fmt="o",
+                color=f"C{run['seed'] % 10}",
+                capsize=3,
+            )
+    seeds = sorted({run["seed"] for runs in rows.values() for run in runs})
+    for seed in seeds:  # one legend entry per seed
+        axis.errorbar([], [], yerr=[], fmt="o", color=f"C{seed % 10}", label=f"seed {seed}")
+    axis.axhline(0, color="grey", linewidth=1)
+    axis.set_xticks(range(len(rows)), list(rows), rotation=30, ha="right")
+    axis.set(ylabel=ylabel, title=title)
+    axis.legend(fontsize=8)

@@ -59,7 +59,8 @@ it stopped. The default OUTPUT_DIR is benchmarks/results/peers-runs, where the r
 result.json and test scores (its .gitignore leaves out weights and logs): a new machine resumes from the runs another
 trained, and redraws the report with `--report-only`. (SRN on the best peer needs that peer's weights of the same
 seed, which stay on the machine that trained them: on another machine that peer run is trained again first.)
-Writes peers.json and peers.md to `--results-dir`, with the library versions and the machine.
+Writes peers.json and peers.md to `--results-dir`, with the library versions and the machine, and peers.png (each
+variant's test mAP per seed; each difference per seed with its interval, beside the +1.9 goal).
 Refused in one line, exit status 2, before anything trains: an unknown peer, a number of the command line out of its
 range (`--threads 0`, `--lrs -1`, `--srn-on trainer:nan:3`), a recipe the training script refuses, a backbone without
 ImageNet weights available offline.
@@ -94,6 +95,9 @@ from srn_hf.recipe import Range, RecipeError, load_recipe
 from srn_hf.report import write_json
 from srn_hf.thresholds import ThresholdCalibration, calibrate_thresholds
 from srn_hf.training import EpochSeededDataset
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_utils import machine_description, plot_intervals, plot_seed_scores  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TRAIN_STAGES = REPOSITORY / "examples" / "train_stages.py"
@@ -843,13 +847,36 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict, path: Path) -> None:
+    """Two panels: each variant's test mAP per seed (dots) and mean (bar); each difference of the tables per seed
+    with its interval, beside the paper's +1.9 (SRN's gain on MS-COCO, the goal over the best peer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (scores_axis, gain_axis) = plt.subplots(1, 2, figsize=(14, 5.6))
+    plot_seed_scores(scores_axis, {name: row["mAP"]["per_seed"] for name, row in results["variants"].items()})
+    rows = {
+        f"{row['variant']} minus {row['minus']}": [{"seed": run["seed"], **run["mAP"]} for run in row["runs"]]
+        for row in results["differences"]
+    }
+    plot_intervals(gain_axis, rows, ylabel="test mAP difference (points)", title="differences (95 % paired bootstrap)")
+    gain_axis.axhline(1.9, color="tab:green", linestyle="--", linewidth=1, label="+1.9 (the goal)")
+    gain_axis.legend(fontsize=8)
+    title = f"{results['dataset'] or 'the demo'}: SRN against the peers"
+    figure.suptitle(title)
+    for axis in (scores_axis, gain_axis):
+        axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def versions() -> dict:
     """The libraries whose code paths the peers run, and the machine (benchmarks/benchmark_utils.py)."""
     import accelerate
     import transformers
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from benchmark_utils import machine_description
 
     return {
         **machine_description(),
@@ -906,7 +933,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--results-dir",
         type=Path,
         default=None,
-        help="peers.json and peers.md (default: benchmarks/results; for --dataset NAME, benchmarks/results/peers-NAME)",
+        help="peers.json, peers.md, peers.png (default: benchmarks/results; for --dataset NAME: results/peers-NAME)",
     )
     parser.add_argument(
         "--srn-on",
@@ -985,6 +1012,7 @@ def main(argv=None) -> dict:
     (args.results_dir / "peers.json").write_text(json.dumps(results, indent=2, default=float))
     table = markdown(results)
     (args.results_dir / "peers.md").write_text(table + "\n")
+    plot(results, args.results_dir / "peers.png")
     print(table)
     return results
 

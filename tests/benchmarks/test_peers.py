@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,6 +208,8 @@ def test_tiny_benchmark_runs_every_peer_and_resumes(tmp_path):
     written = json.loads((tmp_path / "results" / "peers.json").read_text())
     assert {"timm", "transformers", "torch", "accelerate"} <= set(written["versions"])
     assert (tmp_path / "results" / "peers.md").read_text().startswith("| variant |")
+    with Image.open(tmp_path / "results" / "peers.png") as figure:  # drawn, not only tabulated
+        assert figure.format == "PNG" and figure.width > 1000
 
     # Resumes: every finished run is kept; a run without its result.json (killed before the end) is trained again.
     result_files = sorted((tmp_path / "runs").glob("seed-0/**/result.json"))
