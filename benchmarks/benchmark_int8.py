@@ -1,7 +1,7 @@
 """INT8 against float32 for CPU serving: which operators stay float32, and what the INT8 model costs and gains.
 
     python benchmarks/benchmark_int8.py --model outputs/demo/final --data stamp_scenes \\
-        --data-option path=data/stamp_scenes          # study, frontier and measure (about 40 minutes, 2 cores)
+        --data-option path=data/stamp_scenes   # study, correction, frontier and measure (about an hour, 2 cores)
     python benchmarks/benchmark_int8.py ... --sections study --name int8_study  # the choice of float32 parts only
 
 Sections (results: `--output-dir`/`--name`.{json,md}, int8.{json,md} by default):
@@ -13,8 +13,13 @@ Sections (results: `--output-dir`/`--name`.{json,md}, int8.{json,md} by default)
   methods with nothing and with the library's choice float32. Each: the largest and the mean absolute sigmoid-score
   difference from the float32 graph over the validation images, and the mAP change with its paired bootstrap
   interval. Each method calibrates once (ONNX Runtime's calibration cache).
-- **frontier** (validation split): error against speed, keeping ever more of the backbone's first layers float32
-  (with Softmax): nothing, stage 0 (the library's choice), stage 0 and the first block of stage 1, and so on; each
+- **correction** (calibrated on the validation split; scored on `--correction-splits`, validation and train by
+  default, never test): each calibration method with bias correction (`srn_hf.quantize.correct_biases`) off and on,
+  the backbone fully quantized (Softmax float32); each setting's largest and mean score error and mAP change with its
+  paired bootstrap interval on each split. The training split's 1,600 images are neither calibration nor correction
+  images, and four times the validation split: what the default was chosen on.
+- **frontier** (validation split, no bias correction): error against speed, keeping ever more of the backbone's
+  first layers float32 (with Softmax): nothing, stage 0, stage 0 and the first block of stage 1, and so on; each
   setting's largest and mean score error and mAP change, and its images per second at the largest batch size
   against ONNX Runtime float32, every graph timed round by round in the same run.
 - **measure** (calibrated and thresholds tuned on the validation split, figures on the test split): the folder that
@@ -55,11 +60,13 @@ from srn_hf.quantize import (  # noqa: E402
     BACKBONE_WEIGHTS,
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_METHOD,
+    FLOAT_FIRST_STAGE,
     FLOAT_OPERATORS,
     calibration_images,
     export_quantized,
     feature_stage_weights,
     first_block,
+    first_stage_weights,
     float_layer_weights,
     quantize_graph,
 )
@@ -82,7 +89,7 @@ def study_settings(args) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...
     method = args.calibration_method
     config = check_model_folder(args.model)
     stages = feature_stage_weights(config)
-    library = (FLOAT_OPERATORS, float_layer_weights(config))
+    library = (FLOAT_OPERATORS, float_layer_weights(config) if FLOAT_FIRST_STAGE else ())
     settings = {"every operator quantized": (method, (), ())}
     settings |= {f"{name} float32": (method, (name,), ()) for name in CANDIDATE_OPERATORS}
     settings |= {f"{' + '.join(names)} float32": (method, names, ()) for names in CANDIDATE_COMBINATIONS}
@@ -98,7 +105,9 @@ def study_settings(args) -> dict[str, tuple[str, tuple[str, ...], tuple[str, ...
             FLOAT_OPERATORS,
             weights,
         )
-    settings[f"library choice: {', '.join(FLOAT_OPERATORS)} and backbone stage 0 float32"] = (
+    settings[
+        f"library choice: {', '.join(FLOAT_OPERATORS)}{' and backbone stage 0' if FLOAT_FIRST_STAGE else ''} float32"
+    ] = (
         method,
         *library,
     )
@@ -142,18 +151,30 @@ def split_inputs(args, split: str, processor, model_names: list[str]) -> tuple[n
     return np.concatenate(pixels), np.concatenate(labels)[:, [names.index(name) for name in model_names]]
 
 
-def quantized_folder(float_folder: Path, folder: Path, calibration, method: str, operators, weights, work: Path):
-    """An export folder whose graph is the float32 one quantized with `operators` and the layers of `weights` float32;
-    each method calibrates once (ONNX Runtime's calibration cache in `work`). Returns the quantization record."""
+def quantized_folder(
+    float_folder: Path, folder: Path, calibration, method: str, operators, weights, work: Path, corrected: bool = False
+):
+    """An export folder whose graph is the float32 one quantized with `operators` and the layers of `weights` float32,
+    its biases corrected if `corrected`; each method calibrates once (ONNX Runtime's calibration cache in `work`).
+    Returns the quantization record. (Without bias correction unless asked, as the study and frontier measured.)"""
     folder.mkdir()
     for path in float_folder.iterdir():
         if path.name != "model.onnx":
             (folder / path.name).write_bytes(path.read_bytes())
     cache = work / f"calibration_cache_{method}.json"
     if not cache.exists():  # the first call of each method quantizes every operator, so every range is cached
-        quantize_graph(float_folder / "model.onnx", work / "all.onnx", calibration.pixel_values, method, (), (), cache)
+        quantize_graph(
+            float_folder / "model.onnx", work / "all.onnx", calibration.pixel_values, method, (), (), cache, False
+        )
     return quantize_graph(
-        float_folder / "model.onnx", folder / "model.onnx", calibration.pixel_values, method, operators, weights, cache
+        float_folder / "model.onnx",
+        folder / "model.onnx",
+        calibration.pixel_values,
+        method,
+        operators,
+        weights,
+        cache,
+        bias_correction=corrected,
     )
 
 
@@ -180,7 +201,7 @@ def frontier_settings(args) -> dict[str, tuple[str, ...]]:
     names = [first_block(stage).removeprefix(BACKBONE_WEIGHTS).rstrip(".") for stage in stages[1:4]]
     return {
         "Softmax only": (),
-        "+ stage 0 (the library's choice)": stages[0],
+        "+ stage 0": stages[0],
         f"+ stage 0, {names[0]}": stages[0] + blocks[0],
         f"+ stage 0, {names[0]}, {names[1]}": stages[0] + blocks[0] + blocks[1],
         "+ stages 0 and 1": stages[0] + stages[1],
@@ -245,6 +266,36 @@ def run_study(args, float_folder: Path, work: Path) -> dict:
         "float32_validation_mAP": reference_map,
         "rows": rows,
     }
+
+
+def run_correction(args, float_folder: Path, work: Path) -> dict:
+    """Bias correction off and on with each calibration method (Softmax float32 only, the backbone fully quantized),
+    then on with the backbone's first stage float32 too; calibrated on the validation split, scored on each of
+    `--correction-splits` (never the test split): the training split's images are neither calibration nor
+    bias-correction images."""
+    calibration, *_ = validation_reference(args, float_folder)
+    processor = export_image_processor(args.model, None)
+    names = ExportedTagger(float_folder).labels
+    splits = {split: split_inputs(args, split, processor, names) for split in args.correction_splits}
+    references = {split: batched_scores(ExportedTagger(float_folder), pixels) for split, (pixels, _) in splits.items()}
+    settings = [(method, corrected, ()) for method in CALIBRATION_METHODS for corrected in (False, True)]
+    settings.append((args.calibration_method, True, first_stage_weights(check_model_folder(args.model))))
+    rows = []
+    for index, (method, corrected, weights) in enumerate(settings):
+        folder = work / f"correction-{index}"
+        quantized_folder(float_folder, folder, calibration, method, FLOAT_OPERATORS, weights, work, corrected)
+        setting = f"{method}, bias correction {'on' if corrected else 'off'}" + ", stage 0 float32" * bool(weights)
+        tagger = ExportedTagger(folder)
+        for split, (pixels, labels) in splits.items():
+            scores, reference = batched_scores(tagger, pixels), references[split]
+            errors = score_errors(scores, reference, labels, multilabel_metrics(reference, labels)["mAP"])
+            interval = map_difference(reference, scores, labels)
+            rows.append(
+                {"setting": setting, "split": split, "images": len(labels), **errors}
+                | {"mAP_change_low": interval["low"], "mAP_change_high": interval["high"]}
+            )
+            print(f"{setting}, {split}: {errors}", flush=True)
+    return {"calibration_images": len(calibration.pixel_values), "rows": rows}
 
 
 def label_set_agreement(scores_a, thresholds_a, scores_b, thresholds_b) -> dict:
@@ -379,6 +430,22 @@ def markdown(results: dict) -> str:
             for row in study["rows"]
         ]
         lines.append("")
+    correction = results.get("correction")
+    if correction:
+        lines += [
+            f"Bias correction (Softmax float32 only; calibrated and corrected on {correction['calibration_images']} "
+            "validation images):",
+            "",
+            "| setting | split (images) | max score error | mean score error | mAP change (95% interval) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row['setting']} | {row['split']} ({row['images']}) | {row['max_score_error']:.4f} | "
+            f"{row['mean_score_error']:.5f} | {row['mAP_change']:+.2f} ({row['mAP_change_low']:+.2f} to "
+            f"{row['mAP_change_high']:+.2f}) |"
+            for row in correction["rows"]
+        ]
+        lines.append("")
     frontier = results.get("frontier")
     if frontier:
         lines += [
@@ -452,8 +519,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         nargs="+",
-        default=["study", "frontier", "measure"],
-        choices=["study", "frontier", "measure", "speed"],
+        default=["study", "correction", "frontier", "measure"],
+        choices=["study", "correction", "frontier", "measure", "speed"],
+    )
+    parser.add_argument(
+        "--correction-splits", nargs="+", default=["validation", "train"], help="splits the correction section scores"
     )
     parser.add_argument("--calibration-count", type=int, default=256)
     parser.add_argument("--study-images", type=int, help="validation images scored per study setting (all)")
@@ -480,6 +550,10 @@ def main(argv=None) -> int:
         export_model(args.model, work / "float32", "onnx")
         if "study" in args.sections:
             results["study"] = run_study(args, work / "float32", work)
+        if "correction" in args.sections:
+            if "test" in args.correction_splits:
+                raise SystemExit("--correction-splits: the test split only reports (section measure)")
+            results["correction"] = run_correction(args, work / "float32", work)
         if "frontier" in args.sections:
             results["frontier"] = run_frontier(args, work / "float32", work)
         if "measure" in args.sections:

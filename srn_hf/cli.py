@@ -644,7 +644,12 @@ def run_export_quantized(args: argparse.Namespace) -> int:
         f"exported {args.model_dir} to {result['graph']}: {record['type']} ({record['format']}, weights "
         f"{record['weights']}, activations {record['activations']}), calibrated by {record['calibration_method']} on "
         f"{record['calibration_images']} images; float32 operators: {', '.join(record['float_operators']) or 'none'}; "
-        f"float32 layers: {', '.join(record['float_weights']) or 'none'} ({len(record['float_nodes'])} nodes)"
+        f"float32 layers: {', '.join(record['float_weights']) or 'none'} ({len(record['float_nodes'])} nodes); "
+        + (
+            f"bias correction of {record['bias_correction']['layers']} layers on the same images"
+            if record["bias_correction"]
+            else "no bias correction"
+        )
     )
     if calibration is None:
         print(

@@ -57,7 +57,10 @@ def test_quantize_with_a_file_list_states_the_calibration_and_copies_the_float_t
     status, stdout, stderr = run(capsys, argv)
     assert status == 0, stderr
     assert "int8 (QDQ, weights int8, symmetric, per output channel" in stdout
-    assert "calibrated by percentile on 19 images; float32 operators: Softmax; float32 layers: conv1.0." in stdout
+    assert (
+        "calibrated by percentile on 19 images; float32 operators: Softmax; float32 layers: none (0 nodes); " in stdout
+    )
+    assert "bias correction of 22 layers on the same images" in stdout
     assert "thresholds copied from the float model, not tuned on the int8 scores" in stdout
     assert "1 calibration images could not be read, left out (the first: " in stderr and "broken.png" in stderr
     config = json.loads((out / "config.json").read_text())

@@ -2,12 +2,13 @@
 image files, with its thresholds tuned again on the quantized scores."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from helpers import save_with_processor, small_srn, write_imagefolder
+from helpers import random_images, save_with_processor, small_srn, write_imagefolder
 from onnx import numpy_helper
 
 from srn_hf import SRNConfig
@@ -127,33 +128,11 @@ def test_export_quantized_tunes_the_thresholds_on_the_int8_scores(model_dir, dat
         config["quantization"]["calibration_images"] == len(VALIDATION) == result["quantization"]["calibration_images"]
     )
     assert config["export_format"] == "onnx" and "auto_map" not in config
-    # The backbone's first stage (resnet10t's deep stem, up to act1) stays float32, with what it was measured to fix.
+    # By default nothing of the backbone stays float32 (only FLOAT_OPERATORS), and the biases are corrected.
     quantization = config["quantization"]
-    assert quantization["float_weights"][0] == "conv1.0." and quantization["float_weights"][-1] == "bn1."
-    assert set(quantization["float32_measured"]) == {*FLOAT_OPERATORS, "backbone first stage"}
-    assert "score error" in quantization["float32_measured"]["backbone first stage"]
-    graph = onnx.load(str(folder / "model.onnx")).graph
-    weights = {tensor.name for tensor in graph.initializer}
-    convolutions = {node.name: node for node in graph.node if node.op_type == "Conv"}
-    kept = tuple(f"model.srn.backbone.{prefix}" for prefix in ("conv1.",))
-    float_convolutions = [node for node in convolutions.values() if node.input[1].startswith(kept)]
-    assert len(float_convolutions) == 3  # the stem's
-    assert sorted(node.name for node in float_convolutions) == sorted(quantization["float_nodes"])
-    assert all(node.input[1] in weights for node in float_convolutions)  # a float32 weight, read directly
-    later = [node for node in convolutions.values() if node not in float_convolutions]
-    assert later and all(node.input[1] not in weights for node in later)  # through DequantizeLinear
-    # ONNX Runtime runs them in float32 too: its optimizer quantizes (per tensor) the float32 weights of a convolution
-    # between a DequantizeLinear and a QuantizeLinear, never those of the graph's float32 start.
-    optimized = tmp_path / "optimized.onnx"
-    session_options = onnxruntime.SessionOptions()
-    session_options.optimized_model_filepath = str(optimized)
-    session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC  # where it happens
-    onnxruntime.InferenceSession(str(folder / "model.onnx"), session_options, providers=["CPUExecutionProvider"])
-    graph = onnx.load(str(optimized)).graph
-    float32_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-    names = set(quantization["float_nodes"])
-    readers = [node for node in graph.node if node.name in names]
-    assert len(readers) == 3 and all(node.input[1] in float32_weights for node in readers)
+    assert quantization["float_weights"] == [] and quantization["float_nodes"] == []
+    assert set(quantization["float32_measured"]) == set(FLOAT_OPERATORS)
+    assert quantization["bias_correction"]["images"] == len(VALIDATION) and quantization["bias_correction"]["layers"]
     # The thresholds are those the threshold search gives on the INT8 graph's own validation scores.
     tagger = ExportedTagger(folder)
     validation = load_multilabel_dataset("imagefolder", **options)["validation"]
@@ -162,6 +141,42 @@ def test_export_quantized_tunes_the_thresholds_on_the_int8_scores(model_dir, dat
     expected = calibrate_thresholds(scores, labels, tagger.labels)
     assert np.allclose(tagger.thresholds, expected.thresholds) and record["thresholds"] != [0.5] * len(LABELS)
     assert config["label_thresholds"] == pytest.approx(expected.label_thresholds)
+
+
+def test_float_layers_stay_float32_in_onnx_runtime(model_dir, float_folder, calibration, tmp_path):
+    """The backbone's first stage (resnet10t's deep stem, up to act1) kept float32 when asked: its convolutions read
+    float32 weights, in the graph and in ONNX Runtime's optimized graph."""
+    path = tmp_path / "model.onnx"
+    kept = first_stage_weights(check_model_folder(model_dir))
+    quantization = quantize_graph(float_folder / "model.onnx", path, calibration.pixel_values, float_weights=kept)
+    assert quantization["float_weights"][0] == "conv1.0." and quantization["float_weights"][-1] == "bn1."
+    assert set(quantization["float32_measured"]) == {*FLOAT_OPERATORS, "backbone first stage"}
+    assert "score error" in quantization["float32_measured"]["backbone first stage"]
+    graph = onnx.load(str(path)).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    convolutions = {node.name: node for node in graph.node if node.op_type == "Conv"}
+    float_convolutions = [node for node in convolutions.values() if node.input[1].startswith(kept)]
+    assert len(float_convolutions) == 3  # the stem's
+    assert sorted(node.name for node in float_convolutions) == sorted(quantization["float_nodes"])
+    assert all(node.input[1] in weights for node in float_convolutions)  # a float32 weight, read directly
+    later = [node for node in convolutions.values() if node not in float_convolutions]
+    assert later and all(node.input[1] not in weights for node in later)  # through DequantizeLinear
+    # ONNX Runtime runs them in float32 too: its optimizer quantizes (per tensor) the float32 weights of a convolution
+    # between a DequantizeLinear and a QuantizeLinear, never those of the graph's float32 start.
+    graph = optimized_graph(path, tmp_path / "optimized.onnx", onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    float32_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    names = set(quantization["float_nodes"])
+    readers = [node for node in graph.node if node.name in names]
+    assert len(readers) == 3 and all(node.input[1] in float32_weights for node in readers)
+
+
+def optimized_graph(path, optimized, level):
+    """The graph as ONNX Runtime runs it on the CPU at the optimization `level`."""
+    session_options = onnxruntime.SessionOptions()
+    session_options.optimized_model_filepath = str(optimized)
+    session_options.graph_optimization_level = level
+    onnxruntime.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(optimized)).graph
 
 
 def test_the_first_stage_ends_at_the_first_feature_level(model_dir):
@@ -231,3 +246,40 @@ def test_each_calibration_method_reaches_onnx_runtime(float_folder, calibration,
     assert scales["percentile"] < 0.5 * scales["minmax"]
     with pytest.raises(ValueError, match="calibration_method='entropy' is not offered: .* MinMax's ranges exactly"):
         check_quantize_options("int8", "entropy", MIN_CALIBRATION_IMAGES)
+
+
+def test_bias_correction_brings_the_int8_scores_nearer_the_float_scores_on_other_images(
+    model_dir, float_folder, calibration, tmp_path
+):
+    """Each layer's bias moved by the mean error its quantization causes on the calibration images: the INT8 logits
+    come nearer the float32 graph's on images it did not calibrate on, and the record says what was done."""
+    processor = export_image_processor(model_dir, None)
+    unseen = np.stack([processor(image)["pixel_values"][0] for image in random_images(16, seed=5)]).astype(np.float32)
+    cache = tmp_path / "ranges.json"  # both graphs from the same ranges: only the bias correction differs
+    records, errors = {}, {}
+    float_logits = ExportedTagger(float_folder).logits(unseen)
+    for corrected in (False, True):
+        folder = tmp_path / f"corrected-{corrected}"
+        folder.mkdir()
+        for path in float_folder.iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+        records[corrected] = quantize_graph(
+            float_folder / "model.onnx",
+            folder / "model.onnx",
+            calibration.pixel_values,
+            float_operators=(),
+            calibration_cache=cache,
+            bias_correction=corrected,
+        )
+        errors[corrected] = np.abs(ExportedTagger(folder).logits(unseen) - float_logits).mean()
+    assert errors[True] < 0.8 * errors[False], errors
+    assert records[False]["bias_correction"] is None
+    assert records[True]["bias_correction"]["images"] == len(calibration.pixel_values)
+    assert records[True]["bias_correction"]["layers"] == 22  # every Conv and Gemm (this model's have no bias: added)
+    # ONNX Runtime still runs every convolution in integers (the added biases are int32, as its quantizer writes them)
+    graph = optimized_graph(
+        tmp_path / "corrected-True" / "model.onnx",
+        tmp_path / "optimized.onnx",
+        onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    )
+    assert Counter(node.op_type for node in graph.node)["QLinearConv"] == 20
