@@ -234,11 +234,10 @@ def as_sources(sources) -> Sources:
 
 def prepared_output(destination, options: dict, retry_errors: bool) -> tuple[dict, int]:
     """Loads the model of the taggers' `options` (a bad model or threshold fails here) and prepares `destination` for
-    its records: `(records it holds: image -> error or not, error records dropped to be retried)`."""
-    bulk_model = load_bulk_model(options["model"], options["device"], options["fast"], options["trust_remote_code"])
-    thresholds = bulk_model.thresholds(options["threshold"], options["label_thresholds"])
-    maker = RecordMaker(bulk_model.labels, thresholds, options["top_k"], options["all_scores"])
-    meta = run_meta(bulk_model, options["model"], maker, save_attention=False)
+    its records: `(records it holds: image -> error or not, error records dropped to be retried)`: the model and
+    decision rule the driver checks are the taggers' own, built by [`SRNTagger`]."""
+    tagger = SRNTagger(**options)
+    meta = run_meta(tagger.model, options["model"], tagger.maker, save_attention=False)
     return prepare_output(destination, meta, None, retry_errors)
 
 
